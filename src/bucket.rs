@@ -1,0 +1,162 @@
+//! The locks bucket: its required configuration, creation and verification.
+//!
+//! jetlock is only safe on a bucket with per-message TTL (so a dead holder's
+//! lease expires on the server, with no coordinator alive) and limit markers
+//! (so the expiry is a message that waiters' watchers see). An existing
+//! bucket without them is refused with an error naming the setting, rather
+//! than used in a way that silently never expires a lock.
+
+use async_nats::jetstream::{self, kv, stream::StorageType};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Default name of the locks bucket (KV stream `KV_JETLOCK_LOCKS`).
+pub const DEFAULT_BUCKET: &str = "JETLOCK_LOCKS";
+
+/// How long release markers and server expiry markers stay in the bucket.
+/// Long enough for any watcher to see them, short enough that a million
+/// once-used lock names do not leave a million markers behind.
+pub const DEFAULT_MARKER_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The configuration jetlock wants for its locks bucket.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    pub name: String,
+    /// 1 for a single dev node, 3 (or 5) in production.
+    pub replicas: usize,
+    pub storage: StorageType,
+    /// TTL of delete markers (releases and server-side expiries).
+    pub marker_ttl: Duration,
+}
+
+impl BucketSpec {
+    /// A bucket with `replicas` replicas and the defaults for everything else.
+    pub fn new(name: impl Into<String>, replicas: usize) -> Self {
+        BucketSpec {
+            name: name.into(),
+            replicas,
+            storage: StorageType::File,
+            marker_ttl: DEFAULT_MARKER_TTL,
+        }
+    }
+
+    fn kv_config(&self) -> kv::Config {
+        kv::Config {
+            bucket: self.name.clone(),
+            description: "jetlock lock ownership records (do not write by hand)".into(),
+            // One record per lock: the history of holders lives in the event
+            // stream, not here.
+            history: 1,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            limit_markers: Some(self.marker_ttl),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why the locks bucket could not be created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("locks bucket {bucket:?} does not exist; create it with `jetlock setup` (or run `jetlock dev`)")]
+    NotFound { bucket: String },
+    #[error("locks bucket {bucket:?} is configured unsafely for jetlock: {problem}; fix it with `nats kv edit`/`nats stream edit` or use another bucket name")]
+    Incompatible { bucket: String, problem: String },
+    #[error("could not reach JetStream for bucket {bucket:?}: {source}")]
+    JetStream {
+        bucket: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Creates the bucket described by `spec`, or verifies an existing one.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+) -> Result<kv::Store, BucketError> {
+    match open_bucket(js, &spec.name).await {
+        Ok(store) => {
+            let stream = js
+                .get_stream(&store.stream_name)
+                .await
+                .map_err(|e| jetstream_error(&spec.name, e))?;
+            let config = &stream.cached_info().config;
+            if config.num_replicas != spec.replicas {
+                warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
+                      "locks bucket replica count differs from the requested one; keeping it");
+            }
+            Ok(store)
+        }
+        Err(BucketError::NotFound { .. }) => {
+            info!(bucket = %spec.name, replicas = spec.replicas, "creating locks bucket");
+            match js.create_key_value(spec.kv_config()).await {
+                Ok(store) => Ok(store),
+                // Another process created it first: verify theirs.
+                Err(e) if e.to_string().contains("already in use") => {
+                    open_bucket(js, &spec.name).await
+                }
+                Err(e) => Err(jetstream_error(&spec.name, e)),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens an existing bucket after checking that its configuration is safe.
+pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, BucketError> {
+    let stream_name = format!("KV_{bucket}");
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Err(BucketError::NotFound {
+                bucket: bucket.to_owned(),
+            })
+        }
+        Err(e) => return Err(jetstream_error(bucket, e)),
+    };
+    check_config(bucket, &stream.cached_info().config)?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| jetstream_error(bucket, e))
+}
+
+fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
+    let problem = if !config.allow_message_ttl {
+        Some("per-message TTL is off (allow_msg_ttl: false), so a dead holder's lock would never expire".to_owned())
+    } else if config.subject_delete_marker_ttl.is_none() {
+        Some("limit markers are off (subject_delete_marker_ttl unset), so waiters would not see a lock expire".to_owned())
+    } else if !config.max_age.is_zero() {
+        Some(format!(
+            "max_age is {:?}; jetlock sets a TTL per lock and a bucket-wide max_age would drop held locks",
+            config.max_age
+        ))
+    } else if config.mirror.is_some() {
+        Some("the bucket is a mirror and cannot take writes".to_owned())
+    } else if config.storage == StorageType::Memory {
+        warn!(
+            bucket,
+            "locks bucket uses memory storage: held locks are lost when every server restarts"
+        );
+        None
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(BucketError::Incompatible {
+            bucket: bucket.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn jetstream_error(bucket: &str, e: impl Into<async_nats::Error>) -> BucketError {
+    BucketError::JetStream {
+        bucket: bucket.to_owned(),
+        source: e.into(),
+    }
+}

@@ -1,0 +1,429 @@
+//! Acquiring one lock: fast path, read, watch-and-retry.
+//!
+//! 1. **Fast path** — one CAS publish, expecting the key's last revision to
+//!    be the hint (the release marker this session last wrote for it, or 0
+//!    for a key with no message). A free lock costs one round trip.
+//! 2. **Read** — on conflict, read the key from the stream leader: a marker
+//!    gives the precondition for a second CAS; a record means it is held.
+//! 3. **Wait** — watch the key from the revision after the one seen, so no
+//!    change can slip between the read and the watch; on each release or
+//!    expiry marker, one CAS expecting the marker's revision. No polling.
+//!
+//! Dropping the future cancels the wait. A CAS still in flight at that
+//! moment is settled by a small task: it re-sends the same publish (same
+//! `Nats-Msg-Id`, so the server answers from de-duplication if the first one
+//! landed) and releases what it finds granted, so a cancelled request never
+//! leaves a lock held until its lease runs out.
+
+use super::guard::{Hold, LockGuard};
+use super::{check_ttl, Inner};
+use crate::error::{Holder, LockError};
+use crate::name::{LockName, NameError};
+use crate::record::LockRecord;
+use crate::store::{current_from_entry, CasError, Current, ReadError, Written};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+use tracing::{debug, instrument};
+
+/// How often a CAS is re-sent after a transport error before giving up
+/// (safe: the message id makes re-sends idempotent).
+const TRANSPORT_RETRIES: u32 = 3;
+
+/// How long to wait for a lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    No,
+    Until(Instant),
+    Forever,
+}
+
+impl Wait {
+    pub(crate) fn from_timeout(timeout: Option<Duration>) -> Self {
+        match timeout {
+            Some(d) => Wait::Until(Instant::now() + d),
+            None => Wait::Forever,
+        }
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Until(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// A lock acquisition being built: `client.lock(name).ttl(..).wait(..)`.
+#[must_use = "a lock request does nothing until `.acquire()` or `.try_acquire()` is awaited"]
+pub struct LockRequest {
+    inner: Arc<Inner>,
+    name: Result<LockName, NameError>,
+    ttl: Option<Duration>,
+    timeout: Option<Duration>,
+    owner: Option<String>,
+    auto_renew: bool,
+}
+
+impl LockRequest {
+    pub(crate) fn new(inner: Arc<Inner>, name: Result<LockName, NameError>) -> Self {
+        LockRequest {
+            inner,
+            name,
+            ttl: None,
+            timeout: None,
+            owner: None,
+            auto_renew: true,
+        }
+    }
+
+    /// The lease: how long the lock outlives a holder that stops renewing
+    /// (crash, partition). Whole seconds, 1 s to 24 h; default 10 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Wait at most `timeout` for the lock ([`LockError::Timeout`] after).
+    /// Without it, `acquire` waits until granted or the future is dropped.
+    pub fn wait(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The owner id, which makes acquisition reentrant: a second acquire by
+    /// the same owner in the same session while the first guard lives adds a
+    /// hold instead of waiting, and the lock is released when every guard
+    /// is. Without it, every acquisition is its own owner (tasks in one
+    /// process exclude each other, as they must).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Whether the watchdog renews the lease while the guard lives (default
+    /// true). With `false` the lock is a plain lease: it ends at its TTL
+    /// unless released first, and `lost()` fires when it does.
+    pub fn auto_renew(mut self, renew: bool) -> Self {
+        self.auto_renew = renew;
+        self
+    }
+
+    /// Acquires the lock, waiting as configured.
+    pub async fn acquire(self) -> Result<LockGuard, LockError> {
+        let wait = Wait::from_timeout(self.timeout);
+        self.run(wait).await
+    }
+
+    /// Acquires the lock only if it is free now ([`LockError::Busy`] if not).
+    pub async fn try_acquire(self) -> Result<LockGuard, LockError> {
+        self.run(Wait::No).await
+    }
+
+    async fn run(self, wait: Wait) -> Result<LockGuard, LockError> {
+        let name = self.name?;
+        let ttl = check_ttl(self.ttl.unwrap_or(self.inner.options.default_ttl))?;
+        acquire(&self.inner, &name, self.owner, ttl, wait, self.auto_renew).await
+    }
+}
+
+#[instrument(level = "debug", skip_all, fields(lock = %name, session = %inner.session))]
+pub(crate) async fn acquire(
+    inner: &Arc<Inner>,
+    name: &LockName,
+    owner: Option<String>,
+    ttl: Duration,
+    wait: Wait,
+    auto_renew: bool,
+) -> Result<LockGuard, LockError> {
+    if let Some(owner) = &owner {
+        let existing = inner
+            .holds
+            .get(&(name.key().to_owned(), owner.clone()))
+            .and_then(|weak| weak.upgrade());
+        if let Some(hold) = existing {
+            match Hold::reenter(&hold).await {
+                Ok(guard) => return Ok(guard),
+                // The earlier hold is gone (its guards saw `lost()`): take
+                // the lock afresh like anybody else.
+                Err(LockError::Lost { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let started = Instant::now();
+    let attempt = Attempt {
+        inner: inner.clone(),
+        name: name.clone(),
+        nonce: nuid::next().to_string(),
+        payload: LockRecord {
+            owner: owner.unwrap_or_else(|| inner.default_owner()),
+            session: inner.session.clone(),
+            acquired_ms: unix_ms(),
+            lease_ms: ttl.as_millis() as u64,
+            holds: 1,
+            token: 0,
+        },
+        ttl,
+        auto_renew,
+    };
+
+    // 1. Fast path.
+    let hint = inner.take_hint(name.key());
+    if let Some(w) = attempt.cas(hint, wait.deadline()).await? {
+        return Ok(attempt.granted(w));
+    }
+    // 2. Read what is there; under heavy churn a vacancy may be taken
+    // between our read and our CAS a few times in a row.
+    let mut rounds = 0;
+    let mut from = loop {
+        match read(inner, name, wait.deadline()).await? {
+            Current::Vacant { revision } => {
+                if let Some(w) = attempt.cas(revision, wait.deadline()).await? {
+                    return Ok(attempt.granted(w));
+                }
+                rounds += 1;
+                if rounds == 3 {
+                    if let Wait::No = wait {
+                        return Err(LockError::Busy {
+                            name: name.to_string(),
+                            holder: None,
+                        });
+                    }
+                    break revision + 1;
+                }
+            }
+            Current::Held { revision, record } => {
+                if let Wait::No = wait {
+                    return Err(LockError::Busy {
+                        name: name.to_string(),
+                        holder: Some(Holder::from_record(record, revision)),
+                    });
+                }
+                break revision + 1;
+            }
+        }
+    };
+    // 3. Wait for a release or expiry, one CAS per marker.
+    debug!(from, "lock is held; waiting");
+    loop {
+        let mut watch = within(wait.deadline(), inner.store.watch_from(name, from))
+            .await
+            .ok_or_else(|| timeout(name, started))?
+            .map_err(|source| LockError::Nats {
+                name: name.to_string(),
+                op: "watch",
+                source,
+            })?;
+        while let Some(entry) = within(wait.deadline(), watch.next())
+            .await
+            .ok_or_else(|| timeout(name, started))?
+        {
+            let entry = match entry {
+                Ok(entry) => entry,
+                // The watcher broke (server restart): start a new one from
+                // the last revision seen.
+                Err(e) => {
+                    debug!(error = %e, "watch broke; resuming");
+                    break;
+                }
+            };
+            from = entry.revision + 1;
+            match current_from_entry(&entry) {
+                Ok(Current::Vacant { revision }) => {
+                    if let Some(w) = attempt.cas(revision, wait.deadline()).await? {
+                        debug!(
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "granted after wait"
+                        );
+                        return Ok(attempt.granted(w));
+                    }
+                }
+                Ok(Current::Held { .. }) => {}
+                Err(source) => {
+                    return Err(LockError::Corrupt {
+                        name: name.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// One acquisition's CAS writes.
+#[derive(Clone)]
+struct Attempt {
+    inner: Arc<Inner>,
+    name: LockName,
+    nonce: String,
+    payload: LockRecord,
+    ttl: Duration,
+    auto_renew: bool,
+}
+
+impl Attempt {
+    fn msg_id(&self, expected: u64) -> String {
+        format!("{}.a{expected}", self.nonce)
+    }
+
+    /// One CAS expecting `expected`: `Some` when granted, `None` on conflict.
+    async fn cas(
+        &self,
+        expected: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Written>, LockError> {
+        let msg_id = self.msg_id(expected);
+        let mut inflight = Inflight(Some((self.clone(), expected)));
+        let mut tries = 0;
+        let result = loop {
+            let put = self
+                .inner
+                .store
+                .put(&self.name, &self.payload, expected, self.ttl, &msg_id);
+            match put.await {
+                Ok(w) if w.duplicate => {
+                    // A re-send answered from de-duplication: our earlier
+                    // write landed. Hold it only if it is still the latest.
+                    match self.inner.store.read(&self.name).await {
+                        Ok(Current::Held { revision, .. }) if revision == w.revision => {
+                            break Ok(Some(w))
+                        }
+                        _ => break Ok(None),
+                    }
+                }
+                Ok(w) => break Ok(Some(w)),
+                Err(CasError::Conflict { .. }) => break Ok(None),
+                Err(CasError::Transport(source)) => {
+                    tries += 1;
+                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
+                    if tries > TRANSPORT_RETRIES || expired {
+                        // Leave `inflight` armed: its task settles the write.
+                        return Err(LockError::Nats {
+                            name: self.name.to_string(),
+                            op: "acquire",
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        inflight.0 = None;
+        result
+    }
+
+    fn granted(&self, w: Written) -> LockGuard {
+        debug!(lock = %self.name, token = w.revision, "granted");
+        Hold::start(
+            self.inner.clone(),
+            self.name.clone(),
+            w.revision,
+            self.ttl,
+            self.payload.clone(),
+            self.auto_renew,
+        )
+    }
+}
+
+/// Settles a CAS whose outcome is unknown (the future was dropped mid-way,
+/// or NATS stopped answering): re-send it and release whatever it granted.
+struct Inflight(Option<(Attempt, u64)>);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        let Some((attempt, expected)) = self.0.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the lease expires on the server.
+        };
+        runtime.spawn(async move {
+            let Attempt {
+                inner,
+                name,
+                payload,
+                ttl,
+                ..
+            } = &attempt;
+            let msg_id = attempt.msg_id(expected);
+            let settle = async {
+                for _ in 0..TRANSPORT_RETRIES {
+                    match inner
+                        .store
+                        .put(name, payload, expected, *ttl, &msg_id)
+                        .await
+                    {
+                        Ok(w) => {
+                            let marker_ttl = inner.options.marker_ttl;
+                            let release_id = format!("{msg_id}.x");
+                            let _ = inner
+                                .store
+                                .release(name, w.revision, marker_ttl, &release_id)
+                                .await;
+                            return;
+                        }
+                        Err(CasError::Conflict { .. }) => return,
+                        Err(CasError::Transport(_)) => {}
+                    }
+                }
+            };
+            // Bounded: after the lease the server has expired it anyway.
+            let _ = tokio::time::timeout(*ttl, settle).await;
+        });
+    }
+}
+
+async fn read(
+    inner: &Inner,
+    name: &LockName,
+    deadline: Option<Instant>,
+) -> Result<Current, LockError> {
+    let mut tries = 0;
+    loop {
+        match inner.store.read(name).await {
+            Ok(current) => return Ok(current),
+            Err(ReadError::Transport(_))
+                if tries < TRANSPORT_RETRIES && deadline.is_none_or(|d| Instant::now() < d) =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(read_error(name, e)),
+        }
+    }
+}
+
+pub(crate) fn read_error(name: &LockName, e: ReadError) -> LockError {
+    match e {
+        ReadError::Transport(source) => LockError::Nats {
+            name: name.to_string(),
+            op: "read",
+            source,
+        },
+        ReadError::Corrupt { source, .. } => LockError::Corrupt {
+            name: name.to_string(),
+            source,
+        },
+    }
+}
+
+async fn within<F: std::future::Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+fn timeout(name: &LockName, started: Instant) -> LockError {
+    LockError::Timeout {
+        name: name.to_string(),
+        waited: started.elapsed(),
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,387 @@
+//! A held lock: its lease watchdog, its loss signal, its reentrant holds.
+//!
+//! One [`Hold`] per grant, shared by the [`LockGuard`]s of its reentrant
+//! acquisitions. The hold's state (the key's current revision and the hold
+//! count) sits behind one async mutex, so the watchdog's renewals, reentrant
+//! acquisitions and releases each CAS against the revision the previous one
+//! wrote. The watchdog renews every third of the lease. If a renewal finds
+//! the record changed, or no renewal succeeds before the lease would end on
+//! the holder's own clock (measured from when the last successful renewal was
+//! *sent*, so it never outlives the server's), the hold is lost: `lost()`
+//! resolves at once, and further releases report [`LockError::Lost`].
+
+use super::Inner;
+use crate::error::{LockError, LostReason};
+use crate::fence::FencingToken;
+use crate::name::LockName;
+use crate::record::LockRecord;
+use crate::store::CasError;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{debug, info, warn};
+
+/// Pause between renewal attempts after a transport error.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
+
+pub(crate) struct Hold {
+    inner: Arc<Inner>,
+    name: LockName,
+    owner: String,
+    token: FencingToken,
+    ttl: Duration,
+    nonce: String,
+    record: LockRecord,
+    state: Mutex<HoldState>,
+    lost: CancellationToken,
+    lost_reason: OnceLock<LostReason>,
+    /// Stops the watchdog (last release, loss).
+    stop: CancellationToken,
+}
+
+struct HoldState {
+    /// The key's revision as last written by this hold.
+    revision: u64,
+    /// Live guards of this hold.
+    holds: u32,
+    /// Local lease end: send time of the last successful write + lease.
+    expires: Instant,
+    /// Once true nothing more is written.
+    done: bool,
+}
+
+impl Hold {
+    /// Starts holding a fresh grant written at `revision` and returns its
+    /// first guard.
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        name: LockName,
+        revision: u64,
+        ttl: Duration,
+        mut record: LockRecord,
+        auto_renew: bool,
+    ) -> LockGuard {
+        // A grant's token is the revision of its write.
+        let token = FencingToken(revision);
+        let owner = record.owner.clone();
+        // The grant's write was sent before now: counting the lease from
+        // now could outlive the server's by a round trip, so take one off.
+        let expires = Instant::now() + ttl.saturating_sub(Duration::from_millis(50));
+        record.token = token.get();
+        let hold = Arc::new(Hold {
+            nonce: nuid::next().to_string(),
+            inner,
+            name,
+            owner,
+            token,
+            ttl,
+            record,
+            state: Mutex::new(HoldState {
+                revision,
+                holds: 1,
+                expires,
+                done: false,
+            }),
+            lost: CancellationToken::new(),
+            lost_reason: OnceLock::new(),
+            stop: CancellationToken::new(),
+        });
+        hold.inner.holds.insert(
+            (hold.name.key().to_owned(), hold.owner.clone()),
+            Arc::downgrade(&hold),
+        );
+        tokio::spawn(watchdog(hold.clone(), auto_renew));
+        LockGuard {
+            hold,
+            released: false,
+        }
+    }
+
+    /// A reentrant acquisition: one more hold, written to the record (which
+    /// also proves the lock is still ours and refreshes the lease).
+    pub(crate) async fn reenter(hold: &Arc<Hold>) -> Result<LockGuard, LockError> {
+        let mut state = hold.state.lock().await;
+        hold.check(&state)?;
+        let holds = state.holds + 1;
+        hold.write(&mut state, holds, "reenter").await?;
+        state.holds = holds;
+        debug!(lock = %hold.name, holds, "reentrant hold");
+        Ok(LockGuard {
+            hold: hold.clone(),
+            released: false,
+        })
+    }
+
+    fn check(&self, state: &HoldState) -> Result<(), LockError> {
+        match self.lost_reason.get() {
+            Some(reason) => Err(LockError::Lost {
+                name: self.name.to_string(),
+                reason: *reason,
+            }),
+            None if state.done => Err(LockError::Lost {
+                name: self.name.to_string(),
+                reason: LostReason::Taken,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the record with `holds`, renewing the lease.
+    async fn write(
+        &self,
+        state: &mut HoldState,
+        holds: u32,
+        op: &'static str,
+    ) -> Result<(), LockError> {
+        let record = LockRecord {
+            holds,
+            ..self.record.clone()
+        };
+        let msg_id = format!("{}.w{}", self.nonce, state.revision);
+        let sent = Instant::now();
+        let mut tries = 0;
+        loop {
+            let put = self
+                .inner
+                .store
+                .put(&self.name, &record, state.revision, self.ttl, &msg_id);
+            match tokio::time::timeout_at(state.expires, put).await {
+                Ok(Ok(w)) => {
+                    state.revision = w.revision;
+                    state.expires = sent + self.ttl;
+                    return Ok(());
+                }
+                Ok(Err(CasError::Conflict { .. })) => {
+                    self.mark_lost(state, LostReason::Taken);
+                    return Err(self.lost_error(LostReason::Taken));
+                }
+                Ok(Err(CasError::Transport(source))) => {
+                    tries += 1;
+                    if tries > 3 && op != "renew" {
+                        return Err(LockError::Nats {
+                            name: self.name.to_string(),
+                            op,
+                            source,
+                        });
+                    }
+                    warn!(lock = %self.name, error = %source, "lock write failed; retrying");
+                    if tokio::time::timeout_at(state.expires, tokio::time::sleep(RENEW_RETRY))
+                        .await
+                        .is_err()
+                    {
+                        self.mark_lost(state, LostReason::Expired);
+                        return Err(self.lost_error(LostReason::Expired));
+                    }
+                }
+                Err(_elapsed) => {
+                    self.mark_lost(state, LostReason::Expired);
+                    return Err(self.lost_error(LostReason::Expired));
+                }
+            }
+        }
+    }
+
+    /// Gives up one hold: rewrites the count, or releases the lock when it
+    /// was the last one.
+    async fn release_one(&self) -> Result<(), LockError> {
+        let mut state = self.state.lock().await;
+        self.check(&state)?;
+        if state.holds > 1 {
+            let holds = state.holds - 1;
+            self.write(&mut state, holds, "release").await?;
+            state.holds = holds;
+            return Ok(());
+        }
+        // Last hold: whatever happens below, this hold writes no more.
+        state.done = true;
+        self.finish();
+        let msg_id = format!("{}.x{}", self.nonce, state.revision);
+        let marker_ttl = self.inner.options.marker_ttl;
+        let mut tries = 0;
+        loop {
+            match self
+                .inner
+                .store
+                .release(&self.name, state.revision, marker_ttl, &msg_id)
+                .await
+            {
+                Ok(w) => {
+                    self.inner.remember_release(self.name.key(), w.revision);
+                    debug!(lock = %self.name, token = %self.token, "released");
+                    return Ok(());
+                }
+                Err(CasError::Conflict { .. }) => {
+                    self.set_lost(LostReason::Taken);
+                    return Err(self.lost_error(LostReason::Taken));
+                }
+                Err(CasError::Transport(source)) => {
+                    tries += 1;
+                    if tries > 3 {
+                        // The server will expire the lease.
+                        return Err(LockError::Nats {
+                            name: self.name.to_string(),
+                            op: "release",
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_lost(&self, state: &mut HoldState, reason: LostReason) {
+        state.done = true;
+        self.set_lost(reason);
+    }
+
+    fn set_lost(&self, reason: LostReason) {
+        if self.lost_reason.set(reason).is_ok() {
+            warn!(lock = %self.name, token = %self.token, %reason, "lock lost");
+            self.lost.cancel();
+        }
+        self.finish();
+    }
+
+    /// Stops the watchdog and forgets the hold for reentrancy.
+    fn finish(&self) {
+        self.stop.cancel();
+        self.inner.holds.remove_if(
+            &(self.name.key().to_owned(), self.owner.clone()),
+            |_, weak| std::ptr::eq(weak.as_ptr(), self),
+        );
+    }
+
+    fn lost_error(&self, reason: LostReason) -> LockError {
+        LockError::Lost {
+            name: self.name.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Renews the lease every third of it until the last release or a loss.
+/// Without renewal it only fires `lost()` when the lease runs out.
+async fn watchdog(hold: Arc<Hold>, renew: bool) {
+    if !renew {
+        let expires = hold.state.lock().await.expires;
+        tokio::select! {
+            _ = hold.stop.cancelled() => {}
+            _ = tokio::time::sleep_until(expires) => {
+                let mut state = hold.state.lock().await;
+                if !state.done {
+                    hold.mark_lost(&mut state, LostReason::Expired);
+                }
+            }
+        }
+        return;
+    }
+    let period = hold.ttl / 3;
+    let mut next = Instant::now() + period;
+    loop {
+        tokio::select! {
+            _ = hold.stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let mut state = hold.state.lock().await;
+        if state.done {
+            return;
+        }
+        let holds = state.holds;
+        match hold.write(&mut state, holds, "renew").await {
+            Ok(()) => {
+                debug!(lock = %hold.name, revision = state.revision, "lease renewed");
+                next = Instant::now() + period;
+            }
+            Err(e) => {
+                info!(lock = %hold.name, error = %e, "watchdog stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// A held lock. Dropping it releases the hold (in the background);
+/// [`LockGuard::release`] does it in the foreground and reports the result.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard {
+    hold: Arc<Hold>,
+    released: bool,
+}
+
+impl LockGuard {
+    /// The fencing token of this grant: pass it to every protected write.
+    pub fn token(&self) -> FencingToken {
+        self.hold.token
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.hold.name.as_str()
+    }
+
+    /// The owner id (pass it to `.owner()` to re-enter).
+    pub fn owner(&self) -> &str {
+        &self.hold.owner
+    }
+
+    /// The lease length.
+    pub fn ttl(&self) -> Duration {
+        self.hold.ttl
+    }
+
+    /// Resolves when the lock is lost (renewal failed, lease ran out,
+    /// revoked, taken). Stop using the protected resource when it does.
+    pub fn lost(&self) -> WaitForCancellationFutureOwned {
+        self.hold.lost.clone().cancelled_owned()
+    }
+
+    /// True once the lock is lost.
+    pub fn is_lost(&self) -> bool {
+        self.hold.lost.is_cancelled()
+    }
+
+    /// Why the lock was lost, once it is.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.hold.lost_reason.get().copied()
+    }
+
+    /// Releases this hold. With reentrant holds outstanding, the lock stays
+    /// held by the others. [`LockError::Lost`] when the lock had already
+    /// been lost: writes made since then were fenced off.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        self.released = true;
+        self.hold.release_one().await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let hold = self.hold.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = hold.release_one().await;
+                });
+            }
+            // Without a runtime nothing can be sent: stop renewing and let
+            // the server expire the lease.
+            Err(_) => hold.stop.cancel(),
+        }
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.hold.name.as_str())
+            .field("owner", &self.hold.owner)
+            .field("token", &self.hold.token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}

@@ -1,0 +1,116 @@
+//! Errors of the client API, one enum per operation family, matchable by kind.
+
+use crate::bucket::BucketError;
+use crate::fence::FencingToken;
+use crate::name::NameError;
+use crate::record::RecordError;
+use std::fmt;
+use std::time::Duration;
+
+/// Who holds a lock (from the ownership record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: String,
+    pub session: String,
+    pub token: FencingToken,
+    /// Reentrant hold count.
+    pub holds: u32,
+    /// Lease length.
+    pub lease: Duration,
+}
+
+impl Holder {
+    pub(crate) fn from_record(record: crate::record::LockRecord, revision: u64) -> Self {
+        Holder {
+            token: FencingToken(record.token_at(revision)),
+            holds: record.holds,
+            lease: Duration::from_millis(record.lease_ms),
+            owner: record.owner,
+            session: record.session,
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "owner {:?} (session {}, token {})",
+            self.owner, self.session, self.token
+        )
+    }
+}
+
+/// Why a held lock stopped being held by its guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// Renewals failed (server unreachable) until the lease ran out on the
+    /// holder's own clock; the server expires it no earlier.
+    Expired,
+    /// The record changed under the holder: the lease expired on the server
+    /// and someone else was granted the lock, or an operator revoked it.
+    Taken,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LostReason::Expired => "the lease ran out before a renewal succeeded",
+            LostReason::Taken => "the lock was expired, revoked or granted to someone else",
+        })
+    }
+}
+
+/// Failures of lock operations.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock name is not acceptable.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The lease (TTL) is out of range.
+    #[error("lease {ttl:?} is out of range: {reason}")]
+    InvalidTtl { ttl: Duration, reason: &'static str },
+    /// `try_acquire` found the lock held.
+    #[error("lock {name:?} is held{}", holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
+    Busy {
+        name: String,
+        /// The holder, when the read that found it held could decode it.
+        holder: Option<Holder>,
+    },
+    /// Waiting for the lock took longer than allowed.
+    #[error("timed out after {waited:?} waiting for lock {name:?}")]
+    Timeout { name: String, waited: Duration },
+    /// The lock is no longer held by this guard.
+    #[error("lock {name:?} was lost: {reason}")]
+    Lost { name: String, reason: LostReason },
+    /// The bucket holds a value jetlock cannot read under this lock's key.
+    #[error("lock {name:?} has an unreadable record: {source}")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: RecordError,
+    },
+    /// NATS did not answer (timeout, disconnect, permissions).
+    #[error("{op} of lock {name:?} failed: {source}")]
+    Nats {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Failures of [`crate::Client::connect`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to NATS at {url}: {source}")]
+    Nats {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    #[error("could not open the locks stream: {0}")]
+    Stream(#[source] async_nats::Error),
+}

@@ -1,0 +1,54 @@
+//! jetlock: a distributed lock coordinator for payment systems, on NATS
+//! JetStream.
+//!
+//! A lock is one key in a JetStream KV bucket. Ownership changes only by
+//! compare-and-swap writes (create-if-absent, update-with-expected-revision);
+//! the server expires a lease by a per-key TTL even when no jetlock process
+//! is alive; every grant carries a fencing token (the KV revision of the
+//! granting write) that strictly increases per key, so a resource can refuse
+//! a stale holder.
+//!
+//! # Layout
+//!
+//! - [`name`] — lock names ↔ KV keys (validation, reversible escaping);
+//! - [`record`] — the ownership record stored under a key, and its codec;
+//! - [`fence`] — [`FencingToken`] and the [`Fence`] a protected resource uses;
+//! - [`bucket`] — the locks bucket's required config: create, verify;
+//! - [`store`] — CAS writes, reads and watches on the bucket;
+//! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (watchdog,
+//!   loss signal, reentrancy), multi-key locking;
+//! - [`error`] — the error enums callers match on;
+//! - [`server`] — real nats-server processes (dev server, tests, benches);
+//! - [`cli`] — the `jetlock` command (thin `src/main.rs` calls it).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use jetlock::{Client, Fence};
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect("nats://127.0.0.1:4222").await?;
+//! let ledger = Fence::new();
+//! let guard = client.lock("account:42").ttl(Duration::from_secs(10))
+//!     .wait(Duration::from_secs(5)).acquire().await?;
+//! // Every protected write carries the token; a stale holder's is refused.
+//! ledger.admit("account:42", guard.token())?;
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod bucket;
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod fence;
+pub mod name;
+pub mod record;
+pub mod server;
+pub mod store;
+
+pub use client::{Client, ClientOptions, LockGuard, LockRequest, MultiLockGuard, MultiLockRequest};
+pub use error::{ConnectError, Holder, LockError, LostReason};
+pub use fence::{Fence, FencingToken, StaleToken};
+pub use name::{LockName, NameError};

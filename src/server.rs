@@ -1,0 +1,395 @@
+//! Real nats-server processes: the embedded dev server, and the single node
+//! and 3-node cluster the tests and benchmarks run against.
+//!
+//! Servers start from the configs in `nats/` (compiled in, so an installed
+//! `jetlock` needs no source tree), with every per-run value (ports, names,
+//! storage) passed through the environment the configs read. Each process
+//! gets `PR_SET_PDEATHSIG`, so it dies with the process that started it even
+//! when that process is killed with SIGKILL; a [`NatsServer`] kills and reaps
+//! its child on drop, and its temp dir goes with it.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// `nats/dev.conf`: the single-node config.
+pub const DEV_CONF: &str = include_str!("../nats/dev.conf");
+/// `nats/cluster.conf`: the clustered node config.
+pub const CLUSTER_CONF: &str = include_str!("../nats/cluster.conf");
+
+/// Oldest nats-server jetlock runs on: per-message TTL and limit markers
+/// came in 2.11, and 2.10.x/2.11.x up to 2.12.2 had KV CAS and stream-loss bugs.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 3);
+
+/// Why a nats-server could not be found or started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("nats-server not found (looked at $NATS_SERVER_BIN, .nats-bin/nats-server and PATH); install it with `bash nats/install.sh` or set NATS_SERVER_BIN")]
+    NotFound,
+    #[error("{path} is nats-server {found}; jetlock needs {}.{}.{} or newer: run `bash nats/install.sh` or set NATS_SERVER_BIN", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.2)]
+    TooOld { path: String, found: String },
+    #[error("could not start nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "nats-server {name} did not become ready within {waited:?}; its log ends with:\n{log}"
+    )]
+    NotReady {
+        name: String,
+        waited: Duration,
+        log: String,
+    },
+}
+
+/// Finds a nats-server binary that is new enough, once per process.
+pub fn server_binary() -> Result<PathBuf, ServerError> {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(path) = FOUND.get() {
+        return Ok(path.clone());
+    }
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        candidates.push(PathBuf::from(path));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".nats-bin/nats-server"));
+    candidates.push(PathBuf::from(".nats-bin/nats-server"));
+    if let Some(paths) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&paths).map(|p| p.join("nats-server")));
+    }
+    let mut too_old = None;
+    for path in candidates.into_iter().filter(|p| p.is_file()) {
+        match server_version(&path) {
+            Some(v) if v >= MIN_SERVER_VERSION => {
+                return Ok(FOUND.get_or_init(|| path).clone());
+            }
+            Some(v) => {
+                too_old.get_or_insert(ServerError::TooOld {
+                    path: path.display().to_string(),
+                    found: format!("{}.{}.{}", v.0, v.1, v.2),
+                });
+            }
+            None => {}
+        }
+    }
+    Err(too_old.unwrap_or(ServerError::NotFound))
+}
+
+/// Runs `nats-server --version` and parses `nats-server: v2.14.6`.
+pub fn server_version(path: &Path) -> Option<(u64, u64, u64)> {
+    let out = Command::new(path).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.trim().rsplit('v').next()?;
+    let mut parts = v
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// `n` distinct free loopback ports. All listeners are held until every
+/// port is chosen, so the ports differ from each other.
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+/// One nats-server child process.
+pub struct NatsServer {
+    name: String,
+    bin: PathBuf,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+    // Only a standalone server owns its dir; cluster members share the
+    // cluster's, which outlives them.
+    _dir: Option<TempDir>,
+}
+
+impl NatsServer {
+    /// Starts a single JetStream node from `nats/dev.conf` on `port` (a free
+    /// loopback port when `None`), storing in a fresh temp dir.
+    pub fn start_single(port: Option<u16>) -> Result<Self, ServerError> {
+        let dir = tempfile::Builder::new().prefix("jetlock-nats-").tempdir()?;
+        let port = match port {
+            Some(p) => p,
+            None => free_ports(1)?[0],
+        };
+        let config = dir.path().join("dev.conf");
+        fs::write(&config, DEV_CONF)?;
+        let env = vec![
+            ("NATS_SERVER_NAME".into(), "jetlock-dev".into()),
+            ("NATS_HOST".into(), "127.0.0.1".into()),
+            ("NATS_PORT".into(), port.to_string()),
+            (
+                "NATS_STORE_DIR".into(),
+                dir.path().join("jetstream").display().to_string(),
+            ),
+        ];
+        let mut server = NatsServer::new("jetlock-dev", config, env, port, dir.path())?;
+        server._dir = Some(dir);
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn new(
+        name: &str,
+        config: PathBuf,
+        env: Vec<(String, String)>,
+        port: u16,
+        dir: &Path,
+    ) -> Result<Self, ServerError> {
+        Ok(NatsServer {
+            name: name.to_owned(),
+            bin: server_binary()?,
+            log: dir.join(format!("{name}.log")),
+            config,
+            env,
+            port,
+            child: None,
+            _dir: None,
+        })
+    }
+
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no memory of
+            // the parent; this is the documented use of pre_exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        self.child = Some(cmd.spawn()?);
+        self.wait_listening(Duration::from_secs(15))
+    }
+
+    /// Waits until the client port accepts connections, failing early with
+    /// the log when the process exits.
+    fn wait_listening(&mut self, limit: Duration) -> Result<(), ServerError> {
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait()?.is_some(),
+                None => true,
+            };
+            if exited || start.elapsed() > limit {
+                return Err(ServerError::NotReady {
+                    name: self.name.clone(),
+                    waited: start.elapsed(),
+                    log: self.log_tail(20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's name (`server_name` in its config).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True while the process has been started and not killed.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, then reap. Storage is kept for [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM (a clean shutdown), then reap.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process hangs, its sockets stay open.
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`NatsServer::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+
+    /// Starts the process again with the same config, ports and storage.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+            let _ = f.read_to_string(&mut text);
+        }
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A cluster of nats-servers from `nats/cluster.conf` on loopback.
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+    _dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` (3 or 5) clustered JetStream nodes. Call
+    /// [`crate::server::wait_for_jetstream`] before using JetStream.
+    pub fn start(size: usize) -> Result<Self, ServerError> {
+        assert!((1..=3).contains(&size), "cluster.conf routes 3 nodes");
+        let dir = tempfile::Builder::new()
+            .prefix("jetlock-cluster-")
+            .tempdir()?;
+        let config = dir.path().join("cluster.conf");
+        fs::write(&config, CLUSTER_CONF)?;
+        let ports = free_ports(2 * size)?;
+        let (client_ports, route_ports) = ports.split_at(size);
+        let route = |i: usize| {
+            route_ports
+                .get(i)
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                // Fewer than three nodes: point the spare slot at node 1.
+                .unwrap_or_else(|| format!("nats-route://127.0.0.1:{}", route_ports[0]))
+        };
+        let mut servers = Vec::with_capacity(size);
+        for i in 0..size {
+            let name = format!("n{}", i + 1);
+            let env = vec![
+                ("NATS_SERVER_NAME".into(), name.clone()),
+                ("NATS_HOST".into(), "127.0.0.1".into()),
+                ("NATS_PORT".into(), client_ports[i].to_string()),
+                ("NATS_CLUSTER_PORT".into(), route_ports[i].to_string()),
+                ("NATS_ROUTE_1".into(), route(0)),
+                ("NATS_ROUTE_2".into(), route(1)),
+                ("NATS_ROUTE_3".into(), route(2)),
+                (
+                    "NATS_STORE_DIR".into(),
+                    dir.path().join(&name).display().to_string(),
+                ),
+            ];
+            servers.push(NatsServer::new(
+                &name,
+                config.clone(),
+                env,
+                client_ports[i],
+                dir.path(),
+            )?);
+        }
+        for server in &mut servers {
+            server.spawn()?;
+        }
+        Ok(NatsCluster { servers, _dir: dir })
+    }
+
+    /// All client URLs, comma-separated (what `async_nats::connect` takes).
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn servers(&self) -> &[NatsServer] {
+        &self.servers
+    }
+
+    pub fn server_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.servers[i]
+    }
+
+    /// The member named `name` (as JetStream reports leaders).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.name == name)
+    }
+}
+
+/// Waits until JetStream answers on `client` (a cluster has elected its
+/// meta leader), up to `limit`.
+pub async fn wait_for_jetstream(
+    client: &async_nats::Client,
+    limit: Duration,
+) -> Result<(), async_nats::Error> {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match js.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Compare-and-swap operations on the locks bucket.
+//!
+//! Every ownership change is one JetStream publish to the key's subject with
+//! `Nats-Expected-Last-Subject-Sequence` (the CAS) and, for grants and
+//! renewals, `Nats-TTL` (the lease, enforced by the server). async-nats'
+//! `kv.create_with_ttl` cannot be used: on a key holding a delete marker it
+//! falls back to an update without the TTL, so a reused lock name would never
+//! expire. Reads are only hints for the next CAS; they never decide ownership.
+//!
+//! Each write also carries a `Nats-Msg-Id` derived from the writer's nonce and
+//! the expected revision, so a retry after a lost ack is answered by the
+//! server's de-duplication with the original result instead of a second
+//! write.
+
+use crate::name::LockName;
+use crate::record::{LockRecord, RecordError};
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::LastRawMessageErrorKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// What the bucket holds for a key right now (as of a read: a hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// Nobody holds the lock. `revision` is the CAS precondition that takes
+    /// it: the delete or expiry marker's revision, or 0 when the key has no
+    /// message at all.
+    Vacant { revision: u64 },
+    /// Somebody holds the lock.
+    Held { revision: u64, record: LockRecord },
+}
+
+/// A failed write.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// The key changed since the expected revision: somebody else wrote.
+    #[error("the lock changed since revision {expected}")]
+    Conflict { expected: u64 },
+    /// The write may or may not have happened (timeout, disconnect).
+    #[error("publish to the locks bucket failed: {0}")]
+    Transport(#[source] async_nats::Error),
+}
+
+/// A failed read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading the locks bucket failed: {0}")]
+    Transport(#[source] async_nats::Error),
+    #[error("lock record under key {key:?} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: RecordError,
+    },
+}
+
+/// The result of a successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The revision (stream sequence) of the write.
+    pub revision: u64,
+    /// True when the server answered from de-duplication: an earlier
+    /// attempt with the same message id had already been stored.
+    pub duplicate: bool,
+}
+
+/// The locks bucket, for CAS writes and reads of single keys.
+#[derive(Clone)]
+pub struct LockStore {
+    js: jetstream::Context,
+    kv: kv::Store,
+    stream: jetstream::stream::Stream,
+    /// `$KV.<bucket>.`
+    prefix: String,
+}
+
+impl LockStore {
+    /// Wraps an opened bucket (see [`crate::bucket::open_bucket`]).
+    pub async fn new(js: jetstream::Context, kv: kv::Store) -> Result<Self, async_nats::Error> {
+        let stream = js.get_stream(&kv.stream_name).await?;
+        Ok(LockStore {
+            prefix: format!("$KV.{}.", kv.name),
+            js,
+            kv,
+            stream,
+        })
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.kv.name
+    }
+
+    /// The async-nats KV handle (for watchers and listings).
+    pub fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    fn subject(&self, name: &LockName) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + name.key().len());
+        s.push_str(&self.prefix);
+        s.push_str(name.key());
+        s
+    }
+
+    /// Writes `record` if the key's last revision is `expected` (0: the key
+    /// has no message), with a server-side TTL of `ttl` (whole seconds).
+    pub async fn put(
+        &self,
+        name: &LockName,
+        record: &LockRecord,
+        expected: u64,
+        ttl: Duration,
+        msg_id: &str,
+    ) -> Result<Written, CasError> {
+        let mut headers = cas_headers(expected, msg_id);
+        headers.insert("Nats-TTL", ttl_header(ttl).as_str());
+        self.publish(name, headers, Bytes::from(record.encode()), expected)
+            .await
+    }
+
+    /// Releases the key if its last revision is `expected`: writes a purge
+    /// marker (which removes the record) that itself expires after
+    /// `marker_ttl`. Returns the marker's revision, the CAS precondition for
+    /// the next acquirer.
+    pub async fn release(
+        &self,
+        name: &LockName,
+        expected: u64,
+        marker_ttl: Duration,
+        msg_id: &str,
+    ) -> Result<Written, CasError> {
+        let mut headers = cas_headers(expected, msg_id);
+        headers.insert("KV-Operation", "PURGE");
+        headers.insert("Nats-Rollup", "sub");
+        headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
+        self.publish(name, headers, Bytes::new(), expected).await
+    }
+
+    async fn publish(
+        &self,
+        name: &LockName,
+        headers: HeaderMap,
+        payload: Bytes,
+        expected: u64,
+    ) -> Result<Written, CasError> {
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(name), headers, payload)
+            .await
+            .map_err(|e| CasError::Transport(e.into()))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(Written {
+                revision: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(CasError::Conflict { expected })
+            }
+            Err(e) => Err(CasError::Transport(e.into())),
+        }
+    }
+
+    /// Reads the key's last message from the stream leader. The answer is a
+    /// hint for the next CAS, not a decision.
+    pub async fn read(&self, name: &LockName) -> Result<Current, ReadError> {
+        let message = match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(name))
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(Current::Vacant { revision: 0 })
+            }
+            Err(e) => return Err(ReadError::Transport(e.into())),
+        };
+        let is_marker = message.headers.get("KV-Operation").is_some()
+            || message.headers.get("Nats-Marker-Reason").is_some();
+        if is_marker {
+            return Ok(Current::Vacant {
+                revision: message.sequence,
+            });
+        }
+        let record = LockRecord::decode(&message.payload).map_err(|source| ReadError::Corrupt {
+            key: name.key().to_owned(),
+            source,
+        })?;
+        Ok(Current::Held {
+            revision: message.sequence,
+            record,
+        })
+    }
+
+    /// Watches one key from `revision` on (inclusive): every later write,
+    /// release and expiry of the key, in order.
+    pub async fn watch_from(
+        &self,
+        name: &LockName,
+        revision: u64,
+    ) -> Result<kv::Watch, async_nats::Error> {
+        Ok(self
+            .kv
+            .watch_from_revision(name.key(), revision.max(1))
+            .await?)
+    }
+}
+
+/// Interprets a watched KV entry the same way [`LockStore::read`] does.
+pub fn current_from_entry(entry: &kv::Entry) -> Result<Current, RecordError> {
+    match entry.operation {
+        kv::Operation::Delete | kv::Operation::Purge => Ok(Current::Vacant {
+            revision: entry.revision,
+        }),
+        kv::Operation::Put => Ok(Current::Held {
+            revision: entry.revision,
+            record: LockRecord::decode(&entry.value)?,
+        }),
+    }
+}
+
+fn cas_headers(expected: u64, msg_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected.to_string().as_str(),
+    );
+    headers.insert("Nats-Msg-Id", msg_id);
+    headers
+}
+
+/// `Nats-TTL` takes whole seconds (the server's minimum is one second);
+/// sub-second parts round up so a lease is never shorter than asked.
+fn ttl_header(ttl: Duration) -> String {
+    format!("{}s", whole_seconds(ttl))
+}
+
+/// A lease rounded up to whole seconds, at least one.
+pub fn whole_seconds(ttl: Duration) -> u64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_header(Duration::from_millis(1)), "1s");
+        assert_eq!(ttl_header(Duration::from_secs(10)), "10s");
+        assert_eq!(ttl_header(Duration::from_millis(10_001)), "11s");
+        assert_eq!(ttl_header(Duration::ZERO), "1s");
+    }
+}
