@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The fencing token of a grant: the KV revision of the granting write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct FencingToken(pub u64);
 

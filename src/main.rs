@@ -1,1 +1,5 @@
-fn main() {}
+//! The `jetlock` binary: everything lives in [`jetlock::cli`].
+
+fn main() -> std::process::ExitCode {
+    jetlock::cli::main()
+}

@@ -354,7 +354,8 @@ impl NatsCluster {
         Ok(NatsCluster { servers, _dir: dir })
     }
 
-    /// All client URLs, comma-separated (what `async_nats::connect` takes).
+    /// All client URLs, comma-separated (split with
+    /// [`crate::client::server_list`] for `async_nats::connect`).
     pub fn url(&self) -> String {
         self.servers
             .iter()

@@ -27,8 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tracing::{debug, instrument};
 
-/// How often a CAS is re-sent after a transport error before giving up
-/// (safe: the message id makes re-sends idempotent).
+/// How often a try-lock re-sends after a transport error (re-sends are
+/// safe: the message id makes them idempotent). A waiting acquisition keeps
+/// retrying, with backoff, until its deadline: a leader election mid-request
+/// costs the caller time, not an error.
 const TRANSPORT_RETRIES: u32 = 3;
 
 /// How long to wait for a lock.
@@ -52,6 +54,23 @@ impl Wait {
             Wait::Until(at) => Some(at),
             _ => None,
         }
+    }
+
+    /// After `tries` failed sends, whether to send again (after a backoff
+    /// that doubles from 25 ms to at most 1 s, cut short by the deadline).
+    async fn retry_after_transport_error(self, tries: u32) -> bool {
+        let give_up = match self {
+            Wait::No => tries > TRANSPORT_RETRIES,
+            Wait::Until(at) => Instant::now() >= at,
+            Wait::Forever => false,
+        };
+        if give_up {
+            return false;
+        }
+        let pause = Duration::from_millis(25 << tries.min(6)).min(Duration::from_secs(1));
+        within(self.deadline(), tokio::time::sleep(pause))
+            .await
+            .is_some()
     }
 }
 
@@ -171,16 +190,16 @@ pub(crate) async fn acquire(
 
     // 1. Fast path.
     let hint = inner.take_hint(name.key());
-    if let Some(w) = attempt.cas(hint, wait.deadline()).await? {
+    if let Some(w) = attempt.cas(hint, wait).await? {
         return Ok(attempt.granted(w));
     }
     // 2. Read what is there; under heavy churn a vacancy may be taken
     // between our read and our CAS a few times in a row.
     let mut rounds = 0;
     let mut from = loop {
-        match read(inner, name, wait.deadline()).await? {
+        match read(inner, name, wait).await? {
             Current::Vacant { revision } => {
-                if let Some(w) = attempt.cas(revision, wait.deadline()).await? {
+                if let Some(w) = attempt.cas(revision, wait).await? {
                     return Ok(attempt.granted(w));
                 }
                 rounds += 1;
@@ -207,15 +226,26 @@ pub(crate) async fn acquire(
     };
     // 3. Wait for a release or expiry, one CAS per marker.
     debug!(from, "lock is held; waiting");
+    let mut watch_failures = 0;
     loop {
-        let mut watch = within(wait.deadline(), inner.store.watch_from(name, from))
-            .await
-            .ok_or_else(|| timeout(name, started))?
-            .map_err(|source| LockError::Nats {
-                name: name.to_string(),
-                op: "watch",
-                source,
-            })?;
+        let mut watch = match within(wait.deadline(), inner.store.watch_from(name, from)).await {
+            None => return Err(timeout(name, started)),
+            Some(Ok(watch)) => {
+                watch_failures = 0;
+                watch
+            }
+            Some(Err(source)) => {
+                watch_failures += 1;
+                if wait.retry_after_transport_error(watch_failures).await {
+                    continue;
+                }
+                return Err(LockError::Nats {
+                    name: name.to_string(),
+                    op: "watch",
+                    source,
+                });
+            }
+        };
         while let Some(entry) = within(wait.deadline(), watch.next())
             .await
             .ok_or_else(|| timeout(name, started))?
@@ -232,7 +262,7 @@ pub(crate) async fn acquire(
             from = entry.revision + 1;
             match current_from_entry(&entry) {
                 Ok(Current::Vacant { revision }) => {
-                    if let Some(w) = attempt.cas(revision, wait.deadline()).await? {
+                    if let Some(w) = attempt.cas(revision, wait).await? {
                         debug!(
                             waited_ms = started.elapsed().as_millis() as u64,
                             "granted after wait"
@@ -269,11 +299,7 @@ impl Attempt {
     }
 
     /// One CAS expecting `expected`: `Some` when granted, `None` on conflict.
-    async fn cas(
-        &self,
-        expected: u64,
-        deadline: Option<Instant>,
-    ) -> Result<Option<Written>, LockError> {
+    async fn cas(&self, expected: u64, wait: Wait) -> Result<Option<Written>, LockError> {
         let msg_id = self.msg_id(expected);
         let mut inflight = Inflight(Some((self.clone(), expected)));
         let mut tries = 0;
@@ -297,8 +323,8 @@ impl Attempt {
                 Err(CasError::Conflict { .. }) => break Ok(None),
                 Err(CasError::Transport(source)) => {
                     tries += 1;
-                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
-                    if tries > TRANSPORT_RETRIES || expired {
+                    debug!(lock = %self.name, error = %source, tries, "acquire CAS failed to send");
+                    if !wait.retry_after_transport_error(tries).await {
                         // Leave `inflight` armed: its task settles the write.
                         return Err(LockError::Nats {
                             name: self.name.to_string(),
@@ -374,18 +400,12 @@ impl Drop for Inflight {
     }
 }
 
-async fn read(
-    inner: &Inner,
-    name: &LockName,
-    deadline: Option<Instant>,
-) -> Result<Current, LockError> {
+async fn read(inner: &Inner, name: &LockName, wait: Wait) -> Result<Current, LockError> {
     let mut tries = 0;
     loop {
         match inner.store.read(name).await {
             Ok(current) => return Ok(current),
-            Err(ReadError::Transport(_))
-                if tries < TRANSPORT_RETRIES && deadline.is_none_or(|d| Instant::now() < d) =>
-            {
+            Err(ReadError::Transport(_)) if wait.retry_after_transport_error(tries + 1).await => {
                 tries += 1;
             }
             Err(e) => return Err(read_error(name, e)),
@@ -421,7 +441,7 @@ fn timeout(name: &LockName, started: Instant) -> LockError {
     }
 }
 
-pub(crate) fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -12,7 +12,7 @@ mod acquire;
 mod guard;
 mod multi;
 
-pub use acquire::LockRequest;
+pub use acquire::{unix_ms, LockRequest};
 pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
 
@@ -94,7 +94,7 @@ impl ClientOptions {
             .name(&self.name)
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .connect(url)
+            .connect(server_list(url))
             .await
             .map_err(|source| ConnectError::Nats {
                 url: url.to_owned(),
@@ -223,6 +223,16 @@ impl Client {
     pub fn store(&self) -> &LockStore {
         &self.inner.store
     }
+}
+
+/// Splits a comma-separated server list (`nats://a:4222,nats://b:4222`),
+/// which async-nats itself takes only as a list.
+pub fn server_list(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {

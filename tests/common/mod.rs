@@ -33,7 +33,9 @@ pub fn single() -> NatsServer {
 pub async fn cluster() -> NatsCluster {
     init_tracing();
     let cluster = NatsCluster::start(3).expect("start 3-node cluster");
-    let nats = async_nats::connect(cluster.url()).await.expect("connect");
+    let nats = async_nats::connect(jetlock::client::server_list(&cluster.url()))
+        .await
+        .expect("connect");
     wait_for_jetstream(&nats, PATIENCE)
         .await
         .expect("JetStream meta leader");

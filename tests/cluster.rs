@@ -1,0 +1,136 @@
+//! The lock core on a 3-node cluster (`nats/cluster.conf`, R3 bucket,
+//! `sync_interval: always`), with a member killed under load.
+
+mod common;
+
+use common::{cluster, ExclusionChecker, PATIENCE};
+use jetlock::{ClientOptions, Fence, LockError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
+
+const KEY: &str = "account:failover";
+
+async fn stream_leader(url: &str) -> String {
+    let nats = async_nats::connect(jetlock::client::server_list(url))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    timeout(PATIENCE, async {
+        loop {
+            if let Ok(mut stream) = js.get_stream("KV_JETLOCK_LOCKS").await {
+                if let Ok(info) = stream.info().await {
+                    if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                        return leader;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the locks stream has a leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
+    let mut cluster = cluster().await;
+    let url = cluster.url();
+    let setup = ClientOptions::new()
+        .create_bucket(3)
+        .connect(&url)
+        .await
+        .expect("bucket on the cluster");
+    drop(setup);
+
+    let checker = Arc::new(ExclusionChecker::default());
+    let fence = Arc::new(Fence::new());
+    let grants = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let client = ClientOptions::new()
+            .name(format!("task-{t}"))
+            .connect(&url)
+            .await
+            .expect("client");
+        let (checker, fence, grants, stop) =
+            (checker.clone(), fence.clone(), grants.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            while !stop.is_cancelled() {
+                let request = client
+                    .lock(KEY)
+                    .ttl(Duration::from_secs(3))
+                    .wait(Duration::from_secs(5));
+                let guard = match request.acquire().await {
+                    Ok(guard) => guard,
+                    // Failover: the request timed out or NATS did not answer.
+                    Err(LockError::Timeout { .. } | LockError::Nats { .. }) => {
+                        errors += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("unexpected error: {e}"),
+                };
+                checker.enter(guard.token());
+                fence
+                    .admit(KEY, guard.token())
+                    .expect("a grant's token was refused by the fence");
+                checker.exit();
+                grants.fetch_add(1, Ordering::SeqCst);
+                // A release that cannot reach the leader leaves the lock to
+                // expire by its lease; that is allowed here.
+                let _ = guard.release().await;
+            }
+            errors
+        }));
+    }
+
+    let wait_for = |target: u64| {
+        let grants = grants.clone();
+        async move {
+            while grants.load(Ordering::SeqCst) < target {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    timeout(PATIENCE, wait_for(100))
+        .await
+        .expect("100 grants before the fault");
+
+    let leader = stream_leader(&url).await;
+    let victim = cluster.index_of(&leader).expect("leader is a member");
+    cluster.server_mut(victim).kill();
+    let at_kill = grants.load(Ordering::SeqCst);
+
+    timeout(Duration::from_secs(120), wait_for(at_kill + 100))
+        .await
+        .expect("the lock loop resumed after the leader was killed");
+    let new_leader = stream_leader(&url).await;
+    assert_ne!(new_leader, leader, "a new leader took over");
+
+    // The killed member comes back and the loop keeps going.
+    cluster
+        .server_mut(victim)
+        .restart()
+        .expect("restart member");
+    let after_restart = grants.load(Ordering::SeqCst);
+    timeout(Duration::from_secs(120), wait_for(after_restart + 50))
+        .await
+        .expect("the loop runs with the member back");
+
+    stop.cancel();
+    let mut errors = 0;
+    for task in tasks {
+        errors += timeout(PATIENCE, task)
+            .await
+            .expect("task stops")
+            .expect("task");
+    }
+    checker.assert_clean();
+    eprintln!(
+        "grants: {}, retried requests during failover: {errors}",
+        checker.entries()
+    );
+}
