@@ -125,6 +125,31 @@ mod tests {
         assert_eq!(LockRecord::decode(&bytes).unwrap(), sample());
     }
 
+    /// The exact bytes of a v1 record, as documented in docs/PROTOCOL.md.
+    /// If this changes, the format changed: bump the version instead.
+    #[test]
+    fn v1_golden_bytes() {
+        let r = LockRecord {
+            owner: "w1#1".into(),
+            session: "S1".into(),
+            acquired_ms: 1_764_000_000_000,
+            lease_ms: 10_000,
+            holds: 1,
+            token: 0,
+        };
+        let golden = [
+            0x4a, 0x01, // magic 'J', version 1
+            0x04, b'w', b'1', b'#', b'1', // owner
+            0x02, b'S', b'1', // session
+            0xfd, 0x00, 0xe8, 0x97, 0xb6, 0x9a, 0x01, 0x00, 0x00, // acquired_ms (u64 varint)
+            0xfb, 0x10, 0x27, // lease_ms = 10000 (u16 varint)
+            0x01, // holds
+            0x00, // token
+        ];
+        assert_eq!(r.encode(), golden);
+        assert_eq!(LockRecord::decode(&golden).unwrap(), r);
+    }
+
     #[test]
     fn token_comes_from_revision_until_renewed() {
         let mut r = sample();
