@@ -226,39 +226,44 @@ pub(crate) async fn acquire(
     };
     // 3. Wait for a release or expiry, one CAS per marker.
     debug!(from, "lock is held; waiting");
+    // Failures to create or keep a watcher in a row; each one backs off.
     let mut watch_failures = 0;
+    let mut last_error = None;
     loop {
-        let mut watch = match within(wait.deadline(), inner.store.watch_from(name, from)).await {
-            None => return Err(timeout(name, started)),
-            Some(Ok(watch)) => {
-                watch_failures = 0;
-                watch
-            }
-            Some(Err(source)) => {
-                watch_failures += 1;
-                if wait.retry_after_transport_error(watch_failures).await {
-                    continue;
-                }
-                return Err(LockError::Nats {
+        if watch_failures > 0 && !wait.retry_after_transport_error(watch_failures).await {
+            return Err(match last_error {
+                Some(source) => LockError::Nats {
                     name: name.to_string(),
                     op: "watch",
                     source,
-                });
+                },
+                None => timeout(name, started),
+            });
+        }
+        let mut watch = match within(wait.deadline(), inner.store.watch_from(name, from)).await {
+            None => return Err(timeout(name, started)),
+            Some(Ok(watch)) => watch,
+            Some(Err(source)) => {
+                watch_failures += 1;
+                last_error = Some(source);
+                continue;
             }
         };
         while let Some(entry) = within(wait.deadline(), watch.next())
             .await
             .ok_or_else(|| timeout(name, started))?
         {
+            // The watcher broke (server restart): a new one resumes from the
+            // last revision seen.
             let entry = match entry {
                 Ok(entry) => entry,
-                // The watcher broke (server restart): start a new one from
-                // the last revision seen.
                 Err(e) => {
                     debug!(error = %e, "watch broke; resuming");
+                    last_error = Some(e.into());
                     break;
                 }
             };
+            watch_failures = 0;
             from = entry.revision + 1;
             match current_from_entry(&entry) {
                 Ok(Current::Vacant { revision }) => {
@@ -279,6 +284,8 @@ pub(crate) async fn acquire(
                 }
             }
         }
+        // The watcher broke or ended: back off before the next one.
+        watch_failures += 1;
     }
 }
 

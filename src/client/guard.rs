@@ -26,6 +26,16 @@ use tracing::{debug, info, warn};
 /// Pause between renewal attempts after a transport error.
 const RENEW_RETRY: Duration = Duration::from_millis(250);
 
+/// Which rewrite of the record a hold is making.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rewrite {
+    /// The watchdog's renewal: retried until the lease would end.
+    Renew,
+    /// A reentrant acquisition or a partial release: a caller is waiting,
+    /// so a few retries, then an error.
+    Holds(&'static str),
+}
+
 pub(crate) struct Hold {
     inner: Arc<Inner>,
     name: LockName,
@@ -105,7 +115,8 @@ impl Hold {
         let mut state = hold.state.lock().await;
         hold.check(&state)?;
         let holds = state.holds + 1;
-        hold.write(&mut state, holds, "reenter").await?;
+        hold.write(&mut state, holds, Rewrite::Holds("reenter"))
+            .await?;
         state.holds = holds;
         debug!(lock = %hold.name, holds, "reentrant hold");
         Ok(LockGuard {
@@ -133,7 +144,7 @@ impl Hold {
         &self,
         state: &mut HoldState,
         holds: u32,
-        op: &'static str,
+        rewrite: Rewrite,
     ) -> Result<(), LockError> {
         let record = LockRecord {
             holds,
@@ -159,12 +170,14 @@ impl Hold {
                 }
                 Ok(Err(CasError::Transport(source))) => {
                     tries += 1;
-                    if tries > 3 && op != "renew" {
-                        return Err(LockError::Nats {
-                            name: self.name.to_string(),
-                            op,
-                            source,
-                        });
+                    if let Rewrite::Holds(op) = rewrite {
+                        if tries > 3 {
+                            return Err(LockError::Nats {
+                                name: self.name.to_string(),
+                                op,
+                                source,
+                            });
+                        }
                     }
                     warn!(lock = %self.name, error = %source, "lock write failed; retrying");
                     if tokio::time::timeout_at(state.expires, tokio::time::sleep(RENEW_RETRY))
@@ -190,7 +203,8 @@ impl Hold {
         self.check(&state)?;
         if state.holds > 1 {
             let holds = state.holds - 1;
-            self.write(&mut state, holds, "release").await?;
+            self.write(&mut state, holds, Rewrite::Holds("release"))
+                .await?;
             state.holds = holds;
             return Ok(());
         }
@@ -289,7 +303,7 @@ async fn watchdog(hold: Arc<Hold>, renew: bool) {
             return;
         }
         let holds = state.holds;
-        match hold.write(&mut state, holds, "renew").await {
+        match hold.write(&mut state, holds, Rewrite::Renew).await {
             Ok(()) => {
                 debug!(lock = %hold.name, revision = state.revision, "lease renewed");
                 next = Instant::now() + period;
