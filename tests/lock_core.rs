@@ -355,3 +355,26 @@ async fn tokens_keep_increasing_across_a_server_restart() {
     assert!(after.token() > t1, "{} <= {}", after.token(), t1);
     after.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_a_guard_releases_the_lock() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let other = client(&server.url(), 1).await;
+    // A 30 s lease: only a release, not an expiry, frees it within the wait.
+    let guard = c
+        .lock("drop:me")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let token = guard.token();
+    drop(guard);
+    let next = other
+        .lock("drop:me")
+        .wait(Duration::from_secs(5))
+        .acquire()
+        .await
+        .expect("released on drop");
+    assert!(next.token() > token);
+}
