@@ -5,7 +5,7 @@
 # Prints the absolute path of the nats-server binary on its last line.
 set -euo pipefail
 
-NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.14.6}"
+NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.1}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 prefix="$root/.nats-bin"
 venv="$prefix/venv-$NATS_SERVER_VERSION"

@@ -19,7 +19,10 @@ fn every_mounted_file_exists() {
         let item = line.trim().trim_start_matches("- ");
         if let Some(path) = item.strip_prefix("./") {
             let host = path.split(':').next().unwrap();
-            assert!(root().join(host).is_file(), "compose mounts missing ./{host}");
+            assert!(
+                root().join(host).is_file(),
+                "compose mounts missing ./{host}"
+            );
             mounts += 1;
         }
     }
@@ -35,7 +38,11 @@ fn compose_sets_every_variable_the_cluster_config_reads() {
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .flat_map(|l| l.split('$').skip(1))
-        .map(|v| v.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap())
+        .map(|v| {
+            v.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap()
+        })
         .collect();
     assert!(wanted.contains("NATS_ROUTE_3") && wanted.contains("NATS_STORE_DIR"));
     // Each node gets the shared block plus its own server name.
