@@ -60,20 +60,27 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     if args.once {
         return Ok(());
     }
+    // Handlers first, then the prompt: a Ctrl-C right after the prompt must
+    // not meet the default action (which would skip the clean stop).
+    let stopped = shutdown_signal()?;
     println!("\nserving; press Ctrl-C to stop");
-    shutdown_signal().await;
+    stopped.await;
     drop(server);
     println!("nats-server stopped, temp storage removed");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Shows, on the real server, each thing a lock promises.
