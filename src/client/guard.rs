@@ -1,10 +1,10 @@
-//! A held lock: its lease watchdog, its loss signal, its reentrant holds.
+//! A held lock: its lease, its loss signal, its reentrant holds.
 //!
 //! One [`Hold`] per grant, shared by the [`LockGuard`]s of its reentrant
 //! acquisitions. The hold's state (the key's current revision and the hold
-//! count) sits behind one async mutex, so the watchdog's renewals, reentrant
+//! count) sits behind one async mutex, so the renewer's renewals, reentrant
 //! acquisitions and releases each CAS against the revision the previous one
-//! wrote. The watchdog renews every third of the lease. If a renewal finds
+//! wrote. The client's renewer (`renewer.rs`) renews every third of the lease. If a renewal finds
 //! the record changed, or no renewal succeeds before the lease would end on
 //! the holder's own clock (measured from when the last successful renewal was
 //! *sent*, so it never outlives the server's), the hold is lost: `lost()`
@@ -29,7 +29,7 @@ const RENEW_RETRY: Duration = Duration::from_millis(250);
 /// Which rewrite of the record a hold is making.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rewrite {
-    /// The watchdog's renewal: retried until the lease would end.
+    /// The renewer's renewal: retried until the lease would end.
     Renew,
     /// A reentrant acquisition or a partial release: a caller is waiting,
     /// so a few retries, then an error.
@@ -47,8 +47,10 @@ pub(crate) struct Hold {
     state: Mutex<HoldState>,
     lost: CancellationToken,
     lost_reason: OnceLock<LostReason>,
-    /// Stops the watchdog (last release, loss).
-    stop: CancellationToken,
+    /// Renew the lease (the default) or let it run out at its TTL.
+    auto_renew: bool,
+    /// When the renewer first looks at this hold.
+    first_due: Instant,
 }
 
 struct HoldState {
@@ -78,7 +80,8 @@ impl Hold {
         let owner = record.owner.clone();
         // The grant's write was sent before now: counting the lease from
         // now could outlive the server's by a round trip, so take one off.
-        let expires = Instant::now() + ttl.saturating_sub(Duration::from_millis(50));
+        let now = Instant::now();
+        let expires = now + ttl.saturating_sub(Duration::from_millis(50));
         record.token = token.get();
         let hold = Arc::new(Hold {
             nonce: nuid::next().to_string(),
@@ -96,13 +99,14 @@ impl Hold {
             }),
             lost: CancellationToken::new(),
             lost_reason: OnceLock::new(),
-            stop: CancellationToken::new(),
+            auto_renew,
+            first_due: if auto_renew { now + ttl / 3 } else { expires },
         });
         hold.inner.holds.insert(
             (hold.name.key().to_owned(), hold.owner.clone()),
             Arc::downgrade(&hold),
         );
-        tokio::spawn(watchdog(hold.clone(), auto_renew));
+        hold.inner.renewer.register(Arc::downgrade(&hold));
         LockGuard {
             hold,
             released: false,
@@ -245,6 +249,39 @@ impl Hold {
         }
     }
 
+    /// When the renewer should first look at this hold.
+    pub(crate) fn first_due(&self) -> Instant {
+        self.first_due
+    }
+
+    /// The renewer's visit: renew the lease (or, for a plain lease, fire
+    /// `lost()` once it has run out). Returns when to come back, or `None`
+    /// when the hold is finished.
+    pub(crate) async fn tick(&self) -> Option<Instant> {
+        let mut state = self.state.lock().await;
+        if state.done {
+            return None;
+        }
+        if !self.auto_renew {
+            if Instant::now() < state.expires {
+                return Some(state.expires);
+            }
+            self.mark_lost(&mut state, LostReason::Expired);
+            return None;
+        }
+        let holds = state.holds;
+        match self.write(&mut state, holds, Rewrite::Renew).await {
+            Ok(()) => {
+                debug!(lock = %self.name, revision = state.revision, "lease renewed");
+                Some(Instant::now() + self.ttl / 3)
+            }
+            Err(e) => {
+                info!(lock = %self.name, error = %e, "renewals stopped");
+                None
+            }
+        }
+    }
+
     fn mark_lost(&self, state: &mut HoldState, reason: LostReason) {
         state.done = true;
         self.set_lost(reason);
@@ -258,9 +295,8 @@ impl Hold {
         self.finish();
     }
 
-    /// Stops the watchdog and forgets the hold for reentrancy.
+    /// Forgets the hold for reentrancy (the renewer skips it once `done`).
     fn finish(&self) {
-        self.stop.cancel();
         self.inner.holds.remove_if(
             &(self.name.key().to_owned(), self.owner.clone()),
             |_, weak| std::ptr::eq(weak.as_ptr(), self),
@@ -271,47 +307,6 @@ impl Hold {
         LockError::Lost {
             name: self.name.to_string(),
             reason,
-        }
-    }
-}
-
-/// Renews the lease every third of it until the last release or a loss.
-/// Without renewal it only fires `lost()` when the lease runs out.
-async fn watchdog(hold: Arc<Hold>, renew: bool) {
-    if !renew {
-        let expires = hold.state.lock().await.expires;
-        tokio::select! {
-            _ = hold.stop.cancelled() => {}
-            _ = tokio::time::sleep_until(expires) => {
-                let mut state = hold.state.lock().await;
-                if !state.done {
-                    hold.mark_lost(&mut state, LostReason::Expired);
-                }
-            }
-        }
-        return;
-    }
-    let period = hold.ttl / 3;
-    let mut next = Instant::now() + period;
-    loop {
-        tokio::select! {
-            _ = hold.stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        let mut state = hold.state.lock().await;
-        if state.done {
-            return;
-        }
-        let holds = state.holds;
-        match hold.write(&mut state, holds, Rewrite::Renew).await {
-            Ok(()) => {
-                debug!(lock = %hold.name, revision = state.revision, "lease renewed");
-                next = Instant::now() + period;
-            }
-            Err(e) => {
-                info!(lock = %hold.name, error = %e, "watchdog stopped");
-                return;
-            }
         }
     }
 }
@@ -376,15 +371,12 @@ impl Drop for LockGuard {
             return;
         }
         let hold = self.hold.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let _ = hold.release_one().await;
-                });
-            }
-            // Without a runtime nothing can be sent: stop renewing and let
-            // the server expire the lease.
-            Err(_) => hold.stop.cancel(),
+        // Without a runtime nothing can be sent (and nothing renews): the
+        // server expires the lease.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = hold.release_one().await;
+            });
         }
     }
 }

@@ -6,11 +6,13 @@
 //!   watch-and-retry wait;
 //! - `guard.rs` — [`LockGuard`]: a held lease, its renewal watchdog, the
 //!   loss signal, reentrant holds and release;
-//! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order.
+//! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order;
+//! - `renewer.rs` — one lease watchdog per client for all its holds.
 
 mod acquire;
 mod guard;
 mod multi;
+mod renewer;
 
 pub use acquire::{unix_ms, LockRequest};
 pub use guard::LockGuard;
@@ -124,6 +126,7 @@ impl ClientOptions {
                 next_owner: AtomicU64::new(1),
                 holds: DashMap::new(),
                 hints: DashMap::new(),
+                renewer: renewer::Renewer::start(),
             }),
         })
     }
@@ -147,6 +150,15 @@ pub(crate) struct Inner {
     /// Revision of the last release marker this session wrote per key: the
     /// CAS precondition of the next grant, so re-acquiring is one round trip.
     hints: DashMap<String, u64>,
+    /// Renews every hold of this session.
+    pub(crate) renewer: Arc<renewer::Renewer>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Last client handle and last hold are gone.
+        self.renewer.stop();
+    }
 }
 
 impl Inner {
