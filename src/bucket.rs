@@ -136,6 +136,10 @@ fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), 
         ))
     } else if config.mirror.is_some() {
         Some("the bucket is a mirror and cannot take writes".to_owned())
+    } else if config.max_messages_per_subject != 1 {
+        warn!(bucket, history = config.max_messages_per_subject,
+              "locks bucket keeps more than one message per key: released records linger as history (space only; safety is unaffected)");
+        None
     } else if config.storage == StorageType::Memory {
         warn!(
             bucket,

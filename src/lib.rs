@@ -15,8 +15,8 @@
 //! - [`fence`] — [`FencingToken`] and the [`Fence`] a protected resource uses;
 //! - [`bucket`] — the locks bucket's required config: create, verify;
 //! - [`store`] — CAS writes, reads and watches on the bucket;
-//! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (watchdog,
-//!   loss signal, reentrancy), multi-key locking;
+//! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (lease
+//!   renewal, loss signal, reentrancy), multi-key locking;
 //! - [`error`] — the error enums callers match on;
 //! - [`server`] — real nats-server processes (dev server, tests, benches);
 //! - [`cli`] — the `jetlock` command (thin `src/main.rs` calls it).

@@ -30,7 +30,7 @@ pub struct LockRecord {
     /// Wall-clock time of the grant, in ms since the Unix epoch. For people
     /// only: no safety decision ever reads a clock.
     pub acquired_ms: u64,
-    /// Lease length in ms (the key's TTL, renewed by the watchdog).
+    /// Lease length in ms (the key's TTL, renewed while held).
     pub lease_ms: u64,
     /// Reentrant hold count (1 for a first acquisition).
     pub holds: u32,

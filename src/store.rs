@@ -119,8 +119,8 @@ impl LockStore {
             .await
     }
 
-    /// Releases the key if its last revision is `expected`: writes a purge
-    /// marker (which removes the record) that itself expires after
+    /// Releases the key if its last revision is `expected`: writes a delete
+    /// marker (which replaces the record: history is 1) that itself expires after
     /// `marker_ttl`. Returns the marker's revision, the CAS precondition for
     /// the next acquirer.
     pub async fn release(
@@ -131,8 +131,7 @@ impl LockStore {
         msg_id: &str,
     ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, msg_id);
-        headers.insert("KV-Operation", "PURGE");
-        headers.insert("Nats-Rollup", "sub");
+        headers.insert("KV-Operation", "DEL");
         headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
         self.publish(name, headers, Bytes::new(), expected).await
     }

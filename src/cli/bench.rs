@@ -3,7 +3,8 @@
 //! One client, sequential: every measured operation is one *pair* (take,
 //! then give back) timed end to end with [`Instant`] into an HDR histogram
 //! in microseconds, after a short warm-up that is not recorded. Five
-//! workloads run against the same server, connection and bucket:
+//! workloads run against the same server, connection and bucket, in
+//! interleaved rounds (see [`measure`]):
 //!
 //! - **nats core rtt** — a core NATS request answered with an empty reply by
 //!   a responder on the same connection: the floor of any request/reply
@@ -42,6 +43,8 @@ use std::time::{Duration, Instant};
 const WARMUP: u64 = 50;
 /// Measured pairs per workload by default.
 const DEFAULT_ITERATIONS: u64 = 2000;
+/// Interleaved rounds the measured pairs are split into.
+const ROUNDS: u64 = 10;
 /// Measured pairs per workload with `--quick`.
 const QUICK_ITERATIONS: u64 = 300;
 /// First token of every key and subject the bench writes.
@@ -92,6 +95,15 @@ struct Measurement {
     elapsed: Duration,
 }
 
+impl Default for Measurement {
+    fn default() -> Self {
+        Measurement {
+            histogram: Histogram::new(3).expect("3 significant digits is a valid precision"),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let iterations = args.iterations.unwrap_or(if args.quick {
         QUICK_ITERATIONS
@@ -126,20 +138,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let run = format!("{PREFIX}.{}", nuid::next());
     let value = Bytes::from(sample_record(&client).encode());
 
-    let measured = async {
-        progress("nats core rtt");
-        let rtt = core_rtt(&nats, &run, iterations).await?;
-        progress("raw kv pair, fresh key");
-        let raw_fresh = raw_kv_fresh(&kv, &run, &value, iterations).await?;
-        progress("raw kv pair, reused key");
-        let raw_reused = raw_kv_reused(&kv, &run, &value, iterations).await?;
-        progress("jetlock pair, fresh key");
-        let jl_fresh = jetlock_fresh(&client, &run, iterations).await?;
-        progress("jetlock pair, reused key");
-        let jl_reused = jetlock_reused(&client, &run, iterations).await?;
-        Ok::<_, CliError>([rtt, raw_fresh, raw_reused, jl_fresh, jl_reused])
-    }
-    .await;
+    let measured = measure(&nats, &kv, &client, &run, &value, iterations).await;
     // Clean up even after a failed workload, but report the failure first.
     let cleanup = purge_run(&js, &kv, &run).await;
     let [rtt, raw_fresh, raw_reused, jl_fresh, jl_reused] = measured?;
@@ -172,13 +171,27 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// W1a: a core NATS request/reply with an empty payload, answered by a
-/// responder subscribed on the same connection.
-async fn core_rtt(
+/// Runs the five workloads in [`ROUNDS`] interleaved rounds, each round a
+/// slice of every workload, so that drift of a shared 2-core machine (other
+/// processes, the server's own background work) spreads over all rows
+/// instead of landing on whichever ran last; the ratios compare like with
+/// like. Each workload is warmed up once, unrecorded, first.
+///
+/// - W1a, core NATS request/reply with an empty payload, answered by a
+///   responder subscribed on the same connection;
+/// - W1b/c, the raw KV pair on a new key each time (create is one round
+///   trip) and on one key (create over a delete marker is three: the failed
+///   create, a read, an update);
+/// - W1d/e, a jetlock acquire + release on a new name each time and on one
+///   name.
+async fn measure(
     nats: &async_nats::Client,
+    kv: &kv::Store,
+    client: &Client,
     run: &str,
+    value: &Bytes,
     iterations: u64,
-) -> Result<Measurement, CliError> {
+) -> Result<[Measurement; 5], CliError> {
     let subject = Subject::from(format!("{run}.rtt"));
     let mut requests = nats.subscribe(subject.clone()).await?;
     // Make sure the server knows the responder before the first request.
@@ -192,61 +205,56 @@ async fn core_rtt(
             }
         }
     });
-    let measured = timed(iterations, async |_| {
-        nats.request(subject.clone(), Bytes::new()).await?;
-        Ok(())
-    })
-    .await;
-    responder.abort();
-    measured
-}
-
-/// W1b: the raw KV pair on a new key each time (create is one round trip).
-async fn raw_kv_fresh(
-    kv: &kv::Store,
-    run: &str,
-    value: &Bytes,
-    iterations: u64,
-) -> Result<Measurement, CliError> {
-    timed(iterations, async |i| {
-        raw_pair(kv, &format!("{run}.raw-fresh-{i}"), value).await
-    })
-    .await
-}
-
-/// W1c: the raw KV pair on one key (create over a delete marker is three
-/// round trips: the failed create, a read, an update).
-async fn raw_kv_reused(
-    kv: &kv::Store,
-    run: &str,
-    value: &Bytes,
-    iterations: u64,
-) -> Result<Measurement, CliError> {
-    let key = format!("{run}.raw-reused");
-    timed(iterations, async |_| raw_pair(kv, &key, value).await).await
-}
-
-/// W1d: a jetlock acquire + release on a new name each time.
-async fn jetlock_fresh(
-    client: &Client,
-    run: &str,
-    iterations: u64,
-) -> Result<Measurement, CliError> {
+    let raw_reused = format!("{run}.raw-reused");
     let prefix = lock_prefix(run);
-    timed(iterations, async |i| {
-        jetlock_pair(client, &format!("{prefix}:fresh-{i}")).await
-    })
-    .await
-}
+    let jl_reused = format!("{prefix}:reused");
 
-/// W1e: a jetlock acquire + release on one name.
-async fn jetlock_reused(
-    client: &Client,
-    run: &str,
-    iterations: u64,
-) -> Result<Measurement, CliError> {
-    let name = format!("{}:reused", lock_prefix(run));
-    timed(iterations, async |_| jetlock_pair(client, &name).await).await
+    let mut m: [Measurement; 5] = std::array::from_fn(|_| Measurement::default());
+    let mut result = Ok(());
+    let warmup = 0..WARMUP;
+    for round in 0..=ROUNDS {
+        // Round 0 is the warm-up; then pairs [from, to) of each workload.
+        let (range, record) = match round {
+            0 => (warmup.clone(), false),
+            r => (
+                WARMUP + (r - 1) * iterations / ROUNDS..WARMUP + r * iterations / ROUNDS,
+                true,
+            ),
+        };
+        if record && round == 1 {
+            progress("5 workloads, interleaved");
+        }
+        let [rtt, raw_f, raw_r, jl_f, jl_r] = &mut m;
+        result = async {
+            timed(rtt, range.clone(), record, async |_| {
+                nats.request(subject.clone(), Bytes::new()).await?;
+                Ok(())
+            })
+            .await?;
+            timed(raw_f, range.clone(), record, async |i| {
+                raw_pair(kv, &format!("{run}.raw-fresh-{i}"), value).await
+            })
+            .await?;
+            timed(raw_r, range.clone(), record, async |_| {
+                raw_pair(kv, &raw_reused, value).await
+            })
+            .await?;
+            timed(jl_f, range.clone(), record, async |i| {
+                jetlock_pair(client, &format!("{prefix}:fresh-{i}")).await
+            })
+            .await?;
+            timed(jl_r, range.clone(), record, async |_| {
+                jetlock_pair(client, &jl_reused).await
+            })
+            .await
+        }
+        .await;
+        if result.is_err() {
+            break;
+        }
+    }
+    responder.abort();
+    result.map(|()| m)
 }
 
 async fn raw_pair(kv: &kv::Store, key: &str, value: &Bytes) -> Result<(), CliError> {
@@ -260,28 +268,28 @@ async fn jetlock_pair(client: &Client, name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Runs `pair` [`WARMUP`] times unrecorded, then `iterations` times, each
-/// timed into a histogram in microseconds. `pair` gets a distinct index on
-/// every call (warm-up included), for workloads that need fresh keys.
+/// Runs `pair` for each index in `range`; when `record`, times each call
+/// into the measurement's histogram (µs) and adds the loop's wall time.
+/// Indices are distinct across calls, for workloads that need fresh keys.
 async fn timed(
-    iterations: u64,
+    m: &mut Measurement,
+    range: std::ops::Range<u64>,
+    record: bool,
     mut pair: impl AsyncFnMut(u64) -> Result<(), CliError>,
-) -> Result<Measurement, CliError> {
-    for i in 0..WARMUP {
-        pair(i).await?;
-    }
-    let mut histogram = Histogram::<u64>::new(3)?;
+) -> Result<(), CliError> {
     let started = Instant::now();
-    for i in WARMUP..WARMUP + iterations {
+    for i in range {
         let pair_started = Instant::now();
         pair(i).await?;
-        let us = u64::try_from(pair_started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        histogram.record(us)?;
+        if record {
+            let us = u64::try_from(pair_started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            m.histogram.record(us)?;
+        }
     }
-    Ok(Measurement {
-        histogram,
-        elapsed: started.elapsed(),
-    })
+    if record {
+        m.elapsed += started.elapsed();
+    }
+    Ok(())
 }
 
 /// A record like the ones jetlock writes, for the raw rows' value.

@@ -121,7 +121,7 @@ impl LockRequest {
         self
     }
 
-    /// Whether the watchdog renews the lease while the guard lives (default
+    /// Whether the client renews the lease while the guard lives (default
     /// true). With `false` the lock is a plain lease: it ends at its TTL
     /// unless released first, and `lost()` fires when it does.
     pub fn auto_renew(mut self, renew: bool) -> Self {

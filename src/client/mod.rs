@@ -4,10 +4,10 @@
 //!   defaults, the per-session tables);
 //! - `acquire.rs` — [`LockRequest`]: the CAS fast path, the read, and the
 //!   watch-and-retry wait;
-//! - `guard.rs` — [`LockGuard`]: a held lease, its renewal watchdog, the
+//! - `guard.rs` — [`LockGuard`]: a held lease, the
 //!   loss signal, reentrant holds and release;
 //! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order;
-//! - `renewer.rs` — one lease watchdog per client for all its holds.
+//! - `renewer.rs` — one lease renewer per client for all its holds.
 
 mod acquire;
 mod guard;
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Default lease of a lock; the watchdog renews it every third of it.
+/// Default lease of a lock; it is renewed every third of it.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// Shortest lease: `Nats-TTL` counts whole seconds.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
