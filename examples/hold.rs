@@ -13,7 +13,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let url = args.next().ok_or("usage: hold URL NAME...")?;
     let names: Vec<String> = args.collect();
-    let client = ClientOptions::new().name("hold-example").connect(&url).await?;
+    let client = ClientOptions::new()
+        .name("hold-example")
+        .connect(&url)
+        .await?;
     let mut guards = Vec::new();
     for name in &names {
         let guard = client

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cluster, ExclusionChecker, PATIENCE};
+use common::{cluster, stream_leader, ExclusionChecker, PATIENCE};
 use jetlock::{ClientOptions, Fence, LockError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,27 +11,6 @@ use std::time::Duration;
 use tokio::time::timeout;
 
 const KEY: &str = "account:failover";
-
-async fn stream_leader(url: &str) -> String {
-    let nats = async_nats::connect(jetlock::client::server_list(url))
-        .await
-        .expect("connect");
-    let js = async_nats::jetstream::new(nats);
-    timeout(PATIENCE, async {
-        loop {
-            if let Ok(mut stream) = js.get_stream("KV_JETLOCK_LOCKS").await {
-                if let Ok(info) = stream.info().await {
-                    if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
-                        return leader;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the locks stream has a leader")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
@@ -99,7 +78,7 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
         .await
         .expect("100 grants before the fault");
 
-    let leader = stream_leader(&url).await;
+    let leader = stream_leader(&url, "KV_JETLOCK_LOCKS").await;
     let victim = cluster.index_of(&leader).expect("leader is a member");
     cluster.server_mut(victim).kill();
     let at_kill = grants.load(Ordering::SeqCst);
@@ -107,7 +86,7 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
     timeout(Duration::from_secs(120), wait_for(at_kill + 100))
         .await
         .expect("the lock loop resumed after the leader was killed");
-    let new_leader = stream_leader(&url).await;
+    let new_leader = stream_leader(&url, "KV_JETLOCK_LOCKS").await;
     assert_ne!(new_leader, leader, "a new leader took over");
 
     // The killed member comes back and the loop keeps going.

@@ -42,6 +42,29 @@ pub async fn cluster() -> NatsCluster {
     cluster
 }
 
+/// Waits until `stream` has a leader and returns its server name (match it
+/// to a member with `NatsCluster::index_of`).
+pub async fn stream_leader(url: &str, stream: &str) -> String {
+    let nats = async_nats::connect(jetlock::client::server_list(url))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(mut s) = js.get_stream(stream).await {
+                if let Ok(info) = s.info().await {
+                    if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                        return leader;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the stream has a leader")
+}
+
 /// A client on `url` that creates the locks bucket with `replicas`.
 pub async fn client(url: &str, replicas: usize) -> Client {
     ClientOptions::new()
