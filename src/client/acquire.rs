@@ -305,10 +305,17 @@ impl Attempt {
         format!("{}.a{expected}", self.nonce)
     }
 
-    /// One CAS expecting `expected`: `Some` when granted, `None` on conflict.
-    async fn cas(&self, expected: u64, wait: Wait) -> Result<Option<Written>, LockError> {
+    /// One CAS expecting `expected`: `Some` when granted (with when the
+    /// winning message was first sent: the server's lease runs from its
+    /// arrival, never earlier), `None` on conflict.
+    async fn cas(
+        &self,
+        expected: u64,
+        wait: Wait,
+    ) -> Result<Option<(Written, Instant)>, LockError> {
         let msg_id = self.msg_id(expected);
         let mut inflight = Inflight(Some((self.clone(), expected)));
+        let first_sent = Instant::now();
         let mut tries = 0;
         let result = loop {
             let put = self
@@ -321,12 +328,12 @@ impl Attempt {
                     // write landed. Hold it only if it is still the latest.
                     match self.inner.store.read(&self.name).await {
                         Ok(Current::Held { revision, .. }) if revision == w.revision => {
-                            break Ok(Some(w))
+                            break Ok(Some((w, first_sent)))
                         }
                         _ => break Ok(None),
                     }
                 }
-                Ok(w) => break Ok(Some(w)),
+                Ok(w) => break Ok(Some((w, first_sent))),
                 Err(CasError::Conflict { .. }) => break Ok(None),
                 Err(CasError::Transport(source)) => {
                     tries += 1;
@@ -346,12 +353,13 @@ impl Attempt {
         result
     }
 
-    fn granted(&self, w: Written) -> LockGuard {
+    fn granted(&self, (w, sent): (Written, Instant)) -> LockGuard {
         debug!(lock = %self.name, token = w.revision, "granted");
         Hold::start(
             self.inner.clone(),
             self.name.clone(),
             w.revision,
+            sent,
             self.ttl,
             self.payload.clone(),
             self.auto_renew,

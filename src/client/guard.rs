@@ -71,6 +71,7 @@ impl Hold {
         inner: Arc<Inner>,
         name: LockName,
         revision: u64,
+        sent: Instant,
         ttl: Duration,
         mut record: LockRecord,
         auto_renew: bool,
@@ -78,10 +79,10 @@ impl Hold {
         // A grant's token is the revision of its write.
         let token = FencingToken(revision);
         let owner = record.owner.clone();
-        // The grant's write was sent before now: counting the lease from
-        // now could outlive the server's by a round trip, so take one off.
-        let now = Instant::now();
-        let expires = now + ttl.saturating_sub(Duration::from_millis(50));
+        // The lease is counted from when the granting write was first sent:
+        // the server's TTL starts on its arrival, which is later, so the
+        // holder's deadline never outlives the server's.
+        let expires = sent + ttl;
         record.token = token.get();
         let hold = Arc::new(Hold {
             nonce: nuid::next().to_string(),
@@ -100,7 +101,7 @@ impl Hold {
             lost: CancellationToken::new(),
             lost_reason: OnceLock::new(),
             auto_renew,
-            first_due: if auto_renew { now + ttl / 3 } else { expires },
+            first_due: if auto_renew { sent + ttl / 3 } else { expires },
         });
         hold.inner.holds.insert(
             (hold.name.key().to_owned(), hold.owner.clone()),
