@@ -378,3 +378,35 @@ async fn dropping_a_guard_releases_the_lock() {
         .expect("released on drop");
     assert!(next.token() > token);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_dropped_mid_send_never_leaves_the_lock_held() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let other = client(&server.url(), 1).await;
+    // The server hangs, so the grant's CAS is sent but not answered when the
+    // caller gives up. When the server resumes, the write lands: the grant
+    // exists, but nobody holds a guard for it.
+    server.pause();
+    let gave_up = timeout(
+        Duration::from_millis(300),
+        c.lock("cancel:mid-send")
+            .ttl(Duration::from_secs(30))
+            .try_acquire(),
+    )
+    .await;
+    server.resume();
+    assert!(
+        gave_up.is_err(),
+        "the acquire should still have been in flight"
+    );
+    // Only the settling of the dropped CAS (a release) can free it within
+    // the wait: the lease is 30 s.
+    let next = other
+        .lock("cancel:mid-send")
+        .wait(Duration::from_secs(10))
+        .acquire()
+        .await
+        .expect("the dropped acquisition's grant was released");
+    next.release().await.unwrap();
+}

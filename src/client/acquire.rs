@@ -314,7 +314,9 @@ impl Attempt {
         wait: Wait,
     ) -> Result<Option<(Written, Instant)>, LockError> {
         let msg_id = self.msg_id(expected);
-        let mut inflight = Inflight(Some((self.clone(), expected)));
+        // Armed until the outcome is known; it only copies the attempt if
+        // it has to settle it (the acquire future was dropped mid-send).
+        let mut inflight = Inflight(Some((self, expected)));
         let first_sent = Instant::now();
         let mut tries = 0;
         let result = loop {
@@ -369,13 +371,14 @@ impl Attempt {
 
 /// Settles a CAS whose outcome is unknown (the future was dropped mid-way,
 /// or NATS stopped answering): re-send it and release whatever it granted.
-struct Inflight(Option<(Attempt, u64)>);
+struct Inflight<'a>(Option<(&'a Attempt, u64)>);
 
-impl Drop for Inflight {
+impl Drop for Inflight<'_> {
     fn drop(&mut self) {
         let Some((attempt, expected)) = self.0.take() else {
             return;
         };
+        let attempt = attempt.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // No runtime: the lease expires on the server.
         };
