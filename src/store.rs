@@ -7,10 +7,13 @@
 //! falls back to an update without the TTL, so a reused lock name would never
 //! expire. Reads are only hints for the next CAS; they never decide ownership.
 //!
-//! Each write also carries a `Nats-Msg-Id` derived from the writer's nonce and
-//! the expected revision, so a retry after a lost ack is answered by the
-//! server's de-duplication with the original result instead of a second
-//! write.
+//! Each write also carries a `Jetlock-Write-Id` header, unique per (writer,
+//! expected revision), stored with the message. A re-send after a lost ack
+//! cannot rely on `Nats-Msg-Id` de-duplication: the server checks the
+//! expected sequence *before* de-duplication, so a re-send of a write that
+//! landed only sees "wrong last sequence". Instead, a re-send that conflicts
+//! reads the key: if the last message carries the same write id, the first
+//! send landed, and its revision is the answer.
 
 use crate::name::LockName;
 use crate::record::{LockRecord, RecordError};
@@ -59,9 +62,9 @@ pub enum ReadError {
 pub struct Written {
     /// The revision (stream sequence) of the write.
     pub revision: u64,
-    /// True when the server answered from de-duplication: an earlier
-    /// attempt with the same message id had already been stored.
-    pub duplicate: bool,
+    /// True when this was a re-send and the write found is the earlier
+    /// send's, which had landed without its ack reaching us.
+    pub recovered: bool,
 }
 
 /// The locks bucket, for CAS writes and reads of single keys.
@@ -111,11 +114,11 @@ impl LockStore {
         record: &LockRecord,
         expected: u64,
         ttl: Duration,
-        msg_id: &str,
+        write: WriteId<'_>,
     ) -> Result<Written, CasError> {
-        let mut headers = cas_headers(expected, msg_id);
+        let mut headers = cas_headers(expected, write.id);
         headers.insert("Nats-TTL", ttl_header(ttl).as_str());
-        self.publish(name, headers, Bytes::from(record.encode()), expected)
+        self.publish(name, headers, Bytes::from(record.encode()), expected, write)
             .await
     }
 
@@ -128,12 +131,13 @@ impl LockStore {
         name: &LockName,
         expected: u64,
         marker_ttl: Duration,
-        msg_id: &str,
+        write: WriteId<'_>,
     ) -> Result<Written, CasError> {
-        let mut headers = cas_headers(expected, msg_id);
+        let mut headers = cas_headers(expected, write.id);
         headers.insert("KV-Operation", "DEL");
         headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
-        self.publish(name, headers, Bytes::new(), expected).await
+        self.publish(name, headers, Bytes::new(), expected, write)
+            .await
     }
 
     async fn publish(
@@ -142,6 +146,7 @@ impl LockStore {
         headers: HeaderMap,
         payload: Bytes,
         expected: u64,
+        write: WriteId<'_>,
     ) -> Result<Written, CasError> {
         let ack = self
             .js
@@ -152,11 +157,35 @@ impl LockStore {
         match ack {
             Ok(ack) => Ok(Written {
                 revision: ack.sequence,
-                duplicate: ack.duplicate,
+                recovered: false,
             }),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                if write.resend {
+                    if let Some(revision) = self.landed(name, write.id).await? {
+                        return Ok(Written {
+                            revision,
+                            recovered: true,
+                        });
+                    }
+                }
                 Err(CasError::Conflict { expected })
             }
+            Err(e) => Err(CasError::Transport(e.into())),
+        }
+    }
+
+    /// The revision of the key's last message if `write_id` wrote it.
+    async fn landed(&self, name: &LockName, write_id: &str) -> Result<Option<u64>, CasError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(name))
+            .await
+        {
+            Ok(m) => Ok(
+                (m.headers.get(WRITE_ID).map(|v| v.as_str()) == Some(write_id))
+                    .then_some(m.sequence),
+            ),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(CasError::Transport(e.into())),
         }
     }
@@ -219,13 +248,25 @@ pub fn current_from_entry(entry: &kv::Entry) -> Result<Current, RecordError> {
     }
 }
 
-fn cas_headers(expected: u64, msg_id: &str) -> HeaderMap {
+/// Header naming the write that stored a message (see the module docs).
+pub const WRITE_ID: &str = "Jetlock-Write-Id";
+
+/// Identifies one CAS write, the same on every send of it.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteId<'a> {
+    /// Unique per (writer, expected revision).
+    pub id: &'a str,
+    /// True when an earlier send of this write may have landed.
+    pub resend: bool,
+}
+
+fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         "Nats-Expected-Last-Subject-Sequence",
         expected.to_string().as_str(),
     );
-    headers.insert("Nats-Msg-Id", msg_id);
+    headers.insert(WRITE_ID, write_id);
     headers
 }
 

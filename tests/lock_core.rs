@@ -410,3 +410,50 @@ async fn an_acquire_dropped_mid_send_never_leaves_the_lock_held() {
         .expect("the dropped acquisition's grant was released");
     next.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_resent_write_that_landed_is_recognised_not_mistaken_for_a_conflict() {
+    use jetlock::record::LockRecord;
+    use jetlock::store::{CasError, WriteId};
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let store = c.store();
+    let name = jetlock::LockName::new("resend:1").unwrap();
+    let record = LockRecord {
+        owner: "o".into(),
+        session: c.session().into(),
+        acquired_ms: 0,
+        lease_ms: 10_000,
+        holds: 1,
+        token: 0,
+    };
+    let ttl = Duration::from_secs(10);
+    let first = WriteId {
+        id: "w-1",
+        resend: false,
+    };
+    let landed = store.put(&name, &record, 0, ttl, first).await.unwrap();
+    assert!(!landed.recovered);
+    // The ack was "lost": the same write again. nats-server checks the
+    // expected sequence before de-duplication, so only the write id tells.
+    let again = WriteId {
+        id: "w-1",
+        resend: true,
+    };
+    let recovered = store.put(&name, &record, 0, ttl, again).await.unwrap();
+    assert!(recovered.recovered);
+    assert_eq!(recovered.revision, landed.revision);
+    // A first send, or somebody else's write id, is a real conflict.
+    assert!(matches!(
+        store.put(&name, &record, 0, ttl, first).await,
+        Err(CasError::Conflict { .. })
+    ));
+    let other = WriteId {
+        id: "w-2",
+        resend: true,
+    };
+    assert!(matches!(
+        store.put(&name, &record, 0, ttl, other).await,
+        Err(CasError::Conflict { .. })
+    ));
+}

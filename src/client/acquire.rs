@@ -10,17 +10,17 @@
 //!    expiry marker, one CAS expecting the marker's revision. No polling.
 //!
 //! Dropping the future cancels the wait. A CAS still in flight at that
-//! moment is settled by a small task: it re-sends the same publish (same
-//! `Nats-Msg-Id`, so the server answers from de-duplication if the first one
-//! landed) and releases what it finds granted, so a cancelled request never
-//! leaves a lock held until its lease runs out.
+//! moment is settled by a small task: it re-sends the same write (same
+//! `Jetlock-Write-Id`; if the first send landed, the re-send recognises it,
+//! see `store.rs`) and releases what it finds granted, so a cancelled request
+//! never leaves a lock held until its lease runs out.
 
 use super::guard::{Hold, LockGuard};
 use super::{check_ttl, Inner};
 use crate::error::{Holder, LockError};
 use crate::name::{LockName, NameError};
 use crate::record::LockRecord;
-use crate::store::{current_from_entry, CasError, Current, ReadError, Written};
+use crate::store::{current_from_entry, CasError, Current, ReadError, WriteId, Written};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -301,7 +301,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn msg_id(&self, expected: u64) -> String {
+    fn write_id(&self, expected: u64) -> String {
         format!("{}.a{expected}", self.nonce)
     }
 
@@ -313,28 +313,24 @@ impl Attempt {
         expected: u64,
         wait: Wait,
     ) -> Result<Option<(Written, Instant)>, LockError> {
-        let msg_id = self.msg_id(expected);
+        let write_id = self.write_id(expected);
         // Armed until the outcome is known; it only copies the attempt if
         // it has to settle it (the acquire future was dropped mid-send).
         let mut inflight = Inflight(Some((self, expected)));
         let first_sent = Instant::now();
         let mut tries = 0;
         let result = loop {
+            // A re-send that finds our first send landed (still the key's
+            // last message) is the grant.
+            let write = WriteId {
+                id: &write_id,
+                resend: tries > 0,
+            };
             let put = self
                 .inner
                 .store
-                .put(&self.name, &self.payload, expected, self.ttl, &msg_id);
+                .put(&self.name, &self.payload, expected, self.ttl, write);
             match put.await {
-                Ok(w) if w.duplicate => {
-                    // A re-send answered from de-duplication: our earlier
-                    // write landed. Hold it only if it is still the latest.
-                    match self.inner.store.read(&self.name).await {
-                        Ok(Current::Held { revision, .. }) if revision == w.revision => {
-                            break Ok(Some((w, first_sent)))
-                        }
-                        _ => break Ok(None),
-                    }
-                }
                 Ok(w) => break Ok(Some((w, first_sent))),
                 Err(CasError::Conflict { .. }) => break Ok(None),
                 Err(CasError::Transport(source)) => {
@@ -390,20 +386,25 @@ impl Drop for Inflight<'_> {
                 ttl,
                 ..
             } = &attempt;
-            let msg_id = attempt.msg_id(expected);
+            let write_id = attempt.write_id(expected);
+            // The first send may have landed: every send here is a re-send.
+            let write = WriteId {
+                id: &write_id,
+                resend: true,
+            };
             let settle = async {
                 for _ in 0..TRANSPORT_RETRIES {
-                    match inner
-                        .store
-                        .put(name, payload, expected, *ttl, &msg_id)
-                        .await
-                    {
+                    match inner.store.put(name, payload, expected, *ttl, write).await {
                         Ok(w) => {
                             let marker_ttl = inner.options.marker_ttl;
-                            let release_id = format!("{msg_id}.x");
+                            let release_id = format!("{write_id}.x");
+                            let release = WriteId {
+                                id: &release_id,
+                                resend: true,
+                            };
                             let _ = inner
                                 .store
-                                .release(name, w.revision, marker_ttl, &release_id)
+                                .release(name, w.revision, marker_ttl, release)
                                 .await;
                             return;
                         }

@@ -15,7 +15,7 @@ use crate::error::{LockError, LostReason};
 use crate::fence::FencingToken;
 use crate::name::LockName;
 use crate::record::LockRecord;
-use crate::store::CasError;
+use crate::store::{CasError, WriteId};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -155,14 +155,18 @@ impl Hold {
             holds,
             ..self.record.clone()
         };
-        let msg_id = format!("{}.w{}", self.nonce, state.revision);
+        let write_id = format!("{}.w{}", self.nonce, state.revision);
         let sent = Instant::now();
         let mut tries = 0;
         loop {
+            let write = WriteId {
+                id: &write_id,
+                resend: tries > 0,
+            };
             let put = self
                 .inner
                 .store
-                .put(&self.name, &record, state.revision, self.ttl, &msg_id);
+                .put(&self.name, &record, state.revision, self.ttl, write);
             match tokio::time::timeout_at(state.expires, put).await {
                 Ok(Ok(w)) => {
                     state.revision = w.revision;
@@ -216,14 +220,18 @@ impl Hold {
         // Last hold: whatever happens below, this hold writes no more.
         state.done = true;
         self.finish();
-        let msg_id = format!("{}.x{}", self.nonce, state.revision);
+        let write_id = format!("{}.x{}", self.nonce, state.revision);
         let marker_ttl = self.inner.options.marker_ttl;
         let mut tries = 0;
         loop {
+            let write = WriteId {
+                id: &write_id,
+                resend: tries > 0,
+            };
             match self
                 .inner
                 .store
-                .release(&self.name, state.revision, marker_ttl, &msg_id)
+                .release(&self.name, state.revision, marker_ttl, write)
                 .await
             {
                 Ok(w) => {
