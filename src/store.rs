@@ -176,33 +176,37 @@ impl LockStore {
 
     /// The revision of the key's last message if `write_id` wrote it.
     async fn landed(&self, name: &LockName, write_id: &str) -> Result<Option<u64>, CasError> {
+        let last = self.last_message(name).await.map_err(CasError::Transport)?;
+        Ok(last.and_then(|m| {
+            (m.headers.get(WRITE_ID).map(|v| v.as_str()) == Some(write_id)).then_some(m.sequence)
+        }))
+    }
+
+    /// The key's last message, from the stream leader (`None`: no message).
+    async fn last_message(
+        &self,
+        name: &LockName,
+    ) -> Result<Option<jetstream::message::StreamMessage>, async_nats::Error> {
         match self
             .stream
             .get_last_raw_message_by_subject(&self.subject(name))
             .await
         {
-            Ok(m) => Ok(
-                (m.headers.get(WRITE_ID).map(|v| v.as_str()) == Some(write_id))
-                    .then_some(m.sequence),
-            ),
+            Ok(message) => Ok(Some(message)),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(CasError::Transport(e.into())),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Reads the key's last message from the stream leader. The answer is a
     /// hint for the next CAS, not a decision.
     pub async fn read(&self, name: &LockName) -> Result<Current, ReadError> {
-        let message = match self
-            .stream
-            .get_last_raw_message_by_subject(&self.subject(name))
+        let Some(message) = self
+            .last_message(name)
             .await
-        {
-            Ok(message) => message,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(Current::Vacant { revision: 0 })
-            }
-            Err(e) => return Err(ReadError::Transport(e.into())),
+            .map_err(ReadError::Transport)?
+        else {
+            return Ok(Current::Vacant { revision: 0 });
         };
         let is_marker = message.headers.get("KV-Operation").is_some()
             || message.headers.get("Nats-Marker-Reason").is_some();

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tracing::{debug, instrument};
 
 /// How often a try-lock re-sends after a transport error (re-sends are
-/// safe: the message id makes them idempotent). A waiting acquisition keeps
+/// safe: a re-send recognises its own landed write by its write id). A waiting acquisition keeps
 /// retrying, with backoff, until its deadline: a leader election mid-request
 /// costs the caller time, not an error.
 const TRANSPORT_RETRIES: u32 = 3;
