@@ -124,6 +124,43 @@ pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::St
         .map_err(|e| jetstream_error(bucket, e))
 }
 
+/// Creates the request stream (`JETLOCK_REQ`) coordinators read, or opens
+/// an existing one. Requests are stored so an acknowledged request survives
+/// a coordinator crash; `Nats-Msg-Id` de-duplication within
+/// `duplicate_window` makes a retried publish safe; the coordinator deletes
+/// each request once answered, and `max_age` bounds what a stream without
+/// coordinators can accumulate.
+pub async fn ensure_request_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    use crate::protocol::{MAX_REQUEST_BYTES, REQUEST_STREAM, REQUEST_SUBJECTS};
+    let config = jetstream::stream::Config {
+        name: REQUEST_STREAM.to_owned(),
+        description: Some("jetlock lock requests (read by `jetlock serve`)".into()),
+        subjects: vec![REQUEST_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_age: REQUEST_MAX_AGE,
+        // Room for the body and the publisher's headers.
+        max_message_size: (MAX_REQUEST_BYTES + 1024) as i32,
+        duplicate_window: Duration::from_secs(120),
+        allow_message_ttl: true,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BucketError::JetStream {
+            bucket: REQUEST_STREAM.to_owned(),
+            source: e.into(),
+        })
+}
+
+/// Requests older than this are dropped from the request stream unread
+/// (longer than the longest wait a request may ask for).
+pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+
 fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
     let problem = if !config.allow_message_ttl {
         Some("per-message TTL is off (allow_msg_ttl: false), so a dead holder's lock would never expire".to_owned())

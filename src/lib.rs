@@ -41,9 +41,12 @@
 pub mod bucket;
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod fence;
 pub mod name;
+pub mod protocol;
 pub mod record;
 pub mod server;
 pub mod store;

@@ -94,6 +94,11 @@ impl LockStore {
         &self.kv.name
     }
 
+    /// The name of the bucket's stream (`KV_<bucket>`).
+    pub fn stream_name(&self) -> &str {
+        &self.kv.stream_name
+    }
+
     /// The async-nats KV handle (for watchers and listings).
     pub fn kv(&self) -> &kv::Store {
         &self.kv
@@ -208,21 +213,12 @@ impl LockStore {
         else {
             return Ok(Current::Vacant { revision: 0 });
         };
-        let is_marker = message.headers.get("KV-Operation").is_some()
-            || message.headers.get("Nats-Marker-Reason").is_some();
-        if is_marker {
-            return Ok(Current::Vacant {
-                revision: message.sequence,
-            });
-        }
-        let record = LockRecord::decode(&message.payload).map_err(|source| ReadError::Corrupt {
-            key: name.key().to_owned(),
-            source,
-        })?;
-        Ok(Current::Held {
-            revision: message.sequence,
-            record,
-        })
+        current_from_message(message.sequence, Some(&message.headers), &message.payload).map_err(
+            |source| ReadError::Corrupt {
+                key: name.key().to_owned(),
+                source,
+            },
+        )
     }
 
     /// Watches one key from `revision` on (inclusive): every later write,
@@ -250,6 +246,24 @@ pub fn current_from_entry(entry: &kv::Entry) -> Result<Current, RecordError> {
             record: LockRecord::decode(&entry.value)?,
         }),
     }
+}
+
+/// Interprets a raw message of the bucket's stream: a release or expiry
+/// marker means vacant, anything else must be a record.
+pub fn current_from_message(
+    sequence: u64,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Current, RecordError> {
+    let is_marker = headers
+        .is_some_and(|h| h.get("KV-Operation").is_some() || h.get("Nats-Marker-Reason").is_some());
+    if is_marker {
+        return Ok(Current::Vacant { revision: sequence });
+    }
+    Ok(Current::Held {
+        revision: sequence,
+        record: LockRecord::decode(payload)?,
+    })
 }
 
 /// Header naming the write that stored a message (see the module docs).

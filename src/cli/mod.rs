@@ -5,7 +5,9 @@
 
 pub mod bench;
 mod dev;
+mod hold;
 mod locks;
+mod serve;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +61,12 @@ enum Command {
     Setup(setup::SetupArgs),
     /// List held locks (name, owner, session, token, holds, lease).
     Locks(locks::LocksArgs),
+    /// Run a coordinator: FIFO queues, sessions, failover, the JSON
+    /// protocol for any NATS client.
+    Serve(serve::ServeArgs),
+    /// Take a lock and hold it until stdin closes or Ctrl-C; prints the
+    /// fencing token as JSON.
+    Hold(hold::HoldArgs),
     /// Measure lock latency and throughput beside the raw NATS floor.
     Bench(bench::BenchArgs),
 }
@@ -77,6 +85,8 @@ pub fn main() -> ExitCode {
             Command::Setup(args) => setup::run(args).await,
             Command::Locks(args) => locks::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Hold(args) => hold::run(args).await,
         }
     });
     match result {

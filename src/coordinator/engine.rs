@@ -1,0 +1,1326 @@
+//! The coordinator's state machine: per-key FIFO queues, holder operations,
+//! session deaths and revocations, turned into CAS writes and answers.
+//!
+//! It is synchronous and does no I/O: the runtime (`mod.rs`) feeds it what
+//! NATS delivers (requests in stream order, KV changes, heartbeats, write
+//! results, the clock) and carries out the [`Action`]s it returns. That
+//! keeps every decision testable without a server.
+//!
+//! Every coordinator runs the same machine over *all* keys (it reads the
+//! whole request stream and watches the whole bucket), but only the ring's
+//! owner of a key *acts* on it: writes, answers, deletes finished requests.
+//! The others keep a mirror, so when the ring moves a key to them they
+//! already know its queue. Safety never rests on this: each ownership change
+//! is one CAS write expecting the revision the machine last saw, and a stale
+//! machine's write simply loses.
+//!
+//! Fairness: a key's waiters are granted in stream order. A released lock
+//! with waiters goes to the head waiter by one write (holder → waiter), so
+//! the key is never vacant while anyone waits and a newcomer cannot barge in.
+
+use super::membership::{Ring, Sessions, Touch};
+use crate::client::unix_ms;
+use crate::name::LockName;
+use crate::protocol::{
+    self, Answer, ConnId, CoordinatorBeat, ErrorCode, Heartbeat, HeartbeatAck, HolderInfo, Limits,
+    LostCause, Request, WireError, VERSION,
+};
+use crate::record::LockRecord;
+use crate::store::Current;
+use serde_json::json;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Settings of the state machine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    /// How long a preempted holder has to give up the lock.
+    pub preempt_grace: Duration,
+    /// A coordinator silent this long is out of the ring.
+    pub coordinator_timeout: Duration,
+    /// Session timeout when the session does not choose one.
+    pub session_timeout: Duration,
+    pub min_session_timeout: Duration,
+    pub max_session_timeout: Duration,
+    /// How long request ids are remembered for de-duplication (the request
+    /// stream's duplicate window).
+    pub dedup_window: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            preempt_grace: Duration::from_secs(5),
+            coordinator_timeout: Duration::from_millis(1500),
+            session_timeout: Duration::from_secs(1),
+            min_session_timeout: Duration::from_millis(300),
+            max_session_timeout: Duration::from_secs(300),
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Something the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish `answer` on `jetlock.to.<session>`.
+    Answer { session: String, answer: Answer },
+    /// Carry out a CAS write and report it with [`Engine::written`].
+    Write(Write),
+    /// Read the key from the stream leader and report it with
+    /// [`Engine::read_done`].
+    Read { name: LockName },
+    /// Delete a finished request from the request stream.
+    Delete { seq: u64 },
+    /// Publish an event on `jetlock.ev.<kind>`.
+    Event {
+        kind: &'static str,
+        body: serde_json::Value,
+    },
+}
+
+/// One CAS write on the locks bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub name: LockName,
+    pub expected: u64,
+    pub kind: WriteKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteKind {
+    /// Store `record` with a lease of `ttl`.
+    Put { record: LockRecord, ttl: Duration },
+    /// Write a release marker.
+    Release,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    Written {
+        revision: u64,
+    },
+    /// The key moved on: somebody else wrote first.
+    Conflict,
+    /// Unknown (timeout, disconnect): the key must be read again.
+    Failed,
+}
+
+/// Counters for operators.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub requests: u64,
+    pub grants: u64,
+    pub handoffs: u64,
+    pub errors: u64,
+    /// Requests nobody could be answered for (unreadable subject).
+    pub dropped: u64,
+    pub conflicts: u64,
+    pub session_deaths: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Waiter {
+    seq: u64,
+    session: String,
+    id: String,
+    owner: String,
+    ttl_ms: u64,
+    deadline: Instant,
+    try_lock: bool,
+    preempt: bool,
+    arrived: Instant,
+}
+
+/// A request about the current hold, run in arrival order.
+#[derive(Debug, Clone)]
+struct HolderOp {
+    seq: u64,
+    session: String,
+    id: String,
+    kind: HolderOpKind,
+    arrived: Instant,
+}
+
+#[derive(Debug, Clone)]
+enum HolderOpKind {
+    Release {
+        token: u64,
+    },
+    Renew {
+        token: u64,
+        ttl_ms: u64,
+    },
+    /// A reentrant acquire by the holder's own (session, owner).
+    Reenter {
+        owner: String,
+        ttl_ms: u64,
+    },
+    Revoke {
+        grace_ms: u64,
+        reason: String,
+    },
+}
+
+/// Why a hold ends.
+#[derive(Debug, Clone)]
+enum Ending {
+    Released(HolderOp),
+    SessionExpired { session: String, token: u64 },
+    Revoked { session: String, token: u64 },
+}
+
+#[derive(Debug, Clone)]
+enum Inflight {
+    Grant {
+        waiter: Waiter,
+        record: LockRecord,
+        ending: Option<Ending>,
+    },
+    Update {
+        op: HolderOp,
+        record: LockRecord,
+    },
+    End {
+        ending: Ending,
+    },
+    /// A read after a conflict or a failed write.
+    Read,
+}
+
+#[derive(Debug, Clone)]
+struct Revocation {
+    token: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct RecentGrant {
+    session: String,
+    re: String,
+    token: u64,
+    ttl_ms: u64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    name: LockName,
+    current: Current,
+    queue: VecDeque<Waiter>,
+    ops: VecDeque<HolderOp>,
+    inflight: Option<Inflight>,
+    /// The token a `contended` notice was sent for.
+    contended: u64,
+    revoke: Option<Revocation>,
+    /// The last grant seen, so a coordinator taking the key over can repeat
+    /// an answer the previous owner may not have sent.
+    recent_grant: Option<RecentGrant>,
+}
+
+impl KeyState {
+    fn new(name: LockName) -> Self {
+        KeyState {
+            name,
+            current: Current::Vacant { revision: 0 },
+            queue: VecDeque::new(),
+            ops: VecDeque::new(),
+            inflight: None,
+            contended: 0,
+            revoke: None,
+            recent_grant: None,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        matches!(self.current, Current::Vacant { .. })
+            && self.queue.is_empty()
+            && self.ops.is_empty()
+            && self.inflight.is_none()
+    }
+}
+
+fn revision_of(c: &Current) -> u64 {
+    match c {
+        Current::Vacant { revision } | Current::Held { revision, .. } => *revision,
+    }
+}
+
+#[derive(Debug)]
+struct Tracked {
+    at: Instant,
+    done: bool,
+}
+
+/// How long a grant is repeated to its waiter after a takeover.
+const REGRANT_WINDOW: Duration = Duration::from_secs(5);
+/// Holder operations that a non-owner mirrors are dropped after this: the
+/// owner has long handled them.
+const MIRROR_OP_LIFETIME: Duration = Duration::from_secs(5);
+
+/// The state machine.
+pub struct Engine {
+    cfg: EngineConfig,
+    ring: Ring,
+    sessions: Sessions,
+    keys: HashMap<String, KeyState>,
+    requests: HashMap<(String, String), Tracked>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    ready: bool,
+    last_tick: Option<Instant>,
+    out: Vec<Action>,
+    pub stats: Stats,
+}
+
+impl Engine {
+    pub fn new(me: String, cfg: EngineConfig) -> Self {
+        Engine {
+            ring: Ring::new(me, cfg.coordinator_timeout),
+            sessions: Sessions::new(
+                cfg.session_timeout,
+                cfg.min_session_timeout,
+                cfg.max_session_timeout,
+            ),
+            cfg,
+            keys: HashMap::new(),
+            requests: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ready: false,
+            last_tick: None,
+            out: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The actions decided since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.alive_count()
+    }
+
+    /// Waiters queued for `key` (mirror included).
+    pub fn queue_len(&self, key: &str) -> usize {
+        self.keys.get(key).map_or(0, |k| k.queue.len())
+    }
+
+    /// The request stream and the bucket are read up to now: start acting.
+    pub fn set_ready(&mut self, now: Instant) {
+        self.ready = true;
+        self.event("coordinator.up", json!({ "coordinator": self.ring.me() }));
+        let keys: Vec<String> = self.keys.keys().cloned().collect();
+        for key in keys {
+            self.step(&key, now);
+        }
+    }
+
+    fn owns(&self, key: &str) -> bool {
+        self.ready && self.ring.owns(key)
+    }
+
+    fn answer(&mut self, session: &str, answer: Answer) {
+        if matches!(answer, Answer::Error { .. }) {
+            self.stats.errors += 1;
+        }
+        self.out.push(Action::Answer {
+            session: session.to_owned(),
+            answer,
+        });
+    }
+
+    fn event(&mut self, kind: &'static str, body: serde_json::Value) {
+        self.out.push(Action::Event { kind, body });
+    }
+
+    fn fail(&mut self, session: &str, re: &str, key: &LockName, e: WireError) {
+        self.answer(
+            session,
+            Answer::error(Some(re.to_owned()), Some(key.to_string()), e),
+        );
+    }
+
+    /// A request finished: forget its stream message.
+    fn done(&mut self, session: &str, id: &str, seq: u64, acting: bool) {
+        if let Some(t) = self.requests.get_mut(&(session.to_owned(), id.to_owned())) {
+            t.done = true;
+        }
+        if acting {
+            self.out.push(Action::Delete { seq });
+        }
+    }
+
+    // ---- inputs -------------------------------------------------------
+
+    /// A request read from the stream: message `seq` on `subject`, stored
+    /// `age` ago.
+    pub fn request(&mut self, seq: u64, subject: &str, body: &[u8], age: Duration, now: Instant) {
+        self.stats.requests += 1;
+        let (op, session) = match protocol::parse_request_subject(subject) {
+            Ok((op, session)) => (op, session.to_owned()),
+            Err(_) => {
+                // Nobody to answer: count it and drop it.
+                self.stats.dropped += 1;
+                if self.owns(subject) {
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        };
+        let request = match protocol::parse_request(op, &session, body, &self.cfg.limits) {
+            Ok(r) => r,
+            Err(e) => {
+                if self.owns(&session) {
+                    let re = protocol::probe_id(body);
+                    self.answer(&session, Answer::error(re, None, e));
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        };
+        let key = request.name().key().to_owned();
+        let acting = self.owns(&key);
+        match self.sessions.touch(&session, None, None, now) {
+            Touch::Dead => {
+                if acting {
+                    self.fail(
+                        &session,
+                        request.id(),
+                        request.name(),
+                        WireError::new(
+                            ErrorCode::SessionExpired,
+                            format!("session {session} was declared dead; start a new session"),
+                        ),
+                    );
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+            Touch::Joined => self.session_joined(&session),
+            Touch::Alive => {}
+        }
+        let rid = (session.clone(), request.id().to_owned());
+        if self.requests.contains_key(&rid) {
+            if acting {
+                self.fail(
+                    &session,
+                    request.id(),
+                    request.name(),
+                    WireError::new(
+                        ErrorCode::Duplicate,
+                        format!(
+                            "request id {:?} was already used by this session",
+                            request.id()
+                        ),
+                    ),
+                );
+                self.out.push(Action::Delete { seq });
+            }
+            return;
+        }
+        self.requests.insert(
+            rid,
+            Tracked {
+                at: now,
+                done: false,
+            },
+        );
+        let ks = self
+            .keys
+            .entry(key.clone())
+            .or_insert_with(|| KeyState::new(request.name().clone()));
+        match request {
+            Request::Acquire {
+                id,
+                owner,
+                ttl_ms,
+                wait_ms,
+                preempt,
+                ..
+            } => {
+                let holder_matches = matches!(&ks.current, Current::Held { record, .. }
+                    if record.session == session && record.owner == owner);
+                if holder_matches {
+                    ks.ops.push_back(HolderOp {
+                        seq,
+                        session,
+                        id,
+                        kind: HolderOpKind::Reenter { owner, ttl_ms },
+                        arrived: now,
+                    });
+                } else {
+                    let left = Duration::from_millis(wait_ms).saturating_sub(age);
+                    let deadline = now + left;
+                    ks.queue.push_back(Waiter {
+                        seq,
+                        session,
+                        id,
+                        owner,
+                        ttl_ms,
+                        deadline,
+                        try_lock: wait_ms == 0,
+                        preempt,
+                        arrived: now,
+                    });
+                    self.timers.push(Reverse((deadline, key.clone())));
+                    if acting
+                        && wait_ms > 0
+                        && (ks.queue.len() > 1
+                            || ks.inflight.is_some()
+                            || matches!(ks.current, Current::Held { .. }))
+                    {
+                        let w = ks.queue.back().expect("just pushed");
+                        let answer = Answer::Queued {
+                            v: VERSION,
+                            re: w.id.clone(),
+                            key: ks.name.to_string(),
+                            position: ks.queue.len() as u32,
+                        };
+                        let to = w.session.clone();
+                        self.answer(&to, answer);
+                    }
+                }
+            }
+            Request::Release { id, token, .. } => ks.ops.push_back(HolderOp {
+                seq,
+                session,
+                id,
+                kind: HolderOpKind::Release { token },
+                arrived: now,
+            }),
+            Request::Renew {
+                id, token, ttl_ms, ..
+            } => ks.ops.push_back(HolderOp {
+                seq,
+                session,
+                id,
+                kind: HolderOpKind::Renew { token, ttl_ms },
+                arrived: now,
+            }),
+            Request::Revoke {
+                id,
+                grace_ms,
+                reason,
+                ..
+            } => ks.ops.push_back(HolderOp {
+                seq,
+                session,
+                id,
+                kind: HolderOpKind::Revoke { grace_ms, reason },
+                arrived: now,
+            }),
+            Request::Cancel { id, target, name } => {
+                let found = ks
+                    .queue
+                    .iter()
+                    .position(|w| w.session == session && w.id == target);
+                match found {
+                    Some(i) => {
+                        let w = ks.queue.remove(i).expect("position is in range");
+                        if acting {
+                            self.fail(
+                                &w.session,
+                                &w.id,
+                                &name,
+                                WireError::new(ErrorCode::Cancelled, "cancelled by request"),
+                            );
+                            self.answer(
+                                &session,
+                                Answer::Cancelled {
+                                    v: VERSION,
+                                    re: id.clone(),
+                                    key: name.to_string(),
+                                },
+                            );
+                        }
+                        self.done(&w.session, &w.id, w.seq, acting);
+                        self.done(&session, &id, seq, acting);
+                    }
+                    None => {
+                        if acting {
+                            self.fail(
+                                &session,
+                                &id,
+                                &name,
+                                WireError::new(
+                                    ErrorCode::NotWaiting,
+                                    format!("request {target:?} is not waiting for {name}"),
+                                ),
+                            );
+                        }
+                        self.done(&session, &id, seq, acting);
+                    }
+                }
+            }
+        }
+        self.step(&key, now);
+    }
+
+    /// The bucket changed (or a read found this): `key` is now `current`.
+    pub fn observed(&mut self, name: &LockName, current: Current, now: Instant) {
+        let key = name.key().to_owned();
+        let acting = self.owns(&key);
+        let ks = self
+            .keys
+            .entry(key.clone())
+            .or_insert_with(|| KeyState::new(name.clone()));
+        if revision_of(&current) <= revision_of(&ks.current) {
+            return;
+        }
+        let previous = std::mem::replace(&mut ks.current, current.clone());
+        if let Current::Held { revision, record } = &current {
+            let token = record.token_at(*revision);
+            if ks.revoke.as_ref().is_some_and(|r| r.token != token) {
+                ks.revoke = None;
+            }
+            // A queued waiter now holds the lock: another coordinator (or
+            // our own write whose answer was lost) granted it.
+            if let Some(i) = ks
+                .queue
+                .iter()
+                .position(|w| w.session == record.session && w.owner == record.owner)
+            {
+                let w = ks.queue.remove(i).expect("position is in range");
+                ks.recent_grant = Some(RecentGrant {
+                    session: w.session.clone(),
+                    re: w.id.clone(),
+                    token,
+                    ttl_ms: record.lease_ms,
+                    at: now,
+                });
+                if acting {
+                    let answer = Answer::Granted {
+                        v: VERSION,
+                        re: w.id.clone(),
+                        key: ks.name.to_string(),
+                        token,
+                        ttl_ms: record.lease_ms,
+                        holds: record.holds,
+                        waiters: ks.queue.len() as u32,
+                    };
+                    self.answer(&w.session, answer);
+                }
+                self.done(&w.session, &w.id, w.seq, acting);
+            }
+        } else if let (Current::Held { revision, record }, true) = (&previous, acting) {
+            // Expiry or a direct release.
+            self.event(
+                "lock.released",
+                json!({"key": name.to_string(), "session": record.session,
+                       "token": record.token_at(*revision)}),
+            );
+        }
+        self.step(&key, now);
+    }
+
+    /// The result of a [`Action::Read`].
+    pub fn read_done(&mut self, name: &LockName, current: Option<Current>, now: Instant) {
+        if let Some(ks) = self.keys.get_mut(name.key()) {
+            if matches!(ks.inflight, Some(Inflight::Read)) {
+                ks.inflight = None;
+            }
+        }
+        match current {
+            Some(current) => self.observed(name, current, now),
+            None => {
+                // The read failed too: try again shortly.
+                self.timers.push(Reverse((
+                    now + Duration::from_millis(100),
+                    name.key().to_owned(),
+                )));
+            }
+        }
+    }
+
+    /// A session heartbeat. Returns the answer when this coordinator owns
+    /// the session.
+    pub fn heartbeat(
+        &mut self,
+        session: &str,
+        hb: Heartbeat,
+        now: Instant,
+    ) -> Option<HeartbeatAck> {
+        let touch = self.sessions.touch(session, hb.timeout_ms, hb.conn, now);
+        if touch == Touch::Joined {
+            self.session_joined(session);
+        }
+        let alive = touch != Touch::Dead && !hb.leaving;
+        if hb.leaving && touch != Touch::Dead {
+            self.kill_session(session, "left", now);
+        }
+        self.ring.owns(session).then(|| HeartbeatAck {
+            v: VERSION,
+            alive,
+            timeout_ms: self.sessions.timeout_of(session).as_millis() as u64,
+            coordinators: self.ring.len() as u32,
+        })
+    }
+
+    /// A heartbeat of another coordinator.
+    pub fn coordinator_beat(&mut self, beat: CoordinatorBeat, now: Instant) {
+        let changed = if beat.leaving {
+            self.ring.leave(&beat.id)
+        } else {
+            self.ring.beat(&beat.id, beat.conn, now)
+        };
+        if changed {
+            self.ring_changed(now);
+        }
+    }
+
+    /// The server reports a closed client connection.
+    pub fn disconnected(&mut self, conn: &ConnId, reason: &str, now: Instant) {
+        if self.ring.disconnected(conn).is_some() {
+            self.ring_changed(now);
+        }
+        // Only a connection the client closed (process exit included) ends
+        // its session at once; other reasons (slow consumer, server
+        // shutdown) may be followed by a reconnect, and heartbeats decide.
+        if reason == "Client Closed" {
+            if let Some(session) = self.sessions.by_conn(conn) {
+                self.kill_session(&session, "connection closed", now);
+            }
+        }
+    }
+
+    /// The clock: timeouts, expiries, pruning.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(last) = self.last_tick {
+            if now.duration_since(last) > Duration::from_millis(500) {
+                self.sessions.stalled(now);
+            }
+        }
+        self.last_tick = Some(now);
+        if !self.ring.expire(now).is_empty() {
+            self.ring_changed(now);
+        }
+        for session in self.sessions.expire(now) {
+            self.kill_session_effects(&session, "heartbeats missed", now);
+        }
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.timers.pop() else {
+                break;
+            };
+            self.step(&key, now);
+        }
+        let window = self.cfg.dedup_window;
+        self.requests
+            .retain(|_, t| !t.done || now.duration_since(t.at) < window);
+        let ring = &self.ring;
+        let ready = self.ready;
+        self.keys.retain(|key, ks| {
+            if !(ready && ring.owns(key)) {
+                ks.ops
+                    .retain(|op| now.duration_since(op.arrived) < MIRROR_OP_LIFETIME);
+            }
+            !ks.idle()
+        });
+    }
+
+    /// The result of an [`Action::Write`] for `name`.
+    pub fn written(&mut self, name: &LockName, result: WriteResult, now: Instant) {
+        let key = name.key().to_owned();
+        let acting = self.owns(&key);
+        let Some(ks) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let Some(inflight) = ks.inflight.take() else {
+            return;
+        };
+        let revision = match result {
+            WriteResult::Written { revision } => revision,
+            WriteResult::Conflict | WriteResult::Failed => {
+                if result == WriteResult::Conflict {
+                    self.stats.conflicts += 1;
+                }
+                // Put the work back where it was and learn the key anew.
+                match inflight {
+                    Inflight::Grant { waiter, ending, .. } => {
+                        ks.queue.push_front(waiter);
+                        if let Some(Ending::Released(op)) = ending {
+                            ks.ops.push_front(op);
+                        }
+                    }
+                    Inflight::Update { op, .. } => ks.ops.push_front(op),
+                    Inflight::End {
+                        ending: Ending::Released(op),
+                    } => ks.ops.push_front(op),
+                    Inflight::End { .. } | Inflight::Read => {}
+                }
+                ks.inflight = Some(Inflight::Read);
+                self.out.push(Action::Read { name: name.clone() });
+                return;
+            }
+        };
+        let key_str = ks.name.to_string();
+        match inflight {
+            Inflight::Grant {
+                waiter,
+                record,
+                ending,
+            } => {
+                let waiters = ks.queue.len() as u32;
+                ks.current = Current::Held {
+                    revision,
+                    record: record.clone(),
+                };
+                ks.revoke = None;
+                ks.recent_grant = Some(RecentGrant {
+                    session: waiter.session.clone(),
+                    re: waiter.id.clone(),
+                    token: revision,
+                    ttl_ms: waiter.ttl_ms,
+                    at: now,
+                });
+                self.stats.grants += 1;
+                let handoff = ending.is_some();
+                if handoff {
+                    self.stats.handoffs += 1;
+                }
+                self.answer(
+                    &waiter.session,
+                    Answer::Granted {
+                        v: VERSION,
+                        re: waiter.id.clone(),
+                        key: key_str.clone(),
+                        token: revision,
+                        ttl_ms: waiter.ttl_ms,
+                        holds: 1,
+                        waiters,
+                    },
+                );
+                self.done(&waiter.session, &waiter.id, waiter.seq, acting);
+                self.event(
+                    "lock.granted",
+                    json!({"key": key_str, "session": waiter.session, "owner": waiter.owner,
+                           "token": revision, "handoff": handoff,
+                           "waited_ms": now.duration_since(waiter.arrived).as_millis() as u64}),
+                );
+                if let Some(ending) = ending {
+                    self.ended(&key_str, ending, acting);
+                }
+            }
+            Inflight::Update { op, record } => {
+                let token = record.token_at(revision);
+                let holds = record.holds;
+                let ttl_ms = record.lease_ms;
+                ks.current = Current::Held { revision, record };
+                let answer = match &op.kind {
+                    HolderOpKind::Release { .. } => Answer::Released {
+                        v: VERSION,
+                        re: op.id.clone(),
+                        key: key_str.clone(),
+                        holds,
+                    },
+                    HolderOpKind::Renew { .. } => Answer::Renewed {
+                        v: VERSION,
+                        re: op.id.clone(),
+                        key: key_str.clone(),
+                        token,
+                        ttl_ms,
+                    },
+                    HolderOpKind::Reenter { .. } => Answer::Granted {
+                        v: VERSION,
+                        re: op.id.clone(),
+                        key: key_str.clone(),
+                        token,
+                        ttl_ms,
+                        holds,
+                        waiters: ks.queue.len() as u32,
+                    },
+                    HolderOpKind::Revoke { .. } => unreachable!("revocations do not write"),
+                };
+                self.answer(&op.session, answer);
+                self.done(&op.session, &op.id, op.seq, acting);
+            }
+            Inflight::End { ending } => {
+                ks.current = Current::Vacant { revision };
+                ks.revoke = None;
+                self.ended(&key_str, ending, acting);
+            }
+            Inflight::Read => {}
+        }
+        self.step(&key, now);
+    }
+
+    // ---- decisions ----------------------------------------------------
+
+    /// Decides what to do next for `key`. Runs after every change.
+    fn step(&mut self, key: &str, now: Instant) {
+        let acting = self.owns(key);
+        let Some(mut ks) = self.keys.remove(key) else {
+            return;
+        };
+        self.step_key(&mut ks, acting, now);
+        self.keys.insert(key.to_owned(), ks);
+    }
+
+    fn step_key(&mut self, ks: &mut KeyState, acting: bool, now: Instant) {
+        // 1. Waiters whose wait is over or whose session died leave the
+        // queue. A try-lock at the head of a free, idle key is granted
+        // instead.
+        let grantable = ks.inflight.is_none()
+            && ks.ops.is_empty()
+            && matches!(ks.current, Current::Vacant { .. });
+        let mut kept = VecDeque::with_capacity(ks.queue.len());
+        for w in std::mem::take(&mut ks.queue) {
+            if self.sessions.is_dead(&w.session) {
+                self.done(&w.session, &w.id, w.seq, acting);
+            } else if w.deadline <= now && !(kept.is_empty() && grantable) {
+                if acting {
+                    let e = if w.try_lock {
+                        let holder = match &ks.current {
+                            Current::Held { revision, record } => Some(HolderInfo {
+                                session: record.session.clone(),
+                                owner: record.owner.clone(),
+                                token: record.token_at(*revision),
+                                holds: record.holds,
+                            }),
+                            Current::Vacant { .. } => None,
+                        };
+                        Answer::Error {
+                            v: VERSION,
+                            re: Some(w.id.clone()),
+                            key: Some(ks.name.to_string()),
+                            code: ErrorCode::Busy,
+                            message: format!("{} is held", ks.name),
+                            holder,
+                        }
+                    } else {
+                        Answer::error(
+                            Some(w.id.clone()),
+                            Some(ks.name.to_string()),
+                            WireError::new(
+                                ErrorCode::Timeout,
+                                format!("waited {} ms", now.duration_since(w.arrived).as_millis()),
+                            ),
+                        )
+                    };
+                    self.answer(&w.session, e);
+                }
+                self.done(&w.session, &w.id, w.seq, acting);
+            } else {
+                kept.push_back(w);
+            }
+        }
+        ks.queue = kept;
+        if !acting || ks.inflight.is_some() {
+            return;
+        }
+        match ks.current.clone() {
+            Current::Vacant { revision } => {
+                // Operations on a hold that no longer exists.
+                while let Some(op) = ks.ops.pop_front() {
+                    self.fail(
+                        &op.session,
+                        &op.id,
+                        &ks.name,
+                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name)),
+                    );
+                    self.done(&op.session, &op.id, op.seq, acting);
+                }
+                if let Some(w) = ks.queue.pop_front() {
+                    self.start_grant(ks, w, revision, None);
+                }
+            }
+            Current::Held { revision, record } => {
+                let token = record.token_at(revision);
+                let mut ending = None;
+                while let Some(op) = ks.ops.pop_front() {
+                    match self.holder_op(ks, op, &record, token, now) {
+                        OpOutcome::Done => {}
+                        OpOutcome::Write(op, new_record, ttl) => {
+                            ks.inflight = Some(Inflight::Update {
+                                op,
+                                record: new_record.clone(),
+                            });
+                            self.out.push(Action::Write(Write {
+                                name: ks.name.clone(),
+                                expected: revision,
+                                kind: WriteKind::Put {
+                                    record: new_record,
+                                    ttl,
+                                },
+                            }));
+                            return;
+                        }
+                        OpOutcome::End(e) => {
+                            ending = Some(e);
+                            break;
+                        }
+                        OpOutcome::Requeue(w) => {
+                            let at = ks.queue.partition_point(|q| q.seq < w.seq);
+                            ks.queue.insert(at, w);
+                        }
+                    }
+                }
+                if ending.is_none() {
+                    if self.sessions.is_dead(&record.session) {
+                        ending = Some(Ending::SessionExpired {
+                            session: record.session.clone(),
+                            token,
+                        });
+                    } else if ks
+                        .revoke
+                        .as_ref()
+                        .is_some_and(|r| r.token == token && r.deadline <= now)
+                    {
+                        ending = Some(Ending::Revoked {
+                            session: record.session.clone(),
+                            token,
+                        });
+                    }
+                }
+                if let Some(ending) = ending {
+                    match ks.queue.pop_front() {
+                        Some(w) => self.start_grant(ks, w, revision, Some(ending)),
+                        None => {
+                            ks.inflight = Some(Inflight::End { ending });
+                            self.out.push(Action::Write(Write {
+                                name: ks.name.clone(),
+                                expected: revision,
+                                kind: WriteKind::Release,
+                            }));
+                        }
+                    }
+                    return;
+                }
+                // Still held.
+                if !ks.queue.is_empty() && ks.contended != token {
+                    ks.contended = token;
+                    self.answer(
+                        &record.session,
+                        Answer::Contended {
+                            v: VERSION,
+                            key: ks.name.to_string(),
+                            token,
+                            waiters: ks.queue.len() as u32,
+                        },
+                    );
+                }
+                if ks.revoke.is_none() && ks.queue.front().is_some_and(|w| w.preempt) {
+                    let grace = self.cfg.preempt_grace;
+                    self.start_revocation(
+                        ks,
+                        &record,
+                        token,
+                        grace,
+                        "preempted by a priority request",
+                        now,
+                    );
+                }
+                if let Some(r) = &ks.revoke {
+                    self.timers
+                        .push(Reverse((r.deadline, ks.name.key().to_owned())));
+                }
+            }
+        }
+    }
+
+    fn start_grant(&mut self, ks: &mut KeyState, w: Waiter, expected: u64, ending: Option<Ending>) {
+        let record = LockRecord {
+            owner: w.owner.clone(),
+            session: w.session.clone(),
+            acquired_ms: unix_ms(),
+            lease_ms: w.ttl_ms,
+            holds: 1,
+            token: 0,
+        };
+        self.out.push(Action::Write(Write {
+            name: ks.name.clone(),
+            expected,
+            kind: WriteKind::Put {
+                record: record.clone(),
+                ttl: Duration::from_millis(w.ttl_ms),
+            },
+        }));
+        ks.inflight = Some(Inflight::Grant {
+            waiter: w,
+            record,
+            ending,
+        });
+    }
+
+    fn start_revocation(
+        &mut self,
+        ks: &mut KeyState,
+        record: &LockRecord,
+        token: u64,
+        grace: Duration,
+        reason: &str,
+        now: Instant,
+    ) {
+        ks.revoke = Some(Revocation {
+            token,
+            deadline: now + grace,
+        });
+        self.answer(
+            &record.session,
+            Answer::RevokeNotice {
+                v: VERSION,
+                key: ks.name.to_string(),
+                token,
+                grace_ms: grace.as_millis() as u64,
+                reason: reason.to_owned(),
+            },
+        );
+        self.event(
+            "lock.revoking",
+            json!({"key": ks.name.to_string(), "session": record.session, "token": token,
+                   "grace_ms": grace.as_millis() as u64, "reason": reason}),
+        );
+    }
+
+    fn holder_op(
+        &mut self,
+        ks: &mut KeyState,
+        op: HolderOp,
+        record: &LockRecord,
+        token: u64,
+        now: Instant,
+    ) -> OpOutcome {
+        let refuse = |code, message: String| WireError::new(code, message);
+        let check = |session: &str, claimed: u64| -> Result<(), WireError> {
+            if session != record.session {
+                return Err(refuse(
+                    ErrorCode::NotHolder,
+                    format!("{} is held by another session", ks.name),
+                ));
+            }
+            if claimed != token {
+                return Err(refuse(
+                    ErrorCode::StaleToken,
+                    format!("token {claimed} is not the current token {token}"),
+                ));
+            }
+            Ok(())
+        };
+        let verdict = match &op.kind {
+            HolderOpKind::Release { token: t } => check(&op.session, *t).map(|()| {
+                if record.holds > 1 {
+                    let mut r = record.clone();
+                    r.holds -= 1;
+                    r.token = token;
+                    Some((r, Duration::from_millis(record.lease_ms)))
+                } else {
+                    None
+                }
+            }),
+            HolderOpKind::Renew { token: t, ttl_ms } => check(&op.session, *t).map(|()| {
+                let mut r = record.clone();
+                r.token = token;
+                r.lease_ms = *ttl_ms;
+                Some((r, Duration::from_millis(*ttl_ms)))
+            }),
+            HolderOpKind::Reenter { owner, ttl_ms } => {
+                if op.session != record.session || *owner != record.owner {
+                    // The hold changed hands since: wait like anybody else.
+                    return OpOutcome::Requeue(Waiter {
+                        seq: op.seq,
+                        session: op.session,
+                        id: op.id,
+                        owner: owner.clone(),
+                        ttl_ms: *ttl_ms,
+                        deadline: now,
+                        try_lock: true,
+                        preempt: false,
+                        arrived: op.arrived,
+                    });
+                }
+                let mut r = record.clone();
+                r.holds = r.holds.saturating_add(1);
+                r.token = token;
+                r.lease_ms = r.lease_ms.max(*ttl_ms);
+                Ok(Some((r.clone(), Duration::from_millis(r.lease_ms))))
+            }
+            HolderOpKind::Revoke { grace_ms, reason } => {
+                let (grace_ms, reason) = (*grace_ms, reason.clone());
+                self.start_revocation(
+                    ks,
+                    record,
+                    token,
+                    Duration::from_millis(grace_ms),
+                    &reason,
+                    now,
+                );
+                self.answer(
+                    &op.session,
+                    Answer::Revoking {
+                        v: VERSION,
+                        re: op.id.clone(),
+                        key: ks.name.to_string(),
+                        token,
+                        grace_ms,
+                    },
+                );
+                self.done(&op.session, &op.id, op.seq, true);
+                if grace_ms == 0 {
+                    return OpOutcome::End(Ending::Revoked {
+                        session: record.session.clone(),
+                        token,
+                    });
+                }
+                self.timers.push(Reverse((
+                    now + Duration::from_millis(grace_ms),
+                    ks.name.key().to_owned(),
+                )));
+                return OpOutcome::Done;
+            }
+        };
+        match verdict {
+            Err(e) => {
+                self.fail(&op.session, &op.id, &ks.name, e);
+                self.done(&op.session, &op.id, op.seq, true);
+                OpOutcome::Done
+            }
+            Ok(Some((record, ttl))) => OpOutcome::Write(op, record, ttl),
+            Ok(None) => OpOutcome::End(Ending::Released(op)),
+        }
+    }
+
+    /// A hold ended by our write: answer and report it.
+    fn ended(&mut self, key: &str, ending: Ending, acting: bool) {
+        match ending {
+            Ending::Released(op) => {
+                self.answer(
+                    &op.session,
+                    Answer::Released {
+                        v: VERSION,
+                        re: op.id.clone(),
+                        key: key.to_owned(),
+                        holds: 0,
+                    },
+                );
+                self.done(&op.session, &op.id, op.seq, acting);
+                self.event(
+                    "lock.released",
+                    json!({"key": key, "session": op.session, "cause": "released"}),
+                );
+            }
+            Ending::SessionExpired { session, token } => {
+                self.event(
+                    "lock.released",
+                    json!({"key": key, "session": session, "token": token,
+                           "cause": "session_expired"}),
+                );
+            }
+            Ending::Revoked { session, token } => {
+                self.answer(
+                    &session,
+                    Answer::Lost {
+                        v: VERSION,
+                        key: key.to_owned(),
+                        token,
+                        cause: LostCause::Revoked,
+                    },
+                );
+                self.event(
+                    "lock.revoked",
+                    json!({"key": key, "session": session, "token": token}),
+                );
+            }
+        }
+    }
+
+    fn session_joined(&mut self, session: &str) {
+        if self.ready && self.ring.owns(session) {
+            self.event("session.up", json!({ "session": session }));
+        }
+    }
+
+    fn kill_session(&mut self, session: &str, cause: &str, now: Instant) {
+        if self.sessions.kill(session, now) {
+            self.kill_session_effects(session, cause, now);
+        }
+    }
+
+    /// A session died: its waiters leave, its locks go on.
+    fn kill_session_effects(&mut self, session: &str, cause: &str, now: Instant) {
+        self.stats.session_deaths += 1;
+        if self.ready && self.ring.owns(session) {
+            self.event(
+                "session.down",
+                json!({ "session": session, "cause": cause }),
+            );
+        }
+        let touched: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, ks)| {
+                matches!(&ks.current, Current::Held { record, .. } if record.session == session)
+                    || ks.queue.iter().any(|w| w.session == session)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in touched {
+            self.step(&key, now);
+        }
+    }
+
+    fn ring_changed(&mut self, now: Instant) {
+        let members = self.ring.members();
+        if self.ready {
+            self.event("coordinator.ring", json!({ "coordinators": members }));
+        }
+        let keys: Vec<String> = self.keys.keys().cloned().collect();
+        for key in keys {
+            if !self.owns(&key) {
+                continue;
+            }
+            // Repeat a recent grant whose answer the previous owner may not
+            // have sent (clients ignore a repeated answer).
+            let repeat = self.keys.get(&key).and_then(|ks| {
+                let g = ks.recent_grant.as_ref()?;
+                let current_token = match &ks.current {
+                    Current::Held { revision, record } => record.token_at(*revision),
+                    Current::Vacant { .. } => return None,
+                };
+                (g.token == current_token && now.duration_since(g.at) < REGRANT_WINDOW).then(|| {
+                    (
+                        g.session.clone(),
+                        Answer::Granted {
+                            v: VERSION,
+                            re: g.re.clone(),
+                            key: ks.name.to_string(),
+                            token: g.token,
+                            ttl_ms: g.ttl_ms,
+                            holds: 1,
+                            waiters: ks.queue.len() as u32,
+                        },
+                    )
+                })
+            });
+            if let Some((session, answer)) = repeat {
+                self.answer(&session, answer);
+            }
+            self.step(&key, now);
+        }
+    }
+}
+
+enum OpOutcome {
+    Done,
+    Write(HolderOp, LockRecord, Duration),
+    End(Ending),
+    Requeue(Waiter),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! The state machine against a simulated bucket: CAS writes applied in
+//! order, answers collected per session.
+
+use super::*;
+use proptest::prelude::*;
+
+/// A bucket of one stream: revisions are stream sequences, CAS by expected
+/// revision, like the real one.
+#[derive(Default)]
+struct Bucket {
+    seq: u64,
+    keys: HashMap<String, Current>,
+}
+
+impl Bucket {
+    fn apply(&mut self, w: &Write) -> WriteResult {
+        let current = self
+            .keys
+            .get(w.name.key())
+            .cloned()
+            .unwrap_or(Current::Vacant { revision: 0 });
+        if revision_of(&current) != w.expected {
+            return WriteResult::Conflict;
+        }
+        self.seq += 1;
+        let next = match &w.kind {
+            WriteKind::Put { record, .. } => Current::Held {
+                revision: self.seq,
+                record: record.clone(),
+            },
+            WriteKind::Release => Current::Vacant { revision: self.seq },
+        };
+        self.keys.insert(w.name.key().to_owned(), next);
+        WriteResult::Written { revision: self.seq }
+    }
+}
+
+struct Sim {
+    engine: Engine,
+    bucket: Bucket,
+    now: Instant,
+    seq: u64,
+    answers: Vec<(String, Answer)>,
+    deleted: Vec<u64>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let mut engine = Engine::new("me".into(), EngineConfig::default());
+        let now = Instant::now();
+        engine.set_ready(now);
+        Sim {
+            engine,
+            bucket: Bucket::default(),
+            now,
+            seq: 0,
+            answers: Vec::new(),
+            deleted: Vec::new(),
+        }
+    }
+
+    /// Carries out actions until none are left (writes land at once).
+    fn settle(&mut self) {
+        loop {
+            let actions = self.engine.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                match a {
+                    Action::Answer { session, answer } => self.answers.push((session, answer)),
+                    Action::Write(w) => {
+                        let r = self.bucket.apply(&w);
+                        self.engine.written(&w.name, r, self.now);
+                    }
+                    Action::Read { name } => {
+                        let c = self.bucket.keys.get(name.key()).cloned();
+                        let c = c.unwrap_or(Current::Vacant { revision: 0 });
+                        self.engine.read_done(&name, Some(c), self.now);
+                    }
+                    Action::Delete { seq } => self.deleted.push(seq),
+                    Action::Event { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, op: &str, session: &str, body: serde_json::Value) -> u64 {
+        self.seq += 1;
+        let subject = format!("jetlock.req.{op}.{session}");
+        let body = serde_json::to_vec(&body).unwrap();
+        self.engine
+            .request(self.seq, &subject, &body, Duration::ZERO, self.now);
+        self.settle();
+        self.seq
+    }
+
+    fn acquire(&mut self, session: &str, id: &str, wait_ms: u64) -> u64 {
+        self.engine
+            .heartbeat(session, Heartbeat::default(), self.now);
+        self.send(
+            "acquire",
+            session,
+            json!({"v": 1, "id": id, "key": "k", "wait_ms": wait_ms}),
+        )
+    }
+
+    fn release(&mut self, session: &str, id: &str, token: u64) {
+        self.send(
+            "release",
+            session,
+            json!({"v": 1, "id": id, "key": "k", "token": token}),
+        );
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.engine.tick(self.now);
+        self.settle();
+    }
+
+    /// Final answers to `session`, as (re, answer).
+    fn answers_to(&self, session: &str) -> Vec<&Answer> {
+        self.answers
+            .iter()
+            .filter(|(s, _)| s == session)
+            .map(|(_, a)| a)
+            .collect()
+    }
+
+    fn grant_token(&self, session: &str, id: &str) -> Option<u64> {
+        self.answers_to(session).into_iter().find_map(|a| match a {
+            Answer::Granted { re, token, .. } if re == id => Some(*token),
+            _ => None,
+        })
+    }
+
+    fn error_code(&self, session: &str, id: &str) -> Option<ErrorCode> {
+        self.answers_to(session).into_iter().find_map(|a| match a {
+            Answer::Error {
+                re: Some(re), code, ..
+            } if re == id => Some(*code),
+            _ => None,
+        })
+    }
+
+    fn holder(&self) -> Option<String> {
+        match self.bucket.keys.get("k") {
+            Some(Current::Held { record, .. }) => Some(record.session.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn waiters_are_granted_in_arrival_order_by_one_write_each() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let mut token = sim.grant_token("h", "a").expect("free lock granted");
+    for i in 0..5 {
+        sim.acquire(&format!("w{i}"), "a", 60_000);
+    }
+    assert!(
+        sim.answers_to("h")
+            .iter()
+            .any(|a| matches!(a, Answer::Contended { waiters: 1, .. })),
+        "the holder hears somebody waits"
+    );
+    let writes_before = sim.bucket.seq;
+    let mut holder = "h".to_owned();
+    for i in 0..5 {
+        sim.release(&holder, "r", token);
+        holder = format!("w{i}");
+        let next = sim.grant_token(&holder, "a").expect("next waiter granted");
+        assert!(next > token);
+        token = next;
+        assert_eq!(sim.holder().as_deref(), Some(holder.as_str()));
+    }
+    // Handoffs: one write per owner change, never a vacant key between.
+    assert_eq!(sim.bucket.seq - writes_before, 5);
+}
+
+#[test]
+fn timed_out_and_dead_waiters_are_skipped() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let token = sim.grant_token("h", "a").unwrap();
+    sim.acquire("short", "a", 100);
+    sim.acquire("dead", "a", 60_000);
+    sim.acquire("late", "a", 60_000);
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(sim.error_code("short", "a"), Some(ErrorCode::Timeout));
+    // `dead` stops heartbeating; `h` and `late` keep going.
+    for _ in 0..10 {
+        sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+        sim.engine.heartbeat("late", Heartbeat::default(), sim.now);
+        sim.advance(Duration::from_millis(200));
+    }
+    sim.release("h", "r", token);
+    assert!(sim.grant_token("dead", "a").is_none());
+    assert!(sim.grant_token("late", "a").is_some());
+}
+
+#[test]
+fn a_dead_holders_lock_goes_to_the_next_waiter() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    sim.acquire("w", "a", 60_000);
+    let conn = ConnId {
+        server_id: "S".into(),
+        cid: 7,
+    };
+    sim.engine.heartbeat(
+        "h",
+        Heartbeat {
+            conn: Some(conn.clone()),
+            ..Heartbeat::default()
+        },
+        sim.now,
+    );
+    sim.engine.disconnected(&conn, "Client Closed", sim.now);
+    sim.settle();
+    assert!(sim.grant_token("w", "a").is_some());
+    assert_eq!(sim.holder().as_deref(), Some("w"));
+    // The dead session stays dead.
+    sim.send("acquire", "h", json!({"v": 1, "id": "b", "key": "k"}));
+    assert_eq!(sim.error_code("h", "b"), Some(ErrorCode::SessionExpired));
+}
+
+#[test]
+fn only_the_holder_with_its_token_releases() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let token = sim.grant_token("h", "a").unwrap();
+    sim.acquire("x", "a", 0);
+    assert_eq!(sim.error_code("x", "a"), Some(ErrorCode::Busy));
+    sim.release("x", "r1", token);
+    assert_eq!(sim.error_code("x", "r1"), Some(ErrorCode::NotHolder));
+    sim.release("h", "r2", token - 1);
+    assert_eq!(sim.error_code("h", "r2"), Some(ErrorCode::StaleToken));
+    sim.release("h", "r3", token + 1);
+    assert_eq!(sim.error_code("h", "r3"), Some(ErrorCode::StaleToken));
+    assert_eq!(sim.holder().as_deref(), Some("h"));
+    // A forged owner does not make another session's acquire reentrant.
+    sim.send(
+        "acquire",
+        "x",
+        json!({"v": 1, "id": "f", "key": "k", "owner": "h"}),
+    );
+    assert_eq!(sim.error_code("x", "f"), Some(ErrorCode::Busy));
+}
+
+#[test]
+fn duplicate_request_ids_do_not_acquire_twice() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let writes = sim.bucket.seq;
+    sim.acquire("h", "a", 0);
+    assert_eq!(sim.error_code("h", "a"), Some(ErrorCode::Duplicate));
+    assert_eq!(sim.bucket.seq, writes, "no write for the duplicate");
+}
+
+#[test]
+fn reentrant_acquire_counts_holds() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let token = sim.grant_token("h", "a").unwrap();
+    sim.acquire("h", "b", 0);
+    assert!(sim.answers_to("h").iter().any(
+        |a| matches!(a, Answer::Granted { re, holds: 2, token: t, .. } if re == "b" && *t == token)
+    ));
+    sim.release("h", "r1", token);
+    assert_eq!(sim.holder().as_deref(), Some("h"), "one hold remains");
+    sim.release("h", "r2", token);
+    assert_eq!(sim.holder(), None);
+}
+
+#[test]
+fn revocation_notifies_then_hands_over_after_the_grace() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let token = sim.grant_token("h", "a").unwrap();
+    sim.acquire("w", "a", 60_000);
+    sim.send(
+        "revoke",
+        "op",
+        json!({"v": 1, "id": "v", "key": "k", "grace_ms": 500}),
+    );
+    assert!(sim
+        .answers_to("h")
+        .iter()
+        .any(|a| matches!(a, Answer::RevokeNotice { token: t, .. } if *t == token)));
+    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+    sim.engine.heartbeat("w", Heartbeat::default(), sim.now);
+    sim.advance(Duration::from_millis(300));
+    assert_eq!(sim.holder().as_deref(), Some("h"), "grace not over yet");
+    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+    sim.engine.heartbeat("w", Heartbeat::default(), sim.now);
+    sim.advance(Duration::from_millis(300));
+    assert_eq!(sim.holder().as_deref(), Some("w"));
+    assert!(sim.answers_to("h").iter().any(|a| matches!(
+        a,
+        Answer::Lost {
+            cause: LostCause::Revoked,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
+    let mut sim = Sim::new();
+    // Find a ring where "other" owns key k.
+    let mut other = 0;
+    loop {
+        let id = format!("c{other}");
+        sim.engine.coordinator_beat(
+            CoordinatorBeat {
+                v: 1,
+                id: id.clone(),
+                conn: None,
+                leaving: false,
+            },
+            sim.now,
+        );
+        if sim.engine.ring().owner(LockName::new("k").unwrap().key()) == id {
+            break;
+        }
+        sim.engine.coordinator_beat(
+            CoordinatorBeat {
+                v: 1,
+                id,
+                conn: None,
+                leaving: true,
+            },
+            sim.now,
+        );
+        other += 1;
+    }
+    sim.settle();
+    sim.answers.clear();
+    sim.acquire("h", "a", 60_000);
+    assert!(sim.answers.is_empty(), "a mirror does not answer");
+    assert_eq!(sim.bucket.seq, 0, "a mirror does not write");
+    assert_eq!(sim.engine.queue_len(LockName::new("k").unwrap().key()), 1);
+    // The owner leaves: this coordinator takes the key and grants.
+    sim.engine.coordinator_beat(
+        CoordinatorBeat {
+            v: 1,
+            id: format!("c{other}"),
+            conn: None,
+            leaving: true,
+        },
+        sim.now,
+    );
+    sim.settle();
+    assert!(sim.grant_token("h", "a").is_some());
+}
+
+#[test]
+fn bad_requests_are_answered_and_change_nothing() {
+    let mut sim = Sim::new();
+    sim.seq += 1;
+    sim.engine.request(
+        sim.seq,
+        "jetlock.req.acquire.s",
+        b"{nope",
+        Duration::ZERO,
+        sim.now,
+    );
+    sim.seq += 1;
+    sim.engine.request(
+        sim.seq,
+        "jetlock.req.acquire.s",
+        br#"{"v":9,"id":"x","key":"k"}"#,
+        Duration::ZERO,
+        sim.now,
+    );
+    sim.seq += 1;
+    // Unreadable subject: nobody to answer, counted.
+    sim.engine.request(
+        sim.seq,
+        "jetlock.req.acquire.a.b.c.d.e",
+        br#"{"v":1,"id":"x","key":"k"}"#,
+        Duration::ZERO,
+        sim.now,
+    );
+    sim.settle();
+    let codes: Vec<_> = sim
+        .answers_to("s")
+        .iter()
+        .map(|a| match a {
+            Answer::Error { code, .. } => *code,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![ErrorCode::BadRequest, ErrorCode::UnsupportedVersion]
+    );
+    assert_eq!(sim.engine.stats.dropped, 1);
+    assert_eq!(sim.bucket.seq, 0);
+}
+
+proptest! {
+    /// Whatever mix of waits, cancels, timeouts and releases: grants follow
+    /// arrival order, and no lock ever has two holders (the bucket's CAS
+    /// would refuse, but the machine must not even try).
+    #[test]
+    fn grants_follow_arrival_order(ops in proptest::collection::vec(0u8..5, 1..60)) {
+        let mut sim = Sim::new();
+        let mut arrivals: Vec<(String, u64)> = Vec::new();
+        let mut n = 0;
+        for op in ops {
+            match op {
+                0 | 1 => {
+                    n += 1;
+                    let s = format!("s{n}");
+                    let wait = if op == 0 { 60_000 } else { 150 };
+                    sim.acquire(&s, "a", wait);
+                    arrivals.push((s, n));
+                }
+                2 => {
+                    // The holder releases.
+                    if let Some(Current::Held { revision, record }) = sim.bucket.keys.get("k").cloned() {
+                        let token = record.token_at(revision);
+                        sim.release(&record.session, &format!("r{}", sim.seq), token);
+                    }
+                }
+                3 => {
+                    // The oldest waiter cancels.
+                    if let Some((s, _)) = arrivals.iter().find(|(s, _)| sim.grant_token(s, "a").is_none() && sim.error_code(s, "a").is_none()) {
+                        let s = s.clone();
+                        sim.send("cancel", &s, json!({"v":1,"id":"c","key":"k","target":"a"}));
+                    }
+                }
+                _ => {
+                    for (s, _) in &arrivals {
+                        sim.engine.heartbeat(s, Heartbeat::default(), sim.now);
+                    }
+                    sim.advance(Duration::from_millis(100));
+                }
+            }
+        }
+        // Grant order (by token) must be arrival order.
+        let mut granted: Vec<(u64, u64)> = arrivals
+            .iter()
+            .filter_map(|(s, n)| sim.grant_token(s, "a").map(|t| (t, *n)))
+            .collect();
+        granted.sort();
+        let order: Vec<u64> = granted.iter().map(|(_, n)| *n).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        prop_assert_eq!(order, sorted);
+        // Every request got exactly one final answer, or still waits.
+        for (s, _) in &arrivals {
+            let finals = sim
+                .answers_to(s)
+                .iter()
+                .filter(|a| a.re() == Some("a") && a.is_final())
+                .count();
+            prop_assert!(finals <= 1, "{} answered {} times", s, finals);
+        }
+    }
+}

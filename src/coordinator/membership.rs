@@ -1,0 +1,374 @@
+//! Who is alive: coordinators (the hash ring that splits keys among them)
+//! and client sessions (whose locks die with them).
+//!
+//! Both are fed by heartbeats on core NATS subjects and by the server's
+//! client-disconnect advisories. A coordinator only ever *acts* on the keys
+//! the ring gives it; it mirrors every other key, so taking one over needs
+//! no hand-over protocol. The ring is a hint for splitting work, never a
+//! safety mechanism: two coordinators that briefly disagree both try the
+//! same CAS write, and one of them loses.
+
+use crate::protocol::ConnId;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The live coordinators, and which one owns a key.
+///
+/// Rendezvous (highest-random-weight) hashing: a key belongs to the
+/// coordinator with the highest `hash(coordinator, key)`. Adding a
+/// coordinator moves only the keys it now wins, about 1/N of them; removing
+/// one moves only its own keys.
+#[derive(Debug)]
+pub struct Ring {
+    me: String,
+    members: HashMap<String, Member>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Member {
+    last_seen: Instant,
+    conn: Option<ConnId>,
+}
+
+impl Ring {
+    pub fn new(me: String, timeout: Duration) -> Self {
+        Ring {
+            me,
+            members: HashMap::new(),
+            timeout,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Live coordinators, this one included.
+    pub fn len(&self) -> usize {
+        self.members.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// A heartbeat from coordinator `id`. Returns true when it joined.
+    pub fn beat(&mut self, id: &str, conn: Option<ConnId>, now: Instant) -> bool {
+        if id == self.me {
+            return false;
+        }
+        match self.members.get_mut(id) {
+            Some(m) => {
+                m.last_seen = now;
+                if conn.is_some() {
+                    m.conn = conn;
+                }
+                false
+            }
+            None => {
+                self.members.insert(
+                    id.to_owned(),
+                    Member {
+                        last_seen: now,
+                        conn,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Removes coordinator `id` (it said it is leaving). True if it was live.
+    pub fn leave(&mut self, id: &str) -> bool {
+        self.members.remove(id).is_some()
+    }
+
+    /// Removes the coordinator on connection `conn` (the server saw the
+    /// connection close). Returns its id.
+    pub fn disconnected(&mut self, conn: &ConnId) -> Option<String> {
+        let id = self
+            .members
+            .iter()
+            .find(|(_, m)| m.conn.as_ref() == Some(conn))
+            .map(|(id, _)| id.clone())?;
+        self.members.remove(&id);
+        Some(id)
+    }
+
+    /// Removes coordinators silent for longer than the timeout.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let timeout = self.timeout;
+        let dead: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.duration_since(m.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dead {
+            self.members.remove(id);
+        }
+        dead
+    }
+
+    /// The coordinator that owns `key` (a KV key or a session id).
+    pub fn owner<'a>(&'a self, key: &str) -> &'a str {
+        let mut best = (weight(&self.me, key), self.me.as_str());
+        for id in self.members.keys() {
+            let w = (weight(id, key), id.as_str());
+            if w > best {
+                best = w;
+            }
+        }
+        best.1
+    }
+
+    pub fn owns(&self, key: &str) -> bool {
+        self.members.is_empty() || self.owner(key) == self.me
+    }
+
+    /// Ids of the live coordinators, sorted.
+    pub fn members(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.members.keys().cloned().collect();
+        ids.push(self.me.clone());
+        ids.sort();
+        ids
+    }
+}
+
+fn weight(coordinator: &str, key: &str) -> u64 {
+    xxh3_64_with_seed(key.as_bytes(), xxh3_64_with_seed(coordinator.as_bytes(), 0))
+}
+
+/// Client sessions: alive (heartbeating) or dead (declared so; their locks
+/// are released, and they stay dead: a session never comes back).
+#[derive(Debug)]
+pub struct Sessions {
+    alive: HashMap<String, Session>,
+    dead: HashMap<String, Instant>,
+    default_timeout: Duration,
+    min_timeout: Duration,
+    max_timeout: Duration,
+    /// After the coordinator itself stalled, nobody is declared dead until
+    /// this time: their heartbeats may be sitting unread in our buffers.
+    holdoff_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Session {
+    last_seen: Instant,
+    timeout: Duration,
+    conn: Option<ConnId>,
+}
+
+/// How long a dead session is remembered (to refuse its requests).
+const DEAD_MEMORY: Duration = Duration::from_secs(600);
+
+/// What a heartbeat or request did to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Touch {
+    /// First sign of life of a session.
+    Joined,
+    Alive,
+    /// The session was declared dead earlier.
+    Dead,
+}
+
+impl Sessions {
+    pub fn new(default_timeout: Duration, min_timeout: Duration, max_timeout: Duration) -> Self {
+        Sessions {
+            alive: HashMap::new(),
+            dead: HashMap::new(),
+            default_timeout,
+            min_timeout,
+            max_timeout,
+            holdoff_until: None,
+        }
+    }
+
+    /// A sign of life (heartbeat or request) from `session`.
+    pub fn touch(
+        &mut self,
+        session: &str,
+        timeout_ms: Option<u64>,
+        conn: Option<ConnId>,
+        now: Instant,
+    ) -> Touch {
+        if self.dead.contains_key(session) {
+            return Touch::Dead;
+        }
+        let timeout = timeout_ms
+            .map(Duration::from_millis)
+            .map(|t| t.clamp(self.min_timeout, self.max_timeout));
+        match self.alive.get_mut(session) {
+            Some(s) => {
+                s.last_seen = now;
+                if let Some(t) = timeout {
+                    s.timeout = t;
+                }
+                if conn.is_some() {
+                    s.conn = conn;
+                }
+                Touch::Alive
+            }
+            None => {
+                self.alive.insert(
+                    session.to_owned(),
+                    Session {
+                        last_seen: now,
+                        timeout: timeout.unwrap_or(self.default_timeout),
+                        conn,
+                    },
+                );
+                Touch::Joined
+            }
+        }
+    }
+
+    /// The timeout applied to `session`.
+    pub fn timeout_of(&self, session: &str) -> Duration {
+        self.alive
+            .get(session)
+            .map(|s| s.timeout)
+            .unwrap_or(self.default_timeout)
+    }
+
+    pub fn is_dead(&self, session: &str) -> bool {
+        self.dead.contains_key(session)
+    }
+
+    pub fn alive_count(&self) -> usize {
+        self.alive.len()
+    }
+
+    /// Declares `session` dead. True if it was not already.
+    pub fn kill(&mut self, session: &str, now: Instant) -> bool {
+        self.alive.remove(session);
+        self.dead.insert(session.to_owned(), now).is_none()
+    }
+
+    /// The session on connection `conn`, if any.
+    pub fn by_conn(&self, conn: &ConnId) -> Option<String> {
+        self.alive
+            .iter()
+            .find(|(_, s)| s.conn.as_ref() == Some(conn))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// The coordinator's loop stalled for `gap`: hold off expiries for one
+    /// longest timeout, so sessions whose heartbeats we failed to read in
+    /// time are not declared dead for our own slowness.
+    pub fn stalled(&mut self, now: Instant) {
+        self.holdoff_until = Some(now + self.max_timeout.min(Duration::from_secs(5)));
+        for s in self.alive.values_mut() {
+            s.last_seen = s.last_seen.max(now);
+        }
+    }
+
+    /// Sessions silent past their timeout, now declared dead.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        self.dead
+            .retain(|_, since| now.duration_since(*since) < DEAD_MEMORY);
+        if let Some(until) = self.holdoff_until {
+            if now < until {
+                return Vec::new();
+            }
+            self.holdoff_until = None;
+        }
+        let dead: Vec<String> = self
+            .alive
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_seen) > s.timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dead {
+            self.kill(id, now);
+        }
+        dead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(ids: &[&str]) -> Ring {
+        let now = Instant::now();
+        let mut r = Ring::new(ids[0].to_owned(), Duration::from_secs(1));
+        for id in &ids[1..] {
+            r.beat(id, None, now);
+        }
+        r
+    }
+
+    #[test]
+    fn every_coordinator_agrees_on_owners() {
+        let a = ring(&["a", "b", "c"]);
+        let b = ring(&["b", "c", "a"]);
+        for k in 0..1000 {
+            let key = format!("acct.{k}");
+            assert_eq!(a.owner(&key), b.owner(&key));
+        }
+    }
+
+    #[test]
+    fn adding_a_coordinator_moves_about_a_third_of_three() {
+        let two = ring(&["a", "b"]);
+        let three = ring(&["a", "b", "c"]);
+        let n = 30_000;
+        let mut moved = 0;
+        for k in 0..n {
+            let key = format!("acct.{k}");
+            let before = two.owner(&key);
+            let after = three.owner(&key);
+            if before != after {
+                assert_eq!(after, "c", "a key only moves to the newcomer");
+                moved += 1;
+            }
+        }
+        let share = moved as f64 / n as f64;
+        assert!((0.30..0.37).contains(&share), "moved {share}");
+    }
+
+    #[test]
+    fn silent_coordinators_and_sessions_expire() {
+        let t0 = Instant::now();
+        let mut r = Ring::new("me".into(), Duration::from_secs(1));
+        assert!(r.beat("b", None, t0));
+        assert!(r.expire(t0 + Duration::from_millis(500)).is_empty());
+        assert_eq!(r.expire(t0 + Duration::from_secs(2)), vec!["b".to_owned()]);
+        assert_eq!(r.len(), 1);
+
+        let mut s = Sessions::new(
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            Duration::from_secs(60),
+        );
+        assert_eq!(s.touch("s1", None, None, t0), Touch::Joined);
+        assert_eq!(s.touch("s2", Some(10), None, t0), Touch::Joined);
+        // s2 asked for 10 ms: clamped to the 300 ms minimum.
+        assert!(s.expire(t0 + Duration::from_millis(200)).is_empty());
+        assert_eq!(
+            s.expire(t0 + Duration::from_millis(400)),
+            vec!["s2".to_owned()]
+        );
+        assert_eq!(s.touch("s2", None, None, t0), Touch::Dead);
+        assert_eq!(s.expire(t0 + Duration::from_secs(2)), vec!["s1".to_owned()]);
+    }
+
+    #[test]
+    fn a_stall_holds_off_expiry() {
+        let t0 = Instant::now();
+        let mut s = Sessions::new(
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        );
+        s.touch("s1", None, None, t0);
+        s.stalled(t0 + Duration::from_secs(5));
+        assert!(s.expire(t0 + Duration::from_secs(6)).is_empty());
+        assert_eq!(s.expire(t0 + Duration::from_secs(9)), vec!["s1".to_owned()]);
+    }
+}
