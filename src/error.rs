@@ -50,6 +50,14 @@ pub enum LostReason {
     /// The record changed under the holder: the lease expired on the server
     /// and someone else was granted the lock, or an operator revoked it.
     Taken,
+    /// A coordinator asked the holder to give the lock up (operator
+    /// revocation or a preempting request). The holder has the announced
+    /// grace period to finish and release; after it the lock is taken and
+    /// the token fenced off.
+    Revoked,
+    /// The coordinators declared this client's session dead (heartbeats
+    /// missed for longer than the session timeout) and released its locks.
+    SessionExpired,
 }
 
 impl fmt::Display for LostReason {
@@ -57,6 +65,10 @@ impl fmt::Display for LostReason {
         f.write_str(match self {
             LostReason::Expired => "the lease ran out before a renewal succeeded",
             LostReason::Taken => "the lock was expired, revoked or granted to someone else",
+            LostReason::Revoked => {
+                "a coordinator revoked the lock (finish and release within the grace period)"
+            }
+            LostReason::SessionExpired => "the session was declared dead by the coordinators",
         })
     }
 }
@@ -89,6 +101,18 @@ pub enum LockError {
         name: String,
         #[source]
         source: RecordError,
+    },
+    /// The coordinators declared this client's session dead; create a new
+    /// client.
+    #[error("the session was declared dead by the coordinators (missed heartbeats); connect a new client")]
+    SessionExpired,
+    /// A coordinator refused the request.
+    #[error("coordinator refused {op} of lock {name:?}: {code}: {message}")]
+    Refused {
+        name: String,
+        op: &'static str,
+        code: crate::protocol::ErrorCode,
+        message: String,
     },
     /// NATS did not answer (timeout, disconnect, permissions).
     #[error("{op} of lock {name:?} failed: {source}")]

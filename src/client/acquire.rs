@@ -15,7 +15,7 @@
 //! see `store.rs`) and releases what it finds granted, so a cancelled request
 //! never leaves a lock held until its lease runs out.
 
-use super::guard::{Hold, LockGuard};
+use super::guard::{Grant, Hold, LockGuard};
 use super::{check_ttl, Inner};
 use crate::error::{Holder, LockError};
 use crate::name::{LockName, NameError};
@@ -36,6 +36,7 @@ const TRANSPORT_RETRIES: u32 = 3;
 /// How long to wait for a lock.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Wait {
+    /// Try once.
     No,
     Until(Instant),
     Forever,
@@ -49,7 +50,7 @@ impl Wait {
         }
     }
 
-    fn deadline(self) -> Option<Instant> {
+    pub(crate) fn deadline(self) -> Option<Instant> {
         match self {
             Wait::Until(at) => Some(at),
             _ => None,
@@ -58,7 +59,7 @@ impl Wait {
 
     /// After `tries` failed sends, whether to send again (after a backoff
     /// that doubles from 25 ms to at most 1 s, cut short by the deadline).
-    async fn retry_after_transport_error(self, tries: u32) -> bool {
+    pub(crate) async fn retry_after_transport_error(self, tries: u32) -> bool {
         let give_up = match self {
             Wait::No => tries > TRANSPORT_RETRIES,
             Wait::Until(at) => Instant::now() >= at,
@@ -171,6 +172,9 @@ pub(crate) async fn acquire(
             }
         }
     }
+    if inner.link.is_expired() {
+        return Err(LockError::SessionExpired);
+    }
     let started = Instant::now();
     let attempt = Attempt {
         inner: inner.clone(),
@@ -219,6 +223,10 @@ pub(crate) async fn acquire(
                         name: name.to_string(),
                         holder: Some(Holder::from_record(record, revision)),
                     });
+                }
+                // With a coordinator, wait in its FIFO queue.
+                if inner.queued() {
+                    return super::queue::acquire(&attempt, wait, started).await;
                 }
                 break revision + 1;
             }
@@ -291,13 +299,13 @@ pub(crate) async fn acquire(
 
 /// One acquisition's CAS writes.
 #[derive(Clone)]
-struct Attempt {
-    inner: Arc<Inner>,
-    name: LockName,
+pub(crate) struct Attempt {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) name: LockName,
     nonce: String,
-    payload: LockRecord,
-    ttl: Duration,
-    auto_renew: bool,
+    pub(crate) payload: LockRecord,
+    pub(crate) ttl: Duration,
+    pub(crate) auto_renew: bool,
 }
 
 impl Attempt {
@@ -356,8 +364,11 @@ impl Attempt {
         Hold::start(
             self.inner.clone(),
             self.name.clone(),
-            w.revision,
-            sent,
+            Grant {
+                token: w.revision,
+                revision: w.revision,
+                sent,
+            },
             self.ttl,
             self.payload.clone(),
             self.auto_renew,
@@ -453,7 +464,7 @@ async fn within<F: std::future::Future>(deadline: Option<Instant>, f: F) -> Opti
     }
 }
 
-fn timeout(name: &LockName, started: Instant) -> LockError {
+pub(crate) fn timeout(name: &LockName, started: Instant) -> LockError {
     LockError::Timeout {
         name: name.to_string(),
         waited: started.elapsed(),

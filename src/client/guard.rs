@@ -36,6 +36,18 @@ enum Rewrite {
     Holds(&'static str),
 }
 
+/// A fresh grant, as the acquirer learned it.
+pub(crate) struct Grant {
+    /// The fencing token: the revision of the granting write.
+    pub(crate) token: u64,
+    /// The record's current revision (the token, unless it was rewritten
+    /// since the grant).
+    pub(crate) revision: u64,
+    /// When the write that started the current lease was sent: the
+    /// server's lease began no earlier.
+    pub(crate) sent: Instant,
+}
+
 pub(crate) struct Hold {
     inner: Arc<Inner>,
     name: LockName,
@@ -65,19 +77,21 @@ struct HoldState {
 }
 
 impl Hold {
-    /// Starts holding a fresh grant written at `revision` and returns its
-    /// first guard.
+    /// Starts holding `grant` and returns its first guard.
     pub(crate) fn start(
         inner: Arc<Inner>,
         name: LockName,
-        revision: u64,
-        sent: Instant,
+        grant: Grant,
         ttl: Duration,
         mut record: LockRecord,
         auto_renew: bool,
     ) -> LockGuard {
-        // A grant's token is the revision of its write.
-        let token = FencingToken(revision);
+        let Grant {
+            token,
+            revision,
+            sent,
+        } = grant;
+        let token = FencingToken(token);
         let owner = record.owner.clone();
         // The lease is counted from when the granting write was first sent:
         // the server's TTL starts on its arrival, which is later, so the
@@ -209,7 +223,11 @@ impl Hold {
     /// was the last one.
     async fn release_one(&self) -> Result<(), LockError> {
         let mut state = self.state.lock().await;
-        self.check(&state)?;
+        // A revoked holder may (and should) still release within its grace.
+        let revoked_in_grace = !state.done && self.lost_reason.get() == Some(&LostReason::Revoked);
+        if !revoked_in_grace {
+            self.check(&state)?;
+        }
         if state.holds > 1 {
             let holds = state.holds - 1;
             self.write(&mut state, holds, Rewrite::Holds("release"))
@@ -220,6 +238,25 @@ impl Hold {
         // Last hold: whatever happens below, this hold writes no more.
         state.done = true;
         self.finish();
+        let token = self.token.get();
+        let link = &self.inner.link;
+        if link.is_contended(self.name.key(), token) && link.coordinated() {
+            // Someone waits: the coordinator hands the lock to the next
+            // waiter in the same write that ends our hold.
+            link.forget_contended(self.name.key(), token);
+            match self.inner.release_via_coordinator(&self.name, token).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    self.set_lost(LostReason::Taken);
+                    return Err(self.lost_error(LostReason::Taken));
+                }
+                // No answer: release directly (it conflicts harmlessly if
+                // the coordinator did it after all).
+                Err(e) => {
+                    debug!(lock = %self.name, error = %e, "release through the coordinator failed")
+                }
+            }
+        }
         let write_id = format!("{}.x{}", self.nonce, state.revision);
         let marker_ttl = self.inner.options.marker_ttl;
         let mut tries = 0;
@@ -289,6 +326,23 @@ impl Hold {
                 None
             }
         }
+    }
+
+    /// The fencing token of this hold.
+    pub(crate) fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// A coordinator says the lock is lost (or being revoked): fire
+    /// `lost()`. A revocation leaves the hold able to release within its
+    /// grace period; every other loss ends it.
+    pub(crate) fn lose(&self, reason: LostReason) {
+        if reason != LostReason::Revoked {
+            if let Ok(mut state) = self.state.try_lock() {
+                state.done = true;
+            }
+        }
+        self.set_lost(reason);
     }
 
     fn mark_lost(&self, state: &mut HoldState, reason: LostReason) {

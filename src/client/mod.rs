@@ -12,7 +12,9 @@
 mod acquire;
 mod guard;
 mod multi;
+mod queue;
 mod renewer;
+mod session;
 
 pub use acquire::{unix_ms, LockRequest};
 pub use guard::LockGuard;
@@ -33,6 +35,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest lease accepted.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default session timeout (see [`ClientOptions::session_timeout`]).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many release revisions the client remembers to make re-acquiring a
 /// recently released name one round trip.
 const MAX_HINTS: usize = 65_536;
@@ -45,6 +49,8 @@ pub struct ClientOptions {
     default_ttl: Duration,
     marker_ttl: Duration,
     create_bucket: Option<usize>,
+    session_timeout: Duration,
+    queue: bool,
 }
 
 impl Default for ClientOptions {
@@ -55,6 +61,8 @@ impl Default for ClientOptions {
             default_ttl: DEFAULT_TTL,
             marker_ttl: DEFAULT_MARKER_TTL,
             create_bucket: None,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            queue: true,
         }
     }
 }
@@ -90,6 +98,24 @@ impl ClientOptions {
         self
     }
 
+    /// After how long without heartbeats the coordinators declare this
+    /// session dead and move its locks on (default 1 s; heartbeats go out
+    /// every quarter of it). Longer tolerates longer stalls of this process;
+    /// shorter hands a hung holder's locks on sooner.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// Whether a contended acquire joins the coordinator's FIFO queue when a
+    /// coordinator runs (default true). With `false`, or with no coordinator
+    /// answering, waiters watch the key and race for it on release: safe,
+    /// but not in arrival order.
+    pub fn queue(mut self, queue: bool) -> Self {
+        self.queue = queue;
+        self
+    }
+
     /// Connects to NATS at `url` (comma-separated for several servers).
     pub async fn connect(self, url: &str) -> Result<Client, ConnectError> {
         let nats = async_nats::ConnectOptions::new()
@@ -116,19 +142,30 @@ impl ClientOptions {
             }
             None => bucket::open_bucket(&js, &self.bucket).await?,
         };
-        let store = LockStore::new(js, kv).await.map_err(ConnectError::Stream)?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                session: nuid::next().to_string(),
-                nats,
-                store,
-                options: self,
-                next_owner: AtomicU64::new(1),
-                holds: DashMap::new(),
-                hints: DashMap::new(),
-                renewer: renewer::Renewer::start(),
-            }),
-        })
+        let store = LockStore::new(js.clone(), kv)
+            .await
+            .map_err(ConnectError::Stream)?;
+        let session = nuid::next().to_string();
+        let (link, settled) = session::SessionLink::new(session.clone(), self.session_timeout);
+        let inner = Arc::new(Inner {
+            session,
+            nats: nats.clone(),
+            js,
+            store,
+            options: self,
+            next_owner: AtomicU64::new(1),
+            holds: DashMap::new(),
+            hints: DashMap::new(),
+            renewer: renewer::Renewer::start(),
+            link: link.clone(),
+        });
+        session::SessionLink::start(&link, Arc::downgrade(&inner), nats)
+            .await
+            .map_err(|e| ConnectError::Stream(e.into()))?;
+        // The first heartbeat tells whether a coordinator runs: answered in
+        // a round trip, or refused at once when nobody listens.
+        let _ = tokio::time::timeout(Duration::from_millis(500), settled).await;
+        Ok(Client { inner })
     }
 }
 
@@ -152,12 +189,16 @@ pub(crate) struct Inner {
     hints: DashMap<String, u64>,
     /// Renews every hold of this session.
     pub(crate) renewer: Arc<renewer::Renewer>,
+    pub(crate) js: async_nats::jetstream::Context,
+    /// Heartbeats, answers and notices from the coordinators.
+    pub(crate) link: Arc<session::SessionLink>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Last client handle and last hold are gone.
         self.renewer.stop();
+        self.link.stop();
     }
 }
 
@@ -165,6 +206,45 @@ impl Inner {
     pub(crate) fn default_owner(&self) -> String {
         let n = self.next_owner.fetch_add(1, Ordering::Relaxed);
         format!("{}#{n}", self.options.name)
+    }
+
+    /// Whether contended acquires should join a coordinator's queue.
+    pub(crate) fn queued(&self) -> bool {
+        self.options.queue && self.link.coordinated()
+    }
+
+    /// Releases `token` through the coordinator, which hands the lock to
+    /// the next waiter. `Ok(false)`: the lock was no longer ours.
+    pub(crate) async fn release_via_coordinator(
+        &self,
+        name: &LockName,
+        token: u64,
+    ) -> Result<bool, async_nats::Error> {
+        use crate::protocol::{Answer, ErrorCode, Op, ReleaseBody, VERSION};
+        let id = nuid::next().to_string();
+        let answer = self.link.expect(&id);
+        let body = serde_json::to_vec(&ReleaseBody {
+            v: VERSION,
+            id: id.clone(),
+            key: name.key().to_owned(),
+            token,
+        })?;
+        if let Err(e) = self.link.send(&self.js, Op::Release, &id, body).await {
+            self.link.abandon(&id);
+            return Err(e);
+        }
+        let answer = tokio::time::timeout(session::ANSWER_GRACE, answer).await;
+        self.link.abandon(&id);
+        match answer {
+            Ok(Ok(Answer::Released { .. })) => Ok(true),
+            Ok(Ok(Answer::Error {
+                code: ErrorCode::NotHolder | ErrorCode::StaleToken,
+                ..
+            })) => Ok(false),
+            Ok(Ok(other)) => Err(format!("unexpected answer to a release: {other:?}").into()),
+            Ok(Err(_)) => Err("the session link stopped".into()),
+            Err(_) => Err("no coordinator answered the release".into()),
+        }
     }
 
     pub(crate) fn take_hint(&self, key: &str) -> u64 {

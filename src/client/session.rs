@@ -1,0 +1,347 @@
+//! The client's session with the coordinators: heartbeats, answers,
+//! notices, and the queue path of a contended acquire.
+//!
+//! One task per client (owned by [`SessionLink`], stopped on drop):
+//! heartbeats on `jetlock.hb.<session>` every quarter of the session
+//! timeout, and reads `jetlock.to.<session>`: answers go to the request that
+//! waits for them (by request id), notices (`contended`, `revoke_notice`,
+//! `lost`) to the holds they name. A grant for a request nobody waits for
+//! any more (the caller gave up or dropped the future) is released at once,
+//! so an abandoned request never leaves a lock held.
+//!
+//! When no coordinator answers heartbeats, the client works without one:
+//! contended acquires watch the key and CAS on each release marker (the
+//! foundation's path), which is safe but not FIFO.
+
+use super::Inner;
+use crate::error::LostReason;
+use crate::protocol::{
+    self, AcquireBody, Answer, CancelBody, ConnId, Heartbeat, HeartbeatAck, LostCause, Op,
+    ReleaseBody, VERSION,
+};
+use async_nats::HeaderMap;
+use dashmap::DashMap;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// The link's shared state.
+pub(crate) struct SessionLink {
+    session: String,
+    /// Requests waiting for their final answer, by request id.
+    pending: DashMap<String, oneshot::Sender<Answer>>,
+    /// Tokens of holds that someone waits behind (from `contended`
+    /// notices and grants with waiters): those release through the
+    /// coordinator, so the lock is handed to the next waiter.
+    contended: DashMap<String, u64>,
+    /// Live coordinators in the last heartbeat answer.
+    coordinators: AtomicU32,
+    last_ack: Mutex<Option<Instant>>,
+    /// The coordinators declared this session dead.
+    expired: AtomicBool,
+    timeout: Duration,
+    stop: CancellationToken,
+    /// Fires once the first heartbeat is answered or refused.
+    settled: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// How long the answer to a request may take beyond its wait: a
+/// coordinator failover (at most ~2 s) plus slack.
+pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+impl SessionLink {
+    pub(crate) fn new(session: String, timeout: Duration) -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (settled, settled_rx) = oneshot::channel();
+        let link = Arc::new(SessionLink {
+            session,
+            pending: DashMap::new(),
+            contended: DashMap::new(),
+            coordinators: AtomicU32::new(0),
+            last_ack: Mutex::new(None),
+            expired: AtomicBool::new(false),
+            timeout,
+            stop: CancellationToken::new(),
+            settled: Mutex::new(Some(settled)),
+        });
+        (link, settled_rx)
+    }
+
+    /// Subscribes to the session's answers and starts heartbeating.
+    pub(crate) async fn start(
+        link: &Arc<Self>,
+        inner: Weak<Inner>,
+        nats: async_nats::Client,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let answers = nats
+            .subscribe(protocol::answer_subject(&link.session))
+            .await?;
+        let link = link.clone();
+        tokio::spawn(async move {
+            let stop = link.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = link.run(answers, inner, nats.clone()) => {}
+            }
+            // Tell the coordinators now rather than after the timeout.
+            let bye = Heartbeat {
+                leaving: true,
+                ..Heartbeat::default()
+            };
+            let body = serde_json::to_vec(&bye).expect("heartbeats serialize");
+            let _ = nats
+                .publish(protocol::heartbeat_subject(&link.session), body.into())
+                .await;
+            let _ = nats.flush().await;
+        });
+        Ok(())
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// A coordinator answered a heartbeat recently.
+    pub(crate) fn coordinated(&self) -> bool {
+        let recent = self
+            .last_ack
+            .lock()
+            .expect("never poisoned")
+            .is_some_and(|at| at.elapsed() < self.timeout * 2);
+        recent && self.coordinators.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) fn is_expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// Whether the hold of `key` with `token` has waiters behind it.
+    pub(crate) fn is_contended(&self, key: &str, token: u64) -> bool {
+        self.contended.get(key).is_some_and(|t| *t == token)
+    }
+
+    pub(crate) fn set_contended(&self, key: &str, token: u64) {
+        self.contended.insert(key.to_owned(), token);
+    }
+
+    pub(crate) fn forget_contended(&self, key: &str, token: u64) {
+        self.contended.remove_if(key, |_, t| *t == token);
+    }
+
+    /// Registers a request before it is sent; the receiver gets its final
+    /// answer.
+    pub(crate) fn expect(&self, id: &str) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id.to_owned(), tx);
+        rx
+    }
+
+    /// The caller stopped waiting for `id`; a late grant is released.
+    pub(crate) fn abandon(&self, id: &str) {
+        self.pending.remove(id);
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        mut answers: async_nats::Subscriber,
+        inner: Weak<Inner>,
+        nats: async_nats::Client,
+    ) {
+        let interval = self.timeout / 4;
+        let mut beat = tokio::time::interval(interval);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut acks = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    let info = nats.server_info();
+                    let hb = Heartbeat {
+                        timeout_ms: Some(self.timeout.as_millis() as u64),
+                        conn: (!info.server_id.is_empty()).then(|| ConnId {
+                            server_id: info.server_id.clone(),
+                            cid: info.client_id,
+                        }),
+                        leaving: false,
+                    };
+                    let body = serde_json::to_vec(&hb).expect("heartbeats serialize");
+                    let request = nats.request(protocol::heartbeat_subject(&self.session), body.into());
+                    // Answers are awaited concurrently: a slow answer never
+                    // delays the next heartbeat.
+                    if acks.len() < 8 {
+                        acks.push(tokio::time::timeout(self.timeout, request));
+                    }
+                }
+                Some(ack) = acks.next(), if !acks.is_empty() => {
+                    if let Some(tx) = self.settled.lock().expect("never poisoned").take() {
+                        let _ = tx.send(());
+                    }
+                    // No answer (no coordinator, or none answering) is
+                    // noted by the age of the last answer.
+                    if let Ok(Ok(msg)) = ack {
+                        if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
+                            self.acked(&ack, &inner);
+                        }
+                    }
+                }
+                msg = answers.next() => {
+                    let Some(msg) = msg else { return };
+                    match serde_json::from_slice::<Answer>(&msg.payload) {
+                        Ok(answer) => self.dispatch(answer, &inner, &nats).await,
+                        Err(e) => debug!(error = %e, "unreadable answer ignored"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn acked(&self, ack: &HeartbeatAck, inner: &Weak<Inner>) {
+        *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
+        self.coordinators.store(ack.coordinators, Ordering::Relaxed);
+        if !ack.alive && !self.expired.swap(true, Ordering::Relaxed) {
+            warn!(session = %self.session, "the coordinators declared this session dead; its locks are lost");
+            if let Some(inner) = inner.upgrade() {
+                for hold in inner.holds.iter().filter_map(|h| h.value().upgrade()) {
+                    hold.lose(LostReason::SessionExpired);
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&self, answer: Answer, inner: &Weak<Inner>, nats: &async_nats::Client) {
+        match &answer {
+            Answer::Contended { key, token, .. } => self.set_contended(key, *token),
+            Answer::RevokeNotice { key, token, .. } | Answer::Lost { key, token, .. } => {
+                let reason = match &answer {
+                    Answer::Lost {
+                        cause: LostCause::SessionExpired,
+                        ..
+                    } => LostReason::SessionExpired,
+                    _ => LostReason::Revoked,
+                };
+                if let Some(inner) = inner.upgrade() {
+                    let holds: Vec<_> = inner
+                        .holds
+                        .iter()
+                        .filter(|h| h.key().0 == *key)
+                        .filter_map(|h| h.value().upgrade())
+                        .collect();
+                    for hold in holds {
+                        if hold.token().get() == *token {
+                            hold.lose(reason);
+                        }
+                    }
+                }
+            }
+            Answer::Queued { .. } => {}
+            _ => {
+                let Some(re) = answer.re() else { return };
+                match self.pending.remove(re) {
+                    Some((_, tx)) => {
+                        let _ = tx.send(answer);
+                    }
+                    None => {
+                        // Nobody waits for this answer any more. A grant
+                        // must not stay held: give it back.
+                        if let Answer::Granted { key, token, .. } = &answer {
+                            debug!(key, token, "releasing a grant nobody waits for");
+                            let _ = self.send_release(nats, key, *token).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes `body` as request `op` to the request stream; returns once
+    /// JetStream stored it.
+    pub(crate) async fn send(
+        &self,
+        js: &async_nats::jetstream::Context,
+        op: Op,
+        id: &str,
+        body: Vec<u8>,
+    ) -> Result<(), async_nats::Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            protocol::message_id(&self.session, id).as_str(),
+        );
+        js.publish_with_headers(
+            protocol::request_subject(op, &self.session),
+            headers,
+            body.into(),
+        )
+        .await?
+        .await?;
+        Ok(())
+    }
+
+    async fn send_release(
+        &self,
+        nats: &async_nats::Client,
+        key: &str,
+        token: u64,
+    ) -> Result<(), async_nats::Error> {
+        let js = async_nats::jetstream::new(nats.clone());
+        let id = nuid::next().to_string();
+        let body = ReleaseBody {
+            v: VERSION,
+            id: id.clone(),
+            key: key.to_owned(),
+            token,
+        };
+        self.send(&js, Op::Release, &id, serde_json::to_vec(&body)?)
+            .await
+    }
+
+    /// Sends a cancel for a waiting acquire (best effort: a grant that
+    /// still arrives is released by the dispatcher).
+    pub(crate) async fn cancel(
+        &self,
+        js: &async_nats::jetstream::Context,
+        key: &str,
+        target: &str,
+    ) {
+        let id = nuid::next().to_string();
+        let body = CancelBody {
+            v: VERSION,
+            id: id.clone(),
+            key: key.to_owned(),
+            target: target.to_owned(),
+        };
+        let body = serde_json::to_vec(&body).expect("requests serialize");
+        if let Err(e) = self.send(js, Op::Cancel, &id, body).await {
+            debug!(key, error = %e, "cancel not sent");
+        }
+    }
+
+    /// The body of an acquire request.
+    pub(crate) fn acquire_body(
+        id: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Vec<u8> {
+        let body = AcquireBody {
+            v: VERSION,
+            id: id.to_owned(),
+            key: key.to_owned(),
+            owner: Some(owner.to_owned()),
+            ttl_ms: Some(ttl.as_millis() as u64),
+            wait_ms: wait.as_millis() as u64,
+            preempt: false,
+        };
+        serde_json::to_vec(&body).expect("requests serialize")
+    }
+}
+
+impl Drop for SessionLink {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
