@@ -1,0 +1,183 @@
+//! A service in another language can use jetlock with nothing but a NATS
+//! client and JSON: runs `tests/python/scenario.py` (nats-py, in a venv made
+//! by `tests/python/setup.sh`) against `jetlock serve` on a real nats-server.
+
+use jetlock::server::NatsServer;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the coordinator may take to print `ready`.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long the Python scenario may run.
+const SCENARIO_WITHIN: Duration = Duration::from_secs(120);
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Everything a child wrote on one stream, collected by a thread (so the
+/// child never blocks on a full pipe) and readable at any time.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    /// Reads `from` line by line until EOF; each line is appended and also
+    /// sent to `lines`.
+    fn collect(from: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>) -> Self {
+        let out = Output::default();
+        let buf = out.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from).lines() {
+                let Ok(line) = line else { break };
+                let mut b = buf.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
+                drop(b);
+                if let Some(tx) = &lines {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        out
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `tests/python/setup.sh` and returns the venv's python.
+fn python() -> PathBuf {
+    let script = repo().join("tests/python/setup.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} failed ({}): the Python test needs python3 with venv and access to PyPI \
+         (nats-py).\nstdout:\n{stdout}\nstderr:\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    assert!(
+        python.is_file(),
+        "{} did not print a python path on its last line:\n{stdout}",
+        script.display()
+    );
+    python
+}
+
+/// Starts `jetlock serve --url <url>` and waits for its `ready` line.
+fn serve(url: &str) -> (Running, Output, Output) {
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_jetlock"))
+            .args(["serve", "--url", url])
+            .env_remove("JETLOCK_CONFIG")
+            .env_remove("JETLOCK_URL")
+            .env_remove("JETLOCK_BUCKET")
+            .env_remove("JETLOCK_REPLICAS")
+            .env_remove("JETLOCK_ID")
+            .env_remove("JETLOCK_SESSION_TIMEOUT_MS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn jetlock serve"),
+    );
+    let (tx, rx) = mpsc::channel();
+    let stdout = Output::collect(child.0.stdout.take().expect("stdout"), Some(tx));
+    let stderr = Output::collect(child.0.stderr.take().expect("stderr"), None);
+    let start = Instant::now();
+    loop {
+        let left = READY_WITHIN.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("ready") => break,
+            Ok(_) => {}
+            Err(_) => {
+                let status = child.0.try_wait().ok().flatten();
+                panic!(
+                    "jetlock serve did not print `ready` within {READY_WITHIN:?} \
+                     (exit status: {status:?})\nstdout:\n{}\nstderr:\n{}",
+                    stdout.text(),
+                    stderr.text()
+                );
+            }
+        }
+    }
+    (child, stdout, stderr)
+}
+
+#[test]
+fn a_python_service_uses_jetlock_with_nats_py_and_json() {
+    let python = python();
+    let server =
+        NatsServer::start_single(None).expect("start nats-server (run `bash nats/install.sh`)");
+    let url = server.url();
+    let (mut coordinator, serve_out, serve_err) = serve(&url);
+
+    let started = Instant::now();
+    let mut scenario = Running(
+        Command::new(&python)
+            .arg(repo().join("tests/python/scenario.py"))
+            .arg(&url)
+            .current_dir(repo().join("tests/python"))
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the python scenario"),
+    );
+    let py_out = Output::collect(scenario.0.stdout.take().expect("stdout"), None);
+    let py_err = Output::collect(scenario.0.stderr.take().expect("stderr"), None);
+    let status = loop {
+        if let Some(status) = scenario.0.try_wait().expect("wait for python") {
+            break Some(status);
+        }
+        if started.elapsed() > SCENARIO_WITHIN {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let the reader threads drain what the process wrote last.
+    std::thread::sleep(Duration::from_millis(200));
+    let coordinator_exit = coordinator.0.try_wait().ok().flatten();
+    let report = format!(
+        "python stdout:\n{}\npython stderr:\n{}\njetlock serve (exit status {coordinator_exit:?}) \
+         stdout:\n{}\njetlock serve stderr:\n{}",
+        py_out.text(),
+        py_err.text(),
+        serve_out.text(),
+        serve_err.text()
+    );
+    match status {
+        None => panic!("the python scenario ran longer than {SCENARIO_WITHIN:?}\n{report}"),
+        Some(s) if !s.success() => panic!("the python scenario failed ({s})\n{report}"),
+        Some(_) => {}
+    }
+    assert!(
+        py_out.text().contains("python scenario: ok"),
+        "the python scenario exited 0 without its summary line\n{report}"
+    );
+    println!("{}", py_out.text());
+    println!("python scenario took {:?}", started.elapsed());
+}
