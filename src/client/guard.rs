@@ -333,11 +333,11 @@ impl Hold {
         self.token
     }
 
-    /// A coordinator says the lock is lost (or being revoked): fire
-    /// `lost()`. A revocation leaves the hold able to release within its
-    /// grace period; every other loss ends it.
-    pub(crate) fn lose(&self, reason: LostReason) {
-        if reason != LostReason::Revoked {
+    /// A coordinator says the lock is lost (`over`) or being revoked: fire
+    /// `lost()`. During a revocation's grace period the hold can still
+    /// release.
+    pub(crate) fn lose(&self, reason: LostReason, over: bool) {
+        if over {
             if let Ok(mut state) = self.state.try_lock() {
                 state.done = true;
             }

@@ -205,7 +205,7 @@ impl SessionLink {
             warn!(session = %self.session, "the coordinators declared this session dead; its locks are lost");
             if let Some(inner) = inner.upgrade() {
                 for hold in inner.holds.iter().filter_map(|h| h.value().upgrade()) {
-                    hold.lose(LostReason::SessionExpired);
+                    hold.lose(LostReason::SessionExpired, true);
                 }
             }
         }
@@ -215,12 +215,14 @@ impl SessionLink {
         match &answer {
             Answer::Contended { key, token, .. } => self.set_contended(key, *token),
             Answer::RevokeNotice { key, token, .. } | Answer::Lost { key, token, .. } => {
-                let reason = match &answer {
+                // A notice gives a grace period; `lost` means it is over.
+                let (reason, over) = match &answer {
                     Answer::Lost {
                         cause: LostCause::SessionExpired,
                         ..
-                    } => LostReason::SessionExpired,
-                    _ => LostReason::Revoked,
+                    } => (LostReason::SessionExpired, true),
+                    Answer::Lost { .. } => (LostReason::Revoked, true),
+                    _ => (LostReason::Revoked, false),
                 };
                 if let Some(inner) = inner.upgrade() {
                     let holds: Vec<_> = inner
@@ -231,7 +233,7 @@ impl SessionLink {
                         .collect();
                     for hold in holds {
                         if hold.token().get() == *token {
-                            hold.lose(reason);
+                            hold.lose(reason, over);
                         }
                     }
                 }
