@@ -137,7 +137,7 @@ async fn sixteen_waiters_are_granted_in_arrival_order_and_nobody_barges() {
     let url = server.url();
     let _c = coordinator(&url).await;
     let holder = client(&url, "holder").await;
-    let first = holder.lock("fifo").acquire().await.unwrap();
+    let first = holder.lock("queue:fifo").acquire().await.unwrap();
     let watcher = async_nats::connect(&url).await.unwrap();
 
     // 16 waiters, each queued before the next asks (the coordinator's
@@ -162,7 +162,7 @@ async fn sixteen_waiters_are_granted_in_arrival_order_and_nobody_barges() {
         let order = order.clone();
         let c2 = c.clone();
         let task = tokio::spawn(async move {
-            let g = c2.lock("fifo").wait(wait).acquire().await?;
+            let g = c2.lock("queue:fifo").wait(wait).acquire().await?;
             let token = g.token();
             order.lock().unwrap().push((i, token, Instant::now()));
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -200,7 +200,7 @@ async fn sixteen_waiters_are_granted_in_arrival_order_and_nobody_barges() {
         tokio::spawn(async move {
             let mut wins = Vec::new();
             while draining.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Ok(g) = barger.lock("fifo").try_acquire().await {
+                if let Ok(g) = barger.lock("queue:fifo").try_acquire().await {
                     wins.push(Instant::now());
                     g.release().await.unwrap();
                 }

@@ -5,8 +5,11 @@
 //! temp dir is removed.
 
 use super::CliError;
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::protocol::{self, Answer};
 use crate::server::{server_binary, server_version, NatsServer};
 use crate::{Client, ClientOptions, Fence, LockError};
+use futures::StreamExt;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -52,6 +55,17 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         server.pid().unwrap_or(0)
     );
     println!("locks bucket JETLOCK_LOCKS ready (1 replica, per-key TTL, expiry markers)");
+    let coordinator = Coordinator::start(
+        client.nats().clone(),
+        CoordinatorConfig {
+            id: "dev".into(),
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await?;
+    println!(
+        "coordinator `dev` serving: FIFO queues, sessions, the JSON protocol on jetlock.req.>"
+    );
     println!("connect with:   JETLOCK_URL={url} jetlock locks");
     if !args.no_demo {
         println!();
@@ -65,6 +79,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let stopped = shutdown_signal()?;
     println!("\nserving; press Ctrl-C to stop");
     stopped.await;
+    coordinator.shutdown().await;
     drop(server);
     println!("nats-server stopped, temp storage removed");
     Ok(())
@@ -202,5 +217,65 @@ async fn walk_through(client: &Client, url: &str) -> Result<(), CliError> {
     );
     inner.release().await?;
     outer.release().await?;
+
+    println!("6. fairness: waiters are granted in arrival order, by one handoff write each");
+    let held = a.lock("queue:1").acquire().await?;
+    let mut waiters = Vec::new();
+    for name in ["worker-b", "worker-c", "worker-d"] {
+        let w = worker(name).await?;
+        let task = tokio::spawn(async move {
+            let g = w
+                .lock("queue:1")
+                .wait(Duration::from_secs(10))
+                .acquire()
+                .await?;
+            let token = g.token();
+            g.release().await?;
+            Ok::<_, LockError>((name, token))
+        });
+        waiters.push(task);
+        // Let each one queue before the next arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.release().await?;
+    for task in waiters {
+        let (name, token) = task.await??;
+        println!("   {name} granted queue:1 with token {token}");
+    }
+
+    println!("7. any language: a plain NATS client takes a lock with JSON");
+    let nats = client.nats().clone();
+    let session = "demo-py";
+    let mut answers = nats.subscribe(protocol::answer_subject(session)).await?;
+    nats.publish(
+        protocol::heartbeat_subject(session),
+        r#"{"timeout_ms":5000}"#.into(),
+    )
+    .await?;
+    let request = r#"{"v":1,"id":"r1","key":"account:42","ttl_ms":5000,"wait_ms":1000}"#;
+    let js = async_nats::jetstream::new(nats.clone());
+    js.publish(
+        protocol::request_subject(protocol::Op::Acquire, session),
+        request.into(),
+    )
+    .await?
+    .await?;
+    println!("   publish jetlock.req.acquire.{session}  {request}");
+    let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await?
+        .ok_or("no answer")?;
+    println!(
+        "   answer on jetlock.to.{session}:  {}",
+        String::from_utf8_lossy(&answer.payload)
+    );
+    if let Ok(Answer::Granted { token, .. }) = serde_json::from_slice(&answer.payload) {
+        let release = format!(r#"{{"v":1,"id":"r2","key":"account:42","token":{token}}}"#);
+        js.publish(
+            protocol::request_subject(protocol::Op::Release, session),
+            release.into(),
+        )
+        .await?
+        .await?;
+    }
     Ok(())
 }

@@ -232,7 +232,13 @@ pub(crate) async fn acquire(
             }
         }
     };
-    // 3. Wait for a release or expiry, one CAS per marker.
+    // 3. With a coordinator, wait in its queue (also after losing races
+    // for a vacancy: coordinator handoffs never leave the key vacant, so a
+    // watcher would starve).
+    if inner.queued() {
+        return super::queue::acquire(&attempt, wait, started).await;
+    }
+    // Otherwise wait for a release or expiry, one CAS per marker.
     debug!(from, "lock is held; waiting");
     // Failures to create or keep a watcher in a row; each one backs off.
     let mut watch_failures = 0;
@@ -283,7 +289,13 @@ pub(crate) async fn acquire(
                         return Ok(attempt.granted(w));
                     }
                 }
-                Ok(Current::Held { .. }) => {}
+                Ok(Current::Held { .. }) => {
+                    // A coordinator appeared (or its first heartbeat
+                    // answer came late): join its queue.
+                    if inner.queued() {
+                        return super::queue::acquire(&attempt, wait, started).await;
+                    }
+                }
                 Err(source) => {
                     return Err(LockError::Corrupt {
                         name: name.to_string(),

@@ -226,7 +226,7 @@ impl Inner {
         let body = serde_json::to_vec(&ReleaseBody {
             v: VERSION,
             id: id.clone(),
-            key: name.key().to_owned(),
+            key: name.as_str().to_owned(),
             token,
         })?;
         if let Err(e) = self.link.send(&self.js, Op::Release, &id, body).await {

@@ -45,11 +45,16 @@ pub(crate) async fn acquire(
         let mut pending = Pending {
             link: inner.link.clone(),
             js: inner.js.clone(),
-            key: name.key().to_owned(),
+            key: name.as_str().to_owned(),
             id: Some(id.clone()),
         };
-        let body =
-            SessionLink::acquire_body(&id, name.key(), &attempt.payload.owner, attempt.ttl, left);
+        let body = SessionLink::acquire_body(
+            &id,
+            name.as_str(),
+            &attempt.payload.owner,
+            attempt.ttl,
+            left,
+        );
         let sent = Instant::now();
         let mut tries = 0;
         // A re-publish with the same message id is stored once.

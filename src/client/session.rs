@@ -15,6 +15,7 @@
 
 use super::Inner;
 use crate::error::LostReason;
+use crate::name::LockName;
 use crate::protocol::{
     self, AcquireBody, Answer, CancelBody, ConnId, Heartbeat, HeartbeatAck, LostCause, Op,
     ReleaseBody, VERSION,
@@ -35,6 +36,8 @@ pub(crate) struct SessionLink {
     session: String,
     /// Requests waiting for their final answer, by request id.
     pending: DashMap<String, oneshot::Sender<Answer>>,
+    /// Requests whose caller stopped waiting before the answer came.
+    abandoned: DashMap<String, ()>,
     /// Tokens of holds that someone waits behind (from `contended`
     /// notices and grants with waiters): those release through the
     /// coordinator, so the lock is handed to the next waiter.
@@ -53,6 +56,8 @@ pub(crate) struct SessionLink {
 /// How long the answer to a request may take beyond its wait: a
 /// coordinator failover (at most ~2 s) plus slack.
 pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// Abandoned request ids remembered for releasing late grants.
+const MAX_ABANDONED: usize = 4096;
 
 impl SessionLink {
     pub(crate) fn new(session: String, timeout: Duration) -> (Arc<Self>, oneshot::Receiver<()>) {
@@ -60,6 +65,7 @@ impl SessionLink {
         let link = Arc::new(SessionLink {
             session,
             pending: DashMap::new(),
+            abandoned: DashMap::new(),
             contended: DashMap::new(),
             coordinators: AtomicU32::new(0),
             last_ack: Mutex::new(None),
@@ -142,7 +148,14 @@ impl SessionLink {
 
     /// The caller stopped waiting for `id`; a late grant is released.
     pub(crate) fn abandon(&self, id: &str) {
-        self.pending.remove(id);
+        if self.pending.remove(id).is_some() {
+            if self.abandoned.len() >= MAX_ABANDONED {
+                // Only a late grant's release depends on this; its lease
+                // ends on the server anyway.
+                self.abandoned.clear();
+            }
+            self.abandoned.insert(id.to_owned(), ());
+        }
     }
 
     async fn run(
@@ -212,8 +225,14 @@ impl SessionLink {
     }
 
     async fn dispatch(&self, answer: Answer, inner: &Weak<Inner>, nats: &async_nats::Client) {
+        // Answers name locks; the client's tables are keyed by KV key.
+        let kv_key = |name: &str| LockName::new(name).ok().map(|n| n.key().to_owned());
         match &answer {
-            Answer::Contended { key, token, .. } => self.set_contended(key, *token),
+            Answer::Contended { key, token, .. } => {
+                if let Some(k) = kv_key(key) {
+                    self.set_contended(&k, *token);
+                }
+            }
             Answer::RevokeNotice { key, token, .. } | Answer::Lost { key, token, .. } => {
                 // A notice gives a grace period; `lost` means it is over.
                 let (reason, over) = match &answer {
@@ -224,11 +243,11 @@ impl SessionLink {
                     Answer::Lost { .. } => (LostReason::Revoked, true),
                     _ => (LostReason::Revoked, false),
                 };
-                if let Some(inner) = inner.upgrade() {
+                if let (Some(inner), Some(k)) = (inner.upgrade(), kv_key(key)) {
                     let holds: Vec<_> = inner
                         .holds
                         .iter()
-                        .filter(|h| h.key().0 == *key)
+                        .filter(|h| h.key().0 == k)
                         .filter_map(|h| h.value().upgrade())
                         .collect();
                     for hold in holds {
@@ -246,9 +265,12 @@ impl SessionLink {
                         let _ = tx.send(answer);
                     }
                     None => {
-                        // Nobody waits for this answer any more. A grant
-                        // must not stay held: give it back.
-                        if let Answer::Granted { key, token, .. } = &answer {
+                        // A grant for a request its caller gave up on must
+                        // not stay held: give it back. Any other unexpected
+                        // answer (a repeat after a coordinator takeover) is
+                        // ignored: the request was already answered.
+                        let abandoned = self.abandoned.remove(re).is_some();
+                        if let (Answer::Granted { key, token, .. }, true) = (&answer, abandoned) {
                             debug!(key, token, "releasing a grant nobody waits for");
                             let _ = self.send_release(nats, key, *token).await;
                         }

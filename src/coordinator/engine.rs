@@ -253,6 +253,7 @@ fn revision_of(c: &Current) -> u64 {
 
 #[derive(Debug)]
 struct Tracked {
+    key: String,
     at: Instant,
     done: bool,
 }
@@ -263,6 +264,10 @@ const REGRANT_WINDOW: Duration = Duration::from_secs(5);
 /// owner has long handled them.
 const MIRROR_OP_LIFETIME: Duration = Duration::from_secs(5);
 
+/// How long an answer seen before its request is remembered, and how many.
+const ANSWERED_EARLY_LIFETIME: Duration = Duration::from_secs(30);
+const MAX_ANSWERED_EARLY: usize = 100_000;
+
 /// The state machine.
 pub struct Engine {
     cfg: EngineConfig,
@@ -270,6 +275,8 @@ pub struct Engine {
     sessions: Sessions,
     keys: HashMap<String, KeyState>,
     requests: HashMap<(String, String), Tracked>,
+    /// Final answers seen before their request arrived from the stream.
+    answered_early: HashMap<(String, String), Instant>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     ready: bool,
     last_tick: Option<Instant>,
@@ -289,6 +296,7 @@ impl Engine {
             cfg,
             keys: HashMap::new(),
             requests: HashMap::new(),
+            answered_early: HashMap::new(),
             timers: BinaryHeap::new(),
             ready: false,
             last_tick: None,
@@ -432,9 +440,23 @@ impl Engine {
             }
             return;
         }
+        if self.answered_early.remove(&rid).is_some() {
+            // Another coordinator answered it before the stream brought it
+            // here: nothing left to do or to mirror.
+            self.requests.insert(
+                rid,
+                Tracked {
+                    key,
+                    at: now,
+                    done: true,
+                },
+            );
+            return;
+        }
         self.requests.insert(
             rid,
             Tracked {
+                key: key.clone(),
                 at: now,
                 done: false,
             },
@@ -570,6 +592,29 @@ impl Engine {
         self.step(&key, now);
     }
 
+    /// Some coordinator sent the final answer to request `re` of `session`
+    /// (every coordinator reads `jetlock.to.>`). A mirror forgets the
+    /// request, so a coordinator that takes the key over later does not run
+    /// it a second time.
+    pub fn answered(&mut self, session: &str, re: &str, now: Instant) {
+        let rid = (session.to_owned(), re.to_owned());
+        let Some(t) = self.requests.get_mut(&rid) else {
+            if self.answered_early.len() < MAX_ANSWERED_EARLY {
+                self.answered_early.insert(rid, now);
+            }
+            return;
+        };
+        if t.done {
+            return;
+        }
+        t.done = true;
+        let key = t.key.clone();
+        if let Some(ks) = self.keys.get_mut(&key) {
+            ks.ops.retain(|op| !(op.session == session && op.id == re));
+            ks.queue.retain(|w| !(w.session == session && w.id == re));
+        }
+    }
+
     /// The bucket changed (or a read found this): `key` is now `current`.
     pub fn observed(&mut self, name: &LockName, current: Current, now: Instant) {
         let key = name.key().to_owned();
@@ -687,12 +732,15 @@ impl Engine {
         if self.ring.disconnected(conn).is_some() {
             self.ring_changed(now);
         }
-        // Only a connection the client closed (process exit included) ends
-        // its session at once; other reasons (slow consumer, server
-        // shutdown) may be followed by a reconnect, and heartbeats decide.
-        if reason == "Client Closed" {
-            if let Some(session) = self.sessions.by_conn(conn) {
+        // A connection the client closed (process exit included) ends its
+        // session at once; after other reasons (read error, slow consumer,
+        // server shutdown) a reconnect may follow, so the session gets half
+        // its timeout to heartbeat again.
+        if let Some(session) = self.sessions.by_conn(conn) {
+            if reason == "Client Closed" {
                 self.kill_session(&session, "connection closed", now);
+            } else {
+                self.sessions.suspect(&session, now);
             }
         }
     }
@@ -723,6 +771,8 @@ impl Engine {
         let window = self.cfg.dedup_window;
         self.requests
             .retain(|_, t| !t.done || now.duration_since(t.at) < window);
+        self.answered_early
+            .retain(|_, at| now.duration_since(*at) < ANSWERED_EARLY_LIFETIME);
         let ring = &self.ring;
         let ready = self.ready;
         self.keys.retain(|key, ks| {

@@ -161,6 +161,9 @@ struct Session {
     last_seen: Instant,
     timeout: Duration,
     conn: Option<ConnId>,
+    /// Set when the session's connection broke: dead at this time unless
+    /// a heartbeat (from a reconnected connection) comes first.
+    probation: Option<Instant>,
 }
 
 /// How long a dead session is remembered (to refuse its requests).
@@ -205,6 +208,7 @@ impl Sessions {
         match self.alive.get_mut(session) {
             Some(s) => {
                 s.last_seen = now;
+                s.probation = None;
                 if let Some(t) = timeout {
                     s.timeout = t;
                 }
@@ -220,6 +224,7 @@ impl Sessions {
                         last_seen: now,
                         timeout: timeout.unwrap_or(self.default_timeout),
                         conn,
+                        probation: None,
                     },
                 );
                 Touch::Joined
@@ -257,6 +262,17 @@ impl Sessions {
             .map(|(id, _)| id.clone())
     }
 
+    /// The session's connection broke (not a clean close): it is dead after
+    /// half its timeout unless it heartbeats again from a new connection.
+    /// A killed process often shows up this way (the kernel resets a socket
+    /// with unread data).
+    pub fn suspect(&mut self, session: &str, now: Instant) {
+        if let Some(s) = self.alive.get_mut(session) {
+            s.probation = Some(now + s.timeout / 2);
+            s.conn = None;
+        }
+    }
+
     /// The coordinator's loop stalled for `gap`: hold off expiries for one
     /// longest timeout, so sessions whose heartbeats we failed to read in
     /// time are not declared dead for our own slowness.
@@ -280,7 +296,10 @@ impl Sessions {
         let dead: Vec<String> = self
             .alive
             .iter()
-            .filter(|(_, s)| now.duration_since(s.last_seen) > s.timeout)
+            .filter(|(_, s)| {
+                now.duration_since(s.last_seen) > s.timeout
+                    || s.probation.is_some_and(|at| now >= at)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in &dead {
@@ -356,6 +375,27 @@ mod tests {
         );
         assert_eq!(s.touch("s2", None, None, t0), Touch::Dead);
         assert_eq!(s.expire(t0 + Duration::from_secs(2)), vec!["s1".to_owned()]);
+    }
+
+    #[test]
+    fn a_broken_connection_is_dead_after_half_the_timeout_unless_it_beats() {
+        let t0 = Instant::now();
+        let mut s = Sessions::new(
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            Duration::from_secs(60),
+        );
+        s.touch("a", None, None, t0);
+        s.touch("b", None, None, t0);
+        s.suspect("a", t0);
+        s.suspect("b", t0);
+        // b reconnects and heartbeats.
+        s.touch("b", None, None, t0 + Duration::from_millis(200));
+        assert_eq!(
+            s.expire(t0 + Duration::from_millis(600)),
+            vec!["a".to_owned()]
+        );
+        assert!(s.expire(t0 + Duration::from_millis(900)).is_empty());
     }
 
     #[test]

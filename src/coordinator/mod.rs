@@ -155,7 +155,6 @@ impl Drop for Coordinator {
 struct Runtime {
     nats: async_nats::Client,
     store: LockStore,
-    requests_stream: Option<JsStream>,
     config: CoordinatorConfig,
     engine: Engine,
     conn: Option<ConnId>,
@@ -174,8 +173,11 @@ struct Feeds {
     heartbeats: async_nats::Subscriber,
     coordinators: async_nats::Subscriber,
     disconnects: async_nats::Subscriber,
+    answers: async_nats::Subscriber,
 }
 
+/// Header naming the coordinator that sent an answer.
+const ANSWERED_BY: &str = "Jetlock-Coordinator";
 /// Most request deletions in flight; beyond it the loop waits for one.
 const MAX_DELETES_IN_FLIGHT: usize = 256;
 /// The engine's clock resolution.
@@ -196,7 +198,6 @@ impl Runtime {
             engine: Engine::new(config.id.clone(), config.engine.clone()),
             nats,
             store,
-            requests_stream: None,
             config,
             conn,
             writes: JoinSet::new(),
@@ -223,6 +224,8 @@ impl Runtime {
         let heartbeats = subscribe(protocol::SESSION_HEARTBEATS).await?;
         let coordinators = subscribe(protocol::COORDINATOR_HEARTBEATS).await?;
         let disconnects = subscribe(protocol::DISCONNECT_EVENTS).await?;
+        // Every final answer, whoever sent it: mirrors forget what is done.
+        let answers = subscribe("jetlock.to.>").await?;
 
         let requests_empty = requests
             .info()
@@ -261,7 +264,6 @@ impl Runtime {
             .messages()
             .await
             .map_err(nats_err("watch the bucket"))?;
-        self.requests_stream = Some(requests);
         Ok(Feeds {
             requests: request_feed,
             requests_caught_up: requests_empty,
@@ -270,6 +272,7 @@ impl Runtime {
             heartbeats,
             coordinators,
             disconnects,
+            answers,
         })
     }
 
@@ -284,8 +287,16 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_beat = Instant::now();
         let kv_prefix = format!("$KV.{}.", self.store.bucket());
+        // Listen for the other coordinators' heartbeats for two of their
+        // intervals before acting: a coordinator that acted at once would
+        // believe it owns every key and race the others.
+        let listen_until = Instant::now() + self.config.heartbeat_interval * 2;
         loop {
-            if ready.is_some() && feeds.requests_caught_up && feeds.bucket_caught_up {
+            if ready.is_some()
+                && feeds.requests_caught_up
+                && feeds.bucket_caught_up
+                && Instant::now() >= listen_until
+            {
                 self.engine.set_ready(Instant::now());
                 self.beat(false).await;
                 let _ = ready.take().map(|tx| tx.send(()));
@@ -340,6 +351,19 @@ impl Runtime {
                     if let Ok(beat) = serde_json::from_slice::<CoordinatorBeat>(&msg.payload) {
                         if beat.v == VERSION {
                             self.engine.coordinator_beat(beat, Instant::now());
+                        }
+                    }
+                }
+                Some(msg) = feeds.answers.next() => {
+                    let ours = msg.headers.as_ref().and_then(|h| h.get(ANSWERED_BY))
+                        .is_some_and(|v| v.as_str() == self.config.id);
+                    if ours {
+                        continue;
+                    }
+                    let session = msg.subject.as_str().strip_prefix("jetlock.to.").unwrap_or_default();
+                    if let Ok(answer) = serde_json::from_slice::<protocol::Answer>(&msg.payload) {
+                        if let (true, Some(re)) = (answer.is_final(), answer.re()) {
+                            self.engine.answered(session, re, Instant::now());
                         }
                     }
                 }
@@ -423,9 +447,16 @@ impl Runtime {
         for action in self.engine.take_actions() {
             match action {
                 engine::Action::Answer { session, answer } => {
+                    debug!(session, ?answer, "answer");
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(ANSWERED_BY, self.config.id.as_str());
                     let _ = self
                         .nats
-                        .publish(protocol::answer_subject(&session), answer.to_json().into())
+                        .publish_with_headers(
+                            protocol::answer_subject(&session),
+                            headers,
+                            answer.to_json().into(),
+                        )
                         .await;
                 }
                 engine::Action::Event { kind, body } => {
@@ -434,6 +465,7 @@ impl Runtime {
                     let _ = self.nats.publish(subject, body.into()).await;
                 }
                 engine::Action::Write(write) => {
+                    debug!(lock = %write.name, expected = write.expected, kind = ?write.kind, "write");
                     self.write_seq += 1;
                     let id = format!("{}.{}", self.config.id, self.write_seq);
                     let store = self.store.clone();
@@ -459,13 +491,17 @@ impl Runtime {
                     while self.deletes.len() >= MAX_DELETES_IN_FLIGHT {
                         self.deletes.join_next().await;
                     }
-                    if let Some(stream) = self.requests_stream.clone() {
-                        self.deletes.spawn(async move {
-                            if let Err(e) = stream.delete_message(seq).await {
-                                debug!(seq, error = %e, "could not delete a finished request");
-                            }
-                        });
-                    }
+                    // `no_erase`: the default delete overwrites the message
+                    // on disk first, several times slower; requests hold
+                    // nothing secret.
+                    let nats = self.nats.clone();
+                    let subject = format!("$JS.API.STREAM.MSG.DELETE.{}", protocol::REQUEST_STREAM);
+                    let body = format!(r#"{{"seq":{seq},"no_erase":true}}"#);
+                    self.deletes.spawn(async move {
+                        if let Err(e) = nats.request(subject, body.into()).await {
+                            debug!(seq, error = %e, "could not delete a finished request");
+                        }
+                    });
                 }
             }
         }
