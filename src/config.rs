@@ -49,7 +49,7 @@ impl Default for Config {
             id: None,
             heartbeat_ms: 250,
             coordinator_timeout_ms: 1500,
-            session_timeout_ms: 1000,
+            session_timeout_ms: 900,
             min_session_timeout_ms: 300,
             max_session_timeout_ms: 300_000,
             default_ttl_ms: 10_000,

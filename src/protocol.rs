@@ -700,7 +700,7 @@ pub struct HolderInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// After how long without a heartbeat the session is dead (clamped by
-    /// the coordinator; default 1 s).
+    /// the coordinator; default 900 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// The session's NATS connection (`server_id` and client id from the

@@ -22,7 +22,7 @@ pub struct HoldArgs {
     wait_ms: u64,
     /// Session timeout in ms (how soon the coordinators notice a hung
     /// holder).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 900)]
     session_timeout_ms: u64,
 }
 

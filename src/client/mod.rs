@@ -36,7 +36,7 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest lease accepted.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default session timeout (see [`ClientOptions::session_timeout`]).
-pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(900);
 /// How many release revisions the client remembers to make re-acquiring a
 /// recently released name one round trip.
 const MAX_HINTS: usize = 65_536;
@@ -99,7 +99,7 @@ impl ClientOptions {
     }
 
     /// After how long without heartbeats the coordinators declare this
-    /// session dead and move its locks on (default 1 s; heartbeats go out
+    /// session dead and move its locks on (default 900 ms; heartbeats go out
     /// every quarter of it). Longer tolerates longer stalls of this process;
     /// shorter hands a hung holder's locks on sooner.
     pub fn session_timeout(mut self, timeout: Duration) -> Self {

@@ -56,7 +56,7 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             preempt_grace: Duration::from_secs(5),
             coordinator_timeout: Duration::from_millis(1500),
-            session_timeout: Duration::from_secs(1),
+            session_timeout: Duration::from_millis(900),
             min_session_timeout: Duration::from_millis(300),
             max_session_timeout: Duration::from_secs(300),
             dedup_window: Duration::from_secs(120),
