@@ -24,7 +24,7 @@ use jetlock::server::NatsCluster;
 use jetlock::{Client, ClientOptions, Fence, FencingToken, LockName};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,14 +84,7 @@ impl Coordinator {
     /// Starts `jetlock serve --url <url> --replicas 3 --id <id>` and waits
     /// for its `ready` line.
     async fn start(url: &str, id: &str) -> Coordinator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jetlock"))
-            .args(["serve", "--url", url, "--replicas", "3", "--id", id])
-            .env_remove("JETLOCK_CONFIG")
-            .env_remove("JETLOCK_URL")
-            .env_remove("JETLOCK_BUCKET")
-            .env_remove("JETLOCK_REPLICAS")
-            .env_remove("JETLOCK_ID")
-            .env_remove("JETLOCK_SESSION_TIMEOUT_MS")
+        let mut child = common::serve_command(url, &["--replicas", "3", "--id", id])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

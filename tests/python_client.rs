@@ -2,6 +2,8 @@
 //! client and JSON: runs `tests/python/scenario.py` (nats-py, in a venv made
 //! by `tests/python/setup.sh`) against `jetlock serve` on a real nats-server.
 
+mod common;
+
 use jetlock::server::NatsServer;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -88,14 +90,7 @@ fn python() -> PathBuf {
 /// Starts `jetlock serve --url <url>` and waits for its `ready` line.
 fn serve(url: &str) -> (Running, Output, Output) {
     let mut child = Running(
-        Command::new(env!("CARGO_BIN_EXE_jetlock"))
-            .args(["serve", "--url", url])
-            .env_remove("JETLOCK_CONFIG")
-            .env_remove("JETLOCK_URL")
-            .env_remove("JETLOCK_BUCKET")
-            .env_remove("JETLOCK_REPLICAS")
-            .env_remove("JETLOCK_ID")
-            .env_remove("JETLOCK_SESSION_TIMEOUT_MS")
+        common::serve_command(url, &[])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -362,6 +362,14 @@ impl Engine {
         );
     }
 
+    /// Refuses a request that changes nothing (answered by the key's owner).
+    fn refuse(&mut self, acting: bool, session: &str, request: &Request, seq: u64, e: WireError) {
+        if acting {
+            self.fail(session, request.id(), request.name(), e);
+            self.out.push(Action::Delete { seq });
+        }
+    }
+
     /// A request finished: forget its stream message.
     fn done(&mut self, session: &str, id: &str, seq: u64, acting: bool) {
         if let Some(t) = self.requests.get_mut(&(session.to_owned(), id.to_owned())) {
@@ -404,18 +412,11 @@ impl Engine {
         let acting = self.owns(&key);
         match self.sessions.touch(&session, None, None, now) {
             Touch::Dead => {
-                if acting {
-                    self.fail(
-                        &session,
-                        request.id(),
-                        request.name(),
-                        WireError::new(
-                            ErrorCode::SessionExpired,
-                            format!("session {session} was declared dead; start a new session"),
-                        ),
-                    );
-                    self.out.push(Action::Delete { seq });
-                }
+                let e = WireError::new(
+                    ErrorCode::SessionExpired,
+                    format!("session {session} was declared dead; start a new session"),
+                );
+                self.refuse(acting, &session, &request, seq, e);
                 return;
             }
             Touch::Joined => self.session_joined(&session),
@@ -423,21 +424,14 @@ impl Engine {
         }
         let rid = (session.clone(), request.id().to_owned());
         if self.requests.contains_key(&rid) {
-            if acting {
-                self.fail(
-                    &session,
-                    request.id(),
-                    request.name(),
-                    WireError::new(
-                        ErrorCode::Duplicate,
-                        format!(
-                            "request id {:?} was already used by this session",
-                            request.id()
-                        ),
-                    ),
-                );
-                self.out.push(Action::Delete { seq });
-            }
+            let e = WireError::new(
+                ErrorCode::Duplicate,
+                format!(
+                    "request id {:?} was already used by this session",
+                    request.id()
+                ),
+            );
+            self.refuse(acting, &session, &request, seq, e);
             return;
         }
         if self.answered_early.remove(&rid).is_some() {

@@ -83,6 +83,24 @@ pub async fn named_client(url: &str, name: &str) -> Client {
         .expect("connect jetlock client")
 }
 
+/// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*`
+/// settings of the test's environment leaking into it.
+pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
+    cmd.args(["serve", "--url", url]).args(extra);
+    for var in [
+        "JETLOCK_CONFIG",
+        "JETLOCK_URL",
+        "JETLOCK_BUCKET",
+        "JETLOCK_REPLICAS",
+        "JETLOCK_ID",
+        "JETLOCK_SESSION_TIMEOUT_MS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Judges a history of exclusive holds on one key: nobody enters while
 /// someone is inside, and every grant's token is higher than all before it.
 #[derive(Default)]
