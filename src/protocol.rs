@@ -196,7 +196,9 @@ pub enum ErrorCode {
     Duplicate,
     /// The session may not revoke locks.
     NotPermitted,
-    /// A fault inside jetlock or NATS; the request may be retried.
+    /// A fault inside jetlock or NATS; the request may be retried. A code
+    /// this build does not know (from a newer coordinator) reads as this.
+    #[serde(other)]
     Internal,
 }
 
@@ -931,6 +933,14 @@ mod tests {
         let json = String::from_utf8(a.to_json()).unwrap();
         assert!(json.starts_with(r#"{"type":"granted""#), "{json}");
         assert_eq!(serde_json::from_str::<Answer>(&json).unwrap(), a);
+        let future = r#"{"type":"error","v":1,"re":"r","code":"from_the_future","message":"m"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Answer>(future).unwrap(),
+            Answer::Error {
+                code: ErrorCode::Internal,
+                ..
+            }
+        ));
         let e = Answer::error(None, None, WireError::new(ErrorCode::Busy, "held"));
         let json = String::from_utf8(e.to_json()).unwrap();
         assert!(json.contains(r#""code":"busy""#), "{json}");

@@ -152,6 +152,8 @@ enum HolderOpKind {
     Release {
         token: u64,
     },
+    /// A release whose hold has ended meanwhile: answered `released`.
+    Settled,
     Renew {
         token: u64,
         ttl_ms: u64,
@@ -621,6 +623,29 @@ impl Engine {
             return;
         }
         let previous = std::mem::replace(&mut ks.current, current.clone());
+        // The previous hold ended. A release of it still pending here was
+        // carried out (by a coordinator that died before answering, or
+        // overtaken by an expiry): either way it is released, and running
+        // it against the new holder would wrongly answer `not_holder`.
+        if let Current::Held { revision, record } = &previous {
+            let ended = record.token_at(*revision);
+            let still = match &current {
+                Current::Held { revision, record } => record.token_at(*revision) == ended,
+                Current::Vacant { .. } => false,
+            };
+            if !still {
+                for op in ks.ops.iter_mut() {
+                    if op.session == record.session
+                        && matches!(op.kind, HolderOpKind::Release { token } if token == ended)
+                    {
+                        op.kind = HolderOpKind::Settled;
+                    }
+                }
+            }
+        }
+        let Some(ks) = self.keys.get_mut(&key) else {
+            return;
+        };
         if let Current::Held { revision, record } = &current {
             let token = record.token_at(*revision);
             if ks.revoke.as_ref().is_some_and(|r| r.token != token) {
@@ -889,7 +914,9 @@ impl Engine {
                         holds,
                         waiters: ks.queue.len() as u32,
                     },
-                    HolderOpKind::Revoke { .. } => unreachable!("revocations do not write"),
+                    HolderOpKind::Revoke { .. } | HolderOpKind::Settled => {
+                        unreachable!("revocations and settled releases do not write")
+                    }
                 };
                 self.answer(&op.session, answer);
                 self.done(&op.session, &op.id, op.seq, acting);
@@ -972,6 +999,10 @@ impl Engine {
             Current::Vacant { revision } => {
                 // Operations on a hold that no longer exists.
                 while let Some(op) = ks.ops.pop_front() {
+                    if let HolderOpKind::Settled = op.kind {
+                        self.settled(&ks.name, &op);
+                        continue;
+                    }
                     self.fail(
                         &op.session,
                         &op.id,
@@ -1194,6 +1225,10 @@ impl Engine {
                 r.lease_ms = r.lease_ms.max(*ttl_ms);
                 Ok(Some((r.clone(), Duration::from_millis(r.lease_ms))))
             }
+            HolderOpKind::Settled => {
+                self.settled(&ks.name, &op);
+                return OpOutcome::Done;
+            }
             HolderOpKind::Revoke { grace_ms, reason } => {
                 let (grace_ms, reason) = (*grace_ms, reason.clone());
                 self.start_revocation(
@@ -1237,6 +1272,20 @@ impl Engine {
             Ok(Some((record, ttl))) => OpOutcome::Write(op, record, ttl),
             Ok(None) => OpOutcome::End(Ending::Released(op)),
         }
+    }
+
+    /// Answers a release whose hold ended before it ran.
+    fn settled(&mut self, name: &LockName, op: &HolderOp) {
+        self.answer(
+            &op.session,
+            Answer::Released {
+                v: VERSION,
+                re: op.id.clone(),
+                key: name.to_string(),
+                holds: 0,
+            },
+        );
+        self.done(&op.session, &op.id, op.seq, true);
     }
 
     /// A hold ended by our write: answer and report it.

@@ -307,6 +307,81 @@ fn revocation_notifies_then_hands_over_after_the_grace() {
     )));
 }
 
+/// Adds coordinators until one of them owns key `k`; returns its id.
+fn let_another_coordinator_own_k(sim: &mut Sim) -> String {
+    let key = LockName::new("k").unwrap();
+    for n in 0.. {
+        let id = format!("c{n}");
+        let beat = |leaving| CoordinatorBeat {
+            v: 1,
+            id: id.clone(),
+            conn: None,
+            leaving,
+        };
+        sim.engine.coordinator_beat(beat(false), sim.now);
+        if sim.engine.ring().owner(key.key()) == id {
+            sim.settle();
+            sim.answers.clear();
+            return id;
+        }
+        sim.engine.coordinator_beat(beat(true), sim.now);
+    }
+    unreachable!()
+}
+
+fn leave(sim: &mut Sim, id: &str) {
+    sim.engine.coordinator_beat(
+        CoordinatorBeat {
+            v: 1,
+            id: id.to_owned(),
+            conn: None,
+            leaving: true,
+        },
+        sim.now,
+    );
+    sim.settle();
+}
+
+#[test]
+fn a_release_the_dead_owner_carried_out_is_answered_released_after_takeover() {
+    let mut sim = Sim::new();
+    let other = let_another_coordinator_own_k(&mut sim);
+    let name = LockName::new("k").unwrap();
+    let record = |session: &str| LockRecord {
+        owner: session.into(),
+        session: session.into(),
+        acquired_ms: 0,
+        lease_ms: 10_000,
+        holds: 1,
+        token: 0,
+    };
+    sim.engine.observed(
+        &name,
+        Current::Held {
+            revision: 1,
+            record: record("h"),
+        },
+        sim.now,
+    );
+    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+    sim.release("h", "r", 1);
+    // The owner handed the lock to w, then died before answering h.
+    sim.engine.observed(
+        &name,
+        Current::Held {
+            revision: 2,
+            record: record("w"),
+        },
+        sim.now,
+    );
+    leave(&mut sim, &other);
+    let answers = sim.answers_to("h");
+    assert!(
+        matches!(answers.as_slice(), [Answer::Released { re, .. }] if re == "r"),
+        "{answers:?}"
+    );
+}
+
 #[test]
 fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
     let mut sim = Sim::new();
