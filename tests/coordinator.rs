@@ -124,6 +124,42 @@ impl JsonSession {
     }
 }
 
+/// Starts `client`'s acquire of `name` and returns once the coordinator
+/// has queued it (its `queued` answer, which the Rust client ignores, is
+/// read from the client's answer subject).
+async fn queued_acquire(
+    url: &str,
+    client: &Client,
+    name: &'static str,
+    wait: Duration,
+) -> tokio::task::JoinHandle<Result<jetlock::LockGuard, LockError>> {
+    let watcher = async_nats::connect(url).await.unwrap();
+    let mut answers = watcher
+        .subscribe(protocol::answer_subject(client.session()))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let c = client.clone();
+    let task = tokio::spawn(async move {
+        c.lock(name)
+            .ttl(Duration::from_secs(30))
+            .wait(wait)
+            .acquire()
+            .await
+    });
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let m = answers.next().await.expect("subscription open");
+            if let Ok(Answer::Queued { .. }) = serde_json::from_slice(&m.payload) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the waiter is queued");
+    task
+}
+
 fn code(a: &Answer) -> Option<ErrorCode> {
     match a {
         Answer::Error { code, .. } => Some(*code),
@@ -189,8 +225,13 @@ async fn sixteen_waiters_are_granted_in_arrival_order_and_nobody_barges() {
     let (task, c) = doomed.unwrap();
     task.abort();
     drop(c);
-    // Waiter 5's wait runs out.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Waiter 5's wait runs out while the lock is still held.
+    let five = tasks.iter().position(|(i, _)| *i == 5).unwrap();
+    let (_, task) = tasks.remove(five);
+    assert!(matches!(
+        task.await.unwrap(),
+        Err(LockError::Timeout { .. })
+    ));
 
     // A barger without a queue position tries while the queue drains.
     let barger = client(&url, "barger").await;
@@ -220,8 +261,6 @@ async fn sixteen_waiters_are_granted_in_arrival_order_and_nobody_barges() {
 
     for (i, r) in &results {
         match (i, r) {
-            (5, Err(LockError::Timeout { .. })) => {}
-            (5, other) => panic!("waiter 5 should time out, got {other:?}"),
             (_, Ok(_)) => {}
             (i, Err(e)) => panic!("waiter {i} failed: {e}"),
         }
@@ -470,15 +509,7 @@ async fn a_killed_holders_lock_goes_to_the_next_waiter_at_once() {
     let _c = coordinator(&url).await;
     let waiter = client(&url, "waiter").await;
     let (mut child, held) = hold_process(&url, "proc");
-    let w = waiter.clone();
-    let wait = tokio::spawn(async move {
-        w.lock("proc")
-            .ttl(Duration::from_secs(30))
-            .wait(PATIENCE)
-            .acquire()
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait = queued_acquire(&url, &waiter, "proc", PATIENCE).await;
     let killed = Instant::now();
     signal(&child, libc::SIGKILL);
     let guard = wait.await.unwrap().expect("granted after the holder died");
@@ -503,9 +534,7 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() {
         fence.admit("ledger", FencingToken(stale)).is_ok(),
         "the holder writes once"
     );
-    let w = waiter.clone();
-    let wait = tokio::spawn(async move { w.lock("paused").wait(PATIENCE).acquire().await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait = queued_acquire(&url, &waiter, "paused", PATIENCE).await;
     let stopped = Instant::now();
     signal(&child, libc::SIGSTOP);
     let guard = wait.await.unwrap().expect("granted after the holder hung");
@@ -533,9 +562,7 @@ async fn revocation_warns_the_holder_then_fences_it_off() {
     let holder = client(&url, "holder").await;
     let waiter = client(&url, "waiter").await;
     let guard = holder.lock("rev").acquire().await.unwrap();
-    let w = waiter.clone();
-    let wait = tokio::spawn(async move { w.lock("rev").wait(PATIENCE).acquire().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait = queued_acquire(&url, &waiter, "rev", PATIENCE).await;
 
     let mut op = JsonSession::new(&url).await;
     op.send(
