@@ -17,13 +17,12 @@
 
 mod common;
 
-use common::{cluster, ExclusionChecker, PATIENCE};
+use common::{cluster, ExclusionChecker, Output, PATIENCE};
 use jetlock::coordinator::Ring;
 use jetlock::protocol::{self, Answer};
 use jetlock::server::NatsCluster;
 use jetlock::{Client, ClientOptions, Fence, FencingToken, LockName};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,41 +34,6 @@ use tokio::time::{timeout, Instant};
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 // ---- coordinator child processes -------------------------------------------
-
-/// Everything a child wrote on one stream, collected by a thread (so the
-/// child never blocks on a full pipe).
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<String>>);
-
-impl Output {
-    fn collect(
-        from: impl Read + Send + 'static,
-        lines: Option<mpsc::UnboundedSender<String>>,
-    ) -> Self {
-        let out = Output::default();
-        let buf = out.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(from).lines() {
-                let Ok(line) = line else { break };
-                {
-                    let mut b = buf.lock().unwrap();
-                    b.push_str(&line);
-                    b.push('\n');
-                }
-                if let Some(tx) = &lines {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        out
-    }
-
-    fn tail(&self, lines: usize) -> String {
-        let text = self.0.lock().unwrap();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
 
 /// A `jetlock serve` child. Killed (and reaped) on drop, also when the test
 /// panics; then its output is printed.
@@ -91,8 +55,10 @@ impl Coordinator {
             .spawn()
             .expect("spawn jetlock serve");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let stdout = Output::collect(child.stdout.take().expect("stdout"), Some(tx));
-        let stderr = Output::collect(child.stderr.take().expect("stderr"), None);
+        let stdout = Output::collect(child.stdout.take().expect("stdout"), move |l| {
+            let _ = tx.send(l.to_owned());
+        });
+        let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
         let mut c = Coordinator {
             id: id.to_owned(),
             child: Some(child),
@@ -1090,6 +1056,21 @@ async fn killing_one_of_two_coordinators_answers_every_request_once_without_over
 
 // ---- test 2: restart recovery -------------------------------------------------
 
+/// `name` is still held by `client`'s session under the same grant.
+async fn assert_still_held(client: &Client, name: &str, token: FencingToken, when: &str) {
+    let held = client
+        .holder(name)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("{name} not held {when}"));
+    assert_eq!(
+        held.session,
+        client.session(),
+        "held by the first client {when}"
+    );
+    assert_eq!(held.token, token, "the hold was not re-granted {when}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_keeps_holds_and_grants_the_waiter_queued_before() {
     const NAME: &str = "account:restart";
@@ -1148,31 +1129,11 @@ async fn a_restarted_coordinator_keeps_holds_and_grants_the_waiter_queued_before
 
     coordinator.kill9();
     let killed_at = Instant::now();
-    let held = holder
-        .holder(NAME)
-        .await
-        .expect("read")
-        .expect("still held");
-    assert_eq!(
-        held.session,
-        holder.session(),
-        "held by the first client after the kill"
-    );
-    assert_eq!(held.token, first_token);
+    assert_still_held(&holder, NAME, first_token, "after the kill").await;
 
     let restarted = Coordinator::start(&url, "r1").await;
     let restart_took = killed_at.elapsed();
-    let held = holder
-        .holder(NAME)
-        .await
-        .expect("read")
-        .expect("still held");
-    assert_eq!(
-        held.session,
-        holder.session(),
-        "held by the first client after the restart"
-    );
-    assert_eq!(held.token, first_token, "the hold was not re-granted");
+    assert_still_held(&holder, NAME, first_token, "after the restart").await;
     assert!(!first.is_lost(), "the holder's guard saw no loss");
     assert!(
         !waiting.is_finished(),

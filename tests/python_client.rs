@@ -4,12 +4,12 @@
 
 mod common;
 
+use common::Output;
 use jetlock::server::NatsServer;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 /// How long the coordinator may take to print `ready`.
@@ -24,37 +24,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Everything a child wrote on one stream, collected by a thread (so the
-/// child never blocks on a full pipe) and readable at any time.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<String>>);
-
-impl Output {
-    /// Reads `from` line by line until EOF; each line is appended and also
-    /// sent to `lines`.
-    fn collect(from: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>) -> Self {
-        let out = Output::default();
-        let buf = out.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(from).lines() {
-                let Ok(line) = line else { break };
-                let mut b = buf.lock().unwrap();
-                b.push_str(&line);
-                b.push('\n');
-                drop(b);
-                if let Some(tx) = &lines {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        out
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
     }
 }
 
@@ -98,8 +67,10 @@ fn serve(url: &str) -> (Running, Output, Output) {
             .expect("spawn jetlock serve"),
     );
     let (tx, rx) = mpsc::channel();
-    let stdout = Output::collect(child.0.stdout.take().expect("stdout"), Some(tx));
-    let stderr = Output::collect(child.0.stderr.take().expect("stderr"), None);
+    let stdout = Output::collect(child.0.stdout.take().expect("stdout"), move |l| {
+        let _ = tx.send(l.to_owned());
+    });
+    let stderr = Output::collect(child.0.stderr.take().expect("stderr"), |_| {});
     let start = Instant::now();
     loop {
         let left = READY_WITHIN.saturating_sub(start.elapsed());
@@ -142,8 +113,8 @@ fn a_python_service_uses_jetlock_with_nats_py_and_json() {
             .spawn()
             .expect("spawn the python scenario"),
     );
-    let py_out = Output::collect(scenario.0.stdout.take().expect("stdout"), None);
-    let py_err = Output::collect(scenario.0.stderr.take().expect("stderr"), None);
+    let py_out = Output::collect(scenario.0.stdout.take().expect("stdout"), |_| {});
+    let py_err = Output::collect(scenario.0.stderr.take().expect("stderr"), |_| {});
     let status = loop {
         if let Some(status) = scenario.0.try_wait().expect("wait for python") {
             break Some(status);

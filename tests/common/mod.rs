@@ -101,6 +101,48 @@ pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
     cmd
 }
 
+/// Everything a child process wrote on one stream, collected by a thread
+/// (so the child never blocks on a full pipe) and readable at any time.
+#[derive(Clone, Default)]
+pub struct Output(std::sync::Arc<Mutex<String>>);
+
+impl Output {
+    /// Reads `from` line by line until EOF; each line is kept and also
+    /// passed to `on_line`.
+    pub fn collect(
+        from: impl std::io::Read + Send + 'static,
+        mut on_line: impl FnMut(&str) + Send + 'static,
+    ) -> Self {
+        use std::io::BufRead;
+        let out = Output::default();
+        let buf = out.0.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(from).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut b = buf.lock().unwrap();
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+                on_line(&line);
+            }
+        });
+        out
+    }
+
+    /// Everything collected so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The last `lines` lines collected so far.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = self.0.lock().unwrap();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
 /// Judges a history of exclusive holds on one key: nobody enters while
 /// someone is inside, and every grant's token is higher than all before it.
 #[derive(Default)]
