@@ -477,8 +477,19 @@ async fn bad_input_is_answered_with_a_code_and_changes_nothing() {
     assert_eq!(before, after, "bad input changed the lock");
 }
 
+/// A `jetlock hold` child, killed and reaped on drop (also when the test
+/// panics: its client would otherwise retry a dead server forever).
+struct HoldProcess(Child);
+
+impl Drop for HoldProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `jetlock hold NAME` in a child process; returns it and its token.
-fn hold_process(url: &str, name: &str) -> (Child, u64) {
+fn hold_process(url: &str, name: &str) -> (HoldProcess, u64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_jetlock"))
         .args(["hold", name, "--url", url, "--ttl-ms", "10000"])
         .stdin(Stdio::piped())
@@ -492,13 +503,13 @@ fn hold_process(url: &str, name: &str) -> (Child, u64) {
         .expect("hold prints its token");
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
-    (child, v["token"].as_u64().unwrap())
+    (HoldProcess(child), v["token"].as_u64().unwrap())
 }
 
-fn signal(child: &Child, sig: i32) {
+fn signal(child: &HoldProcess, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
-        libc::kill(child.id() as i32, sig);
+        libc::kill(child.0.id() as i32, sig);
     }
 }
 
@@ -514,7 +525,7 @@ async fn a_killed_holders_lock_goes_to_the_next_waiter_at_once() {
     signal(&child, libc::SIGKILL);
     let guard = wait.await.unwrap().expect("granted after the holder died");
     let took = killed.elapsed();
-    let _ = child.wait();
+    let _ = child.0.wait();
     assert!(guard.token() > FencingToken(held));
     // The lease was 10 s and the session timeout 1 s: anything well under
     // both means the connection close was seen (timing goals live in
@@ -547,10 +558,10 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() {
         "the stale holder's write must be refused"
     );
     // And it learns it lost the lock: `jetlock hold` exits with an error.
-    let status = child.wait().expect("hold exits");
+    let status = child.0.wait().expect("hold exits");
     assert!(!status.success(), "the woken holder must notice the loss");
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("lost"), "stderr: {err}");
 }
 
