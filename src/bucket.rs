@@ -157,6 +157,59 @@ pub async fn ensure_request_stream(
         })
 }
 
+/// Creates the event stream `JETLOCK_EV` (every `jetlock.ev.>` event,
+/// kept `max_age` and at most `max_bytes`), or opens it.
+pub async fn ensure_event_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    max_age: Duration,
+    max_bytes: i64,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    use crate::events::{EVENT_STREAM, EVENT_SUBJECTS};
+    let config = jetstream::stream::Config {
+        name: EVENT_STREAM.to_owned(),
+        description: Some("jetlock lock and membership events (the audit trail)".into()),
+        subjects: vec![EVENT_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_age,
+        max_bytes,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BucketError::JetStream {
+            bucket: EVENT_STREAM.to_owned(),
+            source: e.into(),
+        })
+}
+
+/// Creates the config bucket (live settings, `jetlock config`), or opens it.
+pub async fn ensure_config_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, BucketError> {
+    let name = crate::config::CONFIG_BUCKET;
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: name.to_owned(),
+        description: "jetlock live settings (jetlock config set)".into(),
+        history: 10,
+        num_replicas: replicas,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BucketError::JetStream {
+        bucket: name.to_owned(),
+        source: e.into(),
+    })
+}
+
 /// Requests older than this are dropped from the request stream unread
 /// (longer than the longest wait a request may ask for).
 pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(60 * 60);

@@ -3,9 +3,10 @@
 //! `jetlock serve --help`). Every default is here and in
 //! `docs/OPERATIONS.md`; [`Config::validate`] refuses nonsense at start.
 
-use crate::coordinator::{CoordinatorConfig, EngineConfig};
-use crate::protocol::Limits;
+use crate::coordinator::CoordinatorConfig;
+use crate::name::LockName;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -38,7 +39,54 @@ pub struct Config {
     pub max_wait_ms: u64,
     /// How long a holder asked to give way to a preempting request has.
     pub preempt_grace_ms: u64,
+    /// Longest lease an acquire may ask for.
+    pub max_ttl_ms: u64,
+    /// Most waiters per lock (0: no limit); more are refused `queue_full`.
+    pub max_waiters: u32,
+    /// Per-prefix policies: `[policies."account"]` applies to `account:42`.
+    pub policies: BTreeMap<String, Policy>,
+    /// Prometheus endpoint (`host:port`, `off` to disable).
+    pub metrics_addr: String,
+    /// How long the event stream keeps events, in seconds.
+    pub event_max_age_secs: u64,
+    /// Most bytes the event stream keeps (oldest go first).
+    pub event_max_bytes: i64,
 }
+
+/// Limits for the locks under one name prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_waiters: Option<u32>,
+}
+
+/// The settings coordinators apply while running: the file's values,
+/// overridden by the config bucket (`jetlock config set`). The others
+/// (url, bucket, id, ...) need a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveSettings {
+    pub heartbeat_ms: u64,
+    pub coordinator_timeout_ms: u64,
+    pub session_timeout_ms: u64,
+    pub min_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
+    pub default_ttl_ms: u64,
+    pub max_ttl_ms: u64,
+    pub max_wait_ms: u64,
+    pub preempt_grace_ms: u64,
+    pub max_waiters: u32,
+    #[serde(default)]
+    pub policies: BTreeMap<String, Policy>,
+}
+
+/// The config bucket (a KV bucket; one key per setting, JSON values).
+pub const CONFIG_BUCKET: &str = "jetlock_config";
+/// Config-bucket keys of per-prefix policies: `policy.<prefix key>`.
+pub const POLICY_PREFIX: &str = "policy.";
 
 impl Default for Config {
     fn default() -> Self {
@@ -55,6 +103,12 @@ impl Default for Config {
             default_ttl_ms: 10_000,
             max_wait_ms: 15 * 60 * 1000,
             preempt_grace_ms: 5000,
+            max_ttl_ms: 24 * 3_600_000,
+            max_waiters: 0,
+            policies: BTreeMap::new(),
+            metrics_addr: "127.0.0.1:9464".into(),
+            event_max_age_secs: crate::events::DEFAULT_EVENT_MAX_AGE.as_secs(),
+            event_max_bytes: crate::events::DEFAULT_EVENT_MAX_BYTES,
         }
     }
 }
@@ -93,6 +147,159 @@ impl Config {
         if !(1..=5).contains(&self.replicas) {
             return invalid("replicas", format!("{} is not 1 to 5", self.replicas));
         }
+        if let Some(id) = &self.id {
+            if crate::protocol::check_session(id).is_err() || id.contains('.') {
+                return invalid("id", format!("{id:?} must be one token of A-Z a-z 0-9 _ -"));
+            }
+        }
+        if self.metrics_addr != "off" && self.metrics_addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid(
+                "metrics_addr",
+                format!("{:?} is not host:port or off", self.metrics_addr),
+            );
+        }
+        if self.event_max_age_secs == 0 || self.event_max_bytes < 1 << 20 {
+            return invalid(
+                "event_max_age_secs",
+                "events must be kept at least 1 s and 1 MiB".into(),
+            );
+        }
+        self.live().validate()
+    }
+
+    /// The part of the settings that can change while running.
+    pub fn live(&self) -> LiveSettings {
+        LiveSettings {
+            heartbeat_ms: self.heartbeat_ms,
+            coordinator_timeout_ms: self.coordinator_timeout_ms,
+            session_timeout_ms: self.session_timeout_ms,
+            min_session_timeout_ms: self.min_session_timeout_ms,
+            max_session_timeout_ms: self.max_session_timeout_ms,
+            default_ttl_ms: self.default_ttl_ms,
+            max_ttl_ms: self.max_ttl_ms,
+            max_wait_ms: self.max_wait_ms,
+            preempt_grace_ms: self.preempt_grace_ms,
+            max_waiters: self.max_waiters,
+            policies: self.policies.clone(),
+        }
+    }
+
+    /// The coordinator settings this configuration describes.
+    pub fn coordinator(&self) -> CoordinatorConfig {
+        let mut c = CoordinatorConfig {
+            bucket: self.bucket.clone(),
+            replicas: self.replicas,
+            metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
+            event_max_age: Duration::from_secs(self.event_max_age_secs),
+            event_max_bytes: self.event_max_bytes,
+            ..CoordinatorConfig::default()
+        };
+        self.live().apply(&mut c);
+        if let Some(id) = &self.id {
+            c.id = id.clone();
+        }
+        c
+    }
+}
+
+impl LiveSettings {
+    /// The live settings a coordinator runs with.
+    pub fn of(c: &CoordinatorConfig) -> LiveSettings {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let e = &c.engine;
+        LiveSettings {
+            heartbeat_ms: ms(c.heartbeat_interval),
+            coordinator_timeout_ms: ms(e.coordinator_timeout),
+            session_timeout_ms: ms(e.session_timeout),
+            min_session_timeout_ms: ms(e.min_session_timeout),
+            max_session_timeout_ms: ms(e.max_session_timeout),
+            default_ttl_ms: e.limits.default_ttl_ms,
+            max_ttl_ms: e.limits.max_ttl_ms,
+            max_wait_ms: e.limits.max_wait_ms,
+            preempt_grace_ms: ms(e.preempt_grace),
+            max_waiters: e.max_waiters,
+            policies: e
+                .policies
+                .iter()
+                .map(|(p, policy)| (p.as_str().to_owned(), policy.clone()))
+                .collect(),
+        }
+    }
+
+    /// Sets these values in a coordinator's settings.
+    pub fn apply(&self, c: &mut CoordinatorConfig) {
+        let ms = Duration::from_millis;
+        c.heartbeat_interval = ms(self.heartbeat_ms);
+        let e = &mut c.engine;
+        e.limits.default_ttl_ms = self.default_ttl_ms;
+        e.limits.max_ttl_ms = self.max_ttl_ms;
+        e.limits.max_wait_ms = self.max_wait_ms;
+        e.preempt_grace = ms(self.preempt_grace_ms);
+        e.coordinator_timeout = ms(self.coordinator_timeout_ms);
+        e.session_timeout = ms(self.session_timeout_ms);
+        e.min_session_timeout = ms(self.min_session_timeout_ms);
+        e.max_session_timeout = ms(self.max_session_timeout_ms);
+        e.max_waiters = self.max_waiters;
+        e.policies = self
+            .policies
+            .iter()
+            .filter_map(|(p, policy)| Some((LockName::new(p).ok()?, policy.clone())))
+            .collect();
+    }
+
+    /// These settings with the config bucket's entries (`key` → JSON
+    /// value) laid over them, checked.
+    pub fn with_overlay<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<LiveSettings, ConfigError> {
+        let mut value = serde_json::to_value(self).expect("settings serialize");
+        for (key, raw) in entries {
+            let v: serde_json::Value =
+                serde_json::from_slice(raw).map_err(|e| ConfigError::Invalid {
+                    field: "value",
+                    why: format!("{key}: {e} (values are JSON: 5000, {{\"max_ttl_ms\": 60000}})"),
+                })?;
+            let obj = value.as_object_mut().expect("settings are an object");
+            match key.strip_prefix(POLICY_PREFIX) {
+                Some(prefix_key) => {
+                    let name =
+                        LockName::from_key(prefix_key).map_err(|e| ConfigError::Invalid {
+                            field: "policy",
+                            why: format!("{key}: {e}"),
+                        })?;
+                    obj["policies"]
+                        .as_object_mut()
+                        .expect("policies are a map")
+                        .insert(name.as_str().to_owned(), v);
+                }
+                None if obj.contains_key(key) && key != "policies" => {
+                    obj.insert(key.to_owned(), v);
+                }
+                None => {
+                    return Err(ConfigError::Invalid {
+                        field: "key",
+                        why: format!(
+                            "{key:?} is not a live setting (one of: {}, or policy.<prefix>)",
+                            LIVE_KEYS.join(", ")
+                        ),
+                    })
+                }
+            }
+        }
+        let live: LiveSettings =
+            serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
+                field: "value",
+                why: e.to_string(),
+            })?;
+        live.validate()?;
+        Ok(live)
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, why: String| Err(ConfigError::Invalid { field, why });
         if self.heartbeat_ms == 0 || self.heartbeat_ms * 3 > self.coordinator_timeout_ms {
             return invalid(
                 "coordinator_timeout_ms",
@@ -116,11 +323,31 @@ impl Config {
                 ),
             );
         }
-        if !(1000..=24 * 3_600_000).contains(&self.default_ttl_ms) {
+        if !(1000..=24 * 3_600_000).contains(&self.max_ttl_ms) {
+            return invalid(
+                "max_ttl_ms",
+                format!("{} is not 1 s to 24 h", self.max_ttl_ms),
+            );
+        }
+        if !(1000..=self.max_ttl_ms).contains(&self.default_ttl_ms) {
             return invalid(
                 "default_ttl_ms",
-                format!("{} is not 1 s to 24 h", self.default_ttl_ms),
+                format!("{} is not 1 s to max_ttl_ms", self.default_ttl_ms),
             );
+        }
+        if self.preempt_grace_ms > 60_000 {
+            return invalid(
+                "preempt_grace_ms",
+                format!("{} is above 60 s", self.preempt_grace_ms),
+            );
+        }
+        for (prefix, policy) in &self.policies {
+            if let Err(e) = LockName::new(prefix) {
+                return invalid("policies", format!("{prefix:?}: {e}"));
+            }
+            if policy.max_ttl_ms.is_some_and(|t| t < 1000) {
+                return invalid("policies", format!("{prefix}: max_ttl_ms is below 1 s"));
+            }
         }
         let max_wait = crate::bucket::REQUEST_MAX_AGE.as_millis() as u64 / 2;
         if self.max_wait_ms > max_wait {
@@ -132,42 +359,24 @@ impl Config {
                 ),
             );
         }
-        if let Some(id) = &self.id {
-            if crate::protocol::check_session(id).is_err() || id.contains('.') {
-                return invalid("id", format!("{id:?} must be one token of A-Z a-z 0-9 _ -"));
-            }
-        }
         Ok(())
     }
-
-    /// The coordinator settings this configuration describes.
-    pub fn coordinator(&self) -> CoordinatorConfig {
-        let ms = Duration::from_millis;
-        let mut c = CoordinatorConfig {
-            bucket: self.bucket.clone(),
-            replicas: self.replicas,
-            heartbeat_interval: ms(self.heartbeat_ms),
-            engine: EngineConfig {
-                limits: Limits {
-                    default_ttl_ms: self.default_ttl_ms,
-                    max_wait_ms: self.max_wait_ms,
-                    ..Limits::default()
-                },
-                preempt_grace: ms(self.preempt_grace_ms),
-                coordinator_timeout: ms(self.coordinator_timeout_ms),
-                session_timeout: ms(self.session_timeout_ms),
-                min_session_timeout: ms(self.min_session_timeout_ms),
-                max_session_timeout: ms(self.max_session_timeout_ms),
-                ..EngineConfig::default()
-            },
-            ..CoordinatorConfig::default()
-        };
-        if let Some(id) = &self.id {
-            c.id = id.clone();
-        }
-        c
-    }
 }
+
+/// The keys of the config bucket that are live settings (besides
+/// `policy.<prefix>`).
+pub const LIVE_KEYS: [&str; 10] = [
+    "heartbeat_ms",
+    "coordinator_timeout_ms",
+    "session_timeout_ms",
+    "min_session_timeout_ms",
+    "max_session_timeout_ms",
+    "default_ttl_ms",
+    "max_ttl_ms",
+    "max_wait_ms",
+    "preempt_grace_ms",
+    "max_waiters",
+];
 
 #[cfg(test)]
 mod tests {

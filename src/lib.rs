@@ -38,12 +38,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod bucket;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod events;
 pub mod fence;
 pub mod name;
 pub mod protocol;

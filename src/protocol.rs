@@ -196,6 +196,8 @@ pub enum ErrorCode {
     Duplicate,
     /// The session may not revoke locks.
     NotPermitted,
+    /// The lock has as many waiters as its policy allows.
+    QueueFull,
     /// A fault inside jetlock or NATS; the request may be retried. A code
     /// this build does not know (from a newer coordinator) reads as this.
     #[serde(other)]
@@ -223,6 +225,7 @@ impl ErrorCode {
             ErrorCode::SessionExpired => "session_expired",
             ErrorCode::Duplicate => "duplicate",
             ErrorCode::NotPermitted => "not_permitted",
+            ErrorCode::QueueFull => "queue_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -742,6 +745,10 @@ pub struct CoordinatorBeat {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn: Option<ConnId>,
+    /// The coordinator's wall clock, Unix ms (`jetlock doctor` compares
+    /// clocks with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
 }

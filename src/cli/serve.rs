@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Default session timeout in ms.
     #[arg(long, env = "JETLOCK_SESSION_TIMEOUT_MS")]
     session_timeout_ms: Option<u64>,
+    /// Prometheus endpoint, `host:port` (port 0 picks one) or `off`
+    /// (default 127.0.0.1:9464).
+    #[arg(long, env = "JETLOCK_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -51,6 +55,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     if let Some(v) = args.session_timeout_ms {
         config.session_timeout_ms = v;
     }
+    if let Some(v) = args.metrics_addr {
+        config.metrics_addr = v;
+    }
     config.validate()?;
     let nats = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
@@ -60,8 +67,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| format!("could not connect to NATS at {}: {e}", config.url))?;
     let coordinator = Coordinator::start(nats, config.coordinator()).await?;
+    let metrics = coordinator
+        .metrics_addr()
+        .map_or("off".to_owned(), |a| format!("http://{a}/metrics"));
     println!(
-        "jetlock serve: ready coordinator={} url={} bucket={}",
+        "jetlock serve: ready coordinator={} url={} bucket={} metrics={metrics}",
         coordinator.id(),
         config.url,
         config.bucket

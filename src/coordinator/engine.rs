@@ -18,8 +18,11 @@
 //! with waiters goes to the head waiter by one write (holder → waiter), so
 //! the key is never vacant while anyone waits and a newcomer cannot barge in.
 
-use super::membership::{Ring, Sessions, Touch};
+use super::membership::{owner_among, Ring, Sessions, Touch};
+use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
 use crate::client::unix_ms;
+use crate::config::Policy;
+use crate::events::{Event, EventKind};
 use crate::name::LockName;
 use crate::protocol::{
     self, Answer, ConnId, CoordinatorBeat, ErrorCode, Heartbeat, HeartbeatAck, HolderInfo, Limits,
@@ -27,7 +30,6 @@ use crate::protocol::{
 };
 use crate::record::LockRecord;
 use crate::store::Current;
-use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
@@ -48,6 +50,24 @@ pub struct EngineConfig {
     /// How long request ids are remembered for de-duplication (the request
     /// stream's duplicate window).
     pub dedup_window: Duration,
+    /// Most waiters per lock (0: no limit).
+    pub max_waiters: u32,
+    /// Per-prefix limits; the longest matching prefix applies.
+    pub policies: Vec<(LockName, Policy)>,
+}
+
+impl EngineConfig {
+    /// The policy for `name`, if a prefix of it has one.
+    fn policy(&self, name: &LockName) -> Option<&Policy> {
+        self.policies
+            .iter()
+            .filter(|(p, _)| {
+                let (p, k) = (p.key(), name.key());
+                k == p || k.strip_prefix(p).is_some_and(|r| r.starts_with('.'))
+            })
+            .max_by_key(|(p, _)| p.key().len())
+            .map(|(_, policy)| policy)
+    }
 }
 
 impl Default for EngineConfig {
@@ -60,6 +80,8 @@ impl Default for EngineConfig {
             min_session_timeout: Duration::from_millis(300),
             max_session_timeout: Duration::from_secs(300),
             dedup_window: Duration::from_secs(120),
+            max_waiters: 0,
+            policies: Vec::new(),
         }
     }
 }
@@ -76,11 +98,8 @@ pub enum Action {
     Read { name: LockName },
     /// Delete a finished request from the request stream.
     Delete { seq: u64 },
-    /// Publish an event on `jetlock.ev.<kind>`.
-    Event {
-        kind: &'static str,
-        body: serde_json::Value,
-    },
+    /// Publish an event (the runtime stamps its time and coordinator).
+    Event(Box<Event>),
 }
 
 /// One CAS write on the locks bucket.
@@ -173,8 +192,13 @@ enum HolderOpKind {
 #[derive(Debug, Clone)]
 enum Ending {
     Released(HolderOp),
-    SessionExpired { session: String, token: u64 },
-    Revoked { session: String, token: u64 },
+    SessionExpired,
+    Revoked {
+        session: String,
+        token: u64,
+        by: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +223,40 @@ enum Inflight {
 struct Revocation {
     token: u64,
     deadline: Instant,
+    by: String,
+    reason: String,
+}
+
+/// What this coordinator's own write of a key meant, so the event reported
+/// when the bucket shows the change can say why and how long it waited.
+#[derive(Debug, Clone)]
+struct Note {
+    /// The revision the write expected: the change's previous revision.
+    expected: u64,
+    /// The (session, owner) a grant was for.
+    grantee: Option<(String, String)>,
+    waited_ms: Option<u64>,
+    ending: Option<EndNote>,
+}
+
+#[derive(Debug, Clone)]
+enum EndNote {
+    Released,
+    SessionExpired,
+    Revoked { by: String, reason: String },
+}
+
+impl EndNote {
+    fn of(ending: &Ending) -> EndNote {
+        match ending {
+            Ending::Released(_) => EndNote::Released,
+            Ending::SessionExpired => EndNote::SessionExpired,
+            Ending::Revoked { by, reason, .. } => EndNote::Revoked {
+                by: by.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +281,10 @@ struct KeyState {
     /// The last grant seen, so a coordinator taking the key over can repeat
     /// an answer the previous owner may not have sent.
     recent_grant: Option<RecentGrant>,
+    /// Why our last write of the key was made.
+    note: Option<Note>,
+    /// When `current` last changed here.
+    changed_at: Option<Instant>,
 }
 
 impl KeyState {
@@ -236,6 +298,8 @@ impl KeyState {
             contended: 0,
             revoke: None,
             recent_grant: None,
+            note: None,
+            changed_at: None,
         }
     }
 
@@ -307,6 +371,22 @@ impl Engine {
         }
     }
 
+    /// New settings (a change in the config bucket). Sessions and queues
+    /// keep what they were given; new requests get the new limits.
+    pub fn set_config(&mut self, cfg: EngineConfig) {
+        self.sessions.set_timeouts(
+            cfg.session_timeout,
+            cfg.min_session_timeout,
+            cfg.max_session_timeout,
+        );
+        self.ring.set_timeout(cfg.coordinator_timeout);
+        self.cfg = cfg;
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
     /// The actions decided since the last call.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out)
@@ -324,6 +404,111 @@ impl Engine {
         self.sessions.alive_count()
     }
 
+    /// Held locks and locks with waiters, for operators; `prefix` is a
+    /// bucket-key prefix (segments).
+    pub fn locks_view(&self, prefix: Option<&str>, now: Instant) -> Vec<LockInfo> {
+        let mut out: Vec<LockInfo> = self
+            .keys
+            .iter()
+            .filter(|(k, _)| match prefix {
+                Some(p) => *k == p || k.strip_prefix(p).is_some_and(|r| r.starts_with('.')),
+                None => true,
+            })
+            .filter_map(|(key, ks)| {
+                let holder = match &ks.current {
+                    Current::Held { revision, record } => {
+                        let since = ks
+                            .changed_at
+                            .map_or(0, |t| now.duration_since(t).as_millis());
+                        Some(HolderView {
+                            session: record.session.clone(),
+                            owner: record.owner.clone(),
+                            token: record.token_at(*revision),
+                            holds: record.holds,
+                            lease_ms: record.lease_ms,
+                            lease_left_ms: record.lease_ms.saturating_sub(since as u64),
+                            held_ms: unix_ms().saturating_sub(record.acquired_ms),
+                        })
+                    }
+                    Current::Vacant { .. } => None,
+                };
+                (holder.is_some() || !ks.queue.is_empty()).then(|| LockInfo {
+                    name: ks.name.to_string(),
+                    key: key.clone(),
+                    holder,
+                    waiters: ks.queue.iter().map(|w| w.session.clone()).collect(),
+                    served_by: self.ring.owner(key).to_owned(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Live coordinators and sessions, for operators.
+    pub fn members_view(&self, now: Instant) -> (Vec<CoordinatorView>, Vec<SessionView>) {
+        let mut served: HashMap<&str, u64> = HashMap::new();
+        let mut held: HashMap<&str, u64> = HashMap::new();
+        let mut waiting: HashMap<&str, u64> = HashMap::new();
+        for (key, ks) in &self.keys {
+            if let Current::Held { record, .. } = &ks.current {
+                *served.entry(self.ring.owner(key)).or_default() += 1;
+                *held.entry(record.session.as_str()).or_default() += 1;
+            }
+            for w in &ks.queue {
+                *waiting.entry(w.session.as_str()).or_default() += 1;
+            }
+        }
+        let ago = |t: Instant| now.duration_since(t).as_millis() as u64;
+        let me = self.ring.me();
+        let mut coordinators: Vec<CoordinatorView> = self
+            .ring
+            .last_seen()
+            .map(|(id, t)| (id, ago(t)))
+            .chain([(me, 0)])
+            .map(|(id, last_seen_ms)| CoordinatorView {
+                id: id.to_owned(),
+                last_seen_ms,
+                locks: served.get(id).copied().unwrap_or(0),
+            })
+            .collect();
+        coordinators.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut sessions: Vec<SessionView> = self
+            .sessions
+            .alive()
+            .map(|(id, t, timeout)| SessionView {
+                session: id.to_owned(),
+                last_seen_ms: ago(t),
+                timeout_ms: timeout.as_millis() as u64,
+                locks_held: held.get(id).copied().unwrap_or(0),
+                waiting: waiting.get(id).copied().unwrap_or(0),
+                served_by: self.ring.owner(id).to_owned(),
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.session.cmp(&b.session));
+        (coordinators, sessions)
+    }
+
+    /// Waiters by lock-name prefix and held locks, over the keys this
+    /// coordinator serves (for the metrics).
+    pub fn served_load(&self) -> (HashMap<String, usize>, usize) {
+        let mut depths: HashMap<String, usize> = HashMap::new();
+        let mut held = 0;
+        for (key, ks) in self.keys.iter().filter(|(k, _)| self.owns(k)) {
+            if matches!(ks.current, Current::Held { .. }) {
+                held += 1;
+            }
+            if !ks.queue.is_empty() {
+                let prefix = key.split('.').next().unwrap_or(key);
+                let prefix = LockName::from_key(prefix)
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_else(|_| prefix.to_owned());
+                *depths.entry(prefix).or_default() += ks.queue.len();
+            }
+        }
+        (depths, held)
+    }
+
     /// Waiters queued for `key` (mirror included).
     pub fn queue_len(&self, key: &str) -> usize {
         self.keys.get(key).map_or(0, |k| k.queue.len())
@@ -332,7 +517,11 @@ impl Engine {
     /// The request stream and the bucket are read up to now: start acting.
     pub fn set_ready(&mut self, now: Instant) {
         self.ready = true;
-        self.event("coordinator.up", json!({ "coordinator": self.ring.me() }));
+        let up = Event {
+            coordinators: Some(self.ring.members()),
+            ..Event::about(EventKind::CoordinatorUp, self.ring.me())
+        };
+        self.event(up);
         let keys: Vec<String> = self.keys.keys().cloned().collect();
         for key in keys {
             self.step(&key, now);
@@ -353,8 +542,55 @@ impl Engine {
         });
     }
 
-    fn event(&mut self, kind: &'static str, body: serde_json::Value) {
-        self.out.push(Action::Event { kind, body });
+    fn event(&mut self, event: Event) {
+        self.out.push(Action::Event(Box::new(event)));
+    }
+
+    /// Why an acquire breaks the limits of its lock's policy, if it does.
+    fn policy_refusal(&self, session: &str, request: &Request) -> Option<WireError> {
+        let Request::Acquire {
+            name,
+            owner,
+            ttl_ms,
+            ..
+        } = request
+        else {
+            return None;
+        };
+        let policy = self.cfg.policy(name);
+        if let Some(max) = policy.and_then(|p| p.max_ttl_ms) {
+            if *ttl_ms > max {
+                return Some(WireError::new(
+                    ErrorCode::InvalidTtl,
+                    format!("ttl_ms {ttl_ms} is above the policy's max_ttl_ms {max} for {name}"),
+                ));
+            }
+        }
+        let max_waiters = policy
+            .and_then(|p| p.max_waiters)
+            .unwrap_or(self.cfg.max_waiters);
+        let ks = self.keys.get(name.key())?;
+        let reentry = matches!(&ks.current, Current::Held { record, .. }
+            if record.session == session && record.owner == *owner);
+        (max_waiters > 0 && !reentry && ks.queue.len() >= max_waiters as usize).then(|| {
+            WireError::new(
+                ErrorCode::QueueFull,
+                format!("{name} has {} waiters, the most allowed", ks.queue.len()),
+            )
+        })
+    }
+
+    /// Reports a refused renewal (`token`: the current holder's, 0 if none).
+    fn renew_failed(&mut self, name: &LockName, op: &HolderOp, token: u64, e: &WireError) {
+        if let HolderOpKind::Renew { token: claimed, .. } = op.kind {
+            self.event(Event {
+                session: Some(op.session.clone()),
+                token: Some(claimed),
+                cause: Some(e.code.as_str().to_owned()),
+                reason: (token != 0).then(|| format!("current token {token}")),
+                ..Event::lock(EventKind::RenewFailed, name.as_str(), name.key())
+            });
+        }
     }
 
     fn fail(&mut self, session: &str, re: &str, key: &LockName, e: WireError) {
@@ -447,6 +683,10 @@ impl Engine {
                     done: true,
                 },
             );
+            return;
+        }
+        if let Some(e) = self.policy_refusal(&session, &request) {
+            self.refuse(acting, &session, &request, seq, e);
             return;
         }
         self.requests.insert(
@@ -613,6 +853,18 @@ impl Engine {
 
     /// The bucket changed (or a read found this): `key` is now `current`.
     pub fn observed(&mut self, name: &LockName, current: Current, now: Instant) {
+        self.observed_change(name, current, false, now);
+    }
+
+    /// A change of the bucket; `expired` when the server wrote it because
+    /// the lease ran out (a `MaxAge` marker).
+    pub fn observed_change(
+        &mut self,
+        name: &LockName,
+        current: Current,
+        expired: bool,
+        now: Instant,
+    ) {
         let key = name.key().to_owned();
         let acting = self.owns(&key);
         let ks = self
@@ -623,6 +875,13 @@ impl Engine {
             return;
         }
         let previous = std::mem::replace(&mut ks.current, current.clone());
+        let events = transition_events(ks, &previous, expired, now);
+        if acting {
+            events.into_iter().for_each(|e| self.event(e));
+        }
+        let Some(ks) = self.keys.get_mut(&key) else {
+            return;
+        };
         // The previous hold ended. A release of it still pending here was
         // carried out (by a coordinator that died before answering, or
         // overtaken by an expiry): either way it is released, and running
@@ -680,13 +939,6 @@ impl Engine {
                 }
                 self.done(&w.session, &w.id, w.seq, acting);
             }
-        } else if let (Current::Held { revision, record }, true) = (&previous, acting) {
-            // Expiry or a direct release.
-            self.event(
-                "lock.released",
-                json!({"key": name.to_string(), "session": record.session,
-                       "token": record.token_at(*revision)}),
-            );
         }
         self.step(&key, now);
     }
@@ -736,20 +988,23 @@ impl Engine {
 
     /// A heartbeat of another coordinator.
     pub fn coordinator_beat(&mut self, beat: CoordinatorBeat, now: Instant) {
+        let before = self.ring.members();
         let changed = if beat.leaving {
             self.ring.leave(&beat.id)
         } else {
             self.ring.beat(&beat.id, beat.conn, now)
         };
         if changed {
-            self.ring_changed(now);
+            let cause = if beat.leaving { "left" } else { "joined" };
+            self.ring_changed(before, cause, now);
         }
     }
 
     /// The server reports a closed client connection.
     pub fn disconnected(&mut self, conn: &ConnId, reason: &str, now: Instant) {
+        let before = self.ring.members();
         if self.ring.disconnected(conn).is_some() {
-            self.ring_changed(now);
+            self.ring_changed(before, "connection closed", now);
         }
         // A connection the client closed (process exit included) ends its
         // session at once; after other reasons (read error, slow consumer,
@@ -772,8 +1027,9 @@ impl Engine {
             }
         }
         self.last_tick = Some(now);
+        let before = self.ring.members();
         if !self.ring.expire(now).is_empty() {
-            self.ring_changed(now);
+            self.ring_changed(before, "heartbeats missed", now);
         }
         for session in self.sessions.expire(now) {
             self.kill_session_effects(&session, "heartbeats missed", now);
@@ -839,6 +1095,7 @@ impl Engine {
             }
         };
         let key_str = ks.name.to_string();
+        let mut events = Vec::new();
         match inflight {
             Inflight::Grant {
                 waiter,
@@ -846,10 +1103,11 @@ impl Engine {
                 ending,
             } => {
                 let waiters = ks.queue.len() as u32;
-                ks.current = Current::Held {
+                let held = Current::Held {
                     revision,
                     record: record.clone(),
                 };
+                events = set_current(ks, held, now);
                 ks.revoke = None;
                 ks.recent_grant = Some(RecentGrant {
                     session: waiter.session.clone(),
@@ -876,12 +1134,6 @@ impl Engine {
                     },
                 );
                 self.done(&waiter.session, &waiter.id, waiter.seq, acting);
-                self.event(
-                    "lock.granted",
-                    json!({"key": key_str, "session": waiter.session, "owner": waiter.owner,
-                           "token": revision, "handoff": handoff,
-                           "waited_ms": now.duration_since(waiter.arrived).as_millis() as u64}),
-                );
                 if let Some(ending) = ending {
                     self.ended(&key_str, ending, acting);
                 }
@@ -890,7 +1142,7 @@ impl Engine {
                 let token = record.token_at(revision);
                 let holds = record.holds;
                 let ttl_ms = record.lease_ms;
-                ks.current = Current::Held { revision, record };
+                events = set_current(ks, Current::Held { revision, record }, now);
                 let answer = match &op.kind {
                     HolderOpKind::Release { .. } => Answer::Released {
                         v: VERSION,
@@ -922,11 +1174,14 @@ impl Engine {
                 self.done(&op.session, &op.id, op.seq, acting);
             }
             Inflight::End { ending } => {
-                ks.current = Current::Vacant { revision };
+                events = set_current(ks, Current::Vacant { revision }, now);
                 ks.revoke = None;
                 self.ended(&key_str, ending, acting);
             }
             Inflight::Read => {}
+        }
+        if acting {
+            events.into_iter().for_each(|e| self.event(e));
         }
         self.step(&key, now);
     }
@@ -1003,16 +1258,14 @@ impl Engine {
                         self.settled(&ks.name, &op);
                         continue;
                     }
-                    self.fail(
-                        &op.session,
-                        &op.id,
-                        &ks.name,
-                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name)),
-                    );
+                    let e =
+                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name));
+                    self.renew_failed(&ks.name, &op, 0, &e);
+                    self.fail(&op.session, &op.id, &ks.name, e);
                     self.done(&op.session, &op.id, op.seq, acting);
                 }
                 if let Some(w) = ks.queue.pop_front() {
-                    self.start_grant(ks, w, revision, None);
+                    self.start_grant(ks, w, revision, None, now);
                 }
             }
             Current::Held { revision, record } => {
@@ -1048,25 +1301,31 @@ impl Engine {
                 }
                 if ending.is_none() {
                     if self.sessions.is_dead(&record.session) {
-                        ending = Some(Ending::SessionExpired {
-                            session: record.session.clone(),
-                            token,
-                        });
+                        ending = Some(Ending::SessionExpired);
                     } else if ks
                         .revoke
                         .as_ref()
                         .is_some_and(|r| r.token == token && r.deadline <= now)
                     {
+                        let r = ks.revoke.as_ref().expect("checked above");
                         ending = Some(Ending::Revoked {
                             session: record.session.clone(),
                             token,
+                            by: r.by.clone(),
+                            reason: r.reason.clone(),
                         });
                     }
                 }
                 if let Some(ending) = ending {
                     match ks.queue.pop_front() {
-                        Some(w) => self.start_grant(ks, w, revision, Some(ending)),
+                        Some(w) => self.start_grant(ks, w, revision, Some(ending), now),
                         None => {
+                            ks.note = Some(Note {
+                                expected: revision,
+                                grantee: None,
+                                waited_ms: None,
+                                ending: Some(EndNote::of(&ending)),
+                            });
                             ks.inflight = Some(Inflight::End { ending });
                             self.out.push(Action::Write(Write {
                                 name: ks.name.clone(),
@@ -1090,16 +1349,20 @@ impl Engine {
                         },
                     );
                 }
-                if ks.revoke.is_none() && ks.queue.front().is_some_and(|w| w.preempt) {
+                if let Some(by) = ks
+                    .queue
+                    .front()
+                    .filter(|w| w.preempt && ks.revoke.is_none())
+                    .map(|w| w.session.clone())
+                {
                     let grace = self.cfg.preempt_grace;
-                    self.start_revocation(
-                        ks,
-                        &record,
+                    let revocation = Revocation {
                         token,
-                        grace,
-                        "preempted by a priority request",
-                        now,
-                    );
+                        deadline: now + grace,
+                        by,
+                        reason: "preempted by a priority request".into(),
+                    };
+                    self.start_revocation(ks, &record, revocation, grace);
                 }
                 if let Some(r) = &ks.revoke {
                     self.timers
@@ -1109,7 +1372,20 @@ impl Engine {
         }
     }
 
-    fn start_grant(&mut self, ks: &mut KeyState, w: Waiter, expected: u64, ending: Option<Ending>) {
+    fn start_grant(
+        &mut self,
+        ks: &mut KeyState,
+        w: Waiter,
+        expected: u64,
+        ending: Option<Ending>,
+        now: Instant,
+    ) {
+        ks.note = Some(Note {
+            expected,
+            grantee: Some((w.session.clone(), w.owner.clone())),
+            waited_ms: Some(now.duration_since(w.arrived).as_millis() as u64),
+            ending: ending.as_ref().map(EndNote::of),
+        });
         let record = LockRecord {
             owner: w.owner.clone(),
             session: w.session.clone(),
@@ -1137,30 +1413,30 @@ impl Engine {
         &mut self,
         ks: &mut KeyState,
         record: &LockRecord,
-        token: u64,
+        r: Revocation,
         grace: Duration,
-        reason: &str,
-        now: Instant,
     ) {
-        ks.revoke = Some(Revocation {
-            token,
-            deadline: now + grace,
-        });
+        let grace_ms = grace.as_millis() as u64;
         self.answer(
             &record.session,
             Answer::RevokeNotice {
                 v: VERSION,
                 key: ks.name.to_string(),
-                token,
-                grace_ms: grace.as_millis() as u64,
-                reason: reason.to_owned(),
+                token: r.token,
+                grace_ms,
+                reason: r.reason.clone(),
             },
         );
-        self.event(
-            "lock.revoking",
-            json!({"key": ks.name.to_string(), "session": record.session, "token": token,
-                   "grace_ms": grace.as_millis() as u64, "reason": reason}),
-        );
+        self.event(Event {
+            session: Some(record.session.clone()),
+            owner: Some(record.owner.clone()),
+            token: Some(r.token),
+            grace_ms: Some(grace_ms),
+            reason: Some(r.reason.clone()),
+            by: Some(r.by.clone()),
+            ..Event::lock(EventKind::Revoking, ks.name.as_str(), ks.name.key())
+        });
+        ks.revoke = Some(r);
     }
 
     fn holder_op(
@@ -1231,14 +1507,14 @@ impl Engine {
             }
             HolderOpKind::Revoke { grace_ms, reason } => {
                 let (grace_ms, reason) = (*grace_ms, reason.clone());
-                self.start_revocation(
-                    ks,
-                    record,
+                let grace = Duration::from_millis(grace_ms);
+                let revocation = Revocation {
                     token,
-                    Duration::from_millis(grace_ms),
-                    &reason,
-                    now,
-                );
+                    deadline: now + grace,
+                    by: op.session.clone(),
+                    reason: reason.clone(),
+                };
+                self.start_revocation(ks, record, revocation, grace);
                 self.answer(
                     &op.session,
                     Answer::Revoking {
@@ -1254,6 +1530,8 @@ impl Engine {
                     return OpOutcome::End(Ending::Revoked {
                         session: record.session.clone(),
                         token,
+                        by: op.session.clone(),
+                        reason,
                     });
                 }
                 self.timers.push(Reverse((
@@ -1265,6 +1543,7 @@ impl Engine {
         };
         match verdict {
             Err(e) => {
+                self.renew_failed(&ks.name, &op, token, &e);
                 self.fail(&op.session, &op.id, &ks.name, e);
                 self.done(&op.session, &op.id, op.seq, true);
                 OpOutcome::Done
@@ -1302,19 +1581,9 @@ impl Engine {
                     },
                 );
                 self.done(&op.session, &op.id, op.seq, acting);
-                self.event(
-                    "lock.released",
-                    json!({"key": key, "session": op.session, "cause": "released"}),
-                );
             }
-            Ending::SessionExpired { session, token } => {
-                self.event(
-                    "lock.released",
-                    json!({"key": key, "session": session, "token": token,
-                           "cause": "session_expired"}),
-                );
-            }
-            Ending::Revoked { session, token } => {
+            Ending::SessionExpired => {}
+            Ending::Revoked { session, token, .. } => {
                 self.answer(
                     &session,
                     Answer::Lost {
@@ -1324,17 +1593,13 @@ impl Engine {
                         cause: LostCause::Revoked,
                     },
                 );
-                self.event(
-                    "lock.revoked",
-                    json!({"key": key, "session": session, "token": token}),
-                );
             }
         }
     }
 
     fn session_joined(&mut self, session: &str) {
         if self.ready && self.ring.owns(session) {
-            self.event("session.up", json!({ "session": session }));
+            self.event(Event::about(EventKind::SessionUp, session));
         }
     }
 
@@ -1348,10 +1613,10 @@ impl Engine {
     fn kill_session_effects(&mut self, session: &str, cause: &str, now: Instant) {
         self.stats.session_deaths += 1;
         if self.ready && self.ring.owns(session) {
-            self.event(
-                "session.down",
-                json!({ "session": session, "cause": cause }),
-            );
+            self.event(Event {
+                cause: Some(cause.to_owned()),
+                ..Event::about(EventKind::SessionDown, session)
+            });
         }
         let touched: Vec<String> = self
             .keys
@@ -1367,10 +1632,44 @@ impl Engine {
         }
     }
 
-    fn ring_changed(&mut self, now: Instant) {
+    /// The live coordinators changed from `before`: report who left, take
+    /// over the keys now ours.
+    fn ring_changed(&mut self, before: Vec<String>, cause: &str, now: Instant) {
         let members = self.ring.members();
+        let mut taken: HashMap<String, u64> = HashMap::new();
         if self.ready {
-            self.event("coordinator.ring", json!({ "coordinators": members }));
+            for gone in before.iter().filter(|id| !members.contains(id)) {
+                // One report per departure: by the coordinator owning its id.
+                if self.ring.owns(gone) {
+                    self.event(Event {
+                        cause: Some(cause.to_owned()),
+                        coordinators: Some(members.clone()),
+                        ..Event::about(EventKind::CoordinatorDown, gone)
+                    });
+                }
+            }
+            for key in self.keys.keys().filter(|k| self.ring.owns(k)) {
+                match owner_among(&before, key) {
+                    Some(prev) if prev != self.ring.me() => {
+                        *taken.entry(prev.to_owned()).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (from, keys) in taken {
+            let why = if members.contains(&from) {
+                format!("rebalanced from {from}")
+            } else {
+                format!("{from} {cause}")
+            };
+            let me = self.ring.me().to_owned();
+            self.event(Event {
+                cause: Some(why),
+                keys: Some(keys),
+                coordinators: Some(members.clone()),
+                ..Event::about(EventKind::Takeover, &me)
+            });
         }
         let keys: Vec<String> = self.keys.keys().cloned().collect();
         for key in keys {
@@ -1406,6 +1705,80 @@ impl Engine {
             self.step(&key, now);
         }
     }
+}
+
+/// Stores what our own write made of the key, unless the bucket already
+/// showed it (or something newer); returns the events of the change.
+fn set_current(ks: &mut KeyState, new: Current, now: Instant) -> Vec<Event> {
+    if revision_of(&new) <= revision_of(&ks.current) {
+        return Vec::new();
+    }
+    let previous = std::mem::replace(&mut ks.current, new);
+    transition_events(ks, &previous, false, now)
+}
+
+/// The lock events of a change from `previous` to `ks.current`: the end of
+/// the previous hold, the start of a new one. Our note of the write says
+/// why, when the change is the one we wrote.
+fn transition_events(
+    ks: &mut KeyState,
+    previous: &Current,
+    expired: bool,
+    now: Instant,
+) -> Vec<Event> {
+    ks.changed_at = Some(now);
+    let ours = |n: &Note| {
+        n.expected == revision_of(previous)
+            && match (&ks.current, &n.grantee) {
+                (Current::Held { record, .. }, Some((session, owner))) => {
+                    record.session == *session && record.owner == *owner
+                }
+                (Current::Vacant { .. }, None) => true,
+                _ => false,
+            }
+    };
+    let note = ks.note.take().filter(ours);
+    let token_of = |c: &Current| match c {
+        Current::Held { revision, record } => Some(record.token_at(*revision)),
+        Current::Vacant { .. } => None,
+    };
+    let (before, after) = (token_of(previous), token_of(&ks.current));
+    let (name, key) = (ks.name.as_str(), ks.name.key());
+    let mut events = Vec::new();
+    if let (Current::Held { record, .. }, true) = (previous, before != after) {
+        let ending = note.as_ref().and_then(|n| n.ending.clone());
+        let (kind, cause, by, reason) = match ending {
+            Some(EndNote::Released) => (EventKind::Released, "released", None, None),
+            Some(EndNote::SessionExpired) => (EventKind::Expired, "session", None, None),
+            Some(EndNote::Revoked { by, reason }) => {
+                (EventKind::Revoked, "revoked", Some(by), Some(reason))
+            }
+            None if expired => (EventKind::Expired, "lease", None, None),
+            None => (EventKind::Released, "released", None, None),
+        };
+        events.push(Event {
+            session: Some(record.session.clone()),
+            owner: Some(record.owner.clone()),
+            token: before,
+            cause: Some(cause.to_owned()),
+            by,
+            reason,
+            acquired_ms: Some(record.acquired_ms),
+            ..Event::lock(kind, name, key)
+        });
+    }
+    if let (Current::Held { record, .. }, true) = (&ks.current, before != after) {
+        events.push(Event {
+            session: Some(record.session.clone()),
+            owner: Some(record.owner.clone()),
+            token: after,
+            ttl_ms: Some(record.lease_ms),
+            waited_ms: note.as_ref().and_then(|n| n.waited_ms),
+            handoff: Some(before.is_some()),
+            ..Event::lock(EventKind::Granted, name, key)
+        });
+    }
+    events
 }
 
 enum OpOutcome {

@@ -129,6 +129,18 @@ impl Ring {
         self.members.is_empty() || self.owner(key) == self.me
     }
 
+    /// How long a silent coordinator stays in the ring.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// When each live peer was last heard from (this one is not listed).
+    pub fn last_seen(&self) -> impl Iterator<Item = (&str, Instant)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.last_seen))
+    }
+
     /// Ids of the live coordinators, sorted.
     pub fn members(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.members.keys().cloned().collect();
@@ -136,6 +148,14 @@ impl Ring {
         ids.sort();
         ids
     }
+}
+
+/// The owner of `key` among `ids` (what [`Ring::owner`] answered when the
+/// live set was `ids`).
+pub fn owner_among<'a>(ids: &'a [String], key: &str) -> Option<&'a str> {
+    ids.iter()
+        .max_by_key(|id| (weight(id, key), id.as_str()))
+        .map(String::as_str)
 }
 
 fn weight(coordinator: &str, key: &str) -> u64 {
@@ -189,6 +209,21 @@ impl Sessions {
             max_timeout,
             holdoff_until: None,
         }
+    }
+
+    /// New bounds (a configuration change); sessions keep the timeout they
+    /// were given until their next heartbeat asks again.
+    pub fn set_timeouts(&mut self, default: Duration, min: Duration, max: Duration) {
+        self.default_timeout = default;
+        self.min_timeout = min;
+        self.max_timeout = max;
+    }
+
+    /// Live sessions: id, last sign of life, timeout.
+    pub fn alive(&self) -> impl Iterator<Item = (&str, Instant, Duration)> {
+        self.alive
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.last_seen, s.timeout))
     }
 
     /// A sign of life (heartbeat or request) from `session`.

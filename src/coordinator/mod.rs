@@ -13,21 +13,31 @@
 
 mod engine;
 mod membership;
+pub mod metrics;
 
 pub use engine::{Action, Engine, EngineConfig, Stats, Write, WriteKind, WriteResult};
 pub use membership::Ring;
 
+use crate::admin::{self, LocksQuery, LocksView, MembersView};
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
+use crate::config::LiveSettings;
+use crate::events::{Event, EventKind};
 use crate::name::LockName;
 use crate::protocol::{self, ConnId, CoordinatorBeat, DisconnectAdvisory, Heartbeat, VERSION};
 use crate::store::{self, CasError, LockStore, WriteId};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, consumer, stream::Stream as JsStream};
+use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
+use metrics::Metrics;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, debug_span, info, warn};
 
 /// Settings of a coordinator.
 #[derive(Debug, Clone)]
@@ -41,6 +51,11 @@ pub struct CoordinatorConfig {
     /// How often this coordinator heartbeats.
     pub heartbeat_interval: Duration,
     pub engine: EngineConfig,
+    /// Serve Prometheus metrics here (`127.0.0.1:0` picks a port).
+    pub metrics_addr: Option<String>,
+    /// Retention of the event stream when this coordinator creates it.
+    pub event_max_age: Duration,
+    pub event_max_bytes: i64,
 }
 
 impl Default for CoordinatorConfig {
@@ -51,6 +66,9 @@ impl Default for CoordinatorConfig {
             replicas: 1,
             heartbeat_interval: Duration::from_millis(250),
             engine: EngineConfig::default(),
+            metrics_addr: None,
+            event_max_age: crate::events::DEFAULT_EVENT_MAX_AGE,
+            event_max_bytes: crate::events::DEFAULT_EVENT_MAX_BYTES,
         }
     }
 }
@@ -80,6 +98,7 @@ fn nats_err<E: Into<async_nats::Error>>(what: &'static str) -> impl FnOnce(E) ->
 /// take its keys over at once.
 pub struct Coordinator {
     id: String,
+    metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -103,11 +122,31 @@ impl Coordinator {
             .get_stream(store.stream_name())
             .await
             .map_err(nats_err("open the bucket's stream"))?;
+        bucket::ensure_event_stream(
+            &js,
+            config.replicas,
+            config.event_max_age,
+            config.event_max_bytes,
+        )
+        .await?;
+        let settings = bucket::ensure_config_bucket(&js, config.replicas).await?;
 
         let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let metrics_addr = match &config.metrics_addr {
+            Some(addr) => Some(
+                metrics::serve(addr, metrics.clone(), stop.clone())
+                    .await
+                    .map_err(|e| CoordinatorError::Nats {
+                        what: "serve metrics",
+                        source: format!("{addr}: {e}").into(),
+                    })?,
+            ),
+            None => None,
+        };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut runtime = Runtime::new(nats, store, config.clone()).await?;
-        let feeds = runtime.feeds(requests, kv_stream).await?;
+        let mut runtime = Runtime::new(nats, store, config.clone(), metrics).await?;
+        let feeds = runtime.feeds(requests, kv_stream, settings).await?;
         let task = tokio::spawn(runtime.run(feeds, stop.clone(), ready_tx));
         // The loop reports readiness once it caught up with both streams.
         if ready_rx.await.is_err() {
@@ -119,6 +158,7 @@ impl Coordinator {
         info!(coordinator = %config.id, "coordinator serving");
         Ok(Coordinator {
             id: config.id,
+            metrics_addr,
             stop,
             task: Some(task),
         })
@@ -126,6 +166,11 @@ impl Coordinator {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Where `GET /metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops serving: announces the departure (the others take over at
@@ -162,6 +207,14 @@ struct Runtime {
     reads: JoinSet<(LockName, Option<store::Current>)>,
     deletes: JoinSet<()>,
     write_seq: u64,
+    metrics: Arc<Metrics>,
+    /// The live settings of the file and flags, and the config bucket's
+    /// entries laid over them.
+    base_settings: LiveSettings,
+    overlay: BTreeMap<String, Vec<u8>>,
+    /// Events of the runtime itself (config changes), published with the
+    /// engine's.
+    pending_events: Vec<Event>,
 }
 
 /// Everything the loop reads.
@@ -174,6 +227,12 @@ struct Feeds {
     coordinators: async_nats::Subscriber,
     disconnects: async_nats::Subscriber,
     answers: async_nats::Subscriber,
+    settings: kv::Watch,
+    settings_caught_up: bool,
+    /// Keeps the NATS service registered (`$SRV.*`).
+    _service: service::Service,
+    admin_locks: service::endpoint::Endpoint,
+    admin_members: service::endpoint::Endpoint,
 }
 
 /// Header naming the coordinator that sent an answer.
@@ -188,6 +247,7 @@ impl Runtime {
         nats: async_nats::Client,
         store: LockStore,
         config: CoordinatorConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, CoordinatorError> {
         let info = nats.server_info();
         let conn = (!info.server_id.is_empty()).then(|| ConnId {
@@ -198,12 +258,16 @@ impl Runtime {
             engine: Engine::new(config.id.clone(), config.engine.clone()),
             nats,
             store,
-            config,
             conn,
             writes: JoinSet::new(),
             reads: JoinSet::new(),
             deletes: JoinSet::new(),
             write_seq: 0,
+            metrics,
+            pending_events: Vec::new(),
+            base_settings: LiveSettings::of(&config),
+            overlay: BTreeMap::new(),
+            config,
         })
     }
 
@@ -211,6 +275,7 @@ impl Runtime {
         &mut self,
         mut requests: JsStream,
         mut kv_stream: JsStream,
+        settings: kv::Store,
     ) -> Result<Feeds, CoordinatorError> {
         let subscribe = |subject: &'static str| {
             let nats = self.nats.clone();
@@ -264,7 +329,44 @@ impl Runtime {
             .messages()
             .await
             .map_err(nats_err("watch the bucket"))?;
+        let settings_empty = settings
+            .status()
+            .await
+            .map_err(nats_err("read the config bucket"))?
+            .values()
+            == 0;
+        let settings = settings
+            .watch_with_history(">")
+            .await
+            .map_err(nats_err("watch the config bucket"))?;
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("coordinator".to_owned(), self.config.id.clone());
+        metadata.insert("bucket".to_owned(), self.config.bucket.clone());
+        let service = self
+            .nats
+            .service_builder()
+            .description("jetlock coordinator: FIFO lock queues, sessions, failover")
+            .metadata(metadata)
+            .start(admin::SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(nats_err("register the NATS service"))?;
+        let endpoint = |name: &'static str, subject: &'static str| {
+            let builder = service.endpoint_builder().name(name);
+            async move {
+                builder
+                    .add(subject)
+                    .await
+                    .map_err(nats_err("add a service endpoint"))
+            }
+        };
+        let admin_locks = endpoint("locks", admin::LOCKS).await?;
+        let admin_members = endpoint("members", admin::MEMBERS).await?;
         Ok(Feeds {
+            settings,
+            settings_caught_up: settings_empty,
+            _service: service,
+            admin_locks,
+            admin_members,
             requests: request_feed,
             requests_caught_up: requests_empty,
             bucket: bucket_feed,
@@ -286,6 +388,7 @@ impl Runtime {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_beat = Instant::now();
+        let mut next_gauges = Instant::now();
         let kv_prefix = format!("$KV.{}.", self.store.bucket());
         // Listen for the other coordinators' heartbeats for two of their
         // intervals before acting: a coordinator that acted at once would
@@ -295,6 +398,7 @@ impl Runtime {
             if ready.is_some()
                 && feeds.requests_caught_up
                 && feeds.bucket_caught_up
+                && feeds.settings_caught_up
                 && Instant::now() >= listen_until
             {
                 self.engine.set_ready(Instant::now());
@@ -335,6 +439,8 @@ impl Runtime {
                             }
                             let age_ns = time_now_ns() - info.published.unix_timestamp_nanos();
                             let age = Duration::from_nanos(age_ns.clamp(0, u64::MAX as i128) as u64);
+                            let _span = debug_span!("request", seq = info.stream_sequence,
+                                subject = msg.subject.as_str()).entered();
                             self.engine.request(
                                 info.stream_sequence,
                                 msg.subject.as_str(),
@@ -347,6 +453,17 @@ impl Runtime {
                     Err(e) => warn!(error = %e, "request stream interrupted; it resumes"),
                 },
                 Some(msg) = feeds.heartbeats.next() => self.heartbeat(msg).await,
+                Some(entry) = feeds.settings.next() => match entry {
+                    Ok(entry) => {
+                        if entry.delta == 0 {
+                            feeds.settings_caught_up = true;
+                        }
+                        self.setting(entry, ready.is_none());
+                    }
+                    Err(e) => warn!(error = %e, "config bucket watch interrupted; it resumes"),
+                },
+                Some(req) = feeds.admin_locks.next() => self.admin_locks(req).await,
+                Some(req) = feeds.admin_members.next() => self.admin_members(req).await,
                 Some(msg) = feeds.coordinators.next() => {
                     if let Ok(beat) = serde_json::from_slice::<CoordinatorBeat>(&msg.payload) {
                         if beat.v == VERSION {
@@ -375,6 +492,12 @@ impl Runtime {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.engine.tick(now);
+                    if now >= next_gauges {
+                        next_gauges = now + Duration::from_secs(1);
+                        let (depths, held) = self.engine.served_load();
+                        self.metrics.gauges(depths, held, self.engine.live_sessions(),
+                            self.engine.ring().len());
+                    }
                     if ready.is_none() && now >= next_beat {
                         next_beat = now + self.config.heartbeat_interval;
                         self.beat(false).await;
@@ -399,8 +522,16 @@ impl Runtime {
             warn!(key, "bucket holds a key jetlock did not write; ignored");
             return;
         };
+        // The server's marker for a lease that ran out.
+        let expired = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Marker-Reason"))
+            .is_some_and(|r| r.as_str() == "MaxAge");
         match store::current_from_message(seq, msg.headers.as_ref(), &msg.payload) {
-            Ok(current) => self.engine.observed(&name, current, Instant::now()),
+            Ok(current) => self
+                .engine
+                .observed_change(&name, current, expired, Instant::now()),
             Err(e) => warn!(key, error = %e, "unreadable lock record; ignored"),
         }
     }
@@ -434,6 +565,7 @@ impl Runtime {
             v: VERSION,
             id: self.config.id.clone(),
             conn: self.conn.clone(),
+            now_ms: Some(crate::client::unix_ms()),
             leaving,
         };
         let body = serde_json::to_vec(&beat).expect("beats serialize");
@@ -444,10 +576,14 @@ impl Runtime {
     }
 
     async fn carry_out(&mut self) {
+        for event in std::mem::take(&mut self.pending_events) {
+            self.publish_event(event).await;
+        }
         for action in self.engine.take_actions() {
             match action {
                 engine::Action::Answer { session, answer } => {
                     debug!(session, ?answer, "answer");
+                    self.metrics.answer(&answer);
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(ANSWERED_BY, self.config.id.as_str());
                     let _ = self
@@ -459,11 +595,7 @@ impl Runtime {
                         )
                         .await;
                 }
-                engine::Action::Event { kind, body } => {
-                    let subject = format!("{}.{kind}", protocol::EVENTS);
-                    let body = serde_json::to_vec(&body).expect("events serialize");
-                    let _ = self.nats.publish(subject, body.into()).await;
-                }
+                engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Write(write) => {
                     debug!(lock = %write.name, expected = write.expected, kind = ?write.kind, "write");
                     self.write_seq += 1;
@@ -505,6 +637,112 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+impl Runtime {
+    /// Stamps an event, counts it and publishes it (the event stream keeps
+    /// it). A core publish: events never slow a grant down.
+    async fn publish_event(&mut self, mut event: Event) {
+        event.at_ms = crate::client::unix_ms();
+        event.coordinator = self.config.id.clone();
+        if let Some(acquired) = event.acquired_ms {
+            event.held_ms = Some(event.at_ms.saturating_sub(acquired));
+        }
+        self.metrics.event(&event);
+        debug!(kind = event.kind.as_str(), lock = ?event.lock, session = ?event.session,
+               token = ?event.token, "event");
+        let body = serde_json::to_vec(&event).expect("events serialize");
+        let _ = self.nats.publish(event.subject(), body.into()).await;
+    }
+
+    /// A change in the config bucket: lay it over the file's settings and
+    /// apply the result, or refuse it and keep what runs.
+    fn setting(&mut self, entry: kv::Entry, live: bool) {
+        let key = entry.key.clone();
+        let mut overlay = self.overlay.clone();
+        match entry.operation {
+            kv::Operation::Put => {
+                overlay.insert(key.clone(), entry.value.to_vec());
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                overlay.remove(&key);
+            }
+        }
+        let entries = overlay.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        let mut event = Event::about(EventKind::ConfigChanged, &key);
+        match self.base_settings.with_overlay(entries) {
+            Ok(settings) => {
+                let mut config = self.config.clone();
+                settings.apply(&mut config);
+                self.engine.set_config(config.engine.clone());
+                self.config = config;
+                self.overlay = overlay;
+                event.value = Some(match entry.operation {
+                    kv::Operation::Put => {
+                        serde_json::from_slice(&entry.value).unwrap_or(serde_json::Value::Null)
+                    }
+                    _ => serde_json::Value::Null,
+                });
+                info!(setting = %key, "config change applied");
+            }
+            Err(e) => {
+                warn!(setting = %key, error = %e, "config change refused; the previous settings stay");
+                event.cause = Some(format!("refused: {e}"));
+            }
+        }
+        // One report per change, by the coordinator owning the setting.
+        if live && self.engine.ring().owns(&format!("config.{key}")) {
+            self.engine_event(event);
+        }
+    }
+
+    fn engine_event(&mut self, event: Event) {
+        // Published with the engine's events on the next carry_out.
+        self.pending_events.push(event);
+    }
+
+    async fn admin_locks(&mut self, req: service::Request) {
+        let query: Result<LocksQuery, _> = if req.message.payload.is_empty() {
+            Ok(LocksQuery::default())
+        } else {
+            serde_json::from_slice(&req.message.payload)
+        };
+        let reply = query
+            .map_err(|e| e.to_string())
+            .and_then(|q| match q.prefix.as_deref() {
+                Some(p) => crate::name::LockName::new(p.trim_end_matches(':'))
+                    .map(|n| Some(n.key().to_owned()))
+                    .map_err(|e| e.to_string()),
+                None => Ok(None),
+            })
+            .map(|prefix| LocksView {
+                coordinator: self.config.id.clone(),
+                locks: self.engine.locks_view(prefix.as_deref(), Instant::now()),
+            });
+        respond(req, reply).await;
+    }
+
+    async fn admin_members(&mut self, req: service::Request) {
+        let (coordinators, sessions) = self.engine.members_view(Instant::now());
+        let view = MembersView {
+            coordinator: self.config.id.clone(),
+            now_ms: crate::client::unix_ms(),
+            coordinators,
+            sessions,
+        };
+        respond(req, Ok(view)).await;
+    }
+}
+
+/// Answers a service request with JSON, or a service error.
+async fn respond<T: serde::Serialize>(req: service::Request, reply: Result<T, String>) {
+    let answer = match reply {
+        Ok(v) => Ok(serde_json::to_vec(&v).expect("views serialize").into()),
+        Err(status) => Err(service::error::Error { status, code: 400 }),
+    };
+    if let Err(e) = req.respond(answer).await {
+        debug!(error = %e, "could not answer an admin request");
     }
 }
 

@@ -87,7 +87,9 @@ pub async fn named_client(url: &str, name: &str) -> Client {
 /// settings of the test's environment leaking into it.
 pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
-    cmd.args(["serve", "--url", url]).args(extra);
+    // Several coordinators run side by side: each picks a free metrics port.
+    cmd.args(["serve", "--url", url, "--metrics-addr", "127.0.0.1:0"])
+        .args(extra);
     for var in [
         "JETLOCK_CONFIG",
         "JETLOCK_URL",
@@ -95,6 +97,7 @@ pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
         "JETLOCK_REPLICAS",
         "JETLOCK_ID",
         "JETLOCK_SESSION_TIMEOUT_MS",
+        "JETLOCK_METRICS_ADDR",
     ] {
         cmd.env_remove(var);
     }

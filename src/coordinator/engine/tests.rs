@@ -3,6 +3,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use serde_json::json;
 
 /// A bucket of one stream: revisions are stream sequences, CAS by expected
 /// revision, like the real one.
@@ -42,6 +43,10 @@ struct Sim {
     seq: u64,
     answers: Vec<(String, Answer)>,
     deleted: Vec<u64>,
+    events: Vec<Event>,
+    /// Whether the bucket watch shows each write too, and whether before
+    /// or after the write's own result (`None`: it never does).
+    watch_first: Option<bool>,
 }
 
 impl Sim {
@@ -56,6 +61,8 @@ impl Sim {
             seq: 0,
             answers: Vec::new(),
             deleted: Vec::new(),
+            events: Vec::new(),
+            watch_first: None,
         }
     }
 
@@ -71,7 +78,19 @@ impl Sim {
                     Action::Answer { session, answer } => self.answers.push((session, answer)),
                     Action::Write(w) => {
                         let r = self.bucket.apply(&w);
+                        let seen = self.bucket.keys.get(w.name.key()).cloned();
+                        let watch = |sim: &mut Sim| {
+                            if let (Some(c), WriteResult::Written { .. }) = (seen.clone(), r) {
+                                sim.engine.observed(&w.name, c, sim.now);
+                            }
+                        };
+                        if self.watch_first == Some(true) {
+                            watch(self);
+                        }
                         self.engine.written(&w.name, r, self.now);
+                        if self.watch_first == Some(false) {
+                            watch(self);
+                        }
                     }
                     Action::Read { name } => {
                         let c = self.bucket.keys.get(name.key()).cloned();
@@ -79,7 +98,7 @@ impl Sim {
                         self.engine.read_done(&name, Some(c), self.now);
                     }
                     Action::Delete { seq } => self.deleted.push(seq),
-                    Action::Event { .. } => {}
+                    Action::Event(e) => self.events.push(*e),
                 }
             }
         }
@@ -316,6 +335,7 @@ fn let_another_coordinator_own_k(sim: &mut Sim) -> String {
             v: 1,
             id: id.clone(),
             conn: None,
+            now_ms: None,
             leaving,
         };
         sim.engine.coordinator_beat(beat(false), sim.now);
@@ -335,6 +355,7 @@ fn leave(sim: &mut Sim, id: &str) {
             v: 1,
             id: id.to_owned(),
             conn: None,
+            now_ms: None,
             leaving: true,
         },
         sim.now,
@@ -394,6 +415,7 @@ fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
                 v: 1,
                 id: id.clone(),
                 conn: None,
+                now_ms: None,
                 leaving: false,
             },
             sim.now,
@@ -406,6 +428,7 @@ fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
                 v: 1,
                 id,
                 conn: None,
+                now_ms: None,
                 leaving: true,
             },
             sim.now,
@@ -424,6 +447,7 @@ fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
             v: 1,
             id: format!("c{other}"),
             conn: None,
+            now_ms: None,
             leaving: true,
         },
         sim.now,
@@ -537,4 +561,156 @@ proptest! {
             prop_assert!(finals <= 1, "{} answered {} times", s, finals);
         }
     }
+}
+
+/// (kind, token, session) of the lock events so far.
+fn lock_events(sim: &Sim) -> Vec<(EventKind, Option<u64>, String)> {
+    sim.events
+        .iter()
+        .filter(|e| e.kind.is_lock())
+        .map(|e| (e.kind, e.token, e.session.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn each_hold_is_reported_once_with_its_cause_whenever_the_watch_shows_it() {
+    for watch_first in [None, Some(true), Some(false)] {
+        let mut sim = Sim::new();
+        sim.watch_first = watch_first;
+        sim.acquire("h", "a", 0);
+        let t1 = sim.grant_token("h", "a").unwrap();
+        sim.acquire("w", "a", 60_000);
+        sim.advance(Duration::from_millis(40));
+        sim.release("h", "r1", t1);
+        let t2 = sim.grant_token("w", "a").unwrap();
+        sim.release("w", "r2", t2);
+        use EventKind::*;
+        let (h, w) = (String::from("h"), String::from("w"));
+        assert_eq!(
+            lock_events(&sim),
+            [
+                (Granted, Some(t1), h.clone()),
+                (Released, Some(t1), h),
+                (Granted, Some(t2), w.clone()),
+                (Released, Some(t2), w),
+            ],
+            "watch_first {watch_first:?}"
+        );
+        let grants: Vec<&Event> = sim.events.iter().filter(|e| e.kind == Granted).collect();
+        assert_eq!(grants[0].handoff, Some(false));
+        assert_eq!(grants[1].handoff, Some(true), "one write from h to w");
+        assert_eq!(grants[1].waited_ms, Some(40));
+        assert_eq!(grants[1].lock.as_deref(), Some("k"));
+    }
+}
+
+#[test]
+fn grants_and_expiries_nobody_asked_us_for_are_reported_from_the_bucket() {
+    let mut sim = Sim::new();
+    let name = LockName::new("k").unwrap();
+    let record = LockRecord {
+        owner: "o".into(),
+        session: "direct".into(),
+        acquired_ms: 0,
+        lease_ms: 10_000,
+        holds: 1,
+        token: 0,
+    };
+    sim.engine.observed(
+        &name,
+        Current::Held {
+            revision: 7,
+            record,
+        },
+        sim.now,
+    );
+    sim.engine
+        .observed_change(&name, Current::Vacant { revision: 8 }, true, sim.now);
+    sim.settle();
+    let events: Vec<&Event> = sim.events.iter().filter(|e| e.kind.is_lock()).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::Granted);
+    assert_eq!(events[0].waited_ms, None, "not queued here");
+    assert_eq!(events[1].kind, EventKind::Expired);
+    assert_eq!(events[1].cause.as_deref(), Some("lease"));
+    assert_eq!(events[1].token, Some(7));
+}
+
+#[test]
+fn revocations_and_session_deaths_name_their_cause() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    let t1 = sim.grant_token("h", "a").unwrap();
+    sim.send(
+        "revoke",
+        "ops",
+        json!({"v": 1, "id": "v", "key": "k", "grace_ms": 0, "reason": "stuck"}),
+    );
+    let revoked = sim.events.iter().find(|e| e.kind == EventKind::Revoked);
+    let revoked = revoked.expect("a revoked event");
+    assert_eq!(revoked.token, Some(t1));
+    assert_eq!(revoked.by.as_deref(), Some("ops"));
+    assert_eq!(revoked.reason.as_deref(), Some("stuck"));
+    sim.acquire("x", "b", 0);
+    let t2 = sim.grant_token("x", "b").unwrap();
+    sim.engine.heartbeat(
+        "x",
+        Heartbeat {
+            leaving: true,
+            ..Heartbeat::default()
+        },
+        sim.now,
+    );
+    sim.settle();
+    let last = sim.events.iter().rfind(|e| e.kind.is_lock()).unwrap();
+    assert_eq!(
+        (last.kind, last.token, last.cause.as_deref()),
+        (EventKind::Expired, Some(t2), Some("session"))
+    );
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::SessionDown && e.subject.as_deref() == Some("x")));
+}
+
+#[test]
+fn policies_refuse_long_leases_and_long_queues_and_change_nothing() {
+    let mut sim = Sim::new();
+    let mut cfg = EngineConfig::default();
+    cfg.policies.push((
+        LockName::new("k").unwrap(),
+        Policy {
+            max_ttl_ms: Some(2000),
+            max_waiters: Some(1),
+        },
+    ));
+    sim.engine.set_config(cfg);
+    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+    sim.send(
+        "acquire",
+        "h",
+        json!({"v": 1, "id": "long", "key": "k", "ttl_ms": 5000}),
+    );
+    assert_eq!(sim.error_code("h", "long"), Some(ErrorCode::InvalidTtl));
+    assert_eq!(sim.bucket.seq, 0, "nothing written");
+    sim.send(
+        "acquire",
+        "h",
+        json!({"v": 1, "id": "a", "key": "k", "ttl_ms": 2000}),
+    );
+    assert!(sim.grant_token("h", "a").is_some());
+    for w in ["w1", "w2"] {
+        let body = json!({"v": 1, "id": "a", "key": "k", "ttl_ms": 2000, "wait_ms": 60_000});
+        sim.send("acquire", w, body);
+    }
+    assert_eq!(sim.error_code("w1", "a"), None, "w1 waits");
+    assert_eq!(sim.error_code("w2", "a"), Some(ErrorCode::QueueFull));
+    assert_eq!(sim.engine.queue_len("k"), 1);
+    // The holder's reentry is not a waiter.
+    sim.send(
+        "acquire",
+        "h",
+        json!({"v": 1, "id": "b", "key": "k", "ttl_ms": 2000}),
+    );
+    assert!(sim.grant_token("h", "b").is_some());
 }

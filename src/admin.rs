@@ -1,0 +1,91 @@
+//! The coordinators' operator endpoints, part of the NATS service `jetlock`
+//! (so `$SRV.PING.jetlock`, `$SRV.INFO.jetlock` and `$SRV.STATS.jetlock`
+//! find every coordinator). Any one coordinator answers, since each mirrors
+//! every queue and session:
+//!
+//! - `jetlock.admin.locks` — body: optional `{"prefix": "account"}`;
+//!   answer: [`LocksView`], held locks and locks with waiters;
+//! - `jetlock.admin.members` — answer: [`MembersView`], live coordinators
+//!   and sessions.
+//!
+//! Answers are JSON; a bad body gets a service error (`Nats-Service-Error`
+//! headers) and changes nothing.
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the NATS service every coordinator registers.
+pub const SERVICE: &str = "jetlock";
+pub const LOCKS: &str = "jetlock.admin.locks";
+pub const MEMBERS: &str = "jetlock.admin.members";
+
+/// Body of a `jetlock.admin.locks` request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocksQuery {
+    /// Only locks whose name starts with this segment prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocksView {
+    /// The coordinator that answered.
+    pub coordinator: String,
+    pub locks: Vec<LockInfo>,
+}
+
+/// One lock, as the answering coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub name: String,
+    pub key: String,
+    /// Absent when nobody holds it (it has waiters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderView>,
+    /// Waiting sessions, first in line first.
+    pub waiters: Vec<String>,
+    /// The coordinator serving this lock.
+    pub served_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HolderView {
+    pub session: String,
+    pub owner: String,
+    pub token: u64,
+    pub holds: u32,
+    pub lease_ms: u64,
+    /// Lease left, from when the coordinator saw the last write.
+    pub lease_left_ms: u64,
+    /// Since the grant, by the granting clock.
+    pub held_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembersView {
+    pub coordinator: String,
+    /// The answering coordinator's wall clock, Unix ms.
+    pub now_ms: u64,
+    pub coordinators: Vec<CoordinatorView>,
+    pub sessions: Vec<SessionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorView {
+    pub id: String,
+    /// Since its last heartbeat (0 for the answering one).
+    pub last_seen_ms: u64,
+    /// Locks it serves among those known.
+    pub locks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub session: String,
+    pub last_seen_ms: u64,
+    pub timeout_ms: u64,
+    pub locks_held: u64,
+    pub waiting: u64,
+    /// The coordinator answering its heartbeats.
+    pub served_by: String,
+}
