@@ -5,32 +5,15 @@
 
 mod common;
 
-use common::{single, PATIENCE};
+use common::{coordinator, named_client as client, single, PATIENCE};
 use futures::StreamExt;
-use jetlock::coordinator::{Coordinator, CoordinatorConfig};
 use jetlock::protocol::{self, Answer, ErrorCode};
-use jetlock::{Client, ClientOptions, Fence, FencingToken, LockError, LostReason};
+use jetlock::{Client, Fence, FencingToken, LockError, LostReason};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-async fn coordinator(url: &str) -> Coordinator {
-    let nats = async_nats::connect(url).await.expect("connect");
-    Coordinator::start(nats, CoordinatorConfig::default())
-        .await
-        .expect("coordinator starts")
-}
-
-async fn client(url: &str, name: &str) -> Client {
-    ClientOptions::new()
-        .name(name)
-        .create_bucket(1)
-        .connect(url)
-        .await
-        .expect("client connects")
-}
 
 /// A client that speaks the JSON protocol with a plain NATS connection,
 /// as a service in another language would.

@@ -59,6 +59,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         client.nats().clone(),
         CoordinatorConfig {
             id: "dev".into(),
+            metrics_addr: Some("127.0.0.1:0".into()),
             ..CoordinatorConfig::default()
         },
     )
@@ -66,6 +67,9 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     println!(
         "coordinator `dev` serving: FIFO queues, sessions, the JSON protocol on jetlock.req.>"
     );
+    if let Some(addr) = coordinator.metrics_addr() {
+        println!("metrics at http://{addr}/metrics; events on jetlock.ev.> (try `jetlock watch --url {url}`)");
+    }
     println!("connect with:   JETLOCK_URL={url} jetlock locks");
     if !args.no_demo {
         println!();

@@ -1,6 +1,9 @@
-//! `jetlock locks [PREFIX]`: the held locks, decoded from their records.
+//! `jetlock locks [PREFIX]`: the held locks. A coordinator answers with
+//! waiters and lease left (`jetlock.admin.locks`); without one, the records
+//! are read from the bucket and those two columns stay empty.
 
-use super::{CliError, Connection};
+use super::{admin, table, CliError, Connection};
+use crate::admin::{LocksQuery, LocksView};
 use crate::bucket::open_bucket;
 use crate::client::unix_ms;
 use crate::name::{self, LockName};
@@ -30,12 +33,65 @@ pub struct LockView {
     pub token: u64,
     pub holds: u32,
     pub lease_ms: u64,
-    /// Since the grant, by the holder's wall clock (informational).
+    /// Since the grant, by the granting clock (informational).
     pub held_ms: u64,
+    /// Lease left, as the serving coordinator saw it (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_left_ms: Option<u64>,
+    /// Waiting sessions (absent without a coordinator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiters: Option<u32>,
 }
 
 pub async fn run(args: LocksArgs) -> Result<(), CliError> {
     let nats = args.conn.nats().await?;
+    let query = LocksQuery {
+        prefix: args.prefix.clone(),
+    };
+    let body = serde_json::to_vec(&query)?;
+    let views = match admin::ask::<LocksView>(&nats, crate::admin::LOCKS, body).await {
+        Ok(view) => from_coordinator(view),
+        Err(e) if e.downcast_ref::<super::Exit>().is_some_and(|x| x.code == 5) => {
+            eprintln!(
+                "jetlock: no coordinator answered; reading the bucket (no waiters, no lease left)"
+            );
+            from_bucket(&args, nats).await?
+        }
+        Err(e) => return Err(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+    } else {
+        print_table(&views);
+    }
+    Ok(())
+}
+
+fn from_coordinator(view: LocksView) -> Vec<LockView> {
+    view.locks
+        .into_iter()
+        .filter_map(|l| {
+            let h = l.holder?;
+            Some(LockView {
+                name: l.name,
+                key: l.key,
+                owner: h.owner,
+                session: h.session,
+                token: h.token,
+                holds: h.holds,
+                lease_ms: h.lease_ms,
+                held_ms: h.held_ms,
+                lease_left_ms: Some(h.lease_left_ms),
+                waiters: Some(l.waiters.len() as u32),
+            })
+        })
+        .collect()
+}
+
+async fn from_bucket(
+    args: &LocksArgs,
+    nats: async_nats::Client,
+) -> Result<Vec<LockView>, CliError> {
     let js = async_nats::jetstream::new(nats);
     let kv = open_bucket(&js, &args.conn.bucket).await?;
     let store = LockStore::new(js, kv.clone()).await?;
@@ -73,17 +129,14 @@ pub async fn run(args: LocksArgs) -> Result<(), CliError> {
                 session: record.session,
                 holds: record.holds,
                 lease_ms: record.lease_ms,
+                lease_left_ms: None,
+                waiters: None,
             }),
             Ok(Current::Vacant { .. }) => {} // released since the listing
             Err(e) => eprintln!("jetlock: skipping lock {name}: {e}"),
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
-    } else {
-        print_table(&views);
-    }
-    Ok(())
+    Ok(views)
 }
 
 fn print_table(views: &[LockView]) {
@@ -91,41 +144,33 @@ fn print_table(views: &[LockView]) {
         println!("no locks held");
         return;
     }
-    let rows: Vec<[String; 7]> = views
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = views
         .iter()
         .map(|v| {
-            [
+            vec![
                 v.name.clone(),
                 v.owner.clone(),
                 v.session.clone(),
                 v.token.to_string(),
                 v.holds.to_string(),
-                format!("{:.1}s", v.lease_ms as f64 / 1000.0),
-                format!("{:.1}s", v.held_ms as f64 / 1000.0),
+                table::secs(v.held_ms),
+                opt(v.lease_left_ms.map(table::secs)),
+                opt(v.waiters.map(|w| w.to_string())),
             ]
         })
         .collect();
-    let header = [
-        "NAME", "OWNER", "SESSION", "TOKEN", "HOLDS", "LEASE", "HELD FOR",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(&header.map(String::from)));
-    for row in &rows {
-        println!("{}", line(row));
-    }
+    table::print(
+        &[
+            "NAME",
+            "OWNER",
+            "SESSION",
+            "TOKEN",
+            "HOLDS",
+            "HELD FOR",
+            "LEASE LEFT",
+            "WAITERS",
+        ],
+        &rows,
+    );
 }

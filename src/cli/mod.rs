@@ -1,14 +1,22 @@
 //! The `jetlock` command: argument parsing and dispatch. One file per
 //! subcommand; `src/main.rs` only calls [`main`].
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap's).
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's), 3 the lock
+//! is not held (`release --force`), 5 no coordinator answered.
 
+mod admin;
 pub mod bench;
 mod dev;
+mod history;
 mod hold;
 mod locks;
+mod members;
+mod release;
 mod serve;
+mod settings;
 mod setup;
+mod table;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -16,14 +24,36 @@ use std::process::ExitCode;
 /// Errors of the command line, printed for a person.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A failure with its own exit code (see the module docs).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn with(code: u8, message: impl Into<String>) -> CliError {
+        Box::new(Exit {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
 /// Where to reach NATS, shared by every subcommand that connects.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "JETLOCK_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        global = true,
+        env = "JETLOCK_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub url: String,
     /// The locks bucket.
-    #[arg(long, env = "JETLOCK_BUCKET", default_value = jetlock_bucket())]
+    #[arg(long, global = true, env = "JETLOCK_BUCKET", default_value = jetlock_bucket())]
     pub bucket: String,
 }
 
@@ -48,8 +78,23 @@ const fn jetlock_bucket() -> &'static str {
     about = "Distributed locks with fencing tokens on NATS JetStream"
 )]
 struct Cli {
+    /// Log format on stderr: `text` or `json` (the level comes from
+    /// `JETLOCK_LOG`, e.g. `info` or `jetlock=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "JETLOCK_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,8 +104,21 @@ enum Command {
     Dev(dev::DevArgs),
     /// Create the locks bucket, or check that an existing one is safe.
     Setup(setup::SetupArgs),
-    /// List held locks (name, owner, session, token, holds, lease).
+    /// List held locks: name, owner, session, token, held for, lease
+    /// left, waiters.
     Locks(locks::LocksArgs),
+    /// Follow lock and membership events live, one line each.
+    Watch(watch::WatchArgs),
+    /// Who held a lock when, from the event stream.
+    History(history::HistoryArgs),
+    /// Live coordinators and sessions: last heartbeat, locks held.
+    Members(members::MembersArgs),
+    /// Take a lock away from its holder (an operator revocation, kept in
+    /// the event stream). Exit 3 when the lock is not held.
+    Release(release::ReleaseArgs),
+    /// Read and change the live settings coordinators apply without a
+    /// restart.
+    Config(settings::ConfigArgs),
     /// Run a coordinator: FIFO queues, sessions, failover, the JSON
     /// protocol for any NATS client.
     Serve(serve::ServeArgs),
@@ -74,7 +132,7 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,6 +142,11 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Setup(args) => setup::run(args).await,
             Command::Locks(args) => locks::run(args).await,
+            Command::Watch(args) => watch::run(args).await,
+            Command::History(args) => history::run(args).await,
+            Command::Members(args) => members::run(args).await,
+            Command::Release(args) => release::run(args).await,
+            Command::Config(args) => settings::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Hold(args) => hold::run(args).await,
@@ -98,16 +161,23 @@ pub fn main() -> ExitCode {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
-            ExitCode::FAILURE
+            match e.downcast_ref::<Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETLOCK_LOG")
         .unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        // One JSON object per line, with the request span's fields.
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }

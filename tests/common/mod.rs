@@ -74,6 +74,19 @@ pub async fn client(url: &str, replicas: usize) -> Client {
         .expect("connect jetlock client")
 }
 
+/// An in-process coordinator on `url`, serving metrics on a free port.
+pub async fn coordinator(url: &str) -> jetlock::coordinator::Coordinator {
+    use jetlock::coordinator::{Coordinator, CoordinatorConfig};
+    let nats = async_nats::connect(url).await.expect("connect");
+    let config = CoordinatorConfig {
+        metrics_addr: Some("127.0.0.1:0".into()),
+        ..CoordinatorConfig::default()
+    };
+    Coordinator::start(nats, config)
+        .await
+        .expect("coordinator starts")
+}
+
 pub async fn named_client(url: &str, name: &str) -> Client {
     ClientOptions::new()
         .name(name)
