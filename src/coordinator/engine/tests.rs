@@ -714,3 +714,31 @@ fn policies_refuse_long_leases_and_long_queues_and_change_nothing() {
     );
     assert!(sim.grant_token("h", "b").is_some());
 }
+
+#[test]
+fn a_departed_coordinator_is_reported_once_with_the_locks_taken_over() {
+    let mut sim = Sim::new();
+    let other = let_another_coordinator_own_k(&mut sim);
+    sim.acquire("h", "a", 60_000); // mirrored: the other coordinator owns k
+    sim.events.clear();
+    leave(&mut sim, &other);
+    let down: Vec<&Event> = sim
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::CoordinatorDown)
+        .collect();
+    assert_eq!(down.len(), 1, "{:?}", sim.events);
+    assert_eq!(down[0].subject.as_deref(), Some(other.as_str()));
+    assert_eq!(down[0].cause.as_deref(), Some("left"));
+    let takeover = sim
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::Takeover)
+        .expect("a takeover event");
+    assert_eq!(takeover.keys, Some(1), "key k moved here");
+    assert_eq!(takeover.cause, Some(format!("{other} left")));
+    assert!(
+        sim.grant_token("h", "a").is_some(),
+        "and the waiter is granted"
+    );
+}
