@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's).
 
 pub mod bench;
+mod demo;
 mod dev;
 mod hold;
 mod locks;
@@ -69,6 +70,10 @@ enum Command {
     Hold(hold::HoldArgs),
     /// Measure lock latency and throughput beside the raw NATS floor.
     Bench(bench::BenchArgs),
+    /// Payment workers (child processes) move money between accounts under
+    /// locks, with fencing and process-once, optionally under chaos; ends
+    /// with invariant checks.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -87,6 +92,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Hold(args) => hold::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {
