@@ -18,11 +18,14 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `jetlock demo <args> --json` to its end.
-fn demo(args: &[&str]) -> Run {
+/// Runs `jetlock demo --workers 4 --accounts 50 --transfers <transfers>
+/// --chaos <extra> --json` to its end.
+fn chaos_demo(transfers: u64, extra: &[&str]) -> Run {
+    let transfers = transfers.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_jetlock"))
-        .arg("demo")
-        .args(args)
+        .args(["demo", "--workers", "4", "--accounts", "50"])
+        .args(["--transfers", &transfers, "--chaos"])
+        .args(extra)
         .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -95,15 +98,7 @@ fn assert_no_process_of(run: &str) {
 
 #[test]
 fn chaos_run_applies_every_transfer_exactly_once() {
-    let run = demo(&[
-        "--workers",
-        "4",
-        "--accounts",
-        "50",
-        "--transfers",
-        "2000",
-        "--chaos",
-    ]);
+    let run = chaos_demo(2000, &[]);
     let s = &run.summary;
     assert_eq!(run.code, Some(0), "stderr:\n{}\nsummary: {s:#}", run.stderr);
     assert_eq!(s["invariants_held"], true, "{s:#}");
@@ -133,17 +128,7 @@ fn chaos_run_applies_every_transfer_exactly_once() {
 
 #[test]
 fn a_ledger_that_applies_redeliveries_fails_the_run() {
-    let run = demo(&[
-        "--workers",
-        "4",
-        "--accounts",
-        "50",
-        "--transfers",
-        "500",
-        "--chaos",
-        "--fault",
-        "double-apply",
-    ]);
+    let run = chaos_demo(500, &["--fault", "double-apply"]);
     let s = &run.summary;
     assert_eq!(run.code, Some(1), "stderr:\n{}\nsummary: {s:#}", run.stderr);
     assert_eq!(s["invariants_held"], false);
