@@ -1,5 +1,11 @@
-# The two commands of the README, and the checks CI runs.
-.PHONY: dev test check bench nats-server
+# The commands of the README, and the checks CI runs.
+.PHONY: demo dev test check bench nats-server
+
+# Installs nats-server (project-local), builds jetlock and runs the main
+# job on the embedded default: payment worker processes move money between
+# accounts under locks, and the run ends with invariant checks.
+demo: nats-server
+	cargo run --release --quiet -- demo
 
 # Installs nats-server (project-local), builds jetlock and runs the embedded
 # default: a local nats-server, the locks bucket and a walk-through.

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod bench;
+mod demo;
 mod dev;
 mod history;
 mod hold;
@@ -127,6 +128,10 @@ enum Command {
     Hold(hold::HoldArgs),
     /// Measure lock latency and throughput beside the raw NATS floor.
     Bench(bench::BenchArgs),
+    /// Payment workers (child processes) move money between accounts under
+    /// locks, with fencing and process-once, optionally under chaos; ends
+    /// with invariant checks.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -150,6 +155,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Hold(args) => hold::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

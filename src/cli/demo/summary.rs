@@ -1,0 +1,139 @@
+//! The demo's summary: for a person by default, JSON with `--json` (a
+//! stable contract: fields are only ever added).
+
+use super::ledger::{Fault, Invariant};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// The run's id: in its subjects, message ids, lock names and worker
+    /// command lines.
+    pub run: String,
+    pub workers: u64,
+    pub accounts: u32,
+    pub transfers: u64,
+    pub chaos: bool,
+    pub seed: u64,
+    /// The deliberate ledger fault (tests only), if any.
+    pub fault: Option<Fault>,
+    /// Where NATS ran, and the coordinator.
+    pub nats: String,
+    pub coordinator: String,
+    /// Transfers applied (each counted once).
+    pub applied: u64,
+    /// Attempts beyond the first per transfer.
+    pub retries: u64,
+    /// Redelivered or retried transfers the ledger refused as already applied.
+    pub duplicates_refused: u64,
+    /// Writes refused because a newer lock holder had used the account.
+    pub fenced_stale_writes: u64,
+    /// Reads refused for the same reason.
+    pub fenced_stale_reads: u64,
+    /// Requests refused as malformed, unknown or overdrawing.
+    pub refused: u64,
+    /// Lock acquisitions (both accounts of a transfer = one).
+    pub acquisitions: u64,
+    /// Acquisitions that found a lock held and waited for its holder.
+    pub handoffs: u64,
+    pub lock_wait_p50_ms: f64,
+    pub lock_wait_p99_ms: f64,
+    /// Workers killed with SIGKILL, paused with SIGSTOP, started to replace
+    /// dead ones, and exited on their own.
+    pub kills: u64,
+    pub pauses: u64,
+    pub respawns: u64,
+    pub worker_crashes: u64,
+    pub elapsed_s: f64,
+    pub invariants: Vec<Invariant>,
+    pub invariants_held: bool,
+}
+
+impl Summary {
+    /// The names of the invariants that failed.
+    pub fn failed(&self) -> Vec<&'static str> {
+        self.invariants
+            .iter()
+            .filter(|i| !i.held)
+            .map(|i| i.name)
+            .collect()
+    }
+
+    pub fn print(&self, json: bool) {
+        if json {
+            let text = serde_json::to_string_pretty(self).expect("the summary serializes");
+            println!("{text}");
+            return;
+        }
+        let row = |what: &str, value: String| println!("  {what:<24} {value}");
+        println!();
+        row(
+            "transfers applied",
+            format!("{} of {}", self.applied, self.transfers),
+        );
+        row(
+            "retries",
+            format!("{} (attempts beyond the first per transfer)", self.retries),
+        );
+        row(
+            "duplicates refused",
+            format!(
+                "{} (redelivered transfers already applied)",
+                self.duplicates_refused
+            ),
+        );
+        row(
+            "fenced-off stale writes",
+            format!(
+                "{} (and {} stale reads)",
+                self.fenced_stale_writes, self.fenced_stale_reads
+            ),
+        );
+        row(
+            "handoffs",
+            format!(
+                "{} of {} acquisitions waited for another holder",
+                self.handoffs, self.acquisitions
+            ),
+        );
+        row(
+            "lock wait",
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms",
+                self.lock_wait_p50_ms, self.lock_wait_p99_ms
+            ),
+        );
+        if self.chaos {
+            row(
+                "chaos",
+                format!(
+                    "{} (kill -9), {} (SIGSTOP for 1.5-3 s), {} respawned",
+                    count(self.kills, "kill"),
+                    count(self.pauses, "pause"),
+                    count(self.respawns, "worker")
+                ),
+            );
+        }
+        if self.worker_crashes > 0 {
+            row("worker crashes", self.worker_crashes.to_string());
+        }
+        if self.refused > 0 {
+            row("requests refused", self.refused.to_string());
+        }
+        row("elapsed", format!("{:.1} s", self.elapsed_s));
+        println!();
+        println!("invariants");
+        for i in &self.invariants {
+            let mark = if i.held { "ok  " } else { "FAIL" };
+            println!("  {mark}  {} ({})", i.name, i.detail);
+        }
+    }
+}
+
+/// `1 kill`, `2 kills`.
+fn count(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("{n} {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
