@@ -1,7 +1,8 @@
 //! The `jetlock` command: argument parsing and dispatch. One file per
 //! subcommand; `src/main.rs` only calls [`main`].
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap's).
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's); a subcommand
+//! may choose another by returning [`Exit`].
 
 pub mod bench;
 mod dev;
@@ -15,6 +16,15 @@ use std::process::ExitCode;
 
 /// Errors of the command line, printed for a person.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error that ends the process with its own exit code. `message` is
+/// printed like any error unless it is empty (the command said it all).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
 
 /// Where to reach NATS, shared by every subcommand that connects.
 #[derive(Debug, Clone, clap::Args)]
@@ -92,6 +102,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("jetlock: {}", exit.message);
+                }
+                return ExitCode::from(exit.code);
+            }
             eprintln!("jetlock: {e}");
             let mut source = e.source();
             while let Some(s) = source {
