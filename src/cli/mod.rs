@@ -2,10 +2,12 @@
 //! subcommand; `src/main.rs` only calls [`main`].
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's); a subcommand
-//! may choose another by returning [`Exit`].
+//! may choose another by returning [`Exit`] (`jetlock doctor`: 4 when a
+//! check failed).
 
 pub mod bench;
 mod dev;
+mod doctor;
 mod hold;
 mod locks;
 mod serve;
@@ -79,6 +81,10 @@ enum Command {
     Hold(hold::HoldArgs),
     /// Measure lock latency and throughput beside the raw NATS floor.
     Bench(bench::BenchArgs),
+    /// Check a deployment (server versions, fsync, bucket and streams,
+    /// coordinators, clocks) and say what to fix. Exit code 4 when a check
+    /// fails; warnings alone exit 0.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -97,6 +103,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Hold(args) => hold::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {
