@@ -214,8 +214,25 @@ pub async fn ensure_config_bucket(
 /// (longer than the longest wait a request may ask for).
 pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(60 * 60);
 
-fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
-    let problem = if !config.allow_message_ttl {
+/// Refuses a locks bucket whose stream is configured unsafely for jetlock,
+/// naming the setting; logs the settings that only cost space or
+/// durability ([`config_warnings`]).
+pub fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
+    if let Some(problem) = config_problem(config) {
+        return Err(BucketError::Incompatible {
+            bucket: bucket.to_owned(),
+            problem,
+        });
+    }
+    for warning in config_warnings(config) {
+        warn!(bucket, "{warning}");
+    }
+    Ok(())
+}
+
+/// Why jetlock cannot use a bucket with this stream config, if it cannot.
+pub fn config_problem(config: &jetstream::stream::Config) -> Option<String> {
+    if !config.allow_message_ttl {
         Some("per-message TTL is off (allow_msg_ttl: false), so a dead holder's lock would never expire".to_owned())
     } else if config.subject_delete_marker_ttl.is_none() {
         Some("limit markers are off (subject_delete_marker_ttl unset), so waiters would not see a lock expire".to_owned())
@@ -226,26 +243,30 @@ fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), 
         ))
     } else if config.mirror.is_some() {
         Some("the bucket is a mirror and cannot take writes".to_owned())
-    } else if config.max_messages_per_subject != 1 {
-        warn!(bucket, history = config.max_messages_per_subject,
-              "locks bucket keeps more than one message per key: released records linger as history (space only; safety is unaffected)");
-        None
-    } else if config.storage == StorageType::Memory {
-        warn!(
-            bucket,
-            "locks bucket uses memory storage: held locks are lost when every server restarts"
-        );
-        None
     } else {
         None
-    };
-    match problem {
-        Some(problem) => Err(BucketError::Incompatible {
-            bucket: bucket.to_owned(),
-            problem,
-        }),
-        None => Ok(()),
     }
+}
+
+/// What is safe but costly in a usable bucket's stream config.
+pub fn config_warnings(config: &jetstream::stream::Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.max_messages_per_subject != 1 {
+        let kept = match config.max_messages_per_subject {
+            n if n > 0 => format!("{n} messages"),
+            _ => "every message".to_owned(),
+        };
+        warnings.push(format!(
+            "locks bucket keeps {kept} per key (history): released records linger as history (space only; safety is unaffected)"
+        ));
+    }
+    if config.storage == StorageType::Memory {
+        warnings.push(
+            "locks bucket uses memory storage: held locks are lost when every server restarts"
+                .to_owned(),
+        );
+    }
+    warnings
 }
 
 fn jetstream_error(bucket: &str, e: impl Into<async_nats::Error>) -> BucketError {

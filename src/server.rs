@@ -109,6 +109,8 @@ pub struct NatsServer {
     env: Vec<(String, String)>,
     port: u16,
     log: PathBuf,
+    /// The HTTP monitoring port (`/varz`), when started with one.
+    monitor_port: Option<u16>,
     child: Option<Child>,
     // Only a standalone server owns its dir; cluster members share the
     // cluster's, which outlives them.
@@ -119,6 +121,17 @@ impl NatsServer {
     /// Starts a single JetStream node from `nats/dev.conf` on `port` (a free
     /// loopback port when `None`), storing in a fresh temp dir.
     pub fn start_single(port: Option<u16>) -> Result<Self, ServerError> {
+        Self::single(port, false)
+    }
+
+    /// Like [`NatsServer::start_single`] on a free port, with the HTTP
+    /// monitoring endpoint (`/varz`, see [`NatsServer::monitor_url`]) on
+    /// another one.
+    pub fn start_single_monitored() -> Result<Self, ServerError> {
+        Self::single(None, true)
+    }
+
+    fn single(port: Option<u16>, monitored: bool) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new().prefix("jetlock-nats-").tempdir()?;
         let port = match port {
             Some(p) => p,
@@ -136,6 +149,10 @@ impl NatsServer {
             ),
         ];
         let mut server = NatsServer::new("jetlock-dev", config, env, port, dir.path())?;
+        if monitored {
+            // Not the client port, which is free again until the spawn.
+            server.monitor_port = free_ports(2)?.into_iter().find(|&p| p != port);
+        }
         server._dir = Some(dir);
         server.spawn()?;
         Ok(server)
@@ -155,6 +172,7 @@ impl NatsServer {
             config,
             env,
             port,
+            monitor_port: None,
             child: None,
             _dir: None,
         })
@@ -166,9 +184,11 @@ impl NatsServer {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("-c")
-            .arg(&self.config)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+        cmd.arg("-c").arg(&self.config);
+        if let Some(monitor) = self.monitor_port {
+            cmd.arg("-m").arg(monitor.to_string());
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -225,6 +245,13 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://127.0.0.1:<port>` of the monitoring endpoint, when started
+    /// with one.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.monitor_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
     /// The process id while running.
@@ -309,14 +336,25 @@ impl NatsCluster {
     /// Starts `size` (3 or 5) clustered JetStream nodes. Call
     /// [`crate::server::wait_for_jetstream`] before using JetStream.
     pub fn start(size: usize) -> Result<Self, ServerError> {
+        Self::start_with(size, false)
+    }
+
+    /// Like [`NatsCluster::start`], each node with its HTTP monitoring
+    /// endpoint ([`NatsServer::monitor_url`]).
+    pub fn start_monitored(size: usize) -> Result<Self, ServerError> {
+        Self::start_with(size, true)
+    }
+
+    fn start_with(size: usize, monitored: bool) -> Result<Self, ServerError> {
         assert!((1..=3).contains(&size), "cluster.conf routes 3 nodes");
         let dir = tempfile::Builder::new()
             .prefix("jetlock-cluster-")
             .tempdir()?;
         let config = dir.path().join("cluster.conf");
         fs::write(&config, CLUSTER_CONF)?;
-        let ports = free_ports(2 * size)?;
-        let (client_ports, route_ports) = ports.split_at(size);
+        let ports = free_ports(3 * size)?;
+        let (client_ports, rest) = ports.split_at(size);
+        let (route_ports, monitor_ports) = rest.split_at(size);
         let route = |i: usize| {
             route_ports
                 .get(i)
@@ -340,13 +378,10 @@ impl NatsCluster {
                     dir.path().join(&name).display().to_string(),
                 ),
             ];
-            servers.push(NatsServer::new(
-                &name,
-                config.clone(),
-                env,
-                client_ports[i],
-                dir.path(),
-            )?);
+            let mut server =
+                NatsServer::new(&name, config.clone(), env, client_ports[i], dir.path())?;
+            server.monitor_port = monitored.then_some(monitor_ports[i]);
+            servers.push(server);
         }
         for server in &mut servers {
             server.spawn()?;

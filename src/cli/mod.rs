@@ -1,13 +1,16 @@
 //! The `jetlock` command: argument parsing and dispatch. One file per
 //! subcommand; `src/main.rs` only calls [`main`].
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap's), 3 the lock
-//! is not held (`release --force`), 5 no coordinator answered.
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's), 3 not found
+//! (`release --force` of a lock nobody holds), 4 a `doctor` check failed,
+//! 5 no coordinator answered. A subcommand chooses its code by returning
+//! [`Exit`].
 
 mod admin;
 pub mod bench;
 mod demo;
 mod dev;
+mod doctor;
 mod history;
 mod hold;
 mod locks;
@@ -25,7 +28,8 @@ use std::process::ExitCode;
 /// Errors of the command line, printed for a person.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A failure with its own exit code (see the module docs).
+/// An error that ends the process with its own exit code. `message` is
+/// printed like any error unless it is empty (the command said it all).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Exit {
@@ -132,6 +136,10 @@ enum Command {
     /// locks, with fencing and process-once, optionally under chaos; ends
     /// with invariant checks.
     Demo(demo::DemoArgs),
+    /// Check a deployment (server versions, fsync, bucket and streams,
+    /// coordinators, clocks) and say what to fix. Exit code 4 when a check
+    /// fails; warnings alone exit 0.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -156,21 +164,25 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Hold(args) => hold::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("jetlock: {}", exit.message);
+                }
+                return ExitCode::from(exit.code);
+            }
             eprintln!("jetlock: {e}");
             let mut source = e.source();
             while let Some(s) = source {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
-            match e.downcast_ref::<Exit>() {
-                Some(exit) => ExitCode::from(exit.code),
-                None => ExitCode::FAILURE,
-            }
+            ExitCode::FAILURE
         }
     }
 }

@@ -32,7 +32,16 @@ pub fn single() -> NatsServer {
 /// A 3-node cluster from `nats/cluster.conf`, with JetStream up.
 pub async fn cluster() -> NatsCluster {
     init_tracing();
-    let cluster = NatsCluster::start(3).expect("start 3-node cluster");
+    with_jetstream(NatsCluster::start(3).expect("start 3-node cluster")).await
+}
+
+/// [`cluster`] with each node's HTTP monitoring endpoint (`/varz`).
+pub async fn monitored_cluster() -> NatsCluster {
+    init_tracing();
+    with_jetstream(NatsCluster::start_monitored(3).expect("start 3-node cluster")).await
+}
+
+async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
     let nats = async_nats::connect(jetlock::client::server_list(&cluster.url()))
         .await
         .expect("connect");
