@@ -647,6 +647,7 @@ impl Engine {
             }
         };
         let key = request.name().key().to_owned();
+        tracing::Span::current().record("lock", request.name().as_str());
         let acting = self.owns(&key);
         match self.sessions.touch(&session, None, None, now) {
             Touch::Dead => {

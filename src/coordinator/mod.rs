@@ -440,7 +440,8 @@ impl Runtime {
                             let age_ns = time_now_ns() - info.published.unix_timestamp_nanos();
                             let age = Duration::from_nanos(age_ns.clamp(0, u64::MAX as i128) as u64);
                             let _span = debug_span!("request", seq = info.stream_sequence,
-                                subject = msg.subject.as_str()).entered();
+                                subject = msg.subject.as_str(),
+                                lock = tracing::field::Empty).entered();
                             self.engine.request(
                                 info.stream_sequence,
                                 msg.subject.as_str(),
