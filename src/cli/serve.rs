@@ -29,6 +29,8 @@ pub struct ServeArgs {
     /// Default session timeout in ms.
     #[arg(long, env = "JETLOCK_SESSION_TIMEOUT_MS")]
     session_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    login: super::LoginArgs,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -52,18 +54,15 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         config.session_timeout_ms = v;
     }
     config.validate()?;
-    let nats = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connect(crate::client::server_list(&config.url))
-        .await
-        .map_err(|e| format!("could not connect to NATS at {}: {e}", config.url))?;
+        .max_reconnects(None);
+    let nats = crate::connect::nats(&config.url, args.login.login()?, options).await?;
     let coordinator = Coordinator::start(nats, config.coordinator()).await?;
     println!(
         "jetlock serve: ready coordinator={} url={} bucket={}",
         coordinator.id(),
-        config.url,
+        crate::connect::redact(&config.url),
         config.bucket
     );
     shutdown_signal().await;
