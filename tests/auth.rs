@@ -87,14 +87,21 @@ impl Refusals {
 
 /// A plain connection as `role` whose permissions errors are recorded.
 async fn connect_as(cluster: &NatsCluster, role: Role) -> (async_nats::Client, Refusals) {
+    connect_member_as(cluster, None, role).await
+}
+
+/// [`connect_as`], to member `member` only when given.
+async fn connect_member_as(
+    cluster: &NatsCluster,
+    member: Option<usize>,
+    role: Role,
+) -> (async_nats::Client, Refusals) {
     let refusals = Refusals::default();
-    let mut options = refusals.options();
-    if matches!(role, Role::Worker | Role::Restricted) {
-        options = options.custom_inbox_prefix(format!("_INBOX.{}", role.user()));
-    }
-    let nats = jetlock::connect::nats(&cluster.url_as(role), None, options)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {}: {e}", role.user()));
+    let url = match member {
+        Some(i) => cluster.member_url_as(i, role),
+        None => cluster.url_as(role),
+    };
+    let nats = common::nats_with(&url, role, refusals.options()).await;
     (nats, refusals)
 }
 
@@ -520,14 +527,7 @@ async fn a_trusted_worker_writes_the_bucket_itself() {
     // Wait until every member applied it: each refuses the worker a write
     // (one that could not land anyway: it expects revision 2^63-1).
     for i in 0..d.cluster.servers().len() {
-        let refusals = Refusals::default();
-        let nats = jetlock::connect::nats(
-            &d.cluster.member_url_as(i, Role::Worker),
-            None,
-            refusals.options().custom_inbox_prefix("_INBOX.worker"),
-        )
-        .await
-        .expect("connect");
+        let (nats, refusals) = connect_member_as(&d.cluster, Some(i), Role::Worker).await;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", "9223372036854775807");
         timeout(PATIENCE, async {

@@ -48,7 +48,15 @@ pub async fn cluster() -> NatsCluster {
 /// A plain NATS connection to `url` (credentials in it) as `role`: the two
 /// worker roles get the inbox prefix their permissions allow.
 pub async fn nats_as(url: &str, role: Role) -> async_nats::Client {
-    let mut options = async_nats::ConnectOptions::new();
+    nats_with(url, role, async_nats::ConnectOptions::new()).await
+}
+
+/// [`nats_as`] with `options`.
+pub async fn nats_with(
+    url: &str,
+    role: Role,
+    mut options: async_nats::ConnectOptions,
+) -> async_nats::Client {
     if matches!(role, Role::Worker | Role::Restricted) {
         options = options.custom_inbox_prefix(format!("_INBOX.{}", role.user()));
     }
