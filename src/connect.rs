@@ -173,16 +173,34 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Connects to the servers in `urls` (comma-separated) with `options`, as
-/// `login` or else as the user the URLs name.
-///
-/// Servers that refuse the credentials fail the call at once with
-/// [`ConnectError::NotAuthorized`]. Servers that cannot be reached yet are
-/// retried in the background (the call returns, and requests wait for the
-/// connection), so a process may start before its servers do.
+/// `login` or else as the user the URLs name. Servers that cannot be
+/// reached fail the call (for commands, which should say so at once); see
+/// [`nats_waiting`] for processes that may start before their servers.
+/// Refused credentials are [`ConnectError::NotAuthorized`].
 pub async fn nats(
     urls: &str,
     login: Option<Login>,
     options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ConnectError> {
+    connect(urls, login, options, false).await
+}
+
+/// [`nats`], except that servers that cannot be reached yet are retried in
+/// the background: the call returns, and requests wait for the connection.
+/// Refused credentials still fail the call at once.
+pub async fn nats_waiting(
+    urls: &str,
+    login: Option<Login>,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ConnectError> {
+    connect(urls, login, options, true).await
+}
+
+async fn connect(
+    urls: &str,
+    login: Option<Login>,
+    options: async_nats::ConnectOptions,
+    wait: bool,
 ) -> Result<async_nats::Client, ConnectError> {
     let login = match login {
         Some(login) => Some(login),
@@ -210,11 +228,12 @@ pub async fn nats(
                 user,
             }),
             async_nats::ConnectErrorKind::ServerParse => Err(failed(e)),
-            _ => options
+            _ if wait => options
                 .retry_on_initial_connect()
                 .connect(servers)
                 .await
                 .map_err(failed),
+            _ => Err(failed(e)),
         },
     }
 }

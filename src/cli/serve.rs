@@ -57,7 +57,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let options = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
         .max_reconnects(None);
-    let nats = crate::connect::nats(&config.url, args.login.login()?, options).await?;
+    let nats = crate::connect::nats_waiting(&config.url, args.login.login()?, options).await?;
     let coordinator = Coordinator::start(nats, config.coordinator()).await?;
     println!(
         "jetlock serve: ready coordinator={} url={} bucket={}",

@@ -187,7 +187,7 @@ impl ClientOptions {
         if let Some(prefix) = &self.session_prefix {
             options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
         }
-        let nats = crate::connect::nats(url, self.login.clone(), options).await?;
+        let nats = crate::connect::nats_waiting(url, self.login.clone(), options).await?;
         self.start(nats, session, fast_path, true).await
     }
 
