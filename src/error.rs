@@ -127,12 +127,26 @@ pub enum LockError {
 /// Failures of [`crate::Client::connect`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// `url` has its password replaced by `***`.
     #[error("could not connect to NATS at {url}: {source}")]
     Nats {
         url: String,
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The server refused the credentials (or their absence).
+    #[error("NATS at {url} refused the connection{}: check the user and password (ClientOptions::user_and_password, JETLOCK_USER and JETLOCK_PASSWORD, or nats://user:password@host in the URL)", user.as_ref().map(|u| format!(" as user {u:?}")).unwrap_or_else(|| " without credentials".into()))]
+    NotAuthorized {
+        url: String,
+        /// The user that was refused; `None` when no credentials were sent.
+        user: Option<String>,
+    },
+    #[error(transparent)]
+    InvalidUrl(#[from] crate::connect::UrlError),
+    /// [`crate::ClientOptions::session_prefix`] would not give valid
+    /// session ids.
+    #[error("session prefix {prefix:?} is not usable: {reason} (1-3 dot-separated tokens of A-Z a-z 0-9 _ -, at most 105 bytes)")]
+    InvalidSessionPrefix { prefix: String, reason: String },
     #[error(transparent)]
     Bucket(#[from] BucketError),
     #[error("could not open the locks stream: {0}")]

@@ -17,6 +17,8 @@
 //! - [`store`] — CAS writes, reads and watches on the bucket;
 //! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (lease
 //!   renewal, loss signal, reentrancy), multi-key locking;
+//! - [`connect`] — server lists, credentials (in URLs or given), URLs with
+//!   passwords hidden;
 //! - [`error`] — the error enums callers match on;
 //! - [`server`] — real nats-server processes (dev server, tests, benches);
 //! - [`cli`] — the `jetlock` command (thin `src/main.rs` calls it).
@@ -43,6 +45,7 @@ pub mod bucket;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod coordinator;
 pub mod error;
 pub mod events;

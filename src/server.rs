@@ -7,6 +7,11 @@
 //! gets `PR_SET_PDEATHSIG`, so it dies with the process that started it even
 //! when that process is killed with SIGKILL; a [`NatsServer`] kills and reaps
 //! its child on drop, and its temp dir goes with it.
+//!
+//! The cluster config has no anonymous user: a [`NatsCluster`] generates a
+//! password for each of its users ([`Role`]) at start, passes them in the
+//! environment like the per-node values, and hands out URLs that log in as
+//! a role ([`NatsCluster::url_as`]).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -294,10 +299,24 @@ impl NatsServer {
         }
     }
 
+    /// SIGHUP: the server reads its config file again (users and
+    /// permissions change for connected clients too).
+    pub fn reload(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGHUP);
+        }
+    }
+
     /// Starts the process again with the same config, ports and storage.
     pub fn restart(&mut self) -> Result<(), ServerError> {
         self.kill();
         self.spawn()
+    }
+
+    /// The server's whole log (it names refused publishes and
+    /// subscriptions, with the client and user).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last `lines` lines of the server's log.
@@ -326,9 +345,57 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// The users `nats/cluster.conf` defines, one per role (see
+/// `docs/OPERATIONS.md`, "Users and permissions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `jetlock serve` and `jetlock setup`.
+    Coordinator,
+    /// Views, force release, the config bucket.
+    Operator,
+    /// A trusted worker: the fast path writes the locks bucket.
+    Worker,
+    /// A protocol-only worker: everything through the coordinators.
+    Restricted,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Coordinator,
+        Role::Operator,
+        Role::Worker,
+        Role::Restricted,
+    ];
+
+    /// The NATS user; for the two worker roles also the session prefix
+    /// their permissions allow.
+    pub fn user(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Operator => "operator",
+            Role::Worker => "worker",
+            Role::Restricted => "restricted",
+        }
+    }
+
+    /// The environment variable the cluster config reads its password from.
+    pub fn password_var(self) -> &'static str {
+        match self {
+            Role::Coordinator => "JETLOCK_COORDINATOR_PASSWORD",
+            Role::Operator => "JETLOCK_OPERATOR_PASSWORD",
+            Role::Worker => "JETLOCK_WORKER_PASSWORD",
+            Role::Restricted => "JETLOCK_RESTRICTED_PASSWORD",
+        }
+    }
+}
+
 /// A cluster of nats-servers from `nats/cluster.conf` on loopback.
 pub struct NatsCluster {
     servers: Vec<NatsServer>,
+    /// One generated password per role, in [`Role::ALL`] order.
+    passwords: Vec<String>,
+    /// The members' config file.
+    config: PathBuf,
     _dir: TempDir,
 }
 
@@ -362,6 +429,12 @@ impl NatsCluster {
                 // Fewer than three nodes: point the spare slot at node 1.
                 .unwrap_or_else(|| format!("nats-route://127.0.0.1:{}", route_ports[0]))
         };
+        // Letters and digits, starting with a letter: the server parses the
+        // value (see cluster.conf).
+        let passwords: Vec<String> = Role::ALL
+            .iter()
+            .map(|_| format!("p{}", nuid::next()))
+            .collect();
         let mut servers = Vec::with_capacity(size);
         for i in 0..size {
             let name = format!("n{}", i + 1);
@@ -378,6 +451,14 @@ impl NatsCluster {
                     dir.path().join(&name).display().to_string(),
                 ),
             ];
+            let env =
+                env.into_iter()
+                    .chain(
+                        Role::ALL.iter().zip(&passwords).map(|(role, password)| {
+                            (role.password_var().to_owned(), password.clone())
+                        }),
+                    )
+                    .collect();
             let mut server =
                 NatsServer::new(&name, config.clone(), env, client_ports[i], dir.path())?;
             server.monitor_port = monitored.then_some(monitor_ports[i]);
@@ -386,17 +467,60 @@ impl NatsCluster {
         for server in &mut servers {
             server.spawn()?;
         }
-        Ok(NatsCluster { servers, _dir: dir })
+        Ok(NatsCluster {
+            servers,
+            passwords,
+            config,
+            _dir: dir,
+        })
     }
 
-    /// All client URLs, comma-separated (split with
-    /// [`crate::client::server_list`] for `async_nats::connect`).
+    /// All client URLs, comma-separated, without credentials (the servers
+    /// refuse those connections: use [`NatsCluster::url_as`]).
     pub fn url(&self) -> String {
         self.servers
             .iter()
             .map(|s| s.url())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The user and password of `role`.
+    pub fn login(&self, role: Role) -> crate::connect::Login {
+        let i = Role::ALL.iter().position(|r| *r == role).expect("a role");
+        crate::connect::Login::new(role.user(), &self.passwords[i])
+    }
+
+    /// All client URLs, comma-separated, logging in as `role`
+    /// (`nats://user:password@127.0.0.1:port`; connect with
+    /// [`crate::connect::nats`], `ClientOptions::connect` or
+    /// `jetlock ... --url`).
+    pub fn url_as(&self, role: Role) -> String {
+        (0..self.servers.len())
+            .map(|i| self.member_url_as(i, role))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Replaces the members' config with `config` (the same environment
+    /// applies) and has every running member reload it.
+    pub fn reload(&self, config: &str) -> std::io::Result<()> {
+        fs::write(&self.config, config)?;
+        for server in self.servers.iter().filter(|s| s.is_running()) {
+            server.reload();
+        }
+        Ok(())
+    }
+
+    /// Member `i`'s URL, logging in as `role`.
+    pub fn member_url_as(&self, i: usize, role: Role) -> String {
+        let login = self.login(role);
+        format!(
+            "nats://{}:{}@127.0.0.1:{}",
+            login.user(),
+            login.password(),
+            self.servers[i].port
+        )
     }
 
     pub fn servers(&self) -> &[NatsServer] {

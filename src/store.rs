@@ -145,6 +145,24 @@ impl LockStore {
             .await
     }
 
+    /// A write that can never land: it expects the key's last revision to be
+    /// 2^63-1, which no key reaches (the server reads the header as a signed
+    /// 64-bit number). JetStream refuses it as a conflict when this
+    /// connection may write the bucket; the server's permissions drop it
+    /// (no answer, and a permissions error on the connection) when it may
+    /// not. The client sends it at connect to learn which.
+    pub async fn probe_write(&self) -> Result<Written, CasError> {
+        let name = LockName::new("jetlock:write-probe").expect("a valid name");
+        let expected = i64::MAX as u64;
+        let write = WriteId {
+            id: "write-probe",
+            resend: false,
+        };
+        let headers = cas_headers(expected, write.id);
+        self.publish(&name, headers, Bytes::new(), expected, write)
+            .await
+    }
+
     async fn publish(
         &self,
         name: &LockName,

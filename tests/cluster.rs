@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{cluster, stream_leader, ExclusionChecker, PATIENCE};
-use jetlock::{ClientOptions, Fence, LockError};
+use common::{cluster, setup_bucket, stream_leader, worker_options, ExclusionChecker, PATIENCE};
+use jetlock::server::Role;
+use jetlock::{Fence, LockError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,9 @@ const KEY: &str = "account:failover";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
     let mut cluster = cluster().await;
-    let url = cluster.url();
-    let setup = ClientOptions::new()
-        .create_bucket(3)
-        .connect(&url)
-        .await
-        .expect("bucket on the cluster");
-    drop(setup);
+    // Lock clients are trusted workers: the fast path writes the bucket.
+    let url = cluster.url_as(Role::Worker);
+    setup_bucket(&cluster).await;
 
     let checker = Arc::new(ExclusionChecker::default());
     let fence = Arc::new(Fence::new());
@@ -29,11 +26,12 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     for t in 0..8 {
-        let client = ClientOptions::new()
+        let client = worker_options()
             .name(format!("task-{t}"))
             .connect(&url)
             .await
             .expect("client");
+        assert!(client.fast_path(), "a trusted worker writes the bucket");
         let (checker, fence, grants, stop) =
             (checker.clone(), fence.clone(), grants.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -78,7 +76,7 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
         .await
         .expect("100 grants before the fault");
 
-    let leader = stream_leader(&url, "KV_JETLOCK_LOCKS").await;
+    let leader = stream_leader(&cluster, "KV_JETLOCK_LOCKS").await;
     let victim = cluster.index_of(&leader).expect("leader is a member");
     cluster.server_mut(victim).kill();
     let at_kill = grants.load(Ordering::SeqCst);
@@ -86,7 +84,7 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
     timeout(Duration::from_secs(120), wait_for(at_kill + 100))
         .await
         .expect("the lock loop resumed after the leader was killed");
-    let new_leader = stream_leader(&url, "KV_JETLOCK_LOCKS").await;
+    let new_leader = stream_leader(&cluster, "KV_JETLOCK_LOCKS").await;
     assert_ne!(new_leader, leader, "a new leader took over");
 
     // The killed member comes back and the loop keeps going.

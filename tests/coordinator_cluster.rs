@@ -14,14 +14,19 @@
 //! in-process clients. The wire checks read every answer and event the
 //! coordinators publish (a monitor subscribed to `jetlock.to.>` and
 //! `jetlock.ev.>`).
+//!
+//! Everything logs in as the user of its role (`nats/cluster.conf`):
+//! coordinators as `coordinator`, the Rust clients as the trusted `worker`,
+//! the raw JSON client as the protocol-only `restricted`, the monitor as
+//! `operator`.
 
 mod common;
 
-use common::{cluster, ExclusionChecker, Output, PATIENCE};
+use common::{cluster, nats_as, setup_bucket, worker_options, ExclusionChecker, Output, PATIENCE};
 use jetlock::coordinator::Ring;
 use jetlock::protocol::{self, Answer};
-use jetlock::server::NatsCluster;
-use jetlock::{Client, ClientOptions, Fence, FencingToken, LockName};
+use jetlock::server::{NatsCluster, Role};
+use jetlock::{Client, Fence, FencingToken, LockName};
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,23 +148,6 @@ impl Drop for Coordinator {
 
 // ---- helpers ---------------------------------------------------------------
 
-/// Creates the locks bucket with 3 replicas (what `jetlock setup` does).
-/// A cluster that just elected its meta leader may still answer "JetStream
-/// system temporarily unavailable" for a moment: retried, up to a bound.
-async fn setup_bucket(url: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match ClientOptions::new().create_bucket(3).connect(url).await {
-            Ok(client) => return drop(client),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("bucket not created yet ({e}); retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("bucket on the cluster: {e}"),
-        }
-    }
-}
-
 /// Runs the tests of this file one at a time: each starts a 3-node cluster
 /// and coordinators, too much for a 2-core machine twice over.
 async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
@@ -194,18 +182,16 @@ fn split_names(a: &str, b: &str, n: usize) -> (Vec<String>, Vec<String>) {
 /// heartbeat of a session owned by each one is answered with
 /// `coordinators == ids.len()`. (A coordinator that just became ready has
 /// not heard the others yet and, until it does, acts on every key.)
-async fn wait_for_ring(url: &str, ids: &[&str]) {
-    let nats = async_nats::connect(jetlock::client::server_list(url))
-        .await
-        .expect("connect");
+async fn wait_for_ring(cluster: &NatsCluster, ids: &[&str]) {
+    let nats = nats_as(&cluster.url_as(Role::Worker), Role::Worker).await;
     let mut ring = Ring::new(ids[0].to_owned(), Duration::from_secs(60));
     for id in &ids[1..] {
         ring.beat(id, None, Instant::now());
     }
     for id in ids {
-        // A session id this coordinator owns.
+        // A session id this coordinator owns (under the worker's prefix).
         let session = (0..)
-            .map(|i| format!("ring-probe-{i}"))
+            .map(|i| format!("worker.ring-probe-{i}"))
             .find(|s| ring.owner(s) == *id)
             .expect("some session hashes to every coordinator");
         timeout(PATIENCE, async {
@@ -245,9 +231,7 @@ impl WireLog {
     /// cluster routes asynchronously, so a fresh subscription can miss
     /// what another member publishes right after it).
     async fn start(cluster: &NatsCluster) -> WireLog {
-        let nats = async_nats::connect(jetlock::client::server_list(&cluster.url()))
-            .await
-            .expect("connect the wire monitor");
+        let nats = nats_as(&cluster.url_as(Role::Operator), Role::Operator).await;
         let mut answers = nats.subscribe("jetlock.to.>").await.expect("subscribe");
         let mut events = nats.subscribe("jetlock.ev.>").await.expect("subscribe");
         nats.flush().await.expect("flush");
@@ -270,10 +254,13 @@ impl WireLog {
                 w.arrived.notify_waiters();
             }
         });
-        for (i, server) in cluster.servers().iter().enumerate() {
-            let probe = async_nats::connect(server.url())
-                .await
-                .expect("connect a probe");
+        for i in 0..cluster.servers().len() {
+            // Only coordinators may publish answers and events.
+            let probe = nats_as(
+                &cluster.member_url_as(i, Role::Coordinator),
+                Role::Coordinator,
+            )
+            .await;
             for subject in [
                 format!("jetlock.to.probe-{i}"),
                 format!("jetlock.ev.probe-{i}"),
@@ -426,11 +413,9 @@ async fn raw_client(
     killed: watch::Receiver<bool>,
 ) -> RawReport {
     use futures::StreamExt;
-    let nats = async_nats::connect(jetlock::client::server_list(&url))
-        .await
-        .expect("raw client connects");
+    let nats = nats_as(&url, Role::Restricted).await;
     let js = async_nats::jetstream::new(nats.clone());
-    let session = format!("raw-{}", nuid::next());
+    let session = format!("restricted.raw-{}", nuid::next());
     let mut answers = nats
         .subscribe(protocol::answer_subject(&session))
         .await
@@ -614,13 +599,14 @@ struct TaskReport {
 async fn killing_one_of_two_coordinators_answers_every_request_once_without_overlap() {
     let _serial = one_at_a_time().await;
     let cluster = cluster().await;
-    let url = cluster.url();
-    setup_bucket(&url).await;
+    let serve_url = cluster.url_as(Role::Coordinator);
+    let url = cluster.url_as(Role::Worker);
+    setup_bucket(&cluster).await;
     let wire = WireLog::start(&cluster).await;
 
-    let mut c1 = Coordinator::start(&url, "c1").await;
-    let c2 = Coordinator::start(&url, "c2").await;
-    wait_for_ring(&url, &["c1", "c2"]).await;
+    let mut c1 = Coordinator::start(&serve_url, "c1").await;
+    let c2 = Coordinator::start(&serve_url, "c2").await;
+    wait_for_ring(&cluster, &["c1", "c2"]).await;
 
     // Two names per coordinator, so the kill moves half of them.
     let (of_c1, of_c2) = split_names("c1", "c2", 2);
@@ -646,18 +632,19 @@ async fn killing_one_of_two_coordinators_answers_every_request_once_without_over
     // coordinators (its first heartbeat is answered).
     let mut clients = Vec::new();
     for t in 0..TASKS {
-        let client = ClientOptions::new()
+        let client = worker_options()
             .name(format!("task-{t}"))
             .connect(&url)
             .await
             .expect("client");
+        assert!(client.fast_path(), "a trusted worker writes the bucket");
         clients.push(client);
     }
 
     // The raw JSON client, on a name c1 owns (the one that is killed).
     let stop_raw = tokio_util::sync::CancellationToken::new();
     let raw = tokio::spawn(raw_client(
-        url.clone(),
+        cluster.url_as(Role::Restricted),
         names[0].clone(),
         checkers[0].clone(),
         fence.clone(),
@@ -923,7 +910,9 @@ async fn killing_one_of_two_coordinators_answers_every_request_once_without_over
         let raw_ids: BTreeSet<&str> = raw.sent.iter().map(|(id, _, _)| id.as_str()).collect();
         finals
             .iter()
-            .filter(|((s, re), _)| s.starts_with("raw-") && raw_ids.contains(re.as_str()))
+            .filter(|((s, re), _)| {
+                s.starts_with("restricted.raw-") && raw_ids.contains(re.as_str())
+            })
             .map(|((_, re), o)| (re.clone(), o.clone()))
             .collect()
     };
@@ -1076,17 +1065,18 @@ async fn a_restarted_coordinator_keeps_holds_and_grants_the_waiter_queued_before
     const NAME: &str = "account:restart";
     let _serial = one_at_a_time().await;
     let cluster = cluster().await;
-    let url = cluster.url();
-    setup_bucket(&url).await;
+    let serve_url = cluster.url_as(Role::Coordinator);
+    let url = cluster.url_as(Role::Worker);
+    setup_bucket(&cluster).await;
     let wire = WireLog::start(&cluster).await;
-    let mut coordinator = Coordinator::start(&url, "r1").await;
+    let mut coordinator = Coordinator::start(&serve_url, "r1").await;
 
-    let holder = ClientOptions::new()
+    let holder = worker_options()
         .name("holder")
         .connect(&url)
         .await
         .expect("client");
-    let waiter = ClientOptions::new()
+    let waiter = worker_options()
         .name("waiter")
         .connect(&url)
         .await
@@ -1131,7 +1121,7 @@ async fn a_restarted_coordinator_keeps_holds_and_grants_the_waiter_queued_before
     let killed_at = Instant::now();
     assert_still_held(&holder, NAME, first_token, "after the kill").await;
 
-    let restarted = Coordinator::start(&url, "r1").await;
+    let restarted = Coordinator::start(&serve_url, "r1").await;
     let restart_took = killed_at.elapsed();
     assert_still_held(&holder, NAME, first_token, "after the restart").await;
     assert!(!first.is_lost(), "the holder's guard saw no loss");

@@ -24,15 +24,25 @@ pub struct HoldArgs {
     /// holder).
     #[arg(long, default_value_t = 900)]
     session_timeout_ms: u64,
+    /// Session ids start with this (`<prefix>.<random>`): the prefix the
+    /// NATS user's permissions allow (see docs/OPERATIONS.md).
+    #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
+    session_prefix: Option<String>,
 }
 
 pub async fn run(args: HoldArgs) -> Result<(), CliError> {
-    let client = ClientOptions::new()
+    let mut options = ClientOptions::new()
         .name("jetlock-hold")
         .bucket(&args.connection.bucket)
-        .session_timeout(Duration::from_millis(args.session_timeout_ms))
-        .connect(&args.connection.url)
-        .await?;
+        .session_timeout(Duration::from_millis(args.session_timeout_ms));
+    if let Some(prefix) = &args.session_prefix {
+        options = options.session_prefix(prefix);
+    }
+    if let Some(login) = args.connection.login.login()? {
+        let password = login.password().to_owned();
+        options = options.user_and_password(login.user(), password);
+    }
+    let client = options.connect(&args.connection.url).await?;
     let request = client
         .lock(&args.name)
         .ttl(Duration::from_millis(args.ttl_ms));

@@ -49,7 +49,8 @@ impl Exit {
 /// Where to reach NATS, shared by every subcommand that connects.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated; `nats://user:password@host:4222`
+    /// carries credentials.
     #[arg(
         long,
         global = true,
@@ -60,15 +61,42 @@ pub struct Connection {
     /// The locks bucket.
     #[arg(long, global = true, env = "JETLOCK_BUCKET", default_value = jetlock_bucket())]
     pub bucket: String,
+    #[command(flatten)]
+    pub login: LoginArgs,
 }
 
 impl Connection {
     /// A plain NATS connection to the configured servers.
     pub async fn nats(&self) -> Result<async_nats::Client, CliError> {
-        let servers = crate::client::server_list(&self.url);
-        async_nats::connect(servers)
-            .await
-            .map_err(|e| format!("could not connect to NATS at {}: {e}", self.url).into())
+        let options = async_nats::ConnectOptions::new().name("jetlock");
+        Ok(crate::connect::nats(&self.url, self.login.login()?, options).await?)
+    }
+}
+
+/// Who to connect as, when the URL does not say.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginArgs {
+    /// NATS user; the password is read from JETLOCK_PASSWORD (never a flag:
+    /// other users of the machine can read command lines).
+    #[arg(long, global = true, env = "JETLOCK_USER")]
+    pub user: Option<String>,
+}
+
+impl LoginArgs {
+    /// The user with its password from `JETLOCK_PASSWORD`.
+    pub fn login(&self) -> Result<Option<crate::connect::Login>, CliError> {
+        let password = std::env::var("JETLOCK_PASSWORD").ok();
+        match (&self.user, password) {
+            (Some(user), Some(password)) => Ok(Some(crate::connect::Login::new(user, password))),
+            (Some(user), None) => Err(format!(
+                "--user {user} (JETLOCK_USER) needs its password in JETLOCK_PASSWORD"
+            )
+            .into()),
+            (None, Some(_)) => {
+                Err("JETLOCK_PASSWORD is set but no user is: set JETLOCK_USER or --user".into())
+            }
+            (None, None) => Ok(None),
+        }
     }
 }
 

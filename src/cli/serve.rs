@@ -33,6 +33,8 @@ pub struct ServeArgs {
     /// (default 127.0.0.1:9464).
     #[arg(long, env = "JETLOCK_METRICS_ADDR")]
     metrics_addr: Option<String>,
+    #[command(flatten)]
+    login: super::LoginArgs,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -59,13 +61,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         config.metrics_addr = v;
     }
     config.validate()?;
-    let nats = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connect(crate::client::server_list(&config.url))
-        .await
-        .map_err(|e| format!("could not connect to NATS at {}: {e}", config.url))?;
+        .max_reconnects(None);
+    let nats = crate::connect::nats_waiting(&config.url, args.login.login()?, options).await?;
     let coordinator = Coordinator::start(nats, config.coordinator()).await?;
     let metrics = coordinator
         .metrics_addr()
@@ -73,7 +72,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     println!(
         "jetlock serve: ready coordinator={} url={} bucket={} metrics={metrics}",
         coordinator.id(),
-        config.url,
+        crate::connect::redact(&config.url),
         config.bucket
     );
     shutdown_signal().await;

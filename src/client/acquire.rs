@@ -1,5 +1,8 @@
 //! Acquiring one lock: fast path, read, watch-and-retry.
 //!
+//! (A client without the fast path, see `fast_path.rs`, skips all three and
+//! asks the coordinators: `queue.rs`.)
+//!
 //! 1. **Fast path** — one CAS publish, expecting the key's last revision to
 //!    be the hint (the release marker this session last wrote for it, or 0
 //!    for a key with no message). A free lock costs one round trip.
@@ -176,7 +179,7 @@ pub(crate) async fn acquire(
         return Err(LockError::SessionExpired);
     }
     let started = Instant::now();
-    let attempt = Attempt {
+    let attempt = &Attempt {
         inner: inner.clone(),
         name: name.clone(),
         nonce: nuid::next().to_string(),
@@ -191,7 +194,27 @@ pub(crate) async fn acquire(
         ttl,
         auto_renew,
     };
+    if !inner.fast_path.on() {
+        return super::queue::acquire(attempt, wait, started).await;
+    }
+    match fast(inner, name, attempt, wait, started).await {
+        // NATS refused our write to the bucket: this user may not use the
+        // fast path (any more). Nothing was written.
+        Err(LockError::Nats { .. }) if !inner.fast_path.on() => {
+            super::queue::acquire(attempt, wait, started).await
+        }
+        result => result,
+    }
+}
 
+/// The fast path's three steps.
+async fn fast(
+    inner: &Arc<Inner>,
+    name: &LockName,
+    attempt: &Attempt,
+    wait: Wait,
+    started: Instant,
+) -> Result<LockGuard, LockError> {
     // 1. Fast path.
     let hint = inner.take_hint(name.key());
     if let Some(w) = attempt.cas(hint, wait).await? {
@@ -226,7 +249,7 @@ pub(crate) async fn acquire(
                 }
                 // With a coordinator, wait in its FIFO queue.
                 if inner.queued() {
-                    return super::queue::acquire(&attempt, wait, started).await;
+                    return super::queue::acquire(attempt, wait, started).await;
                 }
                 break revision + 1;
             }
@@ -236,7 +259,7 @@ pub(crate) async fn acquire(
     // for a vacancy: coordinator handoffs never leave the key vacant, so a
     // watcher would starve).
     if inner.queued() {
-        return super::queue::acquire(&attempt, wait, started).await;
+        return super::queue::acquire(attempt, wait, started).await;
     }
     // Otherwise wait for a release or expiry, one CAS per marker.
     debug!(from, "lock is held; waiting");
@@ -293,7 +316,7 @@ pub(crate) async fn acquire(
                     // A coordinator appeared (or its first heartbeat
                     // answer came late): join its queue.
                     if inner.queued() {
-                        return super::queue::acquire(&attempt, wait, started).await;
+                        return super::queue::acquire(attempt, wait, started).await;
                     }
                 }
                 Err(source) => {
@@ -356,7 +379,9 @@ impl Attempt {
                 Err(CasError::Transport(source)) => {
                     tries += 1;
                     debug!(lock = %self.name, error = %source, tries, "acquire CAS failed to send");
-                    if !wait.retry_after_transport_error(tries).await {
+                    // A refused write is not retried: see `fast_path.rs`.
+                    if !self.inner.fast_path.on() || !wait.retry_after_transport_error(tries).await
+                    {
                         // Leave `inflight` armed: its task settles the write.
                         return Err(LockError::Nats {
                             name: self.name.to_string(),

@@ -9,7 +9,12 @@
 //! the holder's own clock (measured from when the last successful renewal was
 //! *sent*, so it never outlives the server's), the hold is lost: `lost()`
 //! resolves at once, and further releases report [`LockError::Lost`].
+//!
+//! On the coordinator path (a client without the fast path) the same
+//! rewrites are `renew` requests instead of CAS writes, and reentrant holds
+//! are counted by the hold alone (see [`Hold::write_via_coordinator`]).
 
+use super::via_coordinator::Verdict;
 use super::Inner;
 use crate::error::{LockError, LostReason};
 use crate::fence::FencingToken;
@@ -165,6 +170,9 @@ impl Hold {
         holds: u32,
         rewrite: Rewrite,
     ) -> Result<(), LockError> {
+        if !self.inner.fast_path.on() {
+            return self.write_via_coordinator(state, rewrite).await;
+        }
         let record = LockRecord {
             holds,
             ..self.record.clone()
@@ -192,24 +200,13 @@ impl Hold {
                     return Err(self.lost_error(LostReason::Taken));
                 }
                 Ok(Err(CasError::Transport(source))) => {
+                    if !self.inner.fast_path.on() {
+                        // NATS refused the write: this user may not write
+                        // the bucket (any more).
+                        return self.write_via_coordinator(state, rewrite).await;
+                    }
                     tries += 1;
-                    if let Rewrite::Holds(op) = rewrite {
-                        if tries > 3 {
-                            return Err(LockError::Nats {
-                                name: self.name.to_string(),
-                                op,
-                                source,
-                            });
-                        }
-                    }
-                    warn!(lock = %self.name, error = %source, "lock write failed; retrying");
-                    if tokio::time::timeout_at(state.expires, tokio::time::sleep(RENEW_RETRY))
-                        .await
-                        .is_err()
-                    {
-                        self.mark_lost(state, LostReason::Expired);
-                        return Err(self.lost_error(LostReason::Expired));
-                    }
+                    self.after_failed_try(state, rewrite, tries, source).await?;
                 }
                 Err(_elapsed) => {
                     self.mark_lost(state, LostReason::Expired);
@@ -217,6 +214,72 @@ impl Hold {
                 }
             }
         }
+    }
+
+    /// [`Hold::write`] on the coordinator path: a `renew` request, which
+    /// proves the lock is still this session's under this token and
+    /// restarts the lease. The record keeps the hold count its grant (or
+    /// the last fast-path write) gave it; reentrant holds are counted here.
+    async fn write_via_coordinator(
+        &self,
+        state: &mut HoldState,
+        rewrite: Rewrite,
+    ) -> Result<(), LockError> {
+        let mut tries = 0;
+        loop {
+            // The coordinator writes after this: the server's lease ends
+            // no earlier than `sent + ttl`.
+            let sent = Instant::now();
+            let renew = self
+                .inner
+                .renew_via_coordinator(&self.name, self.token.get(), self.ttl);
+            let reason = match tokio::time::timeout_at(state.expires, renew).await {
+                Ok(Ok(Verdict::Done(()))) => {
+                    state.expires = sent + self.ttl;
+                    return Ok(());
+                }
+                Ok(Ok(Verdict::NotHolder)) => LostReason::Taken,
+                Ok(Ok(Verdict::SessionExpired)) => LostReason::SessionExpired,
+                Ok(Err(source)) => {
+                    tries += 1;
+                    self.after_failed_try(state, rewrite, tries, source).await?;
+                    continue;
+                }
+                Err(_elapsed) => LostReason::Expired,
+            };
+            self.mark_lost(state, reason);
+            return Err(self.lost_error(reason));
+        }
+    }
+
+    /// After failed try number `tries` of a rewrite: gives up (a rewrite a
+    /// caller waits for, after 3 tries) or pauses before the next try; the
+    /// hold is lost when its lease ends first.
+    async fn after_failed_try(
+        &self,
+        state: &mut HoldState,
+        rewrite: Rewrite,
+        tries: u32,
+        source: async_nats::Error,
+    ) -> Result<(), LockError> {
+        if let Rewrite::Holds(op) = rewrite {
+            if tries > 3 {
+                return Err(LockError::Nats {
+                    name: self.name.to_string(),
+                    op,
+                    source,
+                });
+            }
+        }
+        warn!(lock = %self.name, error = %source, "lock write failed; retrying");
+        if tokio::time::timeout_at(state.expires, tokio::time::sleep(RENEW_RETRY))
+            .await
+            .is_err()
+        {
+            self.mark_lost(state, LostReason::Expired);
+            return Err(self.lost_error(LostReason::Expired));
+        }
+        Ok(())
     }
 
     /// Gives up one hold: rewrites the count, or releases the lock when it
@@ -230,8 +293,11 @@ impl Hold {
         }
         if state.holds > 1 {
             let holds = state.holds - 1;
-            self.write(&mut state, holds, Rewrite::Holds("release"))
-                .await?;
+            // The coordinator path counts reentrant holds here alone.
+            if self.inner.fast_path.on() {
+                self.write(&mut state, holds, Rewrite::Holds("release"))
+                    .await?;
+            }
             state.holds = holds;
             return Ok(());
         }
@@ -240,21 +306,22 @@ impl Hold {
         self.finish();
         let token = self.token.get();
         let link = &self.inner.link;
-        if link.is_contended(self.name.key(), token) && link.coordinated() {
+        let fast = self.inner.fast_path.on();
+        if !fast || (link.is_contended(self.name.key(), token) && link.coordinated()) {
             // Someone waits: the coordinator hands the lock to the next
-            // waiter in the same write that ends our hold.
+            // waiter in the same write that ends our hold. (On the
+            // coordinator path it always releases.)
             link.forget_contended(self.name.key(), token);
-            match self.inner.release_via_coordinator(&self.name, token).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
-                    self.set_lost(LostReason::Taken);
-                    return Err(self.lost_error(LostReason::Taken));
-                }
+            match self.release_via_coordinator(token).await {
+                Ok(()) => return Ok(()),
+                Err(e @ LockError::Lost { .. }) => return Err(e),
                 // No answer: release directly (it conflicts harmlessly if
                 // the coordinator did it after all).
-                Err(e) => {
+                Err(e) if fast => {
                     debug!(lock = %self.name, error = %e, "release through the coordinator failed")
                 }
+                // The server expires the lease.
+                Err(e) => return Err(e),
             }
         }
         let write_id = format!("{}.x{}", self.nonce, state.revision);
@@ -292,6 +359,32 @@ impl Hold {
                     }
                 }
             }
+        }
+    }
+
+    /// Releases the lock through the coordinator, until the record counts
+    /// no hold: a record last written on the fast path may count more than
+    /// this hold's last one (the fast path was turned off while reentrant
+    /// holds were out).
+    async fn release_via_coordinator(&self, token: u64) -> Result<(), LockError> {
+        loop {
+            let verdict = self.inner.release_via_coordinator(&self.name, token).await;
+            let reason = match verdict {
+                Ok(Verdict::Done(0)) => return Ok(()),
+                // Each release takes one hold off the record.
+                Ok(Verdict::Done(_left)) => continue,
+                Ok(Verdict::NotHolder) => LostReason::Taken,
+                Ok(Verdict::SessionExpired) => LostReason::SessionExpired,
+                Err(source) => {
+                    return Err(LockError::Nats {
+                        name: self.name.to_string(),
+                        op: "release",
+                        source,
+                    })
+                }
+            };
+            self.set_lost(reason);
+            return Err(self.lost_error(reason));
         }
     }
 

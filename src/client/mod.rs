@@ -7,20 +7,30 @@
 //! - `guard.rs` — [`LockGuard`]: a held lease, the
 //!   loss signal, reentrant holds and release;
 //! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order;
-//! - `renewer.rs` — one lease renewer per client for all its holds.
+//! - `renewer.rs` — one lease renewer per client for all its holds;
+//! - `session.rs` — heartbeats, answers and notices from the coordinators;
+//! - `queue.rs` — waiting in a coordinator's FIFO queue;
+//! - `fast_path.rs` — whether the client may write the bucket itself, or
+//!   goes through the coordinators for everything;
+//! - `via_coordinator.rs` — renewals and releases as coordinator requests.
 
 mod acquire;
+mod fast_path;
 mod guard;
 mod multi;
 mod queue;
 mod renewer;
 mod session;
+mod via_coordinator;
 
+/// Re-exported from [`crate::connect`], where it lives with the URL handling.
+pub use crate::connect::server_list;
 pub use acquire::{unix_ms, LockRequest};
 pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
 
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
+use crate::connect::Login;
 use crate::error::{ConnectError, Holder, LockError};
 use crate::name::LockName;
 use crate::store::{Current, LockStore};
@@ -51,6 +61,9 @@ pub struct ClientOptions {
     create_bucket: Option<usize>,
     session_timeout: Duration,
     queue: bool,
+    session_prefix: Option<String>,
+    fast_path: bool,
+    login: Option<Login>,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +76,9 @@ impl Default for ClientOptions {
             create_bucket: None,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             queue: true,
+            session_prefix: None,
+            fast_path: true,
+            login: None,
         }
     }
 }
@@ -116,23 +132,97 @@ impl ClientOptions {
         self
     }
 
-    /// Connects to NATS at `url` (comma-separated for several servers).
-    pub async fn connect(self, url: &str) -> Result<Client, ConnectError> {
-        let nats = async_nats::ConnectOptions::new()
-            .name(&self.name)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connect(server_list(url))
-            .await
-            .map_err(|source| ConnectError::Nats {
-                url: url.to_owned(),
-                source,
-            })?;
-        self.with_nats(nats).await
+    /// Session ids become `<prefix>.<random>` instead of `<random>`, so a
+    /// NATS user can be allowed its own sessions' subjects only
+    /// (`jetlock.req.*.<prefix>.>`, `jetlock.to.<prefix>.>`, see
+    /// `nats/cluster.conf`). 1 to 3 dot-separated tokens of `A-Z a-z 0-9 _ -`
+    /// ([`ConnectError::InvalidSessionPrefix`] otherwise). When this client
+    /// makes its own connection ([`ClientOptions::connect`]), its inbox
+    /// (replies, acks, watch deliveries) is `_INBOX.<prefix>` too: give the
+    /// user `_INBOX.<prefix>.>` to subscribe, not `_INBOX.>`. With
+    /// [`ClientOptions::with_nats`], set that on your connection
+    /// (`async_nats::ConnectOptions::custom_inbox_prefix`).
+    pub fn session_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.session_prefix = Some(prefix.into());
+        self
     }
 
-    /// Uses an existing NATS connection.
+    /// Whether this client writes the locks bucket itself (default true):
+    /// a free lock is one CAS, a renewal or release another. With `false`
+    /// every acquire, renewal and release is a request to the coordinators
+    /// (a coordinator must run), for NATS users that may not write the
+    /// bucket; `queue` is then always on. A client that made its own
+    /// connection also turns the fast path off by itself, once, when NATS
+    /// refuses its writes to the bucket (see [`Client::fast_path`]).
+    pub fn fast_path(mut self, on: bool) -> Self {
+        self.fast_path = on;
+        self
+    }
+
+    /// The NATS user and password to connect as. Without it, credentials in
+    /// the URL are used (`nats://user:password@host:4222`, percent-encoded).
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.login = Some(Login::new(user, password));
+        self
+    }
+
+    /// Connects to NATS at `url` (comma-separated for several servers).
+    /// Servers not up yet are waited for; refused credentials fail at once
+    /// ([`ConnectError::NotAuthorized`]).
+    pub async fn connect(self, url: &str) -> Result<Client, ConnectError> {
+        let session = self.new_session()?;
+        let fast_path = Arc::new(fast_path::FastPath::new(self.fast_path, &self.bucket));
+        let watcher = fast_path.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&self.name)
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                watcher.observe(&event);
+                async {}
+            });
+        if let Some(prefix) = &self.session_prefix {
+            options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
+        }
+        let nats = crate::connect::nats_waiting(url, self.login.clone(), options).await?;
+        self.start(nats, session, fast_path, true).await
+    }
+
+    /// Uses an existing NATS connection. jetlock cannot see its server
+    /// errors, so a user that may not write the bucket needs
+    /// `.fast_path(false)` here.
     pub async fn with_nats(self, nats: async_nats::Client) -> Result<Client, ConnectError> {
+        let session = self.new_session()?;
+        let fast_path = Arc::new(fast_path::FastPath::new(self.fast_path, &self.bucket));
+        self.start(nats, session, fast_path, false).await
+    }
+
+    /// A new session id, under the prefix if there is one.
+    fn new_session(&self) -> Result<String, ConnectError> {
+        let id = nuid::next().to_string();
+        let Some(prefix) = &self.session_prefix else {
+            return Ok(id);
+        };
+        let session = format!("{prefix}.{id}");
+        crate::protocol::check_session(&session).map_err(|e| {
+            ConnectError::InvalidSessionPrefix {
+                prefix: prefix.clone(),
+                reason: e.message,
+            }
+        })?;
+        Ok(session)
+    }
+
+    async fn start(
+        self,
+        nats: async_nats::Client,
+        session: String,
+        fast_path: Arc<fast_path::FastPath>,
+        probe: bool,
+    ) -> Result<Client, ConnectError> {
         let js = async_nats::jetstream::new(nats.clone());
         let kv = match self.create_bucket {
             Some(replicas) => {
@@ -145,7 +235,9 @@ impl ClientOptions {
         let store = LockStore::new(js.clone(), kv)
             .await
             .map_err(ConnectError::Stream)?;
-        let session = nuid::next().to_string();
+        if probe {
+            fast_path.probe(&store).await;
+        }
         let (link, settled) = session::SessionLink::new(session.clone(), self.session_timeout);
         let inner = Arc::new(Inner {
             session,
@@ -158,6 +250,7 @@ impl ClientOptions {
             hints: DashMap::new(),
             renewer: renewer::Renewer::start(),
             link: link.clone(),
+            fast_path,
         });
         session::SessionLink::start(&link, Arc::downgrade(&inner), nats)
             .await
@@ -192,6 +285,8 @@ pub(crate) struct Inner {
     pub(crate) js: async_nats::jetstream::Context,
     /// Heartbeats, answers and notices from the coordinators.
     pub(crate) link: Arc<session::SessionLink>,
+    /// Whether this client writes the bucket itself.
+    pub(crate) fast_path: Arc<fast_path::FastPath>,
 }
 
 impl Drop for Inner {
@@ -211,40 +306,6 @@ impl Inner {
     /// Whether contended acquires should join a coordinator's queue.
     pub(crate) fn queued(&self) -> bool {
         self.options.queue && self.link.coordinated()
-    }
-
-    /// Releases `token` through the coordinator, which hands the lock to
-    /// the next waiter. `Ok(false)`: the lock was no longer ours.
-    pub(crate) async fn release_via_coordinator(
-        &self,
-        name: &LockName,
-        token: u64,
-    ) -> Result<bool, async_nats::Error> {
-        use crate::protocol::{Answer, ErrorCode, Op, ReleaseBody, VERSION};
-        let id = nuid::next().to_string();
-        let answer = self.link.expect(&id);
-        let body = serde_json::to_vec(&ReleaseBody {
-            v: VERSION,
-            id: id.clone(),
-            key: name.as_str().to_owned(),
-            token,
-        })?;
-        if let Err(e) = self.link.send(&self.js, Op::Release, &id, body).await {
-            self.link.abandon(&id);
-            return Err(e);
-        }
-        let answer = tokio::time::timeout(session::ANSWER_GRACE, answer).await;
-        self.link.abandon(&id);
-        match answer {
-            Ok(Ok(Answer::Released { .. })) => Ok(true),
-            Ok(Ok(Answer::Error {
-                code: ErrorCode::NotHolder | ErrorCode::StaleToken,
-                ..
-            })) => Ok(false),
-            Ok(Ok(other)) => Err(format!("unexpected answer to a release: {other:?}").into()),
-            Ok(Err(_)) => Err("the session link stopped".into()),
-            Err(_) => Err("no coordinator answered the release".into()),
-        }
     }
 
     pub(crate) fn take_hint(&self, key: &str) -> u64 {
@@ -306,6 +367,14 @@ impl Client {
         &self.inner.session
     }
 
+    /// Whether this client writes the locks bucket itself (the fast path),
+    /// or asks the coordinators for every acquire, renewal and release:
+    /// because of [`ClientOptions::fast_path`], or because NATS refused
+    /// its writes to the bucket.
+    pub fn fast_path(&self) -> bool {
+        self.inner.fast_path.on()
+    }
+
     /// The underlying NATS connection.
     pub fn nats(&self) -> &async_nats::Client {
         &self.inner.nats
@@ -315,16 +384,6 @@ impl Client {
     pub fn store(&self) -> &LockStore {
         &self.inner.store
     }
-}
-
-/// Splits a comma-separated server list (`nats://a:4222,nats://b:4222`),
-/// which async-nats itself takes only as a list.
-pub fn server_list(urls: &str) -> Vec<String> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {
@@ -343,4 +402,43 @@ pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {
     // The server counts whole seconds; use the rounded lease everywhere so
     // the local deadline never outlives the server's.
     Ok(Duration::from_secs(crate::store::whole_seconds(ttl)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_start_with_the_prefix_and_bad_prefixes_are_refused() {
+        let session = ClientOptions::new()
+            .session_prefix("billing.eu")
+            .new_session()
+            .unwrap();
+        let (prefix, id) = session.rsplit_once('.').unwrap();
+        assert_eq!(prefix, "billing.eu");
+        assert_eq!(id.len(), 22, "a nuid: {session}");
+        assert!(!ClientOptions::new().new_session().unwrap().contains('.'));
+        // A fourth token would leave no room for the nuid; spaces, dots at
+        // the ends and wildcards would widen or break subjects.
+        for bad in [
+            "a.b.c.d",
+            "a b",
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "a.*",
+            "a.>",
+            &"x".repeat(106),
+        ] {
+            match ClientOptions::new().session_prefix(bad).new_session() {
+                Err(ConnectError::InvalidSessionPrefix { prefix, .. }) => assert_eq!(prefix, bad),
+                other => panic!("prefix {bad:?} gave {other:?}"),
+            }
+        }
+        assert!(ClientOptions::new()
+            .session_prefix("x".repeat(105))
+            .new_session()
+            .is_ok());
+    }
 }

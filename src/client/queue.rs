@@ -8,10 +8,14 @@
 //! so the local lease is counted from the publish; when the wait was long
 //! compared with the lease, one renewal right away restarts it from a known
 //! time instead.
+//!
+//! A client without the fast path (see `fast_path.rs`) comes here for every
+//! acquire, free lock or not, and its try-locks too (`wait_ms` 0).
 
 use super::acquire::{timeout, Attempt, Wait};
 use super::guard::{Grant, Hold, LockGuard};
 use super::session::{SessionLink, ANSWER_GRACE};
+use super::via_coordinator::Verdict;
 use crate::error::{Holder, LockError};
 use crate::fence::FencingToken;
 use crate::protocol::{Answer, ErrorCode, Op};
@@ -140,7 +144,23 @@ async fn granted(attempt: &Attempt, token: u64, sent: Instant) -> Result<LockGua
     let mut lease_from = sent;
     // After a long wait, `sent + ttl` may be close or past although the
     // server's lease just began: restart it from a known time.
-    if sent.elapsed() > attempt.ttl / 3 {
+    if sent.elapsed() > attempt.ttl / 3 && !inner.fast_path.on() {
+        let renew_sent = Instant::now();
+        let verdict = inner
+            .renew_via_coordinator(&attempt.name, token, attempt.ttl)
+            .await;
+        match verdict {
+            Ok(Verdict::Done(())) => lease_from = renew_sent,
+            Ok(Verdict::NotHolder) => {
+                return Err(LockError::Lost {
+                    name: attempt.name.to_string(),
+                    reason: crate::error::LostReason::Taken,
+                })
+            }
+            Ok(Verdict::SessionExpired) => return Err(LockError::SessionExpired),
+            Err(source) => return Err(give_back(attempt, token, source).await),
+        }
+    } else if sent.elapsed() > attempt.ttl / 3 {
         let renew_sent = Instant::now();
         let write_id = format!("{}.g{token}", nuid::next());
         let write = WriteId {
@@ -162,16 +182,7 @@ async fn granted(attempt: &Attempt, token: u64, sent: Instant) -> Result<LockGua
                     reason: crate::error::LostReason::Taken,
                 })
             }
-            Err(CasError::Transport(source)) => {
-                // The lock may be ours for a lease we cannot time: give it
-                // back rather than hold it blind.
-                let _ = inner.release_via_coordinator(&attempt.name, token).await;
-                return Err(LockError::Nats {
-                    name: attempt.name.to_string(),
-                    op: "acquire",
-                    source,
-                });
-            }
+            Err(CasError::Transport(source)) => return Err(give_back(attempt, token, source).await),
         }
     }
     Ok(Hold::start(
@@ -186,6 +197,20 @@ async fn granted(attempt: &Attempt, token: u64, sent: Instant) -> Result<LockGua
         record,
         attempt.auto_renew,
     ))
+}
+
+/// The lock may be ours for a lease we cannot time: gives it back rather
+/// than hold it blind, and reports `source`.
+async fn give_back(attempt: &Attempt, token: u64, source: async_nats::Error) -> LockError {
+    let _ = attempt
+        .inner
+        .release_via_coordinator(&attempt.name, token)
+        .await;
+    LockError::Nats {
+        name: attempt.name.to_string(),
+        op: "acquire",
+        source,
+    }
 }
 
 /// A request whose answer is still awaited; dropped early, it withdraws

@@ -1,9 +1,14 @@
 //! Shared harness for the integration tests: real nats-server processes
 //! (from the configs in `nats/`, on free loopback ports, in temp dirs that
 //! are removed on drop, even when a test panics) and clients bound to them.
+//!
+//! The cluster (`nats/cluster.conf`) refuses anonymous connections: each
+//! connection logs in as one of its users ([`Role`]). `jetlock serve` and
+//! bucket setup as the coordinator, lock clients as the trusted worker
+//! (session prefix `worker`), monitors and probes as the operator.
 #![allow(dead_code)]
 
-use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer};
+use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer, Role};
 use jetlock::{Client, ClientOptions, FencingToken};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -42,21 +47,63 @@ pub async fn monitored_cluster() -> NatsCluster {
 }
 
 async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
-    let nats = async_nats::connect(jetlock::client::server_list(&cluster.url()))
-        .await
-        .expect("connect");
+    let nats = nats_as(&cluster.url_as(Role::Operator), Role::Operator).await;
     wait_for_jetstream(&nats, PATIENCE)
         .await
         .expect("JetStream meta leader");
     cluster
 }
 
+/// A plain NATS connection to `url` (credentials in it) as `role`: the two
+/// worker roles get the inbox prefix their permissions allow.
+pub async fn nats_as(url: &str, role: Role) -> async_nats::Client {
+    nats_with(url, role, async_nats::ConnectOptions::new()).await
+}
+
+/// [`nats_as`] with `options`.
+pub async fn nats_with(
+    url: &str,
+    role: Role,
+    mut options: async_nats::ConnectOptions,
+) -> async_nats::Client {
+    if matches!(role, Role::Worker | Role::Restricted) {
+        options = options.custom_inbox_prefix(format!("_INBOX.{}", role.user()));
+    }
+    jetlock::connect::nats(url, None, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect as {}: {e}", role.user()))
+}
+
+/// Client options of the trusted worker role: its session prefix.
+pub fn worker_options() -> ClientOptions {
+    ClientOptions::new().session_prefix(Role::Worker.user())
+}
+
+/// Creates the locks bucket with 3 replicas, as the coordinator (what
+/// `jetlock setup` does). A cluster that just elected its meta leader may
+/// still answer "JetStream system temporarily unavailable" for a moment:
+/// retried, up to a bound.
+pub async fn setup_bucket(cluster: &NatsCluster) {
+    let nats = nats_as(&cluster.url_as(Role::Coordinator), Role::Coordinator).await;
+    let js = async_nats::jetstream::new(nats);
+    let spec = jetlock::bucket::BucketSpec::new(jetlock::bucket::DEFAULT_BUCKET, 3);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match jetlock::bucket::ensure_bucket(&js, &spec).await {
+            Ok(_) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("bucket not created yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("bucket on the cluster: {e}"),
+        }
+    }
+}
+
 /// Waits until `stream` has a leader and returns its server name (match it
 /// to a member with `NatsCluster::index_of`).
-pub async fn stream_leader(url: &str, stream: &str) -> String {
-    let nats = async_nats::connect(jetlock::client::server_list(url))
-        .await
-        .expect("connect");
+pub async fn stream_leader(cluster: &NatsCluster, stream: &str) -> String {
+    let nats = nats_as(&cluster.url_as(Role::Operator), Role::Operator).await;
     let js = async_nats::jetstream::new(nats);
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -120,6 +167,8 @@ pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
         "JETLOCK_ID",
         "JETLOCK_SESSION_TIMEOUT_MS",
         "JETLOCK_METRICS_ADDR",
+        "JETLOCK_USER",
+        "JETLOCK_PASSWORD",
     ] {
         cmd.env_remove(var);
     }

@@ -1,0 +1,100 @@
+//! Renewals and releases as coordinator requests: how a held lock is kept
+//! and given back on the coordinator path (always, for a client without the
+//! fast path; for releases with waiters behind them, on the fast path too).
+//!
+//! Each request is stored by the request stream before it is acknowledged
+//! and answered on the session's subject; the coordinator that owns the
+//! lock checks the session and token and makes the CAS write. Each try uses
+//! a new request id: a re-send under the same id would be de-duplicated by
+//! the stream and, if the first answer was lost, never answered.
+
+use super::session::ANSWER_GRACE;
+use super::Inner;
+use crate::name::LockName;
+use crate::protocol::{Answer, ErrorCode, Op, ReleaseBody, RenewBody, VERSION};
+use std::time::Duration;
+
+/// A coordinator's verdict on a request about a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict<T> {
+    Done(T),
+    /// The lock is not held by this session under this token (any more).
+    NotHolder,
+    /// The coordinators declared this session dead.
+    SessionExpired,
+}
+
+impl Inner {
+    /// Sends one request and waits for its final answer.
+    async fn ask(&self, op: Op, id: &str, body: Vec<u8>) -> Result<Answer, async_nats::Error> {
+        let answer = self.link.expect(id);
+        if let Err(e) = self.link.send(&self.js, op, id, body).await {
+            self.link.abandon(id);
+            return Err(e);
+        }
+        let answer = tokio::time::timeout(ANSWER_GRACE, answer).await;
+        self.link.abandon(id);
+        match answer {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err("the session link stopped".into()),
+            Err(_) => Err(format!("no coordinator answered the {}", op.as_str()).into()),
+        }
+    }
+
+    /// Releases one hold of `token` through the coordinator, which hands
+    /// the lock to the next waiter. `Done(holds)`: released, `holds` left in
+    /// the record (0: the lock is free or handed on).
+    pub(crate) async fn release_via_coordinator(
+        &self,
+        name: &LockName,
+        token: u64,
+    ) -> Result<Verdict<u32>, async_nats::Error> {
+        let id = nuid::next().to_string();
+        let body = serde_json::to_vec(&ReleaseBody {
+            v: VERSION,
+            id: id.clone(),
+            key: name.as_str().to_owned(),
+            token,
+        })?;
+        match self.ask(Op::Release, &id, body).await? {
+            Answer::Released { holds, .. } => Ok(Verdict::Done(holds)),
+            other => refusal(other, "release"),
+        }
+    }
+
+    /// Renews the lease of `token` for `ttl` through the coordinator.
+    pub(crate) async fn renew_via_coordinator(
+        &self,
+        name: &LockName,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<Verdict<()>, async_nats::Error> {
+        let id = nuid::next().to_string();
+        let body = serde_json::to_vec(&RenewBody {
+            v: VERSION,
+            id: id.clone(),
+            key: name.as_str().to_owned(),
+            token,
+            ttl_ms: Some(ttl.as_millis() as u64),
+        })?;
+        match self.ask(Op::Renew, &id, body).await? {
+            Answer::Renewed { .. } => Ok(Verdict::Done(())),
+            other => refusal(other, "renew"),
+        }
+    }
+}
+
+/// An answer that is not the success of `op`.
+fn refusal<T>(answer: Answer, op: &str) -> Result<Verdict<T>, async_nats::Error> {
+    match answer {
+        Answer::Error {
+            code: ErrorCode::NotHolder | ErrorCode::StaleToken,
+            ..
+        } => Ok(Verdict::NotHolder),
+        Answer::Error {
+            code: ErrorCode::SessionExpired,
+            ..
+        } => Ok(Verdict::SessionExpired),
+        other => Err(format!("unexpected answer to a {op}: {other:?}").into()),
+    }
+}
