@@ -441,6 +441,7 @@ impl Runtime {
                             let age = Duration::from_nanos(age_ns.clamp(0, u64::MAX as i128) as u64);
                             let _span = debug_span!("request", seq = info.stream_sequence,
                                 subject = msg.subject.as_str()).entered();
+                            let dropped = self.engine.stats.dropped;
                             self.engine.request(
                                 info.stream_sequence,
                                 msg.subject.as_str(),
@@ -448,6 +449,9 @@ impl Runtime {
                                 age,
                                 Instant::now(),
                             );
+                            if self.engine.stats.dropped > dropped {
+                                self.metrics.dropped();
+                            }
                         }
                     }
                     Err(e) => warn!(error = %e, "request stream interrupted; it resumes"),
