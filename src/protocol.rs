@@ -810,6 +810,9 @@ impl DisconnectAdvisory {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
