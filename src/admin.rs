@@ -27,6 +27,25 @@ pub struct LocksQuery {
     pub prefix: Option<String>,
 }
 
+impl LocksQuery {
+    /// Reads a `jetlock.admin.locks` body (empty, or a [`LocksQuery`]) into
+    /// the bucket-key prefix to list (`None`: every lock). The error is the
+    /// text of the service error the caller gets.
+    pub fn parse(body: &[u8]) -> Result<Option<String>, String> {
+        let query: LocksQuery = if body.is_empty() {
+            LocksQuery::default()
+        } else {
+            serde_json::from_slice(body).map_err(|e| e.to_string())?
+        };
+        match query.prefix.as_deref() {
+            Some(p) => crate::name::LockName::new(p.trim_end_matches(':'))
+                .map(|n| Some(n.key().to_owned()))
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocksView {
     /// The coordinator that answered.

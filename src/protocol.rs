@@ -262,10 +262,18 @@ pub struct AcquireBody {
     pub id: String,
     pub key: String,
     /// Reentrancy identity inside the session (default: the session id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub owner: Option<String>,
     /// The lease (default 10 s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_ms: Option<u64>,
     /// How long to wait in the queue; 0 (the default) is a try-lock.
     #[serde(default)]
@@ -294,7 +302,11 @@ pub struct RenewBody {
     pub id: String,
     pub key: String,
     pub token: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl_ms: Option<u64>,
 }
 
@@ -319,8 +331,24 @@ pub struct RevokeBody {
     pub key: String,
     #[serde(default)]
     pub grace_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reason: Option<String>,
+}
+
+/// Reads an optional request field that is present: its value must have
+/// the field's type, so `"ttl_ms":null` is `bad_request` like `"ttl_ms":"10"`
+/// (serde would read `null` as absent and apply the default). Absent fields
+/// never get here (`#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// A checked request.
@@ -782,6 +810,9 @@ impl DisconnectAdvisory {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -893,6 +924,33 @@ mod tests {
             (
                 Op::Cancel,
                 r#"{"v":1,"id":"r","key":"k"}"#,
+                ErrorCode::BadRequest,
+            ),
+            // `null` is a wrong type, for optional fields too: it neither
+            // picks the default nor passes as absent.
+            (
+                Op::Acquire,
+                r#"{"v":1,"id":"r","key":"k","ttl_ms":null}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                Op::Acquire,
+                r#"{"v":1,"id":"r","key":"k","owner":null}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                Op::Acquire,
+                r#"{"v":1,"id":"r","key":"k","wait_ms":null}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                Op::Renew,
+                r#"{"v":1,"id":"r","key":"k","token":1,"ttl_ms":null}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                Op::Revoke,
+                r#"{"v":1,"id":"r","key":"k","reason":null}"#,
                 ErrorCode::BadRequest,
             ),
         ];

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::json::JsonSession;
 use common::{coordinator, named_client as client, single, PATIENCE};
 use futures::StreamExt;
 use jetlock::protocol::{self, Answer, ErrorCode};
@@ -14,98 +15,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A client that speaks the JSON protocol with a plain NATS connection,
-/// as a service in another language would.
-struct JsonSession {
-    session: String,
-    js: async_nats::jetstream::Context,
-    answers: async_nats::Subscriber,
-    _beat: tokio::task::JoinHandle<()>,
-}
-
-impl JsonSession {
-    async fn new(url: &str) -> JsonSession {
-        let session = format!("json.{}", nuid::next());
-        let nats = async_nats::connect(url).await.expect("connect");
-        let answers = nats
-            .subscribe(protocol::answer_subject(&session))
-            .await
-            .unwrap();
-        nats.flush().await.unwrap();
-        let (n, s) = (nats.clone(), session.clone());
-        let beat = tokio::spawn(async move {
-            loop {
-                let _ = n
-                    .publish(
-                        protocol::heartbeat_subject(&s),
-                        r#"{"timeout_ms":5000}"#.into(),
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        let js = async_nats::jetstream::new(nats.clone());
-        JsonSession {
-            session,
-            js,
-            answers,
-            _beat: beat,
-        }
-    }
-
-    /// Publishes raw bytes as `op`; the stream's verdict.
-    async fn publish(
-        &self,
-        op: &str,
-        msg_id: &str,
-        body: impl Into<bytes::Bytes>,
-    ) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::Error> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        Ok(self
-            .js
-            .publish_with_headers(
-                format!("jetlock.req.{op}.{}", self.session),
-                headers,
-                body.into(),
-            )
-            .await?
-            .await?)
-    }
-
-    async fn send(&self, op: &str, body: serde_json::Value) {
-        let id = body["id"].as_str().unwrap_or("x").to_owned();
-        self.publish(op, &format!("{}:{id}", self.session), body.to_string())
-            .await
-            .expect("stored");
-    }
-
-    /// The next answer that is not `queued` or a notice.
-    async fn next_final(&mut self) -> Answer {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                let msg = self.answers.next().await.expect("subscription open");
-                let a: Answer = serde_json::from_slice(&msg.payload).expect("answers parse");
-                if a.re().is_some() && a.is_final() {
-                    return a;
-                }
-                if let Answer::Error { re: None, .. } = a {
-                    return a;
-                }
-            }
-        })
-        .await
-        .expect("an answer arrives")
-    }
-
-    /// No answer at all within `wait`.
-    async fn silent_for(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.answers.next())
-            .await
-            .is_err()
-    }
-}
 
 /// Starts `client`'s acquire of `name` and returns once the coordinator
 /// has queued it (its `queued` answer, which the Rust client ignores, is

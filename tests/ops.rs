@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{coordinator, named_client as client, single, PATIENCE};
+use common::{coordinator, named_client as client, scrape, single, PATIENCE};
 use futures::StreamExt;
 use jetlock::events::{Event, EventKind};
 use jetlock::protocol::{self, Answer, ErrorCode};
@@ -297,19 +297,6 @@ impl JsonClient {
             .unwrap();
         serde_json::from_slice(&answer.payload).unwrap()
     }
-}
-
-/// `GET /metrics` over a plain TCP connection.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,8 @@ pub struct Stats {
     pub grants: u64,
     pub handoffs: u64,
     pub errors: u64,
-    /// Requests nobody could be answered for (unreadable subject).
+    /// Requests nobody could be answered for (unreadable subject), counted
+    /// by the coordinator that deletes them (the subject's owner).
     pub dropped: u64,
     pub conflicts: u64,
     pub session_deaths: u64,
@@ -627,9 +628,10 @@ impl Engine {
         let (op, session) = match protocol::parse_request_subject(subject) {
             Ok((op, session)) => (op, session.to_owned()),
             Err(_) => {
-                // Nobody to answer: count it and drop it.
-                self.stats.dropped += 1;
+                // Nobody to answer: drop it and count it, once among the
+                // coordinators.
                 if self.owns(subject) {
+                    self.stats.dropped += 1;
                     self.out.push(Action::Delete { seq });
                 }
                 return;

@@ -48,6 +48,7 @@ pub struct Metrics {
     revocations: Counter,
     renew_failures: Family<Cause, Counter>,
     errors: Family<Code, Counter>,
+    dropped: Counter,
     failovers: Counter,
     wait: Histogram,
     hold: Histogram,
@@ -79,6 +80,7 @@ impl Metrics {
             revocations: Counter::default(),
             renew_failures: Family::default(),
             errors: Family::default(),
+            dropped: Counter::default(),
             failovers: Counter::default(),
             wait: Histogram::new(seconds_buckets()),
             hold: Histogram::new(seconds_buckets()),
@@ -115,6 +117,11 @@ impl Metrics {
             "request_errors",
             "Requests answered with an error, by code",
             m.errors.clone(),
+        );
+        r.register(
+            "requests_dropped",
+            "Requests dropped unanswered: unknown op or malformed session id in the subject",
+            m.dropped.clone(),
         );
         r.register(
             "failovers",
@@ -199,6 +206,12 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a request dropped unanswered (its subject names nobody who
+    /// may be answered).
+    pub fn dropped(&self) {
+        self.dropped.inc();
     }
 
     /// Sets the gauges from the engine's state.

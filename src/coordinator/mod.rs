@@ -442,6 +442,7 @@ impl Runtime {
                             let _span = debug_span!("request", seq = info.stream_sequence,
                                 subject = msg.subject.as_str(),
                                 lock = tracing::field::Empty).entered();
+                            let dropped = self.engine.stats.dropped;
                             self.engine.request(
                                 info.stream_sequence,
                                 msg.subject.as_str(),
@@ -449,6 +450,9 @@ impl Runtime {
                                 age,
                                 Instant::now(),
                             );
+                            if self.engine.stats.dropped > dropped {
+                                self.metrics.dropped();
+                            }
                         }
                     }
                     Err(e) => warn!(error = %e, "request stream interrupted; it resumes"),
@@ -704,23 +708,10 @@ impl Runtime {
     }
 
     async fn admin_locks(&mut self, req: service::Request) {
-        let query: Result<LocksQuery, _> = if req.message.payload.is_empty() {
-            Ok(LocksQuery::default())
-        } else {
-            serde_json::from_slice(&req.message.payload)
-        };
-        let reply = query
-            .map_err(|e| e.to_string())
-            .and_then(|q| match q.prefix.as_deref() {
-                Some(p) => crate::name::LockName::new(p.trim_end_matches(':'))
-                    .map(|n| Some(n.key().to_owned()))
-                    .map_err(|e| e.to_string()),
-                None => Ok(None),
-            })
-            .map(|prefix| LocksView {
-                coordinator: self.config.id.clone(),
-                locks: self.engine.locks_view(prefix.as_deref(), Instant::now()),
-            });
+        let reply = LocksQuery::parse(&req.message.payload).map(|prefix| LocksView {
+            coordinator: self.config.id.clone(),
+            locks: self.engine.locks_view(prefix.as_deref(), Instant::now()),
+        });
         respond(req, reply).await;
     }
 

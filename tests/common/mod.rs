@@ -8,6 +8,8 @@
 //! (session prefix `worker`), monitors and probes as the operator.
 #![allow(dead_code)]
 
+pub mod json;
+
 use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer, Role};
 use jetlock::{Client, ClientOptions, FencingToken};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,6 +152,19 @@ pub async fn named_client(url: &str, name: &str) -> Client {
         .connect(url)
         .await
         .expect("connect jetlock client")
+}
+
+/// `GET /metrics` of a coordinator over a plain TCP connection.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
 }
 
 /// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*`

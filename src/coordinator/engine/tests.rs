@@ -498,7 +498,33 @@ fn bad_requests_are_answered_and_change_nothing() {
         vec![ErrorCode::BadRequest, ErrorCode::UnsupportedVersion]
     );
     assert_eq!(sim.engine.stats.dropped, 1);
+    assert_eq!(sim.deleted, vec![1, 2, 3], "all three leave the stream");
     assert_eq!(sim.bucket.seq, 0);
+}
+
+#[test]
+fn a_dropped_request_is_counted_by_the_coordinator_that_deletes_it() {
+    // A coordinator that does not act yet (still catching up) neither
+    // deletes nor counts: the one that deletes it counts it, so the metric
+    // summed over coordinators counts each drop once.
+    let mut waiting = Engine::new("me".into(), EngineConfig::default());
+    let now = Instant::now();
+    for subject in ["jetlock.req.steal.s", "jetlock.req.acquire.*"] {
+        waiting.request(1, subject, b"{}", Duration::ZERO, now);
+    }
+    assert_eq!(waiting.stats.dropped, 0);
+    assert!(waiting.take_actions().is_empty());
+
+    let mut sim = Sim::new();
+    for subject in ["jetlock.req.steal.s", "jetlock.req.acquire.*"] {
+        sim.seq += 1;
+        sim.engine
+            .request(sim.seq, subject, b"{}", Duration::ZERO, sim.now);
+    }
+    sim.settle();
+    assert_eq!(sim.engine.stats.dropped, 2);
+    assert_eq!(sim.deleted, vec![1, 2]);
+    assert!(sim.answers.is_empty(), "nobody is answered");
 }
 
 proptest! {
