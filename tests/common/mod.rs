@@ -54,7 +54,7 @@ async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
     cluster
 }
 
-/// A plain NATS connection to `url` (credentials in it) as `role`: the two
+/// A plain NATS connection to `url` (credentials in it) as `role`: the
 /// worker roles get the inbox prefix their permissions allow.
 pub async fn nats_as(url: &str, role: Role) -> async_nats::Client {
     nats_with(url, role, async_nats::ConnectOptions::new()).await
@@ -66,8 +66,8 @@ pub async fn nats_with(
     role: Role,
     mut options: async_nats::ConnectOptions,
 ) -> async_nats::Client {
-    if matches!(role, Role::Worker | Role::Restricted) {
-        options = options.custom_inbox_prefix(format!("_INBOX.{}", role.user()));
+    if let Some(prefix) = role.session_prefix() {
+        options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
     }
     jetlock::connect::nats(url, None, options)
         .await
