@@ -357,24 +357,38 @@ pub enum Role {
     Worker,
     /// A protocol-only worker: everything through the coordinators.
     Restricted,
+    /// `jetlock demo --url`: a trusted worker on the demo's own locks, its
+    /// work queue and its ledger.
+    Demo,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::Coordinator,
         Role::Operator,
         Role::Worker,
         Role::Restricted,
+        Role::Demo,
     ];
 
-    /// The NATS user; for the two worker roles also the session prefix
-    /// their permissions allow.
+    /// The NATS user.
     pub fn user(self) -> &'static str {
         match self {
             Role::Coordinator => "coordinator",
             Role::Operator => "operator",
             Role::Worker => "worker",
             Role::Restricted => "restricted",
+            Role::Demo => "demo",
+        }
+    }
+
+    /// The session prefix (and inbox prefix `_INBOX.<prefix>`) the
+    /// permissions of a worker role allow; `None` for the roles that may
+    /// read `_INBOX.>`.
+    pub fn session_prefix(self) -> Option<&'static str> {
+        match self {
+            Role::Worker | Role::Restricted | Role::Demo => Some(self.user()),
+            Role::Coordinator | Role::Operator => None,
         }
     }
 
@@ -385,6 +399,7 @@ impl Role {
             Role::Operator => "JETLOCK_OPERATOR_PASSWORD",
             Role::Worker => "JETLOCK_WORKER_PASSWORD",
             Role::Restricted => "JETLOCK_RESTRICTED_PASSWORD",
+            Role::Demo => "JETLOCK_DEMO_PASSWORD",
         }
     }
 }

@@ -245,22 +245,15 @@ const TTL: Duration = Duration::from_secs(2);
 const HOLD: Duration = Duration::from_millis(5_000);
 
 /// The bucket subjects the servers refused the connection named `client`,
-/// from their logs (`... - "v0.51.0:rust:<name>" - "JETLOCK/user:…" -
-/// Publish Violation - Subject "$KV.…"`).
+/// from their logs ([`common::violations`]).
 fn refused_bucket_writes(cluster: &NatsCluster, client: &str) -> Vec<String> {
     let named = format!(":rust:{client}\" ");
-    cluster
-        .servers()
+    common::violations(cluster)
         .iter()
-        .flat_map(|s| {
-            s.log()
-                .lines()
-                .filter(|l| l.contains(&named) && l.contains("Publish Violation"))
-                .filter_map(|l| l.split("Subject \"").nth(1))
-                .map(|subject| subject.trim_end_matches('"').to_owned())
-                .filter(|subject| subject.starts_with("$KV.JETLOCK_LOCKS."))
-                .collect::<Vec<_>>()
-        })
+        .filter(|l| l.contains(&named) && l.contains("Publish Violation"))
+        .filter_map(|l| l.split("Subject \"").nth(1))
+        .map(|subject| subject.trim_end_matches('"').to_owned())
+        .filter(|subject| subject.starts_with("$KV.JETLOCK_LOCKS."))
         .collect()
 }
 

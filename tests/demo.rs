@@ -3,97 +3,16 @@
 
 mod common;
 
-use common::Output;
-use serde_json::Value;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A demo that has not finished by then has hung (it fails by itself after
-/// 30 s without progress).
-const LIMIT: Duration = Duration::from_secs(180);
-
-struct Run {
-    code: Option<i32>,
-    summary: Value,
-    stderr: String,
-}
+use common::demo::{assert_no_process_of, count, invariant, DemoRun, INVARIANTS};
 
 /// Runs `jetlock demo --workers 4 --accounts 50 --transfers <transfers>
-/// --chaos <extra> --json` to its end.
-fn chaos_demo(transfers: u64, extra: &[&str]) -> Run {
+/// --chaos <extra> --json` on the embedded default to its end.
+fn chaos_demo(transfers: u64, extra: &[&str]) -> DemoRun {
     let transfers = transfers.to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jetlock"))
-        .args(["demo", "--workers", "4", "--accounts", "50"])
-        .args(["--transfers", &transfers, "--chaos"])
-        .args(extra)
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn jetlock demo");
-    let stdout = Output::collect(child.stdout.take().expect("stdout"), |_| {});
-    let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for jetlock demo") {
-            break status;
-        }
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("jetlock demo hung; stderr:\n{}", stderr.tail(30));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // The collectors finish at EOF, right after the exit.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let summary = loop {
-        if let Ok(v) = serde_json::from_str::<Value>(&stdout.text()) {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no JSON summary on stdout:\n{}\nstderr:\n{}",
-            stdout.text(),
-            stderr.tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        code: status.code(),
-        summary,
-        stderr: stderr.text(),
-    }
-}
-
-fn count(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("summary has no count {field}: {v:#}"))
-}
-
-fn invariant(v: &Value, name: &str) -> bool {
-    v["invariants"]
-        .as_array()
-        .expect("invariants list")
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no invariant {name:?} in {v:#}"))["held"]
-        .as_bool()
-        .expect("held is a bool")
-}
-
-/// No process of the run is left: workers carry the run id on their
-/// command line.
-fn assert_no_process_of(run: &str) {
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let path = entry.expect("proc entry").path().join("cmdline");
-        if let Ok(cmdline) = std::fs::read(&path) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            assert!(!cmdline.contains(run), "left running: {cmdline}");
-        }
-    }
+    let mut args = vec!["--workers", "4", "--accounts", "50"];
+    args.extend(["--transfers", &transfers, "--chaos"]);
+    args.extend(extra);
+    common::demo::run(&args, &[])
 }
 
 #[test]
@@ -102,13 +21,7 @@ fn chaos_run_applies_every_transfer_exactly_once() {
     let s = &run.summary;
     assert_eq!(run.code, Some(0), "stderr:\n{}\nsummary: {s:#}", run.stderr);
     assert_eq!(s["invariants_held"], true, "{s:#}");
-    for name in [
-        "total balance conserved",
-        "no transfer applied twice",
-        "every transfer applied exactly once",
-        "no stale write applied",
-        "no account balance negative",
-    ] {
+    for name in INVARIANTS {
         assert!(invariant(s, name), "{name} failed: {s:#}");
     }
     assert_eq!(count(s, "applied"), 2000);

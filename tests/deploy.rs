@@ -3,7 +3,8 @@
 //! every variable the mounted NATS config reads is set for each node, the
 //! passwords come from the environment (never from the repository), and
 //! each service logs in as its role's user. The same `nats/cluster.conf` is
-//! started for real by `tests/cluster.rs` and `tests/auth.rs`.
+//! started for real by `tests/cluster.rs` and `tests/auth.rs`, and with the
+//! compose demo's command by `tests/demo_cluster.rs`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -149,4 +150,29 @@ fn each_service_logs_in_as_its_role() {
     let tools = block("  jetlock:");
     assert!(tools.contains("JETLOCK_USER: operator"), "{tools}");
     assert!(tools.contains("JETLOCK_PASSWORD: ${JETLOCK_OPERATOR_PASSWORD:?"));
+    let demo = block("  demo:");
+    assert!(demo.contains("JETLOCK_USER: demo"), "{demo}");
+    assert!(demo.contains("JETLOCK_PASSWORD: ${JETLOCK_DEMO_PASSWORD:?"));
+}
+
+/// `docker compose --profile demo run --rm demo`, as the header says: the
+/// demo on all three nodes, after the coordinators (the run needs one
+/// serving), with the session prefix its user's permissions name (the user
+/// name, the default).
+#[test]
+fn the_demo_service_runs_on_the_cluster_after_the_coordinators() {
+    assert!(COMPOSE.contains("docker compose --profile demo run --rm demo"));
+    let demo = block("  demo:");
+    assert!(demo.contains(r#"profiles: ["demo"]"#), "{demo}");
+    assert!(
+        demo.contains(r#"["demo", "--url", "nats://n1:4222,nats://n2:4222,nats://n3:4222","#),
+        "{demo}"
+    );
+    assert!(
+        demo.contains("depends_on: [coordinator-1, coordinator-2]"),
+        "{demo}"
+    );
+    assert!(!demo.contains("--session-prefix"), "{demo}");
+    let conf = std::fs::read_to_string(root().join("nats/cluster.conf")).unwrap();
+    assert!(conf.contains(r#""jetlock.hb.demo.>""#) && conf.contains(r#""_INBOX.demo.>""#));
 }

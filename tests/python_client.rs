@@ -8,12 +8,8 @@ use common::Output;
 use jetlock::server::NatsServer;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-
 use std::time::{Duration, Instant};
 
-/// How long the coordinator may take to print `ready`.
-const READY_WITHIN: Duration = Duration::from_secs(60);
 /// How long the Python scenario may run.
 const SCENARIO_WITHIN: Duration = Duration::from_secs(120);
 
@@ -56,48 +52,13 @@ fn python() -> PathBuf {
     python
 }
 
-/// Starts `jetlock serve --url <url>` and waits for its `ready` line.
-fn serve(url: &str) -> (Running, Output, Output) {
-    let mut child = Running(
-        common::serve_command(url, &[])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn jetlock serve"),
-    );
-    let (tx, rx) = mpsc::channel();
-    let stdout = Output::collect(child.0.stdout.take().expect("stdout"), move |l| {
-        let _ = tx.send(l.to_owned());
-    });
-    let stderr = Output::collect(child.0.stderr.take().expect("stderr"), |_| {});
-    let start = Instant::now();
-    loop {
-        let left = READY_WITHIN.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("ready") => break,
-            Ok(_) => {}
-            Err(_) => {
-                let status = child.0.try_wait().ok().flatten();
-                panic!(
-                    "jetlock serve did not print `ready` within {READY_WITHIN:?} \
-                     (exit status: {status:?})\nstdout:\n{}\nstderr:\n{}",
-                    stdout.text(),
-                    stderr.text()
-                );
-            }
-        }
-    }
-    (child, stdout, stderr)
-}
-
 #[test]
 fn a_python_service_uses_jetlock_with_nats_py_and_json() {
     let python = python();
     let server =
         NatsServer::start_single(None).expect("start nats-server (run `bash nats/install.sh`)");
     let url = server.url();
-    let (mut coordinator, serve_out, serve_err) = serve(&url);
+    let mut coordinator = common::serve(&url, &[]);
 
     let started = Instant::now();
     let mut scenario = Running(
@@ -126,14 +87,14 @@ fn a_python_service_uses_jetlock_with_nats_py_and_json() {
     };
     // Let the reader threads drain what the process wrote last.
     std::thread::sleep(Duration::from_millis(200));
-    let coordinator_exit = coordinator.0.try_wait().ok().flatten();
+    let coordinator_exit = coordinator.exit_status();
     let report = format!(
         "python stdout:\n{}\npython stderr:\n{}\njetlock serve (exit status {coordinator_exit:?}) \
          stdout:\n{}\njetlock serve stderr:\n{}",
         py_out.text(),
         py_err.text(),
-        serve_out.text(),
-        serve_err.text()
+        coordinator.stdout.text(),
+        coordinator.stderr.text()
     );
     match status {
         None => panic!("the python scenario ran longer than {SCENARIO_WITHIN:?}\n{report}"),

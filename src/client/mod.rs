@@ -203,17 +203,10 @@ impl ClientOptions {
     /// A new session id, under the prefix if there is one.
     fn new_session(&self) -> Result<String, ConnectError> {
         let id = nuid::next().to_string();
-        let Some(prefix) = &self.session_prefix else {
-            return Ok(id);
-        };
-        let session = format!("{prefix}.{id}");
-        crate::protocol::check_session(&session).map_err(|e| {
-            ConnectError::InvalidSessionPrefix {
-                prefix: prefix.clone(),
-                reason: e.message,
-            }
-        })?;
-        Ok(session)
+        match &self.session_prefix {
+            Some(prefix) => prefixed_session(prefix, &id),
+            None => Ok(id),
+        }
     }
 
     async fn start(
@@ -384,6 +377,17 @@ impl Client {
     pub fn store(&self) -> &LockStore {
         &self.inner.store
     }
+}
+
+/// The session id `<prefix>.<id>`, or why `prefix` cannot start one
+/// ([`ConnectError::InvalidSessionPrefix`]).
+pub(crate) fn prefixed_session(prefix: &str, id: &str) -> Result<String, ConnectError> {
+    let session = format!("{prefix}.{id}");
+    crate::protocol::check_session(&session).map_err(|e| ConnectError::InvalidSessionPrefix {
+        prefix: prefix.to_owned(),
+        reason: e.message,
+    })?;
+    Ok(session)
 }
 
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {

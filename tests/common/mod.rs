@@ -8,6 +8,7 @@
 //! (session prefix `worker`), monitors and probes as the operator.
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod json;
 
 use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer, Role};
@@ -56,7 +57,7 @@ async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
     cluster
 }
 
-/// A plain NATS connection to `url` (credentials in it) as `role`: the two
+/// A plain NATS connection to `url` (credentials in it) as `role`: the
 /// worker roles get the inbox prefix their permissions allow.
 pub async fn nats_as(url: &str, role: Role) -> async_nats::Client {
     nats_with(url, role, async_nats::ConnectOptions::new()).await
@@ -68,8 +69,8 @@ pub async fn nats_with(
     role: Role,
     mut options: async_nats::ConnectOptions,
 ) -> async_nats::Client {
-    if matches!(role, Role::Worker | Role::Restricted) {
-        options = options.custom_inbox_prefix(format!("_INBOX.{}", role.user()));
+    if let Some(prefix) = role.session_prefix() {
+        options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
     }
     jetlock::connect::nats(url, None, options)
         .await
@@ -188,6 +189,83 @@ pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// The permissions violations in the servers' logs, each line after the
+/// name of the server that logged it. The server names the connection, its
+/// user and the subject: `n1: ... - "v0.51.0:rust:<name>" -
+/// "JETLOCK/user:<user>" - Publish Violation - Subject "<subject>"`.
+pub fn violations(cluster: &NatsCluster) -> Vec<String> {
+    cluster
+        .servers()
+        .iter()
+        .flat_map(|s| {
+            s.log()
+                .lines()
+                .filter(|l| l.contains("Violation"))
+                .map(|l| format!("{}: {l}", s.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A `jetlock serve` child that printed its `ready` line. Killed (and
+/// reaped) on drop, also when the test panics.
+pub struct Serving {
+    child: std::process::Child,
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+/// Starts [`serve_command`]`(url, extra)` and waits up to [`PATIENCE`] for
+/// its `ready` line.
+pub fn serve(url: &str, extra: &[&str]) -> Serving {
+    use std::process::Stdio;
+    let mut child = serve_command(url, extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn jetlock serve");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = Output::collect(child.stdout.take().expect("stdout"), move |l| {
+        let _ = tx.send(l.to_owned());
+    });
+    let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
+    let mut serving = Serving {
+        child,
+        stdout,
+        stderr,
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("ready") => return serving,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "jetlock serve did not print `ready` within {PATIENCE:?} \
+                 (exit status: {:?})\nstdout:\n{}\nstderr:\n{}",
+                serving.exit_status(),
+                serving.stdout.text(),
+                serving.stderr.text()
+            ),
+        }
+    }
+}
+
+impl Serving {
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Everything a child process wrote on one stream, collected by a thread

@@ -9,6 +9,7 @@
 //! [`Crew::supervise`], under the same lock that sends signals, so a signal
 //! never reaches a recycled pid.
 
+use super::access::Access;
 use super::CliError;
 use serde::Serialize;
 use std::fs::File;
@@ -25,7 +26,7 @@ const CRASH_ALLOWANCE: u64 = 3;
 /// How to start a worker.
 pub struct WorkerCommand {
     pub exe: PathBuf,
-    pub url: String,
+    pub access: Access,
     pub run: String,
 }
 
@@ -174,9 +175,9 @@ fn spawn(command: &WorkerCommand, index: usize, incarnation: u32) -> Result<Slot
     let id = format!("w{index}.{incarnation}");
     let log = tempfile::tempfile()?;
     let mut cmd = Command::new(&command.exe);
-    cmd.args(["demo", "--worker", &id, "--run", &command.run])
-        .args(["--url", &command.url])
-        .stdin(Stdio::null())
+    cmd.args(["demo", "--worker", &id, "--run", &command.run]);
+    command.access.pass_to(&mut cmd);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log.try_clone()?);
     #[cfg(target_os = "linux")]

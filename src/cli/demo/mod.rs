@@ -20,9 +20,12 @@
 //!
 //! Without `--url` the demo runs on the embedded default, like `jetlock
 //! dev`: a local nats-server (child process, temp storage) and a
-//! coordinator in this process. Everything the demo starts is stopped when
-//! it ends, however it ends.
+//! coordinator in this process. With `--url` it logs in as a NATS user and
+//! keeps to that user's session prefix (`access.rs`); on
+//! `nats/cluster.conf` that is the `demo` user. Everything the demo starts
+//! is stopped when it ends, however it ends.
 
+mod access;
 mod crew;
 mod ledger;
 mod plan;
@@ -32,10 +35,11 @@ mod worker;
 
 use super::CliError;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::protocol::{self, Heartbeat, HeartbeatAck};
 use crate::server::{server_binary, server_version, NatsServer};
+use access::Access;
 use async_nats::jetstream::{self, consumer, stream};
 use crew::{Crew, WorkerCommand};
-use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger::{Fault, Ledger};
 use plan::Plan;
@@ -74,9 +78,18 @@ pub struct DemoArgs {
     chaos: bool,
     /// NATS server URL(s), comma-separated, where a coordinator serves (or
     /// pass --coordinator). Without it, a local nats-server and a
-    /// coordinator are started for the run.
+    /// coordinator are started for the run. Logs in as --user
+    /// (JETLOCK_USER, password in JETLOCK_PASSWORD) or as the URL's
+    /// `user:password@`.
     #[arg(long)]
     url: Option<String>,
+    /// With --url: session ids and inboxes of the run start with this, the
+    /// prefix the user's permissions allow [default: the user name, none
+    /// without a user].
+    #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
+    session_prefix: Option<String>,
+    #[command(flatten)]
+    login: super::LoginArgs,
     /// With --url: run a coordinator in this process.
     #[arg(long, requires = "url")]
     coordinator: bool,
@@ -98,19 +111,16 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     if let (Some(id), Some(run), Some(url)) = (&args.worker, &args.run, &args.url) {
-        return worker::run(id.clone(), run.clone(), url.clone()).await;
+        let access = Access::at(url, args.login.login()?, args.session_prefix.clone())?;
+        return worker::run(id.clone(), run.clone(), access).await;
     }
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(random_seed);
     let run = nuid::next().to_string();
     let site = Site::start(&args, &run).await?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("jetlock-demo")
-        .connect(crate::client::server_list(&site.url))
-        .await
-        .map_err(|e| format!("could not connect to NATS at {}: {e}", site.url))?;
+    let nats = site.access.connect("jetlock-demo").await?;
     if site.coordinator.is_none() {
-        await_coordinator(&nats, &site.url).await?;
+        await_coordinator(&nats, &site.access).await?;
     }
     if !args.json {
         println!(
@@ -145,7 +155,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         .then(|| Arc::new(Chaos::new(args.transfers, seed)));
     let crew = Arc::new(Crew::new(WorkerCommand {
         exe: std::env::current_exe()?,
-        url: site.url.clone(),
+        access: site.access.clone(),
         run: run.clone(),
     }));
     let service = LedgerService::start(
@@ -174,7 +184,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     crew.stop();
     service.stop().await;
-    let cleanup = site.clean_up(&js, &run).await;
+    let cleanup = site.clean_up(&js, &run).await.map_err(|e| {
+        format!("could not remove the run's consumer and messages from {STREAM}: {e}")
+    });
     driven?;
     cleanup?;
 
@@ -339,7 +351,7 @@ fn progress_bar(transfers: u64) -> ProgressBar {
 
 /// Where the run's NATS and coordinator are.
 struct Site {
-    url: String,
+    access: Access,
     /// The embedded server, when there is no --url.
     server: Option<NatsServer>,
     coordinator: Option<Coordinator>,
@@ -349,8 +361,12 @@ struct Site {
 
 impl Site {
     async fn start(args: &DemoArgs, run: &str) -> Result<Site, CliError> {
-        let (server, url, nats) = match &args.url {
-            Some(url) => (None, url.clone(), format!("{url} (--url)")),
+        let (server, access, nats) = match &args.url {
+            Some(url) => {
+                let access = Access::at(url, args.login.login()?, args.session_prefix.clone())?;
+                let text = format!("{} (--url)", access.describe());
+                (None, access, text)
+            }
             None => {
                 let version = server_version(&server_binary()?)
                     .map(|(a, b, c)| format!("{a}.{b}.{c}"))
@@ -358,15 +374,11 @@ impl Site {
                 let server = NatsServer::start_single(None)?;
                 let url = server.url();
                 let text = format!("embedded nats-server {version} at {url}");
-                (Some(server), url, text)
+                (Some(server), Access::embedded(url), text)
             }
         };
         let (coordinator, coordinator_text) = if server.is_some() || args.coordinator {
-            let nats = async_nats::ConnectOptions::new()
-                .name("jetlock-demo-coordinator")
-                .connect(crate::client::server_list(&url))
-                .await
-                .map_err(|e| format!("could not connect to NATS at {url}: {e}"))?;
+            let nats = access.connect("jetlock-demo-coordinator").await?;
             let config = CoordinatorConfig {
                 id: format!("demo-{run}"),
                 ..CoordinatorConfig::default()
@@ -377,7 +389,7 @@ impl Site {
             (None, "already serving at --url".to_owned())
         };
         Ok(Site {
-            url,
+            access,
             server,
             coordinator,
             nats,
@@ -386,7 +398,10 @@ impl Site {
     }
 
     /// Removes what the run left on a server that outlives it: its
-    /// consumer, its messages and its lock keys.
+    /// consumer and its messages. Its lock keys go by themselves (release
+    /// markers after the bucket's marker TTL, 15 min by default): purging
+    /// them would take a permission on the whole locks stream, which the
+    /// `demo` user does not have.
     async fn clean_up(&self, js: &jetstream::Context, run: &str) -> Result<(), CliError> {
         if self.server.is_some() {
             return Ok(()); // The whole server goes.
@@ -394,14 +409,6 @@ impl Site {
         let stream = js.get_stream(STREAM).await?;
         stream.delete_consumer(&consumer_name(run)).await?;
         stream.purge().filter(transfers_subject(run)).await?;
-        let kv = crate::bucket::open_bucket(js, crate::bucket::DEFAULT_BUCKET).await?;
-        let locks = crate::name::LockName::new(&account_lock(run, 0))?;
-        let prefix = locks.key().trim_end_matches(".0");
-        js.get_stream(&kv.stream_name)
-            .await?
-            .purge()
-            .filter(format!("$KV.{}.{prefix}.>", kv.name))
-            .await?;
         Ok(())
     }
 
@@ -414,17 +421,35 @@ impl Site {
     }
 }
 
-/// Waits up to 2 s for a coordinator's heartbeat at `url`.
-async fn await_coordinator(nats: &async_nats::Client, url: &str) -> Result<(), CliError> {
-    let mut beats = nats
-        .subscribe(crate::protocol::COORDINATOR_HEARTBEATS)
-        .await?;
-    match tokio::time::timeout(Duration::from_secs(2), beats.next()).await {
-        Ok(Some(_)) => Ok(()),
-        _ => Err(format!(
-            "no coordinator serves at {url}: start one with `jetlock serve --url {url}`, or pass --coordinator"
-        )
-        .into()),
+/// Asks for up to 2 s whether a coordinator serves: the heartbeat of a
+/// session that leaves at once is answered by the coordinator that owns it.
+/// (A session heartbeat is what any worker may send; coordinator
+/// heartbeats are not for every user to read.)
+async fn await_coordinator(nats: &async_nats::Client, access: &Access) -> Result<(), CliError> {
+    let probe = access.session(&format!("probe-{}", nuid::next()));
+    let bye = serde_json::to_vec(&Heartbeat {
+        leaving: true,
+        ..Heartbeat::default()
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let request = async_nats::Request::new()
+            .payload(bye.clone().into())
+            .timeout(Some(Duration::from_millis(500)));
+        let answer = nats
+            .send_request(protocol::heartbeat_subject(&probe), request)
+            .await;
+        if answer.is_ok_and(|m| serde_json::from_slice::<HeartbeatAck>(&m.payload).is_ok()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let urls = access.urls();
+            return Err(format!(
+                "no coordinator serves at {urls}: start one with `jetlock serve --url {urls}`, or pass --coordinator"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -13,9 +13,10 @@
 //! as a duplicate if it was applied after all). A session the coordinators
 //! declared dead (the worker was paused) is replaced by a new one.
 
+use super::access::Access;
 use super::ledger::{AccountToken, NewBalance, ReadRequest, Reply, Transfer, WriteRequest};
 use super::CliError;
-use crate::{Client, ClientOptions, LockError, MultiLockGuard};
+use crate::{Client, LockError, MultiLockGuard};
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
@@ -44,26 +45,26 @@ enum Outcome {
 struct Worker {
     id: String,
     run: String,
+    access: Access,
     nats: async_nats::Client,
     client: Client,
 }
 
 /// Runs worker `id` of run `run` until killed.
-pub async fn run(id: String, run: String, url: String) -> Result<(), CliError> {
-    let nats = async_nats::ConnectOptions::new()
-        .name(format!("jetlock-demo-{id}"))
-        .retry_on_initial_connect()
-        .connect(crate::client::server_list(&url))
+pub async fn run(id: String, run: String, access: Access) -> Result<(), CliError> {
+    let nats = access
+        .connect_waiting(&format!("jetlock-demo-{id}"))
         .await?;
     let js = jetstream::new(nats.clone());
     let consumer: PullConsumer = js
         .get_consumer_from_stream(super::consumer_name(&run), super::STREAM)
         .await
         .map_err(|e| format!("demo worker {id}: no transfers consumer: {e}"))?;
-    let client = session(&id, &nats).await?;
+    let client = session(&access, &id, &nats).await?;
     let mut worker = Worker {
         id,
         run,
+        access,
         nats,
         client,
     };
@@ -93,8 +94,10 @@ pub async fn run(id: String, run: String, url: String) -> Result<(), CliError> {
     }
 }
 
-async fn session(id: &str, nats: &async_nats::Client) -> Result<Client, CliError> {
-    Ok(ClientOptions::new()
+/// A new jetlock session on the worker's connection, under the prefix.
+async fn session(access: &Access, id: &str, nats: &async_nats::Client) -> Result<Client, CliError> {
+    Ok(access
+        .client_options()
         .name(id)
         .with_nats(nats.clone())
         .await?)
@@ -134,7 +137,7 @@ impl Worker {
                 }
                 Outcome::SessionExpired => {
                     debug!(msg_id, "session declared dead; starting a new one");
-                    self.client = session(&self.id, &self.nats).await?;
+                    self.client = session(&self.access, &self.id, &self.nats).await?;
                 }
             }
         }
