@@ -22,6 +22,34 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// Makes the child started by `cmd` die (SIGKILL) when this process dies,
+/// even by SIGKILL (Linux `PR_SET_PDEATHSIG`; elsewhere a no-op). The
+/// signal fires when the spawning *thread* ends, so spawn from a thread that
+/// lives as long as the process (the runtime's, or the main thread).
+pub fn dies_with_this_process(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id();
+        // SAFETY: prctl, getppid and _exit are async-signal-safe and touch
+        // no memory of the parent; the documented use of pre_exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl: nobody would kill us.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 /// `nats/dev.conf`: the single-node config.
 pub const DEV_CONF: &str = include_str!("../nats/dev.conf");
 /// `nats/cluster.conf`: the clustered node config.
@@ -197,20 +225,7 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe and touches no memory of
-            // the parent; this is the documented use of pre_exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
+        dies_with_this_process(&mut cmd);
         self.child = Some(cmd.spawn()?);
         self.wait_listening(Duration::from_secs(15))
     }

@@ -45,32 +45,16 @@ impl Proc {
     ) -> Result<(Proc, String), CliError> {
         let exe = std::env::current_exe()?;
         let log = tempfile::tempfile()?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = std::process::Command::new(&exe);
         cmd.args(args)
             // A config file named in the bench's environment is not ours.
             .env_remove("JETLOCK_CONFIG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.try_clone()?))
-            .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        {
-            let parent = std::process::id();
-            // SAFETY: prctl, getppid and _exit are async-signal-safe and
-            // touch no memory of the parent; the documented use of pre_exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The bench died before prctl: nobody would kill us.
-                    if libc::getppid() as u32 != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
-        }
+            .stderr(Stdio::from(log.try_clone()?));
+        crate::server::dies_with_this_process(&mut cmd);
+        let mut cmd = Command::from(cmd);
+        cmd.kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("could not start {what} ({}): {e}", exe.display()))?;

@@ -180,28 +180,9 @@ fn spawn(command: &WorkerCommand, index: usize, incarnation: u32) -> Result<Slot
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log.try_clone()?);
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        let parent = std::process::id();
-        // PDEATHSIG fires when the spawning *thread* ends: workers are
-        // spawned from the demo's main task, whose thread lives as long as
-        // the process.
-        // SAFETY: prctl, getppid and _exit are async-signal-safe and touch
-        // no memory of the parent; the documented use of pre_exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The demo died before prctl: nobody would kill us.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-    }
+    // Workers are spawned from the demo's main task, whose thread lives
+    // as long as the process.
+    crate::server::dies_with_this_process(&mut cmd);
     let child = cmd.spawn().map_err(|e| {
         format!(
             "could not start demo worker {id} ({}): {e}",
