@@ -336,15 +336,22 @@ impl NatsServer {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = fs::File::open(&self.log) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
-            let _ = f.read_to_string(&mut text);
+        match fs::File::open(&self.log) {
+            Ok(mut f) => file_tail(&mut f, 16 * 1024, lines),
+            Err(_) => String::new(),
         }
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// The last `lines` lines within the last `bytes` bytes of a log file (a
+/// child's stderr, a server's log), for error messages.
+pub fn file_tail(file: &mut fs::File, bytes: u64, lines: usize) -> String {
+    let mut text = String::new();
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(bytes)));
+    let _ = file.read_to_string(&mut text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for NatsServer {

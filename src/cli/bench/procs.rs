@@ -12,7 +12,6 @@
 use super::CliError;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -125,12 +124,7 @@ impl Proc {
     }
 
     fn log_tail(&mut self) -> String {
-        let mut text = String::new();
-        let len = self.log.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = self.log.seek(SeekFrom::Start(len.saturating_sub(4096)));
-        let _ = self.log.read_to_string(&mut text);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::server::file_tail(&mut self.log, 4096, 20)
     }
 }
 

@@ -13,7 +13,6 @@ use super::access::Access;
 use super::CliError;
 use serde::Serialize;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -211,12 +210,7 @@ impl Slot {
 
     /// The last lines the worker wrote to stderr.
     fn log_tail(&mut self) -> String {
-        let mut text = String::new();
-        let len = self.log.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = self.log.seek(SeekFrom::Start(len.saturating_sub(4096)));
-        let _ = self.log.read_to_string(&mut text);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::server::file_tail(&mut self.log, 4096, 20)
     }
 }
 
