@@ -44,8 +44,6 @@ pub const SESSION_HEARTBEATS: &str = "jetlock.hb.>";
 /// Where the server's client-disconnect advisories are imported to (see
 /// `nats/*.conf`): lets coordinators see a holder's process exit at once.
 pub const DISCONNECT_EVENTS: &str = "jetlock.sys.disconnect";
-/// Lock and membership events: `jetlock.ev.<kind>`.
-pub const EVENTS: &str = "jetlock.ev";
 
 /// The request kinds, the `<op>` token of a request subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
