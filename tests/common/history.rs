@@ -654,13 +654,31 @@ mod tests {
 
     #[test]
     fn history_catches_overlap_and_token_going_down() {
+        // b is granted a higher token while a still holds: an overlap only.
         let (h, l) = (History::new(), FencedLedger::new());
         let a = h.acquire_invoked("k", "a");
         h.granted(a, t(5));
-        let b = h.acquire_invoked("k", "b"); // invoked after a's grant was seen
-        h.granted(b, t(3)); // while a holds, and a lower token
+        let b = h.acquire_invoked("k", "b");
+        h.granted(b, t(6));
         let r = h.release_invoked("k", "a", t(5));
         h.released(r, true);
+        let r = check(&h, &l, TTL);
+        assert_eq!(kinds(&r), ["overlap"], "{r}");
+
+        // b asks after a's grant and release, and gets a lower token.
+        let (h, l) = (History::new(), FencedLedger::new());
+        cycle(&h, &l, "a", 5);
+        let b = h.acquire_invoked("k", "b");
+        h.granted(b, t(3));
+        let r = check(&h, &l, TTL);
+        assert_eq!(kinds(&r), ["token"], "{r}");
+
+        // Both at once: b granted a lower token while a holds.
+        let (h, l) = (History::new(), FencedLedger::new());
+        let a = h.acquire_invoked("k", "a");
+        h.granted(a, t(5));
+        let b = h.acquire_invoked("k", "b");
+        h.granted(b, t(3));
         let r = check(&h, &l, TTL);
         assert_eq!(kinds(&r), ["overlap", "token"], "{r}");
     }
