@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::history::{check, FencedLedger, History};
 use common::{cluster, setup_bucket, stream_leader, worker_options, ExclusionChecker, PATIENCE};
 use jetlock::server::Role;
 use jetlock::{Fence, LockError};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 
 const KEY: &str = "account:failover";
+const TTL: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
@@ -22,6 +24,8 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
 
     let checker = Arc::new(ExclusionChecker::default());
     let fence = Arc::new(Fence::new());
+    let history = History::new();
+    let ledger = FencedLedger::new();
     let grants = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
@@ -34,31 +38,40 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
         assert!(client.fast_path(), "a trusted worker writes the bucket");
         let (checker, fence, grants, stop) =
             (checker.clone(), fence.clone(), grants.clone(), stop.clone());
+        let (history, ledger) = (history.clone(), ledger.clone());
         tasks.push(tokio::spawn(async move {
+            let session = client.session().to_owned();
             let mut errors = 0u64;
             while !stop.is_cancelled() {
-                let request = client
-                    .lock(KEY)
-                    .ttl(Duration::from_secs(3))
-                    .wait(Duration::from_secs(5));
+                let request = client.lock(KEY).ttl(TTL).wait(Duration::from_secs(5));
+                let op = history.acquire_invoked(KEY, &session);
                 let guard = match request.acquire().await {
                     Ok(guard) => guard,
                     // Failover: the request timed out or NATS did not answer.
                     Err(LockError::Timeout { .. } | LockError::Nats { .. }) => {
+                        history.unanswered(op);
                         errors += 1;
                         continue;
                     }
                     Err(e) => panic!("unexpected error: {e}"),
                 };
-                checker.enter(guard.token());
+                let token = guard.token();
+                history.granted(op, token);
+                checker.enter(token);
                 fence
-                    .admit(KEY, guard.token())
+                    .admit(KEY, token)
                     .expect("a grant's token was refused by the fence");
+                ledger.write(KEY, &session, token);
                 checker.exit();
                 grants.fetch_add(1, Ordering::SeqCst);
+                if guard.is_lost() {
+                    history.lost(KEY, &session, token);
+                }
                 // A release that cannot reach the leader leaves the lock to
                 // expire by its lease; that is allowed here.
-                let _ = guard.release().await;
+                let op = history.release_invoked(KEY, &session, token);
+                let released = guard.release().await;
+                history.released(op, released.is_ok());
             }
             errors
         }));
@@ -92,6 +105,7 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
         .server_mut(victim)
         .restart()
         .expect("restart member");
+    history.healed();
     let after_restart = grants.load(Ordering::SeqCst);
     timeout(Duration::from_secs(120), wait_for(after_restart + 50))
         .await
@@ -110,4 +124,16 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
         "grants: {}, retried requests during failover: {errors}",
         checker.entries()
     );
+
+    let probe = worker_options()
+        .name("final-read")
+        .connect(&url)
+        .await
+        .expect("client");
+    let holder = probe.holder(KEY).await.expect("read the final holder");
+    history.final_holder(KEY, holder.map(|h| h.token));
+    let mut report = check(&history, &ledger, TTL);
+    report.faults = 1; // the stream leader killed
+    eprintln!("history: {report}");
+    report.assert_clean();
 }

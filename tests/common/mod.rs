@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod history;
 pub mod json;
 
 use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer, Role};
