@@ -4,7 +4,9 @@
 mod common;
 
 use common::history::{check, FencedLedger, History};
-use common::{cluster, setup_bucket, stream_leader, worker_options, ExclusionChecker, PATIENCE};
+use common::{
+    cluster, setup_bucket, stream_leader, worker_client, worker_options, ExclusionChecker, PATIENCE,
+};
 use jetlock::server::Role;
 use jetlock::{Fence, LockError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,12 +32,7 @@ async fn killing_the_stream_leader_keeps_exclusion_and_the_loop_resumes() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     for t in 0..8 {
-        let client = worker_options()
-            .name(format!("task-{t}"))
-            .connect(&url)
-            .await
-            .expect("client");
-        assert!(client.fast_path(), "a trusted worker writes the bucket");
+        let client = worker_client(&url, &format!("task-{t}")).await;
         let (checker, fence, grants, stop) =
             (checker.clone(), fence.clone(), grants.clone(), stop.clone());
         let (history, ledger) = (history.clone(), ledger.clone());

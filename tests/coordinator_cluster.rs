@@ -22,7 +22,10 @@
 
 mod common;
 
-use common::{cluster, nats_as, setup_bucket, worker_options, ExclusionChecker, Output, PATIENCE};
+use common::{
+    cluster, nats_as, setup_bucket, worker_client, worker_options, ExclusionChecker, Output,
+    PATIENCE,
+};
 use jetlock::coordinator::Ring;
 use jetlock::protocol::{self, Answer};
 use jetlock::server::{NatsCluster, Role};
@@ -632,12 +635,7 @@ async fn killing_one_of_two_coordinators_answers_every_request_once_without_over
     // coordinators (its first heartbeat is answered).
     let mut clients = Vec::new();
     for t in 0..TASKS {
-        let client = worker_options()
-            .name(format!("task-{t}"))
-            .connect(&url)
-            .await
-            .expect("client");
-        assert!(client.fast_path(), "a trusted worker writes the bucket");
+        let client = worker_client(&url, &format!("task-{t}")).await;
         clients.push(client);
     }
 

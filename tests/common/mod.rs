@@ -83,6 +83,18 @@ pub fn worker_options() -> ClientOptions {
     ClientOptions::new().session_prefix(Role::Worker.user())
 }
 
+/// A client named `name` logged in as the trusted worker (`url` carries the
+/// credentials); it must be on the fast path, as its permissions allow.
+pub async fn worker_client(url: &str, name: &str) -> Client {
+    let client = worker_options()
+        .name(name)
+        .connect(url)
+        .await
+        .expect("client");
+    assert!(client.fast_path(), "a trusted worker writes the bucket");
+    client
+}
+
 /// Creates the locks bucket with 3 replicas, as the coordinator (what
 /// `jetlock setup` does). A cluster that just elected its meta leader may
 /// still answer "JetStream system temporarily unavailable" for a moment:
