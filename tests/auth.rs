@@ -105,6 +105,28 @@ async fn connect_member_as(
     (nats, refusals)
 }
 
+/// [`connect_member_as`] right after a config reload: a server applying the
+/// new config may refuse a login for a moment (seen in a fresh-clone CI
+/// run), so the login is retried until accepted.
+async fn connect_member_after_reload(
+    cluster: &NatsCluster,
+    member: usize,
+    role: Role,
+) -> (async_nats::Client, Refusals) {
+    let url = cluster.member_url_as(member, role);
+    timeout(PATIENCE, async {
+        loop {
+            let refusals = Refusals::default();
+            match common::try_nats_with(&url, role, refusals.options()).await {
+                Ok(nats) => return (nats, refusals),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the member accepts the login after the reload")
+}
+
 /// Runs the `jetlock` command logged in as `role` (the password in
 /// JETLOCK_PASSWORD, not on the command line).
 fn jetlock_as(cluster: &NatsCluster, role: Role, args: &[&str]) -> std::process::Output {
@@ -528,7 +550,7 @@ async fn a_trusted_worker_writes_the_bucket_itself() {
     // Wait until every member applied it: each refuses the worker a write
     // (one that could not land anyway: it expects revision 2^63-1).
     for i in 0..d.cluster.servers().len() {
-        let (nats, refusals) = connect_member_as(&d.cluster, Some(i), Role::Worker).await;
+        let (nats, refusals) = connect_member_after_reload(&d.cluster, i, Role::Worker).await;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", "9223372036854775807");
         timeout(PATIENCE, async {

@@ -68,14 +68,23 @@ pub async fn nats_as(url: &str, role: Role) -> async_nats::Client {
 pub async fn nats_with(
     url: &str,
     role: Role,
-    mut options: async_nats::ConnectOptions,
+    options: async_nats::ConnectOptions,
 ) -> async_nats::Client {
+    try_nats_with(url, role, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect as {}: {e}", role.user()))
+}
+
+/// [`nats_with`], returning a refused login instead of panicking.
+pub async fn try_nats_with(
+    url: &str,
+    role: Role,
+    mut options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, jetlock::ConnectError> {
     if let Some(prefix) = role.session_prefix() {
         options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
     }
-    jetlock::connect::nats(url, None, options)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {}: {e}", role.user()))
+    jetlock::connect::nats(url, None, options).await
 }
 
 /// Client options of the trusted worker role: its session prefix.
