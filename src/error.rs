@@ -58,6 +58,11 @@ pub enum LostReason {
     /// The coordinators declared this client's session dead (heartbeats
     /// missed for longer than the session timeout) and released its locks.
     SessionExpired,
+    /// No coordinator confirmed this client's session for its session
+    /// timeout (a server or the network in between hung): the coordinators
+    /// may have declared it dead and handed its locks on, so its holds are
+    /// given up before they could. The session itself goes on.
+    Unconfirmed,
 }
 
 impl fmt::Display for LostReason {
@@ -69,6 +74,9 @@ impl fmt::Display for LostReason {
                 "a coordinator revoked the lock (finish and release within the grace period)"
             }
             LostReason::SessionExpired => "the session was declared dead by the coordinators",
+            LostReason::Unconfirmed => {
+                "no coordinator confirmed the session within its timeout (they may have declared it dead)"
+            }
         })
     }
 }

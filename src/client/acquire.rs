@@ -194,17 +194,29 @@ pub(crate) async fn acquire(
         ttl,
         auto_renew,
     };
-    if !inner.fast_path.on() {
-        return super::queue::acquire(attempt, wait, started).await;
-    }
-    match fast(inner, name, attempt, wait, started).await {
-        // NATS refused our write to the bucket: this user may not use the
-        // fast path (any more). Nothing was written.
-        Err(LockError::Nats { .. }) if !inner.fast_path.on() => {
-            super::queue::acquire(attempt, wait, started).await
+    let granted = if !inner.fast_path.on() {
+        super::queue::acquire(attempt, wait, started).await
+    } else {
+        match fast(inner, name, attempt, wait, started).await {
+            // NATS refused our write to the bucket: this user may not use
+            // the fast path (any more). Nothing was written.
+            Err(LockError::Nats { .. }) if !inner.fast_path.on() => {
+                super::queue::acquire(attempt, wait, started).await
+            }
+            result => result,
         }
-        result => result,
+    }?;
+    // No coordinator confirmed this session lately: one may have declared
+    // it dead and would hand this grant on at once. The guard is dropped
+    // (released in the background).
+    if inner.link.in_jeopardy() {
+        drop(granted);
+        return Err(LockError::Lost {
+            name: name.to_string(),
+            reason: crate::error::LostReason::Unconfirmed,
+        });
     }
+    Ok(granted)
 }
 
 /// The fast path's three steps.

@@ -45,6 +45,12 @@ pub(crate) struct SessionLink {
     /// Live coordinators in the last heartbeat answer.
     coordinators: AtomicU32,
     last_ack: Mutex<Option<Instant>>,
+    /// When the newest heartbeat that a coordinator answered `alive` was
+    /// sent: no coordinator can declare the session dead before this plus
+    /// the session timeout (they count from when they last heard it).
+    confirmed: Mutex<Option<Instant>>,
+    /// The session timeout the coordinators apply (from their answers).
+    applied_timeout: Mutex<Duration>,
     /// The coordinators declared this session dead.
     expired: AtomicBool,
     timeout: Duration,
@@ -69,6 +75,8 @@ impl SessionLink {
             contended: DashMap::new(),
             coordinators: AtomicU32::new(0),
             last_ack: Mutex::new(None),
+            confirmed: Mutex::new(None),
+            applied_timeout: Mutex::new(timeout),
             expired: AtomicBool::new(false),
             timeout,
             stop: CancellationToken::new(),
@@ -168,8 +176,17 @@ impl SessionLink {
         let mut beat = tokio::time::interval(interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut acks = futures::stream::FuturesUnordered::new();
+        // The confirmation whose jeopardy has been dealt with.
+        let mut given_up: Option<Instant> = None;
         loop {
+            let jeopardy = self.jeopardy_at().filter(|_| {
+                given_up.is_none() || *self.confirmed.lock().expect("never poisoned") != given_up
+            });
             tokio::select! {
+                _ = tokio::time::sleep_until(jeopardy.unwrap_or_else(Instant::now)), if jeopardy.is_some() => {
+                    given_up = *self.confirmed.lock().expect("never poisoned");
+                    self.unconfirmed(&inner);
+                }
                 _ = beat.tick() => {
                     let info = nats.server_info();
                     let hb = Heartbeat {
@@ -185,10 +202,12 @@ impl SessionLink {
                     // Answers are awaited concurrently: a slow answer never
                     // delays the next heartbeat.
                     if acks.len() < 8 {
-                        acks.push(tokio::time::timeout(self.timeout, request));
+                        let sent = Instant::now();
+                        let answer = tokio::time::timeout(self.timeout, request);
+                        acks.push(async move { (sent, answer.await) });
                     }
                 }
-                Some(ack) = acks.next(), if !acks.is_empty() => {
+                Some((sent, ack)) = acks.next(), if !acks.is_empty() => {
                     if let Some(tx) = self.settled.lock().expect("never poisoned").take() {
                         let _ = tx.send(());
                     }
@@ -196,7 +215,7 @@ impl SessionLink {
                     // noted by the age of the last answer.
                     if let Ok(Ok(msg)) = ack {
                         if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
-                            self.acked(&ack, &inner);
+                            self.acked(&ack, sent, &inner);
                         }
                     }
                 }
@@ -211,13 +230,66 @@ impl SessionLink {
         }
     }
 
-    fn acked(&self, ack: &HeartbeatAck, inner: &Weak<Inner>) {
+    /// When this session's holds must be given up unless a newer
+    /// heartbeat is answered first: a tenth of the timeout before the
+    /// earliest moment a coordinator may declare the session dead. `None`
+    /// before any coordinator confirmed it (no coordinator tracks it).
+    fn jeopardy_at(&self) -> Option<Instant> {
+        let confirmed = (*self.confirmed.lock().expect("never poisoned"))?;
+        let timeout = *self.applied_timeout.lock().expect("never poisoned");
+        Some(confirmed + timeout - timeout / 10)
+    }
+
+    /// Past [`SessionLink::jeopardy_at`] without a newer confirmation: a
+    /// coordinator may consider this session dead, so a grant now may be
+    /// handed on under it.
+    pub(crate) fn in_jeopardy(&self) -> bool {
+        self.jeopardy_at().is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// No answer confirmed the session in time: every hold is given up
+    /// (`lost()` fires) before a coordinator could hand it on. The holds
+    /// are not released: the session may be dead, and the lease ends on
+    /// the server anyway. The session goes on, and takes new locks.
+    fn unconfirmed(&self, inner: &Weak<Inner>) {
+        let Some(inner) = inner.upgrade() else { return };
+        let holds: Vec<_> = inner
+            .holds
+            .iter()
+            .filter_map(|h| h.value().upgrade())
+            .collect();
+        if !holds.is_empty() {
+            warn!(session = %self.session, holds = holds.len(),
+                  "no coordinator confirmed this session within its timeout; its locks are given up");
+        }
+        for hold in holds {
+            hold.lose(LostReason::Unconfirmed, true);
+        }
+    }
+
+    fn acked(&self, ack: &HeartbeatAck, sent: Instant, inner: &Weak<Inner>) {
         *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
         self.coordinators.store(ack.coordinators, Ordering::Relaxed);
+        if ack.alive {
+            let mut confirmed = self.confirmed.lock().expect("never poisoned");
+            *confirmed = Some(confirmed.map_or(sent, |c| c.max(sent)));
+            // A shorter timeout than asked for (the coordinators clamp it)
+            // moves the deadline closer; never further than asked.
+            let applied = Duration::from_millis(ack.timeout_ms).min(self.timeout);
+            *self.applied_timeout.lock().expect("never poisoned") = applied;
+        }
         if !ack.alive && !self.expired.swap(true, Ordering::Relaxed) {
             warn!(session = %self.session, "the coordinators declared this session dead; its locks are lost");
             if let Some(inner) = inner.upgrade() {
-                for hold in inner.holds.iter().filter_map(|h| h.value().upgrade()) {
+                // Collected first: losing a hold removes it from `holds`,
+                // which must not happen while iterating it (a shard's
+                // write lock under its own read lock never comes).
+                let holds: Vec<_> = inner
+                    .holds
+                    .iter()
+                    .filter_map(|h| h.value().upgrade())
+                    .collect();
+                for hold in holds {
                     hold.lose(LostReason::SessionExpired, true);
                 }
             }

@@ -965,8 +965,7 @@ impl Engine {
         }
     }
 
-    /// A session heartbeat. Returns the answer when this coordinator owns
-    /// the session.
+    /// A session heartbeat, and its answer.
     pub fn heartbeat(
         &mut self,
         session: &str,
@@ -981,7 +980,10 @@ impl Engine {
         if hb.leaving && touch != Touch::Dead {
             self.kill_session(session, "left", now);
         }
-        self.ring.owns(session).then(|| HeartbeatAck {
+        // Every coordinator answers (the client takes the first answer):
+        // a client whose answering coordinator died is still confirmed by
+        // the others, so it keeps its locks (see `LostReason::Unconfirmed`).
+        Some(HeartbeatAck {
             v: VERSION,
             alive,
             timeout_ms: self.sessions.timeout_of(session).as_millis() as u64,
@@ -1011,13 +1013,13 @@ impl Engine {
         }
         // A connection the client closed (process exit included) ends its
         // session at once; after other reasons (read error, slow consumer,
-        // server shutdown) a reconnect may follow, so the session gets half
-        // its timeout to heartbeat again.
+        // server shutdown) a reconnect may follow, so the session lives on
+        // by its heartbeats (see `Sessions::suspect`).
         if let Some(session) = self.sessions.by_conn(conn) {
             if reason == "Client Closed" {
                 self.kill_session(&session, "connection closed", now);
             } else {
-                self.sessions.suspect(&session, now);
+                self.sessions.suspect(&session);
             }
         }
     }
