@@ -300,6 +300,29 @@ impl NatsServer {
         }
     }
 
+    /// Lame-duck mode (SIGUSR2, what `nats-server --signal ldm` sends): the
+    /// server stops accepting clients, hands its JetStream leaderships
+    /// over, closes its clients over `lame_duck_duration` and exits. Waits
+    /// up to `limit` for the exit (then kills it) and reaps the process;
+    /// storage is kept for [`NatsServer::restart`]. True when it exited by
+    /// itself.
+    pub fn lame_duck(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        signal(child.id(), libc::SIGUSR2);
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// SIGSTOP: the process hangs, its sockets stay open.
     pub fn pause(&self) {
         if let Some(pid) = self.pid() {

@@ -178,6 +178,20 @@ impl History {
         });
     }
 
+    /// Per key, the highest token whose grant a client observed so far:
+    /// the acknowledged writes a crash must not lose.
+    pub fn acknowledged_grants(&self) -> HashMap<String, FencingToken> {
+        let r = self.0.lock().expect("history lock");
+        let mut out: HashMap<String, FencingToken> = HashMap::new();
+        for op in &r.ops {
+            if let OpKind::Acquire(AcquireOutcome::Granted(token)) = op.kind {
+                let top = out.entry(op.key.clone()).or_insert(token);
+                *top = (*top).max(token);
+            }
+        }
+        out
+    }
+
     /// The faults of the run healed now (the last member restarted, the
     /// partition closed).
     pub fn healed(&self) {
@@ -243,6 +257,12 @@ impl FencedLedger {
             l.rejections += 1;
         }
         accepted
+    }
+
+    /// The highest token accepted for `key`.
+    pub fn highest(&self, key: &str) -> Option<FencingToken> {
+        let l = self.0.lock().expect("ledger lock");
+        l.writes.get(key).and_then(|w| w.last()).map(|w| w.token)
     }
 
     pub fn rejections(&self) -> u64 {

@@ -210,6 +210,8 @@ pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
     ] {
         cmd.env_remove(var);
     }
+    // A test killed mid-run (a hang, a Ctrl-C) leaves no coordinator behind.
+    jetlock::server::dies_with_this_process(&mut cmd);
     cmd
 }
 
@@ -280,6 +282,19 @@ impl Serving {
     /// How the process ended, if it has.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Serving {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// kill -9, then reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
