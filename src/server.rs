@@ -138,6 +138,11 @@ pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 pub struct NatsServer {
     name: String,
     bin: PathBuf,
+    /// The address it listens on (clients and routes).
+    host: String,
+    /// Program and arguments that run the server binary (e.g. `ip netns
+    /// exec n1`); empty: run it directly.
+    launcher: Vec<String>,
     config: PathBuf,
     env: Vec<(String, String)>,
     port: u16,
@@ -201,6 +206,8 @@ impl NatsServer {
         Ok(NatsServer {
             name: name.to_owned(),
             bin: server_binary()?,
+            host: "127.0.0.1".to_owned(),
+            launcher: Vec::new(),
             log: dir.join(format!("{name}.log")),
             config,
             env,
@@ -216,7 +223,14 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("-c").arg(&self.config);
         if let Some(monitor) = self.monitor_port {
             cmd.arg("-m").arg(monitor.to_string());
@@ -235,7 +249,7 @@ impl NatsServer {
     fn wait_listening(&mut self, limit: Duration) -> Result<(), ServerError> {
         let start = Instant::now();
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if TcpStream::connect((self.host.as_str(), self.port)).is_ok() {
                 return Ok(());
             }
             let exited = match self.child.as_mut() {
@@ -258,9 +272,10 @@ impl NatsServer {
         &self.name
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<host>:<port>` (host `127.0.0.1` unless started with
+    /// [`NatsCluster::start_on`]).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -449,6 +464,15 @@ impl Role {
     }
 }
 
+/// Where a cluster member listens and how it is started
+/// ([`NatsCluster::start_on`]).
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub host: String,
+    /// Program and arguments before the nats-server binary.
+    pub launcher: Vec<String>,
+}
+
 /// A cluster of nats-servers from `nats/cluster.conf` on loopback.
 pub struct NatsCluster {
     servers: Vec<NatsServer>,
@@ -463,16 +487,25 @@ impl NatsCluster {
     /// Starts `size` (3 or 5) clustered JetStream nodes. Call
     /// [`crate::server::wait_for_jetstream`] before using JetStream.
     pub fn start(size: usize) -> Result<Self, ServerError> {
-        Self::start_with(size, false)
+        Self::start_with(size, false, &[])
+    }
+
+    /// Three members, each on its own address and started through its own
+    /// launcher: the fault tests put each in a network namespace of its own
+    /// (`ip netns exec n1`, host `10.77.0.1`) to cut it off.
+    pub fn start_on(members: &[Member]) -> Result<Self, ServerError> {
+        assert_eq!(members.len(), 3, "cluster.conf routes 3 nodes");
+        Self::start_with(3, false, members)
     }
 
     /// Like [`NatsCluster::start`], each node with its HTTP monitoring
     /// endpoint ([`NatsServer::monitor_url`]).
     pub fn start_monitored(size: usize) -> Result<Self, ServerError> {
-        Self::start_with(size, true)
+        Self::start_with(size, true, &[])
     }
 
-    fn start_with(size: usize, monitored: bool) -> Result<Self, ServerError> {
+    /// `members` (or none: all on 127.0.0.1, run directly).
+    fn start_with(size: usize, monitored: bool, members: &[Member]) -> Result<Self, ServerError> {
         assert!((1..=3).contains(&size), "cluster.conf routes 3 nodes");
         let dir = tempfile::Builder::new()
             .prefix("jetlock-cluster-")
@@ -482,12 +515,11 @@ impl NatsCluster {
         let ports = free_ports(3 * size)?;
         let (client_ports, rest) = ports.split_at(size);
         let (route_ports, monitor_ports) = rest.split_at(size);
-        let route = |i: usize| {
-            route_ports
-                .get(i)
-                .map(|p| format!("nats-route://127.0.0.1:{p}"))
-                // Fewer than three nodes: point the spare slot at node 1.
-                .unwrap_or_else(|| format!("nats-route://127.0.0.1:{}", route_ports[0]))
+        let host = |i: usize| members.get(i).map_or("127.0.0.1", |m| m.host.as_str());
+        let route = |i: usize| match route_ports.get(i) {
+            Some(p) => format!("nats-route://{}:{p}", host(i)),
+            // Fewer than three nodes: point the spare slot at node 1.
+            None => format!("nats-route://{}:{}", host(0), route_ports[0]),
         };
         // Letters and digits, starting with a letter: the server parses the
         // value (see cluster.conf).
@@ -500,7 +532,7 @@ impl NatsCluster {
             let name = format!("n{}", i + 1);
             let env = vec![
                 ("NATS_SERVER_NAME".into(), name.clone()),
-                ("NATS_HOST".into(), "127.0.0.1".into()),
+                ("NATS_HOST".into(), host(i).to_owned()),
                 ("NATS_PORT".into(), client_ports[i].to_string()),
                 ("NATS_CLUSTER_PORT".into(), route_ports[i].to_string()),
                 ("NATS_ROUTE_1".into(), route(0)),
@@ -522,6 +554,10 @@ impl NatsCluster {
             let mut server =
                 NatsServer::new(&name, config.clone(), env, client_ports[i], dir.path())?;
             server.monitor_port = monitored.then_some(monitor_ports[i]);
+            if let Some(m) = members.get(i) {
+                server.host = m.host.clone();
+                server.launcher = m.launcher.clone();
+            }
             servers.push(server);
         }
         for server in &mut servers {
@@ -576,9 +612,10 @@ impl NatsCluster {
     pub fn member_url_as(&self, i: usize, role: Role) -> String {
         let login = self.login(role);
         format!(
-            "nats://{}:{}@127.0.0.1:{}",
+            "nats://{}:{}@{}:{}",
             login.user(),
             login.password(),
+            self.servers[i].host,
             self.servers[i].port
         )
     }

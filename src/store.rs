@@ -182,7 +182,7 @@ impl LockStore {
                 revision: ack.sequence,
                 recovered: false,
             }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(e) if is_conflict(&e) => {
                 if write.resend {
                     if let Some(revision) = self.landed(name, write.id).await? {
                         return Ok(Written {
@@ -253,6 +253,25 @@ impl LockStore {
     }
 }
 
+/// Whether JetStream refused a publish because its expected last sequence
+/// did not hold: code 10071 (`wrong last sequence: N`), or 10164 (the same
+/// without the number, which a clustered stream sends in some paths and
+/// async-nats 0.51 reports as `Other`; the fault suite saw it after a
+/// partition healed).
+fn is_conflict(e: &jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::{Error as ApiError, ErrorCode};
+    e.kind() == PublishErrorKind::WrongLastSequence
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<ApiError>())
+            .is_some_and(|api| {
+                [
+                    ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
+                    ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+                ]
+                .contains(&api.error_code())
+            })
+}
+
 /// Interprets a watched KV entry the same way [`LockStore::read`] does.
 pub fn current_from_entry(entry: &kv::Entry) -> Result<Current, RecordError> {
     match entry.operation {
@@ -320,6 +339,27 @@ pub fn whole_seconds(ttl: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn both_wrong_last_sequence_codes_are_conflicts() {
+        use async_nats::jetstream::context::PublishError;
+        let api = |code: u64| -> async_nats::jetstream::Error {
+            serde_json::from_value(serde_json::json!(
+                {"code": 400, "err_code": code, "description": "wrong last sequence"}
+            ))
+            .unwrap()
+        };
+        for code in [10071, 10164] {
+            let e = PublishError::with_source(PublishErrorKind::Other, api(code));
+            assert!(is_conflict(&e), "{code}");
+        }
+        let e = PublishError::with_source(PublishErrorKind::WrongLastSequence, api(10071));
+        assert!(is_conflict(&e));
+        // Another refusal is not a conflict.
+        let e = PublishError::with_source(PublishErrorKind::Other, api(10077));
+        assert!(!is_conflict(&e));
+        assert!(!is_conflict(&PublishError::new(PublishErrorKind::TimedOut)));
+    }
+
     use super::*;
 
     #[test]

@@ -23,7 +23,7 @@ mod common;
 
 use common::history::{check, FencedLedger, History, Report};
 use common::{cluster, serve, setup_bucket, stream_leader, worker_options, Serving, PATIENCE};
-use jetlock::server::{NatsCluster, Role};
+use jetlock::server::{Member, NatsCluster, Role};
 use jetlock::{Client, ClientOptions, FencingToken, LockError};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -49,9 +49,9 @@ const RESUMED: u64 = 5;
 /// the run turning into noise.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Seconds of faults per scenario (`JETLOCK_FAULT_SECS`, default 10).
+/// Seconds of faults per scenario (`JETLOCK_FAULT_SECS`, default 6).
 fn fault_secs() -> Duration {
-    Duration::from_secs(env_secs("JETLOCK_FAULT_SECS", 10))
+    Duration::from_secs(env_secs("JETLOCK_FAULT_SECS", 6))
 }
 
 fn env_secs(var: &str, default: u64) -> u64 {
@@ -135,7 +135,11 @@ struct Rig {
 impl Rig {
     /// Cluster, bucket, two coordinators, and the six workers running.
     async fn start(name: &'static str) -> Rig {
-        let cluster = cluster().await;
+        Rig::start_on(name, cluster().await).await
+    }
+
+    /// [`Rig::start`] on a cluster the caller started.
+    async fn start_on(name: &'static str, cluster: NatsCluster) -> Rig {
         setup_bucket(&cluster).await;
         let mut rig = Rig {
             name,
@@ -585,64 +589,125 @@ struct ChildSeen {
     lost: Option<String>,
 }
 
+/// A holder process: this test binary run as [`paused_holder_child`] (behind
+/// `launcher`, e.g. `ip netns exec n4`), its stdout read by a thread that
+/// applies its writes to the rig's ledger (and, with `record`, its grant and
+/// loss to the history).
+struct HolderProcess {
+    child: Option<std::process::Child>,
+    seen: Arc<Mutex<ChildSeen>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HolderProcess {
+    /// Starts it on key `k` and waits until three of its writes were
+    /// accepted.
+    async fn start(rig: &Rig, k: &str, launcher: &[String], record: bool) -> HolderProcess {
+        let exe = std::env::current_exe().expect("this test binary");
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
+        cmd.args(["--exact", "paused_holder_child", "--nocapture", "--ignored"])
+            .env(
+                "JETLOCK_FAULT_CHILD",
+                format!(
+                    "{}|{k}|{}",
+                    rig.cluster.url_as(Role::Worker),
+                    PAUSED_TTL.as_millis()
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        jetlock::server::dies_with_this_process(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn the holder process");
+        let seen = Arc::new(Mutex::new(ChildSeen::default()));
+        let stdout = child.stdout.take().expect("stdout");
+        let (history, ledger, k) = (rig.history.clone(), rig.ledger.clone(), k.to_owned());
+        let reader = {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let mut s = seen.lock().unwrap();
+                    match words.as_slice() {
+                        ["CHILD", "granted", session, token] => {
+                            let token = FencingToken(token.parse().expect("a token"));
+                            if record {
+                                let op = history.acquire_invoked(&k, session);
+                                history.granted(op, token);
+                            }
+                            s.session = Some(session.to_string());
+                            s.token = Some(token);
+                        }
+                        ["CHILD", "write", at_ms] => {
+                            let (session, token) =
+                                (s.session.clone().expect("granted first"), s.token.unwrap());
+                            let accepted = ledger.write(&k, &session, token);
+                            s.writes.push((at_ms.parse().expect("ms"), accepted));
+                        }
+                        ["CHILD", "lost", reason @ ..] => {
+                            if record {
+                                let session = s.session.clone().expect("granted first");
+                                history.lost(&k, &session, s.token.unwrap());
+                            }
+                            s.lost = Some(reason.join(" "));
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        let holder = HolderProcess {
+            child: Some(child),
+            seen,
+            reader: Some(reader),
+        };
+        let accepted = || {
+            holder
+                .seen
+                .lock()
+                .unwrap()
+                .writes
+                .iter()
+                .filter(|w| w.1)
+                .count()
+        };
+        let start = Instant::now();
+        while accepted() < 3 {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the holder process got the key and wrote"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+        holder
+    }
+}
+
+impl Drop for HolderProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A holder process (this test binary, run as [`paused_holder_child`]) takes
 /// one of the workers' keys; SIGSTOP for 2× its lease; the workers get the
 /// key; SIGCONT: every write the woken holder makes is refused by the
 /// ledger, and it reports the loss.
 async fn pause_a_holder(rig: &mut Rig) {
     let k = key(fastrand::usize(..KEYS));
-    let seen = Arc::new(Mutex::new(ChildSeen::default()));
-    let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["--exact", "paused_holder_child", "--nocapture", "--ignored"])
-        .env(
-            "JETLOCK_FAULT_CHILD",
-            format!(
-                "{}|{k}|{}",
-                rig.cluster.url_as(Role::Worker),
-                PAUSED_TTL.as_millis()
-            ),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the holder process");
-    let stdout = child.stdout.take().expect("stdout");
-    let reader = {
-        let (seen, ledger, k) = (seen.clone(), rig.ledger.clone(), k.clone());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let mut s = seen.lock().unwrap();
-                match words.as_slice() {
-                    ["CHILD", "granted", session, token] => {
-                        s.session = Some(session.to_string());
-                        s.token = Some(FencingToken(token.parse().expect("a token")));
-                    }
-                    ["CHILD", "write", at_ms] => {
-                        let (session, token) =
-                            (s.session.clone().expect("granted first"), s.token.unwrap());
-                        let accepted = ledger.write(&k, &session, token);
-                        s.writes.push((at_ms.parse().expect("ms"), accepted));
-                    }
-                    ["CHILD", "lost", reason @ ..] => s.lost = Some(reason.join(" ")),
-                    _ => {}
-                }
-            }
-        })
-    };
-    // The holder has the key and its writes are accepted.
-    timeout(PATIENCE, async {
-        loop {
-            if seen.lock().unwrap().writes.iter().filter(|w| w.1).count() >= 3 {
-                return;
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the holder process got the key and wrote");
+    let mut holder = HolderProcess::start(rig, &k, &[], false).await;
+    let (mut child, seen) = (holder.child.take().expect("running"), holder.seen.clone());
     let token = seen.lock().unwrap().token.expect("granted");
     let pid = child.id() as i32;
     // SAFETY: signals to our own child, not yet reaped.
@@ -656,7 +721,12 @@ async fn pause_a_holder(rig: &mut Rig) {
         .expect("the woken holder exits")
         .unwrap()
         .expect("reap the holder");
-    reader.join().expect("reader");
+    holder
+        .reader
+        .take()
+        .expect("reader")
+        .join()
+        .expect("reader");
     let s = seen.lock().unwrap();
     let stale: Vec<bool> = s
         .writes
@@ -750,6 +820,227 @@ async fn a_paused_holder_is_fenced_off() {
         rig.resumed("a holder was paused").await;
         rounds += 1;
     }
+    rig.finish().await;
+}
+
+// ---- network partitions (namespaces the test creates) ------------------------
+
+/// The lab's addresses: server k (1–3) in network namespace `n<k>` at
+/// `10.77.0.<k>`, the cut-off holder in `n4`, the test itself on the bridge
+/// at `10.77.0.254`. All of it lives in new network and mount namespaces of
+/// one child process, and is gone when that process exits.
+const LAB_NET: &str = "10.77.0";
+
+/// Runs `cmd` with `sh -c`; its stderr on failure.
+fn sh(cmd: &str) -> Result<(), String> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A bridge, and four namespaces on it through veth pairs.
+fn build_lab() -> Result<(), String> {
+    sh("mkdir -p /run/netns && mount -t tmpfs jetlock-lab /run/netns")?;
+    sh("ip link set lo up")?;
+    sh(&format!(
+        "ip link add br0 type bridge && ip addr add {LAB_NET}.254/24 dev br0 && ip link set br0 up"
+    ))?;
+    for k in 1..=4 {
+        sh(&format!(
+            "ip netns add n{k} && ip link add v{k} type veth peer name e{k} \
+             && ip link set e{k} netns n{k} && ip netns exec n{k} ip link set lo up \
+             && ip netns exec n{k} ip addr add {LAB_NET}.{k}/24 dev e{k} \
+             && ip netns exec n{k} ip link set e{k} up && ip link set v{k} master br0 up"
+        ))?;
+    }
+    Ok(())
+}
+
+fn netns_exec(k: usize) -> Vec<String> {
+    ["ip", "netns", "exec", &format!("n{k}")]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Takes namespace `k`'s link down at both ends: nothing in or out.
+fn cut(k: usize) {
+    sh(&format!(
+        "ip link set v{k} down && ip netns exec n{k} ip link set e{k} down"
+    ))
+    .expect("cut a namespace off");
+}
+
+fn heal(k: usize) {
+    sh(&format!(
+        "ip netns exec n{k} ip link set e{k} up && ip link set v{k} up"
+    ))
+    .expect("reconnect a namespace");
+}
+
+/// Cuts a random server off the others and every client for 2–4 s (2–15 s
+/// in runs over a minute), then reconnects it.
+async fn isolate_servers(rig: &mut Rig, secs: Duration) {
+    let longest = if secs > Duration::from_secs(60) {
+        15_000
+    } else {
+        4_000
+    };
+    let end = Instant::now() + secs;
+    let mut round = 0;
+    while Instant::now() < end || round < 2 {
+        let k = 1 + fastrand::usize(..3);
+        cut(k);
+        rig.faults += 1;
+        jitter(2000, longest).await;
+        heal(k);
+        rig.resumed("a server was cut off and reconnected").await;
+        jitter(500, 1500).await;
+        round += 1;
+    }
+}
+
+/// A holder process in its own namespace takes a workers' key; its network
+/// is cut for 2× its lease. It must learn it lost the lock before anybody
+/// else is granted it: its hold is in the history, so the checker reports
+/// an overlap otherwise.
+async fn cut_off_a_holder(rig: &mut Rig) {
+    let k = key(fastrand::usize(..KEYS));
+    let mut holder = HolderProcess::start(rig, &k, &netns_exec(4), true).await;
+    let token = holder.seen.lock().unwrap().token.expect("granted");
+    cut(4);
+    let cut_at = unix_ms();
+    rig.faults += 1;
+    sleep(2 * PAUSED_TTL + Duration::from_secs(1)).await;
+    heal(4);
+    let mut child = holder.child.take().expect("running");
+    let status = timeout(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("the cut-off holder exits")
+        .unwrap()
+        .expect("reap the holder");
+    holder
+        .reader
+        .take()
+        .expect("reader")
+        .join()
+        .expect("reader");
+    let s = holder.seen.lock().unwrap();
+    let after: Vec<bool> = s
+        .writes
+        .iter()
+        .filter(|(at, _)| *at >= cut_at)
+        .map(|w| w.1)
+        .collect();
+    let moved_on = rig.ledger.highest(&k).is_some_and(|t| t > token);
+    eprintln!(
+        "{}: cut-off holder {token} on {k}: {} writes after the cut ({} refused), lost: {:?}, exit {status}",
+        rig.name,
+        after.len(),
+        after.iter().filter(|a| !**a).count(),
+        s.lost
+    );
+    assert!(moved_on, "the lock moved on while its holder was cut off");
+    assert!(
+        s.lost.is_some(),
+        "the cut-off holder learned it lost the lock"
+    );
+}
+
+/// `tc netem` delay of 100 ± 50 ms on every link, where the kernel has
+/// netem; otherwise says so and does nothing.
+async fn delay_the_network(rig: &mut Rig, secs: Duration) {
+    if let Err(e) = sh("tc qdisc add dev v1 root netem delay 100ms 50ms") {
+        eprintln!("{}: skipped netem delay: {e}", rig.name);
+        return;
+    }
+    for k in 2..=4 {
+        sh(&format!(
+            "tc qdisc add dev v{k} root netem delay 100ms 50ms"
+        ))
+        .expect("netem");
+    }
+    rig.faults += 1;
+    sleep(secs).await;
+    rig.resumed("100 ± 50 ms of delay").await;
+    for k in 1..=4 {
+        sh(&format!("tc qdisc del dev v{k} root")).expect("remove netem");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_cut_off_a_server_and_a_holder() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The lab runs in a child process in new network and mount namespaces:
+    // whatever it builds goes away with it, and the machine's own network
+    // is never touched.
+    let unshare = ["--net", "--mount", "--propagation", "private"];
+    let probe = Command::new("unshare")
+        .args(unshare)
+        .args(["ip", "link", "add", "jl0", "type", "bridge"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!(
+                "skipped: cannot create network namespaces here ({}); needs root and iproute2",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipped: no `unshare` ({e}); needs util-linux, root and iproute2");
+            return;
+        }
+    }
+    let exe = std::env::current_exe().expect("this test binary");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("unshare");
+        cmd.args(unshare)
+            .arg(exe)
+            .args(["--exact", "partitions_lab", "--ignored", "--nocapture"])
+            .env("JETLOCK_FAULT_LAB", "1");
+        jetlock::server::dies_with_this_process(&mut cmd);
+        cmd.status()
+    })
+    .await
+    .unwrap()
+    .expect("run the lab");
+    assert!(
+        status.success(),
+        "the partition lab failed (its output is above): {status}"
+    );
+}
+
+/// The lab of [`partitions_cut_off_a_server_and_a_holder`]: does nothing
+/// unless run by it (`JETLOCK_FAULT_LAB=1`, in its own namespaces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by partitions_cut_off_a_server_and_a_holder in new namespaces; does nothing alone"]
+async fn partitions_lab() {
+    if std::env::var("JETLOCK_FAULT_LAB").is_err() {
+        return;
+    }
+    build_lab().expect("build the lab");
+    let members: Vec<Member> = (1..=3)
+        .map(|k| Member {
+            host: format!("{LAB_NET}.{k}"),
+            launcher: netns_exec(k),
+        })
+        .collect();
+    common::init_tracing();
+    let cluster = NatsCluster::start_on(&members).expect("start the cluster in its namespaces");
+    let mut rig = Rig::start_on("partitions", common::with_jetstream(cluster).await).await;
+    isolate_servers(&mut rig, fault_secs()).await;
+    cut_off_a_holder(&mut rig).await;
+    delay_the_network(&mut rig, fault_secs()).await;
     rig.finish().await;
 }
 

@@ -50,7 +50,7 @@ pub async fn monitored_cluster() -> NatsCluster {
     with_jetstream(NatsCluster::start_monitored(3).expect("start 3-node cluster")).await
 }
 
-async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
+pub async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
     let nats = nats_as(&cluster.url_as(Role::Operator), Role::Operator).await;
     wait_for_jetstream(&nats, PATIENCE)
         .await
