@@ -689,6 +689,19 @@ impl HolderProcess {
         }
         holder
     }
+
+    /// Waits (bounded) for the process to exit once it saw its loss, and
+    /// for the reader to take in all it printed.
+    async fn exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = timeout(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
+            .await
+            .expect("the holder process exits after its loss")
+            .unwrap()
+            .expect("reap the holder");
+        self.reader.take().expect("reader").join().expect("reader");
+        status
+    }
 }
 
 impl Drop for HolderProcess {
@@ -707,26 +720,16 @@ impl Drop for HolderProcess {
 async fn pause_a_holder(rig: &mut Rig) {
     let k = key(fastrand::usize(..KEYS));
     let mut holder = HolderProcess::start(rig, &k, &[], false).await;
-    let (mut child, seen) = (holder.child.take().expect("running"), holder.seen.clone());
+    let seen = holder.seen.clone();
     let token = seen.lock().unwrap().token.expect("granted");
-    let pid = child.id() as i32;
+    let pid = holder.child.as_ref().expect("running").id() as i32;
     // SAFETY: signals to our own child, not yet reaped.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     rig.faults += 1;
     sleep(2 * PAUSED_TTL).await;
     let resumed_at = unix_ms();
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let status = timeout(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("the woken holder exits")
-        .unwrap()
-        .expect("reap the holder");
-    holder
-        .reader
-        .take()
-        .expect("reader")
-        .join()
-        .expect("reader");
+    let status = holder.exit().await;
     let s = seen.lock().unwrap();
     let stale: Vec<bool> = s
         .writes
@@ -921,18 +924,7 @@ async fn cut_off_a_holder(rig: &mut Rig) {
     rig.faults += 1;
     sleep(2 * PAUSED_TTL + Duration::from_secs(1)).await;
     heal(4);
-    let mut child = holder.child.take().expect("running");
-    let status = timeout(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("the cut-off holder exits")
-        .unwrap()
-        .expect("reap the holder");
-    holder
-        .reader
-        .take()
-        .expect("reader")
-        .join()
-        .expect("reader");
+    let status = holder.exit().await;
     let s = holder.seen.lock().unwrap();
     let after: Vec<bool> = s
         .writes
