@@ -1208,11 +1208,16 @@ impl Engine {
         let grantable = ks.inflight.is_none()
             && ks.ops.is_empty()
             && matches!(ks.current, Current::Vacant { .. });
+        // While the key is read again after a write that lost or got no
+        // answer (a key forgotten while idle costs one such write), nobody
+        // knows whether it is free: the head waiter's fate waits for the
+        // read, or a try-lock of a free lock would be refused as busy.
+        let reading = matches!(ks.inflight, Some(Inflight::Read));
         let mut kept = VecDeque::with_capacity(ks.queue.len());
         for w in std::mem::take(&mut ks.queue) {
             if self.sessions.is_dead(&w.session) {
                 self.done(&w.session, &w.id, w.seq, acting);
-            } else if w.deadline <= now && !(kept.is_empty() && grantable) {
+            } else if w.deadline <= now && !(kept.is_empty() && (grantable || reading)) {
                 if acting {
                     let e = if w.try_lock {
                         let holder = match &ks.current {
