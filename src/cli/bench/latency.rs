@@ -35,8 +35,8 @@ pub(super) struct Row {
 }
 
 /// What one timed loop measured.
-struct Measurement {
-    histogram: Histogram<u64>,
+pub(super) struct Measurement {
+    pub(super) histogram: Histogram<u64>,
     elapsed: Duration,
 }
 
@@ -203,7 +203,7 @@ pub(super) async fn jetlock_pair(client: &Client, name: &str) -> Result<(), CliE
 /// Runs `pair` for each index in `range`; when `record`, times each call
 /// into the measurement's histogram (µs) and adds the loop's wall time.
 /// Indices are distinct across calls, for workloads that need fresh keys.
-async fn timed(
+pub(super) async fn timed(
     m: &mut Measurement,
     range: std::ops::Range<u64>,
     record: bool,

@@ -387,17 +387,22 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         cleanup?;
     }
     if selected(Workload::Peers) {
-        let raw = report
-            .results
-            .iter()
-            .find(|r| r.workload == latency::RAW_FRESH)
-            .map(|r| r.p50_us);
-        let window = Duration::from_secs(args.contention_secs.unwrap_or(if args.quick {
-            QUICK_CONTENTION_SECS
-        } else {
-            CONTENTION_SECS
-        }));
-        report.peers = peers::run(iterations, args.clients as usize, window, raw).await;
+        let plan = peers::Plan {
+            iterations,
+            clients: args.clients as usize,
+            window: Duration::from_secs(args.contention_secs.unwrap_or(if args.quick {
+                QUICK_CONTENTION_SECS
+            } else {
+                CONTENTION_SECS
+            })),
+            raw_p50_us: report
+                .results
+                .iter()
+                .filter(|r| r.workload == latency::RAW_FRESH)
+                .map(|r| (r.durability.clone(), r.p50_us))
+                .collect(),
+        };
+        report.peers = peers::run(&plan).await;
     }
     report.load_at_end = machine::load_average();
     report.elapsed_s = started.elapsed().as_secs_f64();

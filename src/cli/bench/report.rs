@@ -372,37 +372,59 @@ impl Report {
         if self.peers.is_empty() {
             return;
         }
-        let _ = writeln!(o, "\npeers: the same W1 pair (fresh key) and W3 (one key, {} clients) against other lock services, each started for this run on loopback; × is to the raw kv pair of the first server\n", self.peers.iter().find_map(|p| p.w3_clients).unwrap_or(0));
+        let clients = self
+            .peers
+            .iter()
+            .find_map(|p| p.w3.as_ref().map(|w| w.clients));
+        let _ = writeln!(
+            o,
+            "\npeers: the W1 pair (a fresh lock name each) and W3 (one lock, {} clients) against other lock services, each started for this run on loopback; × raw is W1 p50 over the raw kv pair's (fresh key) against the server with that sync_interval\n",
+            clients.unwrap_or(0)
+        );
+        let mut header = vec![
+            "service".to_owned(),
+            "lock".to_owned(),
+            "W1 p50 (µs)".to_owned(),
+            "W1 p99 (µs)".to_owned(),
+        ];
+        header.extend(self.durability.iter().map(|d| format!("W1 × raw ({d})")));
+        header.extend([
+            "W3 owner changes/s".to_owned(),
+            "W3 min/max".to_owned(),
+            "note".to_owned(),
+        ]);
         let rows: Vec<Vec<String>> = self
             .peers
             .iter()
             .map(|p| {
-                let num = |v: Option<f64>, digits: usize| {
-                    v.map_or("–".to_owned(), |v| format!("{v:.digits$}"))
-                };
-                vec![
-                    p.service.clone(),
-                    p.lock.clone(),
-                    num(p.w1_p50_us.map(|v| v as f64), 0),
-                    num(p.w1_p99_us.map(|v| v as f64), 0),
-                    num(p.w1_ratio_to_raw, 2),
-                    num(p.w3_owner_changes_per_sec, 0),
-                    num(p.w3_min_max_ratio, 2),
-                    p.note.clone().unwrap_or_default(),
-                ]
+                let dash = || "–".to_owned();
+                let mut row = vec![
+                    match &p.version {
+                        Some(v) => format!("{} ({v})", p.service),
+                        None => p.service.to_owned(),
+                    },
+                    p.lock.to_owned(),
+                    p.w1_p50_us.map_or_else(dash, |v| v.to_string()),
+                    p.w1_p99_us.map_or_else(dash, |v| v.to_string()),
+                ];
+                row.extend(self.durability.iter().map(|d| {
+                    p.w1_ratio_to_raw
+                        .get(d)
+                        .map_or_else(dash, |r| format!("{r:.2}"))
+                }));
+                row.extend([
+                    p.w3.as_ref()
+                        .map_or_else(dash, |w| format!("{:.0}", w.owner_changes_per_sec)),
+                    p.w3.as_ref()
+                        .map_or_else(dash, |w| format!("{:.2}", w.min_max_ratio)),
+                    p.note.clone(),
+                ]);
+                row
             })
             .collect();
-        let header = [
-            "service",
-            "lock",
-            "W1 p50 (µs)",
-            "W1 p99 (µs)",
-            "W1 × raw kv pair",
-            "W3 owner changes/s",
-            "W3 min/max",
-            "note",
-        ];
-        o.push_str(&table(&header, "llrrrrrl", &rows));
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        let align = format!("ll{}l", "r".repeat(header.len() - 3));
+        o.push_str(&table(&header, &align, &rows));
     }
 }
 
