@@ -288,6 +288,15 @@ impl<'a> Ctx<'a> {
                 names: Arc::from(self.names.as_str()),
                 value: self.value.clone(),
             },
+            pids: throughput::Pids {
+                nats_server: self.site.server.as_ref().and_then(|s| s.pid()),
+                coordinator: self
+                    .site
+                    .coordinator
+                    .as_ref()
+                    .and_then(|c| c.child())
+                    .map(|(pid, _)| pid),
+            },
         }
     }
 

@@ -216,12 +216,17 @@ impl Report {
             .iter()
             .filter(|r| r.durability == first)
             .map(|r| {
+                let cpu = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+                let c = r.cpu_us_per_pair;
                 vec![
                     r.workload.to_owned(),
                     r.connections.to_owned(),
                     r.pairs.to_string(),
                     format!("{:.0}", r.pairs_per_sec),
                     ratio_cell(r.ratio_to_raw),
+                    format!("{:.0}", c.client),
+                    cpu(c.nats_server),
+                    cpu(c.coordinator),
                 ]
             })
             .collect();
@@ -239,8 +244,11 @@ impl Report {
             "pairs",
             "pairs/s",
             "× raw kv pair",
+            "CPU µs/pair: bench",
+            "nats-server",
+            "coordinator",
         ];
-        o.push_str(&table(&header, "llrrr", &rows));
+        o.push_str(&table(&header, "llrrrrrr", &rows));
     }
 
     fn contention(&self, o: &mut String) {

@@ -82,6 +82,37 @@ pub(super) struct ThroughputRow {
     /// Pairs/s over the raw row's with the same connections and tasks;
     /// `None` for the raw rows.
     pub(super) ratio_to_raw: Option<f64>,
+    /// CPU time per pair, in µs, of the processes involved (those whose
+    /// pid the bench knows): where the time of a saturated machine goes.
+    pub(super) cpu_us_per_pair: CpuPerPair,
+}
+
+/// CPU µs per pair by process.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub(super) struct CpuPerPair {
+    /// The bench process: the clients and their NATS connections.
+    pub(super) client: f64,
+    pub(super) nats_server: Option<f64>,
+    pub(super) coordinator: Option<f64>,
+}
+
+/// The processes whose CPU time is counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Pids {
+    pub(super) nats_server: Option<u32>,
+    pub(super) coordinator: Option<u32>,
+}
+
+impl Pids {
+    /// CPU time used so far by the bench, the server and the coordinator.
+    fn cpu(&self) -> [Option<Duration>; 3] {
+        let of = |pid: Option<u32>| pid.and_then(super::machine::cpu_time);
+        [
+            of(Some(std::process::id())),
+            of(self.nats_server),
+            of(self.coordinator),
+        ]
+    }
 }
 
 /// Where the groups connect and what they write.
@@ -89,6 +120,7 @@ pub(super) struct Site<'a> {
     pub(super) url: &'a str,
     pub(super) bucket: &'a str,
     pub(super) keys: Keys,
+    pub(super) pids: Pids,
 }
 
 /// What the tasks write, shared with each of them.
@@ -132,6 +164,8 @@ struct Group {
     workers: Vec<Worker>,
     pairs: u64,
     elapsed: Duration,
+    /// CPU time used while this group ran, by process (see [`Pids::cpu`]).
+    cpu: [Option<Duration>; 3],
 }
 
 impl Group {
@@ -187,13 +221,20 @@ impl Group {
             workers,
             pairs: 0,
             elapsed: Duration::ZERO,
+            cpu: [Some(Duration::ZERO); 3],
         })
     }
 
     /// Every worker, each on a task of its own, does pairs until `length`
     /// is over; adds the pairs done and the time until the last one
     /// finished.
-    async fn run_for(&mut self, keys: &Keys, length: Duration) -> Result<(), CliError> {
+    async fn run_for(
+        &mut self,
+        keys: &Keys,
+        pids: &Pids,
+        length: Duration,
+    ) -> Result<(), CliError> {
+        let cpu_before = pids.cpu();
         let started = Instant::now();
         let end = started + length;
         let mut tasks = JoinSet::new();
@@ -216,6 +257,12 @@ impl Group {
             self.pairs += pairs;
         }
         self.elapsed += started.elapsed();
+        for ((sum, before), after) in self.cpu.iter_mut().zip(cpu_before).zip(pids.cpu()) {
+            *sum = match (*sum, before, after) {
+                (Some(sum), Some(before), Some(after)) => Some(sum + after.saturating_sub(before)),
+                _ => None,
+            };
+        }
         Ok(())
     }
 }
@@ -242,7 +289,7 @@ pub(super) async fn run(
     let slice = length / rounds;
     for _ in 0..rounds {
         for group in &mut connected {
-            group.run_for(&site.keys, slice).await?;
+            group.run_for(&site.keys, &site.pids, slice).await?;
         }
     }
     let rate = |g: &Group| g.pairs as f64 / g.elapsed.as_secs_f64().max(1e-9);
@@ -265,6 +312,17 @@ pub(super) async fn run(
             ratio_to_raw: match g.path {
                 Path::Raw => None,
                 _ => raw_rate(g.sharing).and_then(|raw| super::report::ratio(rate(g), raw)),
+            },
+            cpu_us_per_pair: {
+                let per_pair = |cpu: Option<Duration>| {
+                    cpu.map(|c| c.as_secs_f64() * 1e6 / g.pairs.max(1) as f64)
+                };
+                let [client, nats_server, coordinator] = g.cpu.map(per_pair);
+                CpuPerPair {
+                    client: client.unwrap_or(0.0),
+                    nats_server,
+                    coordinator,
+                }
             },
         })
         .collect())
