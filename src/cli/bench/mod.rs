@@ -29,8 +29,8 @@
 //! the machine (`machine.rs`) and its load, and prints as markdown or JSON
 //! (`report.rs`).
 //!
-//! The bench starts what it needs (`procs.rs`): a nats-server per
-//! durability unless `--url` is given, and a coordinator (a `jetlock serve`
+//! The bench starts what it needs (`site.rs`, `procs.rs`): a nats-server
+//! per durability unless `--url` is given, and a coordinator (a `jetlock serve`
 //! child by default; see `--coordinator`). Every process it starts is
 //! killed when it ends, however it ends. Everything the run writes lives
 //! under one per-run key prefix, purged from the bucket at the end.
@@ -45,23 +45,21 @@ mod peers;
 mod procs;
 mod report;
 mod scaling;
+mod site;
 mod throughput;
 
 pub use procs::CoordinatorMode;
 
 use super::CliError;
-use crate::bucket::open_bucket;
-use crate::record::LockRecord;
-use crate::server::{server_binary, server_version, NatsServer, SyncInterval};
-use crate::{Client, ClientOptions};
-use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
+use crate::server::{server_binary, server_version, SyncInterval};
+use crate::ClientOptions;
+use async_nats::jetstream::kv;
 use contention::ContentionRow;
 use failover::{Death, FailoverRow};
 use latency::{Row, WARMUP};
 use machine::Machine;
 use report::Report;
-use std::sync::{Arc, Mutex};
+use site::{Ctx, Site};
 use std::time::{Duration, Instant};
 use throughput::{Path as Via, Sharing, ThroughputRow};
 
@@ -141,12 +139,16 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     /// W1 and the JSON path: uncontended pairs.
+    #[value(alias = "w1")]
     Latency,
     /// W2: many tasks on distinct keys.
+    #[value(alias = "w2")]
     Throughput,
     /// W3: many clients on one key.
+    #[value(alias = "w3")]
     Contention,
     /// W4: a holder process killed or hung.
+    #[value(alias = "w4")]
     Failover,
     /// W2 and W3 at 1 to 64 clients.
     Scaling,
@@ -172,138 +174,6 @@ impl Durability {
             Durability::Default => SyncInterval::Default,
             Durability::Always => SyncInterval::Always,
         }
-    }
-}
-
-/// One server the bench runs against, with what it connects to it.
-struct Site {
-    /// `sync_interval` as the report shows it.
-    durability: String,
-    /// Kept alive until the site stops: dropping it stops the server.
-    server: Option<NatsServer>,
-    url: String,
-    client: Client,
-    js: jetstream::Context,
-    kv: kv::Store,
-    coordinator: Option<procs::Coord>,
-}
-
-impl Site {
-    /// Starts a local server with `sync` (or uses --url when `None`), the
-    /// bench's client and a coordinator.
-    async fn start(args: &BenchArgs, sync: Option<SyncInterval>) -> Result<Site, CliError> {
-        let (server, url, durability) = match (sync, &args.url) {
-            (Some(sync), None) => {
-                progress(&format!(
-                    "starting nats-server, sync_interval {}",
-                    sync.as_str()
-                ));
-                let server = NatsServer::start_single_syncing(sync)?;
-                let url = server.url();
-                (Some(server), url, sync.as_str().to_owned())
-            }
-            (_, Some(url)) => (None, url.clone(), "as configured at --url".to_owned()),
-            (None, None) => return Err("a site needs a durability or --url".into()),
-        };
-        let client = ClientOptions::new()
-            .name("jetlock-bench")
-            .create_bucket(1)
-            .connect(&url)
-            .await?;
-        let js = jetstream::new(client.nats().clone());
-        let kv = open_bucket(&js, client.store().bucket()).await?;
-        progress("starting the coordinator");
-        let coordinator =
-            Some(procs::Coord::start(args.coordinator, &url, client.store().bucket()).await?);
-        Ok(Site {
-            durability,
-            server,
-            url,
-            client,
-            js,
-            kv,
-            coordinator,
-        })
-    }
-
-    fn bucket(&self) -> &str {
-        self.client.store().bucket()
-    }
-
-    async fn stop_coordinator(&mut self) {
-        if let Some(c) = self.coordinator.take() {
-            c.stop().await;
-        }
-    }
-}
-
-/// What the workloads against one site share.
-struct Ctx<'a> {
-    args: &'a BenchArgs,
-    site: &'a Site,
-    /// The run's key prefix, and the lock-name prefix whose keys fall
-    /// under it (`:` in a name is `.` in its key).
-    run: String,
-    names: String,
-    /// A one-token prefix for the names the Rust client sends to the
-    /// coordinator (see [`Ctx::coordinated_name`]).
-    flat: String,
-    /// Those names, purged one by one at the end.
-    flat_names: Mutex<Vec<String>>,
-    value: Bytes,
-    iterations: u64,
-}
-
-impl<'a> Ctx<'a> {
-    fn new(args: &'a BenchArgs, site: &'a Site, iterations: u64) -> Self {
-        // One prefix per run, so runs never see each other's keys.
-        let id = nuid::next();
-        let run = format!("{PREFIX}.{id}");
-        Ctx {
-            args,
-            site,
-            flat: format!("{PREFIX}-{id}"),
-            flat_names: Mutex::new(Vec::new()),
-            names: run.replace('.', ":"),
-            value: Bytes::from(sample_record(&site.client).encode()),
-            run,
-            iterations,
-        }
-    }
-
-    fn selected(&self, w: Workload) -> bool {
-        self.args.only.is_empty() || self.args.only.contains(&w)
-    }
-
-    fn secs(&self, given: Option<u64>, full: u64, quick: u64) -> Duration {
-        Duration::from_secs(given.unwrap_or(if self.args.quick { quick } else { full }))
-    }
-
-    fn throughput_site(&self) -> throughput::Site<'_> {
-        throughput::Site {
-            url: &self.site.url,
-            bucket: self.site.bucket(),
-            keys: throughput::Keys {
-                run: Arc::from(self.run.as_str()),
-                names: Arc::from(self.names.as_str()),
-                value: self.value.clone(),
-            },
-            pids: throughput::Pids {
-                nats_server: self.site.server.as_ref().and_then(|s| s.pid()),
-                coordinator: self
-                    .site
-                    .coordinator
-                    .as_ref()
-                    .and_then(|c| c.child())
-                    .map(|(pid, _)| pid),
-            },
-        }
-    }
-
-    /// Removes what the run wrote to this site's bucket.
-    async fn purge(&self) -> Result<(), CliError> {
-        let flat_names = std::mem::take(&mut *self.flat_names.lock().expect("never poisoned"));
-        purge_run(&self.site.js, &self.site.kv, &self.run, &flat_names).await
     }
 }
 
@@ -630,54 +500,6 @@ fn death_name(death: Death) -> &'static str {
         Death::Kill => "holder process killed",
         Death::Hang => "holder process hung",
     }
-}
-
-/// A record like the ones jetlock writes, for the raw rows' value.
-fn sample_record(client: &Client) -> LockRecord {
-    LockRecord {
-        owner: "jetlock-bench#1".to_owned(),
-        session: client.session().to_owned(),
-        acquired_ms: 1_764_000_000_000,
-        lease_ms: crate::client::DEFAULT_TTL.as_millis() as u64,
-        holds: 1,
-        token: 0,
-    }
-}
-
-impl Ctx<'_> {
-    /// A lock name for a workload where the Rust client queues at the
-    /// coordinator. It has a `:` so its KV key differs from the name: the
-    /// overlap count of W3 and the token check of W4 guard against a client
-    /// that puts the key where the protocol wants the name (an early bug).
-    fn coordinated_name(&self, suffix: &str) -> String {
-        let name = format!("{}:{suffix}", self.flat);
-        let mut names = self.flat_names.lock().expect("never poisoned");
-        names.push(name.clone());
-        name
-    }
-}
-
-/// Removes everything the run wrote (records, delete and release markers):
-/// the keys under the run's prefix and the coordinated workloads' names.
-async fn purge_run(
-    js: &jetstream::Context,
-    kv: &kv::Store,
-    run: &str,
-    flat_names: &[String],
-) -> Result<(), CliError> {
-    let stream = js.get_stream(&kv.stream_name).await?;
-    stream
-        .purge()
-        .filter(format!("$KV.{}.{run}.>", kv.name))
-        .await?;
-    for name in flat_names {
-        let key = crate::name::LockName::new(name)?;
-        stream
-            .purge()
-            .filter(format!("$KV.{}.{}", kv.name, key.key()))
-            .await?;
-    }
-    Ok(())
 }
 
 fn progress(what: &str) {
