@@ -22,8 +22,11 @@ check:
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
+# The performance suite of the README (about 10 minutes on 2 cores); with
+# the peers feature it also measures Redis, PostgreSQL and etcd where they
+# are installed (`bash bench/peers.sh` installs them).
 bench: nats-server
-	cargo run --release --quiet -- bench
+	cargo run --release --quiet --features peers -- bench
 
 nats-server:
 	@bash nats/install.sh >/dev/null

@@ -52,6 +52,37 @@ pub fn dies_with_this_process(cmd: &mut Command) {
 
 /// `nats/dev.conf`: the single-node config.
 pub const DEV_CONF: &str = include_str!("../nats/dev.conf");
+/// When a single node's JetStream fsyncs what it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncInterval {
+    /// JetStream's default, as in `nats/dev.conf`: every 2 minutes.
+    #[default]
+    Default,
+    /// Every write before it is acknowledged, as in `nats/cluster.conf`
+    /// (production).
+    Always,
+}
+
+impl SyncInterval {
+    /// The value of `sync_interval` in a server config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncInterval::Default => "default",
+            SyncInterval::Always => "always",
+        }
+    }
+
+    /// `nats/dev.conf` with this setting in its `jetstream` block.
+    pub fn dev_conf(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            SyncInterval::Default => DEV_CONF.into(),
+            SyncInterval::Always => DEV_CONF
+                .replacen("jetstream {", "jetstream {\n  sync_interval: always", 1)
+                .into(),
+        }
+    }
+}
+
 /// `nats/cluster.conf`: the clustered node config.
 pub const CLUSTER_CONF: &str = include_str!("../nats/cluster.conf");
 
@@ -159,24 +190,30 @@ impl NatsServer {
     /// Starts a single JetStream node from `nats/dev.conf` on `port` (a free
     /// loopback port when `None`), storing in a fresh temp dir.
     pub fn start_single(port: Option<u16>) -> Result<Self, ServerError> {
-        Self::single(port, false)
+        Self::single(port, false, SyncInterval::Default)
+    }
+
+    /// Like [`NatsServer::start_single`] on a free port, JetStream syncing
+    /// as `sync` says (the benchmark compares both).
+    pub fn start_single_syncing(sync: SyncInterval) -> Result<Self, ServerError> {
+        Self::single(None, false, sync)
     }
 
     /// Like [`NatsServer::start_single`] on a free port, with the HTTP
     /// monitoring endpoint (`/varz`, see [`NatsServer::monitor_url`]) on
     /// another one.
     pub fn start_single_monitored() -> Result<Self, ServerError> {
-        Self::single(None, true)
+        Self::single(None, true, SyncInterval::Default)
     }
 
-    fn single(port: Option<u16>, monitored: bool) -> Result<Self, ServerError> {
+    fn single(port: Option<u16>, monitored: bool, sync: SyncInterval) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new().prefix("jetlock-nats-").tempdir()?;
         let port = match port {
             Some(p) => p,
             None => free_ports(1)?[0],
         };
         let config = dir.path().join("dev.conf");
-        fs::write(&config, DEV_CONF)?;
+        fs::write(&config, sync.dev_conf().as_bytes())?;
         let env = vec![
             ("NATS_SERVER_NAME".into(), "jetlock-dev".into()),
             ("NATS_HOST".into(), "127.0.0.1".into()),
@@ -648,5 +685,24 @@ pub async fn wait_for_jetstream(
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_always_goes_into_the_jetstream_block_of_the_dev_config() {
+        assert_eq!(SyncInterval::Default.dev_conf(), DEV_CONF);
+        let always = SyncInterval::Always.dev_conf();
+        let block = always
+            .split("jetstream {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("dev.conf has a jetstream block");
+        assert!(block.contains("sync_interval: always"), "{block}");
+        assert!(block.contains("store_dir: $NATS_STORE_DIR"), "{block}");
+        assert_eq!(always.matches("sync_interval:").count(), 1);
     }
 }

@@ -1,5 +1,5 @@
 //! The `jetlock` binary: the dev walk-through, clean stops (no orphan
-//! nats-server), `locks --json`, exit codes.
+//! nats-server), `locks --json`, exit codes, a short `bench --json`.
 
 mod common;
 
@@ -161,4 +161,35 @@ fn errors_exit_1_and_usage_errors_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not connect to NATS"));
     let out = jetlock().args(["no-such-command"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The bench's W2 and memory workloads, as short as they go: every row has
+/// pairs and a ratio to its raw row, and the report names the machine. Its
+/// numbers are not judged here (a loaded CI machine); the full run is.
+#[test]
+fn a_short_bench_reports_throughput_and_memory_as_json() {
+    let out = jetlock()
+        .args(["bench", "--quick", "--json", "--only", "throughput,memory"])
+        .args(["--durability", "default", "--throughput-secs", "1"])
+        .args(["--clients", "4", "--max-held", "1000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run jetlock bench");
+    assert!(out.status.success(), "jetlock bench failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(report["machine"]["cpus"].as_u64().is_some_and(|n| n >= 1));
+    assert_eq!(report["durability"], serde_json::json!(["default"]));
+    let rows = report["throughput"].as_array().expect("throughput rows");
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for row in rows {
+        assert!(row["pairs"].as_u64().is_some_and(|n| n > 0), "{row}");
+        assert_eq!(row["tasks"], 4);
+        let raw = row["workload"] == "raw kv pair";
+        assert_eq!(row["ratio_to_raw"].is_null(), raw, "{row}");
+    }
+    let held = report["memory"]["held"].as_array().expect("memory rows");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["held"], 1000);
+    assert!(held[0]["rss_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(report["memory"]["waiters"]["waiters"].as_u64() > Some(0));
 }

@@ -13,6 +13,7 @@ mod dev;
 mod doctor;
 mod history;
 mod hold;
+mod http;
 mod locks;
 mod members;
 mod release;

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,72 @@ impl Counted {
     }
 }
 
+/// A client in the contention loop: takes one lock and gives it back. The
+/// W3 paths and the peers (`peers/`) are each one of these.
+pub(super) trait Contender: Send + 'static {
+    /// What giving the lock back needs (a guard, a revision, a token).
+    type Held: Send;
+    /// Takes the lock on `key`, waiting while another client holds it.
+    fn take(&mut self, key: &str) -> impl Future<Output = Result<Self::Held, CliError>> + Send;
+    /// Gives the lock on `key` back.
+    fn give_back(
+        &mut self,
+        key: &str,
+        held: Self::Held,
+    ) -> impl Future<Output = Result<(), CliError>> + Send;
+}
+
+/// Every client loops take → give back on `key` until `window` is over; a
+/// take still waiting then is dropped.
+pub(super) async fn contend<C: Contender>(
+    workload: &'static str,
+    key: &str,
+    clients: Vec<C>,
+    window: Duration,
+) -> Result<ContentionRow, CliError> {
+    let n = clients.len();
+    let tally = Tally::new();
+    let end = Instant::now() + window;
+    let mut tasks = JoinSet::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let (tally, key) = (tally.clone(), key.to_owned());
+        tasks.spawn(async move {
+            let mut counted = Counted::new();
+            loop {
+                let asked = Instant::now();
+                let Ok(held) = tokio::time::timeout_at(end, client.take(&key)).await else {
+                    break;
+                };
+                let held = held?;
+                tally.granted(i);
+                counted.granted(asked)?;
+                tally.releasing();
+                client.give_back(&key, held).await?;
+                if Instant::now() >= end {
+                    break;
+                }
+            }
+            Ok::<_, CliError>(counted)
+        });
+    }
+    collect(workload, n, window, &tally, tasks).await
+}
+
+/// A jetlock client; waiting in the coordinator's queue or watching.
+struct Jetlock(crate::Client);
+
+impl Contender for Jetlock {
+    type Held = crate::LockGuard;
+
+    async fn take(&mut self, name: &str) -> Result<crate::LockGuard, CliError> {
+        Ok(self.0.lock(name).wait(ACQUIRE_WAIT).acquire().await?)
+    }
+
+    async fn give_back(&mut self, _: &str, guard: crate::LockGuard) -> Result<(), CliError> {
+        Ok(guard.release().await?)
+    }
+}
+
 /// The coordinator queue (`queue`) or the watch-and-race path, with
 /// `clients` jetlock clients on the lock `name`.
 pub(super) async fn jetlock(
@@ -126,41 +193,41 @@ pub(super) async fn jetlock(
     window: Duration,
     queue: bool,
 ) -> Result<ContentionRow, CliError> {
-    let connecting = (0..clients).map(|i| {
-        ClientOptions::new()
+    let connecting = (0..clients).map(|i| async move {
+        let client = ClientOptions::new()
             .name(format!("jetlock-bench-w3-{i}"))
             .bucket(bucket)
             .queue(queue)
             .connect(url)
+            .await?;
+        Ok::<_, CliError>(Jetlock(client))
     });
     let connected = futures::future::try_join_all(connecting).await?;
-    let tally = Tally::new();
-    let end = Instant::now() + window;
-    let mut tasks = JoinSet::new();
-    for (i, client) in connected.into_iter().enumerate() {
-        let (tally, name) = (tally.clone(), name.to_owned());
-        tasks.spawn(async move {
-            let mut counted = Counted::new();
-            loop {
-                let asked = Instant::now();
-                let acquire = client.lock(&name).wait(ACQUIRE_WAIT).acquire();
-                // The window closed while waiting: dropping cancels.
-                let Ok(guard) = tokio::time::timeout_at(end, acquire).await else {
-                    break;
-                };
-                let guard = guard?;
-                tally.granted(i);
-                counted.granted(asked)?;
-                tally.releasing();
-                guard.release().await?;
-                if Instant::now() >= end {
-                    break;
-                }
-            }
-            Ok::<_, CliError>(counted)
-        });
+    contend(workload, name, connected, window).await
+}
+
+/// async-nats alone: CAS expecting the revision of the last delete seen
+/// (`create` for the first), watch for deletes, retry.
+struct Raw {
+    kv: kv::Store,
+    watch: kv::Watch,
+    value: Bytes,
+    /// The revision to expect: 0 (create) for the first try, then the last
+    /// delete marker seen.
+    hint: Option<u64>,
+}
+
+impl Contender for Raw {
+    type Held = u64;
+
+    async fn take(&mut self, key: &str) -> Result<u64, CliError> {
+        raw_acquire(&self.kv, &mut self.watch, key, &self.value, &mut self.hint).await
     }
-    collect(workload, clients, window, &tally, tasks).await
+
+    async fn give_back(&mut self, key: &str, revision: u64) -> Result<(), CliError> {
+        self.kv.delete_expect_revision(key, Some(revision)).await?;
+        Ok(())
+    }
 }
 
 /// The raw baseline: async-nats clients, one connection each, on `key`.
@@ -180,38 +247,15 @@ pub(super) async fn raw(
         let kv = jetstream::new(nats).get_key_value(bucket).await?;
         // Watching before the run starts: no delete can slip by.
         let watch = kv.watch(key).await?;
-        Ok::<_, CliError>((kv, watch))
+        Ok::<_, CliError>(Raw {
+            kv,
+            watch,
+            value: value.clone(),
+            hint: Some(0),
+        })
     });
     let connected = futures::future::try_join_all(connecting).await?;
-    let tally = Tally::new();
-    let end = Instant::now() + window;
-    let mut tasks = JoinSet::new();
-    for (i, (kv, mut watch)) in connected.into_iter().enumerate() {
-        let (tally, key, value) = (tally.clone(), key.to_owned(), value.clone());
-        tasks.spawn(async move {
-            let mut counted = Counted::new();
-            // The revision to expect: 0 (create) for the first try, then
-            // the last delete marker seen.
-            let mut hint = Some(0);
-            loop {
-                let asked = Instant::now();
-                let acquire = raw_acquire(&kv, &mut watch, &key, &value, &mut hint);
-                let Ok(revision) = tokio::time::timeout_at(end, acquire).await else {
-                    break;
-                };
-                let revision = revision?;
-                tally.granted(i);
-                counted.granted(asked)?;
-                tally.releasing();
-                kv.delete_expect_revision(&key, Some(revision)).await?;
-                if Instant::now() >= end {
-                    break;
-                }
-            }
-            Ok::<_, CliError>(counted)
-        });
-    }
-    collect("raw kv watch + CAS retry", clients, window, &tally, tasks).await
+    contend("raw kv watch + CAS retry", key, connected, window).await
 }
 
 /// CAS until it wins; returns the revision written.

@@ -29,13 +29,19 @@ pub(super) struct JsonSession {
 }
 
 impl JsonSession {
-    /// Connects, subscribes to the session's answers and heartbeats once in
-    /// the foreground: an error if no coordinator answers.
+    /// Connects, then [`JsonSession::start`]s a session on the connection.
     pub(super) async fn connect(url: &str) -> Result<JsonSession, CliError> {
         let nats = async_nats::ConnectOptions::new()
             .name("jetlock-bench-json")
             .connect(crate::client::server_list(url))
             .await?;
+        JsonSession::start(nats).await
+    }
+
+    /// Starts a session on `nats` (which other sessions may share):
+    /// subscribes to its answers and heartbeats once in the foreground, an
+    /// error if no coordinator answers.
+    pub(super) async fn start(nats: async_nats::Client) -> Result<JsonSession, CliError> {
         let session = format!("bench.{}", nuid::next());
         let answers = nats.subscribe(format!("jetlock.to.{session}")).await?;
         nats.flush().await?;
@@ -103,6 +109,37 @@ impl JsonSession {
         format!("r{}", self.next_id)
     }
 
+    /// Asks to wait up to `wait` for `key`, without waiting for any answer
+    /// (the memory workload queues many waiters this way); the future
+    /// resolves once the request stream stored the request.
+    pub(super) async fn enqueue(
+        &mut self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<jetstream::context::PublishAckFuture, CliError> {
+        let id = self.id();
+        let body = json!({"v": 1, "id": id, "key": key, "ttl_ms": 10_000,
+            "wait_ms": wait.as_millis() as u64});
+        self.publish("acquire", &id, body).await
+    }
+
+    /// Publishes a request; the future resolves once the request stream
+    /// stored it.
+    async fn publish(
+        &self,
+        op: &str,
+        id: &str,
+        body: serde_json::Value,
+    ) -> Result<jetstream::context::PublishAckFuture, CliError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}:{id}", self.session).as_str());
+        let subject = format!("jetlock.req.{op}.{}", self.session);
+        Ok(self
+            .js
+            .publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into())
+            .await?)
+    }
+
     /// Publishes a request (returns once the request stream stored it) and
     /// waits for its final answer.
     async fn call(
@@ -111,13 +148,7 @@ impl JsonSession {
         id: &str,
         body: serde_json::Value,
     ) -> Result<Answer, CliError> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{}:{id}", self.session).as_str());
-        let subject = format!("jetlock.req.{op}.{}", self.session);
-        self.js
-            .publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into())
-            .await?
-            .await?;
+        self.publish(op, id, body).await?.await?;
         let deadline = Instant::now() + ANSWER_LIMIT;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.answers.next())

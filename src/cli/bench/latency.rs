@@ -13,6 +13,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+/// The W1 row the peers are compared with.
+pub(super) const RAW_FRESH: &str = "raw kv pair, fresh key";
+
 /// Pairs run before each workload's measured loop, not recorded.
 pub(super) const WARMUP: u64 = 50;
 /// Interleaved rounds the measured pairs are split into.
@@ -22,6 +25,8 @@ const ROUNDS: u64 = 10;
 #[derive(Debug, Serialize)]
 pub(super) struct Row {
     pub(super) workload: &'static str,
+    /// The durability of the server it ran against (`sync_interval`).
+    pub(super) durability: String,
     pub(super) p50_us: u64,
     pub(super) p99_us: u64,
     pub(super) pairs_per_sec: f64,
@@ -30,8 +35,8 @@ pub(super) struct Row {
 }
 
 /// What one timed loop measured.
-struct Measurement {
-    histogram: Histogram<u64>,
+pub(super) struct Measurement {
+    pub(super) histogram: Histogram<u64>,
     elapsed: Duration,
 }
 
@@ -65,7 +70,7 @@ pub(super) async fn run(t: Target<'_>, iterations: u64) -> Result<Vec<Row>, CliE
         measure(t, iterations).await?;
     let rows = [
         ("nats core rtt", &rtt, None),
-        ("raw kv pair, fresh key", &raw_fresh, Some(&raw_fresh)),
+        (RAW_FRESH, &raw_fresh, Some(&raw_fresh)),
         ("raw kv pair, reused key", &raw_reused, Some(&raw_reused)),
         ("jetlock pair, fresh key", &jl_fresh, Some(&raw_fresh)),
         ("jetlock pair, reused key", &jl_reused, Some(&raw_reused)),
@@ -184,13 +189,13 @@ async fn measure(t: Target<'_>, iterations: u64) -> Result<[Measurement; 7], Cli
     result.map(|()| m)
 }
 
-async fn raw_pair(kv: &kv::Store, key: &str, value: &Bytes) -> Result<(), CliError> {
+pub(super) async fn raw_pair(kv: &kv::Store, key: &str, value: &Bytes) -> Result<(), CliError> {
     let revision = kv.create(key, value.clone()).await?;
     kv.delete_expect_revision(key, Some(revision)).await?;
     Ok(())
 }
 
-async fn jetlock_pair(client: &Client, name: &str) -> Result<(), CliError> {
+pub(super) async fn jetlock_pair(client: &Client, name: &str) -> Result<(), CliError> {
     client.lock(name).acquire().await?.release().await?;
     Ok(())
 }
@@ -198,7 +203,7 @@ async fn jetlock_pair(client: &Client, name: &str) -> Result<(), CliError> {
 /// Runs `pair` for each index in `range`; when `record`, times each call
 /// into the measurement's histogram (µs) and adds the loop's wall time.
 /// Indices are distinct across calls, for workloads that need fresh keys.
-async fn timed(
+pub(super) async fn timed(
     m: &mut Measurement,
     range: std::ops::Range<u64>,
     record: bool,
@@ -227,6 +232,7 @@ fn row(workload: &'static str, m: &Measurement, iterations: u64, raw_p50: Option
     let p50_us = p50(m);
     Row {
         workload,
+        durability: String::new(),
         p50_us,
         p99_us: m.histogram.value_at_quantile(0.99),
         pairs_per_sec: iterations as f64 / m.elapsed.as_secs_f64(),

@@ -161,7 +161,12 @@ pub enum CoordinatorMode {
 
 /// The bench's running coordinator.
 pub(super) enum Coord {
-    Child { proc: Box<Proc>, id: String },
+    Child {
+        proc: Box<Proc>,
+        id: String,
+        /// `http://127.0.0.1:<port>/metrics`, on a port the child picked.
+        metrics: Option<String>,
+    },
     InProcess(Coordinator),
     External,
 }
@@ -174,19 +179,30 @@ impl Coord {
     ) -> Result<Coord, CliError> {
         match mode {
             CoordinatorMode::Child => {
-                let args = ["serve", "--url", url, "--bucket", bucket];
+                // Port 0: two bench coordinators, or a coordinator serving
+                // beside the bench, never fight over the default port.
+                let args = [
+                    "serve",
+                    "--url",
+                    url,
+                    "--bucket",
+                    bucket,
+                    "--metrics-addr",
+                    "127.0.0.1:0",
+                ];
                 let (proc, line) = Proc::start("`jetlock serve`".to_owned(), &args, |l| {
                     l.starts_with("jetlock serve: ready")
                 })
                 .await?;
-                let id = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("coordinator="))
-                    .unwrap_or("?")
-                    .to_owned();
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .map(str::to_owned)
+                };
                 Ok(Coord::Child {
                     proc: Box::new(proc),
-                    id,
+                    id: field("coordinator=").unwrap_or_else(|| "?".to_owned()),
+                    metrics: field("metrics=").filter(|m| m.starts_with("http")),
                 })
             }
             CoordinatorMode::InProcess => {
@@ -207,11 +223,19 @@ impl Coord {
     /// For the report.
     pub(super) fn describe(&self) -> String {
         match self {
-            Coord::Child { proc, id } => {
+            Coord::Child { proc, id, .. } => {
                 format!("`jetlock serve` child process (pid {}, {id})", proc.pid())
             }
             Coord::InProcess(c) => format!("in the bench process ({})", c.id()),
             Coord::External => "external (already serving at --url)".to_owned(),
+        }
+    }
+
+    /// The child's pid and metrics URL; `None` unless it is a child.
+    pub(super) fn child(&self) -> Option<(u32, Option<&str>)> {
+        match self {
+            Coord::Child { proc, metrics, .. } => Some((proc.pid(), metrics.as_deref())),
+            Coord::InProcess(_) | Coord::External => None,
         }
     }
 

@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -120,35 +119,12 @@ async fn get_varz(base: &str) -> Result<Varz, VarzError> {
     if uri.scheme_str() != Some("http") {
         return Err(bad("only http:// is supported"));
     }
-    let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let stream = tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
+    if uri.authority().is_none() {
+        return Err(bad("no host"));
+    }
+    let (status, body) = crate::cli::http::get(&uri, MAX_VARZ_BYTES)
         .await
-        .map_err(|e| http(e.into()))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| http(e.into()))?;
-    let request = hyper::Request::get(uri.path())
-        .header(hyper::header::HOST, authority.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(e.into()))?;
-    // The sender is dropped when the exchange ends, which ends the
-    // connection future too.
-    let exchange = async move {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_VARZ_BYTES)
-            .collect()
-            .await?
-            .to_bytes();
-        Ok::<_, async_nats::Error>((status, body))
-    };
-    let (exchange, _) = tokio::join!(exchange, connection);
-    let (status, body) = exchange.map_err(http)?;
+        .map_err(http)?;
     if !status.is_success() {
         return Err(VarzError::Status {
             url,

@@ -47,6 +47,8 @@ struct Sim {
     /// Whether the bucket watch shows each write too, and whether before
     /// or after the write's own result (`None`: it never does).
     watch_first: Option<bool>,
+    /// When set, reads are kept here unanswered instead of answered at once.
+    reads: Option<Vec<LockName>>,
 }
 
 impl Sim {
@@ -63,6 +65,7 @@ impl Sim {
             deleted: Vec::new(),
             events: Vec::new(),
             watch_first: None,
+            reads: None,
         }
     }
 
@@ -91,6 +94,9 @@ impl Sim {
                         if self.watch_first == Some(false) {
                             watch(self);
                         }
+                    }
+                    Action::Read { name } if self.reads.is_some() => {
+                        self.reads.as_mut().expect("checked").push(name)
                     }
                     Action::Read { name } => {
                         let c = self.bucket.keys.get(name.key()).cloned();
@@ -197,6 +203,33 @@ fn waiters_are_granted_in_arrival_order_by_one_write_each() {
     }
     // Handoffs: one write per owner change, never a vacant key between.
     assert_eq!(sim.bucket.seq - writes_before, 5);
+}
+
+#[test]
+fn a_try_lock_of_a_free_key_waits_for_the_read_that_learns_it_is_free() {
+    let mut sim = Sim::new();
+    sim.acquire("a", "1", 0);
+    let token = sim.grant_token("a", "1").expect("free lock granted");
+    sim.release("a", "2", token);
+    // Idle, the key is forgotten: the next grant expects revision 0, loses
+    // to the release marker, and the key is read again.
+    sim.advance(Duration::from_millis(20));
+    sim.reads = Some(Vec::new());
+    sim.acquire("b", "1", 0);
+    let reads = sim.reads.take().expect("set above");
+    assert_eq!(reads.len(), 1, "the key is read after the lost write");
+    // The try-lock's deadline (now) passes on the next ticks, before the
+    // read answers.
+    sim.advance(Duration::from_millis(20));
+    sim.advance(Duration::from_millis(20));
+    assert_eq!(sim.error_code("b", "1"), None, "no busy for a free lock");
+    for name in reads {
+        let c = sim.bucket.keys.get(name.key()).cloned();
+        sim.engine.read_done(&name, c, sim.now);
+    }
+    sim.settle();
+    assert!(sim.grant_token("b", "1").is_some_and(|t| t > token));
+    assert_eq!(sim.holder().as_deref(), Some("b"));
 }
 
 #[test]
