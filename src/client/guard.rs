@@ -307,6 +307,9 @@ impl Hold {
         let token = self.token.get();
         let link = &self.inner.link;
         let fast = self.inner.fast_path.on();
+        // Set when the coordinator did not answer the release: it may
+        // still have carried it out (handing the lock on).
+        let mut asked_coordinator = false;
         if !fast || (link.is_contended(self.name.key(), token) && link.coordinated()) {
             // Someone waits: the coordinator hands the lock to the next
             // waiter in the same write that ends our hold. (On the
@@ -318,6 +321,7 @@ impl Hold {
                 // No answer: release directly (it conflicts harmlessly if
                 // the coordinator did it after all).
                 Err(e) if fast => {
+                    asked_coordinator = true;
                     debug!(lock = %self.name, error = %e, "release through the coordinator failed")
                 }
                 // The server expires the lease.
@@ -341,6 +345,14 @@ impl Hold {
                 Ok(w) => {
                     self.inner.remember_release(self.name.key(), w.revision);
                     debug!(lock = %self.name, token = %self.token, "released");
+                    return Ok(());
+                }
+                // The coordinator released it after all, unanswered (a
+                // lame-duck server closed its connection mid-request): the
+                // hold was still ours when this release began (not lost
+                // by our own clock), so nobody else took it before.
+                Err(CasError::Conflict { .. }) if asked_coordinator => {
+                    debug!(lock = %self.name, token = %self.token, "released by the coordinator");
                     return Ok(());
                 }
                 Err(CasError::Conflict { .. }) => {
