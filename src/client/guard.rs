@@ -347,11 +347,14 @@ impl Hold {
                     debug!(lock = %self.name, token = %self.token, "released");
                     return Ok(());
                 }
-                // The coordinator released it after all, unanswered (a
-                // lame-duck server closed its connection mid-request): the
-                // hold was still ours when this release began (not lost
-                // by our own clock), so nobody else took it before.
-                Err(CasError::Conflict { .. }) if asked_coordinator => {
+                // Our release landed after all and the lock has moved on
+                // since: the coordinator carried out a release whose answer
+                // was lost (a lame-duck server closed the connection), or
+                // our own first try landed but its ack was lost and the
+                // next holder wrote before this re-send. The hold was still
+                // ours when this release began (not lost by our own
+                // clock), so nobody else took it before.
+                Err(CasError::Conflict { .. }) if asked_coordinator || tries > 0 => {
                     debug!(lock = %self.name, token = %self.token, "released by the coordinator");
                     return Ok(());
                 }

@@ -336,6 +336,10 @@ const REGRANT_WINDOW: Duration = Duration::from_secs(5);
 /// owner has long handled them.
 const MIRROR_OP_LIFETIME: Duration = Duration::from_secs(5);
 
+/// Without our own beat echoed back for this long (over two beats of
+/// 250 ms), this coordinator counts itself cut off from NATS.
+const CUT_OFF_AFTER: Duration = Duration::from_millis(600);
+
 /// How often idle keys and finished requests are swept out. A sweep walks
 /// every key: on every tick (20 ms) that was 28% of a core for an idle
 /// coordinator with 100k held locks, and all of it with 1M.
@@ -359,6 +363,9 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     ready: bool,
     last_tick: Option<Instant>,
+    /// When this coordinator last heard its own beat come back through
+    /// NATS (`None` until it first does).
+    own_echo: Option<Instant>,
     next_sweep: Option<Instant>,
     out: Vec<Action>,
     pub stats: Stats,
@@ -380,6 +387,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             ready: false,
             last_tick: None,
+            own_echo: None,
             next_sweep: None,
             out: Vec::new(),
             stats: Stats::default(),
@@ -1007,6 +1015,9 @@ impl Engine {
 
     /// A heartbeat of another coordinator.
     pub fn coordinator_beat(&mut self, beat: CoordinatorBeat, now: Instant) {
+        if beat.id == self.ring.me() {
+            self.own_echo = Some(now);
+        }
         let before = self.ring.members();
         let changed = if beat.leaving {
             self.ring.leave(&beat.id)
@@ -1044,6 +1055,19 @@ impl Engine {
             if now.duration_since(last) > Duration::from_millis(500) {
                 self.sessions.stalled(now);
             }
+        }
+        // Our own beats stopped coming back: our server hangs or we are cut
+        // off from it, so we hear nobody's heartbeats either. Silence is
+        // ours, not the sessions': declare nobody dead, and give everyone
+        // a whole timeout once we hear again. (Before this, a coordinator
+        // whose server was paused declared every session dead and carried
+        // the releases out when the server woke: the fault suite's
+        // paused-server scenario caught it.)
+        if self
+            .own_echo
+            .is_some_and(|at| now.duration_since(at) > CUT_OFF_AFTER)
+        {
+            self.sessions.stalled(now);
         }
         self.last_tick = Some(now);
         let before = self.ring.members();
