@@ -1058,8 +1058,8 @@ impl Engine {
         }
         // Our own beats stopped coming back: our server hangs or we are cut
         // off from it, so we hear nobody's heartbeats either. Silence is
-        // ours, not the sessions': declare nobody dead, and give everyone
-        // a whole timeout once we hear again. (Before this, a coordinator
+        // ours, not the sessions': declare nobody dead, as after a stall of
+        // our own loop, until we hear again plus the hold-off. (Before this, a coordinator
         // whose server was paused declared every session dead and carried
         // the releases out when the server woke: the fault suite's
         // paused-server scenario caught it.)

@@ -801,3 +801,51 @@ fn a_departed_coordinator_is_reported_once_with_the_locks_taken_over() {
         "and the waiter is granted"
     );
 }
+
+#[test]
+fn a_coordinator_that_stops_hearing_its_own_beat_declares_nobody_dead() {
+    let own_beat = |sim: &mut Sim| {
+        let beat = CoordinatorBeat {
+            v: 1,
+            id: "me".to_owned(),
+            conn: None,
+            now_ms: None,
+            leaving: false,
+        };
+        sim.engine.coordinator_beat(beat, sim.now);
+    };
+    let mut sim = Sim::new();
+    own_beat(&mut sim);
+    sim.acquire("s", "a1", 0);
+    let token = sim.grant_token("s", "a1").expect("granted");
+    // Our server hangs: neither our beats nor the session's heartbeats
+    // arrive, for far longer than the session timeout, in small ticks.
+    for _ in 0..100 {
+        sim.advance(Duration::from_millis(50));
+    }
+    assert!(
+        !sim.events.iter().any(|e| e.kind == EventKind::SessionDown),
+        "a cut-off coordinator declared a session dead"
+    );
+    assert!(matches!(
+        sim.bucket.keys.get("k"),
+        Some(Current::Held { .. })
+    ));
+    // We hear again; the session gets time to heartbeat (the hold-off of
+    // a stall: its longest timeout, at most 5 s)...
+    own_beat(&mut sim);
+    sim.engine.heartbeat("s", Heartbeat::default(), sim.now);
+    sim.advance(Duration::from_millis(50));
+    assert!(!sim.events.iter().any(|e| e.kind == EventKind::SessionDown));
+    // ...and while we hear ourselves, silence is the session's: it dies.
+    for _ in 0..200 {
+        own_beat(&mut sim);
+        sim.advance(Duration::from_millis(50));
+    }
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| e.kind == EventKind::SessionDown && e.subject.as_deref() == Some("s")),
+        "the silent session was declared dead once we heard ourselves (token {token})"
+    );
+}
