@@ -260,14 +260,7 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = match self.launcher.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(&self.bin);
-                cmd
-            }
-            None => Command::new(&self.bin),
-        };
+        let mut cmd = launched(&self.launcher, &self.bin);
         cmd.arg("-c").arg(&self.config);
         if let Some(monitor) = self.monitor_port {
             cmd.arg("-m").arg(monitor.to_string());
@@ -498,6 +491,19 @@ impl Role {
             Role::Restricted => "JETLOCK_RESTRICTED_PASSWORD",
             Role::Demo => "JETLOCK_DEMO_PASSWORD",
         }
+    }
+}
+
+/// A command running `program` behind `launcher` (program and arguments
+/// first, e.g. `ip netns exec n1`), or directly when `launcher` is empty.
+pub fn launched(launcher: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match launcher.split_first() {
+        Some((first, args)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(args).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }
 

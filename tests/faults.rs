@@ -354,6 +354,13 @@ async fn connect_retrying(options: impl Fn() -> ClientOptions, url: &str) -> Cli
     }
 }
 
+/// Fault rounds, numbered from 0: until `secs` have passed, and at least
+/// `min` of them.
+fn rounds(secs: Duration, min: usize) -> impl Iterator<Item = usize> {
+    let end = Instant::now() + secs;
+    (0..).take_while(move |&round| Instant::now() < end || round < min)
+}
+
 /// A random pause between faults: `lo..hi` milliseconds.
 async fn jitter(lo: u64, hi: u64) {
     sleep(Duration::from_millis(fastrand::u64(lo..hi))).await;
@@ -364,9 +371,7 @@ async fn jitter(lo: u64, hi: u64) {
 /// kill -9 a server, restart it; every other round the locks stream's
 /// leader.
 async fn kill_servers(rig: &mut Rig, secs: Duration) {
-    let end = Instant::now() + secs;
-    let mut round = 0;
-    while Instant::now() < end || round < 2 {
+    for round in rounds(secs, 2) {
         let victim = if round % 2 == 1 {
             let leader = stream_leader(&rig.cluster, "KV_JETLOCK_LOCKS").await;
             rig.cluster
@@ -384,7 +389,6 @@ async fn kill_servers(rig: &mut Rig, secs: Duration) {
             .expect("restart the member");
         rig.resumed("a server was killed and restarted").await;
         jitter(500, 1500).await;
-        round += 1;
     }
 }
 
@@ -395,9 +399,7 @@ async fn pause_servers(rig: &mut Rig, secs: Duration) {
     } else {
         3_000
     };
-    let end = Instant::now() + secs;
-    let mut round = 0;
-    while Instant::now() < end || round < 2 {
+    for _ in rounds(secs, 2) {
         let victim = fastrand::usize(..3);
         rig.cluster.servers()[victim].pause();
         rig.faults += 1;
@@ -405,22 +407,20 @@ async fn pause_servers(rig: &mut Rig, secs: Duration) {
         rig.cluster.servers()[victim].resume();
         rig.resumed("a server was paused and resumed").await;
         jitter(500, 1500).await;
-        round += 1;
     }
 }
 
 /// kill -9 one coordinator and start it again; then both at once.
 async fn kill_coordinators(rig: &mut Rig, secs: Duration) {
-    let end = Instant::now() + secs;
-    let mut round = 0;
-    while Instant::now() < end || round < 2 {
+    for round in rounds(secs, 2) {
         let victims: Vec<usize> = if round % 2 == 1 {
             vec![0, 1]
         } else {
             vec![fastrand::usize(..2)]
         };
         for &v in &victims {
-            rig.coordinators[v].take().expect("running").kill9();
+            // Dropping a `Serving` is kill -9 and reap.
+            drop(rig.coordinators[v].take().expect("running"));
             rig.faults += 1;
         }
         jitter(300, 1500).await;
@@ -430,7 +430,6 @@ async fn kill_coordinators(rig: &mut Rig, secs: Duration) {
         }
         rig.resumed("coordinators were killed and restarted").await;
         jitter(500, 1500).await;
-        round += 1;
     }
 }
 
@@ -438,9 +437,7 @@ async fn kill_coordinators(rig: &mut Rig, secs: Duration) {
 /// every grant a client saw before the crash is still in the bucket (its
 /// key's revision is at least the token).
 async fn kill_all_servers(rig: &mut Rig, secs: Duration) {
-    let end = Instant::now() + secs;
-    let mut round = 0;
-    while Instant::now() < end || round < 1 {
+    for _ in rounds(secs, 1) {
         // Load on every key before the crash.
         jitter(1500, 3000).await;
         let mut order = [0usize, 1, 2];
@@ -471,7 +468,6 @@ async fn kill_all_servers(rig: &mut Rig, secs: Duration) {
         );
         rig.resumed("all servers were killed and restarted").await;
         jitter(1000, 2000).await;
-        round += 1;
     }
 }
 
@@ -604,14 +600,7 @@ impl HolderProcess {
     /// accepted.
     async fn start(rig: &Rig, k: &str, launcher: &[String], record: bool) -> HolderProcess {
         let exe = std::env::current_exe().expect("this test binary");
-        let mut cmd = match launcher.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(exe);
-                cmd
-            }
-            None => Command::new(exe),
-        };
+        let mut cmd = jetlock::server::launched(launcher, exe);
         cmd.args(["--exact", "paused_holder_child", "--nocapture", "--ignored"])
             .env(
                 "JETLOCK_FAULT_CHILD",
@@ -816,12 +805,9 @@ async fn paused_holder_child() {
 async fn a_paused_holder_is_fenced_off() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut rig = Rig::start("pause-holder").await;
-    let end = Instant::now() + fault_secs();
-    let mut rounds = 0;
-    while Instant::now() < end || rounds < 1 {
+    for _ in rounds(fault_secs(), 1) {
         pause_a_holder(&mut rig).await;
         rig.resumed("a holder was paused").await;
-        rounds += 1;
     }
     rig.finish().await;
 }
@@ -897,9 +883,7 @@ async fn isolate_servers(rig: &mut Rig, secs: Duration) {
     } else {
         4_000
     };
-    let end = Instant::now() + secs;
-    let mut round = 0;
-    while Instant::now() < end || round < 2 {
+    for _ in rounds(secs, 2) {
         let k = 1 + fastrand::usize(..3);
         cut(k);
         rig.faults += 1;
@@ -907,7 +891,6 @@ async fn isolate_servers(rig: &mut Rig, secs: Duration) {
         heal(k);
         rig.resumed("a server was cut off and reconnected").await;
         jitter(500, 1500).await;
-        round += 1;
     }
 }
 

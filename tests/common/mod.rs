@@ -285,19 +285,6 @@ impl Serving {
     }
 }
 
-impl Serving {
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// kill -9, then reap.
-    pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Drop for Serving {
     fn drop(&mut self) {
         let _ = self.child.kill();
