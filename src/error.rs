@@ -61,7 +61,8 @@ pub enum LostReason {
     /// No coordinator confirmed this client's session for its session
     /// timeout (a server or the network in between hung): the coordinators
     /// may have declared it dead and handed its locks on, so its holds are
-    /// given up before they could. The session itself goes on.
+    /// given up before they could. The session ends with them: new
+    /// acquisitions fail with [`LockError::SessionExpired`] (connect again).
     Unconfirmed,
 }
 
@@ -110,9 +111,10 @@ pub enum LockError {
         #[source]
         source: RecordError,
     },
-    /// The coordinators declared this client's session dead; create a new
+    /// This client's session is over: the coordinators declared it dead, or
+    /// none confirmed it within its timeout (they may have). Create a new
     /// client.
-    #[error("the session was declared dead by the coordinators (missed heartbeats); connect a new client")]
+    #[error("the session is over: the coordinators declared it dead, or none confirmed it in time (missed heartbeats); connect a new client")]
     SessionExpired,
     /// A coordinator refused the request.
     #[error("coordinator refused {op} of lock {name:?}: {code}: {message}")]

@@ -457,6 +457,54 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() {
     assert!(err.contains("lost"), "stderr: {err}");
 }
 
+/// A coordinator that stops answering (SIGSTOP) for longer than the
+/// session timeout: the client's session ends on its own deadline. Its hold
+/// is lost (`Unconfirmed`), a new acquire fails with `SessionExpired`, and
+/// the coordinator, once awake, reads the session's goodbye and releases the
+/// lock: a new client takes it long before its five-minute lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_session_ends_and_its_lock_is_released() {
+    let server = single();
+    let url = server.url();
+    let serving = common::serve(&url, &[]);
+    let holder = client(&url, "holder").await;
+    let lease = Duration::from_secs(300);
+    let guard = holder
+        .lock("unconfirmed")
+        .ttl(lease)
+        .acquire()
+        .await
+        .unwrap();
+    serving.signal(libc::SIGSTOP);
+    tokio::time::timeout(PATIENCE, guard.lost())
+        .await
+        .expect("the hold is given up while no coordinator answers");
+    assert_eq!(guard.lost_reason(), Some(LostReason::Unconfirmed));
+    assert!(
+        matches!(
+            holder.lock("other").acquire().await,
+            Err(LockError::SessionExpired)
+        ),
+        "the ended session takes no new lock"
+    );
+    serving.signal(libc::SIGCONT);
+    let next = client(&url, "next").await;
+    let taken = next
+        .lock("unconfirmed")
+        .wait(PATIENCE)
+        .acquire()
+        .await
+        .expect("released by the coordinator, not expired: the lease is 300 s");
+    assert!(taken.token() > guard.token());
+    assert!(
+        matches!(
+            holder.lock("unconfirmed").acquire().await,
+            Err(LockError::SessionExpired)
+        ),
+        "the ended session stays ended after the coordinator answers again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_warns_the_holder_then_fences_it_off() {
     let server = single();

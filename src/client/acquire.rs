@@ -175,7 +175,7 @@ pub(crate) async fn acquire(
             }
         }
     }
-    if inner.link.is_expired() {
+    if inner.link.ended() {
         return Err(LockError::SessionExpired);
     }
     let started = Instant::now();
@@ -207,14 +207,12 @@ pub(crate) async fn acquire(
         }
     }?;
     // No coordinator confirmed this session lately: one may have declared
-    // it dead and would hand this grant on at once. The guard is dropped
-    // (released in the background).
-    if inner.link.in_jeopardy() {
+    // it dead and would hand this grant on at once, and the session ends
+    // (see `SessionLink::unconfirmed`). The guard is dropped (released in
+    // the background).
+    if inner.link.ended() {
         drop(granted);
-        return Err(LockError::Lost {
-            name: name.to_string(),
-            reason: crate::error::LostReason::Unconfirmed,
-        });
+        return Err(LockError::SessionExpired);
     }
     Ok(granted)
 }

@@ -102,13 +102,8 @@ impl SessionLink {
                 _ = link.run(answers, inner, nats.clone()) => {}
             }
             // Tell the coordinators now rather than after the timeout.
-            let bye = Heartbeat {
-                leaving: true,
-                ..Heartbeat::default()
-            };
-            let body = serde_json::to_vec(&bye).expect("heartbeats serialize");
             let _ = nats
-                .publish(protocol::heartbeat_subject(&link.session), body.into())
+                .publish(protocol::heartbeat_subject(&link.session), leaving_beat())
                 .await;
             let _ = nats.flush().await;
         });
@@ -185,9 +180,17 @@ impl SessionLink {
             tokio::select! {
                 _ = tokio::time::sleep_until(jeopardy.unwrap_or_else(Instant::now)), if jeopardy.is_some() => {
                     given_up = *self.confirmed.lock().expect("never poisoned");
-                    self.unconfirmed(&inner);
+                    if self.unconfirmed(&inner) {
+                        // Tell the coordinators now rather than after the
+                        // timeout, so they release what it held.
+                        let _ = nats
+                            .publish(protocol::heartbeat_subject(&self.session), leaving_beat())
+                            .await;
+                    }
                 }
-                _ = beat.tick() => {
+                // An ended session beats no more; answers are still read
+                // (a late grant is given back).
+                _ = beat.tick(), if !self.is_expired() => {
                     let info = nats.server_info();
                     let hb = Heartbeat {
                         timeout_ms: Some(self.timeout.as_millis() as u64),
@@ -240,36 +243,56 @@ impl SessionLink {
         Some(confirmed + timeout - timeout / 10)
     }
 
-    /// Past [`SessionLink::jeopardy_at`] without a newer confirmation: a
-    /// coordinator may consider this session dead, so a grant now may be
-    /// handed on under it.
-    pub(crate) fn in_jeopardy(&self) -> bool {
-        self.jeopardy_at().is_some_and(|at| Instant::now() >= at)
+    /// The session is over: declared dead, or past
+    /// [`SessionLink::jeopardy_at`] without a newer confirmation (a
+    /// coordinator may consider it dead, so a grant now may be handed on
+    /// under it; the session ends on the spot, see
+    /// [`SessionLink::unconfirmed`]).
+    pub(crate) fn ended(&self) -> bool {
+        self.is_expired() || self.jeopardy_at().is_some_and(|at| Instant::now() >= at)
     }
 
-    /// No answer confirmed the session in time: every hold is given up
-    /// (`lost()` fires) before a coordinator could hand it on. The holds
-    /// are not released: the session may be dead, and the lease ends on
-    /// the server anyway. The session goes on, and takes new locks.
-    fn unconfirmed(&self, inner: &Weak<Inner>) {
-        let Some(inner) = inner.upgrade() else { return };
+    /// No answer confirmed the session in time, so a coordinator may
+    /// declare it dead from now on, and one that was cut off from us may
+    /// have done so already: the session ends here, as if declared dead.
+    /// Every hold is given up (`lost()` fires) before a coordinator could
+    /// hand it on, and new acquisitions fail with `SessionExpired`.
+    ///
+    /// The session does not go on. A coordinator that was cut off with this
+    /// client (both on a server that lost its peers) holds off declaring
+    /// anybody dead and confirms the session again once healed, while the
+    /// others declared it dead and release every lock it takes after: a
+    /// session that carried on then held locks that were handed on (the
+    /// fault suite's server-isolation partition). The holds are not
+    /// released: the lease ends on the server anyway. True if the session
+    /// was live until now.
+    fn unconfirmed(&self, inner: &Weak<Inner>) -> bool {
+        if self.expired.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return true;
+        };
         let holds: Vec<_> = inner
             .holds
             .iter()
             .filter_map(|h| h.value().upgrade())
             .collect();
-        if !holds.is_empty() {
-            warn!(session = %self.session, holds = holds.len(),
-                  "no coordinator confirmed this session within its timeout; its locks are given up");
-        }
+        warn!(session = %self.session, holds = holds.len(),
+              "no coordinator confirmed this session within its timeout; it ends and its locks are given up (connect again for a new session)");
         for hold in holds {
             hold.lose(LostReason::Unconfirmed, true);
         }
+        true
     }
 
     fn acked(&self, ack: &HeartbeatAck, sent: Instant, inner: &Weak<Inner>) {
         *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
         self.coordinators.store(ack.coordinators, Ordering::Relaxed);
+        if self.is_expired() {
+            // Over: a late `alive` confirms nothing.
+            return;
+        }
         if ack.alive {
             let mut confirmed = self.confirmed.lock().expect("never poisoned");
             *confirmed = Some(confirmed.map_or(sent, |c| c.max(sent)));
@@ -440,4 +463,15 @@ impl Drop for SessionLink {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The heartbeat that ends a session at once.
+fn leaving_beat() -> bytes::Bytes {
+    let bye = Heartbeat {
+        leaving: true,
+        ..Heartbeat::default()
+    };
+    serde_json::to_vec(&bye)
+        .expect("heartbeats serialize")
+        .into()
 }

@@ -279,6 +279,14 @@ pub fn serve(url: &str, extra: &[&str]) -> Serving {
 }
 
 impl Serving {
+    /// Sends `sig` (`libc::SIGSTOP`, `libc::SIGCONT`, …) to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
     /// How the process ended, if it has.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
