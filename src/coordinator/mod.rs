@@ -408,6 +408,10 @@ impl Runtime {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                // Heartbeats first: a burst of requests must not keep their
+                // answers past a client's deadline, which would end its
+                // session (`LostReason::Unconfirmed`).
+                Some(msg) = feeds.heartbeats.next() => self.heartbeat(msg).await,
                 Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
                     if let Ok((name, result)) = done {
                         self.engine.written(&name, result, Instant::now());
@@ -457,7 +461,6 @@ impl Runtime {
                     }
                     Err(e) => warn!(error = %e, "request stream interrupted; it resumes"),
                 },
-                Some(msg) = feeds.heartbeats.next() => self.heartbeat(msg).await,
                 Some(entry) = feeds.settings.next() => match entry {
                     Ok(entry) => {
                         if entry.delta == 0 {
