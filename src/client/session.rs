@@ -258,10 +258,11 @@ impl SessionLink {
     /// Every hold is given up (`lost()` fires) before a coordinator could
     /// hand it on, and new acquisitions fail with `SessionExpired`.
     ///
-    /// The session does not go on. A coordinator that was cut off with this
-    /// client (both on a server that lost its peers) holds off declaring
-    /// anybody dead and confirms the session again once healed, while the
-    /// others declared it dead and release every lock it takes after: a
+    /// The session does not go on. A coordinator that was cut off along
+    /// with this client (both connected to a server that lost the network)
+    /// holds off declaring anybody dead and confirms the session again once
+    /// healed, while the others declared it dead and release every lock it
+    /// takes after: a
     /// session that carried on then held locks that were handed on (the
     /// fault suite's server-isolation partition). The holds are not
     /// released: the lease ends on the server anyway. True if the session
