@@ -300,8 +300,7 @@ struct RecentGrant {
 /// What the machine knows of one key. Every held lock has one, so its
 /// size is most of the coordinator's memory per lock: the parts only a key
 /// being written, revoked or just granted through the coordinator needs
-/// are boxed (816 bytes inline before, 256 now; `jetlock bench` measures
-/// the memory per held lock).
+/// are boxed (`jetlock bench` measures the memory per held lock).
 #[derive(Debug)]
 struct KeyState {
     name: LockName,

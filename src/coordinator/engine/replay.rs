@@ -133,6 +133,9 @@ impl Engine {
             return false;
         };
         let revision = revision_of(current);
+        // Above the revision it expected: a process that ran earlier under
+        // the same coordinator id (`--id`) numbered its writes the same way,
+        // but everything it wrote is at or below what this write expected.
         let ours = stamp.write_id.as_deref() == Some(self.write_id(sent.write).as_str());
         if !ours || revision <= sent.expected {
             return false;
