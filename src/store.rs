@@ -121,8 +121,26 @@ impl LockStore {
         ttl: Duration,
         write: WriteId<'_>,
     ) -> Result<Written, CasError> {
+        self.put_applied(name, record, expected, ttl, write, None)
+            .await
+    }
+
+    /// [`LockStore::put`], stamped with what a coordinator's write applied
+    /// (the [`APPLIED`] header's value).
+    pub async fn put_applied(
+        &self,
+        name: &LockName,
+        record: &LockRecord,
+        expected: u64,
+        ttl: Duration,
+        write: WriteId<'_>,
+        applied: Option<&str>,
+    ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
         headers.insert("Nats-TTL", ttl_header(ttl).as_str());
+        if let Some(applied) = applied {
+            headers.insert(APPLIED, applied);
+        }
         self.publish(name, headers, Bytes::from(record.encode()), expected, write)
             .await
     }
@@ -138,9 +156,26 @@ impl LockStore {
         marker_ttl: Duration,
         write: WriteId<'_>,
     ) -> Result<Written, CasError> {
+        self.release_applied(name, expected, marker_ttl, write, None)
+            .await
+    }
+
+    /// [`LockStore::release`], stamped with what a coordinator's write
+    /// applied (the [`APPLIED`] header's value).
+    pub async fn release_applied(
+        &self,
+        name: &LockName,
+        expected: u64,
+        marker_ttl: Duration,
+        write: WriteId<'_>,
+        applied: Option<&str>,
+    ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
         headers.insert("KV-Operation", "DEL");
         headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
+        if let Some(applied) = applied {
+            headers.insert(APPLIED, applied);
+        }
         self.publish(name, headers, Bytes::new(), expected, write)
             .await
     }
@@ -224,19 +259,30 @@ impl LockStore {
     /// Reads the key's last message from the stream leader. The answer is a
     /// hint for the next CAS, not a decision.
     pub async fn read(&self, name: &LockName) -> Result<Current, ReadError> {
+        Ok(self.read_with_headers(name).await?.0)
+    }
+
+    /// [`LockStore::read`], with the headers of the key's last message
+    /// (none when the key has no message): who wrote it ([`WRITE_ID`]) and
+    /// what it applied ([`APPLIED`]).
+    pub async fn read_with_headers(
+        &self,
+        name: &LockName,
+    ) -> Result<(Current, Option<HeaderMap>), ReadError> {
         let Some(message) = self
             .last_message(name)
             .await
             .map_err(ReadError::Transport)?
         else {
-            return Ok(Current::Vacant { revision: 0 });
+            return Ok((Current::Vacant { revision: 0 }, None));
         };
-        current_from_message(message.sequence, Some(&message.headers), &message.payload).map_err(
-            |source| ReadError::Corrupt {
-                key: name.key().to_owned(),
-                source,
-            },
-        )
+        let current =
+            current_from_message(message.sequence, Some(&message.headers), &message.payload)
+                .map_err(|source| ReadError::Corrupt {
+                    key: name.key().to_owned(),
+                    source,
+                })?;
+        Ok((current, Some(message.headers)))
     }
 
     /// Watches one key from `revision` on (inclusive): every later write,
@@ -305,6 +351,10 @@ pub fn current_from_message(
 
 /// Header naming the write that stored a message (see the module docs).
 pub const WRITE_ID: &str = "Jetlock-Write-Id";
+
+/// Header on a coordinator's write naming the requests it applied, so the
+/// write is never applied twice (`docs/PROTOCOL.md`, "Messages on a key").
+pub const APPLIED: &str = "Jetlock-Applied";
 
 /// Identifies one CAS write, the same on every send of it.
 #[derive(Debug, Clone, Copy)]

@@ -16,7 +16,9 @@ mod hearing;
 mod membership;
 pub mod metrics;
 
-pub use engine::{Action, Engine, EngineConfig, Stats, Write, WriteKind, WriteResult};
+pub use engine::{
+    Action, Applied, Engine, EngineConfig, Stamp, Stats, Write, WriteKind, WriteResult,
+};
 pub use membership::Ring;
 
 use crate::admin::{self, LocksQuery, LocksView, MembersView};
@@ -206,13 +208,15 @@ struct Runtime {
     engine: Engine,
     conn: Option<ConnId>,
     writes: JoinSet<(LockName, WriteResult)>,
-    reads: JoinSet<(LockName, Option<store::Current>)>,
+    reads: JoinSet<(LockName, Option<(store::Current, Stamp)>)>,
     deletes: JoinSet<()>,
     /// The proof beat in flight: its send time once the quorum stored it.
     proofs: JoinSet<Option<Instant>>,
     /// Another proof beat is wanted as soon as the one in flight is done.
     proof_wanted: bool,
-    write_seq: u64,
+    /// The request stream's creation time (unix ms): request sequences
+    /// named in `Jetlock-Applied` count only in the stream they came from.
+    request_epoch: u64,
     metrics: Arc<Metrics>,
     /// The live settings of the file and flags, and the config bucket's
     /// entries laid over them.
@@ -272,7 +276,7 @@ impl Runtime {
             deletes: JoinSet::new(),
             proofs: JoinSet::new(),
             proof_wanted: false,
-            write_seq: 0,
+            request_epoch: 0,
             metrics,
             pending_events: Vec::new(),
             base_settings: LiveSettings::of(&config),
@@ -302,13 +306,12 @@ impl Runtime {
         // Every final answer, whoever sent it: mirrors forget what is done.
         let answers = subscribe("jetlock.to.>").await?;
 
-        let requests_empty = requests
+        let request_info = requests
             .info()
             .await
-            .map_err(nats_err("read the request stream's state"))?
-            .state
-            .messages
-            == 0;
+            .map_err(nats_err("read the request stream's state"))?;
+        let requests_empty = request_info.state.messages == 0;
+        self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
         let bucket_empty = kv_stream
             .info()
             .await
@@ -559,10 +562,12 @@ impl Runtime {
             .as_ref()
             .and_then(|h| h.get("Nats-Marker-Reason"))
             .is_some_and(|r| r.as_str() == "MaxAge");
+        let stamp = stamp_of(msg.headers.as_ref(), self.request_epoch);
         match store::current_from_message(seq, msg.headers.as_ref(), &msg.payload) {
-            Ok(current) => self
-                .engine
-                .observed_change(&name, current, expired, Instant::now()),
+            Ok(current) => {
+                self.engine
+                    .observed_change(&name, current, expired, stamp, Instant::now())
+            }
             Err(e) => warn!(key, error = %e, "unreadable lock record; ignored"),
         }
     }
@@ -652,26 +657,29 @@ impl Runtime {
                 engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Prove => self.prove(),
                 engine::Action::Write(write) => {
-                    debug!(lock = %write.name, expected = write.expected, kind = ?write.kind, "write");
-                    self.write_seq += 1;
-                    let id = format!("{}.{}", self.config.id, self.write_seq);
+                    debug!(lock = %write.name, expected = write.expected, kind = ?write.kind,
+                        id = write.id, "write");
+                    let applied = applied_header(self.request_epoch, write.applied);
                     let store = self.store.clone();
                     self.writes.spawn(async move {
-                        let result = run_write(&store, &write, &id).await;
+                        let result = run_write(&store, &write, applied.as_deref()).await;
                         (write.name, result)
                     });
                 }
                 engine::Action::Read { name } => {
                     let store = self.store.clone();
+                    let epoch = self.request_epoch;
                     self.reads.spawn(async move {
-                        let current = match store.read(&name).await {
-                            Ok(c) => Some(c),
+                        let read = match store.read_with_headers(&name).await {
+                            Ok((current, headers)) => {
+                                Some((current, stamp_of(headers.as_ref(), epoch)))
+                            }
                             Err(e) => {
                                 debug!(lock = %name, error = %e, "read failed");
                                 None
                             }
                         };
-                        (name, current)
+                        (name, read)
                     });
                 }
                 engine::Action::Delete { seq } => {
@@ -788,17 +796,21 @@ async fn respond<T: serde::Serialize>(req: service::Request, reply: Result<T, St
     }
 }
 
-async fn run_write(store: &LockStore, write: &Write, id: &str) -> WriteResult {
-    let write_id = WriteId { id, resend: false };
+async fn run_write(store: &LockStore, write: &Write, applied: Option<&str>) -> WriteResult {
+    let write_id = WriteId {
+        id: &write.id,
+        resend: false,
+    };
+    let (name, expected) = (&write.name, write.expected);
     let result = match &write.kind {
         WriteKind::Put { record, ttl } => {
             store
-                .put(&write.name, record, write.expected, *ttl, write_id)
+                .put_applied(name, record, expected, *ttl, write_id, applied)
                 .await
         }
         WriteKind::Release => {
             store
-                .release(&write.name, write.expected, DEFAULT_MARKER_TTL, write_id)
+                .release_applied(name, expected, DEFAULT_MARKER_TTL, write_id, applied)
                 .await
         }
     };
@@ -811,6 +823,35 @@ async fn run_write(store: &LockStore, write: &Write, id: &str) -> WriteResult {
             debug!(lock = %write.name, error = %e, "coordinator write failed");
             WriteResult::Failed
         }
+    }
+}
+
+/// The `Jetlock-Applied` value of a write: `<request stream epoch> <hold>
+/// <ended>` (see `engine/replay.rs`); none when it applies no request.
+fn applied_header(epoch: u64, applied: Applied) -> Option<String> {
+    (!applied.is_none()).then(|| format!("{epoch} {} {}", applied.hold, applied.ended))
+}
+
+/// What a message's headers say about the coordinator write that stored it.
+/// Sequences of another request stream (one deleted and created again
+/// since) count as none: they do not order this stream's requests.
+fn stamp_of(headers: Option<&async_nats::HeaderMap>, epoch: u64) -> Stamp {
+    let Some(headers) = headers else {
+        return Stamp::default();
+    };
+    let applied = headers
+        .get(store::APPLIED)
+        .and_then(|v| {
+            let mut parts = v.as_str().split(' ').map(|p| p.parse::<u64>().ok());
+            match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
+                (e, hold, ended, None) if e == epoch => Some(Applied { hold, ended }),
+                _ => None,
+            }
+        })
+        .unwrap_or_default();
+    Stamp {
+        write_id: headers.get(store::WRITE_ID).map(|v| v.as_str().to_owned()),
+        applied,
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod demo;
 pub mod history;
 pub mod json;
+pub mod lossy;
 
 use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer, Role};
 use jetlock::{Client, ClientOptions, FencingToken};
