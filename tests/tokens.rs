@@ -1,6 +1,7 @@
 //! Fencing tokens never go back, against a real nats-server: not when the
 //! locks bucket is deleted and created again (a new stream would count its
 //! sequences from 1 again), and not when the bucket's stream is purged.
+//! And a key outlives on the server the lease its holder believes in.
 
 mod common;
 
@@ -102,4 +103,33 @@ fn a_clock_before_the_release_or_past_2_53_creates_no_bucket() {
     assert!(now > 1_796_000_000_000_000);
     assert!(first_sequence(UNIX_EPOCH).is_err(), "a reset clock");
     assert!(first_sequence(UNIX_EPOCH + Duration::from_secs(300 * 365 * 86_400)).is_err());
+}
+
+#[tokio::test]
+async fn the_server_keeps_a_key_longer_than_its_holder_believes() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let held = c
+        .lock("account:3")
+        .ttl(std::time::Duration::from_secs(10))
+        .acquire()
+        .await
+        .expect("acquire");
+    let nats = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    let stream = js
+        .get_stream(format!("KV_{DEFAULT_BUCKET}"))
+        .await
+        .expect("the bucket's stream");
+    let grant = stream
+        .get_last_raw_message_by_subject(&format!("$KV.{DEFAULT_BUCKET}.account.3"))
+        .await
+        .expect("the grant");
+    // A 10 s lease: the server's clock may step 1 s forward or run 10%
+    // fast before it could free the key while the holder still believes.
+    assert_eq!(
+        grant.headers.get("Nats-TTL").map(|v| v.as_str()),
+        Some("12s")
+    );
+    held.release().await.expect("release");
 }
