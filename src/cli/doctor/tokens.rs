@@ -180,7 +180,7 @@ mod tests {
         );
         let lazy = varz(r#"{"server_name":"n2","jetstream":{"config":{"sync_interval":1}}}"#);
         assert_eq!(Fsync::of(&[]), Fsync::Unknown);
-        assert_eq!(Fsync::of(&[always.clone()]), Fsync::Always);
+        assert_eq!(Fsync::of(std::slice::from_ref(&always)), Fsync::Always);
         assert_eq!(
             Fsync::of(&[always, lazy]),
             Fsync::NotAlways(vec!["n2".into()])
