@@ -98,9 +98,9 @@ pub const MAX_EXACT_TOKEN: u64 = 1 << 53;
 /// a second), its last sequence at any time `t` is below `t` in µs, and a
 /// bucket created after it starts above every token it issued. A bucket
 /// created before this rule started at 1 and stayed below the clock too.
-/// That holds while the creating machine's clock is not behind true time by
-/// more than the old stream's idle headroom; a clock reset to the past is
-/// refused outright.
+/// That holds while the creating machine's clock is not behind the old
+/// stream creator's by more than the old stream's unused headroom (its age
+/// in µs minus its writes); a clock reset to the past is refused outright.
 pub fn first_sequence(now: SystemTime) -> Result<u64, BucketError> {
     let us = now
         .duration_since(UNIX_EPOCH)
