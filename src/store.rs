@@ -112,16 +112,17 @@ impl LockStore {
     }
 
     /// Writes `record` if the key's last revision is `expected` (0: the key
-    /// has no message), with a server-side TTL of `ttl` (whole seconds).
+    /// has no message), for a lease of `lease`: the server-side TTL is
+    /// [`server_ttl`]`(lease)`, longer than the lease the writer believes in.
     pub async fn put(
         &self,
         name: &LockName,
         record: &LockRecord,
         expected: u64,
-        ttl: Duration,
+        lease: Duration,
         write: WriteId<'_>,
     ) -> Result<Written, CasError> {
-        self.put_applied(name, record, expected, ttl, write, None)
+        self.put_applied(name, record, expected, lease, write, None)
             .await
     }
 
@@ -132,12 +133,12 @@ impl LockStore {
         name: &LockName,
         record: &LockRecord,
         expected: u64,
-        ttl: Duration,
+        lease: Duration,
         write: WriteId<'_>,
         applied: Option<&str>,
     ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
-        headers.insert("Nats-TTL", ttl_header(ttl).as_str());
+        headers.insert("Nats-TTL", ttl_header(server_ttl(lease)).as_str());
         if let Some(applied) = applied {
             headers.insert(APPLIED, applied);
         }
@@ -375,6 +376,30 @@ fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
     headers
 }
 
+/// How far a server's wall clock may step forward while a holder's belief
+/// stays inside the key's life on the server (see [`server_ttl`]).
+pub const SERVER_CLOCK_STEP: Duration = Duration::from_secs(1);
+
+/// The `Nats-TTL` written for a lease: the lease, plus a tenth of it, plus
+/// [`SERVER_CLOCK_STEP`], rounded up to whole seconds.
+///
+/// The server expires a key when its own wall clock passes the write's
+/// timestamp plus the TTL; the holder believes for the lease on its own
+/// monotonic clock, counted from when it sent the write (before the
+/// timestamp). A step forward of the server's clock, or a stream leader
+/// change to a server whose clock is ahead, ends every key early by the
+/// step; a server clock that runs fast ends it early by its rate error.
+/// With this TTL a holder stops believing before the server frees the key
+/// as long as the server's clock runs at most 10% faster than the
+/// holder's (the session contract's rate bound) and steps forward at most
+/// one second. NTP keeps clock offsets of a cluster in milliseconds and
+/// ntpd steps only offsets above 128 ms; chrony's default steps only at
+/// start. The price: a holder that dies with no coordinator running keeps
+/// its lock for the TTL, up to 1 s plus a tenth longer than its lease.
+pub fn server_ttl(lease: Duration) -> Duration {
+    lease + lease / 10 + SERVER_CLOCK_STEP
+}
+
 /// `Nats-TTL` takes whole seconds (the server's minimum is one second);
 /// sub-second parts round up so a lease is never shorter than asked.
 fn ttl_header(ttl: Duration) -> String {
@@ -411,6 +436,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_server_ttl_outlasts_the_lease_by_a_tenth_and_a_second() {
+        assert_eq!(ttl_header(server_ttl(Duration::from_secs(1))), "3s");
+        assert_eq!(ttl_header(server_ttl(Duration::from_secs(10))), "12s");
+        assert_eq!(ttl_header(server_ttl(Duration::from_secs(30))), "34s");
+        for secs in [1, 2, 3, 10, 59, 3600, 24 * 3600] {
+            let lease = Duration::from_secs(secs);
+            let ttl = Duration::from_secs(whole_seconds(server_ttl(lease)));
+            // A server clock 10% fast that also stepped a second forward
+            // still frees the key after the holder stopped believing.
+            assert!(
+                ttl.mul_f64(1.0 / 1.1) >= lease + SERVER_CLOCK_STEP.mul_f64(1.0 / 1.1),
+                "{lease:?}"
+            );
+        }
+    }
 
     #[test]
     fn ttl_rounds_up_to_whole_seconds() {

@@ -7,7 +7,8 @@
 //! wrote. The client's renewer (`renewer.rs`) renews every third of the lease. If a renewal finds
 //! the record changed, or no renewal succeeds before the lease would end on
 //! the holder's own clock (measured from when the last successful renewal was
-//! *sent*, so it never outlives the server's), the hold is lost: `lost()`
+//! *sent*, so it ends before the server's TTL, which is longer by a margin
+//! for the server's clock: `store::server_ttl`), the hold is lost: `lost()`
 //! resolves at once, and further releases report [`LockError::Lost`].
 //!
 //! On the coordinator path (a client without the fast path) the same

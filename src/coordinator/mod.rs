@@ -15,6 +15,7 @@ mod engine;
 mod hearing;
 mod membership;
 pub mod metrics;
+mod request_age;
 
 pub use engine::{
     Action, Applied, Engine, EngineConfig, Stamp, Stats, Write, WriteKind, WriteResult,
@@ -33,6 +34,7 @@ use async_nats::jetstream::{self, consumer, stream::Stream as JsStream};
 use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
 use metrics::Metrics;
+use request_age::RequestAge;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -231,6 +233,8 @@ struct Runtime {
 struct Feeds {
     requests: consumer::push::Ordered,
     requests_caught_up: bool,
+    /// Judges how long ago each request was stored.
+    request_age: RequestAge,
     bucket: consumer::push::Ordered,
     bucket_caught_up: bool,
     heartbeats: async_nats::Subscriber,
@@ -306,12 +310,14 @@ impl Runtime {
         // Every final answer, whoever sent it: mirrors forget what is done.
         let answers = subscribe("jetlock.to.>").await?;
 
+        let asked = Instant::now();
         let request_info = requests
             .info()
             .await
             .map_err(nats_err("read the request stream's state"))?;
         let requests_empty = request_info.state.messages == 0;
         self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
+        let request_age = RequestAge::new(asked, request_info.state.last_sequence);
         let bucket_empty = kv_stream
             .info()
             .await
@@ -382,6 +388,7 @@ impl Runtime {
             admin_members,
             requests: request_feed,
             requests_caught_up: requests_empty,
+            request_age,
             bucket: bucket_feed,
             bucket_caught_up: bucket_empty,
             heartbeats,
@@ -463,8 +470,9 @@ impl Runtime {
                             if info.pending == 0 {
                                 feeds.requests_caught_up = true;
                             }
-                            let age_ns = time_now_ns() - info.published.unix_timestamp_nanos();
-                            let age = Duration::from_nanos(age_ns.clamp(0, u64::MAX as i128) as u64);
+                            let age = feeds.request_age.of(info.stream_sequence,
+                                info.published.unix_timestamp_nanos(), Instant::now(),
+                                std::time::SystemTime::now());
                             let _span = debug_span!("request", seq = info.stream_sequence,
                                 subject = msg.subject.as_str(),
                                 lock = tracing::field::Empty).entered();
@@ -853,11 +861,4 @@ fn stamp_of(headers: Option<&async_nats::HeaderMap>, epoch: u64) -> Stamp {
         write_id: headers.get(store::WRITE_ID).map(|v| v.as_str().to_owned()),
         applied,
     }
-}
-
-fn time_now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
 }
