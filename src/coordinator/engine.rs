@@ -1079,10 +1079,10 @@ impl Engine {
         })
     }
 
-    /// A proof beat sent at `sent` was stored by a quorum (see
-    /// `hearing.rs`); overdue sessions may now be judged.
-    pub fn proof_acked(&mut self, sent: Instant, now: Instant) {
-        self.hearing.acked(sent);
+    /// A proof beat sent at `sent` was stored by a quorum, acknowledged at
+    /// `acked` (see `hearing.rs`); overdue sessions may now be judged.
+    pub fn proof_acked(&mut self, sent: Instant, acked: Instant, now: Instant) {
+        self.hearing.acked(sent, acked);
         self.judge_sessions(now);
     }
 

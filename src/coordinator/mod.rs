@@ -212,8 +212,9 @@ struct Runtime {
     writes: JoinSet<(LockName, WriteResult)>,
     reads: JoinSet<(LockName, Option<(store::Current, Stamp)>)>,
     deletes: JoinSet<()>,
-    /// The proof beat in flight: its send time once the quorum stored it.
-    proofs: JoinSet<Option<Instant>>,
+    /// The proof beat in flight: its send time and when the quorum's
+    /// acknowledgement came, once it did.
+    proofs: JoinSet<Option<(Instant, Instant)>>,
     /// Another proof beat is wanted as soon as the one in flight is done.
     proof_wanted: bool,
     /// The request stream's creation time (unix ms): request sequences
@@ -445,8 +446,8 @@ impl Runtime {
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok(Some(sent)) = done {
-                        self.engine.proof_acked(sent, Instant::now());
+                    if let Ok(Some((sent, acked))) = done {
+                        self.engine.proof_acked(sent, acked, Instant::now());
                     }
                     if std::mem::take(&mut self.proof_wanted) {
                         self.prove();
@@ -632,7 +633,7 @@ impl Runtime {
             let sent = Instant::now();
             let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
             match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
-                Ok(Ok(_)) => Some(sent),
+                Ok(Ok(_)) => Some((sent, Instant::now())),
                 Ok(Err(e)) => {
                     debug!(error = %e, "proof beat not stored");
                     None

@@ -88,7 +88,7 @@ impl Sim {
         let mut engine = Engine::new("me".into(), EngineConfig::default());
         let now = Instant::now();
         engine.set_ready(now);
-        engine.proof_acked(now, now);
+        engine.proof_acked(now, now, now);
         Sim {
             engine,
             bucket: Bucket::default(),
@@ -112,7 +112,7 @@ impl Sim {
         while self.proved + hearing::PROOF_INTERVAL <= self.now {
             self.proved += hearing::PROOF_INTERVAL;
             if self.quorum {
-                self.engine.proof_acked(self.proved, self.now);
+                self.engine.proof_acked(self.proved, self.proved, self.now);
             }
         }
     }
@@ -958,8 +958,8 @@ fn a_death_waits_for_a_proof_beat_sent_after_its_deadline() {
     );
     assert!(!actions.iter().any(|a| matches!(a, Action::Write(_))));
     // A beat sent before the gap and stored now proves nothing after it.
-    sim.engine
-        .proof_acked(sim.now - Duration::from_millis(900), sim.now);
+    let long_ago = sim.now - Duration::from_millis(900);
+    sim.engine.proof_acked(long_ago, long_ago, sim.now);
     assert!(sim
         .engine
         .take_actions()
