@@ -237,7 +237,7 @@ impl SessionLink {
     /// heartbeat is answered first: a tenth of the timeout before the
     /// earliest moment a coordinator may declare the session dead. `None`
     /// before any coordinator confirmed it (no coordinator tracks it).
-    fn jeopardy_at(&self) -> Option<Instant> {
+    pub(crate) fn jeopardy_at(&self) -> Option<Instant> {
         let confirmed = (*self.confirmed.lock().expect("never poisoned"))?;
         let timeout = *self.applied_timeout.lock().expect("never poisoned");
         Some(confirmed + timeout - timeout / 10)
