@@ -542,8 +542,9 @@ impl LockGuard {
     /// something lands first: the earlier of the lease's local end (send
     /// time of the last successful write + lease; a renewal moves it on)
     /// and the session's deadline (a tenth of the session timeout before a
-    /// coordinator could declare it dead; a confirmed heartbeat moves it
-    /// on). `lost()` fires there (`Expired`, `Unconfirmed`) while the
+    /// coordinator could declare it dead, or of the reconnect grace after
+    /// the connection dropped; a confirmed heartbeat moves it on, and once
+    /// the session ended it is the one in force then). `lost()` fires there (`Expired`, `Unconfirmed`) while the
     /// process runs. A process that was stopped past it (SIGSTOP, a long
     /// GC-like pause) cannot act until it runs again, and `is_lost()` may
     /// read false for a moment after it wakes, before its timers run: a
@@ -551,7 +552,7 @@ impl LockGuard {
     /// `Instant::now()` before each protected call it cannot fence.
     pub fn deadline(&self) -> std::time::Instant {
         let lease_end = *self.hold.lease_end.lock().expect("never poisoned");
-        let session = self.hold.inner.link.jeopardy_at();
+        let session = self.hold.inner.link.deadline();
         session.map_or(lease_end, |at| at.min(lease_end)).into_std()
     }
 
