@@ -766,7 +766,9 @@ impl Drop for HolderProcess {
 /// A holder process (this test binary, run as [`paused_holder_child`]) takes
 /// one of the workers' keys; SIGSTOP for 2× its lease; the workers get the
 /// key; SIGCONT: every write the woken holder makes is refused by the
-/// ledger, and it reports the loss.
+/// ledger, and it reports the loss. Its belief is in the history and ends
+/// at the deadline it computed before the pause, which must come before
+/// the workers' grant.
 async fn pause_a_holder(rig: &mut Rig) {
     let k = key(fastrand::usize(..KEYS));
     let mut holder = HolderProcess::start(rig, &k, &[]).await;
