@@ -72,6 +72,9 @@ pub(crate) struct Hold {
     /// flight (which holds the state's lock until it lands or the lease
     /// ends): for [`LockGuard::deadline`].
     lease_end: std::sync::Mutex<Instant>,
+    /// [`LockGuard::deadline`] as it stood when the hold was lost: the
+    /// session's may be gone by then (it ended, or gave its holds up).
+    deadline_at_loss: OnceLock<Instant>,
 }
 
 struct HoldState {
@@ -126,6 +129,7 @@ impl Hold {
             auto_renew,
             first_due: if auto_renew { sent + ttl / 3 } else { expires },
             lease_end: std::sync::Mutex::new(expires),
+            deadline_at_loss: OnceLock::new(),
         });
         hold.inner.holds.insert(
             (hold.name.key().to_owned(), hold.owner.clone()),
@@ -470,11 +474,22 @@ impl Hold {
     }
 
     fn set_lost(&self, reason: LostReason) {
+        let _ = self.deadline_at_loss.set(self.deadline());
         if self.lost_reason.set(reason).is_ok() {
             warn!(lock = %self.name, token = %self.token, %reason, "lock lost");
             self.lost.cancel();
         }
         self.finish();
+    }
+
+    /// See [`LockGuard::deadline`].
+    fn deadline(&self) -> Instant {
+        if let Some(at) = self.deadline_at_loss.get() {
+            return *at;
+        }
+        let lease_end = *self.lease_end.lock().expect("never poisoned");
+        let session = self.inner.link.deadline();
+        session.map_or(lease_end, |at| at.min(lease_end))
     }
 
     /// Forgets the hold for reentrancy (the renewer skips it once `done`).
@@ -543,17 +558,15 @@ impl LockGuard {
     /// time of the last successful write + lease; a renewal moves it on)
     /// and the session's deadline (a tenth of the session timeout before a
     /// coordinator could declare it dead, or of the reconnect grace after
-    /// the connection dropped; a confirmed heartbeat moves it on, and once
-    /// the session ended it is the one in force then). `lost()` fires there (`Expired`, `Unconfirmed`) while the
+    /// the connection dropped; a confirmed heartbeat moves it on). Once the
+    /// hold is lost it stays what it was at the loss. `lost()` fires there (`Expired`, `Unconfirmed`) while the
     /// process runs. A process that was stopped past it (SIGSTOP, a long
     /// GC-like pause) cannot act until it runs again, and `is_lost()` may
     /// read false for a moment after it wakes, before its timers run: a
     /// holder that must not act on a stale belief compares this with
     /// `Instant::now()` before each protected call it cannot fence.
     pub fn deadline(&self) -> std::time::Instant {
-        let lease_end = *self.hold.lease_end.lock().expect("never poisoned");
-        let session = self.hold.inner.link.deadline();
-        session.map_or(lease_end, |at| at.min(lease_end)).into_std()
+        self.hold.deadline().into_std()
     }
 
     /// Releases this hold. With reentrant holds outstanding, the lock stays
