@@ -46,6 +46,9 @@ pub struct SessionBelief {
     /// When the connection dropped, until a later heartbeat is confirmed.
     dropped: Option<Instant>,
     ended: bool,
+    /// The deadline in force when the session ended or last gave its holds
+    /// up, until a heartbeat starts a new one.
+    final_deadline: Option<Instant>,
 }
 
 /// What an answer to a heartbeat means for the session.
@@ -70,11 +73,15 @@ impl SessionBelief {
             confirmed: None,
             dropped: None,
             ended: false,
+            final_deadline: None,
         }
     }
 
     /// A heartbeat was sent at `at`.
     pub fn sent(&mut self, at: Instant) {
+        if !self.ended {
+            self.final_deadline = None;
+        }
         self.first_sent.get_or_insert(at);
     }
 
@@ -107,7 +114,7 @@ impl SessionBelief {
         if !alive {
             // Any one coordinator that declared us dead hands on the locks
             // it acts for, whatever the others answered.
-            self.ended = true;
+            self.end();
             return Answered::Dead;
         }
         self.timeout = self
@@ -137,6 +144,9 @@ impl SessionBelief {
 
     /// The session ends here (declared dead, or closed).
     pub fn end(&mut self) {
+        if !self.ended {
+            self.final_deadline = self.deadline();
+        }
         self.ended = true;
     }
 
@@ -147,8 +157,9 @@ impl SessionBelief {
     /// (none runs, or the server hangs) goes on with its clock restarted
     /// from its next heartbeat.
     pub fn give_up(&mut self) -> bool {
+        self.final_deadline = self.final_deadline.or(self.deadline());
         if self.confirmed.is_some() {
-            self.ended = true;
+            self.end();
         } else {
             self.first_sent = None;
             self.dropped = None;
@@ -178,6 +189,14 @@ impl SessionBelief {
         Some(by_drop.map_or(by_silence, |d| d.min(by_silence)))
     }
 
+    /// [`SessionBelief::deadline`], or where there is none because the
+    /// session just ended or gave its holds up, the one in force then: a
+    /// process stopped past it (SIGSTOP) gives its holds up when it wakes,
+    /// but by its own clock it had at that deadline (`LockGuard::deadline`).
+    pub fn last_deadline(&self) -> Option<Instant> {
+        self.deadline().or(self.final_deadline)
+    }
+
     /// The session is over by now: ended, or past its deadline.
     pub fn over_at(&self, now: Instant) -> bool {
         self.ended || self.deadline().is_some_and(|d| now >= d)
@@ -205,6 +224,32 @@ mod tests {
         b.sent(t0 + 250 * MS);
         // Unanswered: counted from the first heartbeat, not the newest.
         assert_eq!(b.deadline(), Some(t0 + 900 * MS));
+    }
+
+    #[test]
+    fn the_deadline_in_force_when_the_session_ended_is_kept() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered(t0, true, 1000, Some(100), true);
+        b.end();
+        assert_eq!(b.deadline(), None);
+        assert_eq!(b.last_deadline(), Some(t0 + 900 * MS));
+        // Declared dead: the same.
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered(t0, true, 1000, Some(100), true);
+        assert_eq!(b.answered(t0, false, 1000, Some(100), true), Answered::Dead);
+        assert_eq!(b.last_deadline(), Some(t0 + 900 * MS));
+        // Never confirmed, holds given up: the same until the next
+        // heartbeat starts a new deadline.
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        assert!(!b.give_up());
+        assert_eq!(b.deadline(), None);
+        assert_eq!(b.last_deadline(), Some(t0 + 900 * MS));
+        b.sent(t0 + 1000 * MS);
+        assert_eq!(b.last_deadline(), Some(t0 + 1900 * MS));
     }
 
     #[test]

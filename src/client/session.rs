@@ -358,6 +358,12 @@ impl SessionLink {
         }
     }
 
+    /// The session's deadline (see [`SessionBelief::last_deadline`]), for
+    /// `LockGuard::deadline`.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.belief.lock().expect("never poisoned").last_deadline()
+    }
+
     /// The session is over: declared dead, or past its deadline without a
     /// newer confirmation (a coordinator may consider it dead, so a grant
     /// now may be handed on under it; the session ends on the spot, see

@@ -8,6 +8,7 @@
 //! (session prefix `worker`), monitors and probes as the operator.
 #![allow(dead_code)]
 
+pub mod belief;
 pub mod demo;
 pub mod history;
 pub mod json;
