@@ -61,6 +61,11 @@ pub struct Policy {
     pub max_ttl_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_waiters: Option<u32>,
+    /// `false`: no request may preempt a holder of these locks, even one
+    /// sent on the preempt subject (`not_permitted`). Default: allowed to
+    /// whoever NATS lets publish there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempt: Option<bool>,
 }
 
 /// The settings coordinators apply while running: the file's values,

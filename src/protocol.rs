@@ -21,6 +21,11 @@ use std::fmt;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
+/// The revision of v1, announced in the coordinators' service metadata
+/// (`protocol_revision`). Revision 2 moved preempting to its own subject and
+/// refuses `preempt: true` on the acquire subject (`docs/PROTOCOL.md`,
+/// "Versioning").
+pub const REVISION: u32 = 2;
 /// Largest request body the coordinator reads (the request stream refuses
 /// larger messages at publish time).
 pub const MAX_REQUEST_BYTES: usize = 4096;
@@ -53,6 +58,9 @@ pub enum Op {
     Renew,
     Cancel,
     Revoke,
+    /// An acquire that asks the holder to give way. Its own subject, so
+    /// NATS permissions decide who may preempt (see `nats/cluster.conf`).
+    Preempt,
 }
 
 impl Op {
@@ -63,6 +71,7 @@ impl Op {
             Op::Renew => "renew",
             Op::Cancel => "cancel",
             Op::Revoke => "revoke",
+            Op::Preempt => "preempt",
         }
     }
 
@@ -73,6 +82,7 @@ impl Op {
             "renew" => Op::Renew,
             "cancel" => Op::Cancel,
             "revoke" => Op::Revoke,
+            "preempt" => Op::Preempt,
             _ => return None,
         })
     }
@@ -145,7 +155,9 @@ pub fn parse_request_subject(subject: &str) -> Result<(Op, &str), WireError> {
     let op = Op::parse(op).ok_or_else(|| {
         WireError::new(
             ErrorCode::UnknownOp,
-            format!("unknown request kind {op:?} (acquire, release, renew, cancel, revoke)"),
+            format!(
+                "unknown request kind {op:?} (acquire, release, renew, cancel, revoke, preempt)"
+            ),
         )
     })?;
     check_session(session)?;
@@ -192,7 +204,9 @@ pub enum ErrorCode {
     SessionExpired,
     /// The request id was used before by this session for another request.
     Duplicate,
-    /// The session may not revoke locks.
+    /// The request needs a permission it was not sent with: `preempt: true`
+    /// on the `acquire` subject (preempting has its own subject), or a
+    /// preempt on a lock whose policy forbids preemption.
     NotPermitted,
     /// The lock has as many waiters as its policy allows.
     QueueFull,
@@ -276,10 +290,17 @@ pub struct AcquireBody {
     /// How long to wait in the queue; 0 (the default) is a try-lock.
     #[serde(default)]
     pub wait_ms: u64,
-    /// Ask the holder to give the lock up (it gets a `revoking` notice and a
-    /// grace period), then take it ahead of the queue.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub preempt: bool,
+    /// Only `true` on the `preempt` subject: there the holder is asked to
+    /// give way (a `revoke_notice` and a grace period) once this request
+    /// heads the queue. On the `acquire` subject `true` is `not_permitted`:
+    /// preempting needs the permission to publish on
+    /// `jetlock.req.preempt.<session>`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub preempt: Option<bool>,
 }
 
 /// `release`: give up a hold (the lock is handed to the next waiter).
@@ -507,9 +528,27 @@ pub fn parse_request(
         Ok(ttl_ms.div_ceil(1000) * 1000)
     };
     Ok(match op {
-        Op::Acquire => {
+        Op::Acquire | Op::Preempt => {
             let b: AcquireBody = serde_json::from_slice(body).map_err(bad)?;
             check_id("id", &b.id)?;
+            let preempt = op == Op::Preempt;
+            match (preempt, b.preempt) {
+                (false, Some(true)) => {
+                    return Err(WireError::new(
+                        ErrorCode::NotPermitted,
+                        "preempt: true is only accepted on jetlock.req.preempt.<session>, \
+                         which NATS permissions grant to priority users \
+                         (docs/PROTOCOL.md, Versioning)",
+                    ))
+                }
+                (true, Some(false)) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadRequest,
+                        "preempt: false on the preempt subject; send a plain acquire",
+                    ))
+                }
+                _ => {}
+            }
             let owner = b.owner.unwrap_or_else(|| session.to_owned());
             check_id("owner", &owner)?;
             if b.wait_ms > limits.max_wait_ms {
@@ -527,7 +566,7 @@ pub fn parse_request(
                 owner,
                 ttl_ms: ttl(b.ttl_ms)?,
                 wait_ms: b.wait_ms,
-                preempt: b.preempt,
+                preempt,
             }
         }
         Op::Release => {
@@ -831,6 +870,41 @@ mod tests {
                 wait_ms: 0,
                 preempt: false,
             }
+        );
+    }
+
+    #[test]
+    fn preempting_needs_the_preempt_subject() {
+        let body = r#"{"v":1,"id":"r1","key":"acct:1","wait_ms":9000,"preempt":true}"#;
+        assert_eq!(
+            parse(Op::Acquire, body).unwrap_err().code,
+            ErrorCode::NotPermitted
+        );
+        assert!(matches!(
+            parse(Op::Preempt, body).unwrap(),
+            Request::Acquire { preempt: true, .. }
+        ));
+        let plain = r#"{"v":1,"id":"r1","key":"acct:1","wait_ms":9000}"#;
+        assert!(matches!(
+            parse(Op::Preempt, plain).unwrap(),
+            Request::Acquire { preempt: true, .. }
+        ));
+        assert!(matches!(
+            parse(Op::Acquire, plain).unwrap(),
+            Request::Acquire { preempt: false, .. }
+        ));
+        let off = r#"{"v":1,"id":"r1","key":"acct:1","preempt":false}"#;
+        assert!(matches!(
+            parse(Op::Acquire, off).unwrap(),
+            Request::Acquire { preempt: false, .. }
+        ));
+        assert_eq!(
+            parse(Op::Preempt, off).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_request_subject("jetlock.req.preempt.team.w1").unwrap(),
+            (Op::Preempt, "team.w1")
         );
     }
 

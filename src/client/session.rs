@@ -454,7 +454,7 @@ impl SessionLink {
             owner: Some(owner.to_owned()),
             ttl_ms: Some(ttl.as_millis() as u64),
             wait_ms: wait.as_millis() as u64,
-            preempt: false,
+            preempt: None,
         };
         serde_json::to_vec(&body).expect("requests serialize")
     }

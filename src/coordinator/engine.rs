@@ -575,12 +575,19 @@ impl Engine {
             name,
             owner,
             ttl_ms,
+            preempt,
             ..
         } = request
         else {
             return None;
         };
         let policy = self.cfg.policy(name);
+        if *preempt && policy.and_then(|p| p.preempt) == Some(false) {
+            return Some(WireError::new(
+                ErrorCode::NotPermitted,
+                format!("the policy for {name} forbids preemption"),
+            ));
+        }
         if let Some(max) = policy.and_then(|p| p.max_ttl_ms) {
             if *ttl_ms > max {
                 return Some(WireError::new(

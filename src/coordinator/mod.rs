@@ -342,6 +342,10 @@ impl Runtime {
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("coordinator".to_owned(), self.config.id.clone());
         metadata.insert("bucket".to_owned(), self.config.bucket.clone());
+        metadata.insert(
+            "protocol_revision".to_owned(),
+            protocol::REVISION.to_string(),
+        );
         let service = self
             .nats
             .service_builder()

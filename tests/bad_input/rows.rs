@@ -144,6 +144,8 @@ pub fn malformed_rows() -> Vec<Row> {
         row("wait_ms as a fraction", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","wait_ms":1.5}"#, Refused(BadRequest)),
         row("wait_ms as a boolean", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","wait_ms":true}"#, Refused(BadRequest)),
         row("preempt as a number", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","preempt":1}"#, Refused(BadRequest)),
+        row("preempt on the acquire subject", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","wait_ms":1000,"preempt":true}"#, Refused(NotPermitted)),
+        row("preempt false on the preempt subject", "preempt", "k", r#"{"v":1,"id":"$ID","key":"k","preempt":false}"#, Refused(BadRequest)),
         row("token as a string", "release", "k", r#"{"v":1,"id":"$ID","key":"k","token":"5"}"#, Refused(BadRequest)),
         row("negative token", "release", "k", r#"{"v":1,"id":"$ID","key":"k","token":-1}"#, Refused(BadRequest)),
         row("token as 1e3", "release", "k", r#"{"v":1,"id":"$ID","key":"k","token":1e3}"#, Refused(BadRequest)),

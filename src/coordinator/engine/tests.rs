@@ -741,6 +741,7 @@ fn policies_refuse_long_leases_and_long_queues_and_change_nothing() {
         Policy {
             max_ttl_ms: Some(2000),
             max_waiters: Some(1),
+            ..Policy::default()
         },
     ));
     sim.engine.set_config(cfg);
@@ -848,4 +849,49 @@ fn a_coordinator_that_stops_hearing_its_own_beat_declares_nobody_dead() {
             .any(|e| e.kind == EventKind::SessionDown && e.subject.as_deref() == Some("s")),
         "the silent session was declared dead once we heard ourselves (token {token})"
     );
+}
+
+#[test]
+fn only_the_preempt_subject_preempts_and_a_policy_can_forbid_it() {
+    let mut sim = Sim::new();
+    let t = sim.acquire("h", "a", 0);
+    assert!(sim.grant_token("h", "a").is_some(), "h holds k ({t})");
+    let notices = |sim: &Sim| {
+        sim.answers
+            .iter()
+            .filter(|(s, a)| s == "h" && matches!(a, Answer::RevokeNotice { .. }))
+            .count()
+    };
+    // On the acquire subject: refused, nothing queued, the holder untold.
+    sim.engine.heartbeat("p", Heartbeat::default(), sim.now);
+    let body = json!({"v": 1, "id": "p1", "key": "k", "wait_ms": 60_000, "preempt": true});
+    sim.send("acquire", "p", body);
+    assert_eq!(sim.error_code("p", "p1"), Some(ErrorCode::NotPermitted));
+    assert_eq!(sim.engine.queue_len("k"), 0);
+    assert_eq!(notices(&sim), 0);
+    // A policy that forbids preemption refuses the preempt subject too.
+    let mut cfg = EngineConfig::default();
+    let forbid = Policy {
+        preempt: Some(false),
+        ..Policy::default()
+    };
+    cfg.policies.push((LockName::new("k").unwrap(), forbid));
+    sim.engine.set_config(cfg);
+    sim.send(
+        "preempt",
+        "p",
+        json!({"v": 1, "id": "p2", "key": "k", "wait_ms": 60_000}),
+    );
+    assert_eq!(sim.error_code("p", "p2"), Some(ErrorCode::NotPermitted));
+    assert_eq!(sim.engine.queue_len("k"), 0);
+    assert_eq!(notices(&sim), 0);
+    // Without the policy the preempt subject asks the holder to give way.
+    sim.engine.set_config(EngineConfig::default());
+    sim.send(
+        "preempt",
+        "p",
+        json!({"v": 1, "id": "p3", "key": "k", "wait_ms": 60_000}),
+    );
+    assert_eq!(sim.error_code("p", "p3"), None);
+    assert_eq!(notices(&sim), 1, "{:?}", sim.answers);
 }
