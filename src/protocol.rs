@@ -114,6 +114,41 @@ pub fn message_id(session: &str, id: &str) -> String {
     format!("{session}:{id}")
 }
 
+/// Checks a request's `Nats-Msg-Id` against the session of its subject: it
+/// must start with `<session>:`. The stream de-duplicates message ids across
+/// all sessions, so an id another session may also send lets one drop the
+/// other's request; ids bound to the sender's session cannot collide.
+/// A request without a message id is not de-duplicated and collides with
+/// nothing, so it passes.
+pub fn check_message_id(session: &str, msg_id: Option<&str>) -> Result<(), WireError> {
+    let Some(msg_id) = msg_id else {
+        return Ok(());
+    };
+    let bound = msg_id
+        .strip_prefix(session)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|id| !id.is_empty());
+    if bound {
+        return Ok(());
+    }
+    Err(WireError::new(
+        ErrorCode::BadMessageId,
+        format!("Nats-Msg-Id {msg_id:?} must be \"{session}:<request id>\", the subject's session"),
+    ))
+}
+
+/// A new request id nobody can guess from ids seen before. A request's
+/// message id is `<session>:<id>`, and the stream drops a second message
+/// with the same message id whoever sends it, so a guessable id lets
+/// another user of the same NATS account drop a request before it is sent.
+/// `nuid::next()` is not enough: its 12-character prefix is shared by every
+/// id of the process (session ids, which events show, included) and its
+/// sequence grows by a fixed step of 33 to 332. A fresh generator draws a
+/// new prefix from the OS (about 71 bits) and a new sequence (about 59).
+pub fn new_request_id() -> String {
+    nuid::NUID::new().next().to_string()
+}
+
 /// Checks a session id: 1–4 dot-separated tokens of `[A-Za-z0-9_-]`, at
 /// most 128 bytes. Subject wildcards and spaces cannot appear, so a session
 /// id never widens a subject.
@@ -204,6 +239,9 @@ pub enum ErrorCode {
     SessionExpired,
     /// The request id was used before by this session for another request.
     Duplicate,
+    /// The request's `Nats-Msg-Id` does not start with its subject's
+    /// session (`<session>:`).
+    BadMessageId,
     /// The request needs a permission it was not sent with: `preempt: true`
     /// on the `acquire` subject (preempting has its own subject), or a
     /// preempt on a lock whose policy forbids preemption.
@@ -236,6 +274,7 @@ impl ErrorCode {
             ErrorCode::NotWaiting => "not_waiting",
             ErrorCode::SessionExpired => "session_expired",
             ErrorCode::Duplicate => "duplicate",
+            ErrorCode::BadMessageId => "bad_message_id",
             ErrorCode::NotPermitted => "not_permitted",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::Internal => "internal",
@@ -906,6 +945,56 @@ mod tests {
             parse_request_subject("jetlock.req.preempt.team.w1").unwrap(),
             (Op::Preempt, "team.w1")
         );
+    }
+
+    #[test]
+    fn message_ids_are_bound_to_the_subject_session() {
+        assert!(check_message_id("team.a", Some("team.a:r1")).is_ok());
+        assert!(check_message_id("team.a", None).is_ok());
+        for bad in [
+            "team.b:r1",
+            "team.ab:r1",
+            "team.a",
+            "team.a:",
+            "team:a:r1",
+            "",
+        ] {
+            let e = check_message_id("team.a", Some(bad)).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::BadMessageId, "{bad}");
+        }
+    }
+
+    /// Base-62 value of a nuid's 10 sequence characters.
+    fn nuid_sequence(id: &str) -> u64 {
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        id.as_bytes()[12..].iter().fold(0, |n, c| {
+            n * 62 + ALPHABET.iter().position(|a| a == c).expect("base 62") as u64
+        })
+    }
+
+    /// Whether `next` is what a guesser expects after seeing `seen`: the same
+    /// prefix and a sequence at most a few hundred steps on.
+    fn guessable(seen: &str, next: &str) -> bool {
+        seen[..12] == next[..12]
+            && nuid_sequence(next)
+                .checked_sub(nuid_sequence(seen))
+                .is_some_and(|d| d < 333 * 100)
+    }
+
+    #[test]
+    fn request_ids_cannot_be_guessed_from_earlier_ids() {
+        // What the stream's de-duplication made exploitable: one seen id
+        // (a session id in an event) gives away the next ones.
+        let seen = nuid::next().to_string();
+        let next = nuid::next().to_string();
+        assert!(guessable(&seen, &next), "{seen} {next}");
+        for _ in 0..100 {
+            let (seen, next) = (new_request_id(), new_request_id());
+            assert_eq!(next.len(), 22);
+            assert!(!guessable(&seen, &next), "{seen} then {next}");
+            let session = nuid::next().to_string();
+            assert!(!guessable(&session, &new_request_id()));
+        }
     }
 
     #[test]

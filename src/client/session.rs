@@ -407,7 +407,7 @@ impl SessionLink {
         token: u64,
     ) -> Result<(), async_nats::Error> {
         let js = async_nats::jetstream::new(nats.clone());
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let body = ReleaseBody {
             v: VERSION,
             id: id.clone(),
@@ -426,7 +426,7 @@ impl SessionLink {
         key: &str,
         target: &str,
     ) {
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let body = CancelBody {
             v: VERSION,
             id: id.clone(),

@@ -650,6 +650,34 @@ impl Engine {
 
     // ---- inputs -------------------------------------------------------
 
+    /// A request read from the stream with its `Nats-Msg-Id`: one whose
+    /// message id is not bound to its subject's session is refused
+    /// (`bad_message_id`) and changes nothing; the rest go to [`request`].
+    ///
+    /// [`request`]: Engine::request
+    pub fn request_with_msg_id(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        msg_id: Option<&str>,
+        body: &[u8],
+        age: Duration,
+        now: Instant,
+    ) {
+        if let Ok((_, session)) = protocol::parse_request_subject(subject) {
+            if let Err(e) = protocol::check_message_id(session, msg_id) {
+                self.stats.requests += 1;
+                if self.owns(session) {
+                    let re = protocol::probe_id(body);
+                    self.answer(session, Answer::error(re, None, e));
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        }
+        self.request(seq, subject, body, age, now);
+    }
+
     /// A request read from the stream: message `seq` on `subject`, stored
     /// `age` ago.
     pub fn request(&mut self, seq: u64, subject: &str, body: &[u8], age: Duration, now: Instant) {

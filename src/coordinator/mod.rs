@@ -451,9 +451,13 @@ impl Runtime {
                                 subject = msg.subject.as_str(),
                                 lock = tracing::field::Empty).entered();
                             let dropped = self.engine.stats.dropped;
-                            self.engine.request(
+                            let msg_id = msg.headers.as_ref()
+                                .and_then(|h| h.get("Nats-Msg-Id"))
+                                .map(|v| v.as_str());
+                            self.engine.request_with_msg_id(
                                 info.stream_sequence,
                                 msg.subject.as_str(),
+                                msg_id,
                                 &msg.payload,
                                 age,
                                 Instant::now(),

@@ -89,7 +89,12 @@ pub async fn store(
     let mut map = async_nats::HeaderMap::new();
     map.insert("Nats-Msg-Id", msg_id);
     for (name, value) in headers {
-        map.append(*name, *value);
+        // A row's own message id replaces the session's.
+        if name.eq_ignore_ascii_case("Nats-Msg-Id") {
+            map.insert(*name, *value);
+        } else {
+            map.append(*name, *value);
+        }
     }
     let reply = timeout(
         PATIENCE,

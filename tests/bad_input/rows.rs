@@ -43,7 +43,7 @@ pub struct Row {
     /// `$PREV`, `$NEXT` and `$OWNER` by the holder's token, token − 1,
     /// token + 1 and owner.
     pub body: Vec<u8>,
-    /// Headers besides `Nats-Msg-Id`.
+    /// Headers besides `Nats-Msg-Id` (`<session>:<id>`), or in its place.
     pub headers: &'static [(&'static str, &'static str)],
     pub expect: Expect,
 }
@@ -265,6 +265,8 @@ pub fn header_rows() -> Vec<Row> {
         other("atomic batch", "acquire", try_lock, NotStored(10174)).headers(&[("Nats-Batch-Id", "b1"), ("Nats-Batch-Sequence", "1"), ("Nats-Batch-Commit", "1")]),
         other("counter increment", "acquire", try_lock, NotStored(10168)).headers(&[("Nats-Incr", "+1")]),
         other("schedule aimed at the bucket", "acquire", try_lock, NotStored(10188)).headers(&[("Nats-Schedule", "@every 1s"), ("Nats-Schedule-Target", "$KV.JETLOCK_LOCKS.guarded")]),
+        other("Nats-Msg-Id of another session", "acquire", try_lock, Refused(BadMessageId)).headers(&[("Nats-Msg-Id", "json.victim:r1")]),
+        other("Nats-Msg-Id without the session", "acquire", try_lock, Refused(BadMessageId)).headers(&[("Nats-Msg-Id", "r1")]),
         other("Nats-TTL on a try-lock", "acquire", try_lock, Refused(Busy)).headers(&[("Nats-TTL", "1s")]),
         other("KV-Operation: PURGE on a try-lock", "acquire", try_lock, Refused(Busy)).headers(&[("KV-Operation", "PURGE")]),
         other("expiry marker headers on a foreign release", "release", release, Refused(NotHolder)).headers(&[("Nats-Marker-Reason", "MaxAge"), ("KV-Operation", "DEL")]),
