@@ -43,6 +43,11 @@ pub struct Config {
     pub max_ttl_ms: u64,
     /// Most waiters per lock (0: no limit); more are refused `queue_full`.
     pub max_waiters: u32,
+    /// Most requests the request stream stores at once when a coordinator
+    /// creates it; at the cap the server refuses new ones.
+    pub request_max_msgs: i64,
+    /// Most bytes the request stream stores at once (same rule).
+    pub request_max_bytes: i64,
     /// Per-prefix policies: `[policies."account"]` applies to `account:42`.
     pub policies: BTreeMap<String, Policy>,
     /// Prometheus endpoint (`host:port`, `off` to disable).
@@ -109,7 +114,12 @@ impl Default for Config {
             max_wait_ms: 15 * 60 * 1000,
             preempt_grace_ms: 5000,
             max_ttl_ms: 24 * 3_600_000,
-            max_waiters: 0,
+            // Enough for any real queue (a lock with 10 000 waiters is held
+            // for hours by FIFO), small enough that one key cannot take a
+            // coordinator's memory.
+            max_waiters: 10_000,
+            request_max_msgs: crate::bucket::RequestStreamLimits::default().max_msgs,
+            request_max_bytes: crate::bucket::RequestStreamLimits::default().max_bytes,
             policies: BTreeMap::new(),
             metrics_addr: "127.0.0.1:9464".into(),
             event_max_age_secs: crate::events::DEFAULT_EVENT_MAX_AGE.as_secs(),
@@ -164,6 +174,12 @@ impl Config {
                 format!("{:?} is not host:port or off", self.metrics_addr),
             );
         }
+        if self.request_max_msgs < 1 || self.request_max_bytes < 1 << 20 {
+            return invalid(
+                "request_max_msgs",
+                "the request stream must keep at least 1 request and 1 MiB".into(),
+            );
+        }
         if self.event_max_age_secs == 0 || self.event_max_bytes < 1 << 20 {
             return invalid(
                 "event_max_age_secs",
@@ -198,6 +214,10 @@ impl Config {
             metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
             event_max_age: Duration::from_secs(self.event_max_age_secs),
             event_max_bytes: self.event_max_bytes,
+            request_stream: crate::bucket::RequestStreamLimits {
+                max_msgs: self.request_max_msgs,
+                max_bytes: self.request_max_bytes,
+            },
             ..CoordinatorConfig::default()
         };
         self.live().apply(&mut c);

@@ -537,3 +537,88 @@ async fn revocation_warns_the_holder_then_fences_it_off() {
     assert!(fence.admit("ledger", guard.token()).is_err());
     assert!(matches!(guard.release().await, Err(LockError::Lost { .. })));
 }
+
+/// The request stream holds only requests in progress, and at its cap the
+/// server refuses a new one (discard new) instead of dropping the oldest,
+/// which somebody waits for; once a request finishes there is room again.
+/// Each refusal is the client's publish error, and the queued waiters are
+/// still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_request_stream_refuses_new_requests_and_keeps_the_queued_ones() {
+    use jetlock::bucket::RequestStreamLimits;
+    use jetlock::coordinator::{Coordinator, CoordinatorConfig};
+    let server = single();
+    let url = server.url();
+    let config = CoordinatorConfig {
+        request_stream: RequestStreamLimits {
+            max_msgs: 2,
+            max_bytes: 1 << 20,
+        },
+        ..CoordinatorConfig::default()
+    };
+    let nats = async_nats::connect(&url).await.expect("connect");
+    let _coordinator = Coordinator::start(nats, config)
+        .await
+        .expect("coordinator starts");
+    let mut holder = JsonSession::new(&url).await;
+    holder
+        .send("acquire", json!({"v": 1, "id": "h1", "key": "capped"}))
+        .await;
+    let token = match holder.next_final().await {
+        Answer::Granted { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    // Two waiters fill the stream (the grant above was deleted).
+    let mut waiter = JsonSession::new(&url).await;
+    for id in ["w1", "w2"] {
+        let wait = json!({"v": 1, "id": id, "key": "capped", "wait_ms": 60_000});
+        waiter.send("acquire", wait).await;
+    }
+    let third = json!({"v": 1, "id": "w3", "key": "capped", "wait_ms": 60_000});
+    let refused = waiter
+        .publish(
+            "acquire",
+            &format!("{}:w3", waiter.session),
+            third.to_string(),
+        )
+        .await
+        .expect_err("the full stream refuses a third request");
+    assert!(
+        refused.to_string().contains("maximum messages exceeded"),
+        "{refused}"
+    );
+    // The release is refused too while the stream is full: the holder
+    // cannot even give the lock up through the stream, so the cap must sit
+    // far above any real load (the default is a million).
+    let release = json!({"v": 1, "id": "h2", "key": "capped", "token": token});
+    assert!(holder
+        .publish(
+            "release",
+            &format!("{}:h2", holder.session),
+            release.to_string()
+        )
+        .await
+        .is_err());
+    // A waiter that gives up frees room: its cancel is refused, but its
+    // session leaving ends both waits, and the holder's release goes in.
+    waiter.leave().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let retry = holder
+            .publish(
+                "release",
+                &format!("{}:h2", holder.session),
+                release.to_string(),
+            )
+            .await;
+        if retry.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no room came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        holder.next_final().await,
+        Answer::Released { holds: 0, .. }
+    ));
+}

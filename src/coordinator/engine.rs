@@ -80,7 +80,7 @@ impl Default for EngineConfig {
             min_session_timeout: Duration::from_millis(300),
             max_session_timeout: Duration::from_secs(300),
             dedup_window: Duration::from_secs(120),
-            max_waiters: 0,
+            max_waiters: 10_000,
             policies: Vec::new(),
         }
     }

@@ -56,6 +56,8 @@ pub struct CoordinatorConfig {
     /// Retention of the event stream when this coordinator creates it.
     pub event_max_age: Duration,
     pub event_max_bytes: i64,
+    /// Caps of the request stream when this coordinator creates it.
+    pub request_stream: bucket::RequestStreamLimits,
 }
 
 impl Default for CoordinatorConfig {
@@ -69,6 +71,7 @@ impl Default for CoordinatorConfig {
             metrics_addr: None,
             event_max_age: crate::events::DEFAULT_EVENT_MAX_AGE,
             event_max_bytes: crate::events::DEFAULT_EVENT_MAX_BYTES,
+            request_stream: bucket::RequestStreamLimits::default(),
         }
     }
 }
@@ -117,7 +120,8 @@ impl Coordinator {
         let store = LockStore::new(js.clone(), kv)
             .await
             .map_err(nats_err("open the locks bucket"))?;
-        let requests = bucket::ensure_request_stream(&js, config.replicas).await?;
+        let requests =
+            bucket::ensure_request_stream(&js, config.replicas, config.request_stream).await?;
         let kv_stream = js
             .get_stream(store.stream_name())
             .await
