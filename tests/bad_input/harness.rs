@@ -520,6 +520,18 @@ impl Corpus {
     }
 
     /// The coordinator's `jetlock_requests_dropped_total`.
+    /// The coordinator's `jetlock_request_errors_total` for `code`.
+    pub async fn errors(&self, code: &str) -> u64 {
+        let addr = self.coordinator.metrics_addr().expect("metrics are served");
+        let series = format!("jetlock_request_errors_total{{code=\"{code}\"}} ");
+        scrape(addr)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_owned))
+            .map(|n| n.trim().parse().expect("a count"))
+            .unwrap_or(0)
+    }
+
     pub async fn dropped(&self) -> u64 {
         let addr = self.coordinator.metrics_addr().expect("metrics are served");
         scrape(addr)

@@ -77,6 +77,7 @@ async fn a_message_id_squatted_by_another_session_is_refused() {
         other => panic!("the squatting request was answered {other:?}"),
     }
     corpus.barrier(attacker, "squat").await;
+    assert_eq!(corpus.errors("bad_message_id").await, 1, "counted");
     let after = corpus.snapshot("squat").await;
     assert_eq!(
         (after.revision, after.bucket_last),
