@@ -43,6 +43,11 @@ pub struct Config {
     pub max_ttl_ms: u64,
     /// Most waiters per lock (0: no limit); more are refused `queue_full`.
     pub max_waiters: u32,
+    /// Most locks one session may hold (0: no limit): `too_many_locks`.
+    pub max_locks_per_session: u32,
+    /// Most acquires one session may have waiting (0: no limit):
+    /// `too_many_waits`.
+    pub max_waits_per_session: u32,
     /// Most requests the request stream stores at once when a coordinator
     /// creates it; at the cap the server refuses new ones.
     pub request_max_msgs: i64,
@@ -89,6 +94,8 @@ pub struct LiveSettings {
     pub max_wait_ms: u64,
     pub preempt_grace_ms: u64,
     pub max_waiters: u32,
+    pub max_locks_per_session: u32,
+    pub max_waits_per_session: u32,
     #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
 }
@@ -118,6 +125,8 @@ impl Default for Config {
             // for hours by FIFO), small enough that one key cannot take a
             // coordinator's memory.
             max_waiters: 10_000,
+            max_locks_per_session: 10_000,
+            max_waits_per_session: 20_000,
             request_max_msgs: crate::bucket::RequestStreamLimits::default().max_msgs,
             request_max_bytes: crate::bucket::RequestStreamLimits::default().max_bytes,
             policies: BTreeMap::new(),
@@ -202,6 +211,8 @@ impl Config {
             max_wait_ms: self.max_wait_ms,
             preempt_grace_ms: self.preempt_grace_ms,
             max_waiters: self.max_waiters,
+            max_locks_per_session: self.max_locks_per_session,
+            max_waits_per_session: self.max_waits_per_session,
             policies: self.policies.clone(),
         }
     }
@@ -244,6 +255,8 @@ impl LiveSettings {
             max_wait_ms: e.limits.max_wait_ms,
             preempt_grace_ms: ms(e.preempt_grace),
             max_waiters: e.max_waiters,
+            max_locks_per_session: e.max_locks_per_session,
+            max_waits_per_session: e.max_waits_per_session,
             policies: e
                 .policies
                 .iter()
@@ -266,6 +279,8 @@ impl LiveSettings {
         e.min_session_timeout = ms(self.min_session_timeout_ms);
         e.max_session_timeout = ms(self.max_session_timeout_ms);
         e.max_waiters = self.max_waiters;
+        e.max_locks_per_session = self.max_locks_per_session;
+        e.max_waits_per_session = self.max_waits_per_session;
         e.policies = self
             .policies
             .iter()
@@ -390,7 +405,7 @@ impl LiveSettings {
 
 /// The keys of the config bucket that are live settings (besides
 /// `policy.<prefix>`).
-pub const LIVE_KEYS: [&str; 10] = [
+pub const LIVE_KEYS: [&str; 12] = [
     "heartbeat_ms",
     "coordinator_timeout_ms",
     "session_timeout_ms",
@@ -401,6 +416,8 @@ pub const LIVE_KEYS: [&str; 10] = [
     "max_wait_ms",
     "preempt_grace_ms",
     "max_waiters",
+    "max_locks_per_session",
+    "max_waits_per_session",
 ];
 
 #[cfg(test)]

@@ -248,6 +248,11 @@ pub enum ErrorCode {
     NotPermitted,
     /// The lock has as many waiters as its policy allows.
     QueueFull,
+    /// The session holds as many locks as `max_locks_per_session` allows.
+    TooManyLocks,
+    /// The session has as many acquires waiting as `max_waits_per_session`
+    /// allows.
+    TooManyWaits,
     /// A fault inside jetlock or NATS; the request may be retried. A code
     /// this build does not know (from a newer coordinator) reads as this.
     #[serde(other)]
@@ -277,6 +282,8 @@ impl ErrorCode {
             ErrorCode::BadMessageId => "bad_message_id",
             ErrorCode::NotPermitted => "not_permitted",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::TooManyLocks => "too_many_locks",
+            ErrorCode::TooManyWaits => "too_many_waits",
             ErrorCode::Internal => "internal",
         }
     }

@@ -569,7 +569,7 @@ async fn a_full_request_stream_refuses_new_requests_and_keeps_the_queued_ones() 
         other => panic!("{other:?}"),
     };
     // Two waiters fill the stream (the grant above was deleted).
-    let mut waiter = JsonSession::new(&url).await;
+    let waiter = JsonSession::new(&url).await;
     for id in ["w1", "w2"] {
         let wait = json!({"v": 1, "id": id, "key": "capped", "wait_ms": 60_000});
         waiter.send("acquire", wait).await;
@@ -621,4 +621,57 @@ async fn a_full_request_stream_refuses_new_requests_and_keeps_the_queued_ones() 
         holder.next_final().await,
         Answer::Released { holds: 0, .. }
     ));
+}
+
+/// A session quota set live in the config bucket: the next acquire beyond
+/// it is refused with its code, counted, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_quota_refuses_the_lock_beyond_it() {
+    let server = single();
+    let url = server.url();
+    let coordinator = coordinator(&url).await;
+    let nats = async_nats::connect(&url).await.expect("connect");
+    let mut changes = nats.subscribe("jetlock.ev.config.changed.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let settings = js
+        .get_key_value(jetlock::config::CONFIG_BUCKET)
+        .await
+        .expect("the config bucket");
+    settings
+        .put("max_locks_per_session", "1".into())
+        .await
+        .expect("set");
+    let msg = tokio::time::timeout(PATIENCE, changes.next())
+        .await
+        .expect("the change is reported")
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(event["value"], 1, "{event}");
+
+    let mut s = JsonSession::new(&url).await;
+    s.send("acquire", json!({"v": 1, "id": "q1", "key": "quota:1"}))
+        .await;
+    assert!(matches!(s.next_final().await, Answer::Granted { .. }));
+    s.send("acquire", json!({"v": 1, "id": "q2", "key": "quota:2"}))
+        .await;
+    match s.next_final().await {
+        Answer::Error { code, re, .. } => {
+            assert_eq!((code, re.as_deref()), (ErrorCode::TooManyLocks, Some("q2")))
+        }
+        other => panic!("the second lock was answered {other:?}"),
+    }
+    let kv = js
+        .get_key_value(jetlock::bucket::DEFAULT_BUCKET)
+        .await
+        .unwrap();
+    assert!(
+        kv.get("quota.2").await.unwrap().is_none(),
+        "quota:2 written"
+    );
+    let metrics = common::scrape(coordinator.metrics_addr().unwrap()).await;
+    assert!(
+        metrics.contains("jetlock_request_errors_total{code=\"too_many_locks\"} 1"),
+        "{metrics}"
+    );
 }

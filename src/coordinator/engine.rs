@@ -52,6 +52,12 @@ pub struct EngineConfig {
     pub dedup_window: Duration,
     /// Most waiters per lock (0: no limit).
     pub max_waiters: u32,
+    /// Most locks one session may hold (0: no limit); an acquire beyond
+    /// it is `too_many_locks`.
+    pub max_locks_per_session: u32,
+    /// Most acquires one session may have waiting (0: no limit); beyond it
+    /// `too_many_waits`.
+    pub max_waits_per_session: u32,
     /// Per-prefix limits; the longest matching prefix applies.
     pub policies: Vec<(LockName, Policy)>,
 }
@@ -81,6 +87,8 @@ impl Default for EngineConfig {
             max_session_timeout: Duration::from_secs(300),
             dedup_window: Duration::from_secs(120),
             max_waiters: 10_000,
+            max_locks_per_session: 10_000,
+            max_waits_per_session: 20_000,
             policies: Vec::new(),
         }
     }
@@ -369,6 +377,8 @@ pub struct Engine {
     next_sweep: Option<Instant>,
     out: Vec<Action>,
     pub stats: Stats,
+    /// What each session holds and waits for, for its quotas.
+    loads: HashMap<String, quota::SessionLoad>,
 }
 
 impl Engine {
@@ -391,6 +401,7 @@ impl Engine {
             next_sweep: None,
             out: Vec::new(),
             stats: Stats::default(),
+            loads: HashMap::new(),
         }
     }
 
@@ -748,6 +759,12 @@ impl Engine {
         if let Some(e) = self.policy_refusal(&session, &request) {
             self.refuse(acting, &session, &request, seq, e);
             return;
+        }
+        if acting {
+            if let Some(e) = self.quota_refusal(&session, &request, now) {
+                self.refuse(acting, &session, &request, seq, e);
+                return;
+            }
         }
         self.requests.insert(
             rid,
@@ -1878,5 +1895,6 @@ enum OpOutcome {
     Requeue(Waiter),
 }
 
+mod quota;
 #[cfg(test)]
 mod tests;

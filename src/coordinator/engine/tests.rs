@@ -895,3 +895,68 @@ fn only_the_preempt_subject_preempts_and_a_policy_can_forbid_it() {
     assert_eq!(sim.error_code("p", "p3"), None);
     assert_eq!(notices(&sim), 1, "{:?}", sim.answers);
 }
+
+#[test]
+fn session_quotas_refuse_more_locks_and_waits_and_count_again_after_releases() {
+    let mut sim = Sim::new();
+    let cfg = EngineConfig {
+        max_locks_per_session: 2,
+        max_waits_per_session: 1,
+        ..EngineConfig::default()
+    };
+    sim.engine.set_config(cfg);
+    for s in ["s", "h"] {
+        sim.engine.heartbeat(s, Heartbeat::default(), sim.now);
+    }
+    let take = |sim: &mut Sim, s: &str, id: &str, key: &str, wait_ms: u64| {
+        sim.send(
+            "acquire",
+            s,
+            json!({"v": 1, "id": id, "key": key, "wait_ms": wait_ms}),
+        );
+    };
+    take(&mut sim, "s", "a", "k1", 0);
+    take(&mut sim, "s", "b", "k2", 0);
+    let t1 = sim.grant_token("s", "a").expect("first lock");
+    assert!(sim.grant_token("s", "b").is_some(), "second lock");
+    take(&mut sim, "s", "c", "k3", 0);
+    assert_eq!(sim.error_code("s", "c"), Some(ErrorCode::TooManyLocks));
+    // A reentry is not a new lock.
+    take(&mut sim, "s", "a2", "k1", 0);
+    assert!(sim.grant_token("s", "a2").is_some());
+    // Waits: one, then refused; nothing was queued for the refused one.
+    take(&mut sim, "h", "x", "busy1", 0);
+    take(&mut sim, "h", "y", "busy2", 0);
+    let w = EngineConfig {
+        max_locks_per_session: 0,
+        max_waits_per_session: 1,
+        ..EngineConfig::default()
+    };
+    sim.engine.set_config(w);
+    take(&mut sim, "s", "w1", "busy1", 60_000);
+    take(&mut sim, "s", "w2", "busy2", 60_000);
+    assert_eq!(sim.error_code("s", "w1"), None, "waits");
+    assert_eq!(sim.error_code("s", "w2"), Some(ErrorCode::TooManyWaits));
+    assert_eq!(sim.engine.queue_len("busy2"), 0);
+    // After releases the session is counted again (at most once a second).
+    sim.engine.set_config(EngineConfig {
+        max_locks_per_session: 2,
+        max_waits_per_session: 0,
+        ..EngineConfig::default()
+    });
+    for id in ["r1", "r2"] {
+        sim.send(
+            "release",
+            "s",
+            json!({"v": 1, "id": id, "key": "k1", "token": t1}),
+        );
+    }
+    sim.now += Duration::from_secs(1);
+    sim.engine.heartbeat("s", Heartbeat::default(), sim.now);
+    take(&mut sim, "s", "d", "k3", 0);
+    assert!(
+        sim.grant_token("s", "d").is_some(),
+        "{:?}",
+        sim.error_code("s", "d")
+    );
+}
