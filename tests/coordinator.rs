@@ -182,9 +182,10 @@ async fn duplicate_ids_never_double_acquire_and_foreign_releases_are_refused() {
     let mut b = JsonSession::new(&url).await;
 
     let body = json!({"v":1,"id":"r1","key":"dup","wait_ms":0});
-    let first = a.publish("acquire", "m1", body.to_string()).await.unwrap();
+    let (m1, m2) = (format!("{}:m1", a.session), format!("{}:m2", a.session));
+    let first = a.publish("acquire", &m1, body.to_string()).await.unwrap();
     // The same publish retried: the stream stores it once.
-    let again = a.publish("acquire", "m1", body.to_string()).await.unwrap();
+    let again = a.publish("acquire", &m1, body.to_string()).await.unwrap();
     assert!(again.duplicate && again.sequence == first.sequence);
     let token = match a.next_final().await {
         Answer::Granted {
@@ -193,7 +194,7 @@ async fn duplicate_ids_never_double_acquire_and_foreign_releases_are_refused() {
         other => panic!("expected a grant, got {other:?}"),
     };
     // The same request id under another message id: refused, no write.
-    a.publish("acquire", "m2", body.to_string()).await.unwrap();
+    a.publish("acquire", &m2, body.to_string()).await.unwrap();
     assert_eq!(code(&a.next_final().await), Some(ErrorCode::Duplicate));
 
     // Another session cannot release it, even with the right token.
