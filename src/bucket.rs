@@ -210,6 +210,24 @@ pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::St
         .map_err(|e| jetstream_error(bucket, e))
 }
 
+/// Caps of the request stream when a coordinator creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestStreamLimits {
+    /// Most requests stored at once.
+    pub max_msgs: i64,
+    /// Most bytes stored at once.
+    pub max_bytes: i64,
+}
+
+impl Default for RequestStreamLimits {
+    fn default() -> Self {
+        RequestStreamLimits {
+            max_msgs: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
 /// Creates the request stream (`JETLOCK_REQ`) coordinators read, or opens
 /// an existing one. Requests are stored so an acknowledged request survives
 /// a coordinator crash; `Nats-Msg-Id` de-duplication within
@@ -219,6 +237,7 @@ pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::St
 pub async fn ensure_request_stream(
     js: &jetstream::Context,
     replicas: usize,
+    limits: RequestStreamLimits,
 ) -> Result<jetstream::stream::Stream, BucketError> {
     use crate::protocol::{MAX_REQUEST_BYTES, REQUEST_STREAM, REQUEST_SUBJECTS};
     let config = jetstream::stream::Config {
@@ -233,6 +252,14 @@ pub async fn ensure_request_stream(
         max_message_size: (MAX_REQUEST_BYTES + 1024) as i32,
         duplicate_window: Duration::from_secs(120),
         allow_message_ttl: true,
+        // Requests in progress are all the stream holds (finished ones are
+        // deleted), so these caps bound what a flood of requests can pile
+        // up. At the cap the server refuses the publish (the client's
+        // error, JetStream 10077 / 10047) instead of dropping the oldest
+        // request, which somebody still waits for.
+        max_messages: limits.max_msgs,
+        max_bytes: limits.max_bytes,
+        discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
     js.get_or_create_stream(config)

@@ -50,6 +50,16 @@ pub struct Config {
     pub max_ttl_ms: u64,
     /// Most waiters per lock (0: no limit); more are refused `queue_full`.
     pub max_waiters: u32,
+    /// Most locks one session may hold (0: no limit): `too_many_locks`.
+    pub max_locks_per_session: u32,
+    /// Most acquires one session may have waiting (0: no limit):
+    /// `too_many_waits`.
+    pub max_waits_per_session: u32,
+    /// Most requests the request stream stores at once when a coordinator
+    /// creates it; at the cap the server refuses new ones.
+    pub request_max_msgs: i64,
+    /// Most bytes the request stream stores at once (same rule).
+    pub request_max_bytes: i64,
     /// Per-prefix policies: `[policies."account"]` applies to `account:42`.
     pub policies: BTreeMap<String, Policy>,
     /// Prometheus endpoint (`host:port`, `off` to disable).
@@ -68,6 +78,11 @@ pub struct Policy {
     pub max_ttl_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_waiters: Option<u32>,
+    /// `false`: no request may preempt a holder of these locks, even one
+    /// sent on the preempt subject (`not_permitted`). Default: allowed to
+    /// whoever NATS lets publish there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempt: Option<bool>,
 }
 
 /// The settings coordinators apply while running: the file's values,
@@ -87,6 +102,8 @@ pub struct LiveSettings {
     pub max_wait_ms: u64,
     pub preempt_grace_ms: u64,
     pub max_waiters: u32,
+    pub max_locks_per_session: u32,
+    pub max_waits_per_session: u32,
     #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
 }
@@ -113,7 +130,14 @@ impl Default for Config {
             max_wait_ms: 15 * 60 * 1000,
             preempt_grace_ms: 5000,
             max_ttl_ms: 24 * 3_600_000,
-            max_waiters: 0,
+            // Enough for any real queue (a lock with 10 000 waiters is held
+            // for hours by FIFO), small enough that one key cannot take a
+            // coordinator's memory.
+            max_waiters: 10_000,
+            max_locks_per_session: 10_000,
+            max_waits_per_session: 20_000,
+            request_max_msgs: crate::bucket::RequestStreamLimits::default().max_msgs,
+            request_max_bytes: crate::bucket::RequestStreamLimits::default().max_bytes,
             policies: BTreeMap::new(),
             metrics_addr: "127.0.0.1:9464".into(),
             event_max_age_secs: crate::events::DEFAULT_EVENT_MAX_AGE.as_secs(),
@@ -168,6 +192,12 @@ impl Config {
                 format!("{:?} is not host:port or off", self.metrics_addr),
             );
         }
+        if self.request_max_msgs < 1 || self.request_max_bytes < 1 << 20 {
+            return invalid(
+                "request_max_msgs",
+                "the request stream must keep at least 1 request and 1 MiB".into(),
+            );
+        }
         if self.event_max_age_secs == 0 || self.event_max_bytes < 1 << 20 {
             return invalid(
                 "event_max_age_secs",
@@ -191,6 +221,8 @@ impl Config {
             max_wait_ms: self.max_wait_ms,
             preempt_grace_ms: self.preempt_grace_ms,
             max_waiters: self.max_waiters,
+            max_locks_per_session: self.max_locks_per_session,
+            max_waits_per_session: self.max_waits_per_session,
             policies: self.policies.clone(),
         }
     }
@@ -203,6 +235,10 @@ impl Config {
             metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
             event_max_age: Duration::from_secs(self.event_max_age_secs),
             event_max_bytes: self.event_max_bytes,
+            request_stream: crate::bucket::RequestStreamLimits {
+                max_msgs: self.request_max_msgs,
+                max_bytes: self.request_max_bytes,
+            },
             ..CoordinatorConfig::default()
         };
         self.live().apply(&mut c);
@@ -230,6 +266,8 @@ impl LiveSettings {
             max_wait_ms: e.limits.max_wait_ms,
             preempt_grace_ms: ms(e.preempt_grace),
             max_waiters: e.max_waiters,
+            max_locks_per_session: e.max_locks_per_session,
+            max_waits_per_session: e.max_waits_per_session,
             policies: e
                 .policies
                 .iter()
@@ -253,6 +291,8 @@ impl LiveSettings {
         e.max_session_timeout = ms(self.max_session_timeout_ms);
         e.reconnect_grace = ms(self.reconnect_grace_ms);
         e.max_waiters = self.max_waiters;
+        e.max_locks_per_session = self.max_locks_per_session;
+        e.max_waits_per_session = self.max_waits_per_session;
         e.policies = self
             .policies
             .iter()
@@ -391,7 +431,7 @@ impl LiveSettings {
 
 /// The keys of the config bucket that are live settings (besides
 /// `policy.<prefix>`).
-pub const LIVE_KEYS: [&str; 11] = [
+pub const LIVE_KEYS: [&str; 13] = [
     "heartbeat_ms",
     "coordinator_timeout_ms",
     "session_timeout_ms",
@@ -403,6 +443,8 @@ pub const LIVE_KEYS: [&str; 11] = [
     "max_wait_ms",
     "preempt_grace_ms",
     "max_waiters",
+    "max_locks_per_session",
+    "max_waits_per_session",
 ];
 
 #[cfg(test)]

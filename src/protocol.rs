@@ -21,6 +21,11 @@ use std::fmt;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
+/// The revision of v1, announced in the coordinators' service metadata
+/// (`protocol_revision`). Revision 2 moved preempting to its own subject and
+/// refuses `preempt: true` on the acquire subject (`docs/PROTOCOL.md`,
+/// "Versioning").
+pub const REVISION: u32 = 2;
 /// Largest request body the coordinator reads (the request stream refuses
 /// larger messages at publish time).
 pub const MAX_REQUEST_BYTES: usize = 4096;
@@ -53,6 +58,9 @@ pub enum Op {
     Renew,
     Cancel,
     Revoke,
+    /// An acquire that asks the holder to give way. Its own subject, so
+    /// NATS permissions decide who may preempt (see `nats/cluster.conf`).
+    Preempt,
 }
 
 impl Op {
@@ -63,6 +71,7 @@ impl Op {
             Op::Renew => "renew",
             Op::Cancel => "cancel",
             Op::Revoke => "revoke",
+            Op::Preempt => "preempt",
         }
     }
 
@@ -73,6 +82,7 @@ impl Op {
             "renew" => Op::Renew,
             "cancel" => Op::Cancel,
             "revoke" => Op::Revoke,
+            "preempt" => Op::Preempt,
             _ => return None,
         })
     }
@@ -102,6 +112,41 @@ pub fn coordinator_subject(id: &str) -> String {
 /// publish retried after a lost ack is stored once.
 pub fn message_id(session: &str, id: &str) -> String {
     format!("{session}:{id}")
+}
+
+/// Checks a request's `Nats-Msg-Id` against the session of its subject: it
+/// must start with `<session>:`. The stream de-duplicates message ids across
+/// all sessions, so an id another session may also send lets one drop the
+/// other's request; ids bound to the sender's session cannot collide.
+/// A request without a message id is not de-duplicated and collides with
+/// nothing, so it passes.
+pub fn check_message_id(session: &str, msg_id: Option<&str>) -> Result<(), WireError> {
+    let Some(msg_id) = msg_id else {
+        return Ok(());
+    };
+    let bound = msg_id
+        .strip_prefix(session)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|id| !id.is_empty());
+    if bound {
+        return Ok(());
+    }
+    Err(WireError::new(
+        ErrorCode::BadMessageId,
+        format!("Nats-Msg-Id {msg_id:?} must be \"{session}:<request id>\", the subject's session"),
+    ))
+}
+
+/// A new request id nobody can guess from ids seen before. A request's
+/// message id is `<session>:<id>`, and the stream drops a second message
+/// with the same message id whoever sends it, so a guessable id lets
+/// another user of the same NATS account drop a request before it is sent.
+/// `nuid::next()` is not enough: its 12-character prefix is shared by every
+/// id of the process (session ids, which events show, included) and its
+/// sequence grows by a fixed step of 33 to 332. A fresh generator draws a
+/// new prefix from the OS (about 71 bits) and a new sequence (about 59).
+pub fn new_request_id() -> String {
+    nuid::NUID::new().next().to_string()
 }
 
 /// Checks a session id: 1–4 dot-separated tokens of `[A-Za-z0-9_-]`, at
@@ -145,7 +190,9 @@ pub fn parse_request_subject(subject: &str) -> Result<(Op, &str), WireError> {
     let op = Op::parse(op).ok_or_else(|| {
         WireError::new(
             ErrorCode::UnknownOp,
-            format!("unknown request kind {op:?} (acquire, release, renew, cancel, revoke)"),
+            format!(
+                "unknown request kind {op:?} (acquire, release, renew, cancel, revoke, preempt)"
+            ),
         )
     })?;
     check_session(session)?;
@@ -192,10 +239,20 @@ pub enum ErrorCode {
     SessionExpired,
     /// The request id was used before by this session for another request.
     Duplicate,
-    /// The session may not revoke locks.
+    /// The request's `Nats-Msg-Id` does not start with its subject's
+    /// session (`<session>:`).
+    BadMessageId,
+    /// The request needs a permission it was not sent with: `preempt: true`
+    /// on the `acquire` subject (preempting has its own subject), or a
+    /// preempt on a lock whose policy forbids preemption.
     NotPermitted,
     /// The lock has as many waiters as its policy allows.
     QueueFull,
+    /// The session holds as many locks as `max_locks_per_session` allows.
+    TooManyLocks,
+    /// The session has as many acquires waiting as `max_waits_per_session`
+    /// allows.
+    TooManyWaits,
     /// A fault inside jetlock or NATS; the request may be retried. A code
     /// this build does not know (from a newer coordinator) reads as this.
     #[serde(other)]
@@ -222,8 +279,11 @@ impl ErrorCode {
             ErrorCode::NotWaiting => "not_waiting",
             ErrorCode::SessionExpired => "session_expired",
             ErrorCode::Duplicate => "duplicate",
+            ErrorCode::BadMessageId => "bad_message_id",
             ErrorCode::NotPermitted => "not_permitted",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::TooManyLocks => "too_many_locks",
+            ErrorCode::TooManyWaits => "too_many_waits",
             ErrorCode::Internal => "internal",
         }
     }
@@ -276,10 +336,17 @@ pub struct AcquireBody {
     /// How long to wait in the queue; 0 (the default) is a try-lock.
     #[serde(default)]
     pub wait_ms: u64,
-    /// Ask the holder to give the lock up (it gets a `revoking` notice and a
-    /// grace period), then take it ahead of the queue.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub preempt: bool,
+    /// Only `true` on the `preempt` subject: there the holder is asked to
+    /// give way (a `revoke_notice` and a grace period) once this request
+    /// heads the queue. On the `acquire` subject `true` is `not_permitted`:
+    /// preempting needs the permission to publish on
+    /// `jetlock.req.preempt.<session>`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub preempt: Option<bool>,
 }
 
 /// `release`: give up a hold (the lock is handed to the next waiter).
@@ -507,9 +574,27 @@ pub fn parse_request(
         Ok(ttl_ms.div_ceil(1000) * 1000)
     };
     Ok(match op {
-        Op::Acquire => {
+        Op::Acquire | Op::Preempt => {
             let b: AcquireBody = serde_json::from_slice(body).map_err(bad)?;
             check_id("id", &b.id)?;
+            let preempt = op == Op::Preempt;
+            match (preempt, b.preempt) {
+                (false, Some(true)) => {
+                    return Err(WireError::new(
+                        ErrorCode::NotPermitted,
+                        "preempt: true is only accepted on jetlock.req.preempt.<session>, \
+                         which NATS permissions grant to priority users \
+                         (docs/PROTOCOL.md, Versioning)",
+                    ))
+                }
+                (true, Some(false)) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadRequest,
+                        "preempt: false on the preempt subject; send a plain acquire",
+                    ))
+                }
+                _ => {}
+            }
             let owner = b.owner.unwrap_or_else(|| session.to_owned());
             check_id("owner", &owner)?;
             if b.wait_ms > limits.max_wait_ms {
@@ -527,7 +612,7 @@ pub fn parse_request(
                 owner,
                 ttl_ms: ttl(b.ttl_ms)?,
                 wait_ms: b.wait_ms,
-                preempt: b.preempt,
+                preempt,
             }
         }
         Op::Release => {
@@ -845,6 +930,91 @@ mod tests {
                 preempt: false,
             }
         );
+    }
+
+    #[test]
+    fn preempting_needs_the_preempt_subject() {
+        let body = r#"{"v":1,"id":"r1","key":"acct:1","wait_ms":9000,"preempt":true}"#;
+        assert_eq!(
+            parse(Op::Acquire, body).unwrap_err().code,
+            ErrorCode::NotPermitted
+        );
+        assert!(matches!(
+            parse(Op::Preempt, body).unwrap(),
+            Request::Acquire { preempt: true, .. }
+        ));
+        let plain = r#"{"v":1,"id":"r1","key":"acct:1","wait_ms":9000}"#;
+        assert!(matches!(
+            parse(Op::Preempt, plain).unwrap(),
+            Request::Acquire { preempt: true, .. }
+        ));
+        assert!(matches!(
+            parse(Op::Acquire, plain).unwrap(),
+            Request::Acquire { preempt: false, .. }
+        ));
+        let off = r#"{"v":1,"id":"r1","key":"acct:1","preempt":false}"#;
+        assert!(matches!(
+            parse(Op::Acquire, off).unwrap(),
+            Request::Acquire { preempt: false, .. }
+        ));
+        assert_eq!(
+            parse(Op::Preempt, off).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_request_subject("jetlock.req.preempt.team.w1").unwrap(),
+            (Op::Preempt, "team.w1")
+        );
+    }
+
+    #[test]
+    fn message_ids_are_bound_to_the_subject_session() {
+        assert!(check_message_id("team.a", Some("team.a:r1")).is_ok());
+        assert!(check_message_id("team.a", None).is_ok());
+        for bad in [
+            "team.b:r1",
+            "team.ab:r1",
+            "team.a",
+            "team.a:",
+            "team:a:r1",
+            "",
+        ] {
+            let e = check_message_id("team.a", Some(bad)).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::BadMessageId, "{bad}");
+        }
+    }
+
+    /// Base-62 value of a nuid's 10 sequence characters.
+    fn nuid_sequence(id: &str) -> u64 {
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        id.as_bytes()[12..].iter().fold(0, |n, c| {
+            n * 62 + ALPHABET.iter().position(|a| a == c).expect("base 62") as u64
+        })
+    }
+
+    /// Whether `next` is what a guesser expects after seeing `seen`: the same
+    /// prefix and a sequence at most a few hundred steps on.
+    fn guessable(seen: &str, next: &str) -> bool {
+        seen[..12] == next[..12]
+            && nuid_sequence(next)
+                .checked_sub(nuid_sequence(seen))
+                .is_some_and(|d| d < 333 * 100)
+    }
+
+    #[test]
+    fn request_ids_cannot_be_guessed_from_earlier_ids() {
+        // What the stream's de-duplication made exploitable: one seen id
+        // (a session id in an event) gives away the next ones.
+        let seen = nuid::next().to_string();
+        let next = nuid::next().to_string();
+        assert!(guessable(&seen, &next), "{seen} {next}");
+        for _ in 0..100 {
+            let (seen, next) = (new_request_id(), new_request_id());
+            assert_eq!(next.len(), 22);
+            assert!(!guessable(&seen, &next), "{seen} then {next}");
+            let session = nuid::next().to_string();
+            assert!(!guessable(&session, &new_request_id()));
+        }
     }
 
     #[test]

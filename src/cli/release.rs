@@ -44,7 +44,7 @@ pub async fn run(args: ReleaseArgs) -> Result<(), CliError> {
     let session = format!("operator.{}", nuid::next());
     let mut answers = nats.subscribe(protocol::answer_subject(&session)).await?;
     let mut events = nats.subscribe(lock_filter(name.key())).await?;
-    let id = nuid::next().to_string();
+    let id = protocol::new_request_id();
     let body = RevokeBody {
         v: VERSION,
         id: id.clone(),

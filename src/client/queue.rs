@@ -18,7 +18,7 @@ use super::session::{SessionLink, ANSWER_GRACE};
 use super::via_coordinator::Verdict;
 use crate::error::{Holder, LockError};
 use crate::fence::FencingToken;
-use crate::protocol::{Answer, ErrorCode, Op};
+use crate::protocol::{self, Answer, ErrorCode, Op};
 use crate::record::LockRecord;
 use crate::store::{CasError, WriteId};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub(crate) async fn acquire(
             Wait::Forever => MAX_QUEUE_WAIT,
             Wait::No => Duration::ZERO,
         };
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let answer = inner.link.expect(&id);
         // Until the answer is in, dropping this future cancels the request.
         let mut pending = Pending {

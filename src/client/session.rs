@@ -510,7 +510,7 @@ impl SessionLink {
         token: u64,
     ) -> Result<(), async_nats::Error> {
         let js = async_nats::jetstream::new(nats.clone());
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let body = ReleaseBody {
             v: VERSION,
             id: id.clone(),
@@ -529,7 +529,7 @@ impl SessionLink {
         key: &str,
         target: &str,
     ) {
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let body = CancelBody {
             v: VERSION,
             id: id.clone(),
@@ -557,7 +557,7 @@ impl SessionLink {
             owner: Some(owner.to_owned()),
             ttl_ms: Some(ttl.as_millis() as u64),
             wait_ms: wait.as_millis() as u64,
-            preempt: false,
+            preempt: None,
         };
         serde_json::to_vec(&body).expect("requests serialize")
     }

@@ -11,7 +11,7 @@
 use super::session::ANSWER_GRACE;
 use super::Inner;
 use crate::name::LockName;
-use crate::protocol::{Answer, ErrorCode, Op, ReleaseBody, RenewBody, VERSION};
+use crate::protocol::{self, Answer, ErrorCode, Op, ReleaseBody, RenewBody, VERSION};
 use std::time::Duration;
 
 /// A coordinator's verdict on a request about a hold.
@@ -49,7 +49,7 @@ impl Inner {
         name: &LockName,
         token: u64,
     ) -> Result<Verdict<u32>, async_nats::Error> {
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let body = serde_json::to_vec(&ReleaseBody {
             v: VERSION,
             id: id.clone(),
@@ -69,7 +69,7 @@ impl Inner {
         token: u64,
         ttl: Duration,
     ) -> Result<Verdict<()>, async_nats::Error> {
-        let id = nuid::next().to_string();
+        let id = protocol::new_request_id();
         let body = serde_json::to_vec(&RenewBody {
             v: VERSION,
             id: id.clone(),

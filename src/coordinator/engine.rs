@@ -60,6 +60,12 @@ pub struct EngineConfig {
     pub dedup_window: Duration,
     /// Most waiters per lock (0: no limit).
     pub max_waiters: u32,
+    /// Most locks one session may hold (0: no limit); an acquire beyond
+    /// it is `too_many_locks`.
+    pub max_locks_per_session: u32,
+    /// Most acquires one session may have waiting (0: no limit); beyond it
+    /// `too_many_waits`.
+    pub max_waits_per_session: u32,
     /// Per-prefix limits; the longest matching prefix applies.
     pub policies: Vec<(LockName, Policy)>,
 }
@@ -89,7 +95,9 @@ impl Default for EngineConfig {
             max_session_timeout: Duration::from_secs(300),
             reconnect_grace: super::membership::DEFAULT_RECONNECT_GRACE,
             dedup_window: Duration::from_secs(120),
-            max_waiters: 0,
+            max_waiters: 10_000,
+            max_locks_per_session: 10_000,
+            max_waits_per_session: 20_000,
             policies: Vec::new(),
         }
     }
@@ -404,6 +412,8 @@ pub struct Engine {
     writes_sent: u64,
     out: Vec<Action>,
     pub stats: Stats,
+    /// What each session holds and waits for, for its quotas.
+    loads: HashMap<String, quota::SessionLoad>,
 }
 
 impl Engine {
@@ -427,6 +437,7 @@ impl Engine {
             writes_sent: 0,
             out: Vec::new(),
             stats: Stats::default(),
+            loads: HashMap::new(),
         };
         engine
             .sessions
@@ -616,12 +627,19 @@ impl Engine {
             name,
             owner,
             ttl_ms,
+            preempt,
             ..
         } = request
         else {
             return None;
         };
         let policy = self.cfg.policy(name);
+        if *preempt && policy.and_then(|p| p.preempt) == Some(false) {
+            return Some(WireError::new(
+                ErrorCode::NotPermitted,
+                format!("the policy for {name} forbids preemption"),
+            ));
+        }
         if let Some(max) = policy.and_then(|p| p.max_ttl_ms) {
             if *ttl_ms > max {
                 return Some(WireError::new(
@@ -683,6 +701,34 @@ impl Engine {
     }
 
     // ---- inputs -------------------------------------------------------
+
+    /// A request read from the stream with its `Nats-Msg-Id`: one whose
+    /// message id is not bound to its subject's session is refused
+    /// (`bad_message_id`) and changes nothing; the rest go to [`request`].
+    ///
+    /// [`request`]: Engine::request
+    pub fn request_with_msg_id(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        msg_id: Option<&str>,
+        body: &[u8],
+        age: Duration,
+        now: Instant,
+    ) {
+        if let Ok((_, session)) = protocol::parse_request_subject(subject) {
+            if let Err(e) = protocol::check_message_id(session, msg_id) {
+                self.stats.requests += 1;
+                if self.owns(session) {
+                    let re = protocol::probe_id(body);
+                    self.answer(session, Answer::error(re, None, e));
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        }
+        self.request(seq, subject, body, age, now);
+    }
 
     /// A request read from the stream: message `seq` on `subject`, stored
     /// `age` ago.
@@ -754,6 +800,12 @@ impl Engine {
         if let Some(e) = self.policy_refusal(&session, &request) {
             self.refuse(acting, &session, &request, seq, e);
             return;
+        }
+        if acting {
+            if let Some(e) = self.quota_refusal(&session, &request, now) {
+                self.refuse(acting, &session, &request, seq, e);
+                return;
+            }
         }
         self.requests.insert(
             rid,
@@ -2018,5 +2070,6 @@ enum OpOutcome {
     Requeue(Waiter),
 }
 
+mod quota;
 #[cfg(test)]
 mod tests;

@@ -61,6 +61,8 @@ pub struct CoordinatorConfig {
     /// Retention of the event stream when this coordinator creates it.
     pub event_max_age: Duration,
     pub event_max_bytes: i64,
+    /// Caps of the request stream when this coordinator creates it.
+    pub request_stream: bucket::RequestStreamLimits,
 }
 
 impl Default for CoordinatorConfig {
@@ -74,6 +76,7 @@ impl Default for CoordinatorConfig {
             metrics_addr: None,
             event_max_age: crate::events::DEFAULT_EVENT_MAX_AGE,
             event_max_bytes: crate::events::DEFAULT_EVENT_MAX_BYTES,
+            request_stream: bucket::RequestStreamLimits::default(),
         }
     }
 }
@@ -122,7 +125,8 @@ impl Coordinator {
         let store = LockStore::new(js.clone(), kv)
             .await
             .map_err(nats_err("open the locks bucket"))?;
-        let requests = bucket::ensure_request_stream(&js, config.replicas).await?;
+        let requests =
+            bucket::ensure_request_stream(&js, config.replicas, config.request_stream).await?;
         let kv_stream = js
             .get_stream(store.stream_name())
             .await
@@ -362,6 +366,10 @@ impl Runtime {
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("coordinator".to_owned(), self.config.id.clone());
         metadata.insert("bucket".to_owned(), self.config.bucket.clone());
+        metadata.insert(
+            "protocol_revision".to_owned(),
+            protocol::REVISION.to_string(),
+        );
         let service = self
             .nats
             .service_builder()
@@ -478,9 +486,13 @@ impl Runtime {
                                 subject = msg.subject.as_str(),
                                 lock = tracing::field::Empty).entered();
                             let dropped = self.engine.stats.dropped;
-                            self.engine.request(
+                            let msg_id = msg.headers.as_ref()
+                                .and_then(|h| h.get("Nats-Msg-Id"))
+                                .map(|v| v.as_str());
+                            self.engine.request_with_msg_id(
                                 info.stream_sequence,
                                 msg.subject.as_str(),
+                                msg_id,
                                 &msg.payload,
                                 age,
                                 Instant::now(),

@@ -10,7 +10,14 @@ use crate::events::Event;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-const OPS: [Op; 5] = [Op::Acquire, Op::Release, Op::Renew, Op::Cancel, Op::Revoke];
+const OPS: [Op; 6] = [
+    Op::Acquire,
+    Op::Release,
+    Op::Renew,
+    Op::Cancel,
+    Op::Revoke,
+    Op::Preempt,
+];
 
 /// Every request field, and a few that are not.
 const FIELDS: [&str; 14] = [
@@ -98,7 +105,7 @@ fn request_body(op: Op) -> impl Strategy<Value = Value> {
         ("key", maybe(0.97, string())),
     ];
     fields.extend(match op {
-        Op::Acquire => vec![
+        Op::Acquire | Op::Preempt => vec![
             ("owner", maybe(0.5, string())),
             ("ttl_ms", maybe(0.5, number())),
             ("wait_ms", maybe(0.5, number())),
@@ -156,14 +163,16 @@ fn assert_within_limits(op: Op, request: &Request, limits: &Limits) {
     };
     match (op, request) {
         (
-            Op::Acquire,
+            Op::Acquire | Op::Preempt,
             Request::Acquire {
                 owner,
                 ttl_ms,
                 wait_ms,
+                preempt,
                 ..
             },
         ) => {
+            assert_eq!(*preempt, op == Op::Preempt, "only the preempt op preempts");
             assert!(valid_id(owner), "owner {owner:?}");
             lease(*ttl_ms);
             assert!(*wait_ms <= limits.max_wait_ms);

@@ -89,7 +89,12 @@ pub async fn store(
     let mut map = async_nats::HeaderMap::new();
     map.insert("Nats-Msg-Id", msg_id);
     for (name, value) in headers {
-        map.append(*name, *value);
+        // A row's own message id replaces the session's.
+        if name.eq_ignore_ascii_case("Nats-Msg-Id") {
+            map.insert(*name, *value);
+        } else {
+            map.append(*name, *value);
+        }
     }
     let reply = timeout(
         PATIENCE,
@@ -515,6 +520,18 @@ impl Corpus {
     }
 
     /// The coordinator's `jetlock_requests_dropped_total`.
+    /// The coordinator's `jetlock_request_errors_total` for `code`.
+    pub async fn errors(&self, code: &str) -> u64 {
+        let addr = self.coordinator.metrics_addr().expect("metrics are served");
+        let series = format!("jetlock_request_errors_total{{code=\"{code}\"}} ");
+        scrape(addr)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_owned))
+            .map(|n| n.trim().parse().expect("a count"))
+            .unwrap_or(0)
+    }
+
     pub async fn dropped(&self) -> u64 {
         let addr = self.coordinator.metrics_addr().expect("metrics are served");
         scrape(addr)

@@ -46,6 +46,59 @@ async fn malformed_requests_get_their_documented_code_and_change_nothing() {
     corpus.run(&mut cast, &rows, &[]).await;
 }
 
+/// The stream de-duplicates `Nats-Msg-Id` across every session: a message
+/// id squatted by another session is refused by the coordinator (and
+/// changes nothing), but the server has already dropped the real request
+/// by then; its sender learns it from the ack (`duplicate`) alone. So the
+/// defence is request ids nobody can guess (`protocol::new_request_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_id_squatted_by_another_session_is_refused() {
+    let mut corpus = Corpus::start().await;
+    let mut cast = Cast::new(&corpus.url).await;
+    let victim = cast.fresh.session.clone();
+    let before = corpus.snapshot("squat").await;
+    let attacker = &mut cast.other;
+    let squat = json!({"v": 1, "id": "a1", "key": "squat", "ttl_ms": LONG});
+    let subject = format!("jetlock.req.acquire.{}", attacker.session);
+    let ack = store(
+        &attacker.nats,
+        &subject,
+        &format!("{victim}:v1"),
+        &[],
+        squat.to_string().into_bytes(),
+    )
+    .await
+    .expect("the server stores it: it checks no message id");
+    assert!(!ack.duplicate);
+    match attacker.next_final().await {
+        Answer::Error { code, re, .. } => {
+            assert_eq!((code, re.as_deref()), (BadMessageId, Some("a1")))
+        }
+        other => panic!("the squatting request was answered {other:?}"),
+    }
+    corpus.barrier(attacker, "squat").await;
+    assert_eq!(corpus.errors("bad_message_id").await, 1, "counted");
+    let after = corpus.snapshot("squat").await;
+    assert_eq!(
+        (after.revision, after.bucket_last),
+        (before.revision, before.bucket_last),
+        "the squatting request changed the bucket"
+    );
+
+    // The victim's real request under that id: not stored, and the ack is
+    // the only sign. A new id goes through.
+    let v = &mut cast.fresh;
+    let real = json!({"v": 1, "id": "v1", "key": "squat", "ttl_ms": LONG});
+    let ack = Publish::new(v, "acquire", "v1", &real)
+        .store(v)
+        .await
+        .expect("acked");
+    assert!(ack.duplicate, "the server dropped the victim's request");
+    let retry = json!({"v": 1, "id": "v2", "key": "squat", "ttl_ms": LONG});
+    v.send("acquire", retry).await;
+    assert!(matches!(v.next_final().await, Answer::Granted { re, .. } if re == "v2"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_stale_and_replayed_requests_change_nothing() {
     let mut corpus = Corpus::start().await;

@@ -43,7 +43,7 @@ pub struct Row {
     /// `$PREV`, `$NEXT` and `$OWNER` by the holder's token, token − 1,
     /// token + 1 and owner.
     pub body: Vec<u8>,
-    /// Headers besides `Nats-Msg-Id`.
+    /// Headers besides `Nats-Msg-Id` (`<session>:<id>`), or in its place.
     pub headers: &'static [(&'static str, &'static str)],
     pub expect: Expect,
 }
@@ -144,6 +144,8 @@ pub fn malformed_rows() -> Vec<Row> {
         row("wait_ms as a fraction", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","wait_ms":1.5}"#, Refused(BadRequest)),
         row("wait_ms as a boolean", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","wait_ms":true}"#, Refused(BadRequest)),
         row("preempt as a number", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","preempt":1}"#, Refused(BadRequest)),
+        row("preempt on the acquire subject", "acquire", "k", r#"{"v":1,"id":"$ID","key":"k","wait_ms":1000,"preempt":true}"#, Refused(NotPermitted)),
+        row("preempt false on the preempt subject", "preempt", "k", r#"{"v":1,"id":"$ID","key":"k","preempt":false}"#, Refused(BadRequest)),
         row("token as a string", "release", "k", r#"{"v":1,"id":"$ID","key":"k","token":"5"}"#, Refused(BadRequest)),
         row("negative token", "release", "k", r#"{"v":1,"id":"$ID","key":"k","token":-1}"#, Refused(BadRequest)),
         row("token as 1e3", "release", "k", r#"{"v":1,"id":"$ID","key":"k","token":1e3}"#, Refused(BadRequest)),
@@ -263,6 +265,8 @@ pub fn header_rows() -> Vec<Row> {
         other("atomic batch", "acquire", try_lock, NotStored(10174)).headers(&[("Nats-Batch-Id", "b1"), ("Nats-Batch-Sequence", "1"), ("Nats-Batch-Commit", "1")]),
         other("counter increment", "acquire", try_lock, NotStored(10168)).headers(&[("Nats-Incr", "+1")]),
         other("schedule aimed at the bucket", "acquire", try_lock, NotStored(10188)).headers(&[("Nats-Schedule", "@every 1s"), ("Nats-Schedule-Target", "$KV.JETLOCK_LOCKS.guarded")]),
+        other("Nats-Msg-Id of another session", "acquire", try_lock, Refused(BadMessageId)).headers(&[("Nats-Msg-Id", "json.victim:r1")]),
+        other("Nats-Msg-Id without the session", "acquire", try_lock, Refused(BadMessageId)).headers(&[("Nats-Msg-Id", "r1")]),
         other("Nats-TTL on a try-lock", "acquire", try_lock, Refused(Busy)).headers(&[("Nats-TTL", "1s")]),
         other("KV-Operation: PURGE on a try-lock", "acquire", try_lock, Refused(Busy)).headers(&[("KV-Operation", "PURGE")]),
         other("expiry marker headers on a foreign release", "release", release, Refused(NotHolder)).headers(&[("Nats-Marker-Reason", "MaxAge"), ("KV-Operation", "DEL")]),

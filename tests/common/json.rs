@@ -20,6 +20,12 @@ impl JsonSession {
     pub async fn new(url: &str) -> JsonSession {
         let session = format!("json.{}", nuid::next());
         let nats = async_nats::connect(url).await.expect("connect");
+        JsonSession::on(nats, session).await
+    }
+
+    /// Session `session` on an existing connection (logged in as a user
+    /// whose permissions name the session's prefix).
+    pub async fn on(nats: async_nats::Client, session: String) -> JsonSession {
         let answers = nats
             .subscribe(protocol::answer_subject(&session))
             .await

@@ -24,7 +24,6 @@ Authoritative definitions: src/protocol.rs.
 """
 
 import asyncio
-import itertools
 import json
 import secrets
 
@@ -53,7 +52,6 @@ class Session:
         self.timeout_ms = timeout_ms
         self.nc = None
         self.js = None
-        self._ids = itertools.count(1)
         self._pending = {}  # request id -> Pending
         self.notices = asyncio.Queue()  # contended / revoke_notice / lost
         self.orphan_errors = asyncio.Queue()  # errors without `re`
@@ -149,7 +147,10 @@ class Session:
     # -- requests -----------------------------------------------------------
 
     def next_id(self):
-        return f"r{next(self._ids)}"
+        # Unguessable: the stream drops a second message with the same
+        # Nats-Msg-Id whoever sends it, so a predictable id (r1, r2, ...)
+        # lets another user of the account drop this request in advance.
+        return secrets.token_urlsafe(16)
 
     async def send(self, op, body, id=None):
         """Publishes a request (a dict, or raw bytes to test the
@@ -164,7 +165,12 @@ class Session:
             self._pending[id] = pending
         headers = {"Nats-Msg-Id": f"{self.id}:{id or secrets.token_hex(8)}"}
         # JetStream publish: returns once the request stream has stored it.
-        await self.js.publish(f"jetlock.req.{op}.{self.id}", body, headers=headers)
+        ack = await self.js.publish(f"jetlock.req.{op}.{self.id}", body, headers=headers)
+        if ack.duplicate:
+            # Our first send of this id was not stored: somebody else used
+            # the message id first, and nobody will answer this request.
+            self._pending.pop(id, None)
+            raise RuntimeError(f"message id of request {id!r} was already used; use a new id")
         return pending
 
     async def request(self, op, body, timeout=10):
