@@ -378,15 +378,12 @@ impl LiveSettings {
             );
         }
         let grace_min = crate::client::belief::MIN_RECONNECT_GRACE.as_millis() as u64;
-        if !(grace_min..=self.min_session_timeout_ms).contains(&self.reconnect_grace_ms) {
+        if !(grace_min..=60_000).contains(&self.reconnect_grace_ms) {
             // Clients assume the smallest until told: a smaller one could
             // hand on a reconnecting client's locks while it still believes.
             return invalid(
                 "reconnect_grace_ms",
-                format!(
-                    "{} is not {grace_min} ms to min_session_timeout_ms ({})",
-                    self.reconnect_grace_ms, self.min_session_timeout_ms
-                ),
+                format!("{} is not {grace_min} ms to 60 s", self.reconnect_grace_ms),
             );
         }
         if !(1000..=24 * 3_600_000).contains(&self.max_ttl_ms) {

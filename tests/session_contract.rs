@@ -9,17 +9,17 @@ mod common;
 use common::{named_client as client, serve, single, PATIENCE};
 use futures::StreamExt;
 use jetlock::protocol::{self, Answer};
+use jetlock::server::Role;
 use jetlock::{Client, ClientOptions, LockError, LockGuard};
 use std::time::Duration;
 
 /// Starts `client`'s acquire of `name` and returns once a coordinator has
 /// queued it.
 async fn queued(
-    url: &str,
+    watcher: &async_nats::Client,
     client: &Client,
     name: &'static str,
-) -> tokio::task::JoinHandle<Result<LockGuard, LockError>> {
-    let watcher = async_nats::connect(url).await.unwrap();
+) -> tokio::task::JoinHandle<(std::time::Instant, Result<LockGuard, LockError>)> {
     let mut answers = watcher
         .subscribe(protocol::answer_subject(client.session()))
         .await
@@ -27,11 +27,13 @@ async fn queued(
     watcher.flush().await.unwrap();
     let c = client.clone();
     let task = tokio::spawn(async move {
-        c.lock(name)
+        let r = c
+            .lock(name)
             .ttl(Duration::from_secs(60))
             .wait(PATIENCE)
             .acquire()
-            .await
+            .await;
+        (std::time::Instant::now(), r)
     });
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -77,7 +79,8 @@ async fn a_replayed_request_never_shortens_the_session_timeout() {
         .await
         .unwrap();
     // The slow session waits in the queue: its request stays in the stream.
-    let _waiting = queued(&url, &slow, "busy").await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let _waiting = queued(&watcher, &slow, "busy").await;
     drop(first);
     let _second = serve(&url, &[]);
     // For longer than the default timeout (and the proof of hearing), a
@@ -119,7 +122,14 @@ async fn a_replayed_request_never_shortens_the_session_timeout() {
 async fn a_client_reconnect_never_ends_the_session() {
     let server = single();
     let url = server.url();
-    let _serving = serve(&url, &[]);
+    // A reconnect grace that a loaded test machine's reconnects fit in (the
+    // default, 100 ms, is for a holder's exit to be seen soon): the client
+    // gives its locks up itself when its reconnect is not confirmed within
+    // 0.9 of it, which is safe but not what this test is about.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "reconnect_grace_ms = 2000\n").unwrap();
+    let _serving = serve(&url, &["--config", config.to_str().unwrap()]);
     let holder = client(&url, "holder").await;
     let waiter = client(&url, "waiter").await;
     let guard = holder
@@ -128,7 +138,8 @@ async fn a_client_reconnect_never_ends_the_session() {
         .acquire()
         .await
         .unwrap();
-    let mut wait = queued(&url, &waiter, "reconnect").await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let mut wait = queued(&watcher, &waiter, "reconnect").await;
     let before = holder.nats().server_info().client_id;
     for round in 0..5 {
         holder.nats().force_reconnect().await.unwrap();
@@ -138,7 +149,7 @@ async fn a_client_reconnect_never_ends_the_session() {
             let believed = !guard.is_lost();
             panic!(
                 "round {round}: the waiter was granted ({:?}) while the reconnected holder {}",
-                granted.map(|r| r.map(|g| g.token())),
+                granted.map(|(_, r)| r.map(|g| g.token())),
                 if believed {
                     "still believed it held the lock"
                 } else {
@@ -155,6 +166,98 @@ async fn a_client_reconnect_never_ends_the_session() {
     assert!(!guard.is_lost(), "a reconnect is not a death");
     let token = guard.token();
     guard.release().await.expect("the holder still holds it");
-    let next = wait.await.unwrap().expect("handed on by the release");
+    let next = wait.await.unwrap().1.expect("handed on by the release");
     assert!(next.token() > token);
+}
+
+/// Cases 4 and 5: a coordinator that cannot hear the cluster must not
+/// declare a session dead that another coordinator keeps confirming. Its
+/// server hangs for 500 ms: longer than the holder's 300 ms session timeout
+/// (the smallest allowed) and shorter than it took the old cut-off guard
+/// (its own beat missing for 600 ms) to notice. The holder, on another
+/// server, is confirmed by the other coordinator all along, so it believes
+/// in its locks; no waiter may be granted one meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_cannot_hear_the_cluster_declares_no_confirmed_session_dead() {
+    let cluster = common::cluster().await;
+    common::setup_bucket(&cluster).await;
+    let on = |i: usize, role: Role| cluster.member_url_as(i, role);
+    let _c1 = serve(
+        &on(0, Role::Coordinator),
+        &["--replicas", "3", "--id", "c1"],
+    );
+    let _c2 = serve(
+        &on(1, Role::Coordinator),
+        &["--replicas", "3", "--id", "c2"],
+    );
+    let holder = common::worker_options()
+        .name("holder")
+        .session_timeout(Duration::from_millis(300))
+        .connect(&on(1, Role::Worker))
+        .await
+        .unwrap();
+    let waiter = common::worker_client(&on(1, Role::Worker), "waiter").await;
+    let watcher = common::nats_as(&on(1, Role::Operator), Role::Operator).await;
+    // Eight locks: the hung coordinator owns some of them (all but 1 in 256).
+    const NAMES: [&str; 8] = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
+    let mut guards = Vec::new();
+    let mut waits = Vec::new();
+    for name in NAMES {
+        guards.push(
+            holder
+                .lock(name)
+                .ttl(Duration::from_secs(60))
+                .acquire()
+                .await
+                .unwrap(),
+        );
+        waits.push(queued(&watcher, &waiter, name).await);
+    }
+    // When each holder's guard learned it lost its lock.
+    let mut lost_at: Vec<_> = guards
+        .iter()
+        .map(|g| {
+            let lost = g.lost();
+            tokio::spawn(async move {
+                lost.await;
+                std::time::Instant::now()
+            })
+        })
+        .collect();
+    let hung = &cluster.servers()[0];
+    for round in 0..3 {
+        hung.pause();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        hung.resume();
+        // The window in which the hung coordinator carries out what it
+        // decided while it heard nothing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (i, wait) in waits.iter_mut().enumerate() {
+            if wait.is_finished() {
+                let (granted, _) = wait.await.unwrap();
+                let lost = if lost_at[i].is_finished() {
+                    Some((&mut lost_at[i]).await.unwrap())
+                } else {
+                    None
+                };
+                panic!(
+                    "round {round}: the waiter was granted {} while the confirmed holder {}",
+                    NAMES[i],
+                    match lost {
+                        None => "still believed it held it".to_owned(),
+                        Some(at) if at > granted =>
+                            format!("believed it held it for {:?} more", at - granted),
+                        Some(at) => format!("had lost it {:?} before", granted - at),
+                    }
+                );
+            }
+        }
+    }
+    for (guard, wait) in guards.into_iter().zip(waits) {
+        assert!(!guard.is_lost(), "the confirmed holder keeps its locks");
+        let token = guard.token();
+        guard.release().await.unwrap();
+        let next = wait.await.unwrap().1.expect("handed on by the release");
+        assert!(next.token() > token);
+    }
 }
