@@ -544,9 +544,11 @@ impl LockGuard {
         self.hold.lost.clone().cancelled_owned()
     }
 
-    /// True once the lock is lost.
+    /// True once the lock is lost, or its [`LockGuard::deadline`] has
+    /// passed: a process that was stopped past it reads true as soon as it
+    /// runs, before its timers fire `lost()`.
     pub fn is_lost(&self) -> bool {
-        self.hold.lost.is_cancelled()
+        self.hold.lost.is_cancelled() || Instant::now() >= self.hold.deadline()
     }
 
     /// Why the lock was lost, once it is.
@@ -562,10 +564,8 @@ impl LockGuard {
     /// the connection dropped; a confirmed heartbeat moves it on). Once the
     /// hold is lost it stays what it was at the loss. `lost()` fires there (`Expired`, `Unconfirmed`) while the
     /// process runs. A process that was stopped past it (SIGSTOP, a long
-    /// GC-like pause) cannot act until it runs again, and `is_lost()` may
-    /// read false for a moment after it wakes, before its timers run: a
-    /// holder that must not act on a stale belief compares this with
-    /// `Instant::now()` before each protected call it cannot fence.
+    /// pause) cannot act until it runs again; `is_lost()` compares with it,
+    /// so check `is_lost()` before each protected call you cannot fence.
     pub fn deadline(&self) -> std::time::Instant {
         self.hold.deadline().into_std()
     }
