@@ -470,8 +470,17 @@ impl SessionLink {
                         // ignored: the request was already answered.
                         let abandoned = self.abandoned.remove(re).is_some();
                         if let (Answer::Granted { key, token, .. }, true) = (&answer, abandoned) {
-                            debug!(key, token, "releasing a grant nobody waits for");
-                            let _ = self.send_release(nats, key, *token).await;
+                            // A coordinator that restarted can answer an old
+                            // acquire of ours with the grant we hold now
+                            // (waiters are matched to the holder by session
+                            // and owner): releasing it would take off one of
+                            // our live holds.
+                            if holds_token(inner, key, *token) {
+                                debug!(key, token, "a late grant of a hold we have: kept");
+                            } else {
+                                debug!(key, token, "releasing a grant nobody waits for");
+                                let _ = self.send_release(nats, key, *token).await;
+                            }
                         }
                     }
                 }
@@ -567,6 +576,20 @@ impl Drop for SessionLink {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Whether a live hold of the client on lock `name` has `token`.
+fn holds_token(inner: &Weak<Inner>, name: &str, token: u64) -> bool {
+    let (Some(inner), Ok(name)) = (inner.upgrade(), LockName::new(name)) else {
+        return false;
+    };
+    let held = inner
+        .holds
+        .iter()
+        .filter(|h| h.key().0 == name.key())
+        .filter_map(|h| h.value().upgrade())
+        .any(|hold| hold.token().get() == token);
+    held
 }
 
 /// Every hold of the client is lost for `reason`.
