@@ -157,6 +157,40 @@ pub async fn ensure_request_stream(
         })
 }
 
+/// The stream of coordinators' proof beats (coordinator/hearing.rs).
+pub const PROOF_STREAM: &str = "JETLOCK_PROOF";
+/// Subjects of the proof stream: `jetlock.proof.<coordinator id>`.
+pub const PROOF_SUBJECTS: &str = "jetlock.proof.>";
+
+/// Creates the proof stream, or opens it. A coordinator's proof beat is
+/// acknowledged only once a quorum of the stream's replicas stored it,
+/// which shows the coordinator reached the quorum. Memory storage: the
+/// beats matter only as they are acknowledged, so no disk write is needed,
+/// and one beat per coordinator is kept.
+pub async fn ensure_proof_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    let config = jetstream::stream::Config {
+        name: PROOF_STREAM.to_owned(),
+        description: Some("jetlock coordinators' proof that they reach the quorum".into()),
+        subjects: vec![PROOF_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: StorageType::Memory,
+        num_replicas: replicas,
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(60),
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BucketError::JetStream {
+            bucket: PROOF_STREAM.to_owned(),
+            source: e.into(),
+        })
+}
+
 /// Creates the event stream `JETLOCK_EV` (every `jetlock.ev.>` event,
 /// kept `max_age` and at most `max_bytes`), or opens it.
 pub async fn ensure_event_stream(

@@ -30,9 +30,16 @@ pub struct Config {
     /// A session silent this long is dead and its locks move on, unless
     /// the session asks for another timeout in its heartbeats.
     pub session_timeout_ms: u64,
-    /// Bounds on what a session may ask for.
+    /// Bounds on what a session may ask for. A session first seen without
+    /// a timeout (through a request, or a heartbeat that names none) gets
+    /// the maximum until a heartbeat names one.
     pub min_session_timeout_ms: u64,
     pub max_session_timeout_ms: u64,
+    /// After the server reports a session's connection closed by the
+    /// client, how long it has to heartbeat on a new connection before it
+    /// is dead: a reconnect is not a death, while a holder whose process
+    /// exited is handed on after this.
+    pub reconnect_grace_ms: u64,
     /// Lease of a JSON acquire that does not name one.
     pub default_ttl_ms: u64,
     /// Longest wait an acquire may ask for.
@@ -74,6 +81,7 @@ pub struct LiveSettings {
     pub session_timeout_ms: u64,
     pub min_session_timeout_ms: u64,
     pub max_session_timeout_ms: u64,
+    pub reconnect_grace_ms: u64,
     pub default_ttl_ms: u64,
     pub max_ttl_ms: u64,
     pub max_wait_ms: u64,
@@ -100,6 +108,7 @@ impl Default for Config {
             session_timeout_ms: 900,
             min_session_timeout_ms: 300,
             max_session_timeout_ms: 300_000,
+            reconnect_grace_ms: 100,
             default_ttl_ms: 10_000,
             max_wait_ms: 15 * 60 * 1000,
             preempt_grace_ms: 5000,
@@ -176,6 +185,7 @@ impl Config {
             session_timeout_ms: self.session_timeout_ms,
             min_session_timeout_ms: self.min_session_timeout_ms,
             max_session_timeout_ms: self.max_session_timeout_ms,
+            reconnect_grace_ms: self.reconnect_grace_ms,
             default_ttl_ms: self.default_ttl_ms,
             max_ttl_ms: self.max_ttl_ms,
             max_wait_ms: self.max_wait_ms,
@@ -214,6 +224,7 @@ impl LiveSettings {
             session_timeout_ms: ms(e.session_timeout),
             min_session_timeout_ms: ms(e.min_session_timeout),
             max_session_timeout_ms: ms(e.max_session_timeout),
+            reconnect_grace_ms: ms(e.reconnect_grace),
             default_ttl_ms: e.limits.default_ttl_ms,
             max_ttl_ms: e.limits.max_ttl_ms,
             max_wait_ms: e.limits.max_wait_ms,
@@ -240,6 +251,7 @@ impl LiveSettings {
         e.session_timeout = ms(self.session_timeout_ms);
         e.min_session_timeout = ms(self.min_session_timeout_ms);
         e.max_session_timeout = ms(self.max_session_timeout_ms);
+        e.reconnect_grace = ms(self.reconnect_grace_ms);
         e.max_waiters = self.max_waiters;
         e.policies = self
             .policies
@@ -309,17 +321,31 @@ impl LiveSettings {
                 ),
             );
         }
-        if self.min_session_timeout_ms < 100
+        // Below 300 ms, a loss of hearing shorter than the coordinator
+        // notices (coordinator/hearing.rs: MAX_GAP) could hide a death.
+        if self.min_session_timeout_ms < 300
             || self.min_session_timeout_ms > self.session_timeout_ms
             || self.session_timeout_ms > self.max_session_timeout_ms
         {
             return invalid(
                 "session_timeout_ms",
                 format!(
-                    "need 100 <= min ({}) <= default ({}) <= max ({})",
+                    "need 300 <= min ({}) <= default ({}) <= max ({})",
                     self.min_session_timeout_ms,
                     self.session_timeout_ms,
                     self.max_session_timeout_ms
+                ),
+            );
+        }
+        let grace_min = crate::client::belief::MIN_RECONNECT_GRACE.as_millis() as u64;
+        if !(grace_min..=self.min_session_timeout_ms).contains(&self.reconnect_grace_ms) {
+            // Clients assume the smallest until told: a smaller one could
+            // hand on a reconnecting client's locks while it still believes.
+            return invalid(
+                "reconnect_grace_ms",
+                format!(
+                    "{} is not {grace_min} ms to min_session_timeout_ms ({})",
+                    self.reconnect_grace_ms, self.min_session_timeout_ms
                 ),
             );
         }
@@ -365,12 +391,13 @@ impl LiveSettings {
 
 /// The keys of the config bucket that are live settings (besides
 /// `policy.<prefix>`).
-pub const LIVE_KEYS: [&str; 10] = [
+pub const LIVE_KEYS: [&str; 11] = [
     "heartbeat_ms",
     "coordinator_timeout_ms",
     "session_timeout_ms",
     "min_session_timeout_ms",
     "max_session_timeout_ms",
+    "reconnect_grace_ms",
     "default_ttl_ms",
     "max_ttl_ms",
     "max_wait_ms",

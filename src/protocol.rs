@@ -679,6 +679,13 @@ pub enum Answer {
         token: u64,
         cause: LostCause,
     },
+    /// Notice: the server reported this session's connection closed. A
+    /// live client (one that reconnected) heartbeats at once, naming its
+    /// new connection, or the session is declared dead after the reconnect
+    /// grace.
+    Probe {
+        v: u32,
+    },
 }
 
 impl Answer {
@@ -762,6 +769,12 @@ pub struct HeartbeatAck {
     pub timeout_ms: u64,
     /// Live coordinators.
     pub coordinators: u32,
+    /// The reconnect grace the coordinator applies: after the server
+    /// reports the session's connection closed, a heartbeat naming a new
+    /// connection must arrive within it, or the session is dead. Absent
+    /// from coordinators before protocol 1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
 }
 
 /// A coordinator's heartbeat (`jetlock.coord.hb.<id>`).

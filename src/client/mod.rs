@@ -15,6 +15,7 @@
 //! - `via_coordinator.rs` — renewals and releases as coordinator requests.
 
 mod acquire;
+pub mod belief;
 mod fast_path;
 mod guard;
 mod multi;
@@ -177,18 +178,20 @@ impl ClientOptions {
         let session = self.new_session()?;
         let fast_path = Arc::new(fast_path::FastPath::new(self.fast_path, &self.bucket));
         let watcher = fast_path.clone();
+        let (conn_observer, conn) = session::conn_events();
         let mut options = async_nats::ConnectOptions::new()
             .name(&self.name)
             .max_reconnects(None)
             .event_callback(move |event| {
                 watcher.observe(&event);
+                conn_observer(&event);
                 async {}
             });
         if let Some(prefix) = &self.session_prefix {
             options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
         }
         let nats = crate::connect::nats_waiting(url, self.login.clone(), options).await?;
-        self.start(nats, session, fast_path, true).await
+        self.start(nats, session, fast_path, true, conn).await
     }
 
     /// Uses an existing NATS connection. jetlock cannot see its server
@@ -197,7 +200,10 @@ impl ClientOptions {
     pub async fn with_nats(self, nats: async_nats::Client) -> Result<Client, ConnectError> {
         let session = self.new_session()?;
         let fast_path = Arc::new(fast_path::FastPath::new(self.fast_path, &self.bucket));
-        self.start(nats, session, fast_path, false).await
+        // No event callback on a connection made elsewhere: a reconnect
+        // shows only as a new connection id at the next heartbeat.
+        let (_, conn) = tokio::sync::watch::channel(session::ConnState::default());
+        self.start(nats, session, fast_path, false, conn).await
     }
 
     /// A new session id, under the prefix if there is one.
@@ -215,6 +221,7 @@ impl ClientOptions {
         session: String,
         fast_path: Arc<fast_path::FastPath>,
         probe: bool,
+        conn: tokio::sync::watch::Receiver<session::ConnState>,
     ) -> Result<Client, ConnectError> {
         let js = async_nats::jetstream::new(nats.clone());
         let kv = match self.create_bucket {
@@ -231,7 +238,8 @@ impl ClientOptions {
         if probe {
             fast_path.probe(&store).await;
         }
-        let (link, settled) = session::SessionLink::new(session.clone(), self.session_timeout);
+        let (link, settled) =
+            session::SessionLink::new(session.clone(), self.session_timeout, conn);
         let inner = Arc::new(Inner {
             session,
             nats: nats.clone(),

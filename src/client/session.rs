@@ -13,6 +13,7 @@
 //! contended acquires watch the key and CAS on each release marker (the
 //! foundation's path), which is safe but not FIFO.
 
+use super::belief::{Answered, SessionBelief};
 use super::Inner;
 use crate::error::LostReason;
 use crate::name::LockName;
@@ -23,10 +24,11 @@ use crate::protocol::{
 use async_nats::HeaderMap;
 use dashmap::DashMap;
 use futures::StreamExt;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -45,18 +47,48 @@ pub(crate) struct SessionLink {
     /// Live coordinators in the last heartbeat answer.
     coordinators: AtomicU32,
     last_ack: Mutex<Option<Instant>>,
-    /// When the newest heartbeat that a coordinator answered `alive` was
-    /// sent: no coordinator can declare the session dead before this plus
-    /// the session timeout (they count from when they last heard it).
-    confirmed: Mutex<Option<Instant>>,
-    /// The session timeout the coordinators apply (from their answers).
-    applied_timeout: Mutex<Duration>,
-    /// The coordinators declared this session dead.
+    /// How long the session may be believed in (see [`SessionBelief`]).
+    belief: Mutex<SessionBelief>,
+    /// The session ended (declared dead, or given up): mirrors
+    /// `belief.is_ended()` for the hot path.
     expired: AtomicBool,
     timeout: Duration,
+    /// What the connection's event callback saw.
+    conn: watch::Receiver<ConnState>,
     stop: CancellationToken,
     /// Fires once the first heartbeat is answered or refused.
     settled: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// The connection's drops and reconnects, as its event callback saw them
+/// (a client made by [`crate::ClientOptions::connect`]; one given to
+/// `with_nats` only shows a reconnect by its new connection id, at the next
+/// heartbeat).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ConnState {
+    /// When the connection last dropped.
+    pub(crate) dropped: Option<Instant>,
+    /// Reconnections so far.
+    pub(crate) reconnects: u64,
+}
+
+/// Feeds [`ConnState`] from async-nats connection events.
+pub(crate) fn conn_events() -> (
+    impl Fn(&async_nats::Event) + Send + Sync + 'static,
+    watch::Receiver<ConnState>,
+) {
+    let (tx, rx) = watch::channel(ConnState::default());
+    let observe = move |event: &async_nats::Event| match event {
+        // Taken here, not when the session task gets to it: the deadline
+        // counts from the drop, and the task may be busy.
+        async_nats::Event::Disconnected => {
+            let at = Instant::now();
+            tx.send_modify(|s| s.dropped = Some(at));
+        }
+        async_nats::Event::Connected => tx.send_modify(|s| s.reconnects += 1),
+        _ => {}
+    };
+    (observe, rx)
 }
 
 /// How long the answer to a request may take beyond its wait: a
@@ -64,9 +96,17 @@ pub(crate) struct SessionLink {
 pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(5);
 /// Abandoned request ids remembered for releasing late grants.
 const MAX_ABANDONED: usize = 4096;
+/// Heartbeats whose answers are still matched to their send time.
+const BEATS_REMEMBERED: u64 = 16;
+/// The quickest two heartbeats follow each other (a probe, a reconnect).
+const MIN_BEAT_GAP: Duration = Duration::from_millis(5);
 
 impl SessionLink {
-    pub(crate) fn new(session: String, timeout: Duration) -> (Arc<Self>, oneshot::Receiver<()>) {
+    pub(crate) fn new(
+        session: String,
+        timeout: Duration,
+        conn: watch::Receiver<ConnState>,
+    ) -> (Arc<Self>, oneshot::Receiver<()>) {
         let (settled, settled_rx) = oneshot::channel();
         let link = Arc::new(SessionLink {
             session,
@@ -75,10 +115,10 @@ impl SessionLink {
             contended: DashMap::new(),
             coordinators: AtomicU32::new(0),
             last_ack: Mutex::new(None),
-            confirmed: Mutex::new(None),
-            applied_timeout: Mutex::new(timeout),
+            belief: Mutex::new(SessionBelief::new(timeout)),
             expired: AtomicBool::new(false),
             timeout,
+            conn,
             stop: CancellationToken::new(),
             settled: Mutex::new(Some(settled)),
         });
@@ -94,12 +134,16 @@ impl SessionLink {
         let answers = nats
             .subscribe(protocol::answer_subject(&link.session))
             .await?;
+        // Every coordinator answers every heartbeat; all answers are read
+        // (a request would keep only the first).
+        let inbox = nats.new_inbox();
+        let acks = nats.subscribe(format!("{inbox}.*")).await?;
         let link = link.clone();
         tokio::spawn(async move {
             let stop = link.stop.clone();
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = link.run(answers, inner, nats.clone()) => {}
+                _ = link.run(answers, acks, &inbox, inner, nats.clone()) => {}
             }
             // Tell the coordinators now rather than after the timeout.
             let _ = nats
@@ -164,22 +208,29 @@ impl SessionLink {
     async fn run(
         self: &Arc<Self>,
         mut answers: async_nats::Subscriber,
+        mut acks: async_nats::Subscriber,
+        inbox: &str,
         inner: Weak<Inner>,
         nats: async_nats::Client,
     ) {
-        let interval = self.timeout / 4;
-        let mut beat = tokio::time::interval(interval);
+        let mut beat = tokio::time::interval(self.timeout / 4);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut acks = futures::stream::FuturesUnordered::new();
-        // The confirmation whose jeopardy has been dealt with.
-        let mut given_up: Option<Instant> = None;
+        let mut conn = self.conn.clone();
+        let mut seen = *conn.borrow_and_update();
+        // Send times of the recent heartbeats, by number (the reply subject's
+        // last token): an answer confirms the session from its send time.
+        let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut next_beat = 0u64;
+        let mut beat_now = false;
+        let mut last_conn: Option<ConnId> = None;
+        // A connection given to `with_nats` has no event callback.
+        let mut events = conn.has_changed().is_ok();
         loop {
-            let jeopardy = self.jeopardy_at().filter(|_| {
-                given_up.is_none() || *self.confirmed.lock().expect("never poisoned") != given_up
-            });
+            let deadline = self.belief.lock().expect("never poisoned").deadline();
+            let since_last = sent.back().map(|(_, at)| at.elapsed());
+            let may_beat = !self.is_expired() && since_last.is_none_or(|e| e >= MIN_BEAT_GAP);
             tokio::select! {
-                _ = tokio::time::sleep_until(jeopardy.unwrap_or_else(Instant::now)), if jeopardy.is_some() => {
-                    given_up = *self.confirmed.lock().expect("never poisoned");
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     if self.unconfirmed(&inner) {
                         // Tell the coordinators now rather than after the
                         // timeout, so they release what it held.
@@ -188,68 +239,103 @@ impl SessionLink {
                             .await;
                     }
                 }
-                // An ended session beats no more; answers are still read
-                // (a late grant is given back).
-                _ = beat.tick(), if !self.is_expired() => {
-                    let info = nats.server_info();
-                    let hb = Heartbeat {
-                        timeout_ms: Some(self.timeout.as_millis() as u64),
-                        conn: (!info.server_id.is_empty()).then(|| ConnId {
-                            server_id: info.server_id.clone(),
-                            cid: info.client_id,
-                        }),
-                        leaving: false,
-                    };
-                    let body = serde_json::to_vec(&hb).expect("heartbeats serialize");
-                    let request = nats.request(protocol::heartbeat_subject(&self.session), body.into());
-                    // Answers are awaited concurrently: a slow answer never
-                    // delays the next heartbeat.
-                    if acks.len() < 8 {
-                        let sent = Instant::now();
-                        let answer = tokio::time::timeout(self.timeout, request);
-                        acks.push(async move { (sent, answer.await) });
+                // A probe or a reconnect asks for a heartbeat at once; an
+                // ended session beats no more (answers are still read: a
+                // late grant is given back).
+                _ = beat.tick(), if !self.is_expired() => beat_now = true,
+                _ = tokio::time::sleep(MIN_BEAT_GAP), if beat_now && !may_beat => {}
+                changed = conn.changed(), if events => {
+                    if changed.is_err() {
+                        events = false;
+                        continue;
                     }
+                    let now = *conn.borrow_and_update();
+                    if let Some(at) = now.dropped.filter(|_| now.dropped != seen.dropped) {
+                        self.belief.lock().expect("never poisoned").dropped(at);
+                    }
+                    if now.reconnects != seen.reconnects {
+                        beat_now = true;
+                    }
+                    seen = now;
                 }
-                Some((sent, ack)) = acks.next(), if !acks.is_empty() => {
+                msg = acks.next() => {
+                    let Some(msg) = msg else { return };
                     if let Some(tx) = self.settled.lock().expect("never poisoned").take() {
                         let _ = tx.send(());
                     }
-                    // No answer (no coordinator, or none answering) is
-                    // noted by the age of the last answer.
-                    if let Ok(Ok(msg)) = ack {
-                        if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
-                            self.acked(&ack, sent, &inner);
-                        }
+                    // A no-responders status (no coordinator) is noted by
+                    // the age of the last answer.
+                    let n = msg.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
+                    let at = sent.iter().find(|(k, _)| Some(*k) == n).map(|(_, at)| *at);
+                    if let (Some(at), Ok(ack)) = (at, serde_json::from_slice::<HeartbeatAck>(&msg.payload)) {
+                        self.acked(&ack, at, &inner);
                     }
                 }
                 msg = answers.next() => {
                     let Some(msg) = msg else { return };
                     match serde_json::from_slice::<Answer>(&msg.payload) {
+                        Ok(Answer::Probe { .. }) => beat_now = true,
                         Ok(answer) => self.dispatch(answer, &inner, &nats).await,
                         Err(e) => debug!(error = %e, "unreadable answer ignored"),
                     }
                 }
             }
+            if self.is_expired() {
+                beat_now = false;
+            }
+            if beat_now && may_beat {
+                beat_now = false;
+                let info = nats.server_info();
+                let conn_id = (!info.server_id.is_empty()).then(|| ConnId {
+                    server_id: info.server_id.clone(),
+                    cid: info.client_id,
+                });
+                // A new connection id means a reconnect the event callback
+                // did not show (a connection given to `with_nats`): count
+                // the drop from now, which is later than it was; the
+                // coordinators' grace started when the server saw it.
+                if last_conn.is_some() && conn_id != last_conn && seen.reconnects == 0 {
+                    self.belief
+                        .lock()
+                        .expect("never poisoned")
+                        .dropped(Instant::now());
+                }
+                last_conn.clone_from(&conn_id);
+                let hb = Heartbeat {
+                    timeout_ms: Some(self.timeout.as_millis() as u64),
+                    conn: conn_id,
+                    leaving: false,
+                };
+                let body = serde_json::to_vec(&hb).expect("heartbeats serialize");
+                let now = Instant::now();
+                self.belief.lock().expect("never poisoned").sent(now);
+                next_beat += 1;
+                sent.push_back((next_beat, now));
+                if sent.len() as u64 > BEATS_REMEMBERED {
+                    sent.pop_front();
+                }
+                let _ = nats
+                    .publish_with_reply(
+                        protocol::heartbeat_subject(&self.session),
+                        format!("{inbox}.{next_beat}"),
+                        body.into(),
+                    )
+                    .await;
+            }
         }
     }
 
-    /// When this session's holds must be given up unless a newer
-    /// heartbeat is answered first: a tenth of the timeout before the
-    /// earliest moment a coordinator may declare the session dead. `None`
-    /// before any coordinator confirmed it (no coordinator tracks it).
-    fn jeopardy_at(&self) -> Option<Instant> {
-        let confirmed = (*self.confirmed.lock().expect("never poisoned"))?;
-        let timeout = *self.applied_timeout.lock().expect("never poisoned");
-        Some(confirmed + timeout - timeout / 10)
-    }
-
-    /// The session is over: declared dead, or past
-    /// [`SessionLink::jeopardy_at`] without a newer confirmation (a
-    /// coordinator may consider it dead, so a grant now may be handed on
-    /// under it; the session ends on the spot, see
+    /// The session is over: declared dead, or past its deadline without a
+    /// newer confirmation (a coordinator may consider it dead, so a grant
+    /// now may be handed on under it; the session ends on the spot, see
     /// [`SessionLink::unconfirmed`]).
     pub(crate) fn ended(&self) -> bool {
-        self.is_expired() || self.jeopardy_at().is_some_and(|at| Instant::now() >= at)
+        self.is_expired()
+            || self
+                .belief
+                .lock()
+                .expect("never poisoned")
+                .over_at(Instant::now())
     }
 
     /// No answer confirmed the session in time, so a coordinator may
@@ -262,61 +348,31 @@ impl SessionLink {
     /// with this client (both connected to a server that lost the network)
     /// holds off declaring anybody dead and confirms the session again once
     /// healed, while the others declared it dead and release every lock it
-    /// takes after: a
-    /// session that carried on then held locks that were handed on (the
-    /// fault suite's server-isolation partition). The holds are not
-    /// released: the lease ends on the server anyway. True if the session
-    /// was live until now.
+    /// takes after. The holds are not released: the lease ends on the
+    /// server anyway. True if the session was live until now.
     fn unconfirmed(&self, inner: &Weak<Inner>) -> bool {
+        self.belief.lock().expect("never poisoned").end();
         if self.expired.swap(true, Ordering::Relaxed) {
             return false;
         }
-        let Some(inner) = inner.upgrade() else {
-            return true;
-        };
-        let holds: Vec<_> = inner
-            .holds
-            .iter()
-            .filter_map(|h| h.value().upgrade())
-            .collect();
-        warn!(session = %self.session, holds = holds.len(),
-              "no coordinator confirmed this session within its timeout; it ends and its locks are given up (connect again for a new session)");
-        for hold in holds {
-            hold.lose(LostReason::Unconfirmed, true);
-        }
+        warn!(session = %self.session,
+              "no coordinator confirmed this session in time; it ends and its locks are given up (connect again for a new session)");
+        lose_all(inner, LostReason::Unconfirmed);
         true
     }
 
     fn acked(&self, ack: &HeartbeatAck, sent: Instant, inner: &Weak<Inner>) {
         *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
         self.coordinators.store(ack.coordinators, Ordering::Relaxed);
-        if self.is_expired() {
-            // Over: a late `alive` confirms nothing.
-            return;
-        }
-        if ack.alive {
-            let mut confirmed = self.confirmed.lock().expect("never poisoned");
-            *confirmed = Some(confirmed.map_or(sent, |c| c.max(sent)));
-            // A shorter timeout than asked for (the coordinators clamp it)
-            // moves the deadline closer; never further than asked.
-            let applied = Duration::from_millis(ack.timeout_ms).min(self.timeout);
-            *self.applied_timeout.lock().expect("never poisoned") = applied;
-        }
-        if !ack.alive && !self.expired.swap(true, Ordering::Relaxed) {
-            warn!(session = %self.session, "the coordinators declared this session dead; its locks are lost");
-            if let Some(inner) = inner.upgrade() {
-                // Collected first: losing a hold removes it from `holds`,
-                // which must not happen while iterating it (a shard's
-                // write lock under its own read lock never comes).
-                let holds: Vec<_> = inner
-                    .holds
-                    .iter()
-                    .filter_map(|h| h.value().upgrade())
-                    .collect();
-                for hold in holds {
-                    hold.lose(LostReason::SessionExpired, true);
-                }
-            }
+        let answered = self.belief.lock().expect("never poisoned").answered(
+            sent,
+            ack.alive,
+            ack.timeout_ms,
+            ack.grace_ms,
+        );
+        if answered == Answered::Dead && !self.expired.swap(true, Ordering::Relaxed) {
+            warn!(session = %self.session, "a coordinator declared this session dead; its locks are lost");
+            lose_all(inner, LostReason::SessionExpired);
         }
     }
 
@@ -463,6 +519,24 @@ impl SessionLink {
 impl Drop for SessionLink {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Every hold of the client is lost for `reason`.
+fn lose_all(inner: &Weak<Inner>, reason: LostReason) {
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    // Collected first: losing a hold removes it from `holds`, which must
+    // not happen while iterating it (a shard's write lock under its own
+    // read lock never comes).
+    let holds: Vec<_> = inner
+        .holds
+        .iter()
+        .filter_map(|h| h.value().upgrade())
+        .collect();
+    for hold in holds {
+        hold.lose(reason, true);
     }
 }
 

@@ -18,6 +18,7 @@
 //! with waiters goes to the head waiter by one write (holder → waiter), so
 //! the key is never vacant while anyone waits and a newcomer cannot barge in.
 
+use super::hearing::{Hearing, Verdict};
 use super::membership::{owner_among, Ring, Sessions, Touch};
 use super::HashMap;
 use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     pub session_timeout: Duration,
     pub min_session_timeout: Duration,
     pub max_session_timeout: Duration,
+    /// How long a session whose connection the client closed has to
+    /// heartbeat on a new one (see `Sessions::closed`).
+    pub reconnect_grace: Duration,
     /// How long request ids are remembered for de-duplication (the request
     /// stream's duplicate window).
     pub dedup_window: Duration,
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             session_timeout: Duration::from_millis(900),
             min_session_timeout: Duration::from_millis(300),
             max_session_timeout: Duration::from_secs(300),
+            reconnect_grace: super::membership::DEFAULT_RECONNECT_GRACE,
             dedup_window: Duration::from_secs(120),
             max_waiters: 0,
             policies: Vec::new(),
@@ -101,6 +106,9 @@ pub enum Action {
     Delete { seq: u64 },
     /// Publish an event (the runtime stamps its time and coordinator).
     Event(Box<Event>),
+    /// Send a proof beat now (a death waits for one sent after its
+    /// deadline) and report its acknowledgement with [`Engine::proof_acked`].
+    Prove,
 }
 
 /// One CAS write on the locks bucket.
@@ -337,10 +345,6 @@ const REGRANT_WINDOW: Duration = Duration::from_secs(5);
 /// owner has long handled them.
 const MIRROR_OP_LIFETIME: Duration = Duration::from_secs(5);
 
-/// Without our own beat echoed back for this long (over two beats of
-/// 250 ms), this coordinator counts itself cut off from NATS.
-const CUT_OFF_AFTER: Duration = Duration::from_millis(600);
-
 /// How often idle keys and finished requests are swept out. A sweep walks
 /// every key: on every tick (20 ms) that was 28% of a core for an idle
 /// coordinator with 100k held locks, and all of it with 1M.
@@ -364,9 +368,8 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     ready: bool,
     last_tick: Option<Instant>,
-    /// When this coordinator last heard its own beat come back through
-    /// NATS (`None` until it first does).
-    own_echo: Option<Instant>,
+    /// Proof that this coordinator could hear the cluster: deaths need it.
+    hearing: Hearing,
     next_sweep: Option<Instant>,
     out: Vec<Action>,
     pub stats: Stats,
@@ -374,7 +377,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(me: String, cfg: EngineConfig) -> Self {
-        Engine {
+        let mut engine = Engine {
             ring: Ring::new(me, cfg.coordinator_timeout),
             sessions: Sessions::new(
                 cfg.session_timeout,
@@ -388,11 +391,15 @@ impl Engine {
             timers: BinaryHeap::new(),
             ready: false,
             last_tick: None,
-            own_echo: None,
+            hearing: Hearing::default(),
             next_sweep: None,
             out: Vec::new(),
             stats: Stats::default(),
-        }
+        };
+        engine
+            .sessions
+            .set_reconnect_grace(engine.cfg.reconnect_grace);
+        engine
     }
 
     /// New settings (a change in the config bucket). Sessions and queues
@@ -403,6 +410,7 @@ impl Engine {
             cfg.min_session_timeout,
             cfg.max_session_timeout,
         );
+        self.sessions.set_reconnect_grace(cfg.reconnect_grace);
         self.ring.set_timeout(cfg.coordinator_timeout);
         self.cfg = cfg;
     }
@@ -674,7 +682,7 @@ impl Engine {
         let key = request.name().key().to_owned();
         tracing::Span::current().record("lock", request.name().as_str());
         let acting = self.owns(&key);
-        match self.sessions.touch(&session, None, None, now) {
+        match self.sessions.request(&session, now) {
             Touch::Dead => {
                 let e = WireError::new(
                     ErrorCode::SessionExpired,
@@ -995,7 +1003,9 @@ impl Engine {
         hb: Heartbeat,
         now: Instant,
     ) -> Option<HeartbeatAck> {
-        let touch = self.sessions.touch(session, hb.timeout_ms, hb.conn, now);
+        let touch = self
+            .sessions
+            .heartbeat(session, hb.timeout_ms, hb.conn, now);
         if touch == Touch::Joined {
             self.session_joined(session);
         }
@@ -1011,14 +1021,38 @@ impl Engine {
             alive,
             timeout_ms: self.sessions.timeout_of(session).as_millis() as u64,
             coordinators: self.ring.len() as u32,
+            grace_ms: Some(self.sessions.reconnect_grace().as_millis() as u64),
         })
+    }
+
+    /// A proof beat sent at `sent` was stored by a quorum (see
+    /// `hearing.rs`); overdue sessions may now be judged.
+    pub fn proof_acked(&mut self, sent: Instant, now: Instant) {
+        self.hearing.acked(sent);
+        self.judge_sessions(now);
+    }
+
+    /// Overdue sessions die when this coordinator provably heard the
+    /// cluster from when a heartbeat would have saved them to past their
+    /// deadline; if it could not hear for part of that, they count as heard
+    /// from when it could again. A death decided while it cannot prove it
+    /// hears the quorum is never acted on.
+    fn judge_sessions(&mut self, now: Instant) {
+        let mut want_proof = false;
+        for o in self.sessions.overdue(now) {
+            match self.hearing.verdict(o.since, o.due) {
+                Verdict::Dead => self.kill_session(&o.session, o.cause, now),
+                Verdict::Revive(at) => self.sessions.revive(&o.session, at),
+                Verdict::Wait => want_proof = true,
+            }
+        }
+        if want_proof && !self.out.contains(&Action::Prove) {
+            self.out.push(Action::Prove);
+        }
     }
 
     /// A heartbeat of another coordinator.
     pub fn coordinator_beat(&mut self, beat: CoordinatorBeat, now: Instant) {
-        if beat.id == self.ring.me() {
-            self.own_echo = Some(now);
-        }
         let before = self.ring.members();
         let changed = if beat.leaving {
             self.ring.leave(&beat.id)
@@ -1037,16 +1071,18 @@ impl Engine {
         if self.ring.disconnected(conn).is_some() {
             self.ring_changed(before, "connection closed", now);
         }
-        // A connection the client closed (process exit included) ends its
-        // session at once; after other reasons (read error, slow consumer,
-        // server shutdown) a reconnect may follow, so the session lives on
-        // by its heartbeats (see `Sessions::suspect`).
-        if let Some(session) = self.sessions.by_conn(conn) {
-            if reason == "Client Closed" {
-                self.kill_session(&session, "connection closed", now);
-            } else {
-                self.sessions.suspect(&session);
+        // A connection the client closed is its process exiting or its
+        // client reconnecting (async-nats closes the old socket itself): the
+        // session has the reconnect grace to heartbeat on a new connection,
+        // and is asked to at once. After other reasons (read error, slow
+        // consumer, server shutdown) the session lives on by its heartbeats
+        // (see `Sessions::suspect`).
+        if reason == "Client Closed" {
+            if let Some(session) = self.sessions.closed(conn, now) {
+                self.answer(&session, Answer::Probe { v: VERSION });
             }
+        } else if let Some(session) = self.sessions.by_conn(conn) {
+            self.sessions.suspect(&session);
         }
     }
 
@@ -1055,29 +1091,15 @@ impl Engine {
         if let Some(last) = self.last_tick {
             if now.duration_since(last) > Duration::from_millis(500) {
                 self.sessions.stalled(now);
+                self.hearing.broke();
             }
-        }
-        // Our own beats stopped coming back: our server hangs or we are cut
-        // off from it, so we hear nobody's heartbeats either. Silence is
-        // ours, not the sessions': declare nobody dead, as after a stall of
-        // our own loop, until we hear again plus the hold-off. (Before this, a coordinator
-        // whose server was paused declared every session dead and carried
-        // the releases out when the server woke: the fault suite's
-        // paused-server scenario caught it.)
-        if self
-            .own_echo
-            .is_some_and(|at| now.duration_since(at) > CUT_OFF_AFTER)
-        {
-            self.sessions.stalled(now);
         }
         self.last_tick = Some(now);
         let before = self.ring.members();
         if !self.ring.expire(now).is_empty() {
             self.ring_changed(before, "heartbeats missed", now);
         }
-        for session in self.sessions.expire(now) {
-            self.kill_session_effects(&session, "heartbeats missed", now);
-        }
+        self.judge_sessions(now);
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;

@@ -164,6 +164,14 @@ fn weight(coordinator: &str, key: &str) -> u64 {
 
 /// Client sessions: alive (heartbeating) or dead (declared so; their locks
 /// are released, and they stay dead: a session never comes back).
+///
+/// This keeps the coordinator's half of the session contract
+/// (docs/ARCHITECTURE.md): a session is overdue no sooner than its timeout
+/// after the last sign of life, or the reconnect grace after the server
+/// reported its connection closed with no heartbeat on another connection
+/// since. Only a heartbeat sets the timeout. Being overdue is not yet
+/// death: the engine acts on it only with proof that it could hear the
+/// session all along (`hearing.rs`).
 #[derive(Debug)]
 pub struct Sessions {
     alive: HashMap<String, Session>,
@@ -171,6 +179,7 @@ pub struct Sessions {
     default_timeout: Duration,
     min_timeout: Duration,
     max_timeout: Duration,
+    reconnect_grace: Duration,
     /// After the coordinator itself stalled, nobody is declared dead until
     /// this time: their heartbeats may be sitting unread in our buffers.
     holdoff_until: Option<Instant>,
@@ -181,6 +190,22 @@ struct Session {
     last_seen: Instant,
     timeout: Duration,
     conn: Option<ConnId>,
+    /// The server reported `conn` closed by the client at this time, and no
+    /// heartbeat on another connection came since.
+    closed: Option<(ConnId, Instant)>,
+}
+
+/// A session past its deadline, and the span in which the coordinator must
+/// have been able to hear it for the death to stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub session: String,
+    /// From when a heartbeat would have saved it.
+    pub since: Instant,
+    /// When its deadline passed.
+    pub due: Instant,
+    /// Why: "heartbeats missed" or "connection closed".
+    pub cause: &'static str,
 }
 
 /// How long a dead session is remembered (to refuse its requests).
@@ -204,6 +229,7 @@ impl Sessions {
             default_timeout,
             min_timeout,
             max_timeout,
+            reconnect_grace: DEFAULT_RECONNECT_GRACE,
             holdoff_until: None,
         }
     }
@@ -216,6 +242,15 @@ impl Sessions {
         self.max_timeout = max;
     }
 
+    /// The reconnect grace (see [`Sessions::closed`]).
+    pub fn set_reconnect_grace(&mut self, grace: Duration) {
+        self.reconnect_grace = grace;
+    }
+
+    pub fn reconnect_grace(&self) -> Duration {
+        self.reconnect_grace
+    }
+
     /// Live sessions: id, last sign of life, timeout.
     pub fn alive(&self) -> impl Iterator<Item = (&str, Instant, Duration)> {
         self.alive
@@ -223,8 +258,15 @@ impl Sessions {
             .map(|(id, s)| (id.as_str(), s.last_seen, s.timeout))
     }
 
-    /// A sign of life (heartbeat or request) from `session`.
-    pub fn touch(
+    /// A heartbeat from `session`, asking for `timeout_ms` (kept from the
+    /// last heartbeat that asked when absent), on connection `conn`.
+    ///
+    /// A session first heard without a timeout gets the longest allowed:
+    /// the client may have asked for any timeout up to it from a
+    /// coordinator that has since restarted, and believes in its locks for
+    /// that long; an answer telling it a shorter one may be lost. Clients
+    /// state their timeout in every heartbeat (the Rust client does).
+    pub fn heartbeat(
         &mut self,
         session: &str,
         timeout_ms: Option<u64>,
@@ -243,23 +285,58 @@ impl Sessions {
                 if let Some(t) = timeout {
                     s.timeout = t;
                 }
+                // A heartbeat on another connection (or one that names
+                // none) after the close: the client reconnected.
+                if s.closed
+                    .as_ref()
+                    .is_some_and(|(c, _)| conn.as_ref() != Some(c))
+                {
+                    s.closed = None;
+                }
                 if conn.is_some() {
                     s.conn = conn;
                 }
                 Touch::Alive
             }
             None => {
-                self.alive.insert(
-                    session.to_owned(),
-                    Session {
-                        last_seen: now,
-                        timeout: timeout.unwrap_or(self.default_timeout),
-                        conn,
-                    },
-                );
+                let timeout = timeout.unwrap_or(self.max_timeout);
+                self.insert(session, timeout, conn, now);
                 Touch::Joined
             }
         }
+    }
+
+    /// A request from `session`: a sign of life that never sets or shortens
+    /// its timeout. A session first seen through a request (a coordinator
+    /// that starts and replays the request stream reads requests before the
+    /// session's next heartbeat) gets the longest allowed until a heartbeat
+    /// says otherwise.
+    pub fn request(&mut self, session: &str, now: Instant) -> Touch {
+        if self.dead.contains_key(session) {
+            return Touch::Dead;
+        }
+        match self.alive.get_mut(session) {
+            Some(s) => {
+                s.last_seen = s.last_seen.max(now);
+                Touch::Alive
+            }
+            None => {
+                self.insert(session, self.max_timeout, None, now);
+                Touch::Joined
+            }
+        }
+    }
+
+    fn insert(&mut self, session: &str, timeout: Duration, conn: Option<ConnId>, now: Instant) {
+        self.alive.insert(
+            session.to_owned(),
+            Session {
+                last_seen: now,
+                timeout,
+                conn,
+                closed: None,
+            },
+        );
     }
 
     /// The timeout applied to `session`.
@@ -292,32 +369,64 @@ impl Sessions {
             .map(|(id, _)| id.clone())
     }
 
+    /// The server reports that the client closed connection `conn`: its
+    /// process exited, or it is reconnecting (async-nats closes the old
+    /// socket itself after missed pings or `force_reconnect`). A session
+    /// that heartbeats on another connection within the reconnect grace
+    /// lives on; otherwise it is overdue then. Returns the session.
+    pub fn closed(&mut self, conn: &ConnId, now: Instant) -> Option<String> {
+        let id = self.by_conn(conn)?;
+        let s = self.alive.get_mut(&id).expect("found by its connection");
+        s.closed.get_or_insert((conn.clone(), now));
+        Some(id)
+    }
+
     /// The session's connection broke (not a clean close): a reconnect
     /// may follow, so the session lives on by its heartbeats alone. It is
     /// not cut short: a live client whose server went away counts on the
     /// rule its heartbeats give it, that no coordinator declares it dead
     /// sooner than the timeout after the last heartbeat it heard answered,
     /// so that it can give its locks up first (`LostReason::Unconfirmed`).
-    /// (Cutting it to half the timeout once handed a live client's locks on
-    /// while it still held them: the fault suite's paused-server scenario.)
     pub fn suspect(&mut self, session: &str) {
         if let Some(s) = self.alive.get_mut(session) {
             s.conn = None;
         }
     }
 
-    /// The coordinator's loop stalled for `gap`: hold off expiries for one
-    /// longest timeout, so sessions whose heartbeats we failed to read in
-    /// time are not declared dead for our own slowness.
+    /// The coordinator's loop stalled: hold off expiries for one longest
+    /// timeout, so sessions whose heartbeats we failed to read in time are
+    /// not declared dead for our own slowness.
     pub fn stalled(&mut self, now: Instant) {
         self.holdoff_until = Some(now + self.max_timeout.min(Duration::from_secs(5)));
+        self.heard_until(now);
+    }
+
+    /// Counts every live session as heard at `at`: the coordinator may have
+    /// missed their heartbeats before it (a stall, or a span in which it
+    /// could not prove it heard the cluster), so silence is counted from
+    /// there, and a reconnect heartbeat missed then is not held against them.
+    pub fn heard_until(&mut self, at: Instant) {
         for s in self.alive.values_mut() {
-            s.last_seen = s.last_seen.max(now);
+            s.last_seen = s.last_seen.max(at);
+            if s.closed.as_ref().is_some_and(|(_, since)| *since < at) {
+                s.closed = None;
+            }
         }
     }
 
-    /// Sessions silent past their timeout, now declared dead.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Counts `session` as heard at `at` (see [`Sessions::heard_until`]).
+    pub fn revive(&mut self, session: &str, at: Instant) {
+        if let Some(s) = self.alive.get_mut(session) {
+            s.last_seen = s.last_seen.max(at);
+            if s.closed.as_ref().is_some_and(|(_, since)| *since < at) {
+                s.closed = None;
+            }
+        }
+    }
+
+    /// Forgets dead sessions after a while; returns the live sessions past
+    /// their deadline (not yet declared dead: see [`Overdue`]).
+    pub fn overdue(&mut self, now: Instant) -> Vec<Overdue> {
         self.dead
             .retain(|_, since| now.duration_since(*since) < DEAD_MEMORY);
         if let Some(until) = self.holdoff_until {
@@ -326,18 +435,35 @@ impl Sessions {
             }
             self.holdoff_until = None;
         }
-        let dead: Vec<String> = self
-            .alive
+        let grace = self.reconnect_grace;
+        self.alive
             .iter()
-            .filter(|(_, s)| now.duration_since(s.last_seen) > s.timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &dead {
-            self.kill(id, now);
-        }
-        dead
+            .filter_map(|(id, s)| {
+                let silent = (s.last_seen, s.last_seen + s.timeout, "heartbeats missed");
+                let closed = s
+                    .closed
+                    .as_ref()
+                    .map(|(_, since)| (*since, *since + grace, "connection closed"));
+                let (since, due, cause) = match closed {
+                    Some(c) if c.1 < silent.1 => c,
+                    _ => silent,
+                };
+                (now > due).then(|| Overdue {
+                    session: id.clone(),
+                    since,
+                    due,
+                    cause,
+                })
+            })
+            .collect()
     }
 }
+
+/// The reconnect grace unless configured: a client that reconnects sends
+/// its heartbeat on the new connection within a round trip or two (it beats
+/// at once on reconnecting and on the coordinators' probe), while a holder
+/// whose process exited is handed on after it.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
@@ -390,61 +516,133 @@ mod tests {
         assert_eq!(r.expire(t0 + Duration::from_secs(2)), vec!["b".to_owned()]);
         assert_eq!(r.len(), 1);
 
-        let mut s = Sessions::new(
-            Duration::from_secs(1),
-            Duration::from_millis(300),
-            Duration::from_secs(60),
-        );
-        assert_eq!(s.touch("s1", None, None, t0), Touch::Joined);
-        assert_eq!(s.touch("s2", Some(10), None, t0), Touch::Joined);
+        let mut s = sessions();
+        assert_eq!(s.heartbeat("s1", Some(1000), None, t0), Touch::Joined);
+        assert_eq!(s.heartbeat("s2", Some(10), None, t0), Touch::Joined);
         // s2 asked for 10 ms: clamped to the 300 ms minimum.
-        assert!(s.expire(t0 + Duration::from_millis(200)).is_empty());
+        assert!(s.overdue(t0 + ms(200)).is_empty());
+        assert_eq!(names(s.overdue(t0 + ms(400))), ["s2"]);
+        s.kill("s2", t0 + ms(400));
+        assert_eq!(s.heartbeat("s2", None, None, t0), Touch::Dead);
+        assert_eq!(names(s.overdue(t0 + ms(1100))), ["s1"]);
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn sessions() -> Sessions {
+        Sessions::new(ms(1000), ms(300), Duration::from_secs(60))
+    }
+
+    fn names(overdue: Vec<Overdue>) -> Vec<String> {
+        let mut v: Vec<String> = overdue.into_iter().map(|o| o.session).collect();
+        v.sort();
+        v
+    }
+
+    fn conn(cid: u64) -> Option<ConnId> {
+        Some(ConnId {
+            server_id: "S".into(),
+            cid,
+        })
+    }
+
+    #[test]
+    fn a_request_never_sets_or_shortens_a_timeout() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        // First seen through a request (a coordinator replaying the
+        // request stream): the longest allowed, not the default.
+        assert_eq!(s.request("r", t0), Touch::Joined);
+        assert_eq!(s.timeout_of("r"), Duration::from_secs(60));
+        assert!(s.overdue(t0 + ms(5000)).is_empty());
+        // Its heartbeat names its timeout; a later request keeps it.
+        s.heartbeat("r", Some(40_000), None, t0);
+        s.request("r", t0 + ms(10));
+        assert_eq!(s.timeout_of("r"), ms(40_000));
+        // A heartbeat that names none keeps the last one named.
+        s.heartbeat("r", None, None, t0 + ms(20));
+        assert_eq!(s.timeout_of("r"), ms(40_000));
+        // One first heard without a timeout also gets the longest.
+        s.heartbeat("q", None, None, t0);
+        assert_eq!(s.timeout_of("q"), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_closed_connection_is_overdue_after_the_grace_unless_it_reconnects() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.set_reconnect_grace(ms(100));
+        s.heartbeat("gone", Some(1000), conn(1), t0);
+        s.heartbeat("back", Some(1000), conn(2), t0);
+        s.heartbeat("old", Some(1000), None, t0);
         assert_eq!(
-            s.expire(t0 + Duration::from_millis(400)),
-            vec!["s2".to_owned()]
+            s.closed(&conn(1).unwrap(), t0 + ms(10)),
+            Some("gone".into())
         );
-        assert_eq!(s.touch("s2", None, None, t0), Touch::Dead);
-        assert_eq!(s.expire(t0 + Duration::from_secs(2)), vec!["s1".to_owned()]);
+        assert_eq!(
+            s.closed(&conn(2).unwrap(), t0 + ms(10)),
+            Some("back".into())
+        );
+        assert_eq!(s.closed(&conn(9).unwrap(), t0 + ms(10)), None);
+        // `back` reconnected: a heartbeat on a new connection.
+        s.heartbeat("back", Some(1000), conn(3), t0 + ms(20));
+        assert!(s.overdue(t0 + ms(100)).is_empty());
+        let o = s.overdue(t0 + ms(111));
+        assert_eq!(names(o.clone()), ["gone"]);
+        assert_eq!(o[0].since, t0 + ms(10));
+        assert_eq!(o[0].due, t0 + ms(110));
+        assert_eq!(o[0].cause, "connection closed");
+    }
+
+    #[test]
+    fn a_heartbeat_on_the_closed_connection_does_not_undo_the_close() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.set_reconnect_grace(ms(100));
+        s.heartbeat("a", Some(1000), conn(1), t0);
+        s.closed(&conn(1).unwrap(), t0 + ms(10));
+        s.heartbeat("a", Some(1000), conn(1), t0 + ms(20));
+        assert_eq!(names(s.overdue(t0 + ms(111))), ["a"]);
+    }
+
+    #[test]
+    fn reviving_counts_silence_and_the_close_from_then() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.set_reconnect_grace(ms(100));
+        s.heartbeat("a", Some(1000), conn(1), t0);
+        s.closed(&conn(1).unwrap(), t0 + ms(10));
+        s.revive("a", t0 + ms(500));
+        assert!(s.overdue(t0 + ms(1400)).is_empty());
+        assert_eq!(names(s.overdue(t0 + ms(1501))), ["a"]);
     }
 
     #[test]
     fn a_broken_connection_is_dead_only_by_its_missed_heartbeats() {
         let t0 = Instant::now();
-        let mut s = Sessions::new(
-            Duration::from_secs(1),
-            Duration::from_millis(300),
-            Duration::from_secs(60),
-        );
-        s.touch("a", None, None, t0);
-        s.touch("b", None, None, t0);
+        let mut s = sessions();
+        s.heartbeat("a", Some(1000), None, t0);
+        s.heartbeat("b", Some(1000), None, t0);
         s.suspect("a");
         s.suspect("b");
         // b reconnects and heartbeats; a is never heard again.
-        s.touch("b", None, None, t0 + Duration::from_millis(200));
+        s.heartbeat("b", None, None, t0 + ms(200));
         // Not before a's timeout since it was last heard: a live client
         // counts on that to give its locks up first.
-        assert!(s.expire(t0 + Duration::from_millis(900)).is_empty());
-        assert_eq!(
-            s.expire(t0 + Duration::from_millis(1100)),
-            vec!["a".to_owned()]
-        );
-        assert_eq!(
-            s.expire(t0 + Duration::from_millis(1300)),
-            vec!["b".to_owned()]
-        );
+        assert!(s.overdue(t0 + ms(900)).is_empty());
+        assert_eq!(names(s.overdue(t0 + ms(1100))), ["a"]);
+        assert_eq!(names(s.overdue(t0 + ms(1300))), ["a", "b"]);
     }
 
     #[test]
     fn a_stall_holds_off_expiry() {
         let t0 = Instant::now();
-        let mut s = Sessions::new(
-            Duration::from_secs(1),
-            Duration::from_millis(300),
-            Duration::from_secs(3),
-        );
-        s.touch("s1", None, None, t0);
+        let mut s = Sessions::new(ms(1000), ms(300), Duration::from_secs(3));
+        s.heartbeat("s1", Some(1000), None, t0);
         s.stalled(t0 + Duration::from_secs(5));
-        assert!(s.expire(t0 + Duration::from_secs(6)).is_empty());
-        assert_eq!(s.expire(t0 + Duration::from_secs(9)), vec!["s1".to_owned()]);
+        assert!(s.overdue(t0 + Duration::from_secs(6)).is_empty());
+        assert_eq!(names(s.overdue(t0 + Duration::from_secs(9))), ["s1"]);
     }
 }

@@ -12,6 +12,7 @@
 //! `JoinSet` the loop owns, so nothing outlives [`Coordinator::shutdown`].
 
 mod engine;
+mod hearing;
 mod membership;
 pub mod metrics;
 
@@ -141,6 +142,7 @@ impl Coordinator {
         )
         .await?;
         let settings = bucket::ensure_config_bucket(&js, config.replicas).await?;
+        bucket::ensure_proof_stream(&js, config.replicas).await?;
 
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
@@ -217,6 +219,10 @@ struct Runtime {
     writes: JoinSet<(LockName, WriteResult)>,
     reads: JoinSet<(LockName, Option<store::Current>)>,
     deletes: JoinSet<()>,
+    /// The proof beat in flight: its send time once the quorum stored it.
+    proofs: JoinSet<Option<Instant>>,
+    /// Another proof beat is wanted as soon as the one in flight is done.
+    proof_wanted: bool,
     write_seq: u64,
     metrics: Arc<Metrics>,
     /// The live settings of the file and flags, and the config bucket's
@@ -252,6 +258,8 @@ const ANSWERED_BY: &str = "Jetlock-Coordinator";
 const MAX_DELETES_IN_FLIGHT: usize = 256;
 /// The engine's clock resolution.
 const TICK: Duration = Duration::from_millis(20);
+/// A proof beat not stored by then shows nothing; the next one is sent.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Runtime {
     async fn new(
@@ -273,6 +281,8 @@ impl Runtime {
             writes: JoinSet::new(),
             reads: JoinSet::new(),
             deletes: JoinSet::new(),
+            proofs: JoinSet::new(),
+            proof_wanted: false,
             write_seq: 0,
             metrics,
             pending_events: Vec::new(),
@@ -400,6 +410,7 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_beat = Instant::now();
         let mut next_gauges = Instant::now();
+        let mut next_proof = Instant::now();
         let kv_prefix = format!("$KV.{}.", self.store.bucket());
         // Listen for the other coordinators' heartbeats for two of their
         // intervals before acting: a coordinator that acted at once would
@@ -434,6 +445,14 @@ impl Runtime {
                     }
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
+                Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
+                    if let Ok(Some(sent)) = done {
+                        self.engine.proof_acked(sent, Instant::now());
+                    }
+                    if std::mem::take(&mut self.proof_wanted) {
+                        self.prove();
+                    }
+                }
                 Some(msg) = feeds.bucket.next() => match msg {
                     Ok(msg) => {
                         if let Ok(info) = msg.info() {
@@ -510,6 +529,10 @@ impl Runtime {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if now >= next_proof {
+                        next_proof = now + hearing::PROOF_INTERVAL;
+                        self.prove();
+                    }
                     self.engine.tick(now);
                     if now >= next_gauges {
                         next_gauges = now + Duration::from_secs(1);
@@ -594,6 +617,29 @@ impl Runtime {
             .await;
     }
 
+    /// Sends a proof beat, or asks for one after the beat in flight (one
+    /// at a time, so their send times show every gap).
+    fn prove(&mut self) {
+        if !self.proofs.is_empty() {
+            self.proof_wanted = true;
+            return;
+        }
+        let js = jetstream::new(self.nats.clone());
+        let subject = format!("jetlock.proof.{}", self.config.id);
+        self.proofs.spawn(async move {
+            let sent = Instant::now();
+            let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
+            match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
+                Ok(Ok(_)) => Some(sent),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "proof beat not stored");
+                    None
+                }
+                Err(_) => None,
+            }
+        });
+    }
+
     async fn carry_out(&mut self) {
         for event in std::mem::take(&mut self.pending_events) {
             self.publish_event(event).await;
@@ -615,6 +661,7 @@ impl Runtime {
                         .await;
                 }
                 engine::Action::Event(event) => self.publish_event(*event).await,
+                engine::Action::Prove => self.prove(),
                 engine::Action::Write(write) => {
                     debug!(lock = %write.name, expected = write.expected, kind = ?write.kind, "write");
                     self.write_seq += 1;

@@ -2,8 +2,17 @@
 //! order, answers collected per session.
 
 use super::*;
+use crate::coordinator::hearing;
 use proptest::prelude::*;
 use serde_json::json;
+
+/// A heartbeat naming the default timeout, as the Rust client sends.
+fn hb() -> Heartbeat {
+    Heartbeat {
+        timeout_ms: Some(900),
+        ..Heartbeat::default()
+    }
+}
 
 /// A bucket of one stream: revisions are stream sequences, CAS by expected
 /// revision, like the real one.
@@ -49,6 +58,11 @@ struct Sim {
     watch_first: Option<bool>,
     /// When set, reads are kept here unanswered instead of answered at once.
     reads: Option<Vec<LockName>>,
+    /// Whether proof beats reach a quorum (false: our server lost its
+    /// routes, or hangs).
+    quorum: bool,
+    /// Proof beats were sent up to here.
+    proved: Instant,
 }
 
 impl Sim {
@@ -56,6 +70,7 @@ impl Sim {
         let mut engine = Engine::new("me".into(), EngineConfig::default());
         let now = Instant::now();
         engine.set_ready(now);
+        engine.proof_acked(now, now);
         Sim {
             engine,
             bucket: Bucket::default(),
@@ -66,6 +81,19 @@ impl Sim {
             events: Vec::new(),
             watch_first: None,
             reads: None,
+            quorum: true,
+            proved: now,
+        }
+    }
+
+    /// Proof beats every 100 ms up to now, stored by the quorum if it is
+    /// reachable.
+    fn prove(&mut self) {
+        while self.proved + hearing::PROOF_INTERVAL <= self.now {
+            self.proved += hearing::PROOF_INTERVAL;
+            if self.quorum {
+                self.engine.proof_acked(self.proved, self.now);
+            }
         }
     }
 
@@ -105,6 +133,7 @@ impl Sim {
                     }
                     Action::Delete { seq } => self.deleted.push(seq),
                     Action::Event(e) => self.events.push(*e),
+                    Action::Prove => self.prove(),
                 }
             }
         }
@@ -121,8 +150,7 @@ impl Sim {
     }
 
     fn acquire(&mut self, session: &str, id: &str, wait_ms: u64) -> u64 {
-        self.engine
-            .heartbeat(session, Heartbeat::default(), self.now);
+        self.engine.heartbeat(session, hb(), self.now);
         self.send(
             "acquire",
             session,
@@ -140,6 +168,7 @@ impl Sim {
 
     fn advance(&mut self, d: Duration) {
         self.now += d;
+        self.prove();
         self.engine.tick(self.now);
         self.settle();
     }
@@ -244,8 +273,8 @@ fn timed_out_and_dead_waiters_are_skipped() {
     assert_eq!(sim.error_code("short", "a"), Some(ErrorCode::Timeout));
     // `dead` stops heartbeating; `h` and `late` keep going.
     for _ in 0..10 {
-        sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
-        sim.engine.heartbeat("late", Heartbeat::default(), sim.now);
+        sim.engine.heartbeat("h", hb(), sim.now);
+        sim.engine.heartbeat("late", hb(), sim.now);
         sim.advance(Duration::from_millis(200));
     }
     sim.release("h", "r", token);
@@ -266,17 +295,56 @@ fn a_dead_holders_lock_goes_to_the_next_waiter() {
         "h",
         Heartbeat {
             conn: Some(conn.clone()),
-            ..Heartbeat::default()
+            ..hb()
         },
         sim.now,
     );
     sim.engine.disconnected(&conn, "Client Closed", sim.now);
     sim.settle();
+    // Asked to show it reconnected; it does not within the grace.
+    assert!(sim
+        .answers_to("h")
+        .iter()
+        .any(|a| matches!(a, Answer::Probe { .. })));
+    assert!(sim.grant_token("w", "a").is_none(), "not before the grace");
+    sim.advance(Duration::from_millis(150));
     assert!(sim.grant_token("w", "a").is_some());
     assert_eq!(sim.holder().as_deref(), Some("w"));
     // The dead session stays dead.
     sim.send("acquire", "h", json!({"v": 1, "id": "b", "key": "k"}));
     assert_eq!(sim.error_code("h", "b"), Some(ErrorCode::SessionExpired));
+}
+
+#[test]
+fn a_reconnect_within_the_grace_keeps_the_session_and_its_lock() {
+    let mut sim = Sim::new();
+    sim.acquire("h", "a", 0);
+    sim.acquire("w", "a", 60_000);
+    let conn = |cid| ConnId {
+        server_id: "S".into(),
+        cid,
+    };
+    let on = |cid| Heartbeat {
+        conn: Some(conn(cid)),
+        ..hb()
+    };
+    sim.engine.heartbeat("h", on(7), sim.now);
+    // async-nats reconnects: the server reports the old connection closed
+    // by the client; the probe brings a heartbeat on the new one.
+    sim.engine.disconnected(&conn(7), "Client Closed", sim.now);
+    sim.settle();
+    sim.advance(Duration::from_millis(5));
+    let ack = sim.engine.heartbeat("h", on(8), sim.now).expect("answered");
+    assert!(ack.alive);
+    assert_eq!(ack.grace_ms, Some(100));
+    for _ in 0..10 {
+        sim.advance(Duration::from_millis(100));
+        sim.engine.heartbeat("h", on(8), sim.now);
+        sim.engine.heartbeat("w", hb(), sim.now);
+    }
+    assert!(!sim.events.iter().any(|e| e.kind == EventKind::SessionDown));
+    assert_eq!(sim.holder().as_deref(), Some("h"));
+    assert!(sim.grant_token("w", "a").is_none());
 }
 
 #[test]
@@ -342,12 +410,12 @@ fn revocation_notifies_then_hands_over_after_the_grace() {
         .answers_to("h")
         .iter()
         .any(|a| matches!(a, Answer::RevokeNotice { token: t, .. } if *t == token)));
-    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
-    sim.engine.heartbeat("w", Heartbeat::default(), sim.now);
+    sim.engine.heartbeat("h", hb(), sim.now);
+    sim.engine.heartbeat("w", hb(), sim.now);
     sim.advance(Duration::from_millis(300));
     assert_eq!(sim.holder().as_deref(), Some("h"), "grace not over yet");
-    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
-    sim.engine.heartbeat("w", Heartbeat::default(), sim.now);
+    sim.engine.heartbeat("h", hb(), sim.now);
+    sim.engine.heartbeat("w", hb(), sim.now);
     sim.advance(Duration::from_millis(300));
     assert_eq!(sim.holder().as_deref(), Some("w"));
     assert!(sim.answers_to("h").iter().any(|a| matches!(
@@ -417,7 +485,7 @@ fn a_release_the_dead_owner_carried_out_is_answered_released_after_takeover() {
         },
         sim.now,
     );
-    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+    sim.engine.heartbeat("h", hb(), sim.now);
     sim.release("h", "r", 1);
     // The owner handed the lock to w, then died before answering h.
     sim.engine.observed(
@@ -594,7 +662,7 @@ proptest! {
                 }
                 _ => {
                     for (s, _) in &arrivals {
-                        sim.engine.heartbeat(s, Heartbeat::default(), sim.now);
+                        sim.engine.heartbeat(s, hb(), sim.now);
                     }
                     sim.advance(Duration::from_millis(100));
                 }
@@ -716,7 +784,7 @@ fn revocations_and_session_deaths_name_their_cause() {
         "x",
         Heartbeat {
             leaving: true,
-            ..Heartbeat::default()
+            ..hb()
         },
         sim.now,
     );
@@ -744,7 +812,7 @@ fn policies_refuse_long_leases_and_long_queues_and_change_nothing() {
         },
     ));
     sim.engine.set_config(cfg);
-    sim.engine.heartbeat("h", Heartbeat::default(), sim.now);
+    sim.engine.heartbeat("h", hb(), sim.now);
     sim.send(
         "acquire",
         "h",
@@ -803,49 +871,68 @@ fn a_departed_coordinator_is_reported_once_with_the_locks_taken_over() {
 }
 
 #[test]
-fn a_coordinator_that_stops_hearing_its_own_beat_declares_nobody_dead() {
-    let own_beat = |sim: &mut Sim| {
-        let beat = CoordinatorBeat {
-            v: 1,
-            id: "me".to_owned(),
-            conn: None,
-            now_ms: None,
-            leaving: false,
-        };
-        sim.engine.coordinator_beat(beat, sim.now);
-    };
+fn a_coordinator_that_cannot_prove_it_hears_the_quorum_declares_nobody_dead() {
     let mut sim = Sim::new();
-    own_beat(&mut sim);
     sim.acquire("s", "a1", 0);
     let token = sim.grant_token("s", "a1").expect("granted");
-    // Our server hangs: neither our beats nor the session's heartbeats
-    // arrive, for far longer than the session timeout, in small ticks.
+    // Our server lost its routes (its own echo still comes back): proof
+    // beats are not stored, and the session's heartbeats on the other side
+    // never arrive, for far longer than its timeout.
+    sim.quorum = false;
     for _ in 0..100 {
         sim.advance(Duration::from_millis(50));
     }
     assert!(
         !sim.events.iter().any(|e| e.kind == EventKind::SessionDown),
-        "a cut-off coordinator declared a session dead"
+        "a coordinator without proof of hearing declared a session dead"
     );
+    // Healed: the silence was ours, so the session counts as heard from
+    // the first stored beat and has its whole timeout to heartbeat.
+    sim.quorum = true;
+    sim.advance(Duration::from_millis(50));
+    sim.advance(Duration::from_millis(50));
+    assert!(!sim.events.iter().any(|e| e.kind == EventKind::SessionDown));
     assert!(matches!(
         sim.bucket.keys.get("k"),
         Some(Current::Held { .. })
     ));
-    // We hear again; the session gets time to heartbeat (the hold-off of
-    // a stall: its longest timeout, at most 5 s)...
-    own_beat(&mut sim);
-    sim.engine.heartbeat("s", Heartbeat::default(), sim.now);
-    sim.advance(Duration::from_millis(50));
+    sim.engine.heartbeat("s", hb(), sim.now);
+    for _ in 0..10 {
+        sim.advance(Duration::from_millis(50));
+    }
     assert!(!sim.events.iter().any(|e| e.kind == EventKind::SessionDown));
-    // ...and while we hear ourselves, silence is the session's: it dies.
-    for _ in 0..200 {
-        own_beat(&mut sim);
+    // While we provably hear, silence is the session's: it dies.
+    for _ in 0..40 {
         sim.advance(Duration::from_millis(50));
     }
     assert!(
         sim.events
             .iter()
             .any(|e| e.kind == EventKind::SessionDown && e.subject.as_deref() == Some("s")),
-        "the silent session was declared dead once we heard ourselves (token {token})"
+        "the silent session was declared dead once we heard the quorum (token {token})"
     );
+}
+
+#[test]
+fn a_death_waits_for_a_proof_beat_sent_after_its_deadline() {
+    let mut sim = Sim::new();
+    sim.acquire("s", "a1", 0);
+    // Time passes with no proof beat at all (none sent: the runtime is
+    // slow), past the session's deadline.
+    sim.now += Duration::from_millis(950);
+    sim.engine.tick(sim.now);
+    let actions = sim.engine.take_actions();
+    assert!(
+        actions.contains(&Action::Prove),
+        "asks for proof: {actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Write(_))));
+    // A beat sent before the gap and stored now proves nothing after it.
+    sim.engine
+        .proof_acked(sim.now - Duration::from_millis(900), sim.now);
+    assert!(sim
+        .engine
+        .take_actions()
+        .iter()
+        .all(|a| !matches!(a, Action::Write(_))));
 }

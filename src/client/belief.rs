@@ -1,0 +1,251 @@
+//! How long a client may believe in its locks: the client's half of the
+//! session contract (docs/ARCHITECTURE.md, "The session contract").
+//!
+//! A coordinator declares a session dead no sooner than the session's
+//! timeout after the last heartbeat it received, or the reconnect grace
+//! after the server reported the session's connection closed with no
+//! heartbeat on a new connection since. The client cannot see either
+//! moment, only bounds on them from its own clock:
+//!
+//! - every heartbeat it sent is received no sooner than it was sent, so a
+//!   death by silence comes no sooner than the timeout after the newest
+//!   heartbeat a coordinator answered `alive` (or, before any answer,
+//!   after the first heartbeat sent: a coordinator may know the session from
+//!   it and never answer);
+//! - its connection closes no sooner than it sees the drop, so a death by
+//!   a closed connection comes no sooner than the grace after that, unless
+//!   a heartbeat sent after the drop was answered `alive`.
+//!
+//! The client gives every hold up a tenth before the earlier bound (the
+//! clock-rate allowance). This type holds only that arithmetic, with no
+//! I/O and no clock of its own, so the same code runs in the client and in
+//! the deterministic simulation.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The smallest reconnect grace a coordinator applies; assumed until a
+/// coordinator says which one it applies.
+pub const MIN_RECONNECT_GRACE: Duration = Duration::from_millis(20);
+
+/// The client's view of its session, fed by what it sends and hears.
+#[derive(Debug, Clone)]
+pub struct SessionBelief {
+    /// The timeout this client asks for: it never believes longer.
+    asked: Duration,
+    /// The smallest timeout any coordinator said it applies.
+    timeout: Duration,
+    /// The smallest reconnect grace any coordinator said it applies.
+    grace: Duration,
+    first_sent: Option<Instant>,
+    /// When the newest heartbeat answered `alive` was sent.
+    confirmed: Option<Instant>,
+    /// When the connection dropped, until a later heartbeat is confirmed.
+    dropped: Option<Instant>,
+    ended: bool,
+}
+
+/// What an answer to a heartbeat means for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// Confirmed: the deadline may have moved later.
+    Alive,
+    /// A coordinator declared the session dead: every hold is lost now.
+    Dead,
+    /// The session had already ended; the answer changes nothing.
+    Over,
+}
+
+impl SessionBelief {
+    /// A session that asks for `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        SessionBelief {
+            asked: timeout,
+            timeout,
+            grace: MIN_RECONNECT_GRACE,
+            first_sent: None,
+            confirmed: None,
+            dropped: None,
+            ended: false,
+        }
+    }
+
+    /// A heartbeat was sent at `at`.
+    pub fn sent(&mut self, at: Instant) {
+        self.first_sent.get_or_insert(at);
+    }
+
+    /// A coordinator answered the heartbeat sent at `sent`: `alive`, the
+    /// timeout it applies and, from coordinators that have one, the
+    /// reconnect grace it applies.
+    pub fn answered(
+        &mut self,
+        sent: Instant,
+        alive: bool,
+        timeout_ms: u64,
+        grace_ms: Option<u64>,
+    ) -> Answered {
+        if self.ended {
+            return Answered::Over;
+        }
+        if !alive {
+            // Any one coordinator that declared us dead hands on the locks
+            // it acts for, whatever the others answered.
+            self.ended = true;
+            return Answered::Dead;
+        }
+        self.timeout = self
+            .timeout
+            .min(Duration::from_millis(timeout_ms))
+            .min(self.asked);
+        if let Some(g) = grace_ms {
+            // Learned once; a smaller one from another coordinator wins.
+            let g = Duration::from_millis(g);
+            self.grace = if self.confirmed.is_none() {
+                g
+            } else {
+                self.grace.min(g)
+            };
+        }
+        self.confirmed = Some(self.confirmed.map_or(sent, |c| c.max(sent)));
+        if self.dropped.is_some_and(|d| sent >= d) {
+            self.dropped = None;
+        }
+        Answered::Alive
+    }
+
+    /// The connection dropped at `at` (the client saw it go).
+    pub fn dropped(&mut self, at: Instant) {
+        self.dropped.get_or_insert(at);
+    }
+
+    /// The session ends here (declared dead, given up, or closed).
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The timeout the client counts with: the smallest it has been told.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// When every hold must be given up unless a newer heartbeat is
+    /// confirmed first. `None` while nothing was sent (no coordinator can
+    /// know the session) and once the session ended.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        let base = self.confirmed.or(self.first_sent)?;
+        let by_silence = base + allowance(self.timeout);
+        let by_drop = self.dropped.map(|d| d + allowance(self.grace));
+        Some(by_drop.map_or(by_silence, |d| d.min(by_silence)))
+    }
+
+    /// The session is over by now: ended, or past its deadline.
+    pub fn over_at(&self, now: Instant) -> bool {
+        self.ended || self.deadline().is_some_and(|d| now >= d)
+    }
+}
+
+/// Nine tenths of `d`: what the client's clock may count of a span that
+/// the coordinator's clock counts as `d`, at the assumed rate bound.
+fn allowance(d: Duration) -> Duration {
+    d - d / 10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn no_deadline_before_anything_is_sent_then_one_from_the_first_heartbeat() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        assert_eq!(b.deadline(), None);
+        b.sent(t0);
+        b.sent(t0 + 250 * MS);
+        // Unanswered: counted from the first heartbeat, not the newest.
+        assert_eq!(b.deadline(), Some(t0 + 900 * MS));
+    }
+
+    #[test]
+    fn the_smallest_timeout_told_wins_and_never_above_the_asked() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        assert_eq!(b.answered(t0, true, 5000, Some(100)), Answered::Alive);
+        assert_eq!(b.timeout(), 1000 * MS);
+        b.answered(t0, true, 500, Some(100));
+        b.answered(t0, true, 800, Some(100));
+        assert_eq!(b.timeout(), 500 * MS);
+        assert_eq!(b.deadline(), Some(t0 + 450 * MS));
+    }
+
+    #[test]
+    fn a_confirmation_counts_from_when_its_heartbeat_was_sent() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.sent(t0 + 250 * MS);
+        // The later heartbeat's answer arrives first, then the older one:
+        // the deadline never moves back.
+        b.answered(t0 + 250 * MS, true, 1000, None);
+        b.answered(t0, true, 1000, None);
+        assert_eq!(b.deadline(), Some(t0 + 1150 * MS));
+    }
+
+    #[test]
+    fn any_dead_answer_ends_the_session_whatever_others_said() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered(t0, true, 1000, None);
+        assert_eq!(b.answered(t0, false, 1000, None), Answered::Dead);
+        assert!(b.over_at(t0));
+        assert_eq!(b.deadline(), None);
+        assert_eq!(b.answered(t0, true, 1000, None), Answered::Over);
+        assert!(b.is_ended());
+    }
+
+    #[test]
+    fn a_dropped_connection_shortens_the_deadline_to_the_grace_until_reconfirmed() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered(t0, true, 1000, Some(100));
+        b.dropped(t0 + 300 * MS);
+        assert_eq!(b.deadline(), Some(t0 + 390 * MS));
+        // A heartbeat sent before the drop confirms nothing about it.
+        b.answered(t0 + 200 * MS, true, 1000, Some(100));
+        assert_eq!(b.deadline(), Some(t0 + 390 * MS));
+        // One sent after it does.
+        b.sent(t0 + 310 * MS);
+        b.answered(t0 + 310 * MS, true, 1000, Some(100));
+        assert_eq!(b.deadline(), Some(t0 + 1210 * MS));
+    }
+
+    #[test]
+    fn before_any_grace_is_told_the_smallest_one_is_assumed() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.dropped(t0);
+        assert_eq!(b.deadline(), Some(t0 + allowance(MIN_RECONNECT_GRACE)));
+    }
+
+    #[test]
+    fn past_the_deadline_the_session_is_over() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        assert!(!b.over_at(t0 + 899 * MS));
+        assert!(b.over_at(t0 + 900 * MS));
+    }
+}

@@ -1,0 +1,136 @@
+//! Whether the coordinator could hear the cluster: the proof a death needs.
+//!
+//! A coordinator declares a session dead from silence, and silence proves
+//! nothing when the coordinator itself is cut off. Its own beat coming back
+//! through its server is not enough: a server that lost its routes still
+//! echoes, while the sessions on the other side go unheard and another
+//! coordinator keeps confirming them. So the runtime publishes a proof beat
+//! to a replicated JetStream stream every [`PROOF_INTERVAL`]; the stream
+//! acknowledges it only once a quorum of servers stored it, which needs the
+//! routes. An acknowledged beat sent at `s` shows the coordinator was
+//! connected to the quorum at `s`.
+//!
+//! Acknowledged beats whose send times are at most [`MAX_GAP`] apart make
+//! one span of hearing. A death stands only when one span covers everything
+//! from when a heartbeat would have saved the session to past its deadline.
+//! A gap (no quorum, our server paused, our own loop stalled) breaks the
+//! span: sessions are then counted as heard at the gap's end, as after a
+//! stall. The gap must be shorter than any silence that can kill: a
+//! session's heartbeats come every quarter of its timeout, so a loss of
+//! hearing that hides a death by silence lasts at least three quarters of
+//! the shortest timeout (225 ms of 300 ms), more than [`MAX_GAP`].
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a proof beat is sent.
+pub const PROOF_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest time between two acknowledged beats' sends within one span.
+pub const MAX_GAP: Duration = Duration::from_millis(200);
+
+/// The acknowledged proof beats so far, as one span.
+#[derive(Debug, Default, Clone)]
+pub struct Hearing {
+    /// Start of the current span of hearing.
+    since: Option<Instant>,
+    /// Send time of the newest acknowledged beat.
+    through: Option<Instant>,
+}
+
+/// What to do with an overdue session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Heard all along: it is dead.
+    Dead,
+    /// Hearing broke after it was last heard: count it heard from then.
+    Revive(Instant),
+    /// No acknowledged beat sent after its deadline yet.
+    Wait,
+}
+
+impl Hearing {
+    /// A proof beat sent at `sent` was acknowledged by the quorum.
+    pub fn acked(&mut self, sent: Instant) {
+        let joined = self
+            .through
+            .is_some_and(|t| sent <= t || sent.duration_since(t) <= MAX_GAP);
+        if !joined {
+            self.since = Some(sent);
+        }
+        self.through = Some(self.through.map_or(sent, |t| t.max(sent)));
+    }
+
+    /// Hearing broke whatever was acknowledged (our own loop stalled, so
+    /// heartbeats may sit unread): a new span starts with the next beat.
+    pub fn broke(&mut self) {
+        self.through = None;
+        self.since = None;
+    }
+
+    /// Whether a session that needed hearing from `since` to `due` is dead.
+    pub fn verdict(&self, since: Instant, due: Instant) -> Verdict {
+        match (self.since, self.through) {
+            (Some(start), Some(_)) if start > since => Verdict::Revive(start),
+            (Some(_), Some(through)) if through >= due => Verdict::Dead,
+            _ => Verdict::Wait,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_death_needs_a_span_from_before_the_silence_to_past_the_deadline() {
+        let t0 = Instant::now();
+        let mut h = Hearing::default();
+        assert_eq!(h.verdict(t0 + 50 * MS, t0 + 350 * MS), Verdict::Wait);
+        for i in 0..4 {
+            h.acked(t0 + i * 100 * MS);
+        }
+        // Heard through 300 ms: not yet past the deadline.
+        assert_eq!(h.verdict(t0 + 50 * MS, t0 + 350 * MS), Verdict::Wait);
+        h.acked(t0 + 400 * MS);
+        assert_eq!(h.verdict(t0 + 50 * MS, t0 + 350 * MS), Verdict::Dead);
+    }
+
+    #[test]
+    fn a_gap_revives_sessions_last_heard_before_it() {
+        let t0 = Instant::now();
+        let mut h = Hearing::default();
+        h.acked(t0);
+        h.acked(t0 + 100 * MS);
+        // Nothing acknowledged for 400 ms: routes lost, server paused...
+        h.acked(t0 + 500 * MS);
+        h.acked(t0 + 600 * MS);
+        assert_eq!(
+            h.verdict(t0 + 50 * MS, t0 + 350 * MS),
+            Verdict::Revive(t0 + 500 * MS)
+        );
+        // A session last heard inside the new span is judged by it.
+        assert_eq!(h.verdict(t0 + 510 * MS, t0 + 590 * MS), Verdict::Dead);
+    }
+
+    #[test]
+    fn acknowledgements_out_of_order_do_not_break_the_span() {
+        let t0 = Instant::now();
+        let mut h = Hearing::default();
+        h.acked(t0);
+        h.acked(t0 + 200 * MS);
+        h.acked(t0 + 100 * MS);
+        assert_eq!(h.verdict(t0, t0 + 150 * MS), Verdict::Dead);
+    }
+
+    #[test]
+    fn a_stall_breaks_the_span() {
+        let t0 = Instant::now();
+        let mut h = Hearing::default();
+        h.acked(t0);
+        h.broke();
+        h.acked(t0 + 100 * MS);
+        assert_eq!(h.verdict(t0, t0 + 50 * MS), Verdict::Revive(t0 + 100 * MS));
+    }
+}
