@@ -14,7 +14,12 @@ pub struct Checker {
     highest: HashMap<String, (u64, Who)>,
     /// Final answers sent, by (session, request id).
     answers: HashMap<(String, String), Outcome>,
+    /// Broken safety or liveness: the run stops.
     pub violations: Vec<String>,
+    /// Requests answered twice with different outcomes (the run goes on;
+    /// a strict run counts them as violations).
+    pub double_answers: Vec<String>,
+    pub strict: bool,
     pub beliefs: u64,
 }
 
@@ -45,7 +50,7 @@ impl Checker {
         for (other, t) in list.iter() {
             if other.0 != who.0 || other.1 != who.1 {
                 self.violations.push(format!(
-                    "t={now}us: client {}/{} believes it holds {key} (token {token}) while client {}/{} does (token {t})",
+                    "t={now}us: s{}g{} believes it holds {key} (token {token}) while s{}g{} does (token {t})",
                     who.0, who.1, other.0, other.1
                 ));
             }
@@ -55,7 +60,7 @@ impl Checker {
         match self.highest.get(key) {
             Some(&(high, by)) if token < high || (token == high && by != who) => {
                 self.violations.push(format!(
-                    "t={now}us: client {}/{} believes token {token} of {key}, not above token {high} believed by {}/{}",
+                    "t={now}us: s{}g{} believes token {token} of {key}, not above token {high} believed by s{}g{}",
                     who.0, who.1, by.0, by.1
                 ));
             }
@@ -79,9 +84,15 @@ impl Checker {
         let o = outcome(answer);
         let rid = (session.to_owned(), re.to_owned());
         match self.answers.get(&rid) {
-            Some(first) if *first != o => self.violations.push(format!(
-                "t={now}us: request {re} of {session} answered {first:?}, then {o:?} by {coordinator}"
-            )),
+            Some(first) if *first != o => {
+                let v = format!(
+                    "t={now}us: request {re} of {session} answered {first:?}, then {o:?} by {coordinator}"
+                );
+                if self.strict {
+                    self.violations.push(v.clone());
+                }
+                self.double_answers.push(v);
+            }
             Some(_) => {}
             None => {
                 self.answers.insert(rid, o);

@@ -6,7 +6,7 @@
 //! 20 ms tick) and carries its actions out.
 
 use crate::world::{trace, Clock, Ev, Proc, World, MS, SEC, SERVERS};
-use jetlock::coordinator::{Action, Engine, EngineConfig, Write, WriteKind, WriteResult};
+use jetlock::coordinator::{Action, Engine, EngineConfig, WriteResult};
 use jetlock::name::LockName;
 use jetlock::protocol::{ConnId, CoordinatorBeat, Heartbeat, VERSION};
 use jetlock::store::Current;
@@ -16,7 +16,9 @@ use std::time::Duration;
 const TICK: u64 = 20 * MS;
 const BEAT: u64 = 250 * MS;
 /// How long a JetStream call waits before it fails.
-const JS_TIMEOUT: u64 = SEC;
+pub const JS_TIMEOUT: u64 = SEC;
+/// How often a proof beat is sent (`hearing::PROOF_INTERVAL`).
+const PROOF_INTERVAL: u64 = 100 * MS;
 /// How long finished requests' ids are remembered by the stream.
 pub const DEDUP_WINDOW: u64 = 120 * SEC;
 
@@ -71,6 +73,10 @@ pub struct Coord {
     listen_until: u64,
     next_beat: u64,
     writes: u64,
+    /// Local time of the next proof beat; one in flight at a time.
+    next_proof: u64,
+    pub proving: bool,
+    pub proof_wanted: bool,
 }
 
 impl Coord {
@@ -91,6 +97,9 @@ impl Coord {
             listen_until: 0,
             next_beat: 0,
             writes: 0,
+            next_proof: 0,
+            proving: false,
+            proof_wanted: false,
         }
     }
 
@@ -104,12 +113,12 @@ pub fn server_id(server: usize) -> String {
 }
 
 impl World {
-    fn live(&self, c: usize, inc: u32) -> bool {
+    pub fn live(&self, c: usize, inc: u32) -> bool {
         self.coords[c].up && self.coords[c].inc == inc
     }
 
     /// The coordinator's engine and its clock's now, if `inc` is running.
-    fn engine_now(&mut self, c: usize) -> (&mut Engine, tokio::time::Instant) {
+    pub fn engine_now(&mut self, c: usize) -> (&mut Engine, tokio::time::Instant) {
         let now = self.instant(&self.coords[c].clock);
         let engine = self.coords[c]
             .engine
@@ -132,6 +141,9 @@ impl World {
         co.engine = Some(Engine::new(co.id.clone(), EngineConfig::default()));
         co.feeds = [Feed::default(), Feed::default()];
         co.ready = false;
+        co.proving = false;
+        co.proof_wanted = false;
+        co.next_proof = 0;
         co.listen_until = self.now + 2 * BEAT;
         let inc = co.inc;
         trace!(self, "{} starts", self.coords[c].id);
@@ -275,6 +287,11 @@ impl World {
         if !self.live(c, inc) {
             return;
         }
+        let local = self.coords[c].clock.local(self.now);
+        if local >= self.coords[c].next_proof {
+            self.coords[c].next_proof = local + PROOF_INTERVAL;
+            self.prove(c);
+        }
         let (e, t) = self.engine_now(c);
         e.tick(t);
         let co = &self.coords[c];
@@ -351,7 +368,7 @@ impl World {
 
     /// After any input: become ready once caught up, then carry out the
     /// engine's actions.
-    fn after(&mut self, c: usize) {
+    pub fn after(&mut self, c: usize) {
         let co = &mut self.coords[c];
         if !co.ready && co.feeds.iter().all(|f| f.initial == 0) && self.now >= co.listen_until {
             co.ready = true;
@@ -455,60 +472,9 @@ impl World {
                     self.schedule(at, Ev::DeleteAt(seq));
                 }
             }
+            Action::Prove => self.prove(c),
             Action::Event(_) => {}
         }
-    }
-
-    /// A write reaches the stream leader (even if its coordinator died
-    /// since: the publish was on its way).
-    pub fn write_land(&mut self, c: usize, inc: u32, write: Write, wid: String) {
-        let Write {
-            name,
-            expected,
-            kind,
-        } = write;
-        let stored = self.bucket.cas(name.key(), expected, &kind, &wid);
-        let mut result = match &stored {
-            Some(e) => WriteResult::Written {
-                revision: e.revision,
-            },
-            None => WriteResult::Conflict,
-        };
-        trace!(self, "write {wid} on {}: {result:?}", name.key());
-        if let Some(entry) = stored {
-            if let WriteKind::Put { ttl, .. } = &kind {
-                // The server expires by its own clock, in whole seconds.
-                let secs = ttl.as_millis().div_ceil(1000) as u64;
-                let local = self.server_clock.local(self.now) + secs * SEC;
-                let at = self.server_clock.at(local);
-                let key = name.key().to_owned();
-                self.schedule(
-                    at,
-                    Ev::Expire {
-                        key,
-                        revision: entry.revision,
-                    },
-                );
-            }
-            let current = entry.current();
-            self.broadcast(FeedKind::Changes, || {
-                FeedItem::Change(name.clone(), current.clone(), false)
-            });
-        }
-        if self.chance(self.cfg.faults.write_ack_loss) {
-            self.counts.write_acks_lost += 1;
-            result = WriteResult::Failed;
-        }
-        let at = self.now + self.delay();
-        self.schedule(
-            at,
-            Ev::WriteDone {
-                c,
-                inc,
-                name,
-                result,
-            },
-        );
     }
 
     pub fn write_done(&mut self, c: usize, inc: u32, name: LockName, result: WriteResult) {
@@ -520,27 +486,6 @@ impl World {
         self.after(c);
     }
 
-    pub fn read_at(&mut self, c: usize, inc: u32, name: LockName) {
-        let current = Some(self.bucket.current(name.key()));
-        let by = self.bucket.keys.get(name.key()).map(|e| e.write_id.clone());
-        trace!(
-            self,
-            "{} reads {}: {current:?}, written by {by:?}",
-            self.coords[c].id,
-            name.key()
-        );
-        let at = self.now + self.delay();
-        self.schedule(
-            at,
-            Ev::ReadDone {
-                c,
-                inc,
-                name,
-                current,
-            },
-        );
-    }
-
     pub fn read_done(&mut self, c: usize, inc: u32, name: LockName, current: Option<Current>) {
         if !self.live(c, inc) {
             return;
@@ -548,22 +493,5 @@ impl World {
         let (e, t) = self.engine_now(c);
         e.read_done(&name, current, t);
         self.after(c);
-    }
-
-    /// The server's TTL for a revision ran out.
-    pub fn expire(&mut self, key: &str, revision: u64) {
-        if let Some(entry) = self.bucket.expire(key, revision) {
-            trace!(self, "server expires {key} revision {revision}");
-            let name = LockName::from_key(key).expect("keys of valid names");
-            let current = entry.current();
-            self.broadcast(FeedKind::Changes, || {
-                FeedItem::Change(name.clone(), current.clone(), true)
-            });
-        }
-    }
-
-    /// A request message is stored: every coordinator's feed gets it.
-    pub fn stored(&mut self, seq: u64) {
-        self.broadcast(FeedKind::Requests, || FeedItem::Request(seq));
     }
 }

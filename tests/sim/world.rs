@@ -56,6 +56,24 @@ impl Faults {
         }
     }
 
+    /// Message faults and one other kind: `crash`, `reconnect`,
+    /// `partition` or `write` (lost write acks and writes).
+    pub fn network_and(kind: &str) -> Self {
+        let all = Faults::all();
+        let mut f = Faults::network();
+        match kind {
+            "crash" => f.crash_every = all.crash_every,
+            "reconnect" => f.reconnect_every = all.reconnect_every,
+            "partition" => f.partition_every = all.partition_every,
+            "write" => {
+                f.write_ack_loss = all.write_ack_loss;
+                f.write_lost = all.write_lost;
+            }
+            other => panic!("no fault kind {other}"),
+        }
+        f
+    }
+
     /// Every fault.
     pub fn all() -> Self {
         Faults {
@@ -175,6 +193,8 @@ pub enum Ev {
         revision: u64,
     },
     Restart(usize),
+    /// A proof beat was acknowledged (`Some(sent)`) or timed out.
+    ProofDone(usize, u32, Option<Instant>),
     ToClient(usize, u32, ClientMsg),
     ClientTimer(usize, u32, Timer),
     Store {
@@ -227,6 +247,7 @@ pub struct Counts {
     pub publish_acks_lost: u64,
     pub grants: u64,
     pub session_ends: u64,
+    pub double_answers: u64,
 }
 
 pub struct World {
@@ -329,6 +350,7 @@ impl World {
             }
         }
         self.final_checks();
+        self.counts.double_answers = self.checker.double_answers.len() as u64;
         self.checker.violations.is_empty()
     }
 
@@ -354,6 +376,7 @@ impl World {
             Ev::DeleteAt(seq) => self.stream.delete(seq),
             Ev::Expire { key, revision } => self.expire(&key, revision),
             Ev::Restart(c) => self.restart(c),
+            Ev::ProofDone(c, inc, sent) => self.proof_done(c, inc, sent),
             Ev::ToClient(k, gen, msg) => self.client_input(k, gen, msg),
             Ev::ClientTimer(k, gen, t) => self.client_timer(k, gen, t),
             Ev::Store {
@@ -391,14 +414,23 @@ impl World {
         }
     }
 
+    /// A client whose connection is down (between a drop and the
+    /// reconnect) sends and receives nothing.
+    fn offline(&self, p: Proc) -> bool {
+        matches!(p, Proc::Client(k) if self.clients[k].offline_until > self.now)
+    }
+
     fn cut(&self, a: Proc, b: Proc) -> bool {
-        self.isolated
-            .is_some_and(|(s, _)| (self.server_of(a) == s) != (self.server_of(b) == s))
+        self.offline(a)
+            || self.offline(b)
+            || self
+                .isolated
+                .is_some_and(|(s, _)| (self.server_of(a) == s) != (self.server_of(b) == s))
     }
 
     /// Whether `p` reaches JetStream (its quorum is on the majority).
     pub fn js_reachable(&self, p: Proc) -> bool {
-        self.isolated.is_none_or(|(s, _)| self.server_of(p) != s)
+        !self.offline(p) && self.isolated.is_none_or(|(s, _)| self.server_of(p) != s)
     }
 
     /// When `p` reaches JetStream again.
@@ -495,6 +527,38 @@ impl World {
     pub fn trace_tail(&self, n: usize) -> String {
         let t = self.trace.as_deref().unwrap_or_default();
         t[t.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The trace's last `n` lines that name a session or key of `about`
+    /// (faults included), heartbeats and request reads left out.
+    pub fn trace_about(&self, about: &str, n: usize) -> String {
+        let words: Vec<&str> = about
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+            .filter(|w| (w.starts_with('s') && w.contains('g')) || w.starts_with("acct."))
+            .collect();
+        let t = self.trace.as_deref().unwrap_or_default();
+        let hit = |l: &&String| {
+            let fault = [
+                "crashes",
+                "starts",
+                "partition",
+                "heal",
+                "reconnects",
+                "advisory",
+            ]
+            .iter()
+            .any(|f| l.contains(f));
+            fault
+                || (!l.contains("heartbeat")
+                    && !l.contains(" reads request ")
+                    && words.iter().any(|w| l.contains(w)))
+        };
+        let lines: Vec<&String> = t.iter().filter(hit).collect();
+        let tail = &lines[lines.len().saturating_sub(n)..];
+        tail.iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn instant(&self, clock: &Clock) -> Instant {
