@@ -5,9 +5,14 @@
 //! (so the expiry is a message that waiters' watchers see). An existing
 //! bucket without them is refused with an error naming the setting, rather
 //! than used in a way that silently never expires a lock.
+//!
+//! A new bucket's stream starts at a sequence taken from the wall clock
+//! ([`first_sequence`]), because fencing tokens are its sequences: a bucket
+//! deleted and created again must not issue tokens below the old one's.
 
 use async_nats::jetstream::{self, kv, stream::StorageType};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 /// Default name of the locks bucket (KV stream `KV_JETLOCK_LOCKS`).
@@ -40,19 +45,90 @@ impl BucketSpec {
         }
     }
 
-    fn kv_config(&self) -> kv::Config {
-        kv::Config {
-            bucket: self.name.clone(),
-            description: "jetlock lock ownership records (do not write by hand)".into(),
+    /// The bucket's stream config, as `create_key_value` would make it,
+    /// plus the first sequence: async-nats' KV config has no field for it.
+    fn stream_config(&self, first_seq: u64) -> jetstream::stream::Config {
+        jetstream::stream::Config {
+            name: format!("KV_{}", self.name),
+            description: Some("jetlock lock ownership records (do not write by hand)".into()),
+            subjects: vec![format!("$KV.{}.>", self.name)],
             // One record per lock: the history of holders lives in the event
             // stream, not here.
-            history: 1,
+            max_messages_per_subject: 1,
             storage: self.storage,
             num_replicas: self.replicas,
-            limit_markers: Some(self.marker_ttl),
+            allow_rollup: true,
+            deny_delete: true,
+            deny_purge: false,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_message_ttl: true,
+            subject_delete_marker_ttl: Some(self.marker_ttl),
+            first_sequence: Some(first_seq),
+            metadata: HashMap::from([(FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned())]),
             ..Default::default()
         }
     }
+}
+
+/// Stream metadata key that records how the first sequence was chosen.
+pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
+/// Its value for [`first_sequence`]'s rule.
+pub const FIRST_SEQ_RULE: &str = "unix-micros";
+
+/// No clock that creates a bucket may read earlier than this (2026-12-01
+/// UTC, in µs): a machine whose clock was reset (a dead RTC battery reads
+/// 1970) would otherwise start a bucket below the tokens of the one it
+/// replaces.
+const EARLIEST_CLOCK_US: u64 = 1_796_083_200_000_000;
+
+/// Tokens stay below 2^53 so clients that read JSON numbers as doubles
+/// (JavaScript) keep them exact. The clock reaches it in the year 2255.
+pub const MAX_EXACT_TOKEN: u64 = 1 << 53;
+
+/// The first sequence of a new locks bucket's stream: the wall clock in
+/// microseconds since the Unix epoch.
+///
+/// Fencing tokens are the stream's sequences, and a new stream would start
+/// at 1, below every token the bucket issued before it was deleted. The
+/// clock needs no memory of the old stream: a stream created at time `t0`
+/// with this rule holds sequences below `t0 + n` (µs) after `n` writes, so
+/// as long as it stores fewer than one message per microsecond averaged
+/// over its life (a JetStream stream stores at most a few hundred thousand
+/// a second), its last sequence at any time `t` is below `t` in µs, and a
+/// bucket created after it starts above every token it issued. A bucket
+/// created before this rule started at 1 and stayed below the clock too.
+/// That holds while the creating machine's clock is not behind the old
+/// stream creator's by more than the old stream's unused headroom (its age
+/// in µs minus its writes); a clock reset to the past is refused outright.
+pub fn first_sequence(now: SystemTime) -> Result<u64, BucketError> {
+    let us = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    if us < EARLIEST_CLOCK_US {
+        return Err(BucketError::Clock {
+            problem: format!(
+                "the clock reads {us} µs since 1970, before this jetlock was released"
+            ),
+        });
+    }
+    if us >= MAX_EXACT_TOKEN {
+        return Err(BucketError::Clock {
+            problem: format!("{us} µs since 1970 is above 2^53, where JSON numbers lose precision"),
+        });
+    }
+    Ok(us)
+}
+
+/// Whether a bucket's stream started at a sequence [`first_sequence`]
+/// chose; `false` for one created before the rule, by hand, or by another
+/// tool (its tokens started at 1).
+pub fn first_sequence_derived(config: &jetstream::stream::Config) -> bool {
+    config.metadata.get(FIRST_SEQ_RULE_KEY).map(String::as_str) == Some(FIRST_SEQ_RULE)
+        && config
+            .first_sequence
+            .is_some_and(|seq| seq >= EARLIEST_CLOCK_US)
 }
 
 /// Why the locks bucket could not be created or used.
@@ -60,8 +136,14 @@ impl BucketSpec {
 pub enum BucketError {
     #[error("locks bucket {bucket:?} does not exist; create it with `jetlock setup` (or run `jetlock dev`)")]
     NotFound { bucket: String },
-    #[error("locks bucket {bucket:?} is configured unsafely for jetlock: {problem}; fix it with `nats kv edit`/`nats stream edit` or use another bucket name")]
+    #[error("locks bucket {bucket:?} is configured unsafely for jetlock: {problem}; fix it with `nats stream edit KV_{bucket}` (never delete or rename a bucket while any client may hold a lock in it: see `docs/OPERATIONS.md`)")]
     Incompatible { bucket: String, problem: String },
+    /// The clock of the machine creating a bucket cannot give it a safe
+    /// first sequence (see [`first_sequence`]).
+    #[error(
+        "will not create a locks bucket: {problem}; fix this machine's clock (NTP) and try again"
+    )]
+    Clock { problem: String },
     #[error("could not reach JetStream for bucket {bucket:?}: {source}")]
     JetStream {
         bucket: String,
@@ -89,9 +171,13 @@ pub async fn ensure_bucket(
             Ok(store)
         }
         Err(BucketError::NotFound { .. }) => {
-            info!(bucket = %spec.name, replicas = spec.replicas, "creating locks bucket");
-            match js.create_key_value(spec.kv_config()).await {
-                Ok(store) => Ok(store),
+            let first_seq = first_sequence(SystemTime::now())?;
+            info!(bucket = %spec.name, replicas = spec.replicas, first_seq, "creating locks bucket");
+            match js.create_stream(spec.stream_config(first_seq)).await {
+                Ok(_) => js
+                    .get_key_value(&spec.name)
+                    .await
+                    .map_err(|e| jetstream_error(&spec.name, e)),
                 // Another process created it first: verify theirs.
                 Err(e) if e.to_string().contains("already in use") => {
                     open_bucket(js, &spec.name).await

@@ -28,7 +28,7 @@ pub struct LockRecord {
     /// Session id of the client that holds the lock.
     pub session: String,
     /// Wall-clock time of the grant, in ms since the Unix epoch. For people
-    /// only: no safety decision ever reads a clock.
+    /// only: nothing reads it back to decide anything.
     pub acquired_ms: u64,
     /// Lease length in ms (the key's TTL, renewed while held).
     pub lease_ms: u64,

@@ -372,6 +372,20 @@ impl NatsServer {
     pub fn pause(&self) {
         if let Some(pid) = self.pid() {
             signal(pid, libc::SIGSTOP);
+            // kill(2) returns before every thread has stopped: on a busy
+            // machine the server still answered a request sent right after.
+            // Wait until the kernel shows the process stopped.
+            let stat = format!("/proc/{pid}/stat");
+            for _ in 0..1000 {
+                let stopped = std::fs::read_to_string(&stat).map_or(true, |s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                });
+                if stopped {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     }
 

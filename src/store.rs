@@ -112,17 +112,36 @@ impl LockStore {
     }
 
     /// Writes `record` if the key's last revision is `expected` (0: the key
-    /// has no message), with a server-side TTL of `ttl` (whole seconds).
+    /// has no message), for a lease of `lease`: the server-side TTL is
+    /// [`server_ttl`]`(lease)`, longer than the lease the writer believes in.
     pub async fn put(
         &self,
         name: &LockName,
         record: &LockRecord,
         expected: u64,
-        ttl: Duration,
+        lease: Duration,
         write: WriteId<'_>,
     ) -> Result<Written, CasError> {
+        self.put_applied(name, record, expected, lease, write, None)
+            .await
+    }
+
+    /// [`LockStore::put`], stamped with what a coordinator's write applied
+    /// (the [`APPLIED`] header's value).
+    pub async fn put_applied(
+        &self,
+        name: &LockName,
+        record: &LockRecord,
+        expected: u64,
+        lease: Duration,
+        write: WriteId<'_>,
+        applied: Option<&str>,
+    ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
-        headers.insert("Nats-TTL", ttl_header(ttl).as_str());
+        headers.insert("Nats-TTL", ttl_header(server_ttl(lease)).as_str());
+        if let Some(applied) = applied {
+            headers.insert(APPLIED, applied);
+        }
         self.publish(name, headers, Bytes::from(record.encode()), expected, write)
             .await
     }
@@ -138,9 +157,26 @@ impl LockStore {
         marker_ttl: Duration,
         write: WriteId<'_>,
     ) -> Result<Written, CasError> {
+        self.release_applied(name, expected, marker_ttl, write, None)
+            .await
+    }
+
+    /// [`LockStore::release`], stamped with what a coordinator's write
+    /// applied (the [`APPLIED`] header's value).
+    pub async fn release_applied(
+        &self,
+        name: &LockName,
+        expected: u64,
+        marker_ttl: Duration,
+        write: WriteId<'_>,
+        applied: Option<&str>,
+    ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
         headers.insert("KV-Operation", "DEL");
         headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
+        if let Some(applied) = applied {
+            headers.insert(APPLIED, applied);
+        }
         self.publish(name, headers, Bytes::new(), expected, write)
             .await
     }
@@ -224,19 +260,30 @@ impl LockStore {
     /// Reads the key's last message from the stream leader. The answer is a
     /// hint for the next CAS, not a decision.
     pub async fn read(&self, name: &LockName) -> Result<Current, ReadError> {
+        Ok(self.read_with_headers(name).await?.0)
+    }
+
+    /// [`LockStore::read`], with the headers of the key's last message
+    /// (none when the key has no message): who wrote it ([`WRITE_ID`]) and
+    /// what it applied ([`APPLIED`]).
+    pub async fn read_with_headers(
+        &self,
+        name: &LockName,
+    ) -> Result<(Current, Option<HeaderMap>), ReadError> {
         let Some(message) = self
             .last_message(name)
             .await
             .map_err(ReadError::Transport)?
         else {
-            return Ok(Current::Vacant { revision: 0 });
+            return Ok((Current::Vacant { revision: 0 }, None));
         };
-        current_from_message(message.sequence, Some(&message.headers), &message.payload).map_err(
-            |source| ReadError::Corrupt {
-                key: name.key().to_owned(),
-                source,
-            },
-        )
+        let current =
+            current_from_message(message.sequence, Some(&message.headers), &message.payload)
+                .map_err(|source| ReadError::Corrupt {
+                    key: name.key().to_owned(),
+                    source,
+                })?;
+        Ok((current, Some(message.headers)))
     }
 
     /// Watches one key from `revision` on (inclusive): every later write,
@@ -306,6 +353,10 @@ pub fn current_from_message(
 /// Header naming the write that stored a message (see the module docs).
 pub const WRITE_ID: &str = "Jetlock-Write-Id";
 
+/// Header on a coordinator's write naming the requests it applied, so the
+/// write is never applied twice (`docs/PROTOCOL.md`, "Messages on a key").
+pub const APPLIED: &str = "Jetlock-Applied";
+
 /// Identifies one CAS write, the same on every send of it.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteId<'a> {
@@ -323,6 +374,30 @@ fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
     );
     headers.insert(WRITE_ID, write_id);
     headers
+}
+
+/// How far a server's wall clock may step forward while a holder's belief
+/// stays inside the key's life on the server (see [`server_ttl`]).
+pub const SERVER_CLOCK_STEP: Duration = Duration::from_secs(1);
+
+/// The `Nats-TTL` written for a lease: the lease, plus a tenth of it, plus
+/// [`SERVER_CLOCK_STEP`], rounded up to whole seconds.
+///
+/// The server expires a key when its own wall clock passes the write's
+/// timestamp plus the TTL; the holder believes for the lease on its own
+/// monotonic clock, counted from when it sent the write (before the
+/// timestamp). A step forward of the server's clock, or a stream leader
+/// change to a server whose clock is ahead, ends every key early by the
+/// step; a server clock that runs fast ends it early by its rate error.
+/// With this TTL a holder stops believing before the server frees the key
+/// as long as the server's clock runs at most 10% faster than the
+/// holder's (the session contract's rate bound) and steps forward at most
+/// one second. NTP keeps clock offsets of a cluster in milliseconds and
+/// ntpd steps only offsets above 128 ms; chrony's default steps only at
+/// start. The price: a holder that dies with no coordinator running keeps
+/// its lock for the TTL, up to 1 s plus a tenth longer than its lease.
+pub fn server_ttl(lease: Duration) -> Duration {
+    lease + lease / 10 + SERVER_CLOCK_STEP
 }
 
 /// `Nats-TTL` takes whole seconds (the server's minimum is one second);
@@ -361,6 +436,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_server_ttl_outlasts_the_lease_by_a_tenth_and_a_second() {
+        assert_eq!(ttl_header(server_ttl(Duration::from_secs(1))), "3s");
+        assert_eq!(ttl_header(server_ttl(Duration::from_secs(10))), "12s");
+        assert_eq!(ttl_header(server_ttl(Duration::from_secs(30))), "34s");
+        for secs in [1, 2, 3, 10, 59, 3600, 24 * 3600] {
+            let lease = Duration::from_secs(secs);
+            let ttl = Duration::from_secs(whole_seconds(server_ttl(lease)));
+            // A server clock 10% fast that also stepped a second forward
+            // still frees the key after the holder stopped believing.
+            assert!(
+                ttl.mul_f64(1.0 / 1.1) >= lease + SERVER_CLOCK_STEP.mul_f64(1.0 / 1.1),
+                "{lease:?}"
+            );
+        }
+    }
 
     #[test]
     fn ttl_rounds_up_to_whole_seconds() {

@@ -1,7 +1,8 @@
 //! `jetlock doctor` against real nats-servers: a healthy single node with a
 //! coordinator, a deployment without coordinators (exit 4) and a clock
 //! that is off, and a 3-node cluster from `nats/cluster.conf` whose
-//! `sync_interval: always` is read from each node's VARZ.
+//! `sync_interval: always` is read from each node's VARZ. And a locks
+//! bucket created before its first sequence came from the clock.
 
 mod common;
 
@@ -133,6 +134,15 @@ async fn a_healthy_dev_server_passes_with_the_fsync_warning() {
         .as_deref()
         .is_some_and(|f| f.contains("sync_interval: always")));
 
+    // One replica and the default fsync: tokens can go back after a crash.
+    let tokens = of(&findings, "fencing-tokens");
+    assert_eq!(statuses(&findings, "fencing-tokens"), ["warn", "warn"]);
+    assert!(tokens[0].detail.contains("1 replica"), "{tokens:?}");
+    assert!(
+        tokens[1].detail.contains("not on every write"),
+        "{tokens:?}"
+    );
+
     // The same run for a person: one line per finding, a fix under each
     // warning, and no failure.
     let text = doctor(&["--url", &server.url(), "--monitor", &monitor]).await;
@@ -252,6 +262,12 @@ async fn a_cluster_with_sync_always_passes() {
         assert_eq!(statuses(&findings, check), ["ok"], "{check}: {findings:#?}");
         assert!(of(&findings, check)[0].detail.contains(": 3 replica(s)"));
     }
+    // A bucket the coordinator created, 3 replicas, fsync always.
+    assert_eq!(
+        statuses(&findings, "fencing-tokens"),
+        ["ok"],
+        "{findings:#?}"
+    );
 
     coordinator.shutdown().await;
 }
@@ -281,4 +297,50 @@ async fn an_r1_bucket_in_a_cluster_warns_and_no_coordinator_fails() {
     );
     let coordinators = of(&findings, "coordinators");
     assert_eq!(coordinators[0].status, "fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_whose_tokens_started_at_1_warns_until_created_again() {
+    let server = single();
+    let nats = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    // The bucket as jetlock created it before its first sequence came
+    // from the clock: a plain KV bucket with TTL and markers.
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: DEFAULT_BUCKET.into(),
+        history: 1,
+        limit_markers: Some(Duration::from_secs(15 * 60)),
+        ..Default::default()
+    })
+    .await
+    .expect("an old-style bucket");
+    let tokens = |run: Run| {
+        let findings = run.findings();
+        assert_eq!(statuses(&findings, "locks-bucket"), ["ok"], "{findings:#?}");
+        of(&findings, "fencing-tokens")
+            .iter()
+            .map(|f| (f.detail.clone(), f.fix.clone()))
+            .collect::<Vec<_>>()
+    };
+    let old = tokens(doctor(&["--url", &server.url(), "--json"]).await);
+    assert_eq!(old.len(), 2, "{old:?}");
+    assert!(
+        old[0].0.contains("started at sequence 1, not at the clock"),
+        "{old:?}"
+    );
+    assert!(old[0]
+        .1
+        .as_deref()
+        .is_some_and(|f| f.contains("jetlock setup")));
+    assert!(old[1].0.contains("1 replica"), "{old:?}");
+
+    js.delete_key_value(DEFAULT_BUCKET)
+        .await
+        .expect("delete the bucket");
+    ensure_bucket(&js, &BucketSpec::new(DEFAULT_BUCKET, 1))
+        .await
+        .expect("create the locks bucket");
+    let new = tokens(doctor(&["--url", &server.url(), "--json"]).await);
+    assert_eq!(new.len(), 1, "only the replica warning is left: {new:?}");
+    assert!(new[0].0.contains("1 replica"), "{new:?}");
 }

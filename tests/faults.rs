@@ -1,11 +1,15 @@
-//! Fault injection (issue 6, item 2): a 3-node cluster from
-//! `nats/cluster.conf` (R3 bucket, `sync_interval: always`), two
+//! Fault injection (issue 6, item 2; issue 13, item 6): a 3-node cluster
+//! from `nats/cluster.conf` (R3 bucket, `sync_interval: always`), two
 //! `jetlock serve` coordinators, six workers on ten keys, and one fault
 //! after another while the load runs. Every scenario is judged by the
-//! history checker (`tests/common/history.rs`): no overlapping holds, tokens
-//! that only go up, no call left unanswered, no lock stuck past 2×TTL after
-//! the faults heal, and a fenced ledger that never accepted a stale write.
-//! Each prints its counts (grants, faults, ledger writes and rejections).
+//! history checker (`tests/common/history.rs`, `tests/common/belief.rs`):
+//! no two clients *believing* they hold one key at the same instant
+//! (`CLOCK_MONOTONIC`, in every worker and holder process), tokens that
+//! only go up, no call left unanswered, no lock stuck past 2×TTL after the
+//! faults heal, and a fenced ledger that never accepted a stale write.
+//! Each prints its counts (grants, beliefs, overlaps, faults, ledger writes
+//! and rejections). Reconnect storms and rolling coordinator restarts are
+//! in `faults/restarts.rs`.
 //!
 //! Workers: three trusted workers on the Rust fast path (they write the
 //! bucket) and three restricted workers on the JSON protocol through the
@@ -20,7 +24,10 @@
 //! `docs/RELIABILITY.md`, "Fault injection".
 
 mod common;
+#[path = "faults/restarts.rs"]
+mod restarts;
 
+use common::belief::Mono;
 use common::history::{check, FencedLedger, History, Report};
 use common::{cluster, serve, setup_bucket, stream_leader, worker_options, Serving, PATIENCE};
 use jetlock::server::{Member, NatsCluster, Role};
@@ -30,7 +37,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +48,10 @@ const KEYS: usize = 10;
 const TTL: Duration = Duration::from_secs(3);
 /// How long a worker waits for a lock.
 const WAIT: Duration = Duration::from_secs(4);
+/// The session timeout of the workers [`Rig::start_with`] gives long
+/// sessions: heartbeats 5 s apart, far longer than the default timeout a
+/// coordinator might wrongly give a session it first learns from a request.
+const LONG_SESSION: Duration = Duration::from_secs(20);
 /// Grants the load must make after each fault: the loop resumed.
 const RESUMED: u64 = 5;
 
@@ -63,13 +74,6 @@ fn env_secs(var: &str, default: u64) -> u64 {
 
 fn key(i: usize) -> String {
     format!("acct:{i}")
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }
 
 /// What one worker saw, beside what it recorded in the history.
@@ -128,9 +132,14 @@ struct Rig {
     grants: Arc<AtomicU64>,
     stop: CancellationToken,
     workers: Vec<JoinHandle<WorkerStats>>,
+    /// Each worker's current NATS connection, for the faults that break it.
+    connections: Vec<Connection>,
     faults: u64,
     started: Instant,
 }
+
+/// A worker's current NATS connection (replaced when it connects again).
+type Connection = Arc<Mutex<Option<async_nats::Client>>>;
 
 impl Rig {
     /// Cluster, bucket, two coordinators, and the six workers running.
@@ -140,6 +149,12 @@ impl Rig {
 
     /// [`Rig::start`] on a cluster the caller started.
     async fn start_on(name: &'static str, cluster: NatsCluster) -> Rig {
+        Rig::start_with(name, cluster, 0).await
+    }
+
+    /// [`Rig::start_on`], the last `long` workers with sessions of
+    /// [`LONG_SESSION`] instead of the default 900 ms.
+    async fn start_with(name: &'static str, cluster: NatsCluster, long: usize) -> Rig {
         setup_bucket(&cluster).await;
         let mut rig = Rig {
             name,
@@ -150,6 +165,7 @@ impl Rig {
             grants: Arc::new(AtomicU64::new(0)),
             stop: CancellationToken::new(),
             workers: Vec::new(),
+            connections: Vec::new(),
             faults: 0,
             started: Instant::now(),
         };
@@ -163,7 +179,8 @@ impl Rig {
             } else {
                 WorkerKind::Protocol
             };
-            rig.spawn_worker(i, kind);
+            let timeout = (i >= WORKERS - long).then_some(LONG_SESSION);
+            rig.spawn_worker(i, kind, timeout);
         }
         rig.resumed("the load starts").await;
         rig
@@ -176,7 +193,7 @@ impl Rig {
         tokio::task::block_in_place(|| serve(&url, &["--replicas", "3", "--id", &format!("c{i}")]))
     }
 
-    fn spawn_worker(&mut self, i: usize, kind: WorkerKind) {
+    fn spawn_worker(&mut self, i: usize, kind: WorkerKind, session_timeout: Option<Duration>) {
         let (role, fast_path) = match kind {
             WorkerKind::FastPath => (Role::Worker, true),
             WorkerKind::Protocol => (Role::Restricted, false),
@@ -189,15 +206,33 @@ impl Rig {
             self.stop.clone(),
         );
         let name = format!("{}-w{i}", self.name);
+        let connection = Connection::default();
+        self.connections.push(connection.clone());
         self.workers.push(tokio::spawn(async move {
             let options = move || {
-                ClientOptions::new()
+                let options = ClientOptions::new()
                     .name(name.clone())
                     .session_prefix(role.user())
-                    .fast_path(fast_path)
+                    .fast_path(fast_path);
+                match session_timeout {
+                    Some(t) => options.session_timeout(t),
+                    None => options,
+                }
             };
-            worker(options, url, history, ledger, grants, stop).await
+            let load = Load {
+                history,
+                ledger,
+                grants,
+                stop,
+                connection,
+            };
+            worker(options, url, load).await
         }));
+    }
+
+    /// Worker `i`'s NATS connection as of now.
+    fn connection(&self, i: usize) -> Option<async_nats::Client> {
+        self.connections[i].lock().unwrap().clone()
     }
 
     /// Waits until the load made [`RESUMED`] more grants: it runs again
@@ -260,18 +295,34 @@ impl Rig {
     }
 }
 
-/// A worker: acquire a random key, write the ledger, release; until
-/// stopped. Everything it observes goes into the history.
-async fn worker(
-    options: impl Fn() -> ClientOptions,
-    url: String,
+/// What a worker shares with the rig.
+struct Load {
     history: History,
     ledger: FencedLedger,
     grants: Arc<AtomicU64>,
     stop: CancellationToken,
-) -> WorkerStats {
+    connection: Connection,
+}
+
+/// A worker: acquire a random key, write the ledger, release; until
+/// stopped. Everything it observes goes into the history, with its own
+/// deadline (`LockGuard::deadline`) read at the grant, at the loss and at
+/// the release.
+async fn worker(options: impl Fn() -> ClientOptions, url: String, load: Load) -> WorkerStats {
+    let Load {
+        history,
+        ledger,
+        grants,
+        stop,
+        connection,
+    } = load;
     let mut stats = WorkerStats::default();
-    let mut client = connect_retrying(&options, &url).await;
+    let connect = || async {
+        let client = connect_retrying(&options, &url).await;
+        *connection.lock().unwrap() = Some(client.nats().clone());
+        client
+    };
+    let mut client = connect().await;
     while !stop.is_cancelled() {
         let k = key(fastrand::usize(..KEYS));
         let session = client.session().to_owned();
@@ -296,7 +347,7 @@ async fn worker(
                         ..
                     } => {
                         stats.new_sessions += 1;
-                        client = connect_retrying(&options, &url).await;
+                        client = connect().await;
                     }
                     // Any other answer to a valid request is a bug.
                     e => panic!("{session}: acquire {k}: {e}"),
@@ -306,10 +357,14 @@ async fn worker(
         };
         let token = guard.token();
         history.granted(op, token);
+        history.deadline(op, Mono::of(guard.deadline()));
         grants.fetch_add(1, Ordering::SeqCst);
         stats.grants += 1;
         // One to four writes, up to 60 ms apart: holds long enough for a
-        // fault to land in the middle of one.
+        // fault to land in the middle of one. The pause between writes ends
+        // when `lost()` fires, so the loss is recorded when it happened.
+        let lost = guard.lost();
+        tokio::pin!(lost);
         for _ in 0..fastrand::usize(1..=4) {
             if guard.is_lost() {
                 break;
@@ -317,15 +372,21 @@ async fn worker(
             if !ledger.write(&k, &session, token) {
                 stats.refused_writes += 1;
             }
-            sleep(Duration::from_millis(fastrand::u64(0..60))).await;
+            tokio::select! {
+                _ = &mut lost => break,
+                _ = sleep(Duration::from_millis(fastrand::u64(0..60))) => {}
+            }
         }
+        let deadline = Mono::of(guard.deadline());
         if guard.is_lost() {
             stats.losses += 1;
-            history.lost(&k, &session, token);
+            let op = history.lost(&k, &session, token);
+            history.deadline(op, deadline);
             drop(guard);
             continue;
         }
         let op = history.release_invoked(&k, &session, token);
+        history.deadline(op, deadline);
         let released = guard.release().await;
         if let Err(e) = &released {
             eprintln!("{session}: release {k} ({token}): {e}");
@@ -580,15 +641,16 @@ const PAUSED_TTL: Duration = Duration::from_secs(2);
 struct ChildSeen {
     session: Option<String>,
     token: Option<FencingToken>,
-    /// (made at unix ms, accepted by the ledger)
-    writes: Vec<(u64, bool)>,
+    /// (made at, accepted by the ledger)
+    writes: Vec<(Mono, bool)>,
     lost: Option<String>,
 }
 
 /// A holder process: this test binary run as [`paused_holder_child`] (behind
 /// `launcher`, e.g. `ip netns exec n4`), its stdout read by a thread that
-/// applies its writes to the rig's ledger (and, with `record`, its grant and
-/// loss to the history).
+/// applies its writes to the rig's ledger and records its grant and loss in
+/// the history at the `CLOCK_MONOTONIC` times the process read, with its
+/// own deadline: a paused process's belief ends there (`belief.rs`).
 struct HolderProcess {
     child: Option<std::process::Child>,
     seen: Arc<Mutex<ChildSeen>>,
@@ -598,7 +660,7 @@ struct HolderProcess {
 impl HolderProcess {
     /// Starts it on key `k` and waits until three of its writes were
     /// accepted.
-    async fn start(rig: &Rig, k: &str, launcher: &[String], record: bool) -> HolderProcess {
+    async fn start(rig: &Rig, k: &str, launcher: &[String]) -> HolderProcess {
         let exe = std::env::current_exe().expect("this test binary");
         let mut cmd = jetlock::server::launched(launcher, exe);
         cmd.args(["--exact", "paused_holder_child", "--nocapture", "--ignored"])
@@ -625,27 +687,26 @@ impl HolderProcess {
                     let Ok(line) = line else { break };
                     let words: Vec<&str> = line.split_whitespace().collect();
                     let mut s = seen.lock().unwrap();
+                    let mono = |w: &str| Mono(w.parse().expect("a CLOCK_MONOTONIC reading"));
                     match words.as_slice() {
-                        ["CHILD", "granted", session, token] => {
+                        ["CHILD", "granted", session, token, invoked, granted, deadline] => {
                             let token = FencingToken(token.parse().expect("a token"));
-                            if record {
-                                let op = history.acquire_invoked(&k, session);
-                                history.granted(op, token);
-                            }
+                            let op = history.acquire_invoked_at(&k, session, mono(invoked));
+                            history.granted_at(op, token, mono(granted));
+                            history.deadline(op, mono(deadline));
                             s.session = Some(session.to_string());
                             s.token = Some(token);
                         }
-                        ["CHILD", "write", at_ms] => {
+                        ["CHILD", "write", at] => {
                             let (session, token) =
                                 (s.session.clone().expect("granted first"), s.token.unwrap());
                             let accepted = ledger.write(&k, &session, token);
-                            s.writes.push((at_ms.parse().expect("ms"), accepted));
+                            s.writes.push((mono(at), accepted));
                         }
-                        ["CHILD", "lost", reason @ ..] => {
-                            if record {
-                                let session = s.session.clone().expect("granted first");
-                                history.lost(&k, &session, s.token.unwrap());
-                            }
+                        ["CHILD", "lost", at, deadline, reason @ ..] => {
+                            let session = s.session.clone().expect("granted first");
+                            let op = history.lost_at(&k, &session, s.token.unwrap(), mono(at));
+                            history.deadline(op, mono(deadline));
                             s.lost = Some(reason.join(" "));
                         }
                         _ => {}
@@ -705,10 +766,12 @@ impl Drop for HolderProcess {
 /// A holder process (this test binary, run as [`paused_holder_child`]) takes
 /// one of the workers' keys; SIGSTOP for 2× its lease; the workers get the
 /// key; SIGCONT: every write the woken holder makes is refused by the
-/// ledger, and it reports the loss.
+/// ledger, and it reports the loss. Its belief is in the history and ends
+/// at the deadline it computed before the pause, which must come before
+/// the workers' grant.
 async fn pause_a_holder(rig: &mut Rig) {
     let k = key(fastrand::usize(..KEYS));
-    let mut holder = HolderProcess::start(rig, &k, &[], false).await;
+    let mut holder = HolderProcess::start(rig, &k, &[]).await;
     let seen = holder.seen.clone();
     let token = seen.lock().unwrap().token.expect("granted");
     let pid = holder.child.as_ref().expect("running").id() as i32;
@@ -716,7 +779,7 @@ async fn pause_a_holder(rig: &mut Rig) {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     rig.faults += 1;
     sleep(2 * PAUSED_TTL).await;
-    let resumed_at = unix_ms();
+    let resumed_at = Mono::now();
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let status = holder.exit().await;
     let s = seen.lock().unwrap();
@@ -773,6 +836,7 @@ async fn paused_holder_child() {
         .connect(url)
         .await
         .expect("connect");
+    let invoked = Mono::now();
     let guard = client
         .lock(k)
         .ttl(Duration::from_millis(ttl_ms.parse().expect("ttl")))
@@ -780,20 +844,28 @@ async fn paused_holder_child() {
         .acquire()
         .await
         .expect("acquire");
-    println!("CHILD granted {} {}", client.session(), guard.token().get());
+    let granted = Mono::now();
+    println!(
+        "CHILD granted {} {} {invoked} {granted} {}",
+        client.session(),
+        guard.token().get(),
+        Mono::of(guard.deadline())
+    );
     let lost = guard.lost();
     tokio::pin!(lost);
     loop {
-        println!("CHILD write {}", unix_ms());
+        println!("CHILD write {}", Mono::now());
         tokio::select! {
             _ = &mut lost => break,
             _ = sleep(Duration::from_millis(50)) => {}
         }
     }
+    let at = Mono::now();
     // One more write after the loss is known: still refused.
-    println!("CHILD write {}", unix_ms());
+    println!("CHILD write {}", Mono::now());
     println!(
-        "CHILD lost {}",
+        "CHILD lost {at} {} {}",
+        Mono::of(guard.deadline()),
         guard
             .lost_reason()
             .map(|r| r.to_string())
@@ -900,10 +972,10 @@ async fn isolate_servers(rig: &mut Rig, secs: Duration) {
 /// an overlap otherwise.
 async fn cut_off_a_holder(rig: &mut Rig) {
     let k = key(fastrand::usize(..KEYS));
-    let mut holder = HolderProcess::start(rig, &k, &netns_exec(4), true).await;
+    let mut holder = HolderProcess::start(rig, &k, &netns_exec(4)).await;
     let token = holder.seen.lock().unwrap().token.expect("granted");
     cut(4);
-    let cut_at = unix_ms();
+    let cut_at = Mono::now();
     rig.faults += 1;
     sleep(2 * PAUSED_TTL + Duration::from_secs(1)).await;
     heal(4);

@@ -14,10 +14,13 @@
 //! - `streams.rs`: the stream infos of the locks bucket, the request and
 //!   event streams and the config bucket;
 //! - `coordinators.rs`: answers to `$SRV.PING.jetlock` and the clocks in
-//!   coordinator heartbeats.
+//!   coordinator heartbeats;
+//! - `tokens.rs`: whether fencing tokens can go back (the locks bucket's
+//!   first sequence, replicas and the servers' fsync).
 
 mod coordinators;
 mod streams;
+mod tokens;
 mod varz;
 
 use super::{CliError, Connection, Exit};
@@ -147,7 +150,15 @@ async fn examine(args: &DoctorArgs) -> Vec<Finding> {
 
     let mut findings = version_findings(&info, &varz);
     findings.extend(sync_findings(args, &varz, &varz_errors, servers));
-    findings.extend(streams::findings(&nats, &args.conn.bucket, servers).await);
+    let (stream_findings, locks) = streams::findings(&nats, &args.conn.bucket, servers).await;
+    findings.extend(stream_findings);
+    if let Some(locks) = locks {
+        findings.extend(tokens::findings(
+            &args.conn.bucket,
+            &locks,
+            &tokens::Fsync::of(&varz),
+        ));
+    }
     findings.push(coordinators::finding(&seen, &args.conn.bucket));
     findings.extend(coordinators::skew_finding(&seen, &beats));
     findings

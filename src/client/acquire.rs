@@ -101,8 +101,12 @@ impl LockRequest {
         }
     }
 
-    /// The lease: how long the lock outlives a holder that stops renewing
-    /// (crash, partition). Whole seconds, 1 s to 24 h; default 10 s.
+    /// The lease: how long the holder believes it holds the lock after its
+    /// last write (grant or renewal). Whole seconds, 1 s to 24 h; default
+    /// 10 s. The lock outlives a holder that stops renewing (crash,
+    /// partition) a little longer on the server, by
+    /// [`crate::store::server_ttl`]: a tenth plus 1 s, against the server's
+    /// clock stepping or running fast.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -126,8 +130,9 @@ impl LockRequest {
     }
 
     /// Whether the client renews the lease while the guard lives (default
-    /// true). With `false` the lock is a plain lease: it ends at its TTL
-    /// unless released first, and `lost()` fires when it does.
+    /// true). With `false` the lock is a plain lease: `lost()` fires when
+    /// it ends, unless released first; the server frees the key after
+    /// [`crate::store::server_ttl`].
     pub fn auto_renew(mut self, renew: bool) -> Self {
         self.auto_renew = renew;
         self

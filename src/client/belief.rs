@@ -37,12 +37,18 @@ pub struct SessionBelief {
     timeout: Duration,
     /// The smallest reconnect grace any coordinator said it applies.
     grace: Duration,
+    /// The oldest heartbeat sent that may have reached a coordinator
+    /// (neither answered nor refused with no responders), while nothing
+    /// was confirmed.
     first_sent: Option<Instant>,
     /// When the newest heartbeat answered `alive` was sent.
     confirmed: Option<Instant>,
     /// When the connection dropped, until a later heartbeat is confirmed.
     dropped: Option<Instant>,
     ended: bool,
+    /// The deadline in force when the session ended or last gave its holds
+    /// up, until a heartbeat starts a new one.
+    final_deadline: Option<Instant>,
 }
 
 /// What an answer to a heartbeat means for the session.
@@ -67,23 +73,40 @@ impl SessionBelief {
             confirmed: None,
             dropped: None,
             ended: false,
+            final_deadline: None,
         }
     }
 
     /// A heartbeat was sent at `at`.
     pub fn sent(&mut self, at: Instant) {
+        if !self.ended {
+            self.final_deadline = None;
+        }
         self.first_sent.get_or_insert(at);
+    }
+
+    /// The heartbeat sent at `at` reached no coordinator (the server
+    /// answered *no responders*): it starts no deadline. `next` is the send
+    /// time of the oldest later heartbeat still unanswered, if any.
+    pub fn refused(&mut self, at: Instant, next: Option<Instant>) {
+        if self.first_sent == Some(at) {
+            self.first_sent = next;
+        }
     }
 
     /// A coordinator answered the heartbeat sent at `sent`: `alive`, the
     /// timeout it applies and, from coordinators that have one, the
-    /// reconnect grace it applies.
+    /// reconnect grace it applies. `new_conn`: the heartbeat named a
+    /// connection made after the last drop, so the coordinator knows the
+    /// client reconnected (one naming the old connection, sent before the
+    /// client learned its new id, proves nothing about the close).
     pub fn answered(
         &mut self,
         sent: Instant,
         alive: bool,
         timeout_ms: u64,
         grace_ms: Option<u64>,
+        new_conn: bool,
     ) -> Answered {
         if self.ended {
             return Answered::Over;
@@ -91,7 +114,7 @@ impl SessionBelief {
         if !alive {
             // Any one coordinator that declared us dead hands on the locks
             // it acts for, whatever the others answered.
-            self.ended = true;
+            self.end();
             return Answered::Dead;
         }
         self.timeout = self
@@ -108,7 +131,7 @@ impl SessionBelief {
             };
         }
         self.confirmed = Some(self.confirmed.map_or(sent, |c| c.max(sent)));
-        if self.dropped.is_some_and(|d| sent >= d) {
+        if new_conn {
             self.dropped = None;
         }
         Answered::Alive
@@ -119,9 +142,29 @@ impl SessionBelief {
         self.dropped.get_or_insert(at);
     }
 
-    /// The session ends here (declared dead, given up, or closed).
+    /// The session ends here (declared dead, or closed).
     pub fn end(&mut self) {
+        if !self.ended {
+            self.final_deadline = self.deadline();
+        }
         self.ended = true;
+    }
+
+    /// The deadline passed: every hold is given up. Returns whether the
+    /// session ends too: it does once a coordinator confirmed it (one that
+    /// was cut off with it could confirm it again after the heal, while the
+    /// others declared it dead). A session no coordinator ever confirmed
+    /// (none runs, or the server hangs) goes on with its clock restarted
+    /// from its next heartbeat.
+    pub fn give_up(&mut self) -> bool {
+        self.final_deadline = self.final_deadline.or(self.deadline());
+        if self.confirmed.is_some() {
+            self.end();
+        } else {
+            self.first_sent = None;
+            self.dropped = None;
+        }
+        self.ended
     }
 
     pub fn is_ended(&self) -> bool {
@@ -144,6 +187,14 @@ impl SessionBelief {
         let by_silence = base + allowance(self.timeout);
         let by_drop = self.dropped.map(|d| d + allowance(self.grace));
         Some(by_drop.map_or(by_silence, |d| d.min(by_silence)))
+    }
+
+    /// [`SessionBelief::deadline`], or where there is none because the
+    /// session just ended or gave its holds up, the one in force then: a
+    /// process stopped past it (SIGSTOP) gives its holds up when it wakes,
+    /// but by its own clock it had at that deadline (`LockGuard::deadline`).
+    pub fn last_deadline(&self) -> Option<Instant> {
+        self.deadline().or(self.final_deadline)
     }
 
     /// The session is over by now: ended, or past its deadline.
@@ -176,14 +227,57 @@ mod tests {
     }
 
     #[test]
+    fn the_deadline_in_force_when_the_session_ended_is_kept() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered(t0, true, 1000, Some(100), true);
+        b.end();
+        assert_eq!(b.deadline(), None);
+        assert_eq!(b.last_deadline(), Some(t0 + 900 * MS));
+        // Declared dead: the same.
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered(t0, true, 1000, Some(100), true);
+        assert_eq!(b.answered(t0, false, 1000, Some(100), true), Answered::Dead);
+        assert_eq!(b.last_deadline(), Some(t0 + 900 * MS));
+        // Never confirmed, holds given up: the same until the next
+        // heartbeat starts a new deadline.
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        assert!(!b.give_up());
+        assert_eq!(b.deadline(), None);
+        assert_eq!(b.last_deadline(), Some(t0 + 900 * MS));
+        b.sent(t0 + 1000 * MS);
+        assert_eq!(b.last_deadline(), Some(t0 + 1900 * MS));
+    }
+
+    #[test]
+    fn a_heartbeat_that_reached_nobody_starts_no_deadline() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.sent(t0 + 250 * MS);
+        b.refused(t0, Some(t0 + 250 * MS));
+        assert_eq!(b.deadline(), Some(t0 + 1150 * MS));
+        b.refused(t0 + 250 * MS, None);
+        assert_eq!(b.deadline(), None);
+        b.sent(t0 + 500 * MS);
+        assert_eq!(b.deadline(), Some(t0 + 1400 * MS));
+    }
+
+    #[test]
     fn the_smallest_timeout_told_wins_and_never_above_the_asked() {
         let t0 = Instant::now();
         let mut b = SessionBelief::new(1000 * MS);
         b.sent(t0);
-        assert_eq!(b.answered(t0, true, 5000, Some(100)), Answered::Alive);
+        assert_eq!(
+            b.answered(t0, true, 5000, Some(100), false),
+            Answered::Alive
+        );
         assert_eq!(b.timeout(), 1000 * MS);
-        b.answered(t0, true, 500, Some(100));
-        b.answered(t0, true, 800, Some(100));
+        b.answered(t0, true, 500, Some(100), false);
+        b.answered(t0, true, 800, Some(100), false);
         assert_eq!(b.timeout(), 500 * MS);
         assert_eq!(b.deadline(), Some(t0 + 450 * MS));
     }
@@ -196,8 +290,8 @@ mod tests {
         b.sent(t0 + 250 * MS);
         // The later heartbeat's answer arrives first, then the older one:
         // the deadline never moves back.
-        b.answered(t0 + 250 * MS, true, 1000, None);
-        b.answered(t0, true, 1000, None);
+        b.answered(t0 + 250 * MS, true, 1000, None, false);
+        b.answered(t0, true, 1000, None, false);
         assert_eq!(b.deadline(), Some(t0 + 1150 * MS));
     }
 
@@ -206,11 +300,11 @@ mod tests {
         let t0 = Instant::now();
         let mut b = SessionBelief::new(1000 * MS);
         b.sent(t0);
-        b.answered(t0, true, 1000, None);
-        assert_eq!(b.answered(t0, false, 1000, None), Answered::Dead);
+        b.answered(t0, true, 1000, None, false);
+        assert_eq!(b.answered(t0, false, 1000, None, false), Answered::Dead);
         assert!(b.over_at(t0));
         assert_eq!(b.deadline(), None);
-        assert_eq!(b.answered(t0, true, 1000, None), Answered::Over);
+        assert_eq!(b.answered(t0, true, 1000, None, false), Answered::Over);
         assert!(b.is_ended());
     }
 
@@ -219,15 +313,17 @@ mod tests {
         let t0 = Instant::now();
         let mut b = SessionBelief::new(1000 * MS);
         b.sent(t0);
-        b.answered(t0, true, 1000, Some(100));
+        b.answered(t0, true, 1000, Some(100), false);
         b.dropped(t0 + 300 * MS);
         assert_eq!(b.deadline(), Some(t0 + 390 * MS));
-        // A heartbeat sent before the drop confirms nothing about it.
-        b.answered(t0 + 200 * MS, true, 1000, Some(100));
+        // A heartbeat that named the old connection confirms nothing about
+        // the close, even one sent after it.
+        b.sent(t0 + 305 * MS);
+        b.answered(t0 + 305 * MS, true, 1000, Some(100), false);
         assert_eq!(b.deadline(), Some(t0 + 390 * MS));
-        // One sent after it does.
+        // One on the new connection does.
         b.sent(t0 + 310 * MS);
-        b.answered(t0 + 310 * MS, true, 1000, Some(100));
+        b.answered(t0 + 310 * MS, true, 1000, Some(100), true);
         assert_eq!(b.deadline(), Some(t0 + 1210 * MS));
     }
 
@@ -238,6 +334,19 @@ mod tests {
         b.sent(t0);
         b.dropped(t0);
         assert_eq!(b.deadline(), Some(t0 + allowance(MIN_RECONNECT_GRACE)));
+    }
+
+    #[test]
+    fn giving_up_ends_only_a_session_that_was_confirmed() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        assert!(!b.give_up());
+        assert_eq!(b.deadline(), None);
+        b.sent(t0 + 900 * MS);
+        b.answered(t0 + 900 * MS, true, 1000, None, false);
+        assert!(b.give_up());
+        assert!(b.is_ended());
     }
 
     #[test]

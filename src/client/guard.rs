@@ -7,7 +7,8 @@
 //! wrote. The client's renewer (`renewer.rs`) renews every third of the lease. If a renewal finds
 //! the record changed, or no renewal succeeds before the lease would end on
 //! the holder's own clock (measured from when the last successful renewal was
-//! *sent*, so it never outlives the server's), the hold is lost: `lost()`
+//! *sent*, so it ends before the server's TTL, which is longer by a margin
+//! for the server's clock: `store::server_ttl`), the hold is lost: `lost()`
 //! resolves at once, and further releases report [`LockError::Lost`].
 //!
 //! On the coordinator path (a client without the fast path) the same
@@ -68,6 +69,13 @@ pub(crate) struct Hold {
     auto_renew: bool,
     /// When the renewer first looks at this hold.
     first_due: Instant,
+    /// `HoldState::expires`, readable without waiting for a renewal in
+    /// flight (which holds the state's lock until it lands or the lease
+    /// ends): for [`LockGuard::deadline`].
+    lease_end: std::sync::Mutex<Instant>,
+    /// [`LockGuard::deadline`] as it stood when the hold was lost: the
+    /// session's may be gone by then (it ended, or gave its holds up).
+    deadline_at_loss: OnceLock<Instant>,
 }
 
 struct HoldState {
@@ -121,6 +129,8 @@ impl Hold {
             lost_reason: OnceLock::new(),
             auto_renew,
             first_due: if auto_renew { sent + ttl / 3 } else { expires },
+            lease_end: std::sync::Mutex::new(expires),
+            deadline_at_loss: OnceLock::new(),
         });
         hold.inner.holds.insert(
             (hold.name.key().to_owned(), hold.owner.clone()),
@@ -192,7 +202,7 @@ impl Hold {
             match tokio::time::timeout_at(state.expires, put).await {
                 Ok(Ok(w)) => {
                     state.revision = w.revision;
-                    state.expires = sent + self.ttl;
+                    self.extend(state, sent + self.ttl);
                     return Ok(());
                 }
                 Ok(Err(CasError::Conflict { .. })) => {
@@ -235,7 +245,7 @@ impl Hold {
                 .renew_via_coordinator(&self.name, self.token.get(), self.ttl);
             let reason = match tokio::time::timeout_at(state.expires, renew).await {
                 Ok(Ok(Verdict::Done(()))) => {
-                    state.expires = sent + self.ttl;
+                    self.extend(state, sent + self.ttl);
                     return Ok(());
                 }
                 Ok(Ok(Verdict::NotHolder)) => LostReason::Taken,
@@ -403,6 +413,12 @@ impl Hold {
         }
     }
 
+    /// A write landed: the local lease now ends at `expires`.
+    fn extend(&self, state: &mut HoldState, expires: Instant) {
+        state.expires = expires;
+        *self.lease_end.lock().expect("never poisoned") = expires;
+    }
+
     /// When the renewer should first look at this hold.
     pub(crate) fn first_due(&self) -> Instant {
         self.first_due
@@ -459,11 +475,22 @@ impl Hold {
     }
 
     fn set_lost(&self, reason: LostReason) {
+        let _ = self.deadline_at_loss.set(self.deadline());
         if self.lost_reason.set(reason).is_ok() {
             warn!(lock = %self.name, token = %self.token, %reason, "lock lost");
             self.lost.cancel();
         }
         self.finish();
+    }
+
+    /// See [`LockGuard::deadline`].
+    fn deadline(&self) -> Instant {
+        if let Some(at) = self.deadline_at_loss.get() {
+            return *at;
+        }
+        let lease_end = *self.lease_end.lock().expect("never poisoned");
+        let session = self.inner.link.deadline();
+        session.map_or(lease_end, |at| at.min(lease_end))
     }
 
     /// Forgets the hold for reentrancy (the renewer skips it once `done`).
@@ -525,6 +552,22 @@ impl LockGuard {
     /// Why the lock was lost, once it is.
     pub fn lost_reason(&self) -> Option<LostReason> {
         self.hold.lost_reason.get().copied()
+    }
+
+    /// When this client gives the lock up by its own monotonic clock unless
+    /// something lands first: the earlier of the lease's local end (send
+    /// time of the last successful write + lease; a renewal moves it on)
+    /// and the session's deadline (a tenth of the session timeout before a
+    /// coordinator could declare it dead, or of the reconnect grace after
+    /// the connection dropped; a confirmed heartbeat moves it on). Once the
+    /// hold is lost it stays what it was at the loss. `lost()` fires there (`Expired`, `Unconfirmed`) while the
+    /// process runs. A process that was stopped past it (SIGSTOP, a long
+    /// GC-like pause) cannot act until it runs again, and `is_lost()` may
+    /// read false for a moment after it wakes, before its timers run: a
+    /// holder that must not act on a stale belief compares this with
+    /// `Instant::now()` before each protected call it cannot fence.
+    pub fn deadline(&self) -> std::time::Instant {
+        self.hold.deadline().into_std()
     }
 
     /// Releases this hold. With reentrant holds outstanding, the lock stays

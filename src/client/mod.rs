@@ -196,7 +196,11 @@ impl ClientOptions {
 
     /// Uses an existing NATS connection. jetlock cannot see its server
     /// errors, so a user that may not write the bucket needs
-    /// `.fast_path(false)` here.
+    /// `.fast_path(false)` here. Nor can it see the connection drop: a
+    /// reconnect that the coordinators see as a close is then noticed only
+    /// at the next heartbeat, after the reconnect grace, so a holder may
+    /// still believe in a lock handed on meanwhile. Prefer
+    /// [`ClientOptions::connect`] for holders of locks that cannot fence.
     pub async fn with_nats(self, nats: async_nats::Client) -> Result<Client, ConnectError> {
         let session = self.new_session()?;
         let fast_path = Arc::new(fast_path::FastPath::new(self.fast_path, &self.bucket));

@@ -91,6 +91,16 @@ pub(crate) fn conn_events() -> (
     (observe, rx)
 }
 
+/// A heartbeat sent, as its answers are matched to it.
+struct Beat {
+    n: u64,
+    at: Instant,
+    /// It named a connection made after the last drop.
+    new_conn: bool,
+    /// An answer or a refusal came.
+    resolved: bool,
+}
+
 /// How long the answer to a request may take beyond its wait: a
 /// coordinator failover (at most ~2 s) plus slack.
 pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(5);
@@ -217,17 +227,19 @@ impl SessionLink {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut conn = self.conn.clone();
         let mut seen = *conn.borrow_and_update();
-        // Send times of the recent heartbeats, by number (the reply subject's
-        // last token): an answer confirms the session from its send time.
-        let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+        // The recent heartbeats, by number (the reply subject's last token).
+        let mut sent: VecDeque<Beat> = VecDeque::new();
         let mut next_beat = 0u64;
         let mut beat_now = false;
         let mut last_conn: Option<ConnId> = None;
+        // The connection named before the last drop, until a heartbeat
+        // names another.
+        let mut dropped_conn: Option<Option<ConnId>> = None;
         // A connection given to `with_nats` has no event callback.
         let mut events = conn.has_changed().is_ok();
         loop {
             let deadline = self.belief.lock().expect("never poisoned").deadline();
-            let since_last = sent.back().map(|(_, at)| at.elapsed());
+            let since_last = sent.back().map(|b| b.at.elapsed());
             let may_beat = !self.is_expired() && since_last.is_none_or(|e| e >= MIN_BEAT_GAP);
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -252,6 +264,7 @@ impl SessionLink {
                     let now = *conn.borrow_and_update();
                     if let Some(at) = now.dropped.filter(|_| now.dropped != seen.dropped) {
                         self.belief.lock().expect("never poisoned").dropped(at);
+                        dropped_conn.get_or_insert(last_conn.clone());
                     }
                     if now.reconnects != seen.reconnects {
                         beat_now = true;
@@ -263,12 +276,20 @@ impl SessionLink {
                     if let Some(tx) = self.settled.lock().expect("never poisoned").take() {
                         let _ = tx.send(());
                     }
-                    // A no-responders status (no coordinator) is noted by
-                    // the age of the last answer.
                     let n = msg.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
-                    let at = sent.iter().find(|(k, _)| Some(*k) == n).map(|(_, at)| *at);
-                    if let (Some(at), Ok(ack)) = (at, serde_json::from_slice::<HeartbeatAck>(&msg.payload)) {
-                        self.acked(&ack, at, &inner);
+                    let Some(i) = sent.iter().position(|b| Some(b.n) == n) else {
+                        continue;
+                    };
+                    sent[i].resolved = true;
+                    let (at, new_conn) = (sent[i].at, sent[i].new_conn);
+                    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        // No coordinator heard it (none runs): no deadline
+                        // from it. No answer at all is noted by the age of
+                        // the last answer.
+                        let next = sent.iter().skip(i + 1).find(|b| !b.resolved).map(|b| b.at);
+                        self.belief.lock().expect("never poisoned").refused(at, next);
+                    } else if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
+                        self.acked(&ack, at, new_conn, &inner);
                     }
                 }
                 msg = answers.next() => {
@@ -290,16 +311,23 @@ impl SessionLink {
                     server_id: info.server_id.clone(),
                     cid: info.client_id,
                 });
-                // A new connection id means a reconnect the event callback
-                // did not show (a connection given to `with_nats`): count
-                // the drop from now, which is later than it was; the
-                // coordinators' grace started when the server saw it.
-                if last_conn.is_some() && conn_id != last_conn && seen.reconnects == 0 {
-                    self.belief
-                        .lock()
-                        .expect("never poisoned")
-                        .dropped(Instant::now());
-                }
+                // After a drop, only a heartbeat that names the new
+                // connection shows the coordinators the client reconnected.
+                // Right after the reconnect event the client may not know
+                // its new id yet: beat again until it does. (A connection
+                // given to `with_nats` shows no drop: the client cannot
+                // keep the reconnect rule there; see `with_nats`.)
+                let new_conn = match &dropped_conn {
+                    Some(old) if *old == conn_id => {
+                        beat_now = true;
+                        false
+                    }
+                    Some(_) => {
+                        dropped_conn = None;
+                        true
+                    }
+                    None => false,
+                };
                 last_conn.clone_from(&conn_id);
                 let hb = Heartbeat {
                     timeout_ms: Some(self.timeout.as_millis() as u64),
@@ -310,7 +338,12 @@ impl SessionLink {
                 let now = Instant::now();
                 self.belief.lock().expect("never poisoned").sent(now);
                 next_beat += 1;
-                sent.push_back((next_beat, now));
+                sent.push_back(Beat {
+                    n: next_beat,
+                    at: now,
+                    new_conn,
+                    resolved: false,
+                });
                 if sent.len() as u64 > BEATS_REMEMBERED {
                     sent.pop_front();
                 }
@@ -323,6 +356,12 @@ impl SessionLink {
                     .await;
             }
         }
+    }
+
+    /// The session's deadline (see [`SessionBelief::last_deadline`]), for
+    /// `LockGuard::deadline`.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.belief.lock().expect("never poisoned").last_deadline()
     }
 
     /// The session is over: declared dead, or past its deadline without a
@@ -349,9 +388,16 @@ impl SessionLink {
     /// holds off declaring anybody dead and confirms the session again once
     /// healed, while the others declared it dead and release every lock it
     /// takes after. The holds are not released: the lease ends on the
-    /// server anyway. True if the session was live until now.
+    /// server anyway. A session no coordinator ever confirmed only gives its
+    /// holds up ([`SessionBelief::give_up`]). True if the session ended
+    /// here.
     fn unconfirmed(&self, inner: &Weak<Inner>) -> bool {
-        self.belief.lock().expect("never poisoned").end();
+        if !self.belief.lock().expect("never poisoned").give_up() {
+            warn!(session = %self.session,
+                  "no coordinator answered this session's heartbeats in time; its locks are given up");
+            lose_all(inner, LostReason::Unconfirmed);
+            return false;
+        }
         if self.expired.swap(true, Ordering::Relaxed) {
             return false;
         }
@@ -361,7 +407,7 @@ impl SessionLink {
         true
     }
 
-    fn acked(&self, ack: &HeartbeatAck, sent: Instant, inner: &Weak<Inner>) {
+    fn acked(&self, ack: &HeartbeatAck, sent: Instant, new_conn: bool, inner: &Weak<Inner>) {
         *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
         self.coordinators.store(ack.coordinators, Ordering::Relaxed);
         let answered = self.belief.lock().expect("never poisoned").answered(
@@ -369,6 +415,7 @@ impl SessionLink {
             ack.alive,
             ack.timeout_ms,
             ack.grace_ms,
+            new_conn,
         );
         if answered == Answered::Dead && !self.expired.swap(true, Ordering::Relaxed) {
             warn!(session = %self.session, "a coordinator declared this session dead; its locks are lost");

@@ -37,6 +37,10 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod replay;
+use replay::{next_applied, Sent};
+pub use replay::{Applied, Stamp};
+
 /// Settings of the state machine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -117,6 +121,10 @@ pub struct Write {
     pub name: LockName,
     pub expected: u64,
     pub kind: WriteKind,
+    /// Its `Jetlock-Write-Id`, unique per write of this coordinator.
+    pub id: String,
+    /// What it applies (its `Jetlock-Applied` header).
+    pub applied: Applied,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,19 +222,39 @@ enum Ending {
 #[derive(Debug, Clone)]
 enum Inflight {
     Grant {
+        sent: Sent,
         waiter: Waiter,
         record: LockRecord,
         ending: Option<Ending>,
     },
     Update {
+        sent: Sent,
         op: HolderOp,
         record: LockRecord,
     },
     End {
+        sent: Sent,
         ending: Ending,
     },
-    /// A read after a conflict or a failed write.
+    /// A read after a conflict.
     Read,
+    /// A read after a write whose result is unknown (`was`, kept until the
+    /// read or the watch tells whether it landed).
+    Unsure {
+        sent: Sent,
+        was: Box<Inflight>,
+    },
+}
+
+impl Inflight {
+    fn sent(&self) -> Option<Sent> {
+        match self {
+            Inflight::Grant { sent, .. }
+            | Inflight::Update { sent, .. }
+            | Inflight::End { sent, .. } => Some(*sent),
+            Inflight::Read | Inflight::Unsure { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -281,8 +309,7 @@ struct RecentGrant {
 /// What the machine knows of one key. Every held lock has one, so its
 /// size is most of the coordinator's memory per lock: the parts only a key
 /// being written, revoked or just granted through the coordinator needs
-/// are boxed (816 bytes inline before, 256 now; `jetlock bench` measures
-/// the memory per held lock).
+/// are boxed (`jetlock bench` measures the memory per held lock).
 #[derive(Debug)]
 struct KeyState {
     name: LockName,
@@ -300,6 +327,8 @@ struct KeyState {
     note: Option<Box<Note>>,
     /// When `current` last changed here.
     changed_at: Option<Instant>,
+    /// The requests `current` is known to have applied (see `replay.rs`).
+    applied: Applied,
 }
 
 impl KeyState {
@@ -315,6 +344,7 @@ impl KeyState {
             recent_grant: None,
             note: None,
             changed_at: None,
+            applied: Applied::default(),
         }
     }
 
@@ -371,6 +401,8 @@ pub struct Engine {
     /// Proof that this coordinator could hear the cluster: deaths need it.
     hearing: Hearing,
     next_sweep: Option<Instant>,
+    /// Writes sent so far: the last one's number (see `Write::id`).
+    writes_sent: u64,
     out: Vec<Action>,
     pub stats: Stats,
 }
@@ -393,6 +425,7 @@ impl Engine {
             last_tick: None,
             hearing: Hearing::default(),
             next_sweep: None,
+            writes_sent: 0,
             out: Vec::new(),
             stats: Stats::default(),
         };
@@ -885,20 +918,25 @@ impl Engine {
         }
     }
 
-    /// The bucket changed (or a read found this): `key` is now `current`.
+    /// The bucket changed (or a read found this): `key` is now `current`,
+    /// written by someone other than a coordinator.
     pub fn observed(&mut self, name: &LockName, current: Current, now: Instant) {
-        self.observed_change(name, current, false, now);
+        self.observed_change(name, current, false, Stamp::default(), now);
     }
 
-    /// A change of the bucket; `expired` when the server wrote it because
-    /// the lease ran out (a `MaxAge` marker).
+    /// A change of the bucket, with what its message says about its writer;
+    /// `expired` when the server wrote it because the lease ran out (a
+    /// `MaxAge` marker).
     pub fn observed_change(
         &mut self,
         name: &LockName,
         current: Current,
         expired: bool,
+        stamp: Stamp,
         now: Instant,
     ) {
+        // Our own write whose result we did not learn: it landed.
+        self.recognise(name, &current, &stamp, now);
         let key = name.key().to_owned();
         let acting = self.owns(&key);
         let ks = self
@@ -909,6 +947,7 @@ impl Engine {
             return;
         }
         let previous = std::mem::replace(&mut ks.current, current.clone());
+        ks.applied = next_applied(&previous, &current, ks.applied, stamp.applied);
         let events = transition_events(ks, &previous, expired, now);
         if acting {
             events.into_iter().for_each(|e| self.event(e));
@@ -977,15 +1016,31 @@ impl Engine {
         self.step(&key, now);
     }
 
-    /// The result of a [`Action::Read`].
-    pub fn read_done(&mut self, name: &LockName, current: Option<Current>, now: Instant) {
+    /// The result of a [`Action::Read`]: the key's last message, or
+    /// `None` when the read failed.
+    pub fn read_done(&mut self, name: &LockName, read: Option<(Current, Stamp)>, now: Instant) {
+        if let Some((current, stamp)) = &read {
+            self.recognise(name, current, stamp, now);
+        }
         if let Some(ks) = self.keys.get_mut(name.key()) {
-            if matches!(ks.inflight.as_deref(), Some(Inflight::Read)) {
-                ks.inflight = None;
+            match ks.inflight.take().map(|b| *b) {
+                Some(Inflight::Read) => {}
+                // The key's last message is not our write: it did not land,
+                // or something newer followed it (whose stamp tells what
+                // was applied). When the read failed too, the next write
+                // expects the revision we know: a landed write makes it
+                // conflict, and the read after that shows its stamp.
+                Some(Inflight::Unsure { was, .. }) => put_back(ks, *was),
+                other => ks.inflight = other.map(Box::new),
             }
         }
-        match current {
-            Some(current) => self.observed(name, current, now),
+        match read {
+            Some((current, stamp)) => {
+                self.observed_change(name, current, false, stamp, now);
+                // The watch may have shown the key already, so the read
+                // changes nothing: plan again anyway.
+                self.step(name.key(), now);
+            }
             None => {
                 // The read failed too: try again shortly.
                 self.timers.push(Reverse((
@@ -1025,10 +1080,10 @@ impl Engine {
         })
     }
 
-    /// A proof beat sent at `sent` was stored by a quorum (see
-    /// `hearing.rs`); overdue sessions may now be judged.
-    pub fn proof_acked(&mut self, sent: Instant, now: Instant) {
-        self.hearing.acked(sent);
+    /// A proof beat sent at `sent` was stored by a quorum, acknowledged at
+    /// `acked` (see `hearing.rs`); overdue sessions may now be judged.
+    pub fn proof_acked(&mut self, sent: Instant, acked: Instant, now: Instant) {
+        self.hearing.acked(sent, acked);
         self.judge_sessions(now);
     }
 
@@ -1142,26 +1197,24 @@ impl Engine {
         let Some(inflight) = ks.inflight.take().map(|b| *b) else {
             return;
         };
-        let revision = match result {
-            WriteResult::Written { revision } => revision,
-            WriteResult::Conflict | WriteResult::Failed => {
+        let revision = match (result, inflight.sent()) {
+            (WriteResult::Written { revision }, _) => revision,
+            (WriteResult::Failed, Some(sent)) => {
+                // It may have landed: keep the work until a read (or the
+                // watch) shows whether the key's last message is this write.
+                ks.inflight = Some(Box::new(Inflight::Unsure {
+                    sent,
+                    was: Box::new(inflight),
+                }));
+                self.out.push(Action::Read { name: name.clone() });
+                return;
+            }
+            (WriteResult::Conflict | WriteResult::Failed, _) => {
                 if result == WriteResult::Conflict {
                     self.stats.conflicts += 1;
                 }
                 // Put the work back where it was and learn the key anew.
-                match inflight {
-                    Inflight::Grant { waiter, ending, .. } => {
-                        ks.queue.push_front(waiter);
-                        if let Some(Ending::Released(op)) = ending {
-                            ks.ops.push_front(op);
-                        }
-                    }
-                    Inflight::Update { op, .. } => ks.ops.push_front(op),
-                    Inflight::End {
-                        ending: Ending::Released(op),
-                    } => ks.ops.push_front(op),
-                    Inflight::End { .. } | Inflight::Read => {}
-                }
+                put_back(ks, inflight);
                 ks.inflight = Some(Box::new(Inflight::Read));
                 self.out.push(Action::Read { name: name.clone() });
                 return;
@@ -1174,13 +1227,18 @@ impl Engine {
                 waiter,
                 record,
                 ending,
+                ..
             } => {
                 let waiters = ks.queue.len() as u32;
                 let held = Current::Held {
                     revision,
                     record: record.clone(),
                 };
-                events = set_current(ks, held, now);
+                let applied = Applied {
+                    hold: waiter.seq,
+                    ended: ended_by(ending.as_ref()),
+                };
+                events = set_current(ks, held, applied, now);
                 ks.revoke = None;
                 ks.recent_grant = Some(Box::new(RecentGrant {
                     session: waiter.session.clone(),
@@ -1211,11 +1269,15 @@ impl Engine {
                     self.ended(&key_str, ending, acting);
                 }
             }
-            Inflight::Update { op, record } => {
+            Inflight::Update { op, record, .. } => {
                 let token = record.token_at(revision);
                 let holds = record.holds;
                 let ttl_ms = record.lease_ms;
-                events = set_current(ks, Current::Held { revision, record }, now);
+                let applied = Applied {
+                    hold: op.seq,
+                    ended: 0,
+                };
+                events = set_current(ks, Current::Held { revision, record }, applied, now);
                 let answer = match &op.kind {
                     HolderOpKind::Release { .. } => Answer::Released {
                         v: VERSION,
@@ -1246,12 +1308,16 @@ impl Engine {
                 self.answer(&op.session, answer);
                 self.done(&op.session, &op.id, op.seq, acting);
             }
-            Inflight::End { ending } => {
-                events = set_current(ks, Current::Vacant { revision }, now);
+            Inflight::End { ending, .. } => {
+                let applied = Applied {
+                    hold: 0,
+                    ended: ended_by(Some(&ending)),
+                };
+                events = set_current(ks, Current::Vacant { revision }, applied, now);
                 ks.revoke = None;
                 self.ended(&key_str, ending, acting);
             }
-            Inflight::Read => {}
+            Inflight::Read | Inflight::Unsure { .. } => {}
         }
         if acting {
             events.into_iter().for_each(|e| self.event(e));
@@ -1282,7 +1348,10 @@ impl Engine {
         // answer (a key forgotten while idle costs one such write), nobody
         // knows whether it is free: the head waiter's fate waits for the
         // read, or a try-lock of a free lock would be refused as busy.
-        let reading = matches!(ks.inflight.as_deref(), Some(Inflight::Read));
+        let reading = matches!(
+            ks.inflight.as_deref(),
+            Some(Inflight::Read | Inflight::Unsure { .. })
+        );
         let mut kept = VecDeque::with_capacity(ks.queue.len());
         for w in std::mem::take(&mut ks.queue) {
             if self.sessions.is_dead(&w.session) {
@@ -1332,7 +1401,7 @@ impl Engine {
             Current::Vacant { revision } => {
                 // Operations on a hold that no longer exists.
                 while let Some(op) = ks.ops.pop_front() {
-                    if let HolderOpKind::Settled = op.kind {
+                    if settles(&op, ks.applied) {
                         self.settled(&ks.name, &op);
                         continue;
                     }
@@ -1353,7 +1422,15 @@ impl Engine {
                     match self.holder_op(ks, op, &record, token, now) {
                         OpOutcome::Done => {}
                         OpOutcome::Write(op, new_record, ttl) => {
+                            let sent = self.next_write(revision);
+                            // The hold's earlier handoff stays named, so a
+                            // restart that reads only this message knows it.
+                            let applied = Applied {
+                                hold: op.seq,
+                                ended: ks.applied.ended,
+                            };
                             ks.inflight = Some(Box::new(Inflight::Update {
+                                sent,
                                 op,
                                 record: new_record.clone(),
                             }));
@@ -1364,6 +1441,8 @@ impl Engine {
                                     record: new_record,
                                     ttl,
                                 },
+                                id: self.write_id(sent.write),
+                                applied,
                             }));
                             return;
                         }
@@ -1404,11 +1483,18 @@ impl Engine {
                                 waited_ms: None,
                                 ending: Some(EndNote::of(&ending)),
                             }));
-                            ks.inflight = Some(Box::new(Inflight::End { ending }));
+                            let sent = self.next_write(revision);
+                            let applied = Applied {
+                                hold: 0,
+                                ended: ended_by(Some(&ending)),
+                            };
+                            ks.inflight = Some(Box::new(Inflight::End { sent, ending }));
                             self.out.push(Action::Write(Write {
                                 name: ks.name.clone(),
                                 expected: revision,
                                 kind: WriteKind::Release,
+                                id: self.write_id(sent.write),
+                                applied,
                             }));
                         }
                     }
@@ -1472,6 +1558,7 @@ impl Engine {
             holds: 1,
             token: 0,
         };
+        let sent = self.next_write(expected);
         self.out.push(Action::Write(Write {
             name: ks.name.clone(),
             expected,
@@ -1479,8 +1566,14 @@ impl Engine {
                 record: record.clone(),
                 ttl: Duration::from_millis(w.ttl_ms),
             },
+            id: self.write_id(sent.write),
+            applied: Applied {
+                hold: w.seq,
+                ended: ended_by(ending.as_ref()),
+            },
         }));
         ks.inflight = Some(Box::new(Inflight::Grant {
+            sent,
             waiter: w,
             record,
             ending,
@@ -1541,6 +1634,28 @@ impl Engine {
             }
             Ok(())
         };
+        if settles(&op, ks.applied) {
+            self.settled(&ks.name, &op);
+            return OpOutcome::Done;
+        }
+        // Applied already (a write that landed without its ack, a request
+        // replayed after a restart, a takeover after the previous owner
+        // wrote but did not answer): answer it again, do not re-run it.
+        if op.seq <= ks.applied.hold {
+            let on_this_hold = match &op.kind {
+                HolderOpKind::Release { token: t } | HolderOpKind::Renew { token: t, .. } => {
+                    check(&op.session, *t).is_ok()
+                }
+                HolderOpKind::Reenter { owner, .. } => {
+                    op.session == record.session && *owner == record.owner
+                }
+                HolderOpKind::Revoke { .. } | HolderOpKind::Settled => false,
+            };
+            if on_this_hold {
+                self.answer_applied(ks, &op, record, token);
+                return OpOutcome::Done;
+            }
+        }
         let verdict = match &op.kind {
             HolderOpKind::Release { token: t } => check(&op.session, *t).map(|()| {
                 if record.holds > 1 {
@@ -1787,12 +1902,50 @@ impl Engine {
 
 /// Stores what our own write made of the key, unless the bucket already
 /// showed it (or something newer); returns the events of the change.
-fn set_current(ks: &mut KeyState, new: Current, now: Instant) -> Vec<Event> {
+fn set_current(ks: &mut KeyState, new: Current, applied: Applied, now: Instant) -> Vec<Event> {
     if revision_of(&new) <= revision_of(&ks.current) {
         return Vec::new();
     }
     let previous = std::mem::replace(&mut ks.current, new);
+    ks.applied = next_applied(&previous, &ks.current, ks.applied, applied);
     transition_events(ks, &previous, false, now)
+}
+
+/// Puts the work of a write that did not land back where it was.
+fn put_back(ks: &mut KeyState, inflight: Inflight) {
+    match inflight {
+        Inflight::Grant { waiter, ending, .. } => {
+            ks.queue.push_front(waiter);
+            if let Some(Ending::Released(op)) = ending {
+                ks.ops.push_front(op);
+            }
+        }
+        Inflight::Update { op, .. } => ks.ops.push_front(op),
+        Inflight::End {
+            ending: Ending::Released(op),
+            ..
+        } => ks.ops.push_front(op),
+        Inflight::Unsure { was, .. } => put_back(ks, *was),
+        Inflight::End { .. } | Inflight::Read => {}
+    }
+}
+
+/// The release request a write that ends a hold applies (0: none).
+fn ended_by(ending: Option<&Ending>) -> u64 {
+    match ending {
+        Some(Ending::Released(op)) => op.seq,
+        _ => 0,
+    }
+}
+
+/// Whether `op` is a release of a hold that has ended: one seen ending, or
+/// the very release that ended it (replayed after it was applied).
+fn settles(op: &HolderOp, applied: Applied) -> bool {
+    match op.kind {
+        HolderOpKind::Settled => true,
+        HolderOpKind::Release { .. } => op.seq == applied.ended,
+        _ => false,
+    }
 }
 
 /// The lock events of a change from `previous` to `ks.current`: the end of

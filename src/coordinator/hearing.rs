@@ -7,26 +7,32 @@
 //! coordinator keeps confirming them. So the runtime publishes a proof beat
 //! to a replicated JetStream stream every [`PROOF_INTERVAL`]; the stream
 //! acknowledges it only once a quorum of servers stored it, which needs the
-//! routes. An acknowledged beat sent at `s` shows the coordinator was
-//! connected to the quorum at `s`.
+//! routes. A beat sent at `s` and acknowledged by `s` + [`MAX_ACK_DELAY`]
+//! shows the coordinator was connected to the quorum within that span; one
+//! acknowledged later shows little (a paused server stores and acknowledges
+//! on waking what was sent while it slept), so it counts as not stored.
 //!
-//! Acknowledged beats whose send times are at most [`MAX_GAP`] apart make
-//! one span of hearing. A death stands only when one span covers everything
-//! from when a heartbeat would have saved the session to past its deadline.
-//! A gap (no quorum, our server paused, our own loop stalled) breaks the
+//! Such beats whose send times are at most [`MAX_GAP`] apart make one span
+//! of hearing. A death stands only when one span covers everything from
+//! when a heartbeat would have saved the session to past its deadline. A
+//! gap (no quorum, our server paused, our own loop stalled) breaks the
 //! span: sessions are then counted as heard at the gap's end, as after a
-//! stall. The gap must be shorter than any silence that can kill: a
-//! session's heartbeats come every quarter of its timeout, so a loss of
-//! hearing that hides a death by silence lasts at least three quarters of
-//! the shortest timeout (225 ms of 300 ms), more than [`MAX_GAP`].
+//! stall. Hearing may have been lost for at most [`MAX_GAP`] +
+//! [`MAX_ACK_DELAY`] within a span without a break showing; that must be
+//! shorter than any silence that can kill: a session's heartbeats come
+//! every quarter of its timeout, so a loss of hearing that hides a death by
+//! silence lasts at least three quarters of the shortest timeout (225 ms of
+//! 300 ms).
 
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often a proof beat is sent.
-pub const PROOF_INTERVAL: Duration = Duration::from_millis(100);
+pub const PROOF_INTERVAL: Duration = Duration::from_millis(50);
 /// The longest time between two acknowledged beats' sends within one span.
-pub const MAX_GAP: Duration = Duration::from_millis(200);
+pub const MAX_GAP: Duration = Duration::from_millis(150);
+/// A beat acknowledged later than this after its send proves nothing.
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(60);
 
 /// The acknowledged proof beats so far, as one span.
 #[derive(Debug, Default, Clone)]
@@ -49,8 +55,12 @@ pub enum Verdict {
 }
 
 impl Hearing {
-    /// A proof beat sent at `sent` was acknowledged by the quorum.
-    pub fn acked(&mut self, sent: Instant) {
+    /// A proof beat sent at `sent` was acknowledged by the quorum at
+    /// `acked`.
+    pub fn acked(&mut self, sent: Instant, acked: Instant) {
+        if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
+            return;
+        }
         let joined = self
             .through
             .is_some_and(|t| sent <= t || sent.duration_since(t) <= MAX_GAP);
@@ -89,11 +99,11 @@ mod tests {
         let mut h = Hearing::default();
         assert_eq!(h.verdict(t0 + 50 * MS, t0 + 350 * MS), Verdict::Wait);
         for i in 0..4 {
-            h.acked(t0 + i * 100 * MS);
+            h.acked(t0 + i * 100 * MS, t0 + i * 100 * MS);
         }
         // Heard through 300 ms: not yet past the deadline.
         assert_eq!(h.verdict(t0 + 50 * MS, t0 + 350 * MS), Verdict::Wait);
-        h.acked(t0 + 400 * MS);
+        h.acked(t0 + 400 * MS, t0 + 400 * MS);
         assert_eq!(h.verdict(t0 + 50 * MS, t0 + 350 * MS), Verdict::Dead);
     }
 
@@ -101,11 +111,11 @@ mod tests {
     fn a_gap_revives_sessions_last_heard_before_it() {
         let t0 = Instant::now();
         let mut h = Hearing::default();
-        h.acked(t0);
-        h.acked(t0 + 100 * MS);
+        h.acked(t0, t0);
+        h.acked(t0 + 100 * MS, t0 + 100 * MS);
         // Nothing acknowledged for 400 ms: routes lost, server paused...
-        h.acked(t0 + 500 * MS);
-        h.acked(t0 + 600 * MS);
+        h.acked(t0 + 500 * MS, t0 + 500 * MS);
+        h.acked(t0 + 600 * MS, t0 + 600 * MS);
         assert_eq!(
             h.verdict(t0 + 50 * MS, t0 + 350 * MS),
             Verdict::Revive(t0 + 500 * MS)
@@ -118,19 +128,31 @@ mod tests {
     fn acknowledgements_out_of_order_do_not_break_the_span() {
         let t0 = Instant::now();
         let mut h = Hearing::default();
-        h.acked(t0);
-        h.acked(t0 + 200 * MS);
-        h.acked(t0 + 100 * MS);
-        assert_eq!(h.verdict(t0, t0 + 150 * MS), Verdict::Dead);
+        h.acked(t0, t0);
+        h.acked(t0 + 140 * MS, t0 + 140 * MS);
+        h.acked(t0 + 70 * MS, t0 + 70 * MS);
+        assert_eq!(h.verdict(t0, t0 + 120 * MS), Verdict::Dead);
+    }
+
+    #[test]
+    fn a_beat_acknowledged_late_proves_nothing() {
+        let t0 = Instant::now();
+        let mut h = Hearing::default();
+        h.acked(t0, t0);
+        // Sent while our server slept, stored when it woke.
+        h.acked(t0 + 100 * MS, t0 + 600 * MS);
+        h.acked(t0 + 200 * MS, t0 + 600 * MS);
+        h.acked(t0 + 650 * MS, t0 + 660 * MS);
+        assert_eq!(h.verdict(t0, t0 + 50 * MS), Verdict::Revive(t0 + 650 * MS));
     }
 
     #[test]
     fn a_stall_breaks_the_span() {
         let t0 = Instant::now();
         let mut h = Hearing::default();
-        h.acked(t0);
+        h.acked(t0, t0);
         h.broke();
-        h.acked(t0 + 100 * MS);
+        h.acked(t0 + 100 * MS, t0 + 100 * MS);
         assert_eq!(h.verdict(t0, t0 + 50 * MS), Verdict::Revive(t0 + 100 * MS));
     }
 }

@@ -15,8 +15,11 @@ mod engine;
 mod hearing;
 mod membership;
 pub mod metrics;
+mod request_age;
 
-pub use engine::{Action, Engine, EngineConfig, Stats, Write, WriteKind, WriteResult};
+pub use engine::{
+    Action, Applied, Engine, EngineConfig, Stamp, Stats, Write, WriteKind, WriteResult,
+};
 pub use membership::Ring;
 
 /// The engine's and membership's maps. Their iteration order decides, for
@@ -42,6 +45,7 @@ use async_nats::jetstream::{self, consumer, stream::Stream as JsStream};
 use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
 use metrics::Metrics;
+use request_age::RequestAge;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,13 +221,16 @@ struct Runtime {
     engine: Engine,
     conn: Option<ConnId>,
     writes: JoinSet<(LockName, WriteResult)>,
-    reads: JoinSet<(LockName, Option<store::Current>)>,
+    reads: JoinSet<(LockName, Option<(store::Current, Stamp)>)>,
     deletes: JoinSet<()>,
-    /// The proof beat in flight: its send time once the quorum stored it.
-    proofs: JoinSet<Option<Instant>>,
+    /// The proof beat in flight: its send time and when the quorum's
+    /// acknowledgement came, once it did.
+    proofs: JoinSet<Option<(Instant, Instant)>>,
     /// Another proof beat is wanted as soon as the one in flight is done.
     proof_wanted: bool,
-    write_seq: u64,
+    /// The request stream's creation time (unix ms): request sequences
+    /// named in `Jetlock-Applied` count only in the stream they came from.
+    request_epoch: u64,
     metrics: Arc<Metrics>,
     /// The live settings of the file and flags, and the config bucket's
     /// entries laid over them.
@@ -238,6 +245,8 @@ struct Runtime {
 struct Feeds {
     requests: consumer::push::Ordered,
     requests_caught_up: bool,
+    /// Judges how long ago each request was stored.
+    request_age: RequestAge,
     bucket: consumer::push::Ordered,
     bucket_caught_up: bool,
     heartbeats: async_nats::Subscriber,
@@ -283,7 +292,7 @@ impl Runtime {
             deletes: JoinSet::new(),
             proofs: JoinSet::new(),
             proof_wanted: false,
-            write_seq: 0,
+            request_epoch: 0,
             metrics,
             pending_events: Vec::new(),
             base_settings: LiveSettings::of(&config),
@@ -313,13 +322,14 @@ impl Runtime {
         // Every final answer, whoever sent it: mirrors forget what is done.
         let answers = subscribe("jetlock.to.>").await?;
 
-        let requests_empty = requests
+        let asked = Instant::now();
+        let request_info = requests
             .info()
             .await
-            .map_err(nats_err("read the request stream's state"))?
-            .state
-            .messages
-            == 0;
+            .map_err(nats_err("read the request stream's state"))?;
+        let requests_empty = request_info.state.messages == 0;
+        self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
+        let request_age = RequestAge::new(asked, request_info.state.last_sequence);
         let bucket_empty = kv_stream
             .info()
             .await
@@ -390,6 +400,7 @@ impl Runtime {
             admin_members,
             requests: request_feed,
             requests_caught_up: requests_empty,
+            request_age,
             bucket: bucket_feed,
             bucket_caught_up: bucket_empty,
             heartbeats,
@@ -446,8 +457,8 @@ impl Runtime {
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok(Some(sent)) = done {
-                        self.engine.proof_acked(sent, Instant::now());
+                    if let Ok(Some((sent, acked))) = done {
+                        self.engine.proof_acked(sent, acked, Instant::now());
                     }
                     if std::mem::take(&mut self.proof_wanted) {
                         self.prove();
@@ -471,8 +482,9 @@ impl Runtime {
                             if info.pending == 0 {
                                 feeds.requests_caught_up = true;
                             }
-                            let age_ns = time_now_ns() - info.published.unix_timestamp_nanos();
-                            let age = Duration::from_nanos(age_ns.clamp(0, u64::MAX as i128) as u64);
+                            let age = feeds.request_age.of(info.stream_sequence,
+                                info.published.unix_timestamp_nanos(), Instant::now(),
+                                std::time::SystemTime::now());
                             let _span = debug_span!("request", seq = info.stream_sequence,
                                 subject = msg.subject.as_str(),
                                 lock = tracing::field::Empty).entered();
@@ -570,10 +582,12 @@ impl Runtime {
             .as_ref()
             .and_then(|h| h.get("Nats-Marker-Reason"))
             .is_some_and(|r| r.as_str() == "MaxAge");
+        let stamp = stamp_of(msg.headers.as_ref(), self.request_epoch);
         match store::current_from_message(seq, msg.headers.as_ref(), &msg.payload) {
-            Ok(current) => self
-                .engine
-                .observed_change(&name, current, expired, Instant::now()),
+            Ok(current) => {
+                self.engine
+                    .observed_change(&name, current, expired, stamp, Instant::now())
+            }
             Err(e) => warn!(key, error = %e, "unreadable lock record; ignored"),
         }
     }
@@ -630,7 +644,7 @@ impl Runtime {
             let sent = Instant::now();
             let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
             match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
-                Ok(Ok(_)) => Some(sent),
+                Ok(Ok(_)) => Some((sent, Instant::now())),
                 Ok(Err(e)) => {
                     debug!(error = %e, "proof beat not stored");
                     None
@@ -663,26 +677,29 @@ impl Runtime {
                 engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Prove => self.prove(),
                 engine::Action::Write(write) => {
-                    debug!(lock = %write.name, expected = write.expected, kind = ?write.kind, "write");
-                    self.write_seq += 1;
-                    let id = format!("{}.{}", self.config.id, self.write_seq);
+                    debug!(lock = %write.name, expected = write.expected, kind = ?write.kind,
+                        id = write.id, "write");
+                    let applied = applied_header(self.request_epoch, write.applied);
                     let store = self.store.clone();
                     self.writes.spawn(async move {
-                        let result = run_write(&store, &write, &id).await;
+                        let result = run_write(&store, &write, applied.as_deref()).await;
                         (write.name, result)
                     });
                 }
                 engine::Action::Read { name } => {
                     let store = self.store.clone();
+                    let epoch = self.request_epoch;
                     self.reads.spawn(async move {
-                        let current = match store.read(&name).await {
-                            Ok(c) => Some(c),
+                        let read = match store.read_with_headers(&name).await {
+                            Ok((current, headers)) => {
+                                Some((current, stamp_of(headers.as_ref(), epoch)))
+                            }
                             Err(e) => {
                                 debug!(lock = %name, error = %e, "read failed");
                                 None
                             }
                         };
-                        (name, current)
+                        (name, read)
                     });
                 }
                 engine::Action::Delete { seq } => {
@@ -799,17 +816,21 @@ async fn respond<T: serde::Serialize>(req: service::Request, reply: Result<T, St
     }
 }
 
-async fn run_write(store: &LockStore, write: &Write, id: &str) -> WriteResult {
-    let write_id = WriteId { id, resend: false };
+async fn run_write(store: &LockStore, write: &Write, applied: Option<&str>) -> WriteResult {
+    let write_id = WriteId {
+        id: &write.id,
+        resend: false,
+    };
+    let (name, expected) = (&write.name, write.expected);
     let result = match &write.kind {
         WriteKind::Put { record, ttl } => {
             store
-                .put(&write.name, record, write.expected, *ttl, write_id)
+                .put_applied(name, record, expected, *ttl, write_id, applied)
                 .await
         }
         WriteKind::Release => {
             store
-                .release(&write.name, write.expected, DEFAULT_MARKER_TTL, write_id)
+                .release_applied(name, expected, DEFAULT_MARKER_TTL, write_id, applied)
                 .await
         }
     };
@@ -825,9 +846,31 @@ async fn run_write(store: &LockStore, write: &Write, id: &str) -> WriteResult {
     }
 }
 
-fn time_now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
+/// The `Jetlock-Applied` value of a write: `<request stream epoch> <hold>
+/// <ended>` (see `engine/replay.rs`); none when it applies no request.
+fn applied_header(epoch: u64, applied: Applied) -> Option<String> {
+    (!applied.is_none()).then(|| format!("{epoch} {} {}", applied.hold, applied.ended))
+}
+
+/// What a message's headers say about the coordinator write that stored it.
+/// Sequences of another request stream (one deleted and created again
+/// since) count as none: they do not order this stream's requests.
+fn stamp_of(headers: Option<&async_nats::HeaderMap>, epoch: u64) -> Stamp {
+    let Some(headers) = headers else {
+        return Stamp::default();
+    };
+    let applied = headers
+        .get(store::APPLIED)
+        .and_then(|v| {
+            let mut parts = v.as_str().split(' ').map(|p| p.parse::<u64>().ok());
+            match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
+                (e, hold, ended, None) if e == epoch => Some(Applied { hold, ended }),
+                _ => None,
+            }
+        })
+        .unwrap_or_default();
+    Stamp {
+        write_id: headers.get(store::WRITE_ID).map(|v| v.as_str().to_owned()),
+        applied,
+    }
 }

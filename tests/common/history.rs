@@ -1,23 +1,26 @@
 //! A history checker for lock tests (issue 6, item 1).
 //!
-//! Tasks record what their clients *observed* into a shared [`History`]:
-//! every acquire, release and reported loss, each with the real-time
-//! interval from just before the call to just after its outcome. Writes to
-//! the protected resource go through a [`FencedLedger`]. [`check`] then
-//! judges the whole run and returns a [`Report`] of [`Violation`]s.
+//! Tasks and processes record what their clients *observed* into a shared
+//! [`History`]: every acquire, release and reported loss, each with the
+//! interval from just before the call to just after its outcome on
+//! `CLOCK_MONOTONIC` ([`Mono`]: holder processes print their readings and
+//! the test records them), and with the client's own deadline where it was
+//! read. Writes to the protected resource go through a [`FencedLedger`].
+//! [`check`] then judges the whole run and returns a [`Report`] of
+//! [`Violation`]s; the beliefs it derives are judged by `belief.rs`.
 //!
-//! Real time is used only to *order* operations (this happened before that
+//! Time is used only to *order* operations (this happened before that
 //! one started), never to assert how long something took. Every rule is
-//! conservative: a correct lock cannot produce a violation, because each
-//! rule only compares intervals that a correct lock's server-side history
-//! is known to contain (see `docs/RELIABILITY.md`, "History checker").
+//! conservative: a lock that keeps the session contract cannot produce a
+//! violation (see `docs/RELIABILITY.md`, "History checker").
 #![allow(dead_code)]
 
+use super::belief::{judge, Belief, BeliefCounts, BeliefViolation, Ended, Mono};
 use jetlock::FencingToken;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One recorded operation, by its position in the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +65,12 @@ struct Op {
     key: String,
     session: String,
     kind: OpKind,
-    invoked: Instant,
+    invoked: Mono,
     /// When the outcome was observed; `None` while pending.
-    completed: Option<Instant>,
+    completed: Option<Mono>,
+    /// The client's own deadline for the hold, read at this operation
+    /// (`LockGuard::deadline`), where the recorder read it.
+    deadline: Option<Mono>,
 }
 
 /// What the bucket said about a key at the end of a run.
@@ -72,13 +78,13 @@ struct Op {
 struct FinalHolder {
     key: String,
     token: Option<FencingToken>,
-    observed: Instant,
+    observed: Mono,
 }
 
 #[derive(Debug, Default)]
 struct Recorded {
     ops: Vec<Op>,
-    healed_at: Option<Instant>,
+    healed_at: Option<Mono>,
     finals: Vec<FinalHolder>,
 }
 
@@ -99,7 +105,10 @@ impl History {
     }
 
     fn complete(&self, id: OpId, kind: impl FnOnce(&mut OpKind)) {
-        let now = Instant::now();
+        self.complete_at(id, Mono::now(), kind)
+    }
+
+    fn complete_at(&self, id: OpId, now: Mono, kind: impl FnOnce(&mut OpKind)) {
         let mut r = self.0.lock().expect("history lock");
         let op = &mut r.ops[id.0];
         assert!(op.completed.is_none(), "operation {id:?} completed twice");
@@ -110,17 +119,38 @@ impl History {
     /// Call just before `acquire`; then exactly one of [`History::granted`],
     /// [`History::refused`] or [`History::unanswered`].
     pub fn acquire_invoked(&self, key: &str, session: &str) -> OpId {
+        self.acquire_invoked_at(key, session, Mono::now())
+    }
+
+    /// [`History::acquire_invoked`] at a time another process read.
+    pub fn acquire_invoked_at(&self, key: &str, session: &str, at: Mono) -> OpId {
         self.push(Op {
             key: key.to_owned(),
             session: session.to_owned(),
             kind: OpKind::Acquire(AcquireOutcome::Pending),
-            invoked: Instant::now(),
+            invoked: at,
             completed: None,
+            deadline: None,
         })
     }
 
     pub fn granted(&self, id: OpId, token: FencingToken) {
         self.acquire_outcome(id, AcquireOutcome::Granted(token));
+    }
+
+    /// [`History::granted`] at a time another process read.
+    pub fn granted_at(&self, id: OpId, token: FencingToken, at: Mono) {
+        self.complete_at(id, at, |kind| match kind {
+            OpKind::Acquire(o) => *o = AcquireOutcome::Granted(token),
+            other => panic!("{id:?} is not an acquire: {other:?}"),
+        });
+    }
+
+    /// The client's own deadline for the hold (`LockGuard::deadline`), read
+    /// at operation `id`. Read at a release's invocation or at a loss, it
+    /// ends the belief if it came first (see `belief.rs`).
+    pub fn deadline(&self, id: OpId, at: Mono) {
+        self.0.lock().expect("history lock").ops[id.0].deadline = Some(at);
     }
 
     pub fn refused(&self, id: OpId) {
@@ -148,8 +178,9 @@ impl History {
                 token,
                 outcome: ReleaseOutcome::Pending,
             },
-            invoked: Instant::now(),
+            invoked: Mono::now(),
             completed: None,
+            deadline: None,
         })
     }
 
@@ -167,15 +198,20 @@ impl History {
     }
 
     /// The client reported the hold of `token` lost (now).
-    pub fn lost(&self, key: &str, session: &str, token: FencingToken) {
-        let now = Instant::now();
+    pub fn lost(&self, key: &str, session: &str, token: FencingToken) -> OpId {
+        self.lost_at(key, session, token, Mono::now())
+    }
+
+    /// [`History::lost`] at a time another process read.
+    pub fn lost_at(&self, key: &str, session: &str, token: FencingToken, at: Mono) -> OpId {
         self.push(Op {
             key: key.to_owned(),
             session: session.to_owned(),
             kind: OpKind::Lost { token },
-            invoked: now,
-            completed: Some(now),
-        });
+            invoked: at,
+            completed: Some(at),
+            deadline: None,
+        })
     }
 
     /// Per key, the highest token whose grant a client observed so far:
@@ -195,7 +231,7 @@ impl History {
     /// The faults of the run healed now (the last member restarted, the
     /// partition closed).
     pub fn healed(&self) {
-        self.0.lock().expect("history lock").healed_at = Some(Instant::now());
+        self.0.lock().expect("history lock").healed_at = Some(Mono::now());
     }
 
     /// At the end of the run, the bucket says `key` is held with `token`
@@ -208,7 +244,7 @@ impl History {
             .push(FinalHolder {
                 key: key.to_owned(),
                 token,
-                observed: Instant::now(),
+                observed: Mono::now(),
             });
     }
 }
@@ -218,7 +254,7 @@ impl History {
 pub struct Write {
     pub token: FencingToken,
     pub session: String,
-    pub at: Instant,
+    pub at: Mono,
 }
 
 #[derive(Debug, Default)]
@@ -251,7 +287,7 @@ impl FencedLedger {
             l.writes.entry(key.to_owned()).or_default().push(Write {
                 token,
                 session: session.to_owned(),
-                at: Instant::now(),
+                at: Mono::now(),
             });
         } else {
             l.rejections += 1;
@@ -281,19 +317,16 @@ pub struct Grant {
     pub session: String,
     pub token: FencingToken,
     /// When the acquire was invoked and when the grant was observed.
-    pub invoked: Instant,
-    pub granted: Instant,
+    pub invoked: Mono,
+    pub granted: Mono,
 }
 
 /// Something a correct lock cannot do.
 #[derive(Debug, Clone)]
 pub enum Violation {
-    /// Two sessions believed they held `key` at the same time.
-    Overlap {
-        key: String,
-        first: Grant,
-        second: Grant,
-    },
+    /// Two sessions believed they held one key at the same time, or tokens
+    /// went down in the order beliefs began (`belief.rs`).
+    Belief(BeliefViolation),
     /// `later` was requested after `earlier` was granted, yet its token is
     /// not higher (or one token was granted to two sessions).
     TokenNotIncreasing {
@@ -325,11 +358,7 @@ pub enum Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Violation::Overlap { key, first, second } => write!(
-                f,
-                "overlap on {key}: {} (token {}) and {} (token {}) held it at once",
-                first.session, first.token, second.session, second.token
-            ),
+            Violation::Belief(v) => write!(f, "{v}"),
             Violation::TokenNotIncreasing {
                 key,
                 earlier,
@@ -375,6 +404,7 @@ pub struct Report {
     pub rejections: u64,
     /// Faults injected; left for the caller to fill in.
     pub faults: u64,
+    pub beliefs: BeliefCounts,
     pub violations: Vec<Violation>,
 }
 
@@ -389,7 +419,8 @@ impl fmt::Display for Report {
         write!(
             f,
             "grants {}, refused {}, unanswered {}, releases {} ({} failed), losses {}, \
-             writes {} ({} rejected), faults {}, violations {}",
+             writes {} ({} rejected), faults {}, beliefs {} ({} ended by the client's own \
+             deadline), overlapping beliefs {} (longest {:.1} ms), violations {}",
             self.grants,
             self.refused,
             self.unanswered,
@@ -399,6 +430,10 @@ impl fmt::Display for Report {
             self.writes,
             self.rejections,
             self.faults,
+            self.beliefs.beliefs,
+            self.beliefs.ended_by_deadline,
+            self.beliefs.overlapping,
+            self.beliefs.longest_overlap_ms,
             self.violations.len()
         )?;
         for v in &self.violations {
@@ -408,25 +443,20 @@ impl fmt::Display for Report {
     }
 }
 
-/// A hold as the client believed it: from the grant's observation to the
-/// release's invocation or the loss report (`None`: never ended).
-struct Hold {
-    grant: Grant,
-    end: Option<Instant>,
-}
-
 /// Judges `history` and `ledger` with leases of `ttl`. See
 /// `docs/RELIABILITY.md` ("History checker") for each rule.
 pub fn check(history: &History, ledger: &FencedLedger, ttl: Duration) -> Report {
     let recorded = history.0.lock().expect("history lock");
     let mut report = Report::default();
 
-    // Grants per key, and the end of each hold.
-    let mut holds: HashMap<&str, Vec<Hold>> = HashMap::new();
-    // Per (key, session, token): when the hold's end was first seen.
-    let mut ends: HashMap<(&str, &str, FencingToken), Instant> = HashMap::new();
+    // Beliefs per key, each from its grant's observation.
+    let mut beliefs: HashMap<&str, Vec<Belief>> = HashMap::new();
+    // Per (key, session, token): the end events of the hold, in order
+    // (when, how, the client's deadline read then).
+    type EndEvent = (Mono, Ended, Option<Mono>);
+    let mut ends: HashMap<(&str, &str, FencingToken), Vec<EndEvent>> = HashMap::new();
     // Per session: the end of its last recorded activity.
-    let mut last_activity: HashMap<&str, Instant> = HashMap::new();
+    let mut last_activity: HashMap<&str, Mono> = HashMap::new();
     for op in &recorded.ops {
         let seen = op.completed.unwrap_or(op.invoked);
         let last = last_activity.entry(&op.session).or_insert(seen);
@@ -441,15 +471,22 @@ pub fn check(history: &History, ledger: &FencedLedger, ttl: Duration) -> Report 
                     }),
                     AcquireOutcome::Granted(token) => {
                         report.grants += 1;
-                        holds.entry(&op.key).or_default().push(Hold {
-                            grant: Grant {
-                                session: op.session.clone(),
-                                token,
-                                invoked: op.invoked,
-                                granted: op.completed.expect("a granted acquire completed"),
-                            },
+                        let start = op.completed.expect("a granted acquire completed");
+                        let mut belief = Belief {
+                            key: op.key.clone(),
+                            session: op.session.clone(),
+                            token,
+                            invoked: op.invoked,
+                            start,
                             end: None,
-                        });
+                            ended: Ended::Open,
+                        };
+                        // A grant that came in past the client's own
+                        // deadline is no belief at all.
+                        if op.deadline.is_some_and(|d| d < start) {
+                            belief.end_at(start, Ended::Deadline, op.deadline);
+                        }
+                        beliefs.entry(&op.key).or_default().push(belief);
                     }
                     AcquireOutcome::Refused => report.refused += 1,
                     AcquireOutcome::Unanswered => report.unanswered += 1,
@@ -467,27 +504,49 @@ pub fn check(history: &History, ledger: &FencedLedger, ttl: Duration) -> Report 
                     ReleaseOutcome::Failed => report.failed_releases += 1,
                     ReleaseOutcome::Ok => {}
                 }
-                Some((token, op.invoked))
+                Some((token, Ended::Released))
             }
             OpKind::Lost { token } => {
                 report.losses += 1;
-                Some((token, op.invoked))
+                Some((token, Ended::Lost))
             }
         };
-        if let Some((token, at)) = end {
-            let e = ends.entry((&op.key, &op.session, token)).or_insert(at);
-            *e = (*e).min(at);
+        if let Some((token, how)) = end {
+            ends.entry((&op.key, &op.session, token))
+                .or_default()
+                .push((op.invoked, how, op.deadline));
         }
     }
 
-    for (key, holds) in holds.iter_mut() {
-        for h in holds.iter_mut() {
-            h.end = ends
-                .get(&(*key, h.grant.session.as_str(), h.grant.token))
-                .copied();
+    for (key, beliefs) in beliefs.iter_mut() {
+        for b in beliefs.iter_mut() {
+            // A reentrant hold's end events end each of its beliefs that
+            // began before them.
+            let events = ends
+                .get(&(*key, b.session.as_str(), b.token))
+                .cloned()
+                .unwrap_or_default();
+            for (at, how, deadline) in events {
+                if at >= b.start {
+                    b.end_at(at, how, deadline);
+                }
+            }
         }
-        overlaps(key, holds, &mut report.violations);
-        tokens_in_order(key, holds, &mut report.violations);
+        let mut found = Vec::new();
+        judge(beliefs, &mut report.beliefs, &mut found);
+        report
+            .violations
+            .extend(found.into_iter().map(Violation::Belief));
+        let grants: Vec<Grant> = beliefs
+            .iter()
+            .map(|b| Grant {
+                session: b.session.clone(),
+                token: b.token,
+                invoked: b.invoked,
+                granted: b.start,
+            })
+            .collect();
+        tokens_in_order(key, &grants, &mut report.violations);
     }
 
     // Stuck locks: still held long after the faults healed.
@@ -497,26 +556,25 @@ pub fn check(history: &History, ledger: &FencedLedger, ttl: Duration) -> Report 
             if f.observed < healed_at + 2 * ttl {
                 continue; // too early to call it stuck
             }
-            let grant = holds
+            let grant = beliefs
                 .get(f.key.as_str())
-                .and_then(|h| h.iter().find(|h| h.grant.token == token))
-                .map(|h| &h.grant);
+                .and_then(|b| b.iter().find(|b| b.token == token));
             let stuck = match grant {
                 // Nobody recorded this grant: no recorded client can be
                 // keeping it alive.
                 None => true,
-                Some(g) => {
+                Some(b) => {
                     let quiet = last_activity
-                        .get(g.session.as_str())
+                        .get(b.session.as_str())
                         .is_none_or(|t| *t < healed_at);
-                    quiet && f.observed.duration_since(g.granted) > 2 * ttl
+                    quiet && f.observed.ms_since(b.start) > (2 * ttl).as_millis() as f64
                 }
             };
             if stuck {
                 report.violations.push(Violation::Stuck {
                     key: f.key.clone(),
                     token,
-                    session: grant.map(|g| g.session.clone()),
+                    session: grant.map(|b| b.session.clone()),
                 });
             }
         }
@@ -542,42 +600,12 @@ pub fn check(history: &History, ledger: &FencedLedger, ttl: Duration) -> Report 
     report
 }
 
-/// Rule 1: holds of one key by different sessions must not overlap. A
-/// sweep in order of observed grant, against the hold that ends last so far.
-fn overlaps(key: &str, holds: &mut [Hold], out: &mut Vec<Violation>) {
-    holds.sort_by_key(|h| h.grant.granted);
-    let mut longest: Option<&Hold> = None;
-    for h in holds.iter() {
-        if let Some(prev) = longest {
-            let reentrant =
-                prev.grant.session == h.grant.session && prev.grant.token == h.grant.token;
-            let still_held = prev.end.is_none_or(|end| h.grant.granted < end);
-            if still_held && !reentrant {
-                out.push(Violation::Overlap {
-                    key: key.to_owned(),
-                    first: prev.grant.clone(),
-                    second: h.grant.clone(),
-                });
-            }
-        }
-        let ends_later = match (longest.map(|l| l.end), h.end) {
-            (None, _) => true,
-            (Some(None), _) => false,
-            (Some(Some(_)), None) => true,
-            (Some(Some(a)), Some(b)) => b > a,
-        };
-        if ends_later {
-            longest = Some(h);
-        }
-    }
-}
-
 /// Rule 2: a grant requested after another was observed must carry a
 /// higher token; one token never goes to two sessions.
-fn tokens_in_order(key: &str, holds: &[Hold], out: &mut Vec<Violation>) {
-    let mut by_observed: Vec<&Grant> = holds.iter().map(|h| &h.grant).collect();
+fn tokens_in_order(key: &str, grants: &[Grant], out: &mut Vec<Violation>) {
+    let mut by_observed: Vec<&Grant> = grants.iter().collect();
     by_observed.sort_by_key(|g| g.granted);
-    let mut by_invoked: Vec<&Grant> = holds.iter().map(|h| &h.grant).collect();
+    let mut by_invoked: Vec<&Grant> = grants.iter().collect();
     by_invoked.sort_by_key(|g| g.invoked);
     // The highest-token grant among those observed before the current
     // one's invocation.
@@ -603,7 +631,7 @@ fn tokens_in_order(key: &str, holds: &[Hold], out: &mut Vec<Violation>) {
         }
     }
     let mut owner: HashMap<FencingToken, &Grant> = HashMap::new();
-    for g in holds.iter().map(|h| &h.grant) {
+    for g in grants {
         match owner.get(&g.token) {
             Some(o) if o.session != g.session => out.push(Violation::TokenNotIncreasing {
                 key: key.to_owned(),
@@ -642,7 +670,8 @@ mod tests {
         r.violations
             .iter()
             .map(|v| match v {
-                Violation::Overlap { .. } => "overlap",
+                Violation::Belief(BeliefViolation::Overlap { .. }) => "overlap",
+                Violation::Belief(BeliefViolation::TokenNotRising { .. }) => "belief token",
                 Violation::TokenNotIncreasing { .. } => "token",
                 Violation::Unanswered { .. } => "unanswered",
                 Violation::Stuck { .. } => "stuck",
@@ -691,7 +720,7 @@ mod tests {
         let b = h.acquire_invoked("k", "b");
         h.granted(b, t(3));
         let r = check(&h, &l, TTL);
-        assert_eq!(kinds(&r), ["token"], "{r}");
+        assert_eq!(kinds(&r), ["belief token", "token"], "{r}");
 
         // Both at once: b granted a lower token while a holds.
         let (h, l) = (History::new(), FencedLedger::new());
@@ -700,7 +729,36 @@ mod tests {
         let b = h.acquire_invoked("k", "b");
         h.granted(b, t(3));
         let r = check(&h, &l, TTL);
-        assert_eq!(kinds(&r), ["overlap", "token"], "{r}");
+        assert_eq!(kinds(&r), ["overlap", "belief token", "token"], "{r}");
+        assert_eq!(r.beliefs.overlapping, 1);
+    }
+
+    #[test]
+    fn history_ends_a_belief_at_the_clients_own_deadline() {
+        // a is granted, then stopped: its deadline passes at +50 ms; b is
+        // granted at +100 ms; a wakes at +150 ms and observes the loss.
+        let base = Mono::ago(Duration::from_secs(1));
+        let ms = |m| base + Duration::from_millis(m);
+        let h = History::new();
+        let a = h.acquire_invoked_at("k", "a", ms(0));
+        h.granted_at(a, t(5), ms(1));
+        let b = h.acquire_invoked_at("k", "b", ms(2));
+        h.granted_at(b, t(6), ms(100));
+        let lost = h.lost_at("k", "a", t(5), ms(150));
+        h.deadline(lost, ms(50));
+        let r = check(&h, &FencedLedger::new(), TTL);
+        r.assert_clean();
+        assert_eq!((r.beliefs.beliefs, r.beliefs.ended_by_deadline), (2, 1));
+        // Without the deadline (a believed until it woke) they overlap.
+        let h = History::new();
+        let a = h.acquire_invoked_at("k", "a", ms(0));
+        h.granted_at(a, t(5), ms(1));
+        let b = h.acquire_invoked_at("k", "b", ms(2));
+        h.granted_at(b, t(6), ms(100));
+        h.lost_at("k", "a", t(5), ms(150));
+        let r = check(&h, &FencedLedger::new(), TTL);
+        assert_eq!(kinds(&r), ["overlap"], "{r}");
+        assert_eq!(r.beliefs.overlapping, 1);
     }
 
     #[test]
@@ -712,11 +770,7 @@ mod tests {
                                      // Pretend the run went on: a was granted 10 s ago, the faults
                                      // healed 5 s ago, and the bucket still says a holds k (times shifted
                                      // back instead of waited for).
-        let ago = |s| {
-            Instant::now()
-                .checked_sub(Duration::from_secs(s))
-                .expect("uptime")
-        };
+        let ago = |s| Mono::ago(Duration::from_secs(s));
         {
             let mut rec = h.0.lock().unwrap();
             rec.ops[0].invoked = ago(11);
@@ -744,7 +798,7 @@ mod tests {
             .push(Write {
                 token: t(2),
                 session: "b".into(),
-                at: Instant::now(),
+                at: Mono::now(),
             });
         let r = check(&h, &l, TTL);
         assert_eq!(kinds(&r), ["ledger"], "{r}");

@@ -8,9 +8,11 @@
 //! (session prefix `worker`), monitors and probes as the operator.
 #![allow(dead_code)]
 
+pub mod belief;
 pub mod demo;
 pub mod history;
 pub mod json;
+pub mod lossy;
 
 use jetlock::server::{wait_for_jetstream, NatsCluster, NatsServer, Role};
 use jetlock::{Client, ClientOptions, FencingToken};

@@ -15,20 +15,22 @@ use std::time::Duration;
 /// (the server marks a peer `offline` only later, and not always).
 const SILENT_REPLICA: Duration = Duration::from_secs(10);
 
-/// The locks bucket, the request and event streams and the config bucket.
+/// The locks bucket, the request and event streams and the config bucket;
+/// and the locks bucket's stream info, when it could be read.
 pub(super) async fn findings(
     nats: &async_nats::Client,
     bucket: &str,
     servers: Option<usize>,
-) -> Vec<Finding> {
+) -> (Vec<Finding>, Option<stream::Info>) {
     let js = jetstream::new(nats.clone());
     if let Err(e) = js.query_account().await {
-        return vec![Finding::fail(
+        let finding = vec![Finding::fail(
             "jetstream",
             format!("JetStream does not answer for this account: {e}"),
             "enable JetStream: a `jetstream {}` block in every server's config and \
 `jetstream: enabled` for this account",
         )];
+        return (finding, None);
     }
     let kv_stream = format!("KV_{bucket}");
     let config_stream = format!("KV_{CONFIG_BUCKET}");
@@ -55,10 +57,12 @@ pub(super) async fn findings(
     };
     let replicas = recommended_replicas(servers);
     let mut findings = Vec::new();
+    let mut locks = None;
     for ((check, name), info) in streams.into_iter().zip(infos) {
         match info {
             Ok(Some(info)) if check == "locks-bucket" => {
-                findings.extend(locks_bucket_findings(bucket, &info, servers))
+                findings.extend(locks_bucket_findings(bucket, &info, servers));
+                locks = Some(info);
             }
             Ok(Some(info)) => findings.extend(replica_findings(check, &info, servers)),
             Ok(None) if check == "locks-bucket" => findings.push(Finding::fail(
@@ -86,7 +90,7 @@ without $JS.API.STREAM.INFO: check `nats stream info {name}` and run the doctor 
             )),
         }
     }
-    findings
+    (findings, locks)
 }
 
 fn recommended_replicas(servers: Option<usize>) -> usize {
@@ -125,14 +129,14 @@ fn locks_bucket_findings(
         findings.push(Finding::fail(
             CHECK,
             format!("{bucket}: {problem}"),
-            format!("fix the stream (`nats stream edit KV_{bucket}`) or create another bucket with `jetlock setup --bucket NAME`"),
+            format!("fix the stream (`nats stream edit KV_{bucket}`); never delete or rename a bucket while a client may hold a lock in it (docs/OPERATIONS.md, \"Deleting the locks bucket\")"),
         ));
     }
     for warning in config_warnings(config) {
         findings.push(Finding::warn(
             CHECK,
             format!("{bucket}: {warning}"),
-            format!("`nats kv edit {bucket} --history 1` (history); file storage needs a new bucket (`jetlock setup --bucket NAME`)"),
+            format!("`nats kv edit {bucket} --history 1` (history); file storage needs the bucket created again, with no client running (docs/OPERATIONS.md, \"Deleting the locks bucket\")"),
         ));
     }
     let replicas = replica_findings(CHECK, info, servers);

@@ -20,6 +20,8 @@ fn hb() -> Heartbeat {
 struct Bucket {
     seq: u64,
     keys: HashMap<String, Current>,
+    /// What each key's last message says about its writer.
+    stamps: HashMap<String, Stamp>,
 }
 
 impl Bucket {
@@ -41,7 +43,19 @@ impl Bucket {
             WriteKind::Release => Current::Vacant { revision: self.seq },
         };
         self.keys.insert(w.name.key().to_owned(), next);
+        let stamp = Stamp {
+            write_id: Some(w.id.clone()),
+            applied: w.applied,
+        };
+        self.stamps.insert(w.name.key().to_owned(), stamp);
         WriteResult::Written { revision: self.seq }
+    }
+
+    /// The key's last message, as a read returns it.
+    fn read(&self, key: &str) -> (Current, Stamp) {
+        let c = self.keys.get(key).cloned();
+        let c = c.unwrap_or(Current::Vacant { revision: 0 });
+        (c, self.stamps.get(key).cloned().unwrap_or_default())
     }
 }
 
@@ -63,6 +77,10 @@ struct Sim {
     quorum: bool,
     /// Proof beats were sent up to here.
     proved: Instant,
+    /// How many of the next writes land but report `Failed` (a lost ack).
+    lose_acks: u32,
+    /// Every request sent: (stream sequence, subject, body).
+    sent: Vec<(u64, String, Vec<u8>)>,
 }
 
 impl Sim {
@@ -70,7 +88,7 @@ impl Sim {
         let mut engine = Engine::new("me".into(), EngineConfig::default());
         let now = Instant::now();
         engine.set_ready(now);
-        engine.proof_acked(now, now);
+        engine.proof_acked(now, now, now);
         Sim {
             engine,
             bucket: Bucket::default(),
@@ -83,6 +101,8 @@ impl Sim {
             reads: None,
             quorum: true,
             proved: now,
+            lose_acks: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -92,7 +112,7 @@ impl Sim {
         while self.proved + hearing::PROOF_INTERVAL <= self.now {
             self.proved += hearing::PROOF_INTERVAL;
             if self.quorum {
-                self.engine.proof_acked(self.proved, self.now);
+                self.engine.proof_acked(self.proved, self.proved, self.now);
             }
         }
     }
@@ -109,15 +129,24 @@ impl Sim {
                     Action::Answer { session, answer } => self.answers.push((session, answer)),
                     Action::Write(w) => {
                         let r = self.bucket.apply(&w);
-                        let seen = self.bucket.keys.get(w.name.key()).cloned();
+                        let (seen, stamp) = self.bucket.read(w.name.key());
                         let watch = |sim: &mut Sim| {
-                            if let (Some(c), WriteResult::Written { .. }) = (seen.clone(), r) {
-                                sim.engine.observed(&w.name, c, sim.now);
+                            if let WriteResult::Written { .. } = r {
+                                let (c, stamp) = (seen.clone(), stamp.clone());
+                                sim.engine
+                                    .observed_change(&w.name, c, false, stamp, sim.now);
                             }
                         };
                         if self.watch_first == Some(true) {
                             watch(self);
                         }
+                        let r = match r {
+                            WriteResult::Written { .. } if self.lose_acks > 0 => {
+                                self.lose_acks -= 1;
+                                WriteResult::Failed
+                            }
+                            r => r,
+                        };
                         self.engine.written(&w.name, r, self.now);
                         if self.watch_first == Some(false) {
                             watch(self);
@@ -127,9 +156,8 @@ impl Sim {
                         self.reads.as_mut().expect("checked").push(name)
                     }
                     Action::Read { name } => {
-                        let c = self.bucket.keys.get(name.key()).cloned();
-                        let c = c.unwrap_or(Current::Vacant { revision: 0 });
-                        self.engine.read_done(&name, Some(c), self.now);
+                        let read = self.bucket.read(name.key());
+                        self.engine.read_done(&name, Some(read), self.now);
                     }
                     Action::Delete { seq } => self.deleted.push(seq),
                     Action::Event(e) => self.events.push(*e),
@@ -145,6 +173,7 @@ impl Sim {
         let body = serde_json::to_vec(&body).unwrap();
         self.engine
             .request(self.seq, &subject, &body, Duration::ZERO, self.now);
+        self.sent.push((self.seq, subject, body));
         self.settle();
         self.seq
     }
@@ -253,8 +282,8 @@ fn a_try_lock_of_a_free_key_waits_for_the_read_that_learns_it_is_free() {
     sim.advance(Duration::from_millis(20));
     assert_eq!(sim.error_code("b", "1"), None, "no busy for a free lock");
     for name in reads {
-        let c = sim.bucket.keys.get(name.key()).cloned();
-        sim.engine.read_done(&name, c, sim.now);
+        let read = sim.bucket.read(name.key());
+        sim.engine.read_done(&name, Some(read), sim.now);
     }
     sim.settle();
     assert!(sim.grant_token("b", "1").is_some_and(|t| t > token));
@@ -751,8 +780,9 @@ fn grants_and_expiries_nobody_asked_us_for_are_reported_from_the_bucket() {
         },
         sim.now,
     );
+    let marker = Current::Vacant { revision: 8 };
     sim.engine
-        .observed_change(&name, Current::Vacant { revision: 8 }, true, sim.now);
+        .observed_change(&name, marker, true, Stamp::default(), sim.now);
     sim.settle();
     let events: Vec<&Event> = sim.events.iter().filter(|e| e.kind.is_lock()).collect();
     assert_eq!(events.len(), 2, "{events:?}");
@@ -928,11 +958,12 @@ fn a_death_waits_for_a_proof_beat_sent_after_its_deadline() {
     );
     assert!(!actions.iter().any(|a| matches!(a, Action::Write(_))));
     // A beat sent before the gap and stored now proves nothing after it.
-    sim.engine
-        .proof_acked(sim.now - Duration::from_millis(900), sim.now);
+    let long_ago = sim.now - Duration::from_millis(900);
+    sim.engine.proof_acked(long_ago, long_ago, sim.now);
     assert!(sim
         .engine
         .take_actions()
         .iter()
         .all(|a| !matches!(a, Action::Write(_))));
 }
+mod replays;

@@ -1,0 +1,94 @@
+//! Faults of ordinary operation, judged by beliefs (issue 13, item 6):
+//! client connections that reconnect over and over under load, and the
+//! coordinators restarted one after the other.
+
+use super::*;
+
+/// Waits (bounded) for `serving` to exit.
+async fn exited(serving: &mut Serving) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = serving.exit_status() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "jetlock serve exits after its signal"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every 0.1–0.5 s, 2–4 random workers' NATS connections are made to
+/// reconnect (`async_nats::Client::force_reconnect`: the client closes its
+/// socket and dials again, as after missed pings; the server reports
+/// "Client Closed"). The worker keeps its `Client`, its session and its
+/// holds through it, so a coordinator that takes the reconnect for a death
+/// hands on locks that their holders still believe they hold.
+///
+/// (A kick from the server side, `$SYS.REQ.SERVER.KICK`, needs a user in
+/// the system account; `nats/cluster.conf` has none, by design.)
+async fn reconnect_storm(rig: &mut Rig, secs: Duration) {
+    for _ in rounds(secs, 3) {
+        for _ in 0..2 + fastrand::usize(..3) {
+            let i = fastrand::usize(..WORKERS);
+            let Some(nats) = rig.connection(i) else {
+                continue;
+            };
+            if nats.force_reconnect().await.is_ok() {
+                rig.faults += 1;
+            }
+        }
+        rig.resumed("a burst of reconnects").await;
+        jitter(100, 500).await;
+    }
+}
+
+/// Each coordinator in turn: SIGTERM (a clean shutdown) or SIGKILL,
+/// alternating, then a replacement under the same id, waiting for its
+/// `ready` line; the load runs throughout. One coordinator is always up
+/// but for the moments both are starting after a kill.
+async fn rolling_coordinator_restarts(rig: &mut Rig, secs: Duration) {
+    for round in rounds(secs, 2) {
+        for i in 0..rig.coordinators.len() {
+            let sig = if (round + i) % 2 == 0 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            let mut c = rig.coordinators[i].take().expect("running");
+            c.signal(sig);
+            let status = exited(&mut c).await;
+            rig.faults += 1;
+            drop(c);
+            rig.coordinators[i] = Some(rig.start_coordinator(i));
+            eprintln!(
+                "{}: c{i} ended by signal {sig} ({status}) and replaced",
+                rig.name
+            );
+            rig.resumed("a coordinator was restarted").await;
+        }
+    }
+}
+
+/// Reconnect storms under load: no two clients believe they hold one key at
+/// once (a reconnect is not a death), and the rest of the checker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storms() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::start("reconnect-storm").await;
+    reconnect_storm(&mut rig, fault_secs()).await;
+    rig.finish().await;
+}
+
+/// Rolling coordinator restarts under load (SIGTERM and SIGKILL), judged by
+/// beliefs. Two of the six workers ask for 20 s sessions: a restarted
+/// coordinator that learns such a session from a request it replays, not
+/// from a heartbeat, must not judge it by a shorter timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_coordinator_restarts_under_load() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = Rig::start_with("rolling-coordinators", common::cluster().await, 2).await;
+    rolling_coordinator_restarts(&mut rig, fault_secs()).await;
+    rig.finish().await;
+}
