@@ -187,10 +187,9 @@ fn client_reconnects() {
 }
 
 /// Issue 13 case 3 (C3): a coordinator's partial release whose ack was lost
-/// is run again, freeing a lock still held once. Seed 20 (write faults):
-/// fails until a landed write is recognised by its write id.
+/// was run again, freeing a lock still held once. Seed 20 (write faults)
+/// failed until a landed write was recognised by its write id.
 #[test]
-#[ignore = "fails on safety-sessions at 3ef44a9: issue 13 case 3 (C3) not yet fixed"]
 fn regression_lost_write_ack_reruns_a_partial_release() {
     if let Err(Failure { report: e, .. }) = run(20, &faults_named("write"), false, STEPS_PER_SEED) {
         panic!("{e}");
@@ -199,11 +198,11 @@ fn regression_lost_write_ack_reruns_a_partial_release() {
 
 /// Issue 13 case 3 (C3) on a takeover: a coordinator applies a partial
 /// release of a lock held twice, answers it and dies before the others
-/// hear the answer; the coordinator taking over runs the release again
-/// from its mirror and hands the lock on while its holder still holds one
-/// hold. Seed 267 (crash faults).
+/// hear the answer; the coordinator taking over ran the release again
+/// from its mirror and handed the lock on while its holder still held one
+/// hold. Seed 267 (crash faults) failed until an applied request was
+/// answered again from the key's stamp instead of run again.
 #[test]
-#[ignore = "fails on safety-sessions at 3ef44a9: issue 13 case 3 (C3) on takeover not yet fixed"]
 fn regression_takeover_reruns_an_applied_partial_release() {
     if let Err(Failure { report: e, .. }) = run(267, &faults_named("crash"), false, STEPS_PER_SEED)
     {
@@ -219,7 +218,7 @@ fn regression_takeover_reruns_an_applied_partial_release() {
 /// One coordinator's answer does not show that every coordinator heard the
 /// heartbeat. Seed 830 (reconnect faults).
 #[test]
-#[ignore = "fails on safety-sessions at 3ef44a9: one coordinator's alive answer clears the drop for all"]
+#[ignore = "fails on safety-sessions at 7b1fb94: one coordinator's alive answer clears the drop for all"]
 fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner() {
     if let Err(Failure { report: e, .. }) =
         run(830, &faults_named("reconnect"), false, STEPS_PER_SEED)
@@ -233,7 +232,7 @@ fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner() {
 /// proof of hearing, declares the session dead and hands its lock on.
 /// Seed 39 (partition faults).
 #[test]
-#[ignore = "fails on safety-sessions at 3ef44a9: a cut-off coordinator's alive answers keep the client believing"]
+#[ignore = "fails on safety-sessions at 7b1fb94: a cut-off coordinator's alive answers keep the client believing"]
 fn regression_cut_off_coordinator_confirms_a_session_the_majority_declared_dead() {
     if let Err(Failure { report: e, .. }) =
         run(39, &faults_named("partition"), false, STEPS_PER_SEED)
@@ -252,7 +251,7 @@ fn regression_cut_off_coordinator_confirms_a_session_the_majority_declared_dead(
 /// until its lease ends. Seed 34 (network faults), strict: `r1` answered
 /// granted with token 1, then with token 2 (seed 15: granted, then busy).
 #[test]
-#[ignore = "fails on safety-sessions at 3ef44a9: a waiter granted by another coordinator stays queued after its own write conflicted"]
+#[ignore = "fails on safety-sessions at 7b1fb94: a waiter granted by another coordinator stays queued after its own write conflicted"]
 fn regression_request_granted_twice_after_a_start_race() {
     if let Err(Failure { report: e, .. }) = run(34, &faults_named("network"), true, STEPS_PER_SEED)
     {

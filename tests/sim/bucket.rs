@@ -4,7 +4,7 @@
 //! sequence) and the request stream (de-duplication by message id,
 //! deletion of finished requests).
 
-use jetlock::coordinator::WriteKind;
+use jetlock::coordinator::{Applied, Stamp, WriteKind};
 use jetlock::record::LockRecord;
 use jetlock::store::Current;
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +17,8 @@ pub struct Entry {
     pub record: Option<LockRecord>,
     /// Set on server-expiry markers (`Nats-Marker-Reason: MaxAge`).
     pub expired: bool,
-    pub write_id: String,
+    /// `Jetlock-Write-Id` and `Jetlock-Applied`, stored with the message.
+    pub stamp: Stamp,
 }
 
 impl Entry {
@@ -59,6 +60,7 @@ impl Bucket {
         expected: u64,
         kind: &WriteKind,
         write_id: &str,
+        applied: Applied,
     ) -> Option<Entry> {
         if self.revision(key) != expected {
             return None;
@@ -72,7 +74,10 @@ impl Bucket {
             revision: self.seq,
             record,
             expired: false,
-            write_id: write_id.to_owned(),
+            stamp: Stamp {
+                write_id: Some(write_id.to_owned()),
+                applied,
+            },
         };
         self.keys.insert(key.to_owned(), entry.clone());
         Some(entry)
@@ -90,7 +95,7 @@ impl Bucket {
             revision: self.seq,
             record: None,
             expired: true,
-            write_id: String::new(),
+            stamp: Stamp::default(),
         };
         self.keys.insert(key.to_owned(), entry.clone());
         Some(entry)

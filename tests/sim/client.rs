@@ -88,8 +88,11 @@ pub struct Client {
     pub timeout_ms: u64,
     pub belief: SessionBelief,
     pub next_hb: u64,
-    /// Send times of the recent heartbeats, by number.
-    pub sent: VecDeque<(u64, Instant)>,
+    /// Send times of the recent heartbeats, by number, and whether each
+    /// named a connection made after the last drop.
+    pub sent: VecDeque<(u64, Instant, bool)>,
+    /// The connection that dropped, until a heartbeat names a new one.
+    pub dropped_conn: Option<ConnId>,
     pub last_beat: Option<u64>,
     /// The connection is down until then (true time).
     pub offline_until: u64,
@@ -128,6 +131,7 @@ impl Client {
             belief: SessionBelief::new(Duration::from_millis(timeout_ms)),
             next_hb: 0,
             sent: VecDeque::new(),
+            dropped_conn: None,
             last_beat: None,
             offline_until: 0,
             next_id: 0,
@@ -194,7 +198,9 @@ impl World {
                 }
             }
             Timer::Reconnected => {
-                trace!(self, "client {k} reconnected");
+                self.clients[k].server = self.rng.usize(0..SERVERS);
+                self.new_conn(k);
+                trace!(self, "client {k} reconnected as {:?}", self.clients[k].conn);
                 self.heartbeat(k);
             }
             Timer::Work => self.work(k),
@@ -236,6 +242,7 @@ impl World {
         c.abandoned.clear();
         c.unacked.clear();
         c.sent.clear();
+        c.dropped_conn = None;
         c.last_beat = None;
         let old_server = c.server;
         if let Some(old) = old {
@@ -272,12 +279,11 @@ impl World {
         trace!(self, "client {k} reconnects (was {old:?})");
         let now = self.instant(&self.clients[k].clock);
         self.clients[k].belief.dropped(now);
+        self.clients[k].dropped_conn.get_or_insert(old.clone());
         self.schedule_deadline(k);
         self.advise(Proc::Client(k), old, "Client Closed");
         let down = self.rng.u64(MS..200 * MS);
         self.clients[k].offline_until = self.now + down;
-        self.clients[k].server = self.rng.usize(0..SERVERS);
-        self.new_conn(k);
         let gen = self.clients[k].gen;
         self.schedule(self.now + down, Ev::ClientTimer(k, gen, Timer::Reconnected));
     }
@@ -306,7 +312,15 @@ impl World {
         c.belief.sent(now);
         c.next_hb += 1;
         let hb = c.next_hb;
-        c.sent.push_back((hb, now));
+        let new_conn = match &c.dropped_conn {
+            Some(old) if *old == c.conn => false,
+            Some(_) => {
+                c.dropped_conn = None;
+                true
+            }
+            None => false,
+        };
+        c.sent.push_back((hb, now, new_conn));
         if c.sent.len() > BEATS_REMEMBERED {
             c.sent.pop_front();
         }
@@ -396,13 +410,11 @@ impl World {
                 // Every coordinator's answer counts, from its heartbeat's
                 // send time.
                 let c = &mut self.clients[k];
-                let Some(&(_, sent)) = c.sent.iter().find(|(n, _)| *n == hb) else {
+                let Some(&(_, sent, new_conn)) = c.sent.iter().find(|(n, ..)| *n == hb) else {
                     return;
                 };
-                match c
-                    .belief
-                    .answered(sent, ack.alive, ack.timeout_ms, ack.grace_ms)
-                {
+                let (alive, timeout, grace) = (ack.alive, ack.timeout_ms, ack.grace_ms);
+                match c.belief.answered(sent, alive, timeout, grace, new_conn) {
                     Answered::Dead => {
                         trace!(self, "{}: declared dead", self.clients[k].session);
                         self.end_session(k);

@@ -6,7 +6,7 @@
 //! 20 ms tick) and carries its actions out.
 
 use crate::world::{trace, Clock, Ev, Proc, World, MS, SEC, SERVERS};
-use jetlock::coordinator::{Action, Engine, EngineConfig, WriteResult};
+use jetlock::coordinator::{Action, Engine, EngineConfig, Stamp, WriteResult};
 use jetlock::name::LockName;
 use jetlock::protocol::{ConnId, CoordinatorBeat, Heartbeat, VERSION};
 use jetlock::store::Current;
@@ -30,7 +30,9 @@ pub enum FeedKind {
 
 pub enum FeedItem {
     Request(u64),
-    Change(LockName, Current, bool),
+    /// A change of the bucket: the key's new state, whether the server
+    /// expired it, its message's stamp.
+    Change(LockName, Current, bool, Stamp),
 }
 
 #[derive(Default)]
@@ -162,7 +164,7 @@ impl World {
             self.append(
                 c,
                 FeedKind::Changes,
-                FeedItem::Change(name, e.current(), e.expired),
+                FeedItem::Change(name, e.current(), e.expired, e.stamp.clone()),
             );
         }
         for kind in [FeedKind::Requests, FeedKind::Changes] {
@@ -269,7 +271,7 @@ impl World {
                 let (e, t) = self.engine_now(c);
                 e.request(seq, &m.subject, &m.body, Duration::from_micros(age), t);
             }
-            FeedItem::Change(name, current, expired) => {
+            FeedItem::Change(name, current, expired, stamp) => {
                 trace!(
                     self,
                     "{} sees {} = {current:?}",
@@ -277,7 +279,7 @@ impl World {
                     name.key()
                 );
                 let (e, t) = self.engine_now(c);
-                e.observed_change(&name, current, expired, t);
+                e.observed_change(&name, current, expired, stamp, t);
             }
         }
         self.after(c);
@@ -422,7 +424,7 @@ impl World {
             }
             Action::Write(write) => {
                 self.coords[c].writes += 1;
-                let wid = format!("{}.{}", self.coords[c].id, self.coords[c].writes);
+                let wid = write.id.clone();
                 trace!(
                     self,
                     "{} writes {wid} {} expecting {}: {:?}",
@@ -446,7 +448,7 @@ impl World {
                     );
                 } else {
                     let at = self.now + self.delay();
-                    self.schedule(at, Ev::WriteLand { c, inc, write, wid });
+                    self.schedule(at, Ev::WriteLand { c, inc, write });
                 }
             }
             Action::Read { name } => {
@@ -486,7 +488,13 @@ impl World {
         self.after(c);
     }
 
-    pub fn read_done(&mut self, c: usize, inc: u32, name: LockName, current: Option<Current>) {
+    pub fn read_done(
+        &mut self,
+        c: usize,
+        inc: u32,
+        name: LockName,
+        current: Option<(Current, Stamp)>,
+    ) {
         if !self.live(c, inc) {
             return;
         }

@@ -7,6 +7,7 @@ use crate::coord::{FeedItem, FeedKind, JS_TIMEOUT};
 use crate::world::{trace, Ev, Proc, World, SEC};
 use jetlock::coordinator::{Write, WriteKind, WriteResult};
 use jetlock::name::LockName;
+use jetlock::store;
 
 impl World {
     /// Publishes a proof beat to the replicated proof stream: acknowledged
@@ -36,7 +37,7 @@ impl World {
         self.coords[c].proving = false;
         if let Some(sent) = sent {
             let (e, t) = self.engine_now(c);
-            e.proof_acked(sent, t);
+            e.proof_acked(sent, t, t);
         }
         if std::mem::take(&mut self.coords[c].proof_wanted) {
             self.prove(c);
@@ -46,13 +47,15 @@ impl World {
 
     /// A write reaches the stream leader (even if its coordinator died
     /// since: the publish was on its way).
-    pub fn write_land(&mut self, c: usize, inc: u32, write: Write, wid: String) {
+    pub fn write_land(&mut self, c: usize, inc: u32, write: Write) {
         let Write {
             name,
             expected,
             kind,
+            id: wid,
+            applied,
         } = write;
-        let stored = self.bucket.cas(name.key(), expected, &kind, &wid);
+        let stored = self.bucket.cas(name.key(), expected, &kind, &wid, applied);
         let mut result = match &stored {
             Some(e) => WriteResult::Written {
                 revision: e.revision,
@@ -62,8 +65,9 @@ impl World {
         trace!(self, "write {wid} on {}: {result:?}", name.key());
         if let Some(entry) = stored {
             if let WriteKind::Put { ttl, .. } = &kind {
-                // The server expires by its own clock, in whole seconds.
-                let secs = ttl.as_millis().div_ceil(1000) as u64;
+                // The server expires by its own clock, in whole seconds,
+                // a margin past the lease (`store::server_ttl`).
+                let secs = store::whole_seconds(store::server_ttl(*ttl));
                 let local = self.server_clock.local(self.now) + secs * SEC;
                 let at = self.server_clock.at(local);
                 let key = name.key().to_owned();
@@ -77,7 +81,7 @@ impl World {
             }
             let current = entry.current();
             self.broadcast(FeedKind::Changes, || {
-                FeedItem::Change(name.clone(), current.clone(), false)
+                FeedItem::Change(name.clone(), current.clone(), false, entry.stamp.clone())
             });
         }
         if self.chance(self.cfg.faults.write_ack_loss) {
@@ -97,11 +101,11 @@ impl World {
     }
 
     pub fn read_at(&mut self, c: usize, inc: u32, name: LockName) {
-        let current = Some(self.bucket.current(name.key()));
-        let by = self.bucket.keys.get(name.key()).map(|e| e.write_id.clone());
+        let stamp = self.bucket.keys.get(name.key()).map(|e| e.stamp.clone());
+        let current = Some((self.bucket.current(name.key()), stamp.unwrap_or_default()));
         trace!(
             self,
-            "{} reads {}: {current:?}, written by {by:?}",
+            "{} reads {}: {current:?}",
             self.coords[c].id,
             name.key()
         );
@@ -124,7 +128,7 @@ impl World {
             let name = LockName::from_key(key).expect("keys of valid names");
             let current = entry.current();
             self.broadcast(FeedKind::Changes, || {
-                FeedItem::Change(name.clone(), current.clone(), true)
+                FeedItem::Change(name.clone(), current.clone(), true, entry.stamp.clone())
             });
         }
     }

@@ -12,7 +12,7 @@ use crate::bucket::{Bucket, RequestStream};
 use crate::check::Checker;
 use crate::client::{Client, ClientMsg, Timer};
 use crate::coord::{Coord, CoordMsg, FeedKind};
-use jetlock::coordinator::{Write, WriteResult};
+use jetlock::coordinator::{Stamp, Write, WriteResult};
 use jetlock::name::LockName;
 use jetlock::store::Current;
 use std::cmp::Reverse;
@@ -168,7 +168,6 @@ pub enum Ev {
         c: usize,
         inc: u32,
         write: Write,
-        wid: String,
     },
     WriteDone {
         c: usize,
@@ -185,7 +184,7 @@ pub enum Ev {
         c: usize,
         inc: u32,
         name: LockName,
-        current: Option<Current>,
+        current: Option<(Current, Stamp)>,
     },
     DeleteAt(u64),
     Expire {
@@ -359,7 +358,7 @@ impl World {
             Ev::Tick(c, inc) => self.coord_tick(c, inc),
             Ev::Pump(c, inc, feed) => self.pump(c, inc, feed),
             Ev::ToCoord(c, inc, msg) => self.coord_input(c, inc, msg),
-            Ev::WriteLand { c, inc, write, wid } => self.write_land(c, inc, write, wid),
+            Ev::WriteLand { c, inc, write } => self.write_land(c, inc, write),
             Ev::WriteDone {
                 c,
                 inc,
