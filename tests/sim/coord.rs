@@ -17,8 +17,9 @@ const TICK: u64 = 20 * MS;
 const BEAT: u64 = 250 * MS;
 /// How long a JetStream call waits before it fails.
 pub const JS_TIMEOUT: u64 = SEC;
-/// How often a proof beat is sent (`hearing::PROOF_INTERVAL`).
-const PROOF_INTERVAL: u64 = 100 * MS;
+/// How often a proof beat is sent (`hearing::PROOF_INTERVAL`, private to
+/// the coordinator).
+const PROOF_INTERVAL: u64 = 50 * MS;
 /// How long finished requests' ids are remembered by the stream.
 pub const DEDUP_WINDOW: u64 = 120 * SEC;
 
