@@ -175,6 +175,7 @@ fn network_faults() {
 }
 
 #[test]
+#[ignore = "fails on safety-sessions at 7b1fb94 (seed 103): see regression_restart_grants_a_stale_acquire_of_the_holder"]
 fn coordinator_crashes_and_restarts() {
     let total = check_range(100..112, "crash");
     assert!(total.crashes > 0, "{total:?}");
@@ -210,19 +211,34 @@ fn regression_takeover_reruns_an_applied_partial_release() {
     }
 }
 
-/// A client's connection drops and comes back 75 ms later; its first
-/// heartbeat on the new connection is answered `alive` by two of the three
-/// coordinators, which clears the drop in its `SessionBelief`, but is lost
-/// on its way to the third, the owner of its lock, which declares the
-/// session dead when the 100 ms reconnect grace ends and hands the lock on.
-/// One coordinator's answer does not show that every coordinator heard the
-/// heartbeat. Seed 830 (reconnect faults).
+/// A client's connection drops and comes back 41 ms later; its first
+/// heartbeat on the new connection is answered `alive` by one coordinator,
+/// which clears the drop in its `SessionBelief`, but is lost on its way to
+/// the other, the owner of its lock, which declares the session dead when
+/// the 100 ms reconnect grace ends and hands the lock on. One
+/// coordinator's answer does not show that every coordinator heard the
+/// heartbeat. Seed 362 (reconnect faults; seed 830 before 7b1fb94).
 #[test]
 #[ignore = "fails on safety-sessions at 7b1fb94: one coordinator's alive answer clears the drop for all"]
 fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner() {
     if let Err(Failure { report: e, .. }) =
-        run(830, &faults_named("reconnect"), false, STEPS_PER_SEED)
+        run(362, &faults_named("reconnect"), false, STEPS_PER_SEED)
     {
+        panic!("{e}");
+    }
+}
+
+/// A coordinator that restarts replays an old acquire of the holder's
+/// session (`r1`, long since given up and cancelled by the client) and,
+/// since the lock is held by that (session, owner), answers it `granted`.
+/// The client gives that "late grant" back, as `SessionLink` does, with a
+/// release that takes off one of the holds it really has (from `r4`, `r5`),
+/// so its last release frees the lock while it still believes one hold.
+/// Seed 5 (crash faults).
+#[test]
+#[ignore = "fails on safety-sessions at 7b1fb94: a replayed stale acquire of the holder's session is answered granted"]
+fn regression_restart_grants_a_stale_acquire_of_the_holder() {
+    if let Err(Failure { report: e, .. }) = run(5, &faults_named("crash"), false, STEPS_PER_SEED) {
         panic!("{e}");
     }
 }
@@ -230,30 +246,28 @@ fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner() {
 /// A coordinator on a server cut off by a route partition keeps answering
 /// its side's heartbeats `alive` while a coordinator on the majority, with
 /// proof of hearing, declares the session dead and hands its lock on.
-/// Seed 39 (partition faults).
+/// Seed 144 (partition faults; seed 39 before 7b1fb94).
 #[test]
 #[ignore = "fails on safety-sessions at 7b1fb94: a cut-off coordinator's alive answers keep the client believing"]
 fn regression_cut_off_coordinator_confirms_a_session_the_majority_declared_dead() {
     if let Err(Failure { report: e, .. }) =
-        run(39, &faults_named("partition"), false, STEPS_PER_SEED)
+        run(144, &faults_named("partition"), false, STEPS_PER_SEED)
     {
         panic!("{e}");
     }
 }
 
 /// Two coordinators that start together both act before hearing each
-/// other. One grants `r1` to s1g1 (token 1); the other's grant of the same
-/// waiter conflicts, and its read shows the revision its watch already
-/// brought, so the waiter that now holds the lock is never recognised: it
-/// stays queued, and when s1g1 releases, the lock is handed to s1g1's own
-/// `r1` again (token 2, an answer nobody waits for), the next acquire of
-/// s1g1 counts as re-entry, and the lock stays held by nobody's belief
-/// until its lease ends. Seed 34 (network faults), strict: `r1` answered
-/// granted with token 1, then with token 2 (seed 15: granted, then busy).
+/// other. One grants a waiter; the other's grant of the same waiter
+/// conflicts, and its read shows the revision its watch already brought,
+/// so the waiter that now holds the lock is never matched to the hold: the
+/// request is answered `busy` (seed 479, network faults, strict) or stays
+/// queued and is granted again later with a new token (seed 34 before
+/// 7b1fb94), and that session's next acquire counts as re-entry.
 #[test]
 #[ignore = "fails on safety-sessions at 7b1fb94: a waiter granted by another coordinator stays queued after its own write conflicted"]
-fn regression_request_granted_twice_after_a_start_race() {
-    if let Err(Failure { report: e, .. }) = run(34, &faults_named("network"), true, STEPS_PER_SEED)
+fn regression_request_answered_twice_after_a_start_race() {
+    if let Err(Failure { report: e, .. }) = run(479, &faults_named("network"), true, STEPS_PER_SEED)
     {
         panic!("{e}");
     }
