@@ -13,14 +13,18 @@ dev: nats-server
 	cargo run --release --quiet -- dev
 
 # Installs nats-server and runs every test (unit, property, integration
-# against real single-node and 3-node servers, CLI, doc tests).
+# against real single-node and 3-node servers, CLI, doc tests), then the
+# deterministic simulation's short seed range (its own feature: the
+# coordinator's maps hash with fixed keys there).
 test: nats-server
 	cargo test --locked
+	cargo test --locked --features sim --test sim
 
 # Formatting and lints, as CI runs them.
 check:
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --all-targets --features sim -- -D warnings
 
 # The performance suite of the README (about 10 minutes on 2 cores); with
 # the peers feature it also measures Redis, PostgreSQL and etcd where they

@@ -20,6 +20,7 @@
 
 use super::hearing::{Hearing, Verdict};
 use super::membership::{owner_among, Ring, Sessions, Touch};
+use super::HashMap;
 use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
 use crate::client::unix_ms;
 use crate::config::Policy;
@@ -32,7 +33,7 @@ use crate::protocol::{
 use crate::record::LockRecord;
 use crate::store::Current;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -426,9 +427,9 @@ impl Engine {
                 cfg.max_session_timeout,
             ),
             cfg,
-            keys: HashMap::new(),
-            requests: HashMap::new(),
-            answered_early: HashMap::new(),
+            keys: HashMap::default(),
+            requests: HashMap::default(),
+            answered_early: HashMap::default(),
             timers: BinaryHeap::new(),
             ready: false,
             last_tick: None,
@@ -522,9 +523,9 @@ impl Engine {
 
     /// Live coordinators and sessions, for operators.
     pub fn members_view(&self, now: Instant) -> (Vec<CoordinatorView>, Vec<SessionView>) {
-        let mut served: HashMap<&str, u64> = HashMap::new();
-        let mut held: HashMap<&str, u64> = HashMap::new();
-        let mut waiting: HashMap<&str, u64> = HashMap::new();
+        let mut served: HashMap<&str, u64> = HashMap::default();
+        let mut held: HashMap<&str, u64> = HashMap::default();
+        let mut waiting: HashMap<&str, u64> = HashMap::default();
         for (key, ks) in &self.keys {
             if let Current::Held { record, .. } = &ks.current {
                 *served.entry(self.ring.owner(key)).or_default() += 1;
@@ -566,8 +567,8 @@ impl Engine {
 
     /// Waiters by lock-name prefix and held locks, over the keys this
     /// coordinator serves (for the metrics).
-    pub fn served_load(&self) -> (HashMap<String, usize>, usize) {
-        let mut depths: HashMap<String, usize> = HashMap::new();
+    pub fn served_load(&self) -> (std::collections::HashMap<String, usize>, usize) {
+        let mut depths = std::collections::HashMap::default();
         let mut held = 0;
         for (key, ks) in self.keys.iter().filter(|(k, _)| self.owns(k)) {
             if matches!(ks.current, Current::Held { .. }) {
@@ -1880,7 +1881,7 @@ impl Engine {
     /// over the keys now ours.
     fn ring_changed(&mut self, before: Vec<String>, cause: &str, now: Instant) {
         let members = self.ring.members();
-        let mut taken: HashMap<String, u64> = HashMap::new();
+        let mut taken: HashMap<String, u64> = HashMap::default();
         if self.ready {
             for gone in before.iter().filter(|id| !members.contains(id)) {
                 // One report per departure: by the coordinator owning its id.

@@ -8,8 +8,8 @@
 //! safety mechanism: two coordinators that briefly disagree both try the
 //! same CAS write, and one of them loses.
 
+use super::HashMap;
 use crate::protocol::ConnId;
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -37,7 +37,7 @@ impl Ring {
     pub fn new(me: String, timeout: Duration) -> Self {
         Ring {
             me,
-            members: HashMap::new(),
+            members: HashMap::default(),
             timeout,
         }
     }
@@ -224,8 +224,8 @@ pub enum Touch {
 impl Sessions {
     pub fn new(default_timeout: Duration, min_timeout: Duration, max_timeout: Duration) -> Self {
         Sessions {
-            alive: HashMap::new(),
-            dead: HashMap::new(),
+            alive: HashMap::default(),
+            dead: HashMap::default(),
             default_timeout,
             min_timeout,
             max_timeout,

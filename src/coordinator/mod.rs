@@ -22,6 +22,17 @@ pub use engine::{
 };
 pub use membership::Ring;
 
+/// The engine's and membership's maps. Their iteration order decides, for
+/// one, which of several sessions dying in the same tick is stepped first,
+/// so the deterministic simulation (`tests/sim`, feature `sim`) needs a
+/// hasher without random keys to replay a seed. Other builds keep std's
+/// random keys: the keys come from the network (HashDoS).
+#[cfg(not(feature = "sim"))]
+type Hasher = std::collections::hash_map::RandomState;
+#[cfg(feature = "sim")]
+type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+type HashMap<K, V> = std::collections::HashMap<K, V, Hasher>;
+
 use crate::admin::{self, LocksQuery, LocksView, MembersView};
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
 use crate::config::LiveSettings;
