@@ -438,7 +438,7 @@ impl Engine {
             writes_sent: 0,
             out: Vec::new(),
             stats: Stats::default(),
-            loads: HashMap::new(),
+            loads: HashMap::default(),
         };
         engine
             .sessions

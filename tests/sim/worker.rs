@@ -278,7 +278,16 @@ impl World {
             if self.clients[k].abandoned.remove(&re) {
                 if let Answer::Granted { key, token, .. } = &answer {
                     let key = self.key_names.iter().position(|n| n.as_str() == key);
-                    self.release(k, key.expect("one of ours"), *token, true, false);
+                    let key = key.expect("one of ours");
+                    // As `SessionLink::dispatch`: a late grant of a hold
+                    // this client has is kept, not released.
+                    let ours = self.clients[k]
+                        .hold
+                        .as_ref()
+                        .is_some_and(|h| h.key == key && h.token == *token);
+                    if !ours {
+                        self.release(k, key, *token, true, false);
+                    }
                 }
             }
             return;
