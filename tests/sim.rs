@@ -175,7 +175,6 @@ fn network_faults() {
 }
 
 #[test]
-#[ignore = "fails on safety-sessions at 7b1fb94 (seed 103): see regression_restart_grants_a_stale_acquire_of_the_holder"]
 fn coordinator_crashes_and_restarts() {
     let total = check_range(100..112, "crash");
     assert!(total.crashes > 0, "{total:?}");
@@ -236,7 +235,6 @@ fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner() {
 /// so its last release frees the lock while it still believes one hold.
 /// Seed 5 (crash faults).
 #[test]
-#[ignore = "fails on safety-sessions at 7b1fb94: a replayed stale acquire of the holder's session is answered granted"]
 fn regression_restart_grants_a_stale_acquire_of_the_holder() {
     if let Err(Failure { report: e, .. }) = run(5, &faults_named("crash"), false, STEPS_PER_SEED) {
         panic!("{e}");

@@ -84,7 +84,7 @@ impl World {
                 owner: Some(owner),
                 ttl_ms: Some(ttl_ms),
                 wait_ms,
-                preempt: false,
+                preempt: Some(false),
             })
             .expect("requests serialize")
         });
