@@ -100,6 +100,10 @@ pub fn read_request(cfg: &Config, s: &mut State, d: usize) {
     let now = s.now;
     let req = s.requests[s.coords[d].read as usize];
     s.coords[d].read += 1;
+    if req.deleted {
+        // Gone from the stream: a replay does not see it.
+        return;
+    }
     let sess = &mut s.coords[d].sessions[req.client as usize];
     match sess {
         Some(sess) if !sess.dead => sess.last_seen = sess.last_seen.max(now),
@@ -181,6 +185,10 @@ pub fn echo_back(cfg: &Config, s: &mut State, d: usize) {
     co.echo_lost_since = None;
 }
 
+/// A write: the key's new record (none: a release marker) and the
+/// requests it applies, as (session, request sequence).
+pub type Write = (Option<Record>, Vec<(u8, u8)>);
+
 /// What one step on a key does.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -189,7 +197,7 @@ pub struct Plan {
     /// The key's new content, when the step writes (a CAS on the current
     /// revision, so it lands: a coordinator with a stale view conflicts,
     /// reads and plans again, which the model folds into this step).
-    pub write: Option<(Option<Record>, Vec<(u8, u8)>)>,
+    pub write: Option<Write>,
 }
 
 fn dead(co: &Coordinator, c: u8) -> bool {

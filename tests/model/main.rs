@@ -217,7 +217,7 @@ fn header() {
     println!("| run | states | depth | time | counterexamples |\n|---|---|---|---|---|");
 }
 
-/// CI: every scenario with all fixes on, with faults for the first 4 ticks.
+/// CI: every scenario with all fixes on, with faults in the first tick.
 #[test]
 fn bounded_all_fixes_hold() {
     header();
@@ -264,4 +264,17 @@ fn every_mutation_is_caught() {
         }
     }
     assert!(missed.is_empty(), "no counterexample for {missed:?}");
+}
+
+/// A finding, not a fix: coordinators that clamp timeouts differently are
+/// unsafe when the lowering one's answer is lost (docs/RELIABILITY.md).
+#[test]
+#[ignore = "a known gap of the contract: run with --release -- --ignored"]
+fn differing_clamps_with_a_lost_beat_break_the_contract() {
+    header();
+    let run = check(scenarios::c5_mixed_clamp_with_loss(), true);
+    assert!(
+        !run.failures.is_empty(),
+        "the gap is closed: move this run to the fixed ones"
+    );
 }

@@ -258,7 +258,7 @@ impl Model for System {
                     }
                     client::tick(cfg, &mut s, c);
                     // Every quarter of the timeout, rounded to ticks.
-                    let beat_due = s.now % (cfg.client_timeout[c] / 4).max(1) == 0;
+                    let beat_due = s.now.is_multiple_of((cfg.client_timeout[c] / 4).max(1));
                     if !s.clients[c].ended && !s.clients[c].silent && beat_due {
                         client::beat(cfg, &mut s, c);
                     }
