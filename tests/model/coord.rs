@@ -1,0 +1,391 @@
+//! The coordinator's side: sessions (C1, C2, C4), reading the request
+//! stream, and the one step per key that decides the next CAS write (C3).
+
+use crate::config::{Config, Guard, Op};
+use crate::net;
+use crate::state::{Body, Coordinator, Key, Outcome, Record, Session, State};
+
+pub fn fresh(cfg: &Config) -> Coordinator {
+    Coordinator {
+        read: 0,
+        sessions: vec![None; cfg.clients()],
+        finished: 0,
+        to_delete: 0,
+        proof_since: None,
+        echo_lost_since: None,
+        hold_off_until: 0,
+    }
+}
+
+fn clamp(cfg: &Config, d: usize, timeout: u8) -> u8 {
+    timeout.clamp(cfg.min_timeout, cfg.max_timeout[d])
+}
+
+pub fn on_heartbeat(
+    cfg: &Config,
+    s: &mut State,
+    d: usize,
+    c: usize,
+    conn: u8,
+    sent: u8,
+    timeout: u8,
+) {
+    let now = s.now;
+    let timeout = clamp(cfg, d, timeout);
+    let sess = &mut s.coords[d].sessions[c];
+    let (alive, answered) = match sess {
+        Some(sess) if sess.dead => (false, sess.timeout),
+        Some(sess) => {
+            sess.last_seen = sess.last_seen.max(now);
+            sess.timeout = timeout;
+            // C2: a beat on another connection than the closed one is the
+            // reconnect.
+            if conn != sess.conn {
+                sess.closing_since = None;
+            }
+            // Connections only grow in the model: a late beat of the old
+            // connection does not bring it back.
+            sess.conn = sess.conn.max(conn);
+            (true, timeout)
+        }
+        None => {
+            *sess = Some(Session {
+                last_seen: now,
+                timeout,
+                conn,
+                closing_since: None,
+                dead: false,
+            });
+            (true, timeout)
+        }
+    };
+    if cfg.async_answers() {
+        s.send(Body::HeartbeatAnswer {
+            client: c as u8,
+            coord: d as u8,
+            sent,
+            alive,
+            timeout: answered,
+        });
+    } else {
+        crate::client::on_heartbeat_answer(cfg, s, c, sent, alive, answered);
+    }
+}
+
+pub fn on_client_closed(cfg: &Config, s: &mut State, d: usize, c: usize, conn: u8) {
+    let now = s.now;
+    let Some(sess) = &mut s.coords[d].sessions[c] else {
+        return;
+    };
+    if sess.dead || sess.conn != conn {
+        return;
+    }
+    if cfg.fixes.c2_reconnect_grace {
+        if sess.closing_since.is_none() {
+            sess.closing_since = Some(now);
+        }
+        s.send(Body::Probe {
+            client: c as u8,
+            coord: d as u8,
+        });
+    } else {
+        sess.dead = true;
+    }
+}
+
+/// Reads the next request of the stream. A request is a sign of life; C1:
+/// it never sets a timeout, and a session first seen through one gets the
+/// longest timeout a client could have been told.
+pub fn read_request(cfg: &Config, s: &mut State, d: usize) {
+    let now = s.now;
+    let req = s.requests[s.coords[d].read as usize];
+    s.coords[d].read += 1;
+    if req.deleted {
+        // Gone from the stream: a replay does not see it.
+        return;
+    }
+    let sess = &mut s.coords[d].sessions[req.client as usize];
+    match sess {
+        Some(sess) if !sess.dead => sess.last_seen = sess.last_seen.max(now),
+        Some(_) => {}
+        None => {
+            let timeout = if cfg.fixes.c1_request_gets_max {
+                cfg.max_timeout[d]
+            } else {
+                cfg.default_timeout
+            };
+            *sess = Some(Session {
+                last_seen: now,
+                timeout,
+                conn: 0,
+                closing_since: None,
+                dead: false,
+            });
+        }
+    }
+}
+
+/// Whether coordinator `d` may declare session `c` dead now.
+pub fn may_judge(cfg: &Config, s: &State, d: usize, c: usize) -> bool {
+    let co = &s.coords[d];
+    let Some(sess) = &co.sessions[c] else {
+        return false;
+    };
+    if sess.dead {
+        return false;
+    }
+    let silent = s.now > sess.last_seen + sess.timeout;
+    let closed = sess
+        .closing_since
+        .is_some_and(|since| s.now > since + cfg.reconnect_grace);
+    if !(silent || closed) {
+        return false;
+    }
+    match cfg.fixes.guard {
+        Guard::Proof => co.proof_since.is_some_and(|p| p <= sess.last_seen),
+        Guard::EchoCutoff { cutoff } => {
+            let cut_off = co
+                .echo_lost_since
+                .is_some_and(|since| s.now - since >= cutoff);
+            !cut_off && s.now >= co.hold_off_until
+        }
+        Guard::None => true,
+    }
+}
+
+/// Every tick: the proof beat is acked when the quorum is reachable (C4);
+/// after a gap, sessions count as seen at its end.
+pub fn tick(cfg: &Config, s: &mut State, d: usize) {
+    let now = s.now;
+    let reach = net::coord_reaches_stream(cfg, s, d);
+    let co = &mut s.coords[d];
+    if !reach {
+        co.proof_since = None;
+    } else if co.proof_since.is_none() {
+        co.proof_since = Some(now);
+        if cfg.fixes.guard == Guard::Proof {
+            for sess in co.sessions.iter_mut().flatten() {
+                if !sess.dead {
+                    sess.last_seen = sess.last_seen.max(now);
+                }
+            }
+        }
+    }
+}
+
+/// The old guard's hold-off once the coordinator hears its own beat again.
+pub fn echo_back(cfg: &Config, s: &mut State, d: usize) {
+    let now = s.now;
+    let co = &mut s.coords[d];
+    if let (Guard::EchoCutoff { cutoff }, Some(since)) = (cfg.fixes.guard, co.echo_lost_since) {
+        if now - since >= cutoff {
+            co.hold_off_until = now + cfg.longest_timeout();
+        }
+    }
+    co.echo_lost_since = None;
+}
+
+/// A write: the key's new record (none: a release marker) and the
+/// requests it applies, as (session, request sequence).
+pub type Write = (Option<Record>, Vec<(u8, u8)>);
+
+/// What one step on a key does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Requests this step finishes, with the answer each gets.
+    pub finish: Vec<(u8, Option<Outcome>)>,
+    /// The key's new content, when the step writes (a CAS on the current
+    /// revision, so it lands: a coordinator with a stale view conflicts,
+    /// reads and plans again, which the model folds into this step).
+    pub write: Option<Write>,
+}
+
+fn dead(co: &Coordinator, c: u8) -> bool {
+    co.sessions[c as usize]
+        .as_ref()
+        .is_some_and(|sess| sess.dead)
+}
+
+fn key_of(op: Op) -> u8 {
+    match op {
+        Op::Acquire(k) | Op::Release(k) => k,
+    }
+}
+
+pub fn plan(cfg: &Config, s: &State, d: usize, k: usize) -> Option<Plan> {
+    let co = &s.coords[d];
+    let key: &Key = &s.keys[k];
+    let pending: Vec<u8> = (1..=co.read)
+        .filter(|&r| {
+            let req = &s.requests[r as usize - 1];
+            !req.deleted && co.finished & (1 << r) == 0 && key_of(req.op) == k as u8
+        })
+        .collect();
+    let req = |r: u8| s.requests[r as usize - 1];
+    let lease_end = s.now + cfg.lease;
+    let token = s.seq + 1;
+
+    // C3: a request whose write is the key's last one is done; answer it
+    // again (the client ignores a repeat).
+    if cfg.fixes.c3_recognise_landed {
+        for &r in &pending {
+            let c = req(r).client;
+            if key.applied.iter().any(|&(ac, ar)| ac == c && ar >= r) {
+                let outcome = match (req(r).op, &key.record) {
+                    (Op::Acquire(_), Some(rec)) if rec.holder == c => {
+                        Some(Outcome::Granted { token: rec.token })
+                    }
+                    (Op::Acquire(_), _) => None,
+                    (Op::Release(_), _) => Some(Outcome::Released),
+                };
+                return Some(Plan {
+                    finish: vec![(r, outcome)],
+                    write: None,
+                });
+            }
+        }
+    }
+
+    // The next live waiter, granted in the write that ends a hold.
+    let next_waiter = |except: Option<u8>| {
+        pending.iter().copied().find(|&r| {
+            let q = req(r);
+            matches!(q.op, Op::Acquire(_)) && Some(q.client) != except && !dead(co, q.client)
+        })
+    };
+    let hand_on = |ending: Vec<(u8, Option<Outcome>)>, holder: Option<u8>| {
+        let mut finish = ending;
+        let mut applied: Vec<(u8, u8)> = finish.iter().map(|&(r, _)| (req(r).client, r)).collect();
+        let record = next_waiter(holder).map(|w| {
+            finish.push((w, Some(Outcome::Granted { token })));
+            applied.push((req(w).client, w));
+            Record {
+                holder: req(w).client,
+                token,
+                count: 1,
+                expires: lease_end,
+            }
+        });
+        Plan {
+            finish,
+            write: Some((record, applied)),
+        }
+    };
+
+    // Waiters of dead sessions leave without an answer; releases by a
+    // session that does not hold the lock are refused.
+    let holder = key.record.as_ref().map(|rec| rec.holder);
+    for &r in &pending {
+        let q = req(r);
+        if Some(q.client) == holder {
+            continue;
+        }
+        match q.op {
+            Op::Acquire(_) if dead(co, q.client) => {
+                return Some(Plan {
+                    finish: vec![(r, None)],
+                    write: None,
+                })
+            }
+            Op::Release(_) => {
+                return Some(Plan {
+                    finish: vec![(r, Some(Outcome::NotHolder))],
+                    write: None,
+                })
+            }
+            Op::Acquire(_) => {}
+        }
+    }
+
+    match &key.record {
+        None => next_waiter(None).map(|_| hand_on(Vec::new(), None)),
+        Some(rec) if dead(co, rec.holder) => {
+            // The hold ends with its session; its own pending operations are
+            // refused by the steps after this one.
+            Some(hand_on(Vec::new(), Some(rec.holder)))
+        }
+        Some(rec) => {
+            let r = pending
+                .iter()
+                .copied()
+                .find(|&r| req(r).client == rec.holder)?;
+            let applied = vec![(rec.holder, r)];
+            match req(r).op {
+                Op::Acquire(_) => Some(Plan {
+                    finish: vec![(r, Some(Outcome::Granted { token: rec.token }))],
+                    write: Some((
+                        Some(Record {
+                            count: rec.count + 1,
+                            expires: lease_end,
+                            ..rec.clone()
+                        }),
+                        applied,
+                    )),
+                }),
+                Op::Release(_) if rec.count > 1 => Some(Plan {
+                    finish: vec![(r, Some(Outcome::Released))],
+                    write: Some((
+                        Some(Record {
+                            count: rec.count - 1,
+                            expires: lease_end,
+                            ..rec.clone()
+                        }),
+                        applied,
+                    )),
+                }),
+                Op::Release(_) => Some(hand_on(
+                    vec![(r, Some(Outcome::Released))],
+                    Some(rec.holder),
+                )),
+            }
+        }
+    }
+}
+
+/// Carries a plan out. With `ack_lost` the write lands but the coordinator
+/// never learns it: it answers nothing and finishes nothing.
+pub fn apply(
+    s: &mut State,
+    d: usize,
+    k: usize,
+    plan: Plan,
+    ack_lost: bool,
+    delete_before_answer: bool,
+) {
+    if let Some((record, applied)) = plan.write {
+        s.seq += 1;
+        let key = &mut s.keys[k];
+        key.rev = s.seq;
+        key.record = record;
+        key.applied = applied;
+        for &(r, _) in &plan.finish {
+            let bit = 1u32 << r;
+            if s.ghost.applied & bit != 0 && s.ghost.answered & bit != 0 {
+                s.ghost.applied_twice = true;
+            }
+            s.ghost.applied |= bit;
+        }
+    }
+    if ack_lost {
+        return;
+    }
+    for (r, outcome) in plan.finish {
+        s.coords[d].finished |= 1 << r;
+        if delete_before_answer {
+            // C3 as the model needs it: the request is deleted (acked)
+            // before it is answered, so no restart replays an answered one.
+            s.requests[r as usize - 1].deleted = true;
+        } else {
+            s.coords[d].to_delete |= 1 << r;
+        }
+        if let Some(outcome) = outcome {
+            let client = s.requests[r as usize - 1].client;
+            s.send(Body::Answer {
+                client,
+                coord: d as u8,
+                req: r,
+                outcome,
+            });
+        }
+    }
+}

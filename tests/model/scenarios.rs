@@ -1,0 +1,182 @@
+//! The configurations the checker explores. Each case of issue 13 has a
+//! scenario that gives its fault room to happen; `everything` lets every
+//! fault happen in one run.
+
+use crate::config::*;
+
+/// Clock constants in ticks. Session timeouts: default and minimum 2, the
+/// longest 4; reconnect grace 1; lease 6.
+pub fn base(name: &'static str) -> Config {
+    Config {
+        name,
+        fixes: Fixes::ALL,
+        scripts: vec![
+            vec![Op::Acquire(0), Op::Release(0)],
+            vec![Op::Acquire(0), Op::Release(0)],
+        ],
+        client_timeout: vec![4, 4],
+        coordinators: 2,
+        keys: 1,
+        home: vec![0],
+        client_side: vec![0, 0],
+        coord_side: vec![0, 0],
+        max_timeout: vec![4, 4],
+        min_timeout: 2,
+        default_timeout: 2,
+        reconnect_grace: 1,
+        lease: 6,
+        horizon: 4,
+        settle: 7,
+        losses: 0,
+        loss_kinds: HB | HB_ANSWER | ADVISORY | PROBE,
+        dups: 0,
+        dup_kinds: HB | HB_ANSWER | ANSWER | ADVISORY | PROBE,
+        lost_acks: 0,
+        restarts: 0,
+        reconnects: 0,
+        silences: 1,
+        reorders: 0,
+        split: None,
+        check_liveness: true,
+    }
+}
+
+/// Case 1: a coordinator restarts and replays a request of a session it
+/// has not heard beat yet (client 0 states 4 ticks, the default is 2).
+pub fn c1_replay() -> Config {
+    Config {
+        restarts: 1,
+        ..base("c1: restart, replay, silence")
+    }
+}
+
+/// Case 2: client 0 reconnects (its old connection reported `Client Closed`).
+pub fn c2_reconnect() -> Config {
+    Config {
+        reconnects: 1,
+        losses: 1,
+        dups: 1,
+        ..base("c2: reconnect, loss, dup")
+    }
+}
+
+/// Case 3: a reentrant hold, a coordinator write whose ack is lost, and a
+/// restart with replay.
+pub fn c3_lost_ack() -> Config {
+    Config {
+        scripts: vec![
+            vec![
+                Op::Acquire(0),
+                Op::Acquire(0),
+                Op::Release(0),
+                Op::Release(0),
+            ],
+            vec![Op::Acquire(0), Op::Release(0)],
+        ],
+        lost_acks: 1,
+        restarts: 1,
+        ..base("c3: reentrant, lost ack, restart")
+    }
+}
+
+/// Case 4: coordinator 0, the key's home, is on the side of a route
+/// partition without the JetStream quorum; the clients are on the other.
+pub fn c4_route() -> Config {
+    Config {
+        coord_side: vec![1, 0],
+        split: Some((SplitKind::Route, 5)),
+        ..base("c4: route partition")
+    }
+}
+
+/// Case 5a: a live config change lowered the longest timeout on
+/// coordinator 1 (the key's home) first, so it clamps client 0's 4 to 2.
+/// No message is lost here: with one lost heartbeat the fixed protocol
+/// fails too (`c5_mixed_clamp_with_loss`).
+pub fn c5_mixed_clamp() -> Config {
+    Config {
+        max_timeout: vec![4, 2],
+        home: vec![1],
+        dups: 1,
+        ..base("c5a: coordinators clamp differently")
+    }
+}
+
+/// The same with heartbeats that may be lost: coordinator 1 learns client 0
+/// from its request (C1: its own longest timeout, 2) and client 0 never
+/// hears that 2.
+pub fn c5_mixed_clamp_with_loss() -> Config {
+    Config {
+        losses: 1,
+        loss_kinds: HB,
+        ..c5_mixed_clamp()
+    }
+}
+
+/// Case 5b: heartbeat answers may be lost, so a client can hold a lock with
+/// no session confirmation yet.
+pub fn c5_unconfirmed() -> Config {
+    Config {
+        losses: 2,
+        loss_kinds: HB_ANSWER,
+        ..base("c5b: lost heartbeat answers")
+    }
+}
+
+/// Case 5c: coordinator 0's connection stalls (it hears nothing, not its
+/// own beat either) for up to 4 ticks.
+pub fn c5_cut() -> Config {
+    Config {
+        split: Some((SplitKind::CutCoordinator0, 4)),
+        ..base("c5c: coordinator 0 cut off")
+    }
+}
+
+/// Every fault kind may happen in one run, once each.
+pub fn everything() -> Config {
+    Config {
+        scripts: vec![
+            vec![
+                Op::Acquire(0),
+                Op::Acquire(0),
+                Op::Release(0),
+                Op::Release(0),
+            ],
+            vec![Op::Acquire(0), Op::Release(0)],
+        ],
+        losses: 1,
+        dups: 1,
+        lost_acks: 1,
+        restarts: 1,
+        reconnects: 1,
+        reorders: 1,
+        coord_side: vec![1, 0],
+        split: Some((SplitKind::Route, 3)),
+        horizon: 3,
+        ..base("all faults, 2 clients, 1 key")
+    }
+}
+
+/// Three clients on two keys, with message loss and duplication.
+pub fn three_clients() -> Config {
+    Config {
+        scripts: vec![
+            vec![Op::Acquire(0), Op::Release(0)],
+            vec![
+                Op::Acquire(0),
+                Op::Acquire(1),
+                Op::Release(1),
+                Op::Release(0),
+            ],
+            vec![Op::Acquire(1), Op::Release(1)],
+        ],
+        client_timeout: vec![4, 4, 4],
+        keys: 2,
+        home: vec![0, 1],
+        client_side: vec![0, 0, 0],
+        losses: 1,
+        dups: 1,
+        horizon: 3,
+        ..base("3 clients, 2 keys, loss, dup")
+    }
+}
