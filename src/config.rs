@@ -125,7 +125,7 @@ impl Default for Config {
             session_timeout_ms: 900,
             min_session_timeout_ms: 300,
             max_session_timeout_ms: 300_000,
-            reconnect_grace_ms: 100,
+            reconnect_grace_ms: 900,
             default_ttl_ms: 10_000,
             max_wait_ms: 15 * 60 * 1000,
             preempt_grace_ms: 5000,

@@ -459,11 +459,17 @@ impl Sessions {
     }
 }
 
-/// The reconnect grace unless configured: a client that reconnects sends
-/// its heartbeat on the new connection within a round trip or two (it beats
-/// at once on reconnecting and on the coordinators' probe), while a holder
-/// whose process exited is handed on after it.
-pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_millis(100);
+/// The reconnect grace unless configured: the default session timeout. The
+/// client cannot tell a drop it caused (which the server reports as a close
+/// by the client) from one the server caused (lame duck, shutdown), so it
+/// gives its locks up 0.9 of the grace after any drop it cannot show was a
+/// reconnect; at the session timeout, that is never sooner than its
+/// deadline by silence, so no reconnect that the timeout allows ends a
+/// session. (At 100 ms, reconnects through a rolling lame-duck restart on
+/// a loaded machine ended sessions.) A holder whose process exits is still
+/// handed on after the grace even when its session timeout is far longer;
+/// deployments whose reconnects are fast may set it lower.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_millis(900);
 
 #[cfg(test)]
 mod tests {

@@ -314,6 +314,10 @@ fn timed_out_and_dead_waiters_are_skipped() {
 #[test]
 fn a_dead_holders_lock_goes_to_the_next_waiter() {
     let mut sim = Sim::new();
+    sim.engine.set_config(EngineConfig {
+        reconnect_grace: Duration::from_millis(100),
+        ..EngineConfig::default()
+    });
     sim.acquire("h", "a", 0);
     sim.acquire("w", "a", 60_000);
     let conn = ConnId {
@@ -347,6 +351,10 @@ fn a_dead_holders_lock_goes_to_the_next_waiter() {
 #[test]
 fn a_reconnect_within_the_grace_keeps_the_session_and_its_lock() {
     let mut sim = Sim::new();
+    sim.engine.set_config(EngineConfig {
+        reconnect_grace: Duration::from_millis(100),
+        ..EngineConfig::default()
+    });
     sim.acquire("h", "a", 0);
     sim.acquire("w", "a", 60_000);
     let conn = |cid| ConnId {
