@@ -6,51 +6,15 @@
 mod common;
 
 use common::json::JsonSession;
-use common::{coordinator, named_client as client, single, PATIENCE};
+use common::{coordinator, named_client as client, queued_acquire, single, PATIENCE};
 use futures::StreamExt;
 use jetlock::protocol::{self, Answer, ErrorCode};
-use jetlock::{Client, Fence, FencingToken, LockError, LostReason};
+use jetlock::{Fence, FencingToken, LockError, LostReason};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Starts `client`'s acquire of `name` and returns once the coordinator
-/// has queued it (its `queued` answer, which the Rust client ignores, is
-/// read from the client's answer subject).
-async fn queued_acquire(
-    url: &str,
-    client: &Client,
-    name: &'static str,
-    wait: Duration,
-) -> tokio::task::JoinHandle<Result<jetlock::LockGuard, LockError>> {
-    let watcher = async_nats::connect(url).await.unwrap();
-    let mut answers = watcher
-        .subscribe(protocol::answer_subject(client.session()))
-        .await
-        .unwrap();
-    watcher.flush().await.unwrap();
-    let c = client.clone();
-    let task = tokio::spawn(async move {
-        c.lock(name)
-            .ttl(Duration::from_secs(30))
-            .wait(wait)
-            .acquire()
-            .await
-    });
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let m = answers.next().await.expect("subscription open");
-            if let Ok(Answer::Queued { .. }) = serde_json::from_slice(&m.payload) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the waiter is queued");
-    task
-}
 
 fn code(a: &Answer) -> Option<ErrorCode> {
     match a {
@@ -413,10 +377,15 @@ async fn a_killed_holders_lock_goes_to_the_next_waiter_at_once() {
     let _c = coordinator(&url).await;
     let waiter = client(&url, "waiter").await;
     let (mut child, held) = hold_process(&url, "proc");
-    let wait = queued_acquire(&url, &waiter, "proc", PATIENCE).await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let wait = queued_acquire(&watcher, &waiter, "proc", Duration::from_secs(30), PATIENCE).await;
     let killed = Instant::now();
     signal(&child, libc::SIGKILL);
-    let guard = wait.await.unwrap().expect("granted after the holder died");
+    let guard = wait
+        .await
+        .unwrap()
+        .1
+        .expect("granted after the holder died");
     let took = killed.elapsed();
     let _ = child.0.wait();
     assert!(guard.token() > FencingToken(held));
@@ -438,10 +407,22 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() {
         fence.admit("ledger", FencingToken(stale)).is_ok(),
         "the holder writes once"
     );
-    let wait = queued_acquire(&url, &waiter, "paused", PATIENCE).await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let wait = queued_acquire(
+        &watcher,
+        &waiter,
+        "paused",
+        Duration::from_secs(30),
+        PATIENCE,
+    )
+    .await;
     let stopped = Instant::now();
     signal(&child, libc::SIGSTOP);
-    let guard = wait.await.unwrap().expect("granted after the holder hung");
+    let guard = wait
+        .await
+        .unwrap()
+        .1
+        .expect("granted after the holder hung");
     println!("SIGSTOP -> next waiter granted in {:?}", stopped.elapsed());
     assert!(fence.admit("ledger", guard.token()).is_ok());
     // The old holder wakes up and tries to write with its token.
@@ -514,7 +495,8 @@ async fn revocation_warns_the_holder_then_fences_it_off() {
     let holder = client(&url, "holder").await;
     let waiter = client(&url, "waiter").await;
     let guard = holder.lock("rev").acquire().await.unwrap();
-    let wait = queued_acquire(&url, &waiter, "rev", PATIENCE).await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let wait = queued_acquire(&watcher, &waiter, "rev", Duration::from_secs(30), PATIENCE).await;
 
     let mut op = JsonSession::new(&url).await;
     op.send(
@@ -531,7 +513,7 @@ async fn revocation_warns_the_holder_then_fences_it_off() {
         .expect("the holder is told at once");
     assert_eq!(guard.lost_reason(), Some(LostReason::Revoked));
     // The holder ignores the notice; after the grace the waiter has it.
-    let next = wait.await.unwrap().expect("granted after the grace");
+    let next = wait.await.unwrap().1.expect("granted after the grace");
     assert!(next.token() > guard.token());
     let fence = Fence::new();
     fence.admit("ledger", next.token()).unwrap();

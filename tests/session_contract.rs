@@ -6,47 +6,10 @@
 
 mod common;
 
-use common::{named_client as client, serve, single, PATIENCE};
-use futures::StreamExt;
-use jetlock::protocol::{self, Answer};
+use common::{named_client as client, queued_acquire, serve, single, PATIENCE};
 use jetlock::server::Role;
-use jetlock::{Client, ClientOptions, LockError, LockGuard};
+use jetlock::{ClientOptions, LockError};
 use std::time::Duration;
-
-/// Starts `client`'s acquire of `name` and returns once a coordinator has
-/// queued it.
-async fn queued(
-    watcher: &async_nats::Client,
-    client: &Client,
-    name: &'static str,
-) -> tokio::task::JoinHandle<(std::time::Instant, Result<LockGuard, LockError>)> {
-    let mut answers = watcher
-        .subscribe(protocol::answer_subject(client.session()))
-        .await
-        .unwrap();
-    watcher.flush().await.unwrap();
-    let c = client.clone();
-    let task = tokio::spawn(async move {
-        let r = c
-            .lock(name)
-            .ttl(Duration::from_secs(60))
-            .wait(PATIENCE)
-            .acquire()
-            .await;
-        (std::time::Instant::now(), r)
-    });
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let m = answers.next().await.expect("subscription open");
-            if let Ok(Answer::Queued { .. }) = serde_json::from_slice(&m.payload) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the waiter is queued");
-    task
-}
 
 /// Case 1 of the safety review: a coordinator that starts replays a
 /// waiting request of a session whose heartbeats ask for 40 s, long before
@@ -80,7 +43,7 @@ async fn a_replayed_request_never_shortens_the_session_timeout() {
         .unwrap();
     // The slow session waits in the queue: its request stays in the stream.
     let watcher = async_nats::connect(&url).await.unwrap();
-    let _waiting = queued(&watcher, &slow, "busy").await;
+    let _waiting = queued_acquire(&watcher, &slow, "busy", Duration::from_secs(60), PATIENCE).await;
     drop(first);
     let _second = serve(&url, &[]);
     // For longer than the default timeout (and the proof of hearing), a
@@ -139,7 +102,14 @@ async fn a_client_reconnect_never_ends_the_session() {
         .await
         .unwrap();
     let watcher = async_nats::connect(&url).await.unwrap();
-    let mut wait = queued(&watcher, &waiter, "reconnect").await;
+    let mut wait = queued_acquire(
+        &watcher,
+        &waiter,
+        "reconnect",
+        Duration::from_secs(60),
+        PATIENCE,
+    )
+    .await;
     let before = holder.nats().server_info().client_id;
     for round in 0..5 {
         holder.nats().force_reconnect().await.unwrap();
@@ -211,7 +181,8 @@ async fn a_coordinator_that_cannot_hear_the_cluster_declares_no_confirmed_sessio
                 .await
                 .unwrap(),
         );
-        waits.push(queued(&watcher, &waiter, name).await);
+        waits
+            .push(queued_acquire(&watcher, &waiter, name, Duration::from_secs(60), PATIENCE).await);
     }
     // When each holder's guard learned it lost its lock.
     let mut lost_at: Vec<_> = guards

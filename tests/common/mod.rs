@@ -398,3 +398,42 @@ fn checker_catches_overlap_and_stale_tokens() {
     assert_eq!(c.overlaps.load(Ordering::SeqCst), 1);
     assert_eq!(c.non_increasing.load(Ordering::SeqCst), 1);
 }
+
+/// Starts `client`'s acquire of `name` (lease `ttl`, waiting up to `wait`)
+/// and returns once a coordinator has queued it: its `queued` answer, which
+/// the Rust client ignores, is read on `watcher` from the client's answer
+/// subject. The task yields when the acquire returned, and its result.
+pub async fn queued_acquire(
+    watcher: &async_nats::Client,
+    client: &Client,
+    name: &'static str,
+    ttl: Duration,
+    wait: Duration,
+) -> tokio::task::JoinHandle<(
+    std::time::Instant,
+    Result<jetlock::LockGuard, jetlock::LockError>,
+)> {
+    use futures::StreamExt;
+    let mut answers = watcher
+        .subscribe(jetlock::protocol::answer_subject(client.session()))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let c = client.clone();
+    let task = tokio::spawn(async move {
+        let r = c.lock(name).ttl(ttl).wait(wait).acquire().await;
+        (std::time::Instant::now(), r)
+    });
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let m = answers.next().await.expect("subscription open");
+            if let Ok(jetlock::protocol::Answer::Queued { .. }) = serde_json::from_slice(&m.payload)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the waiter is queued");
+    task
+}
