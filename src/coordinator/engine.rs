@@ -18,7 +18,7 @@
 //! with waiters goes to the head waiter by one write (holder → waiter), so
 //! the key is never vacant while anyone waits and a newcomer cannot barge in.
 
-use super::hearing::{Hearing, Verdict};
+use super::hearing::{Hearing, HeldAcks, Verdict};
 use super::membership::{owner_among, Ring, Sessions, Touch};
 use super::HashMap;
 use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
@@ -121,6 +121,8 @@ pub enum Action {
     /// Send a proof beat now (a death waits for one sent after its
     /// deadline) and report its acknowledgement with [`Engine::proof_acked`].
     Prove,
+    /// Publish a heartbeat's answer on its reply subject.
+    HeartbeatAck { reply: String, ack: HeartbeatAck },
 }
 
 /// One CAS write on the locks bucket.
@@ -190,6 +192,9 @@ struct HolderOp {
     id: String,
     kind: HolderOpKind,
     arrived: Instant,
+    /// The key was read from the stream leader after it arrived: a refusal
+    /// may rest on what this coordinator knows (see `OpOutcome::Verify`).
+    verified: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +413,8 @@ pub struct Engine {
     last_tick: Option<Instant>,
     /// Proof that this coordinator could hear the cluster: deaths need it.
     hearing: Hearing,
+    /// `alive` answers waiting for the same proof: (session, reply).
+    held_acks: HeldAcks<(String, String)>,
     next_sweep: Option<Instant>,
     /// Writes sent so far: the last one's number (see `Write::id`).
     writes_sent: u64,
@@ -434,6 +441,7 @@ impl Engine {
             ready: false,
             last_tick: None,
             hearing: Hearing::default(),
+            held_acks: HeldAcks::default(),
             next_sweep: None,
             writes_sent: 0,
             out: Vec::new(),
@@ -838,6 +846,7 @@ impl Engine {
                         id,
                         kind: HolderOpKind::Reenter { owner, ttl_ms },
                         arrived: now,
+                        verified: false,
                     });
                 } else {
                     let left = Duration::from_millis(wait_ms).saturating_sub(age);
@@ -878,6 +887,7 @@ impl Engine {
                 id,
                 kind: HolderOpKind::Release { token },
                 arrived: now,
+                verified: false,
             }),
             Request::Renew {
                 id, token, ttl_ms, ..
@@ -887,6 +897,7 @@ impl Engine {
                 id,
                 kind: HolderOpKind::Renew { token, ttl_ms },
                 arrived: now,
+                verified: false,
             }),
             Request::Revoke {
                 id,
@@ -899,6 +910,7 @@ impl Engine {
                 id,
                 kind: HolderOpKind::Revoke { grace_ms, reason },
                 arrived: now,
+                verified: false,
             }),
             Request::Cancel { id, target, name } => {
                 let found = ks
@@ -996,6 +1008,10 @@ impl Engine {
             .entry(key.clone())
             .or_insert_with(|| Box::new(KeyState::new(name.clone())));
         if revision_of(&current) <= revision_of(&ks.current) {
+            // Seen already, but a write that conflicted with it may have
+            // put its waiter back in the queue since: the one this hold
+            // was granted to (a start race of two coordinators).
+            self.claim_granted(&key, acting, now);
             return;
         }
         let previous = std::mem::replace(&mut ks.current, current.clone());
@@ -1035,37 +1051,53 @@ impl Engine {
             if ks.revoke.as_ref().is_some_and(|r| r.token != token) {
                 ks.revoke = None;
             }
-            // A queued waiter now holds the lock: another coordinator (or
-            // our own write whose answer was lost) granted it.
-            if let Some(i) = ks
-                .queue
-                .iter()
-                .position(|w| w.session == record.session && w.owner == record.owner)
-            {
-                let w = ks.queue.remove(i).expect("position is in range");
-                ks.recent_grant = Some(Box::new(RecentGrant {
-                    session: w.session.clone(),
-                    re: w.id.clone(),
-                    token,
-                    ttl_ms: record.lease_ms,
-                    at: now,
-                }));
-                if acting {
-                    let answer = Answer::Granted {
-                        v: VERSION,
-                        re: w.id.clone(),
-                        key: ks.name.to_string(),
-                        token,
-                        ttl_ms: record.lease_ms,
-                        holds: record.holds,
-                        waiters: ks.queue.len() as u32,
-                    };
-                    self.answer(&w.session, answer);
-                }
-                self.done(&w.session, &w.id, w.seq, acting);
-            }
         }
+        self.claim_granted(&key, acting, now);
         self.step(&key, now);
+    }
+
+    /// A queued waiter of the holder's session and owner now holds the
+    /// lock: another coordinator (or our own write whose answer was lost)
+    /// granted it. Its request is answered (again) and leaves the queue.
+    /// An acquire of the holder's own session and owner is never queued
+    /// (it is a reentry), so such a waiter can only be the one granted.
+    fn claim_granted(&mut self, key: &str, acting: bool, now: Instant) {
+        let Some(ks) = self.keys.get_mut(key) else {
+            return;
+        };
+        let Current::Held { revision, record } = &ks.current else {
+            return;
+        };
+        let token = record.token_at(*revision);
+        let Some(i) = ks
+            .queue
+            .iter()
+            .position(|w| w.session == record.session && w.owner == record.owner)
+        else {
+            return;
+        };
+        let (lease_ms, holds) = (record.lease_ms, record.holds);
+        let w = ks.queue.remove(i).expect("position is in range");
+        ks.recent_grant = Some(Box::new(RecentGrant {
+            session: w.session.clone(),
+            re: w.id.clone(),
+            token,
+            ttl_ms: lease_ms,
+            at: now,
+        }));
+        if acting {
+            let answer = Answer::Granted {
+                v: VERSION,
+                re: w.id.clone(),
+                key: ks.name.to_string(),
+                token,
+                ttl_ms: lease_ms,
+                holds,
+                waiters: ks.queue.len() as u32,
+            };
+            self.answer(&w.session, answer);
+        }
+        self.done(&w.session, &w.id, w.seq, acting);
     }
 
     /// The result of a [`Action::Read`]: the key's last message, or
@@ -1094,7 +1126,11 @@ impl Engine {
                 self.step(name.key(), now);
             }
             None => {
-                // The read failed too: try again shortly.
+                // The read failed too: try again shortly. Refusals still
+                // wait for a read that succeeds.
+                if let Some(ks) = self.keys.get_mut(name.key()) {
+                    ks.ops.iter_mut().for_each(|op| op.verified = false);
+                }
                 self.timers.push(Reverse((
                     now + Duration::from_millis(100),
                     name.key().to_owned(),
@@ -1116,26 +1152,52 @@ impl Engine {
         if touch == Touch::Joined {
             self.session_joined(session);
         }
-        let alive = touch != Touch::Dead && !hb.leaving;
         if hb.leaving && touch != Touch::Dead {
             self.kill_session(session, "left", now);
         }
-        // Every coordinator answers (the client takes the first answer):
-        // a client whose answering coordinator died is still confirmed by
+        // Every coordinator answers (the client reads every answer): a
+        // client whose answering coordinator died is still confirmed by
         // the others, so it keeps its locks (see `LostReason::Unconfirmed`).
-        Some(HeartbeatAck {
+        let mut ack = self.heartbeat_ack(session);
+        ack.alive &= touch != Touch::Dead && !hb.leaving;
+        Some(ack)
+    }
+
+    /// A session heartbeat whose answer goes to `reply` (an
+    /// [`Action::HeartbeatAck`]): `alive: false` at once, `alive` once this
+    /// coordinator proves it heard the quorum after the heartbeat arrived
+    /// (see `hearing.rs`).
+    pub fn heartbeat_to(&mut self, session: &str, hb: Heartbeat, reply: String, now: Instant) {
+        let Some(ack) = self.heartbeat(session, hb, now) else {
+            return;
+        };
+        if ack.alive {
+            self.held_acks.hold(now, (session.to_owned(), reply));
+        } else {
+            self.out.push(Action::HeartbeatAck { reply, ack });
+        }
+    }
+
+    /// The answer to a heartbeat of `session`, as things stand now.
+    fn heartbeat_ack(&self, session: &str) -> HeartbeatAck {
+        HeartbeatAck {
             v: VERSION,
-            alive,
+            alive: !self.sessions.is_dead(session),
             timeout_ms: self.sessions.timeout_of(session).as_millis() as u64,
             coordinators: self.ring.len() as u32,
             grace_ms: Some(self.sessions.reconnect_grace().as_millis() as u64),
-        })
+        }
     }
 
     /// A proof beat sent at `sent` was stored by a quorum, acknowledged at
-    /// `acked` (see `hearing.rs`); overdue sessions may now be judged.
+    /// `acked` (see `hearing.rs`): held heartbeat answers go, and overdue
+    /// sessions may now be judged.
     pub fn proof_acked(&mut self, sent: Instant, acked: Instant, now: Instant) {
         self.hearing.acked(sent, acked);
+        for (session, reply) in self.held_acks.proved(sent, acked) {
+            let ack = self.heartbeat_ack(&session);
+            self.out.push(Action::HeartbeatAck { reply, ack });
+        }
         self.judge_sessions(now);
     }
 
@@ -1202,6 +1264,7 @@ impl Engine {
             }
         }
         self.last_tick = Some(now);
+        self.held_acks.expire(now);
         let before = self.ring.members();
         if !self.ring.expire(now).is_empty() {
             self.ring_changed(before, "heartbeats missed", now);
@@ -1457,6 +1520,11 @@ impl Engine {
                         self.settled(&ks.name, &op);
                         continue;
                     }
+                    if !op.verified {
+                        ks.ops.push_front(op);
+                        self.verify(ks);
+                        return;
+                    }
                     let e =
                         WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name));
                     self.renew_failed(&ks.name, &op, 0, &e);
@@ -1501,6 +1569,11 @@ impl Engine {
                         OpOutcome::End(e) => {
                             ending = Some(e);
                             break;
+                        }
+                        OpOutcome::Verify(op) => {
+                            ks.ops.push_front(op);
+                            self.verify(ks);
+                            return;
                         }
                         OpOutcome::Requeue(w) => {
                             let at = ks.queue.partition_point(|q| q.seq < w.seq);
@@ -1586,6 +1659,16 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Reads the key from the stream leader before the operations now
+    /// pending on it may be refused (see `OpOutcome::Verify`).
+    fn verify(&mut self, ks: &mut KeyState) {
+        ks.ops.iter_mut().for_each(|op| op.verified = true);
+        ks.inflight = Some(Box::new(Inflight::Read));
+        self.out.push(Action::Read {
+            name: ks.name.clone(),
+        });
     }
 
     fn start_grant(
@@ -1787,6 +1870,7 @@ impl Engine {
             }
         };
         match verdict {
+            Err(_) if !op.verified => OpOutcome::Verify(op),
             Err(e) => {
                 self.renew_failed(&ks.name, &op, token, &e);
                 self.fail(&op.session, &op.id, &ks.name, e);
@@ -2066,6 +2150,11 @@ fn transition_events(
 
 enum OpOutcome {
     Done,
+    /// It would be refused (`not_holder`, `stale_token`) by a key state
+    /// only seen through the watch, which may lag: a refusal ends the
+    /// client's belief in its lock, so the key is read from the stream
+    /// leader first.
+    Verify(HolderOp),
     Write(HolderOp, LockRecord, Duration),
     End(Ending),
     Requeue(Waiter),

@@ -23,7 +23,18 @@
 //! every quarter of its timeout, so a loss of hearing that hides a death by
 //! silence lasts at least three quarters of the shortest timeout (225 ms of
 //! 300 ms).
+//!
+//! Confirmations need the same proof. A coordinator cut off with some
+//! clients' server hears their heartbeats while the rest of the cluster
+//! does not; were it to answer them alive, they would keep believing in
+//! locks that the other side hands on. So an `alive` answer waits in
+//! [`HeldAcks`] until a proof beat sent after the heartbeat arrived is
+//! acknowledged in time: the beat went over the same connection and then
+//! over the routes to the quorum, after the heartbeat, so the routes were
+//! up when the heartbeat passed (routes are TCP: in order). An answer that
+//! no such beat releases is never sent; the client's deadline runs out.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -87,9 +98,70 @@ impl Hearing {
     }
 }
 
+/// `alive` heartbeat answers waiting for their proof (a heartbeat's answer
+/// is late by at most one [`PROOF_INTERVAL`] and a round trip).
+#[derive(Debug, Default)]
+pub struct HeldAcks<T> {
+    held: VecDeque<(Instant, T)>,
+}
+
+/// Most answers held at once; beyond it the oldest is dropped (its client
+/// heartbeats again). 40,000 sessions heartbeating every 225 ms for 250 ms.
+pub const MAX_HELD_ACKS: usize = 40_000;
+/// An answer held this long is dropped: no proof came, and a client whose
+/// heartbeat is this old has sent newer ones.
+pub const HELD_ACK_LIFETIME: Duration = Duration::from_secs(1);
+
+impl<T> HeldAcks<T> {
+    /// Holds the answer to a heartbeat that arrived at `arrived`.
+    pub fn hold(&mut self, arrived: Instant, answer: T) {
+        if self.held.len() >= MAX_HELD_ACKS {
+            self.held.pop_front();
+        }
+        self.held.push_back((arrived, answer));
+    }
+
+    /// A proof beat sent at `sent` was acknowledged at `acked`: the answers
+    /// to heartbeats that arrived before it was sent may go.
+    pub fn proved(&mut self, sent: Instant, acked: Instant) -> Vec<T> {
+        if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
+            return Vec::new();
+        }
+        let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
+        self.held.drain(..n).map(|(_, a)| a).collect()
+    }
+
+    /// Drops answers no proof released in time.
+    pub fn expire(&mut self, now: Instant) {
+        while self
+            .held
+            .front()
+            .is_some_and(|(arrived, _)| now.saturating_duration_since(*arrived) > HELD_ACK_LIFETIME)
+        {
+            self.held.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_goes_only_with_a_beat_sent_after_its_heartbeat_and_acked_in_time() {
+        let t0 = Instant::now();
+        let mut h = HeldAcks::default();
+        h.hold(t0 + 10 * MS, "a");
+        h.hold(t0 + 30 * MS, "b");
+        // Sent before "a" arrived.
+        assert!(h.proved(t0 + 5 * MS, t0 + 6 * MS).is_empty());
+        // Acknowledged too late: proves nothing.
+        assert!(h.proved(t0 + 20 * MS, t0 + 200 * MS).is_empty());
+        assert_eq!(h.proved(t0 + 20 * MS, t0 + 21 * MS), vec!["a"]);
+        // "b" was never proved in time: dropped.
+        h.expire(t0 + 30 * MS + HELD_ACK_LIFETIME + MS);
+        assert!(h.proved(t0 + 2000 * MS, t0 + 2001 * MS).is_empty());
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -621,10 +621,13 @@ impl Runtime {
                 Err(_) => return,
             }
         };
-        let ack = self.engine.heartbeat(session, hb, Instant::now());
-        if let (Some(ack), Some(reply)) = (ack, msg.reply) {
-            let body = serde_json::to_vec(&ack).expect("acks serialize");
-            let _ = self.nats.publish(reply, body.into()).await;
+        match msg.reply {
+            Some(reply) => self
+                .engine
+                .heartbeat_to(session, hb, reply.to_string(), Instant::now()),
+            None => {
+                self.engine.heartbeat(session, hb, Instant::now());
+            }
         }
     }
 
@@ -688,6 +691,10 @@ impl Runtime {
                 }
                 engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Prove => self.prove(),
+                engine::Action::HeartbeatAck { reply, ack } => {
+                    let body = serde_json::to_vec(&ack).expect("acks serialize");
+                    let _ = self.nats.publish(reply, body.into()).await;
+                }
                 engine::Action::Write(write) => {
                     debug!(lock = %write.name, expected = write.expected, kind = ?write.kind,
                         id = write.id, "write");

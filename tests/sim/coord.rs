@@ -344,17 +344,9 @@ impl World {
                 body,
             } => {
                 let (e, t) = self.engine_now(c);
-                let ack = e.heartbeat(&session, body, t);
-                trace!(self, "{} heartbeat {session} -> {ack:?}", self.coords[c].id);
-                if let Some(ack) = ack {
-                    for at in self.core(Proc::Coord(c), Proc::Client(client)) {
-                        let m = crate::client::ClientMsg::Ack {
-                            hb,
-                            ack: ack.clone(),
-                        };
-                        self.schedule(at, Ev::ToClient(client, gen, m));
-                    }
-                }
+                // The reply subject names the client's inbox and heartbeat.
+                e.heartbeat_to(&session, body, format!("{client}.{gen}.{hb}"), t);
+                trace!(self, "{} heartbeat {session}", self.coords[c].id);
             }
             CoordMsg::Answered { session, re } => {
                 let (e, t) = self.engine_now(c);
@@ -395,6 +387,27 @@ impl World {
         let inc = self.coords[c].inc;
         let me = Proc::Coord(c);
         match action {
+            Action::HeartbeatAck { reply, ack } => {
+                trace!(
+                    self,
+                    "{} heartbeat answer {reply}: {ack:?}",
+                    self.coords[c].id
+                );
+                let mut parts = reply.split('.').map(|p| p.parse::<u64>().expect("ours"));
+                let (client, gen, hb) = (parts.next(), parts.next(), parts.next());
+                let (client, gen, hb) = (
+                    client.expect("ours") as usize,
+                    gen.expect("ours") as u32,
+                    hb.expect("ours"),
+                );
+                for at in self.core(me, Proc::Client(client)) {
+                    let m = crate::client::ClientMsg::Ack {
+                        hb,
+                        ack: ack.clone(),
+                    };
+                    self.schedule(at, Ev::ToClient(client, gen, m));
+                }
+            }
             Action::Answer { session, answer } => {
                 trace!(self, "{} answers {session}: {answer:?}", self.coords[c].id);
                 let id = self.coords[c].id.clone();

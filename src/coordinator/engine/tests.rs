@@ -81,6 +81,8 @@ struct Sim {
     lose_acks: u32,
     /// Every request sent: (stream sequence, subject, body).
     sent: Vec<(u64, String, Vec<u8>)>,
+    /// Heartbeat answers sent: (reply subject, answer).
+    acks: Vec<(String, HeartbeatAck)>,
 }
 
 impl Sim {
@@ -103,6 +105,7 @@ impl Sim {
             proved: now,
             lose_acks: 0,
             sent: Vec::new(),
+            acks: Vec::new(),
         }
     }
 
@@ -162,6 +165,7 @@ impl Sim {
                     Action::Delete { seq } => self.deleted.push(seq),
                     Action::Event(e) => self.events.push(*e),
                     Action::Prove => self.prove(),
+                    Action::HeartbeatAck { reply, ack } => self.acks.push((reply, ack)),
                 }
             }
         }
@@ -1083,5 +1087,47 @@ fn session_quotas_refuse_more_locks_and_waits_and_count_again_after_releases() {
         sim.grant_token("s", "d").is_some(),
         "{:?}",
         sim.error_code("s", "d")
+    );
+}
+
+#[test]
+fn a_coordinator_that_cannot_prove_it_hears_the_quorum_confirms_no_session() {
+    let mut sim = Sim::new();
+    // Cut off with the client's server: its heartbeats arrive here, and
+    // nowhere else.
+    sim.quorum = false;
+    sim.engine.heartbeat_to("s", hb(), "r1".into(), sim.now);
+    sim.settle();
+    for _ in 0..25 {
+        sim.advance(Duration::from_millis(50));
+    }
+    assert!(
+        sim.acks.is_empty(),
+        "answered alive without proof of hearing"
+    );
+    // Healed: the next heartbeat is answered with the first beat after it;
+    // the one from the cut is not (a client has long heartbeated again).
+    sim.quorum = true;
+    sim.engine.heartbeat_to("s", hb(), "r2".into(), sim.now);
+    sim.settle();
+    assert!(sim.acks.is_empty(), "answered before a beat sent after it");
+    sim.advance(Duration::from_millis(50));
+    let replies: Vec<_> = sim
+        .acks
+        .iter()
+        .map(|(r, a)| (r.as_str(), a.alive))
+        .collect();
+    assert_eq!(replies, [("r2", true)]);
+    // `alive: false` needs no proof.
+    let leaving = Heartbeat {
+        leaving: true,
+        ..hb()
+    };
+    sim.quorum = false;
+    sim.engine.heartbeat_to("s", leaving, "r3".into(), sim.now);
+    sim.settle();
+    assert_eq!(
+        sim.acks.last().map(|(r, a)| (r.as_str(), a.alive)),
+        Some(("r3", false))
     );
 }
