@@ -2,10 +2,9 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY src src
+COPY crates crates
 COPY nats nats
-COPY benches benches
-RUN cargo build --release --locked --bin jetlock
+RUN cargo build --release --locked -p jetlock-cli --bin jetlock
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 jetlock

@@ -1,0 +1,508 @@
+//! `jetlock bench`: lock latency, throughput, contention, failover, scaling
+//! and memory beside the raw NATS floor, and optionally other lock services.
+//!
+//! - **W1 latency and the JSON path** (`latency.rs`) — one client,
+//!   sequential, uncontended acquire + release pairs in interleaved rounds:
+//!   the core NATS round trip, the raw KV pair (async-nats `kv.create` +
+//!   `kv.delete_expect_revision`) on a fresh and a reused key, the Rust
+//!   client's fast path on the same, and a client of the JSON protocol
+//!   (`json.rs`, a plain NATS connection) through the coordinator;
+//! - **W2 throughput** (`throughput.rs`) — 32 tasks on distinct keys, one
+//!   shared connection and one per task: raw KV, fast path, JSON;
+//! - **W3 contention** (`contention.rs`) — 32 clients, each its own session,
+//!   on one key for 5 s: the coordinator's FIFO queue, the watch-and-race
+//!   path (`.queue(false)`), and raw KV watch + CAS retry;
+//! - **W4 failover** (`failover.rs`) — a `jetlock hold` child is killed or
+//!   hung while a waiter is queued: time to the waiter's grant;
+//! - **durability** — W1 and W2 again against a server with
+//!   `sync_interval: always` (`--durability`);
+//! - **scaling** (`scaling.rs`, `memory.rs`) — W2 and W3 at 1 to 64
+//!   clients; a fresh coordinator's memory with 1k to 1M held locks and with
+//!   queued waiters;
+//! - **peers** (`peers.rs`) — W1 and W3 against Redis, PostgreSQL and etcd
+//!   when they are installed (`bench/peers.sh`).
+//!
+//! The raw floor runs in the same process, against the same server, in the
+//! same run, because absolute latencies mean little across machines, server
+//! versions and storage: the ratio of jetlock to the raw KV pair doing the
+//! same job is what says how much jetlock itself costs. The report names
+//! the machine (`machine.rs`) and its load, and prints as markdown or JSON
+//! (`report.rs`).
+//!
+//! The bench starts what it needs (`site.rs`, `procs.rs`): a nats-server
+//! per durability unless `--url` is given, and a coordinator (a `jetlock serve`
+//! child by default; see `--coordinator`). Every process it starts is
+//! killed when it ends, however it ends. Everything the run writes lives
+//! under one per-run key prefix, purged from the bucket at the end.
+
+mod contention;
+mod failover;
+mod floor;
+mod json;
+mod latency;
+mod machine;
+mod memory;
+mod peers;
+mod procs;
+mod report;
+mod scaling;
+mod site;
+mod throughput;
+
+pub use procs::CoordinatorMode;
+
+use super::CliError;
+use async_nats::jetstream::kv;
+use contention::ContentionRow;
+use failover::{Death, FailoverRow};
+use jetlock::ClientOptions;
+use jetlock_testkit::server::{server_binary, server_version, SyncInterval};
+use latency::{Row, WARMUP};
+use machine::Machine;
+use report::Report;
+use site::{Ctx, Site};
+use std::time::{Duration, Instant};
+use throughput::{Path as Via, Sharing, ThroughputRow};
+
+/// Measured pairs per W1 workload by default.
+const DEFAULT_ITERATIONS: u64 = 2000;
+/// Measured pairs per W1 workload with `--quick`.
+const QUICK_ITERATIONS: u64 = 300;
+/// W3 window per path, by default and with `--quick`.
+const CONTENTION_SECS: u64 = 5;
+const QUICK_CONTENTION_SECS: u64 = 2;
+/// W2 time per group, by default and with `--quick`.
+const THROUGHPUT_SECS: u64 = 5;
+const QUICK_THROUGHPUT_SECS: u64 = 2;
+/// Scaling time per client count and path, by default and with `--quick`.
+const SCALING_SECS: u64 = 2;
+const QUICK_SCALING_SECS: u64 = 1;
+/// W4 runs per kind of death, by default and with `--quick`.
+const FAILOVER_RUNS: usize = 5;
+const QUICK_FAILOVER_RUNS: usize = 3;
+/// Held-lock steps of the memory workload, and the waiters queued after.
+const HELD_STEPS: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
+const QUICK_HELD_MAX: u64 = 10_000;
+const WAITERS: u64 = 100_000;
+const QUICK_WAITERS: u64 = 5_000;
+/// First token of every key and subject the bench writes.
+const PREFIX: &str = "jetlock-bench";
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// NATS server URL(s), comma-separated. Without it a local nats-server
+    /// is started for the run (and stopped after it), one per --durability.
+    #[arg(long)]
+    url: Option<String>,
+    /// Shorter runs (300 pairs per latency workload, 2 s per throughput
+    /// group and contention path, 1 s per scaling row, 3 failovers of each
+    /// kind, up to 10k held locks), for a quick check.
+    #[arg(long)]
+    quick: bool,
+    /// Measured pairs per latency workload; overrides --quick [default: 2000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    iterations: Option<u64>,
+    /// Print a JSON document instead of the markdown tables.
+    #[arg(long)]
+    json: bool,
+    /// Run only these workloads (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Workload>,
+    /// The local servers' sync_interval, comma-separated: W1 and W2 run
+    /// against each, the other workloads against the first. Ignored with
+    /// --url (the server's own setting applies).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "default,always"
+    )]
+    durability: Vec<Durability>,
+    /// Clients (tasks) in the throughput and contention workloads.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(2..=1024))]
+    clients: u64,
+    /// Seconds per contention path; overrides --quick [default: 5].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    contention_secs: Option<u64>,
+    /// Seconds per throughput group; overrides --quick [default: 5].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    throughput_secs: Option<u64>,
+    /// Most held locks in the memory workload (its steps are 1k, 10k, 100k,
+    /// 1M); overrides --quick [default: 1000000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1000..))]
+    max_held: Option<u64>,
+    /// Where the coordinator runs.
+    #[arg(long, value_enum, default_value_t = CoordinatorMode::Child)]
+    coordinator: CoordinatorMode,
+}
+
+/// The workloads `--only` selects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// W1 and the JSON path: uncontended pairs.
+    #[value(alias = "w1")]
+    Latency,
+    /// W2: many tasks on distinct keys.
+    #[value(alias = "w2")]
+    Throughput,
+    /// W3: many clients on one key.
+    #[value(alias = "w3")]
+    Contention,
+    /// W4: a holder process killed or hung.
+    #[value(alias = "w4")]
+    Failover,
+    /// W2 and W3 at 1 to 64 clients.
+    Scaling,
+    /// The coordinator's memory per held lock and per waiter.
+    Memory,
+    /// Redis, PostgreSQL and etcd, when installed.
+    Peers,
+}
+
+/// A local server's `sync_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// JetStream's default: fsync every 2 minutes (`nats/dev.conf`).
+    Default,
+    /// fsync before every acknowledgement, as production
+    /// (`nats/cluster.conf`).
+    Always,
+}
+
+impl Durability {
+    fn sync(self) -> SyncInterval {
+        match self {
+            Durability::Default => SyncInterval::Default,
+            Durability::Always => SyncInterval::Always,
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    let started = Instant::now();
+    let machine = Machine::read();
+    let iterations = args.iterations.unwrap_or(if args.quick {
+        QUICK_ITERATIONS
+    } else {
+        DEFAULT_ITERATIONS
+    });
+    let syncs: Vec<Option<SyncInterval>> = match &args.url {
+        Some(_) => vec![None],
+        None => {
+            let mut syncs: Vec<Option<SyncInterval>> = Vec::new();
+            for d in &args.durability {
+                if !syncs.contains(&Some(d.sync())) {
+                    syncs.push(Some(d.sync()));
+                }
+            }
+            syncs
+        }
+    };
+    let mut report = Report {
+        cpus: machine.cpus,
+        machine,
+        nats_server_version: "unknown".to_owned(),
+        local_server: args.url.is_none(),
+        coordinator: String::new(),
+        durability: Vec::new(),
+        iterations,
+        warmup: WARMUP,
+        results: Vec::new(),
+        throughput: Vec::new(),
+        contention: Vec::new(),
+        failover: Vec::new(),
+        scaling: Default::default(),
+        memory: None,
+        peers: Vec::new(),
+        notes: Vec::new(),
+        load_at_end: None,
+        elapsed_s: 0.0,
+    };
+    let selected = |w| args.only.is_empty() || args.only.contains(&w);
+    let needs_server = [
+        Workload::Latency,
+        Workload::Throughput,
+        Workload::Contention,
+        Workload::Failover,
+        Workload::Scaling,
+        Workload::Memory,
+    ]
+    .into_iter()
+    .any(selected);
+    for (i, &sync) in syncs.iter().enumerate() {
+        let first = i == 0;
+        if !needs_server
+            || !(first || selected(Workload::Latency) || selected(Workload::Throughput))
+        {
+            continue;
+        }
+        let mut site = Site::start(&args, sync).await?;
+        if first {
+            report.nats_server_version = match &site.server {
+                Some(_) => server_version(&server_binary()?)
+                    .map(|(a, b, c)| format!("{a}.{b}.{c}"))
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                None => site.client.nats().server_info().version,
+            };
+            report.coordinator = site
+                .coordinator
+                .as_ref()
+                .map(|c| c.describe())
+                .unwrap_or_default();
+        }
+        report.durability.push(site.durability.clone());
+        let ctx = Ctx::new(&args, &site, iterations);
+        let measured = site_workloads(&ctx, first, &mut report).await;
+        // Clean up even after a failed workload, but report the failure first.
+        let cleanup = ctx.purge().await;
+        drop(ctx);
+        let measured = match measured {
+            Ok(()) if first && selected(Workload::Memory) => {
+                memory_workload(&args, &mut site, &mut report).await
+            }
+            other => other,
+        };
+        site.stop_coordinator().await;
+        measured?;
+        cleanup?;
+    }
+    if selected(Workload::Peers) {
+        let plan = peers::Plan {
+            iterations,
+            clients: args.clients as usize,
+            window: Duration::from_secs(args.contention_secs.unwrap_or(if args.quick {
+                QUICK_CONTENTION_SECS
+            } else {
+                CONTENTION_SECS
+            })),
+            raw_p50_us: report
+                .results
+                .iter()
+                .filter(|r| r.workload == latency::RAW_FRESH)
+                .map(|r| (r.durability.clone(), r.p50_us))
+                .collect(),
+        };
+        report.peers = peers::run(&plan).await;
+    }
+    report.load_at_end = machine::load_average();
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown(args.url.as_deref().unwrap_or("")));
+    }
+    progress(&format!("done in {:.1} s", report.elapsed_s));
+    Ok(())
+}
+
+/// The workloads against one site: all of them against the first, W1 and
+/// W2 against the others.
+async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Result<(), CliError> {
+    let site = ctx.site;
+    let durability = &site.durability;
+    if ctx.selected(Workload::Latency) {
+        let mut json = json::JsonSession::connect(&site.url).await?;
+        let target = latency::Target {
+            nats: site.client.nats(),
+            kv: &site.kv,
+            client: &site.client,
+            json: &mut json,
+            run: &ctx.run,
+            names: &ctx.names,
+            value: &ctx.value,
+        };
+        progress(&format!("latency, sync_interval {durability}"));
+        let rows = latency::run(target, ctx.iterations).await?;
+        report.results.extend(rows.into_iter().map(|r| Row {
+            durability: durability.clone(),
+            ..r
+        }));
+    }
+    if ctx.selected(Workload::Throughput) {
+        let length = ctx.secs(
+            ctx.args.throughput_secs,
+            THROUGHPUT_SECS,
+            QUICK_THROUGHPUT_SECS,
+        );
+        let tasks = ctx.args.clients as usize;
+        progress(&format!(
+            "throughput: {tasks} tasks on distinct keys, 6 groups × {} s, sync_interval {durability}",
+            length.as_secs()
+        ));
+        let groups = [
+            (Via::Raw, Sharing::Shared),
+            (Via::Jetlock, Sharing::Shared),
+            (Via::Json, Sharing::Shared),
+            (Via::Raw, Sharing::PerTask),
+            (Via::Jetlock, Sharing::PerTask),
+            (Via::Json, Sharing::PerTask),
+        ];
+        let rows = throughput::run(&ctx.throughput_site(), &groups, tasks, length).await?;
+        report
+            .throughput
+            .extend(rows.into_iter().map(|r| ThroughputRow {
+                durability: durability.clone(),
+                ..r
+            }));
+    }
+    if !first {
+        return Ok(());
+    }
+    if ctx.selected(Workload::Contention) {
+        report.contention = contention_workload(ctx).await?;
+    }
+    if ctx.selected(Workload::Failover) {
+        report.failover = failover_workload(ctx).await?;
+    }
+    if ctx.selected(Workload::Scaling) {
+        let length = ctx.secs(None, SCALING_SECS, QUICK_SCALING_SECS);
+        let name = |n: usize| ctx.coordinated_name(&format!("scaling-{n}"));
+        report.scaling = scaling::run(&ctx.throughput_site(), &name, length).await?;
+    }
+    Ok(())
+}
+
+async fn contention_workload(ctx: &Ctx<'_>) -> Result<Vec<ContentionRow>, CliError> {
+    let window = ctx.secs(
+        ctx.args.contention_secs,
+        CONTENTION_SECS,
+        QUICK_CONTENTION_SECS,
+    );
+    let secs = window.as_secs();
+    let clients = ctx.args.clients as usize;
+    let (url, bucket) = (ctx.site.url.as_str(), ctx.site.bucket());
+    // Raw first and the watch-and-race path last: every wait of those
+    // creates a server-side consumer that outlives it by 30 s (see
+    // `consumers_left`), and the server refuses new consumers past
+    // about a thousand, which would break the watches of later runs.
+    let run = async |label: &str, path| {
+        progress(&format!(
+            "contention: {clients} clients, one key, {label}, {secs} s"
+        ));
+        let before = consumers(&ctx.site.kv).await?;
+        let mut row = match path {
+            Path::Raw => {
+                let key = format!("{}.w3-raw", ctx.run);
+                contention::raw(url, bucket, &key, &ctx.value, clients, window).await?
+            }
+            Path::Queue => {
+                let name = ctx.coordinated_name("w3-queue");
+                let workload = "jetlock, coordinator FIFO queue";
+                contention::jetlock(workload, url, bucket, &name, clients, window, true).await?
+            }
+            Path::Race => {
+                let name = ctx.coordinated_name("w3-race");
+                let workload = "jetlock, watch and race (.queue(false))";
+                contention::jetlock(workload, url, bucket, &name, clients, window, false).await?
+            }
+        };
+        row.consumers_left = consumers(&ctx.site.kv).await? as i64 - before as i64;
+        Ok::<_, CliError>(row)
+    };
+    Ok(vec![
+        run("raw kv watch + CAS", Path::Raw).await?,
+        run("coordinator queue", Path::Queue).await?,
+        run("watch and race", Path::Race).await?,
+    ])
+}
+
+async fn failover_workload(ctx: &Ctx<'_>) -> Result<Vec<FailoverRow>, CliError> {
+    let runs = if ctx.args.quick {
+        QUICK_FAILOVER_RUNS
+    } else {
+        FAILOVER_RUNS
+    };
+    let waiter = ClientOptions::new()
+        .name("jetlock-bench-waiter")
+        .bucket(ctx.site.bucket())
+        .connect(&ctx.site.url)
+        .await?;
+    let setup = failover::Setup {
+        url: &ctx.site.url,
+        bucket: ctx.site.bucket(),
+        waiter: &waiter,
+        nats: ctx.site.client.nats(),
+        name: &|suffix| ctx.coordinated_name(suffix),
+    };
+    let mut rows = Vec::new();
+    for death in [Death::Kill, Death::Hang] {
+        progress(&format!("failover: {}, {runs} runs", death_name(death)));
+        rows.push(failover::run(&setup, death, runs).await?);
+    }
+    Ok(rows)
+}
+
+/// The memory workload, last against the first site: it needs a fresh
+/// coordinator child of its own, and leaves up to a million records.
+async fn memory_workload(
+    args: &BenchArgs,
+    site: &mut Site,
+    report: &mut Report,
+) -> Result<(), CliError> {
+    if site.server.is_none() || args.coordinator != CoordinatorMode::Child {
+        report.notes.push(
+            "memory skipped: it needs a local server and a `jetlock serve` child (no --url, --coordinator child)"
+                .to_owned(),
+        );
+        return Ok(());
+    }
+    let max = args
+        .max_held
+        .unwrap_or(if args.quick { QUICK_HELD_MAX } else { u64::MAX });
+    let mut steps: Vec<u64> = HELD_STEPS.into_iter().filter(|&s| s <= max).collect();
+    if steps
+        .last()
+        .is_none_or(|&last| last < max && max != u64::MAX)
+    {
+        steps.push(max);
+    }
+    let waiters = if args.quick { QUICK_WAITERS } else { WAITERS };
+    site.stop_coordinator().await;
+    progress("memory: starting a fresh coordinator");
+    let coordinator = procs::Coord::start(CoordinatorMode::Child, &site.url, site.bucket()).await?;
+    let ctx = Ctx::new(args, site, 0);
+    let measured = match coordinator.child() {
+        Some((pid, Some(metrics))) => {
+            let setup = memory::Setup {
+                url: &site.url,
+                js: &site.js,
+                bucket: site.bucket(),
+                run: &ctx.run,
+                names: &ctx.names,
+                value: &ctx.value,
+                pid,
+                metrics,
+            };
+            memory::run(&setup, &steps, waiters).await
+        }
+        _ => Err("the memory workload's coordinator has no metrics endpoint".into()),
+    };
+    coordinator.stop().await;
+    report.memory = Some(measured?);
+    // The local server goes with the site: no purge of a million records.
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    Raw,
+    Queue,
+    Race,
+}
+
+/// Consumers on the bucket's stream right now.
+async fn consumers(kv: &kv::Store) -> Result<usize, CliError> {
+    let mut stream = kv.stream.clone();
+    Ok(stream.info().await?.state.consumer_count)
+}
+
+fn death_name(death: Death) -> &'static str {
+    match death {
+        Death::Kill => "holder process killed",
+        Death::Hang => "holder process hung",
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("jetlock bench: {what}…");
+}

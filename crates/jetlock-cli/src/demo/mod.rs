@@ -1,0 +1,479 @@
+//! `jetlock demo`: payment workers move money between accounts under
+//! jetlock locks, optionally while chaos kills and pauses them, and the run
+//! ends with invariant checks.
+//!
+//! - `mod.rs` — the run: servers, the work queue, the progress loop, the
+//!   invariant checks, cleanup;
+//! - `plan.rs` — the transfers, from a seed;
+//! - `ledger.rs` — balances behind fencing tokens, process-once by message
+//!   id (pure state);
+//! - `service.rs` — the ledger over NATS request/reply, and chaos;
+//! - `crew.rs` — the worker processes: spawn, respawn, kill, pause;
+//! - `worker.rs` — one worker process (`jetlock demo --worker ID`, hidden);
+//! - `summary.rs` — the summary, for people and as JSON.
+//!
+//! Transfers are messages on `jetlock.demo.transfers.<run>` in the
+//! work-queue stream `DEMO_TRANSFERS` (message id `<run>-<n>`), consumed
+//! through the durable pull consumer `demo-<run>`; the ledger answers on
+//! `jetlock.demo.ledger.<run>.{read,write}`; account `n` is the lock
+//! `demo:<run>:account:<n>`. One run never sees another's keys or messages.
+//!
+//! Without `--url` the demo runs on the embedded default, like `jetlock
+//! dev`: a local nats-server (child process, temp storage) and a
+//! coordinator in this process. With `--url` it logs in as a NATS user and
+//! keeps to that user's session prefix (`access.rs`); on
+//! `nats/cluster.conf` that is the `demo` user. Everything the demo starts
+//! is stopped when it ends, however it ends.
+
+mod access;
+mod crew;
+mod ledger;
+mod plan;
+mod service;
+mod summary;
+mod worker;
+
+use super::CliError;
+use access::Access;
+use async_nats::jetstream::{self, consumer, stream};
+use crew::{Crew, WorkerCommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use jetlock::protocol::{self, Heartbeat, HeartbeatAck};
+use jetlock_coordinator::{Coordinator, CoordinatorConfig};
+use jetlock_testkit::server::{server_binary, server_version, NatsServer};
+use ledger::{Fault, Ledger};
+use plan::Plan;
+use service::{Chaos, LedgerService};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use summary::Summary;
+
+/// The work-queue stream of every demo run.
+const STREAM: &str = "DEMO_TRANSFERS";
+const STREAM_SUBJECTS: &str = "jetlock.demo.transfers.>";
+/// How long a worker may hold a transfer unacknowledged before JetStream
+/// redelivers it: longer than a chaos pause, so a paused worker's transfer
+/// waits for it, and its late write meets the fence, not a rival.
+const ACK_WAIT: Duration = Duration::from_secs(4);
+/// How often the run looks at its workers and its progress.
+const TICK: Duration = Duration::from_millis(50);
+/// A run that settles no transfer for this long has failed.
+const STALL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Worker processes.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    /// Accounts the transfers move money between.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    accounts: u32,
+    /// Transfers to make.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    transfers: u64,
+    /// Kill -9 and pause (SIGSTOP, longer than the session timeout) workers
+    /// while the run goes on; killed workers are replaced.
+    #[arg(long)]
+    chaos: bool,
+    /// NATS server URL(s), comma-separated, where a coordinator serves (or
+    /// pass --coordinator). Without it, a local nats-server and a
+    /// coordinator are started for the run. Logs in as --user
+    /// (JETLOCK_USER, password in JETLOCK_PASSWORD) or as the URL's
+    /// `user:password@`.
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url: session ids and inboxes of the run start with this, the
+    /// prefix the user's permissions allow [default: the user name, none
+    /// without a user].
+    #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
+    session_prefix: Option<String>,
+    #[command(flatten)]
+    login: super::LoginArgs,
+    /// With --url: run a coordinator in this process.
+    #[arg(long, requires = "url")]
+    coordinator: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the transfers and of chaos [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Break the ledger on purpose (tests of the invariant checks).
+    #[arg(long, value_enum, hide = true)]
+    fault: Option<Fault>,
+    /// Run as worker ID of run --run (started by the demo itself).
+    #[arg(long, hide = true, requires_all = ["run", "url"])]
+    worker: Option<String>,
+    #[arg(long, hide = true)]
+    run: Option<String>,
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), CliError> {
+    if let (Some(id), Some(run), Some(url)) = (&args.worker, &args.run, &args.url) {
+        let access = Access::at(url, args.login.login()?, args.session_prefix.clone())?;
+        return worker::run(id.clone(), run.clone(), access).await;
+    }
+    let started = Instant::now();
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let run = nuid::next().to_string();
+    let site = Site::start(&args, &run).await?;
+    let nats = site.access.connect("jetlock-demo").await?;
+    if site.coordinator.is_none() {
+        await_coordinator(&nats, &site.access).await?;
+    }
+    if !args.json {
+        println!(
+            "jetlock demo: {} worker processes, {} accounts, {} transfers{}",
+            args.workers,
+            args.accounts,
+            args.transfers,
+            if args.chaos {
+                " (chaos: kill -9 and SIGSTOP workers)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "nats: {}; coordinator: {}",
+            site.nats, site.coordinator_text
+        );
+    }
+
+    let plan = Plan::generate(&run, args.accounts, args.transfers, seed);
+    let js = jetstream::new(nats.clone());
+    let mut queue = work_queue(&js, &run).await?;
+    publish(&js, &run, &plan).await?;
+    let ledger = Arc::new(Mutex::new(Ledger::new(
+        args.accounts,
+        plan.initial,
+        plan.transfers,
+        args.fault,
+    )));
+    let chaos = args
+        .chaos
+        .then(|| Arc::new(Chaos::new(args.transfers, seed)));
+    let crew = Arc::new(Crew::new(WorkerCommand {
+        exe: std::env::current_exe()?,
+        access: site.access.clone(),
+        run: run.clone(),
+    }));
+    let service = LedgerService::start(
+        nats.clone(),
+        &run,
+        ledger.clone(),
+        chaos.clone(),
+        crew.clone(),
+    )
+    .await?;
+    crew.launch(args.workers as usize)?;
+    let bar = progress_bar(args.transfers);
+    let driven = drive(
+        &crew,
+        &ledger,
+        chaos.as_deref(),
+        &mut queue,
+        &bar,
+        args.transfers,
+    );
+    // Ctrl-C still stops everything and cleans up.
+    let driven = tokio::select! {
+        driven = driven => driven,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    bar.finish_and_clear();
+    crew.stop();
+    service.stop().await;
+    let cleanup = site.clean_up(&js, &run).await.map_err(|e| {
+        format!("could not remove the run's consumer and messages from {STREAM}: {e}")
+    });
+    driven?;
+    cleanup?;
+
+    let summary = {
+        let ledger = service::lock(&ledger);
+        let counts = ledger.counts();
+        let crew_counts = crew.counts();
+        let invariants = ledger.invariants();
+        Summary {
+            run: run.clone(),
+            workers: args.workers,
+            accounts: args.accounts,
+            transfers: args.transfers,
+            chaos: args.chaos,
+            seed,
+            fault: args.fault,
+            nats: site.nats.clone(),
+            coordinator: site.coordinator_text.clone(),
+            applied: counts.applied,
+            retries: counts.retries,
+            duplicates_refused: counts.duplicates_refused,
+            fenced_stale_writes: counts.fenced_writes,
+            fenced_stale_reads: counts.fenced_reads,
+            refused: counts.refused,
+            acquisitions: counts.acquisitions,
+            handoffs: counts.handoffs,
+            lock_wait_p50_ms: ledger.lock_wait_ms(0.5),
+            lock_wait_p99_ms: ledger.lock_wait_ms(0.99),
+            kills: crew_counts.kills,
+            pauses: crew_counts.pauses,
+            respawns: crew_counts.respawns,
+            worker_crashes: crew_counts.crashes,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            invariants_held: invariants.iter().all(|i| i.held),
+            invariants,
+        }
+    };
+    summary.print(args.json);
+    site.stop().await;
+    match summary.failed().as_slice() {
+        [] => Ok(()),
+        failed => Err(format!("invariant failed: {}", failed.join(", ")).into()),
+    }
+}
+
+/// Runs until every message is acknowledged (the work queue is empty):
+/// keeps the workers alive, arms chaos, shows progress. Fails when nothing
+/// settles for [`STALL`].
+async fn drive(
+    crew: &Crew,
+    ledger: &service::SharedLedger,
+    chaos: Option<&Chaos>,
+    queue: &mut consumer::PullConsumer,
+    bar: &ProgressBar,
+    transfers: u64,
+) -> Result<(), CliError> {
+    let mut tick = tokio::time::interval(TICK);
+    let mut settled = (0, Instant::now());
+    let mut last_queue_check = Instant::now();
+    loop {
+        tick.tick().await;
+        crew.supervise()?;
+        let counts = service::lock(ledger).counts();
+        if let Some(chaos) = chaos {
+            chaos.arm(counts.applied);
+        }
+        let c = crew.counts();
+        bar.set_position(counts.applied);
+        bar.set_message(format!(
+            "{} killed · {} paused · {} fenced off",
+            c.kills, c.pauses, counts.fenced_writes
+        ));
+        if counts.settled != settled.0 {
+            settled = (counts.settled, Instant::now());
+        }
+        // All settled: wait for the last acks (a killed worker's message
+        // comes back after ACK_WAIT). Otherwise look now and then, in case
+        // the queue emptied without settling everything.
+        if counts.settled >= transfers || last_queue_check.elapsed() > Duration::from_secs(1) {
+            last_queue_check = Instant::now();
+            let info = queue.info().await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(());
+            }
+        }
+        if settled.1.elapsed() > STALL {
+            return Err(format!(
+                "no transfer settled for {STALL:?} ({} of {transfers} settled); is a coordinator serving?",
+                settled.0
+            )
+            .into());
+        }
+    }
+}
+
+/// The stream (shared by runs) and this run's consumer.
+async fn work_queue(
+    js: &jetstream::Context,
+    run: &str,
+) -> Result<consumer::PullConsumer, CliError> {
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![STREAM_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            // A run that died leaves messages behind; they go after a day.
+            max_age: Duration::from_secs(24 * 60 * 60),
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(consumer_name(run)),
+            filter_subject: transfers_subject(run),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            // Redeliver until acknowledged.
+            max_deliver: -1,
+            // A run that died leaves its consumer behind; it goes after this.
+            inactive_threshold: Duration::from_secs(10 * 60),
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer)
+}
+
+/// Publishes every transfer, in windows of acknowledged publishes.
+async fn publish(js: &jetstream::Context, run: &str, plan: &Plan) -> Result<(), CliError> {
+    let subject = transfers_subject(run);
+    for window in plan.transfers.chunks(256) {
+        let mut acks = Vec::with_capacity(window.len());
+        for (msg_id, transfer) in window {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+            let body = serde_json::to_vec(transfer)?;
+            acks.push(
+                js.publish_with_headers(subject.clone(), headers, body.into())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(transfers: u64) -> ProgressBar {
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(transfers);
+    let style = ProgressStyle::with_template(
+        "{spinner} {elapsed:>3} [{wide_bar}] {pos}/{len} transfers · {msg}",
+    )
+    .expect("the template is valid")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Where the run's NATS and coordinator are.
+struct Site {
+    access: Access,
+    /// The embedded server, when there is no --url.
+    server: Option<NatsServer>,
+    coordinator: Option<Coordinator>,
+    nats: String,
+    coordinator_text: String,
+}
+
+impl Site {
+    async fn start(args: &DemoArgs, run: &str) -> Result<Site, CliError> {
+        let (server, access, nats) = match &args.url {
+            Some(url) => {
+                let access = Access::at(url, args.login.login()?, args.session_prefix.clone())?;
+                let text = format!("{} (--url)", access.describe());
+                (None, access, text)
+            }
+            None => {
+                let version = server_version(&server_binary()?)
+                    .map(|(a, b, c)| format!("{a}.{b}.{c}"))
+                    .unwrap_or_default();
+                let server = NatsServer::start_single(None)?;
+                let url = server.url();
+                let text = format!("embedded nats-server {version} at {url}");
+                (Some(server), Access::embedded(url), text)
+            }
+        };
+        let (coordinator, coordinator_text) = if server.is_some() || args.coordinator {
+            let nats = access.connect("jetlock-demo-coordinator").await?;
+            let config = CoordinatorConfig {
+                id: format!("demo-{run}"),
+                ..CoordinatorConfig::default()
+            };
+            let coordinator = Coordinator::start(nats, config).await?;
+            (Some(coordinator), "in this process".to_owned())
+        } else {
+            (None, "already serving at --url".to_owned())
+        };
+        Ok(Site {
+            access,
+            server,
+            coordinator,
+            nats,
+            coordinator_text,
+        })
+    }
+
+    /// Removes what the run left on a server that outlives it: its
+    /// consumer and its messages. Its lock keys go by themselves (release
+    /// markers after the bucket's marker TTL, 15 min by default): purging
+    /// them would take a permission on the whole locks stream, which the
+    /// `demo` user does not have.
+    async fn clean_up(&self, js: &jetstream::Context, run: &str) -> Result<(), CliError> {
+        if self.server.is_some() {
+            return Ok(()); // The whole server goes.
+        }
+        let stream = js.get_stream(STREAM).await?;
+        stream.delete_consumer(&consumer_name(run)).await?;
+        stream.purge().filter(transfers_subject(run)).await?;
+        Ok(())
+    }
+
+    /// Stops the coordinator, then the embedded server.
+    async fn stop(self) {
+        if let Some(coordinator) = self.coordinator {
+            coordinator.shutdown().await;
+        }
+        drop(self.server);
+    }
+}
+
+/// Asks for up to 2 s whether a coordinator serves: the heartbeat of a
+/// session that leaves at once is answered by the coordinator that owns it.
+/// (A session heartbeat is what any worker may send; coordinator
+/// heartbeats are not for every user to read.)
+async fn await_coordinator(nats: &async_nats::Client, access: &Access) -> Result<(), CliError> {
+    let probe = access.session(&format!("probe-{}", nuid::next()));
+    let bye = serde_json::to_vec(&Heartbeat {
+        leaving: true,
+        ..Heartbeat::default()
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let request = async_nats::Request::new()
+            .payload(bye.clone().into())
+            .timeout(Some(Duration::from_millis(500)));
+        let answer = nats
+            .send_request(protocol::heartbeat_subject(&probe), request)
+            .await;
+        if answer.is_ok_and(|m| serde_json::from_slice::<HeartbeatAck>(&m.payload).is_ok()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let urls = access.urls();
+            return Err(format!(
+                "no coordinator serves at {urls}: start one with `jetlock serve --url {urls}`, or pass --coordinator"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+fn transfers_subject(run: &str) -> String {
+    format!("jetlock.demo.transfers.{run}")
+}
+
+fn ledger_subject(run: &str, op: &str) -> String {
+    format!("jetlock.demo.ledger.{run}.{op}")
+}
+
+fn consumer_name(run: &str) -> String {
+    format!("demo-{run}")
+}
+
+/// The lock of account `n`.
+fn account_lock(run: &str, account: u32) -> String {
+    format!("demo:{run}:account:{account}")
+}

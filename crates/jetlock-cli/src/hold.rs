@@ -1,0 +1,83 @@
+//! `jetlock hold NAME`: take a lock and hold it (renewing) until stdin
+//! closes or the process is told to stop; then release it. For scripts
+//! (`jetlock hold job:nightly < fifo`) and for tests that need a lock
+//! holder in another process to kill or pause.
+
+use super::{CliError, Connection};
+use jetlock::ClientOptions;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The lock to hold.
+    name: String,
+    /// Lease in ms (renewed while held).
+    #[arg(long, default_value_t = 10_000)]
+    ttl_ms: u64,
+    /// How long to wait for the lock, in ms (0: fail at once if held).
+    #[arg(long, default_value_t = 30_000)]
+    wait_ms: u64,
+    /// Session timeout in ms (how soon the coordinators notice a hung
+    /// holder).
+    #[arg(long, default_value_t = 900)]
+    session_timeout_ms: u64,
+    /// Session ids start with this (`<prefix>.<random>`): the prefix the
+    /// NATS user's permissions allow (see docs/OPERATIONS.md).
+    #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
+    session_prefix: Option<String>,
+}
+
+pub async fn run(args: HoldArgs) -> Result<(), CliError> {
+    let mut options = ClientOptions::new()
+        .name("jetlock-hold")
+        .bucket(&args.connection.bucket)
+        .session_timeout(Duration::from_millis(args.session_timeout_ms));
+    if let Some(prefix) = &args.session_prefix {
+        options = options.session_prefix(prefix);
+    }
+    if let Some(login) = args.connection.login.login()? {
+        let password = login.password().to_owned();
+        options = options.user_and_password(login.user(), password);
+    }
+    let client = options.connect(&args.connection.url).await?;
+    let request = client
+        .lock(&args.name)
+        .ttl(Duration::from_millis(args.ttl_ms));
+    let guard = if args.wait_ms == 0 {
+        request.try_acquire().await?
+    } else {
+        request
+            .wait(Duration::from_millis(args.wait_ms))
+            .acquire()
+            .await?
+    };
+    // One JSON line: what a script (or a test) needs to fence its writes.
+    println!(
+        "{}",
+        serde_json::json!({"name": args.name, "token": guard.token().get(),
+                           "session": client.session(), "pid": std::process::id()})
+    );
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0u8; 256];
+    let stdin_closed = async {
+        loop {
+            match stdin.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = stdin_closed => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = guard.lost() => {
+            return Err(format!("lost lock {}: {}", args.name,
+                guard.lost_reason().map(|r| r.to_string()).unwrap_or_default()).into());
+        }
+    }
+    guard.release().await?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! The `jetlock` binary: everything lives in the `jetlock_cli` library.
+
+fn main() -> std::process::ExitCode {
+    jetlock_cli::main()
+}

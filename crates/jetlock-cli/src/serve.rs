@@ -1,0 +1,91 @@
+//! `jetlock serve`: the coordinator daemon. Settings come from a TOML file
+//! (`--config`), then `JETLOCK_*` environment variables, then flags. It
+//! prints one `ready` line on stdout once serving, and on SIGTERM or Ctrl-C
+//! tells the other coordinators it leaves (they take its keys at once) and
+//! exits.
+
+use super::CliError;
+use jetlock_coordinator::config::Config;
+use jetlock_coordinator::Coordinator;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (see docs/OPERATIONS.md for every setting).
+    #[arg(long, env = "JETLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "JETLOCK_URL")]
+    url: Option<String>,
+    /// The locks bucket.
+    #[arg(long, env = "JETLOCK_BUCKET")]
+    bucket: Option<String>,
+    /// Replicas of the bucket and request stream if this creates them.
+    #[arg(long, env = "JETLOCK_REPLICAS")]
+    replicas: Option<usize>,
+    /// This coordinator's id (default: random).
+    #[arg(long, env = "JETLOCK_ID")]
+    id: Option<String>,
+    /// Default session timeout in ms.
+    #[arg(long, env = "JETLOCK_SESSION_TIMEOUT_MS")]
+    session_timeout_ms: Option<u64>,
+    /// Prometheus endpoint, `host:port` (port 0 picks one) or `off`
+    /// (default 127.0.0.1:9464).
+    #[arg(long, env = "JETLOCK_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    #[command(flatten)]
+    login: super::LoginArgs,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.url {
+        config.url = v;
+    }
+    if let Some(v) = args.bucket {
+        config.bucket = v;
+    }
+    if let Some(v) = args.replicas {
+        config.replicas = v;
+    }
+    if let Some(v) = args.id {
+        config.id = Some(v);
+    }
+    if let Some(v) = args.session_timeout_ms {
+        config.session_timeout_ms = v;
+    }
+    if let Some(v) = args.metrics_addr {
+        config.metrics_addr = v;
+    }
+    config.validate()?;
+    let options = async_nats::ConnectOptions::new()
+        .name("jetlock-serve")
+        .max_reconnects(None);
+    let nats = jetlock::connect::nats_waiting(&config.url, args.login.login()?, options).await?;
+    let coordinator = Coordinator::start(nats, config.coordinator()).await?;
+    let metrics = coordinator
+        .metrics_addr()
+        .map_or("off".to_owned(), |a| format!("http://{a}/metrics"));
+    println!(
+        "jetlock serve: ready coordinator={} url={} bucket={} metrics={metrics}",
+        coordinator.id(),
+        jetlock::connect::redact(&config.url),
+        config.bucket
+    );
+    shutdown_signal().await;
+    eprintln!("jetlock serve: leaving");
+    coordinator.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,654 @@
+//! Who is alive: coordinators (the hash ring that splits keys among them)
+//! and client sessions (whose locks die with them).
+//!
+//! Both are fed by heartbeats on core NATS subjects and by the server's
+//! client-disconnect advisories. A coordinator only ever *acts* on the keys
+//! the ring gives it; it mirrors every other key, so taking one over needs
+//! no hand-over protocol. The ring is a hint for splitting work, never a
+//! safety mechanism: two coordinators that briefly disagree both try the
+//! same CAS write, and one of them loses.
+
+use super::HashMap;
+use jetlock::protocol::ConnId;
+use std::time::Duration;
+use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The live coordinators, and which one owns a key.
+///
+/// Rendezvous (highest-random-weight) hashing: a key belongs to the
+/// coordinator with the highest `hash(coordinator, key)`. Adding a
+/// coordinator moves only the keys it now wins, about 1/N of them; removing
+/// one moves only its own keys.
+#[derive(Debug)]
+pub struct Ring {
+    me: String,
+    members: HashMap<String, Member>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Member {
+    last_seen: Instant,
+    conn: Option<ConnId>,
+}
+
+impl Ring {
+    pub fn new(me: String, timeout: Duration) -> Self {
+        Ring {
+            me,
+            members: HashMap::default(),
+            timeout,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Live coordinators, this one included.
+    pub fn len(&self) -> usize {
+        self.members.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// A heartbeat from coordinator `id`. Returns true when it joined.
+    pub fn beat(&mut self, id: &str, conn: Option<ConnId>, now: Instant) -> bool {
+        if id == self.me {
+            return false;
+        }
+        match self.members.get_mut(id) {
+            Some(m) => {
+                m.last_seen = now;
+                if conn.is_some() {
+                    m.conn = conn;
+                }
+                false
+            }
+            None => {
+                self.members.insert(
+                    id.to_owned(),
+                    Member {
+                        last_seen: now,
+                        conn,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Removes coordinator `id` (it said it is leaving). True if it was live.
+    pub fn leave(&mut self, id: &str) -> bool {
+        self.members.remove(id).is_some()
+    }
+
+    /// Removes the coordinator on connection `conn` (the server saw the
+    /// connection close). Returns its id.
+    pub fn disconnected(&mut self, conn: &ConnId) -> Option<String> {
+        let id = self
+            .members
+            .iter()
+            .find(|(_, m)| m.conn.as_ref() == Some(conn))
+            .map(|(id, _)| id.clone())?;
+        self.members.remove(&id);
+        Some(id)
+    }
+
+    /// Removes coordinators silent for longer than the timeout.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let timeout = self.timeout;
+        let dead: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.duration_since(m.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dead {
+            self.members.remove(id);
+        }
+        dead
+    }
+
+    /// The coordinator that owns `key` (a KV key or a session id).
+    pub fn owner<'a>(&'a self, key: &str) -> &'a str {
+        let mut best = (weight(&self.me, key), self.me.as_str());
+        for id in self.members.keys() {
+            let w = (weight(id, key), id.as_str());
+            if w > best {
+                best = w;
+            }
+        }
+        best.1
+    }
+
+    pub fn owns(&self, key: &str) -> bool {
+        self.members.is_empty() || self.owner(key) == self.me
+    }
+
+    /// How long a silent coordinator stays in the ring.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// When each live peer was last heard from (this one is not listed).
+    pub fn last_seen(&self) -> impl Iterator<Item = (&str, Instant)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.last_seen))
+    }
+
+    /// Ids of the live coordinators, sorted.
+    pub fn members(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.members.keys().cloned().collect();
+        ids.push(self.me.clone());
+        ids.sort();
+        ids
+    }
+}
+
+/// The owner of `key` among `ids` (what [`Ring::owner`] answered when the
+/// live set was `ids`).
+pub fn owner_among<'a>(ids: &'a [String], key: &str) -> Option<&'a str> {
+    ids.iter()
+        .max_by_key(|id| (weight(id, key), id.as_str()))
+        .map(String::as_str)
+}
+
+fn weight(coordinator: &str, key: &str) -> u64 {
+    xxh3_64_with_seed(key.as_bytes(), xxh3_64_with_seed(coordinator.as_bytes(), 0))
+}
+
+/// Client sessions: alive (heartbeating) or dead (declared so; their locks
+/// are released, and they stay dead: a session never comes back).
+///
+/// This keeps the coordinator's half of the session contract
+/// (docs/ARCHITECTURE.md): a session is overdue no sooner than its timeout
+/// after the last sign of life, or the reconnect grace after the server
+/// reported its connection closed with no heartbeat on another connection
+/// since. Only a heartbeat sets the timeout. Being overdue is not yet
+/// death: the engine acts on it only with proof that it could hear the
+/// session all along (`hearing.rs`).
+#[derive(Debug)]
+pub struct Sessions {
+    alive: HashMap<String, Session>,
+    dead: HashMap<String, Instant>,
+    default_timeout: Duration,
+    min_timeout: Duration,
+    max_timeout: Duration,
+    reconnect_grace: Duration,
+    /// After the coordinator itself stalled, nobody is declared dead until
+    /// this time: their heartbeats may be sitting unread in our buffers.
+    holdoff_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Session {
+    last_seen: Instant,
+    timeout: Duration,
+    conn: Option<ConnId>,
+    /// The server reported `conn` closed by the client at this time, and no
+    /// heartbeat on another connection came since.
+    closed: Option<(ConnId, Instant)>,
+}
+
+/// A session past its deadline, and the span in which the coordinator must
+/// have been able to hear it for the death to stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub session: String,
+    /// From when a heartbeat would have saved it.
+    pub since: Instant,
+    /// When its deadline passed.
+    pub due: Instant,
+    /// Why: "heartbeats missed" or "connection closed".
+    pub cause: &'static str,
+}
+
+/// How long a dead session is remembered (to refuse its requests).
+const DEAD_MEMORY: Duration = Duration::from_secs(600);
+
+/// What a heartbeat or request did to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Touch {
+    /// First sign of life of a session.
+    Joined,
+    Alive,
+    /// The session was declared dead earlier.
+    Dead,
+}
+
+impl Sessions {
+    pub fn new(default_timeout: Duration, min_timeout: Duration, max_timeout: Duration) -> Self {
+        Sessions {
+            alive: HashMap::default(),
+            dead: HashMap::default(),
+            default_timeout,
+            min_timeout,
+            max_timeout,
+            reconnect_grace: DEFAULT_RECONNECT_GRACE,
+            holdoff_until: None,
+        }
+    }
+
+    /// New bounds (a configuration change); sessions keep the timeout they
+    /// were given until their next heartbeat asks again.
+    pub fn set_timeouts(&mut self, default: Duration, min: Duration, max: Duration) {
+        self.default_timeout = default;
+        self.min_timeout = min;
+        self.max_timeout = max;
+    }
+
+    /// The reconnect grace (see [`Sessions::closed`]).
+    pub fn set_reconnect_grace(&mut self, grace: Duration) {
+        self.reconnect_grace = grace;
+    }
+
+    pub fn reconnect_grace(&self) -> Duration {
+        self.reconnect_grace
+    }
+
+    /// Live sessions: id, last sign of life, timeout.
+    pub fn alive(&self) -> impl Iterator<Item = (&str, Instant, Duration)> {
+        self.alive
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.last_seen, s.timeout))
+    }
+
+    /// A heartbeat from `session`, asking for `timeout_ms` (kept from the
+    /// last heartbeat that asked when absent), on connection `conn`.
+    ///
+    /// A session first heard without a timeout gets the longest allowed:
+    /// the client may have asked for any timeout up to it from a
+    /// coordinator that has since restarted, and believes in its locks for
+    /// that long; an answer telling it a shorter one may be lost. Clients
+    /// state their timeout in every heartbeat (the Rust client does).
+    pub fn heartbeat(
+        &mut self,
+        session: &str,
+        timeout_ms: Option<u64>,
+        conn: Option<ConnId>,
+        now: Instant,
+    ) -> Touch {
+        if self.dead.contains_key(session) {
+            return Touch::Dead;
+        }
+        let timeout = timeout_ms
+            .map(Duration::from_millis)
+            .map(|t| t.clamp(self.min_timeout, self.max_timeout));
+        match self.alive.get_mut(session) {
+            Some(s) => {
+                s.last_seen = now;
+                if let Some(t) = timeout {
+                    s.timeout = t;
+                }
+                // A heartbeat on another connection (or one that names
+                // none) after the close: the client reconnected.
+                if s.closed
+                    .as_ref()
+                    .is_some_and(|(c, _)| conn.as_ref() != Some(c))
+                {
+                    s.closed = None;
+                }
+                if conn.is_some() {
+                    s.conn = conn;
+                }
+                Touch::Alive
+            }
+            None => {
+                let timeout = timeout.unwrap_or(self.max_timeout);
+                self.insert(session, timeout, conn, now);
+                Touch::Joined
+            }
+        }
+    }
+
+    /// A request from `session`: a sign of life that never sets or shortens
+    /// its timeout. A session first seen through a request (a coordinator
+    /// that starts and replays the request stream reads requests before the
+    /// session's next heartbeat) gets the longest allowed until a heartbeat
+    /// says otherwise.
+    pub fn request(&mut self, session: &str, now: Instant) -> Touch {
+        if self.dead.contains_key(session) {
+            return Touch::Dead;
+        }
+        match self.alive.get_mut(session) {
+            Some(s) => {
+                s.last_seen = s.last_seen.max(now);
+                Touch::Alive
+            }
+            None => {
+                self.insert(session, self.max_timeout, None, now);
+                Touch::Joined
+            }
+        }
+    }
+
+    fn insert(&mut self, session: &str, timeout: Duration, conn: Option<ConnId>, now: Instant) {
+        self.alive.insert(
+            session.to_owned(),
+            Session {
+                last_seen: now,
+                timeout,
+                conn,
+                closed: None,
+            },
+        );
+    }
+
+    /// The timeout applied to `session`.
+    pub fn timeout_of(&self, session: &str) -> Duration {
+        self.alive
+            .get(session)
+            .map(|s| s.timeout)
+            .unwrap_or(self.default_timeout)
+    }
+
+    pub fn is_dead(&self, session: &str) -> bool {
+        self.dead.contains_key(session)
+    }
+
+    pub fn alive_count(&self) -> usize {
+        self.alive.len()
+    }
+
+    /// Declares `session` dead. True if it was not already.
+    pub fn kill(&mut self, session: &str, now: Instant) -> bool {
+        self.alive.remove(session);
+        self.dead.insert(session.to_owned(), now).is_none()
+    }
+
+    /// The session on connection `conn`, if any.
+    pub fn by_conn(&self, conn: &ConnId) -> Option<String> {
+        self.alive
+            .iter()
+            .find(|(_, s)| s.conn.as_ref() == Some(conn))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// The server reports that the client closed connection `conn`: its
+    /// process exited, or it is reconnecting (async-nats closes the old
+    /// socket itself after missed pings or `force_reconnect`). A session
+    /// that heartbeats on another connection within the reconnect grace
+    /// lives on; otherwise it is overdue then. Returns the session.
+    pub fn closed(&mut self, conn: &ConnId, now: Instant) -> Option<String> {
+        let id = self.by_conn(conn)?;
+        let s = self.alive.get_mut(&id).expect("found by its connection");
+        s.closed.get_or_insert((conn.clone(), now));
+        Some(id)
+    }
+
+    /// The session's connection broke (not a clean close): a reconnect
+    /// may follow, so the session lives on by its heartbeats alone. It is
+    /// not cut short: a live client whose server went away counts on the
+    /// rule its heartbeats give it, that no coordinator declares it dead
+    /// sooner than the timeout after the last heartbeat it heard answered,
+    /// so that it can give its locks up first (`LostReason::Unconfirmed`).
+    pub fn suspect(&mut self, session: &str) {
+        if let Some(s) = self.alive.get_mut(session) {
+            s.conn = None;
+        }
+    }
+
+    /// The coordinator's loop stalled: hold off expiries for one longest
+    /// timeout, so sessions whose heartbeats we failed to read in time are
+    /// not declared dead for our own slowness.
+    pub fn stalled(&mut self, now: Instant) {
+        self.holdoff_until = Some(now + self.max_timeout.min(Duration::from_secs(5)));
+        self.heard_until(now);
+    }
+
+    /// Counts every live session as heard at `at`: the coordinator may have
+    /// missed their heartbeats before it (a stall, or a span in which it
+    /// could not prove it heard the cluster), so silence is counted from
+    /// there, and a reconnect heartbeat missed then is not held against them.
+    pub fn heard_until(&mut self, at: Instant) {
+        for s in self.alive.values_mut() {
+            s.last_seen = s.last_seen.max(at);
+            if s.closed.as_ref().is_some_and(|(_, since)| *since < at) {
+                s.closed = None;
+            }
+        }
+    }
+
+    /// Counts `session` as heard at `at` (see [`Sessions::heard_until`]).
+    pub fn revive(&mut self, session: &str, at: Instant) {
+        if let Some(s) = self.alive.get_mut(session) {
+            s.last_seen = s.last_seen.max(at);
+            if s.closed.as_ref().is_some_and(|(_, since)| *since < at) {
+                s.closed = None;
+            }
+        }
+    }
+
+    /// Forgets dead sessions after a while; returns the live sessions past
+    /// their deadline (not yet declared dead: see [`Overdue`]).
+    pub fn overdue(&mut self, now: Instant) -> Vec<Overdue> {
+        self.dead
+            .retain(|_, since| now.duration_since(*since) < DEAD_MEMORY);
+        if let Some(until) = self.holdoff_until {
+            if now < until {
+                return Vec::new();
+            }
+            self.holdoff_until = None;
+        }
+        let grace = self.reconnect_grace;
+        self.alive
+            .iter()
+            .filter_map(|(id, s)| {
+                let silent = (s.last_seen, s.last_seen + s.timeout, "heartbeats missed");
+                let closed = s
+                    .closed
+                    .as_ref()
+                    .map(|(_, since)| (*since, *since + grace, "connection closed"));
+                let (since, due, cause) = match closed {
+                    Some(c) if c.1 < silent.1 => c,
+                    _ => silent,
+                };
+                (now > due).then(|| Overdue {
+                    session: id.clone(),
+                    since,
+                    due,
+                    cause,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The reconnect grace unless configured: the default session timeout. The
+/// client cannot tell a drop it caused (which the server reports as a close
+/// by the client) from one the server caused (lame duck, shutdown), so it
+/// gives its locks up 0.9 of the grace after any drop it cannot show was a
+/// reconnect; at the session timeout, that is never sooner than its
+/// deadline by silence, so no reconnect that the timeout allows ends a
+/// session. (At 100 ms, reconnects through a rolling lame-duck restart on
+/// a loaded machine ended sessions.) A holder whose process exits is still
+/// handed on after the grace even when its session timeout is far longer;
+/// deployments whose reconnects are fast may set it lower.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_millis(900);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(ids: &[&str]) -> Ring {
+        let now = Instant::now();
+        let mut r = Ring::new(ids[0].to_owned(), Duration::from_secs(1));
+        for id in &ids[1..] {
+            r.beat(id, None, now);
+        }
+        r
+    }
+
+    #[test]
+    fn every_coordinator_agrees_on_owners() {
+        let a = ring(&["a", "b", "c"]);
+        let b = ring(&["b", "c", "a"]);
+        for k in 0..1000 {
+            let key = format!("acct.{k}");
+            assert_eq!(a.owner(&key), b.owner(&key));
+        }
+    }
+
+    #[test]
+    fn adding_a_coordinator_moves_about_a_third_of_three() {
+        let two = ring(&["a", "b"]);
+        let three = ring(&["a", "b", "c"]);
+        let n = 30_000;
+        let mut moved = 0;
+        for k in 0..n {
+            let key = format!("acct.{k}");
+            let before = two.owner(&key);
+            let after = three.owner(&key);
+            if before != after {
+                assert_eq!(after, "c", "a key only moves to the newcomer");
+                moved += 1;
+            }
+        }
+        let share = moved as f64 / n as f64;
+        assert!((0.30..0.37).contains(&share), "moved {share}");
+    }
+
+    #[test]
+    fn silent_coordinators_and_sessions_expire() {
+        let t0 = Instant::now();
+        let mut r = Ring::new("me".into(), Duration::from_secs(1));
+        assert!(r.beat("b", None, t0));
+        assert!(r.expire(t0 + Duration::from_millis(500)).is_empty());
+        assert_eq!(r.expire(t0 + Duration::from_secs(2)), vec!["b".to_owned()]);
+        assert_eq!(r.len(), 1);
+
+        let mut s = sessions();
+        assert_eq!(s.heartbeat("s1", Some(1000), None, t0), Touch::Joined);
+        assert_eq!(s.heartbeat("s2", Some(10), None, t0), Touch::Joined);
+        // s2 asked for 10 ms: clamped to the 300 ms minimum.
+        assert!(s.overdue(t0 + ms(200)).is_empty());
+        assert_eq!(names(s.overdue(t0 + ms(400))), ["s2"]);
+        s.kill("s2", t0 + ms(400));
+        assert_eq!(s.heartbeat("s2", None, None, t0), Touch::Dead);
+        assert_eq!(names(s.overdue(t0 + ms(1100))), ["s1"]);
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn sessions() -> Sessions {
+        Sessions::new(ms(1000), ms(300), Duration::from_secs(60))
+    }
+
+    fn names(overdue: Vec<Overdue>) -> Vec<String> {
+        let mut v: Vec<String> = overdue.into_iter().map(|o| o.session).collect();
+        v.sort();
+        v
+    }
+
+    fn conn(cid: u64) -> Option<ConnId> {
+        Some(ConnId {
+            server_id: "S".into(),
+            cid,
+        })
+    }
+
+    #[test]
+    fn a_request_never_sets_or_shortens_a_timeout() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        // First seen through a request (a coordinator replaying the
+        // request stream): the longest allowed, not the default.
+        assert_eq!(s.request("r", t0), Touch::Joined);
+        assert_eq!(s.timeout_of("r"), Duration::from_secs(60));
+        assert!(s.overdue(t0 + ms(5000)).is_empty());
+        // Its heartbeat names its timeout; a later request keeps it.
+        s.heartbeat("r", Some(40_000), None, t0);
+        s.request("r", t0 + ms(10));
+        assert_eq!(s.timeout_of("r"), ms(40_000));
+        // A heartbeat that names none keeps the last one named.
+        s.heartbeat("r", None, None, t0 + ms(20));
+        assert_eq!(s.timeout_of("r"), ms(40_000));
+        // One first heard without a timeout also gets the longest.
+        s.heartbeat("q", None, None, t0);
+        assert_eq!(s.timeout_of("q"), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_closed_connection_is_overdue_after_the_grace_unless_it_reconnects() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.set_reconnect_grace(ms(100));
+        s.heartbeat("gone", Some(1000), conn(1), t0);
+        s.heartbeat("back", Some(1000), conn(2), t0);
+        s.heartbeat("old", Some(1000), None, t0);
+        assert_eq!(
+            s.closed(&conn(1).unwrap(), t0 + ms(10)),
+            Some("gone".into())
+        );
+        assert_eq!(
+            s.closed(&conn(2).unwrap(), t0 + ms(10)),
+            Some("back".into())
+        );
+        assert_eq!(s.closed(&conn(9).unwrap(), t0 + ms(10)), None);
+        // `back` reconnected: a heartbeat on a new connection.
+        s.heartbeat("back", Some(1000), conn(3), t0 + ms(20));
+        assert!(s.overdue(t0 + ms(100)).is_empty());
+        let o = s.overdue(t0 + ms(111));
+        assert_eq!(names(o.clone()), ["gone"]);
+        assert_eq!(o[0].since, t0 + ms(10));
+        assert_eq!(o[0].due, t0 + ms(110));
+        assert_eq!(o[0].cause, "connection closed");
+    }
+
+    #[test]
+    fn a_heartbeat_on_the_closed_connection_does_not_undo_the_close() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.set_reconnect_grace(ms(100));
+        s.heartbeat("a", Some(1000), conn(1), t0);
+        s.closed(&conn(1).unwrap(), t0 + ms(10));
+        s.heartbeat("a", Some(1000), conn(1), t0 + ms(20));
+        assert_eq!(names(s.overdue(t0 + ms(111))), ["a"]);
+    }
+
+    #[test]
+    fn reviving_counts_silence_and_the_close_from_then() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.set_reconnect_grace(ms(100));
+        s.heartbeat("a", Some(1000), conn(1), t0);
+        s.closed(&conn(1).unwrap(), t0 + ms(10));
+        s.revive("a", t0 + ms(500));
+        assert!(s.overdue(t0 + ms(1400)).is_empty());
+        assert_eq!(names(s.overdue(t0 + ms(1501))), ["a"]);
+    }
+
+    #[test]
+    fn a_broken_connection_is_dead_only_by_its_missed_heartbeats() {
+        let t0 = Instant::now();
+        let mut s = sessions();
+        s.heartbeat("a", Some(1000), None, t0);
+        s.heartbeat("b", Some(1000), None, t0);
+        s.suspect("a");
+        s.suspect("b");
+        // b reconnects and heartbeats; a is never heard again.
+        s.heartbeat("b", None, None, t0 + ms(200));
+        // Not before a's timeout since it was last heard: a live client
+        // counts on that to give its locks up first.
+        assert!(s.overdue(t0 + ms(900)).is_empty());
+        assert_eq!(names(s.overdue(t0 + ms(1100))), ["a"]);
+        assert_eq!(names(s.overdue(t0 + ms(1300))), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_stall_holds_off_expiry() {
+        let t0 = Instant::now();
+        let mut s = Sessions::new(ms(1000), ms(300), Duration::from_secs(3));
+        s.heartbeat("s1", Some(1000), None, t0);
+        s.stalled(t0 + Duration::from_secs(5));
+        assert!(s.overdue(t0 + Duration::from_secs(6)).is_empty());
+        assert_eq!(names(s.overdue(t0 + Duration::from_secs(9))), ["s1"]);
+    }
+}

@@ -1,0 +1,289 @@
+//! The coordinator's Prometheus metrics (`GET /metrics`), fed from the
+//! events and answers it sends, so a metric never disagrees with the event
+//! stream. Every series is about the locks this coordinator serves; sum
+//! over coordinators for the service.
+
+use jetlock::events::{Event, EventKind};
+use jetlock::protocol::Answer;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Handoff {
+    handoff: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Code {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Prefix {
+    prefix: String,
+}
+
+/// Most distinct `prefix` labels; the rest are summed under `_other`.
+const MAX_PREFIXES: usize = 64;
+
+/// The series (names in `docs/OPERATIONS.md`).
+pub struct Metrics {
+    registry: Registry,
+    grants: Family<Handoff, Counter>,
+    releases: Counter,
+    expiries: Family<Cause, Counter>,
+    revocations: Counter,
+    renew_failures: Family<Cause, Counter>,
+    errors: Family<Code, Counter>,
+    dropped: Counter,
+    failovers: Counter,
+    wait: Histogram,
+    hold: Histogram,
+    queue_depth: Family<Prefix, Gauge>,
+    locks_held: Gauge,
+    sessions: Gauge,
+    coordinators: Gauge,
+    config_changes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    // 100 µs to ~100 s.
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.5, 16)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("jetlock");
+        let m = Metrics {
+            grants: Family::default(),
+            releases: Counter::default(),
+            expiries: Family::default(),
+            revocations: Counter::default(),
+            renew_failures: Family::default(),
+            errors: Family::default(),
+            dropped: Counter::default(),
+            failovers: Counter::default(),
+            wait: Histogram::new(seconds_buckets()),
+            hold: Histogram::new(seconds_buckets()),
+            queue_depth: Family::default(),
+            locks_held: Gauge::default(),
+            sessions: Gauge::default(),
+            coordinators: Gauge::default(),
+            config_changes: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "grants",
+            "Locks granted (handoff: straight from the previous holder)",
+            m.grants.clone(),
+        );
+        r.register("releases", "Holds ended by a release", m.releases.clone());
+        r.register(
+            "expiries",
+            "Holds ended without a release (cause: lease, session)",
+            m.expiries.clone(),
+        );
+        r.register(
+            "revocations",
+            "Holds ended by a revocation",
+            m.revocations.clone(),
+        );
+        r.register(
+            "renew_failures",
+            "Renewals refused, by error code",
+            m.renew_failures.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Requests answered with an error, by code",
+            m.errors.clone(),
+        );
+        r.register(
+            "requests_dropped",
+            "Requests dropped unanswered: unknown op or malformed session id in the subject",
+            m.dropped.clone(),
+        );
+        r.register(
+            "failovers",
+            "Takeovers of a departed coordinator's locks",
+            m.failovers.clone(),
+        );
+        r.register(
+            "wait_seconds",
+            "How long queued acquires waited for their grant",
+            m.wait.clone(),
+        );
+        r.register("hold_seconds", "How long holds lasted", m.hold.clone());
+        r.register(
+            "queue_depth",
+            "Waiters, by lock-name prefix (the part before the first ':')",
+            m.queue_depth.clone(),
+        );
+        r.register("locks_held", "Held locks", m.locks_held.clone());
+        r.register("sessions", "Live sessions", m.sessions.clone());
+        r.register(
+            "coordinators",
+            "Live coordinators, this one included",
+            m.coordinators.clone(),
+        );
+        r.register(
+            "config_changes",
+            "Config-bucket changes applied",
+            m.config_changes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts what an event reports.
+    pub fn event(&self, e: &Event) {
+        let cause = || Cause {
+            cause: e.cause.clone().unwrap_or_default(),
+        };
+        match e.kind {
+            EventKind::Granted => {
+                let handoff = e.handoff.unwrap_or(false).to_string();
+                self.grants.get_or_create(&Handoff { handoff }).inc();
+                if let Some(ms) = e.waited_ms {
+                    self.wait.observe(ms as f64 / 1000.0);
+                }
+            }
+            EventKind::Released => {
+                self.releases.inc();
+            }
+            EventKind::Expired => {
+                self.expiries.get_or_create(&cause()).inc();
+            }
+            EventKind::Revoked => {
+                self.revocations.inc();
+            }
+            EventKind::RenewFailed => {
+                self.renew_failures.get_or_create(&cause()).inc();
+            }
+            EventKind::Takeover if !e.cause.as_deref().unwrap_or("").starts_with("rebalanced") => {
+                self.failovers.inc();
+            }
+            EventKind::ConfigChanged => {
+                self.config_changes.inc();
+            }
+            _ => {}
+        }
+        if matches!(
+            e.kind,
+            EventKind::Released | EventKind::Expired | EventKind::Revoked
+        ) {
+            if let Some(ms) = e.held_ms {
+                self.hold.observe(ms as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Counts an error answer.
+    pub fn answer(&self, a: &Answer) {
+        if let Answer::Error { code, .. } = a {
+            self.errors
+                .get_or_create(&Code {
+                    code: code.as_str().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a request dropped unanswered (its subject names nobody who
+    /// may be answered).
+    pub fn dropped(&self) {
+        self.dropped.inc();
+    }
+
+    /// Sets the gauges from the engine's state.
+    pub fn gauges(
+        &self,
+        depths: HashMap<String, usize>,
+        held: usize,
+        sessions: usize,
+        coordinators: usize,
+    ) {
+        let mut depths: Vec<(String, usize)> = depths.into_iter().collect();
+        depths.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self.queue_depth.clear();
+        let mut other = 0;
+        for (i, (prefix, n)) in depths.into_iter().enumerate() {
+            if i < MAX_PREFIXES {
+                self.queue_depth
+                    .get_or_create(&Prefix { prefix })
+                    .set(n as i64);
+            } else {
+                other += n;
+            }
+        }
+        if other > 0 {
+            self.queue_depth
+                .get_or_create(&Prefix {
+                    prefix: "_other".into(),
+                })
+                .set(other as i64);
+        }
+        self.locks_held.set(held as i64);
+        self.sessions.set(sessions as i64);
+        self.coordinators.set(coordinators as i64);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `stop`; returns the bound address.
+pub async fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use axum::{http::header, routing::get, Router};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok(bound)
+}

@@ -1,0 +1,832 @@
+//! The runtime of one coordinator: reads the request stream and the
+//! bucket, feeds the engine, carries out its actions, heartbeats.
+//!
+//! One task runs the loop; CAS writes and reads run concurrently in a
+//! `JoinSet` the loop owns, so nothing outlives [`Coordinator::shutdown`].
+
+use crate::admin::{self, LocksQuery, LocksView, MembersView};
+use crate::config::{CoordinatorConfig, LiveSettings};
+use crate::engine::{self, Applied, Engine, Stamp, Write, WriteKind, WriteResult};
+use crate::hearing;
+use crate::metrics::{self, Metrics};
+use crate::request_age::RequestAge;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, consumer, stream::Stream as JsStream};
+use async_nats::service::{self, ServiceExt};
+use futures::StreamExt;
+use jetlock::bucket::{self, BucketSpec, DEFAULT_MARKER_TTL};
+use jetlock::clock::unix_ms;
+use jetlock::events::{Event, EventKind};
+use jetlock::name::LockName;
+use jetlock::protocol::{self, ConnId, CoordinatorBeat, DisconnectAdvisory, Heartbeat, VERSION};
+use jetlock::store::{self, CasError, LockStore, WriteId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, debug_span, info, warn};
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    Bucket(#[from] bucket::BucketError),
+    #[error("coordinator could not {what}: {source}")]
+    Nats {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+fn nats_err<E: Into<async_nats::Error>>(what: &'static str) -> impl FnOnce(E) -> CoordinatorError {
+    move |e| CoordinatorError::Nats {
+        what,
+        source: e.into(),
+    }
+}
+
+/// A running coordinator. Dropping it stops the loop; [`shutdown`]
+/// (`Coordinator::shutdown`) also tells the others it is leaving, so they
+/// take its keys over at once.
+pub struct Coordinator {
+    id: String,
+    metrics_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on `nats`; returns once it has read the request
+    /// stream and the bucket and serves.
+    pub async fn start(
+        nats: async_nats::Client,
+        config: CoordinatorConfig,
+    ) -> Result<Coordinator, CoordinatorError> {
+        let js = jetstream::new(nats.clone());
+        let mut spec = BucketSpec::new(&config.bucket, config.replicas);
+        spec.marker_ttl = DEFAULT_MARKER_TTL;
+        let kv = bucket::ensure_bucket(&js, &spec).await?;
+        let store = LockStore::new(js.clone(), kv)
+            .await
+            .map_err(nats_err("open the locks bucket"))?;
+        let requests =
+            bucket::ensure_request_stream(&js, config.replicas, config.request_stream).await?;
+        let kv_stream = js
+            .get_stream(store.stream_name())
+            .await
+            .map_err(nats_err("open the bucket's stream"))?;
+        bucket::ensure_event_stream(
+            &js,
+            config.replicas,
+            config.event_max_age,
+            config.event_max_bytes,
+        )
+        .await?;
+        let settings = bucket::ensure_config_bucket(&js, config.replicas).await?;
+        bucket::ensure_proof_stream(&js, config.replicas).await?;
+
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let metrics_addr = match &config.metrics_addr {
+            Some(addr) => Some(
+                metrics::serve(addr, metrics.clone(), stop.clone())
+                    .await
+                    .map_err(|e| CoordinatorError::Nats {
+                        what: "serve metrics",
+                        source: format!("{addr}: {e}").into(),
+                    })?,
+            ),
+            None => None,
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut runtime = Runtime::new(nats, store, config.clone(), metrics).await?;
+        let feeds = runtime.feeds(requests, kv_stream, settings).await?;
+        let task = tokio::spawn(runtime.run(feeds, stop.clone(), ready_tx));
+        // The loop reports readiness once it caught up with both streams.
+        if ready_rx.await.is_err() {
+            return Err(CoordinatorError::Nats {
+                what: "catch up with the request stream",
+                source: "the coordinator loop stopped".into(),
+            });
+        }
+        info!(coordinator = %config.id, "coordinator serving");
+        Ok(Coordinator {
+            id: config.id,
+            metrics_addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where `GET /metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops serving: announces the departure (the others take over at
+    /// once) and waits for the loop to end.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Resolves when the loop stops (it only stops when told to).
+    pub async fn stopped(&mut self) {
+        if let Some(task) = &mut self.task {
+            let _ = task.await;
+            self.task = None;
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Runtime {
+    nats: async_nats::Client,
+    store: LockStore,
+    config: CoordinatorConfig,
+    engine: Engine,
+    conn: Option<ConnId>,
+    writes: JoinSet<(LockName, WriteResult)>,
+    reads: JoinSet<(LockName, Option<(store::Current, Stamp)>)>,
+    deletes: JoinSet<()>,
+    /// The proof beat in flight: its send time and when the quorum's
+    /// acknowledgement came, once it did.
+    proofs: JoinSet<Option<(Instant, Instant)>>,
+    /// Another proof beat is wanted as soon as the one in flight is done.
+    proof_wanted: bool,
+    /// The request stream's creation time (unix ms): request sequences
+    /// named in `Jetlock-Applied` count only in the stream they came from.
+    request_epoch: u64,
+    metrics: Arc<Metrics>,
+    /// The live settings of the file and flags, and the config bucket's
+    /// entries laid over them.
+    base_settings: LiveSettings,
+    overlay: BTreeMap<String, Vec<u8>>,
+    /// Events of the runtime itself (config changes), published with the
+    /// engine's.
+    pending_events: Vec<Event>,
+}
+
+/// Everything the loop reads.
+struct Feeds {
+    requests: consumer::push::Ordered,
+    requests_caught_up: bool,
+    /// Judges how long ago each request was stored.
+    request_age: RequestAge,
+    bucket: consumer::push::Ordered,
+    bucket_caught_up: bool,
+    heartbeats: async_nats::Subscriber,
+    coordinators: async_nats::Subscriber,
+    disconnects: async_nats::Subscriber,
+    answers: async_nats::Subscriber,
+    settings: kv::Watch,
+    settings_caught_up: bool,
+    /// Keeps the NATS service registered (`$SRV.*`).
+    _service: service::Service,
+    admin_locks: service::endpoint::Endpoint,
+    admin_members: service::endpoint::Endpoint,
+}
+
+/// Header naming the coordinator that sent an answer.
+const ANSWERED_BY: &str = "Jetlock-Coordinator";
+/// Most request deletions in flight; beyond it the loop waits for one.
+const MAX_DELETES_IN_FLIGHT: usize = 256;
+/// The engine's clock resolution.
+const TICK: Duration = Duration::from_millis(20);
+/// A proof beat not stored by then shows nothing; the next one is sent.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Runtime {
+    async fn new(
+        nats: async_nats::Client,
+        store: LockStore,
+        config: CoordinatorConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, CoordinatorError> {
+        let info = nats.server_info();
+        let conn = (!info.server_id.is_empty()).then(|| ConnId {
+            server_id: info.server_id.clone(),
+            cid: info.client_id,
+        });
+        Ok(Runtime {
+            engine: Engine::new(config.id.clone(), config.engine.clone()),
+            nats,
+            store,
+            conn,
+            writes: JoinSet::new(),
+            reads: JoinSet::new(),
+            deletes: JoinSet::new(),
+            proofs: JoinSet::new(),
+            proof_wanted: false,
+            request_epoch: 0,
+            metrics,
+            pending_events: Vec::new(),
+            base_settings: LiveSettings::of(&config),
+            overlay: BTreeMap::new(),
+            config,
+        })
+    }
+
+    async fn feeds(
+        &mut self,
+        mut requests: JsStream,
+        mut kv_stream: JsStream,
+        settings: kv::Store,
+    ) -> Result<Feeds, CoordinatorError> {
+        let subscribe = |subject: &'static str| {
+            let nats = self.nats.clone();
+            async move {
+                nats.subscribe(subject)
+                    .await
+                    .map_err(nats_err("subscribe to heartbeats"))
+            }
+        };
+        // Subscribe before reading the streams so no heartbeat is missed.
+        let heartbeats = subscribe(protocol::SESSION_HEARTBEATS).await?;
+        let coordinators = subscribe(protocol::COORDINATOR_HEARTBEATS).await?;
+        let disconnects = subscribe(protocol::DISCONNECT_EVENTS).await?;
+        // Every final answer, whoever sent it: mirrors forget what is done.
+        let answers = subscribe("jetlock.to.>").await?;
+
+        let asked = Instant::now();
+        let request_info = requests
+            .info()
+            .await
+            .map_err(nats_err("read the request stream's state"))?;
+        let requests_empty = request_info.state.messages == 0;
+        self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
+        let request_age = RequestAge::new(asked, request_info.state.last_sequence);
+        let bucket_empty = kv_stream
+            .info()
+            .await
+            .map_err(nats_err("read the bucket's state"))?
+            .state
+            .messages
+            == 0;
+        let request_feed = requests
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("read the request stream"))?
+            .messages()
+            .await
+            .map_err(nats_err("read the request stream"))?;
+        let bucket_feed = kv_stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                filter_subject: format!("$KV.{}.>", self.store.bucket()),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("watch the bucket"))?
+            .messages()
+            .await
+            .map_err(nats_err("watch the bucket"))?;
+        let settings_empty = settings
+            .status()
+            .await
+            .map_err(nats_err("read the config bucket"))?
+            .values()
+            == 0;
+        let settings = settings
+            .watch_with_history(">")
+            .await
+            .map_err(nats_err("watch the config bucket"))?;
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("coordinator".to_owned(), self.config.id.clone());
+        metadata.insert("bucket".to_owned(), self.config.bucket.clone());
+        metadata.insert(
+            "protocol_revision".to_owned(),
+            protocol::REVISION.to_string(),
+        );
+        let service = self
+            .nats
+            .service_builder()
+            .description("jetlock coordinator: FIFO lock queues, sessions, failover")
+            .metadata(metadata)
+            .start(admin::SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(nats_err("register the NATS service"))?;
+        let endpoint = |name: &'static str, subject: &'static str| {
+            let builder = service.endpoint_builder().name(name);
+            async move {
+                builder
+                    .add(subject)
+                    .await
+                    .map_err(nats_err("add a service endpoint"))
+            }
+        };
+        let admin_locks = endpoint("locks", admin::LOCKS).await?;
+        let admin_members = endpoint("members", admin::MEMBERS).await?;
+        Ok(Feeds {
+            settings,
+            settings_caught_up: settings_empty,
+            _service: service,
+            admin_locks,
+            admin_members,
+            requests: request_feed,
+            requests_caught_up: requests_empty,
+            request_age,
+            bucket: bucket_feed,
+            bucket_caught_up: bucket_empty,
+            heartbeats,
+            coordinators,
+            disconnects,
+            answers,
+        })
+    }
+
+    async fn run(
+        mut self,
+        mut feeds: Feeds,
+        stop: CancellationToken,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut ready = Some(ready);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_beat = Instant::now();
+        let mut next_gauges = Instant::now();
+        let mut next_proof = Instant::now();
+        let kv_prefix = format!("$KV.{}.", self.store.bucket());
+        // Listen for the other coordinators' heartbeats for two of their
+        // intervals before acting: a coordinator that acted at once would
+        // believe it owns every key and race the others.
+        let listen_until = Instant::now() + self.config.heartbeat_interval * 2;
+        loop {
+            if ready.is_some()
+                && feeds.requests_caught_up
+                && feeds.bucket_caught_up
+                && feeds.settings_caught_up
+                && Instant::now() >= listen_until
+            {
+                self.engine.set_ready(Instant::now());
+                self.beat(false).await;
+                let _ = ready.take().map(|tx| tx.send(()));
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                // Heartbeats first: a burst of requests must not keep their
+                // answers past a client's deadline, which would end its
+                // session (`LostReason::Unconfirmed`).
+                Some(msg) = feeds.heartbeats.next() => self.heartbeat(msg).await,
+                Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
+                    if let Ok((name, result)) = done {
+                        self.engine.written(&name, result, Instant::now());
+                    }
+                }
+                Some(done) = self.reads.join_next(), if !self.reads.is_empty() => {
+                    if let Ok((name, current)) = done {
+                        self.engine.read_done(&name, current, Instant::now());
+                    }
+                }
+                Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
+                Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
+                    if let Ok(Some((sent, acked))) = done {
+                        self.engine.proof_acked(sent, acked, Instant::now());
+                    }
+                    if std::mem::take(&mut self.proof_wanted) {
+                        self.prove();
+                    }
+                }
+                Some(msg) = feeds.bucket.next() => match msg {
+                    Ok(msg) => {
+                        if let Ok(info) = msg.info() {
+                            if info.pending == 0 {
+                                feeds.bucket_caught_up = true;
+                            }
+                            let seq = info.stream_sequence;
+                            self.bucket_message(&kv_prefix, seq, &msg);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "bucket watch interrupted; it resumes"),
+                },
+                Some(msg) = feeds.requests.next() => match msg {
+                    Ok(msg) => {
+                        if let Ok(info) = msg.info() {
+                            if info.pending == 0 {
+                                feeds.requests_caught_up = true;
+                            }
+                            let age = feeds.request_age.of(info.stream_sequence,
+                                info.published.unix_timestamp_nanos(), Instant::now(),
+                                std::time::SystemTime::now());
+                            let _span = debug_span!("request", seq = info.stream_sequence,
+                                subject = msg.subject.as_str(),
+                                lock = tracing::field::Empty).entered();
+                            let dropped = self.engine.stats.dropped;
+                            let msg_id = msg.headers.as_ref()
+                                .and_then(|h| h.get("Nats-Msg-Id"))
+                                .map(|v| v.as_str());
+                            self.engine.request_with_msg_id(
+                                info.stream_sequence,
+                                msg.subject.as_str(),
+                                msg_id,
+                                &msg.payload,
+                                age,
+                                Instant::now(),
+                            );
+                            if self.engine.stats.dropped > dropped {
+                                self.metrics.dropped();
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "request stream interrupted; it resumes"),
+                },
+                Some(entry) = feeds.settings.next() => match entry {
+                    Ok(entry) => {
+                        if entry.delta == 0 {
+                            feeds.settings_caught_up = true;
+                        }
+                        self.setting(entry, ready.is_none());
+                    }
+                    Err(e) => warn!(error = %e, "config bucket watch interrupted; it resumes"),
+                },
+                Some(req) = feeds.admin_locks.next() => self.admin_locks(req).await,
+                Some(req) = feeds.admin_members.next() => self.admin_members(req).await,
+                Some(msg) = feeds.coordinators.next() => {
+                    if let Ok(beat) = serde_json::from_slice::<CoordinatorBeat>(&msg.payload) {
+                        if beat.v == VERSION {
+                            self.engine.coordinator_beat(beat, Instant::now());
+                        }
+                    }
+                }
+                Some(msg) = feeds.answers.next() => {
+                    let ours = msg.headers.as_ref().and_then(|h| h.get(ANSWERED_BY))
+                        .is_some_and(|v| v.as_str() == self.config.id);
+                    if ours {
+                        continue;
+                    }
+                    let session = msg.subject.as_str().strip_prefix("jetlock.to.").unwrap_or_default();
+                    if let Ok(answer) = serde_json::from_slice::<protocol::Answer>(&msg.payload) {
+                        if let (true, Some(re)) = (answer.is_final(), answer.re()) {
+                            self.engine.answered(session, re, Instant::now());
+                        }
+                    }
+                }
+                Some(msg) = feeds.disconnects.next() => {
+                    if let Ok(adv) = serde_json::from_slice::<DisconnectAdvisory>(&msg.payload) {
+                        self.engine.disconnected(&adv.conn(), &adv.reason, Instant::now());
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now >= next_proof {
+                        next_proof = now + hearing::PROOF_INTERVAL;
+                        self.prove();
+                    }
+                    self.engine.tick(now);
+                    if now >= next_gauges {
+                        next_gauges = now + Duration::from_secs(1);
+                        let (depths, held) = self.engine.served_load();
+                        self.metrics.gauges(depths, held, self.engine.live_sessions(),
+                            self.engine.ring().len());
+                    }
+                    if ready.is_none() && now >= next_beat {
+                        next_beat = now + self.config.heartbeat_interval;
+                        self.beat(false).await;
+                    }
+                }
+            }
+            self.carry_out().await;
+        }
+        // Leaving: the others take our keys over now rather than after the
+        // coordinator timeout. Writes in flight finish first.
+        while self.writes.join_next().await.is_some() {}
+        self.beat(true).await;
+        let _ = self.nats.flush().await;
+        info!(coordinator = %self.config.id, "coordinator stopped");
+    }
+
+    fn bucket_message(&mut self, prefix: &str, seq: u64, msg: &jetstream::Message) {
+        let Some(key) = msg.subject.as_str().strip_prefix(prefix) else {
+            return;
+        };
+        let Ok(name) = LockName::from_key(key) else {
+            warn!(key, "bucket holds a key jetlock did not write; ignored");
+            return;
+        };
+        // The server's marker for a lease that ran out.
+        let expired = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Marker-Reason"))
+            .is_some_and(|r| r.as_str() == "MaxAge");
+        let stamp = stamp_of(msg.headers.as_ref(), self.request_epoch);
+        match store::current_from_message(seq, msg.headers.as_ref(), &msg.payload) {
+            Ok(current) => {
+                self.engine
+                    .observed_change(&name, current, expired, stamp, Instant::now())
+            }
+            Err(e) => warn!(key, error = %e, "unreadable lock record; ignored"),
+        }
+    }
+
+    async fn heartbeat(&mut self, msg: async_nats::Message) {
+        let Some(session) = msg.subject.as_str().strip_prefix("jetlock.hb.") else {
+            return;
+        };
+        if protocol::check_session(session).is_err()
+            || msg.payload.len() > protocol::MAX_REQUEST_BYTES
+        {
+            return;
+        }
+        let hb = if msg.payload.is_empty() {
+            Heartbeat::default()
+        } else {
+            match serde_json::from_slice::<Heartbeat>(&msg.payload) {
+                Ok(hb) => hb,
+                Err(_) => return,
+            }
+        };
+        match msg.reply {
+            Some(reply) => self
+                .engine
+                .heartbeat_to(session, hb, reply.to_string(), Instant::now()),
+            None => {
+                self.engine.heartbeat(session, hb, Instant::now());
+            }
+        }
+    }
+
+    async fn beat(&mut self, leaving: bool) {
+        let beat = CoordinatorBeat {
+            v: VERSION,
+            id: self.config.id.clone(),
+            conn: self.conn.clone(),
+            now_ms: Some(unix_ms()),
+            leaving,
+        };
+        let body = serde_json::to_vec(&beat).expect("beats serialize");
+        let _ = self
+            .nats
+            .publish(protocol::coordinator_subject(&self.config.id), body.into())
+            .await;
+    }
+
+    /// Sends a proof beat, or asks for one after the beat in flight (one
+    /// at a time, so their send times show every gap).
+    fn prove(&mut self) {
+        if !self.proofs.is_empty() {
+            self.proof_wanted = true;
+            return;
+        }
+        let js = jetstream::new(self.nats.clone());
+        let subject = format!("jetlock.proof.{}", self.config.id);
+        self.proofs.spawn(async move {
+            let sent = Instant::now();
+            let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
+            match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
+                Ok(Ok(_)) => Some((sent, Instant::now())),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "proof beat not stored");
+                    None
+                }
+                Err(_) => None,
+            }
+        });
+    }
+
+    async fn carry_out(&mut self) {
+        for event in std::mem::take(&mut self.pending_events) {
+            self.publish_event(event).await;
+        }
+        for action in self.engine.take_actions() {
+            match action {
+                engine::Action::Answer { session, answer } => {
+                    debug!(session, ?answer, "answer");
+                    self.metrics.answer(&answer);
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(ANSWERED_BY, self.config.id.as_str());
+                    let _ = self
+                        .nats
+                        .publish_with_headers(
+                            protocol::answer_subject(&session),
+                            headers,
+                            answer.to_json().into(),
+                        )
+                        .await;
+                }
+                engine::Action::Event(event) => self.publish_event(*event).await,
+                engine::Action::Prove => self.prove(),
+                engine::Action::HeartbeatAck { reply, ack } => {
+                    let body = serde_json::to_vec(&ack).expect("acks serialize");
+                    let _ = self.nats.publish(reply, body.into()).await;
+                }
+                engine::Action::Write(write) => {
+                    debug!(lock = %write.name, expected = write.expected, kind = ?write.kind,
+                        id = write.id, "write");
+                    let applied = applied_header(self.request_epoch, write.applied);
+                    let store = self.store.clone();
+                    self.writes.spawn(async move {
+                        let result = run_write(&store, &write, applied.as_deref()).await;
+                        (write.name, result)
+                    });
+                }
+                engine::Action::Read { name } => {
+                    let store = self.store.clone();
+                    let epoch = self.request_epoch;
+                    self.reads.spawn(async move {
+                        let read = match store.read_with_headers(&name).await {
+                            Ok((current, headers)) => {
+                                Some((current, stamp_of(headers.as_ref(), epoch)))
+                            }
+                            Err(e) => {
+                                debug!(lock = %name, error = %e, "read failed");
+                                None
+                            }
+                        };
+                        (name, read)
+                    });
+                }
+                engine::Action::Delete { seq } => {
+                    while self.deletes.len() >= MAX_DELETES_IN_FLIGHT {
+                        self.deletes.join_next().await;
+                    }
+                    // `no_erase`: the default delete overwrites the message
+                    // on disk first, several times slower; requests hold
+                    // nothing secret.
+                    let nats = self.nats.clone();
+                    let subject = format!("$JS.API.STREAM.MSG.DELETE.{}", protocol::REQUEST_STREAM);
+                    let body = format!(r#"{{"seq":{seq},"no_erase":true}}"#);
+                    self.deletes.spawn(async move {
+                        if let Err(e) = nats.request(subject, body.into()).await {
+                            debug!(seq, error = %e, "could not delete a finished request");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Stamps an event, counts it and publishes it (the event stream keeps
+    /// it). A core publish: events never slow a grant down.
+    async fn publish_event(&mut self, mut event: Event) {
+        event.at_ms = unix_ms();
+        event.coordinator = self.config.id.clone();
+        if let Some(acquired) = event.acquired_ms {
+            event.held_ms = Some(event.at_ms.saturating_sub(acquired));
+        }
+        self.metrics.event(&event);
+        debug!(kind = event.kind.as_str(), lock = ?event.lock, session = ?event.session,
+               token = ?event.token, "event");
+        let body = serde_json::to_vec(&event).expect("events serialize");
+        let _ = self.nats.publish(event.subject(), body.into()).await;
+    }
+
+    /// A change in the config bucket: lay it over the file's settings and
+    /// apply the result, or refuse it and keep what runs.
+    fn setting(&mut self, entry: kv::Entry, live: bool) {
+        let key = entry.key.clone();
+        let mut overlay = self.overlay.clone();
+        match entry.operation {
+            kv::Operation::Put => {
+                overlay.insert(key.clone(), entry.value.to_vec());
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                overlay.remove(&key);
+            }
+        }
+        let entries = overlay.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        let mut event = Event::about(EventKind::ConfigChanged, &key);
+        match self.base_settings.with_overlay(entries) {
+            Ok(settings) => {
+                let mut config = self.config.clone();
+                settings.apply(&mut config);
+                self.engine.set_config(config.engine.clone());
+                self.config = config;
+                self.overlay = overlay;
+                event.value = Some(match entry.operation {
+                    kv::Operation::Put => {
+                        serde_json::from_slice(&entry.value).unwrap_or(serde_json::Value::Null)
+                    }
+                    _ => serde_json::Value::Null,
+                });
+                info!(setting = %key, "config change applied");
+            }
+            Err(e) => {
+                warn!(setting = %key, error = %e, "config change refused; the previous settings stay");
+                event.cause = Some(format!("refused: {e}"));
+            }
+        }
+        // One report per change, by the coordinator owning the setting.
+        if live && self.engine.ring().owns(&format!("config.{key}")) {
+            self.engine_event(event);
+        }
+    }
+
+    fn engine_event(&mut self, event: Event) {
+        // Published with the engine's events on the next carry_out.
+        self.pending_events.push(event);
+    }
+
+    async fn admin_locks(&mut self, req: service::Request) {
+        let reply = LocksQuery::parse(&req.message.payload).map(|prefix| LocksView {
+            coordinator: self.config.id.clone(),
+            locks: self.engine.locks_view(prefix.as_deref(), Instant::now()),
+        });
+        respond(req, reply).await;
+    }
+
+    async fn admin_members(&mut self, req: service::Request) {
+        let (coordinators, sessions) = self.engine.members_view(Instant::now());
+        let view = MembersView {
+            coordinator: self.config.id.clone(),
+            now_ms: unix_ms(),
+            coordinators,
+            sessions,
+        };
+        respond(req, Ok(view)).await;
+    }
+}
+
+/// Answers a service request with JSON, or a service error.
+async fn respond<T: serde::Serialize>(req: service::Request, reply: Result<T, String>) {
+    let answer = match reply {
+        Ok(v) => Ok(serde_json::to_vec(&v).expect("views serialize").into()),
+        Err(status) => Err(service::error::Error { status, code: 400 }),
+    };
+    if let Err(e) = req.respond(answer).await {
+        debug!(error = %e, "could not answer an admin request");
+    }
+}
+
+async fn run_write(store: &LockStore, write: &Write, applied: Option<&str>) -> WriteResult {
+    let write_id = WriteId {
+        id: &write.id,
+        resend: false,
+    };
+    let (name, expected) = (&write.name, write.expected);
+    let result = match &write.kind {
+        WriteKind::Put { record, ttl } => {
+            store
+                .put_applied(name, record, expected, *ttl, write_id, applied)
+                .await
+        }
+        WriteKind::Release => {
+            store
+                .release_applied(name, expected, DEFAULT_MARKER_TTL, write_id, applied)
+                .await
+        }
+    };
+    match result {
+        Ok(w) => WriteResult::Written {
+            revision: w.revision,
+        },
+        Err(CasError::Conflict { .. }) => WriteResult::Conflict,
+        Err(CasError::Transport(e)) => {
+            debug!(lock = %write.name, error = %e, "coordinator write failed");
+            WriteResult::Failed
+        }
+    }
+}
+
+/// The `Jetlock-Applied` value of a write: `<request stream epoch> <hold>
+/// <ended>` (see `engine/replay.rs`); none when it applies no request.
+fn applied_header(epoch: u64, applied: Applied) -> Option<String> {
+    (!applied.is_none()).then(|| format!("{epoch} {} {}", applied.hold, applied.ended))
+}
+
+/// What a message's headers say about the coordinator write that stored it.
+/// Sequences of another request stream (one deleted and created again
+/// since) count as none: they do not order this stream's requests.
+fn stamp_of(headers: Option<&async_nats::HeaderMap>, epoch: u64) -> Stamp {
+    let Some(headers) = headers else {
+        return Stamp::default();
+    };
+    let applied = headers
+        .get(store::APPLIED)
+        .and_then(|v| {
+            let mut parts = v.as_str().split(' ').map(|p| p.parse::<u64>().ok());
+            match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
+                (e, hold, ended, None) if e == epoch => Some(Applied { hold, ended }),
+                _ => None,
+            }
+        })
+        .unwrap_or_default();
+    Stamp {
+        write_id: headers.get(store::WRITE_ID).map(|v| v.as_str().to_owned()),
+        applied,
+    }
+}

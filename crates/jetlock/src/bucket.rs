@@ -1,0 +1,427 @@
+//! The locks bucket: its required configuration, creation and verification.
+//!
+//! jetlock is only safe on a bucket with per-message TTL (so a dead holder's
+//! lease expires on the server, with no coordinator alive) and limit markers
+//! (so the expiry is a message that waiters' watchers see). An existing
+//! bucket without them is refused with an error naming the setting, rather
+//! than used in a way that silently never expires a lock.
+//!
+//! A new bucket's stream starts at a sequence taken from the wall clock
+//! ([`first_sequence`]), because fencing tokens are its sequences: a bucket
+//! deleted and created again must not issue tokens below the old one's.
+
+use async_nats::jetstream::{self, kv, stream::StorageType};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// Default name of the locks bucket (KV stream `KV_JETLOCK_LOCKS`).
+pub const DEFAULT_BUCKET: &str = "JETLOCK_LOCKS";
+
+/// How long release markers and server expiry markers stay in the bucket.
+/// Long enough for any watcher to see them, short enough that a million
+/// once-used lock names do not leave a million markers behind.
+pub const DEFAULT_MARKER_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The configuration jetlock wants for its locks bucket.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    pub name: String,
+    /// 1 for a single dev node, 3 (or 5) in production.
+    pub replicas: usize,
+    pub storage: StorageType,
+    /// TTL of delete markers (releases and server-side expiries).
+    pub marker_ttl: Duration,
+}
+
+impl BucketSpec {
+    /// A bucket with `replicas` replicas and the defaults for everything else.
+    pub fn new(name: impl Into<String>, replicas: usize) -> Self {
+        BucketSpec {
+            name: name.into(),
+            replicas,
+            storage: StorageType::File,
+            marker_ttl: DEFAULT_MARKER_TTL,
+        }
+    }
+
+    /// The bucket's stream config, as `create_key_value` would make it,
+    /// plus the first sequence: async-nats' KV config has no field for it.
+    fn stream_config(&self, first_seq: u64) -> jetstream::stream::Config {
+        jetstream::stream::Config {
+            name: format!("KV_{}", self.name),
+            description: Some("jetlock lock ownership records (do not write by hand)".into()),
+            subjects: vec![format!("$KV.{}.>", self.name)],
+            // One record per lock: the history of holders lives in the event
+            // stream, not here.
+            max_messages_per_subject: 1,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            deny_purge: false,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_message_ttl: true,
+            subject_delete_marker_ttl: Some(self.marker_ttl),
+            first_sequence: Some(first_seq),
+            metadata: HashMap::from([(FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned())]),
+            ..Default::default()
+        }
+    }
+}
+
+/// Stream metadata key that records how the first sequence was chosen.
+pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
+/// Its value for [`first_sequence`]'s rule.
+pub const FIRST_SEQ_RULE: &str = "unix-micros";
+
+/// No clock that creates a bucket may read earlier than this (2026-12-01
+/// UTC, in µs): a machine whose clock was reset (a dead RTC battery reads
+/// 1970) would otherwise start a bucket below the tokens of the one it
+/// replaces.
+const EARLIEST_CLOCK_US: u64 = 1_796_083_200_000_000;
+
+/// Tokens stay below 2^53 so clients that read JSON numbers as doubles
+/// (JavaScript) keep them exact. The clock reaches it in the year 2255.
+pub const MAX_EXACT_TOKEN: u64 = 1 << 53;
+
+/// The first sequence of a new locks bucket's stream: the wall clock in
+/// microseconds since the Unix epoch.
+///
+/// Fencing tokens are the stream's sequences, and a new stream would start
+/// at 1, below every token the bucket issued before it was deleted. The
+/// clock needs no memory of the old stream: a stream created at time `t0`
+/// with this rule holds sequences below `t0 + n` (µs) after `n` writes, so
+/// as long as it stores fewer than one message per microsecond averaged
+/// over its life (a JetStream stream stores at most a few hundred thousand
+/// a second), its last sequence at any time `t` is below `t` in µs, and a
+/// bucket created after it starts above every token it issued. A bucket
+/// created before this rule started at 1 and stayed below the clock too.
+/// That holds while the creating machine's clock is not behind the old
+/// stream creator's by more than the old stream's unused headroom (its age
+/// in µs minus its writes); a clock reset to the past is refused outright.
+pub fn first_sequence(now: SystemTime) -> Result<u64, BucketError> {
+    let us = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    if us < EARLIEST_CLOCK_US {
+        return Err(BucketError::Clock {
+            problem: format!(
+                "the clock reads {us} µs since 1970, before this jetlock was released"
+            ),
+        });
+    }
+    if us >= MAX_EXACT_TOKEN {
+        return Err(BucketError::Clock {
+            problem: format!("{us} µs since 1970 is above 2^53, where JSON numbers lose precision"),
+        });
+    }
+    Ok(us)
+}
+
+/// Whether a bucket's stream started at a sequence [`first_sequence`]
+/// chose; `false` for one created before the rule, by hand, or by another
+/// tool (its tokens started at 1).
+pub fn first_sequence_derived(config: &jetstream::stream::Config) -> bool {
+    config.metadata.get(FIRST_SEQ_RULE_KEY).map(String::as_str) == Some(FIRST_SEQ_RULE)
+        && config
+            .first_sequence
+            .is_some_and(|seq| seq >= EARLIEST_CLOCK_US)
+}
+
+/// Why the locks bucket could not be created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("locks bucket {bucket:?} does not exist; create it with `jetlock setup` (or run `jetlock dev`)")]
+    NotFound { bucket: String },
+    #[error("locks bucket {bucket:?} is configured unsafely for jetlock: {problem}; fix it with `nats stream edit KV_{bucket}` (never delete or rename a bucket while any client may hold a lock in it: see `docs/OPERATIONS.md`)")]
+    Incompatible { bucket: String, problem: String },
+    /// The clock of the machine creating a bucket cannot give it a safe
+    /// first sequence (see [`first_sequence`]).
+    #[error(
+        "will not create a locks bucket: {problem}; fix this machine's clock (NTP) and try again"
+    )]
+    Clock { problem: String },
+    #[error("could not reach JetStream for bucket {bucket:?}: {source}")]
+    JetStream {
+        bucket: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Creates the bucket described by `spec`, or verifies an existing one.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+) -> Result<kv::Store, BucketError> {
+    match open_bucket(js, &spec.name).await {
+        Ok(store) => {
+            let stream = js
+                .get_stream(&store.stream_name)
+                .await
+                .map_err(|e| jetstream_error(&spec.name, e))?;
+            let config = &stream.cached_info().config;
+            if config.num_replicas != spec.replicas {
+                warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
+                      "locks bucket replica count differs from the requested one; keeping it");
+            }
+            Ok(store)
+        }
+        Err(BucketError::NotFound { .. }) => {
+            let first_seq = first_sequence(SystemTime::now())?;
+            info!(bucket = %spec.name, replicas = spec.replicas, first_seq, "creating locks bucket");
+            match js.create_stream(spec.stream_config(first_seq)).await {
+                Ok(_) => js
+                    .get_key_value(&spec.name)
+                    .await
+                    .map_err(|e| jetstream_error(&spec.name, e)),
+                // Another process created it first: verify theirs.
+                Err(e) if e.to_string().contains("already in use") => {
+                    open_bucket(js, &spec.name).await
+                }
+                Err(e) => Err(jetstream_error(&spec.name, e)),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens an existing bucket after checking that its configuration is safe.
+pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, BucketError> {
+    let stream_name = format!("KV_{bucket}");
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Err(BucketError::NotFound {
+                bucket: bucket.to_owned(),
+            })
+        }
+        Err(e) => return Err(jetstream_error(bucket, e)),
+    };
+    check_config(bucket, &stream.cached_info().config)?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| jetstream_error(bucket, e))
+}
+
+/// Caps of the request stream when a coordinator creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestStreamLimits {
+    /// Most requests stored at once.
+    pub max_msgs: i64,
+    /// Most bytes stored at once.
+    pub max_bytes: i64,
+}
+
+impl Default for RequestStreamLimits {
+    fn default() -> Self {
+        RequestStreamLimits {
+            max_msgs: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Creates the request stream (`JETLOCK_REQ`) coordinators read, or opens
+/// an existing one. Requests are stored so an acknowledged request survives
+/// a coordinator crash; `Nats-Msg-Id` de-duplication within
+/// `duplicate_window` makes a retried publish safe; the coordinator deletes
+/// each request once answered, and `max_age` bounds what a stream without
+/// coordinators can accumulate.
+pub async fn ensure_request_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    limits: RequestStreamLimits,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    use crate::protocol::{MAX_REQUEST_BYTES, REQUEST_STREAM, REQUEST_SUBJECTS};
+    let config = jetstream::stream::Config {
+        name: REQUEST_STREAM.to_owned(),
+        description: Some("jetlock lock requests (read by `jetlock serve`)".into()),
+        subjects: vec![REQUEST_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_age: REQUEST_MAX_AGE,
+        // Room for the body and the publisher's headers.
+        max_message_size: (MAX_REQUEST_BYTES + 1024) as i32,
+        duplicate_window: Duration::from_secs(120),
+        allow_message_ttl: true,
+        // Requests in progress are all the stream holds (finished ones are
+        // deleted), so these caps bound what a flood of requests can pile
+        // up. At the cap the server refuses the publish (the client's
+        // error, JetStream 10077 / 10047) instead of dropping the oldest
+        // request, which somebody still waits for.
+        max_messages: limits.max_msgs,
+        max_bytes: limits.max_bytes,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BucketError::JetStream {
+            bucket: REQUEST_STREAM.to_owned(),
+            source: e.into(),
+        })
+}
+
+/// The stream of coordinators' proof beats (coordinator/hearing.rs).
+pub const PROOF_STREAM: &str = "JETLOCK_PROOF";
+/// Subjects of the proof stream: `jetlock.proof.<coordinator id>`.
+pub const PROOF_SUBJECTS: &str = "jetlock.proof.>";
+
+/// Creates the proof stream, or opens it. A coordinator's proof beat is
+/// acknowledged only once a quorum of the stream's replicas stored it,
+/// which shows the coordinator reached the quorum. Memory storage: the
+/// beats matter only as they are acknowledged, so no disk write is needed,
+/// and one beat per coordinator is kept.
+pub async fn ensure_proof_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    let config = jetstream::stream::Config {
+        name: PROOF_STREAM.to_owned(),
+        description: Some("jetlock coordinators' proof that they reach the quorum".into()),
+        subjects: vec![PROOF_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: StorageType::Memory,
+        num_replicas: replicas,
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(60),
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BucketError::JetStream {
+            bucket: PROOF_STREAM.to_owned(),
+            source: e.into(),
+        })
+}
+
+/// Creates the event stream `JETLOCK_EV` (every `jetlock.ev.>` event,
+/// kept `max_age` and at most `max_bytes`), or opens it.
+pub async fn ensure_event_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    max_age: Duration,
+    max_bytes: i64,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    use crate::events::{EVENT_STREAM, EVENT_SUBJECTS};
+    let config = jetstream::stream::Config {
+        name: EVENT_STREAM.to_owned(),
+        description: Some("jetlock lock and membership events (the audit trail)".into()),
+        subjects: vec![EVENT_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_age,
+        max_bytes,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BucketError::JetStream {
+            bucket: EVENT_STREAM.to_owned(),
+            source: e.into(),
+        })
+}
+
+/// The config bucket (a KV bucket; one key per setting, JSON values).
+pub const CONFIG_BUCKET: &str = "jetlock_config";
+
+/// Creates the config bucket (live settings, `jetlock config`), or opens it.
+pub async fn ensure_config_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, BucketError> {
+    let name = CONFIG_BUCKET;
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: name.to_owned(),
+        description: "jetlock live settings (jetlock config set)".into(),
+        history: 10,
+        num_replicas: replicas,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BucketError::JetStream {
+        bucket: name.to_owned(),
+        source: e.into(),
+    })
+}
+
+/// Requests older than this are dropped from the request stream unread
+/// (longer than the longest wait a request may ask for).
+pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// Refuses a locks bucket whose stream is configured unsafely for jetlock,
+/// naming the setting; logs the settings that only cost space or
+/// durability ([`config_warnings`]).
+pub fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
+    if let Some(problem) = config_problem(config) {
+        return Err(BucketError::Incompatible {
+            bucket: bucket.to_owned(),
+            problem,
+        });
+    }
+    for warning in config_warnings(config) {
+        warn!(bucket, "{warning}");
+    }
+    Ok(())
+}
+
+/// Why jetlock cannot use a bucket with this stream config, if it cannot.
+pub fn config_problem(config: &jetstream::stream::Config) -> Option<String> {
+    if !config.allow_message_ttl {
+        Some("per-message TTL is off (allow_msg_ttl: false), so a dead holder's lock would never expire".to_owned())
+    } else if config.subject_delete_marker_ttl.is_none() {
+        Some("limit markers are off (subject_delete_marker_ttl unset), so waiters would not see a lock expire".to_owned())
+    } else if !config.max_age.is_zero() {
+        Some(format!(
+            "max_age is {:?}; jetlock sets a TTL per lock and a bucket-wide max_age would drop held locks",
+            config.max_age
+        ))
+    } else if config.mirror.is_some() {
+        Some("the bucket is a mirror and cannot take writes".to_owned())
+    } else {
+        None
+    }
+}
+
+/// What is safe but costly in a usable bucket's stream config.
+pub fn config_warnings(config: &jetstream::stream::Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.max_messages_per_subject != 1 {
+        let kept = match config.max_messages_per_subject {
+            n if n > 0 => format!("{n} messages"),
+            _ => "every message".to_owned(),
+        };
+        warnings.push(format!(
+            "locks bucket keeps {kept} per key (history): released records linger as history (space only; safety is unaffected)"
+        ));
+    }
+    if config.storage == StorageType::Memory {
+        warnings.push(
+            "locks bucket uses memory storage: held locks are lost when every server restarts"
+                .to_owned(),
+        );
+    }
+    warnings
+}
+
+fn jetstream_error(bucket: &str, e: impl Into<async_nats::Error>) -> BucketError {
+    BucketError::JetStream {
+        bucket: bucket.to_owned(),
+        source: e.into(),
+    }
+}

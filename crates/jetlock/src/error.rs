@@ -1,0 +1,173 @@
+//! Errors of the client API, one enum per operation family, matchable by kind.
+
+use crate::bucket::BucketError;
+use crate::fence::FencingToken;
+use crate::name::NameError;
+use crate::record::RecordError;
+use std::fmt;
+use std::time::Duration;
+
+/// Who holds a lock (from the ownership record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: String,
+    pub session: String,
+    pub token: FencingToken,
+    /// Reentrant hold count.
+    pub holds: u32,
+    /// Lease length.
+    pub lease: Duration,
+}
+
+impl Holder {
+    pub(crate) fn from_record(record: crate::record::LockRecord, revision: u64) -> Self {
+        Holder {
+            token: FencingToken(record.token_at(revision)),
+            holds: record.holds,
+            lease: Duration::from_millis(record.lease_ms),
+            owner: record.owner,
+            session: record.session,
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "owner {:?} (session {}, token {})",
+            self.owner, self.session, self.token
+        )
+    }
+}
+
+/// Why a held lock stopped being held by its guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// Renewals failed (server unreachable) until the lease ran out on the
+    /// holder's own clock; the server expires it no earlier.
+    Expired,
+    /// The record changed under the holder: the lease expired on the server
+    /// and someone else was granted the lock, or an operator revoked it.
+    Taken,
+    /// A coordinator asked the holder to give the lock up (operator
+    /// revocation or a preempting request). The holder has the announced
+    /// grace period to finish and release; after it the lock is taken and
+    /// the token fenced off.
+    Revoked,
+    /// The coordinators declared this client's session dead (heartbeats
+    /// missed for longer than the session timeout) and released its locks.
+    SessionExpired,
+    /// No coordinator confirmed this client's session for its session
+    /// timeout (a server or the network in between hung): the coordinators
+    /// may have declared it dead and handed its locks on, so its holds are
+    /// given up before they could. The session ends with them: new
+    /// acquisitions fail with [`LockError::SessionExpired`] (connect again).
+    Unconfirmed,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LostReason::Expired => "the lease ran out before a renewal succeeded",
+            LostReason::Taken => "the lock was expired, revoked or granted to someone else",
+            LostReason::Revoked => {
+                "a coordinator revoked the lock (finish and release within the grace period)"
+            }
+            LostReason::SessionExpired => "the session was declared dead by the coordinators",
+            LostReason::Unconfirmed => {
+                "no coordinator confirmed the session within its timeout (they may have declared it dead)"
+            }
+        })
+    }
+}
+
+/// Failures of lock operations.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock name is not acceptable.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The lease (TTL) is out of range.
+    #[error("lease {ttl:?} is out of range: {reason}")]
+    InvalidTtl { ttl: Duration, reason: &'static str },
+    /// `try_acquire` found the lock held.
+    #[error("lock {name:?} is held{}", holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
+    Busy {
+        name: String,
+        /// The holder, when the read that found it held could decode it.
+        holder: Option<Holder>,
+    },
+    /// Waiting for the lock took longer than allowed.
+    #[error("timed out after {waited:?} waiting for lock {name:?}")]
+    Timeout { name: String, waited: Duration },
+    /// The lock is no longer held by this guard.
+    #[error("lock {name:?} was lost: {reason}")]
+    Lost { name: String, reason: LostReason },
+    /// The bucket holds a value jetlock cannot read under this lock's key.
+    #[error("lock {name:?} has an unreadable record: {source}")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: RecordError,
+    },
+    /// This client's session is over: the coordinators declared it dead, or
+    /// none confirmed it within its timeout (they may have). Create a new
+    /// client.
+    #[error("the session is over: the coordinators declared it dead, or none confirmed it in time (missed heartbeats); connect a new client")]
+    SessionExpired,
+    /// A coordinator refused the request.
+    #[error("coordinator refused {op} of lock {name:?}: {code}: {message}")]
+    Refused {
+        name: String,
+        op: &'static str,
+        code: crate::protocol::ErrorCode,
+        message: String,
+    },
+    /// NATS did not answer (timeout, disconnect, permissions).
+    #[error("{op} of lock {name:?} failed: {source}")]
+    Nats {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Failures of [`crate::Client::connect`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `url` has its password replaced by `***`.
+    #[error("could not connect to NATS at {url}: {source}")]
+    Nats {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The server refused the credentials (or their absence).
+    #[error("NATS at {url} refused the connection{}: check the user and password (ClientOptions::user_and_password, JETLOCK_USER and JETLOCK_PASSWORD, or nats://user:password@host in the URL)", user.as_ref().map(|u| format!(" as user {u:?}")).unwrap_or_else(|| " without credentials".into()))]
+    NotAuthorized {
+        url: String,
+        /// The user that was refused; `None` when no credentials were sent.
+        user: Option<String>,
+    },
+    #[error(transparent)]
+    InvalidUrl(#[from] UrlError),
+    /// [`crate::ClientOptions::session_prefix`] would not give valid
+    /// session ids.
+    #[error("session prefix {prefix:?} is not usable: {reason} (1-3 dot-separated tokens of A-Z a-z 0-9 _ -, at most 105 bytes)")]
+    InvalidSessionPrefix { prefix: String, reason: String },
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    #[error("could not open the locks stream: {0}")]
+    Stream(#[source] async_nats::Error),
+}
+
+/// Why a server list cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server URL {url} {reason}")]
+pub struct UrlError {
+    /// The URL, with any password replaced by `***`.
+    pub url: String,
+    pub reason: &'static str,
+}
