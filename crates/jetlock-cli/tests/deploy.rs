@@ -3,7 +3,7 @@
 //! every variable the mounted NATS config reads is set for each node, the
 //! passwords come from the environment (never from the repository), and
 //! each service logs in as its role's user. The same `nats/cluster.conf` is
-//! started for real by `tests/cluster.rs` and `tests/auth.rs`, and with the
+//! started for real by `crates/jetlock/tests/cluster.rs` and `tests/auth.rs`, and with the
 //! compose demo's command by `tests/demo_cluster.rs`.
 
 use std::collections::BTreeSet;

@@ -2,7 +2,7 @@
 //! from `nats/cluster.conf` (R3 bucket, `sync_interval: always`), two
 //! `jetlock serve` coordinators, six workers on ten keys, and one fault
 //! after another while the load runs. Every scenario is judged by the
-//! history checker (`tests/common/history.rs`, `tests/common/belief.rs`):
+//! history checker (`jetlock-testkit/src/history.rs`, `jetlock-testkit/src/belief.rs`):
 //! no two clients *believing* they hold one key at the same instant
 //! (`CLOCK_MONOTONIC`, in every worker and holder process), tokens that
 //! only go up, no call left unanswered, no lock stuck past 2×TTL after the

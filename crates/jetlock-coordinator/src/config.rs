@@ -384,7 +384,7 @@ impl LiveSettings {
             );
         }
         // Below 300 ms, a loss of hearing shorter than the coordinator
-        // notices (coordinator/hearing.rs: MAX_GAP) could hide a death.
+        // notices (hearing.rs: MAX_GAP) could hide a death.
         if self.min_session_timeout_ms < 300
             || self.min_session_timeout_ms > self.session_timeout_ms
             || self.session_timeout_ms > self.max_session_timeout_ms

@@ -270,7 +270,7 @@ pub async fn ensure_request_stream(
         })
 }
 
-/// The stream of coordinators' proof beats (coordinator/hearing.rs).
+/// The stream of coordinators' proof beats (jetlock-coordinator's hearing.rs).
 pub const PROOF_STREAM: &str = "JETLOCK_PROOF";
 /// Subjects of the proof stream: `jetlock.proof.<coordinator id>`.
 pub const PROOF_SUBJECTS: &str = "jetlock.proof.>";

@@ -20,7 +20,7 @@ read: it shows everything a client in any language has to do.
        Messages without `re` are notices (`contended`, `revoke_notice`,
        `lost`) or errors about requests whose id was unreadable.
 
-Authoritative definitions: src/protocol.rs.
+Authoritative definitions: crates/jetlock/src/protocol.rs.
 """
 
 import asyncio

@@ -1,7 +1,7 @@
 //! A simulated client on the JSON protocol: one worker per process that
 //! acquires (through the request stream, bodies from `jetlock::protocol`),
 //! holds, renews, re-enters and releases, and heartbeats with the real
-//! `Heartbeat` bodies, as `SessionLink` (src/client/session.rs) does:
+//! `Heartbeat` bodies, as `SessionLink` (crates/jetlock/src/client/session.rs) does:
 //! every quarter of its timeout, at once after a reconnect or a probe, each
 //! answer of every coordinator matched to its heartbeat's send time. Whether
 //! the session still stands is the library's own [`SessionBelief`]; a hold

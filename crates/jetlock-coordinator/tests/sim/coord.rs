@@ -1,5 +1,5 @@
 //! A coordinator process around the real [`Engine`]: what the runtime
-//! (`src/coordinator/mod.rs`) does with NATS, done with the simulated
+//! (`src/runtime.rs`) does with NATS, done with the simulated
 //! network, bucket and stream. It feeds the engine in the runtime's shapes
 //! (requests with their age, bucket changes, heartbeats answered by every
 //! coordinator, beats, advisories, other coordinators' final answers, a

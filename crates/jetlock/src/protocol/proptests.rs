@@ -1,7 +1,7 @@
 //! Every parser that reads bytes off the network, fed arbitrary bytes and
 //! arbitrary JSON: nothing panics, and whatever `parse_request` accepts is
 //! within the documented limits. The integration corpus
-//! (`tests/bad_input/`) sends chosen cases through a real coordinator;
+//! (`crates/jetlock-coordinator/tests/bad_input/`) sends chosen cases through a real coordinator;
 //! these look for the cases nobody thought of.
 
 use super::*;
