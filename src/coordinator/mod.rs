@@ -866,9 +866,15 @@ async fn run_write(store: &LockStore, write: &Write, applied: Option<&str>) -> W
 }
 
 /// The `Jetlock-Applied` value of a write: `<request stream epoch> <hold>
-/// <ended>` (see `engine/replay.rs`); none when it applies no request.
+/// <ended> <grant>` (see `engine/replay.rs`); none when it applies no
+/// request. Three fields (no grant) are read too.
 fn applied_header(epoch: u64, applied: Applied) -> Option<String> {
-    (!applied.is_none()).then(|| format!("{epoch} {} {}", applied.hold, applied.ended))
+    (!applied.is_none()).then(|| {
+        format!(
+            "{epoch} {} {} {}",
+            applied.hold, applied.ended, applied.grant
+        )
+    })
 }
 
 /// What a message's headers say about the coordinator write that stored it.
@@ -881,9 +887,18 @@ fn stamp_of(headers: Option<&async_nats::HeaderMap>, epoch: u64) -> Stamp {
     let applied = headers
         .get(store::APPLIED)
         .and_then(|v| {
-            let mut parts = v.as_str().split(' ').map(|p| p.parse::<u64>().ok());
-            match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
-                (e, hold, ended, None) if e == epoch => Some(Applied { hold, ended }),
+            let parts: Option<Vec<u64>> = v.as_str().split(' ').map(|p| p.parse().ok()).collect();
+            match parts?.as_slice() {
+                [e, hold, ended] if *e == epoch => Some(Applied {
+                    hold: *hold,
+                    ended: *ended,
+                    grant: 0,
+                }),
+                [e, hold, ended, grant] if *e == epoch => Some(Applied {
+                    hold: *hold,
+                    ended: *ended,
+                    grant: *grant,
+                }),
                 _ => None,
             }
         })
