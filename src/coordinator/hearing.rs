@@ -31,8 +31,11 @@
 //! [`HeldAcks`] until a proof beat sent after the heartbeat arrived is
 //! acknowledged in time: the beat went over the same connection and then
 //! over the routes to the quorum, after the heartbeat, so the routes were
-//! up when the heartbeat passed (routes are TCP: in order). An answer that
-//! no such beat releases is never sent; the client's deadline runs out.
+//! up when the heartbeat passed (routes are TCP: in order). Only the first
+//! beat sent after the heartbeat decides: if it is not acknowledged in
+//! time, the answer is dropped, never sent, and the client's deadline runs
+//! out (a later beat, after a partition healed, would prove the routes up
+//! only after the heartbeat was lost on them).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -122,13 +125,23 @@ impl<T> HeldAcks<T> {
     }
 
     /// A proof beat sent at `sent` was acknowledged at `acked`: the answers
-    /// to heartbeats that arrived before it was sent may go.
+    /// to heartbeats that arrived before it was sent may go, if it was in
+    /// time; otherwise they are dropped.
     pub fn proved(&mut self, sent: Instant, acked: Instant) -> Vec<T> {
+        let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
+        let decided = self.held.drain(..n).map(|(_, a)| a);
         if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
+            decided.for_each(drop);
             return Vec::new();
         }
+        decided.collect()
+    }
+
+    /// The proof beat sent at `sent` was not stored: the answers it would
+    /// have released are dropped.
+    pub fn failed(&mut self, sent: Instant) {
         let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
-        self.held.drain(..n).map(|(_, a)| a).collect()
+        self.held.drain(..n);
     }
 
     /// Drops answers no proof released in time.
@@ -155,11 +168,18 @@ mod tests {
         h.hold(t0 + 30 * MS, "b");
         // Sent before "a" arrived.
         assert!(h.proved(t0 + 5 * MS, t0 + 6 * MS).is_empty());
-        // Acknowledged too late: proves nothing.
-        assert!(h.proved(t0 + 20 * MS, t0 + 200 * MS).is_empty());
         assert_eq!(h.proved(t0 + 20 * MS, t0 + 21 * MS), vec!["a"]);
-        // "b" was never proved in time: dropped.
-        h.expire(t0 + 30 * MS + HELD_ACK_LIFETIME + MS);
+        // The first beat after "b" is acknowledged too late: it proves
+        // nothing, and "b" is dropped, not left for a later beat.
+        assert!(h.proved(t0 + 40 * MS, t0 + 200 * MS).is_empty());
+        assert!(h.proved(t0 + 250 * MS, t0 + 251 * MS).is_empty());
+        // Likewise when it is not stored at all.
+        h.hold(t0 + 300 * MS, "c");
+        h.failed(t0 + 310 * MS);
+        assert!(h.proved(t0 + 360 * MS, t0 + 361 * MS).is_empty());
+        // Never decided (no beat): dropped after its lifetime.
+        h.hold(t0 + 400 * MS, "d");
+        h.expire(t0 + 400 * MS + HELD_ACK_LIFETIME + MS);
         assert!(h.proved(t0 + 2000 * MS, t0 + 2001 * MS).is_empty());
     }
 

@@ -229,7 +229,7 @@ struct Runtime {
     deletes: JoinSet<()>,
     /// The proof beat in flight: its send time and when the quorum's
     /// acknowledgement came, once it did.
-    proofs: JoinSet<Option<(Instant, Instant)>>,
+    proofs: JoinSet<(Instant, Option<Instant>)>,
     /// Another proof beat is wanted as soon as the one in flight is done.
     proof_wanted: bool,
     /// The request stream's creation time (unix ms): request sequences
@@ -465,11 +465,36 @@ impl Runtime {
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok(Some((sent, acked))) = done {
-                        self.engine.proof_acked(sent, acked, Instant::now());
+                    match done {
+                        Ok((sent, Some(acked))) => {
+                            self.engine.proof_acked(sent, acked, Instant::now());
+                        }
+                        Ok((sent, None)) => self.engine.proof_failed(sent),
+                        Err(_) => {}
                     }
                     if std::mem::take(&mut self.proof_wanted) {
                         self.prove();
+                    }
+                }
+                // The clock before the feeds: under a sustained burst of
+                // requests, proof beats (which heartbeat answers wait for)
+                // and timeouts must still come every tick.
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now >= next_proof {
+                        next_proof = now + hearing::PROOF_INTERVAL;
+                        self.prove();
+                    }
+                    self.engine.tick(now);
+                    if now >= next_gauges {
+                        next_gauges = now + Duration::from_secs(1);
+                        let (depths, held) = self.engine.served_load();
+                        self.metrics.gauges(depths, held, self.engine.live_sessions(),
+                            self.engine.ring().len());
+                    }
+                    if ready.is_none() && now >= next_beat {
+                        next_beat = now + self.config.heartbeat_interval;
+                        self.beat(false).await;
                     }
                 }
                 Some(msg) = feeds.bucket.next() => match msg {
@@ -549,24 +574,6 @@ impl Runtime {
                 Some(msg) = feeds.disconnects.next() => {
                     if let Ok(adv) = serde_json::from_slice::<DisconnectAdvisory>(&msg.payload) {
                         self.engine.disconnected(&adv.conn(), &adv.reason, Instant::now());
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    if now >= next_proof {
-                        next_proof = now + hearing::PROOF_INTERVAL;
-                        self.prove();
-                    }
-                    self.engine.tick(now);
-                    if now >= next_gauges {
-                        next_gauges = now + Duration::from_secs(1);
-                        let (depths, held) = self.engine.served_load();
-                        self.metrics.gauges(depths, held, self.engine.live_sessions(),
-                            self.engine.ring().len());
-                    }
-                    if ready.is_none() && now >= next_beat {
-                        next_beat = now + self.config.heartbeat_interval;
-                        self.beat(false).await;
                     }
                 }
             }
@@ -659,12 +666,12 @@ impl Runtime {
             let sent = Instant::now();
             let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
             match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
-                Ok(Ok(_)) => Some((sent, Instant::now())),
+                Ok(Ok(_)) => (sent, Some(Instant::now())),
                 Ok(Err(e)) => {
                     debug!(error = %e, "proof beat not stored");
-                    None
+                    (sent, None)
                 }
-                Err(_) => None,
+                Err(_) => (sent, None),
             }
         });
     }
