@@ -1204,7 +1204,8 @@ impl Engine {
     /// sessions may now be judged.
     pub fn proof_acked(&mut self, sent: Instant, acked: Instant, now: Instant) {
         self.hearing.acked(sent, acked);
-        for (session, reply) in self.held_acks.proved(sent, acked) {
+        let span = self.hearing.span_start();
+        for (session, reply) in self.held_acks.proved(sent, acked, span) {
             let ack = self.heartbeat_ack(&session);
             self.out.push(Action::HeartbeatAck { reply, ack });
         }
