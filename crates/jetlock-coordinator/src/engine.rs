@@ -1056,11 +1056,13 @@ impl Engine {
         self.step(&key, now);
     }
 
-    /// A queued waiter of the holder's session and owner now holds the
-    /// lock: another coordinator (or our own write whose answer was lost)
-    /// granted it. Its request is answered (again) and leaves the queue.
-    /// An acquire of the holder's own session and owner is never queued
-    /// (it is a reentry), so such a waiter can only be the one granted.
+    /// The queued acquire whose grant the hold is (`Applied::grant`) now
+    /// holds the lock: another coordinator (or our own write whose answer
+    /// was lost) granted it. It is answered (again) and leaves the queue.
+    /// Any other acquire of the same session still waits: an older hold
+    /// of that session seen while catching up is not its grant, nor is the
+    /// current hold a stale replayed acquire's. A hold whose writer named
+    /// nothing (a client's own CAS) is claimed by session and owner.
     fn claim_granted(&mut self, key: &str, acting: bool, now: Instant) {
         let Some(ks) = self.keys.get_mut(key) else {
             return;
@@ -1069,11 +1071,12 @@ impl Engine {
             return;
         };
         let token = record.token_at(*revision);
-        let Some(i) = ks
-            .queue
-            .iter()
-            .position(|w| w.session == record.session && w.owner == record.owner)
-        else {
+        let grant = ks.applied.grant;
+        let Some(i) = ks.queue.iter().position(|w| {
+            w.session == record.session
+                && w.owner == record.owner
+                && (grant == w.seq || ks.applied.is_none())
+        }) else {
             return;
         };
         let (lease_ms, holds) = (record.lease_ms, record.holds);
@@ -1186,7 +1189,14 @@ impl Engine {
             timeout_ms: self.sessions.timeout_of(session).as_millis() as u64,
             coordinators: self.ring.len() as u32,
             grace_ms: Some(self.sessions.reconnect_grace().as_millis() as u64),
+            by: Some(self.ring.me().to_owned()),
         }
+    }
+
+    /// The proof beat sent at `sent` was not stored by a quorum in time:
+    /// the heartbeat answers it would have released are dropped.
+    pub fn proof_failed(&mut self, sent: Instant) {
+        self.held_acks.failed(sent);
     }
 
     /// A proof beat sent at `sent` was stored by a quorum, acknowledged at
@@ -1194,7 +1204,8 @@ impl Engine {
     /// sessions may now be judged.
     pub fn proof_acked(&mut self, sent: Instant, acked: Instant, now: Instant) {
         self.hearing.acked(sent, acked);
-        for (session, reply) in self.held_acks.proved(sent, acked) {
+        let span = self.hearing.span_start();
+        for (session, reply) in self.held_acks.proved(sent, acked, span) {
             let ack = self.heartbeat_ack(&session);
             self.out.push(Action::HeartbeatAck { reply, ack });
         }
@@ -1352,6 +1363,7 @@ impl Engine {
                 let applied = Applied {
                     hold: waiter.seq,
                     ended: ended_by(ending.as_ref()),
+                    grant: waiter.seq,
                 };
                 events = set_current(ks, held, applied, now);
                 ks.revoke = None;
@@ -1391,6 +1403,7 @@ impl Engine {
                 let applied = Applied {
                     hold: op.seq,
                     ended: 0,
+                    grant: ks.applied.grant,
                 };
                 events = set_current(ks, Current::Held { revision, record }, applied, now);
                 let answer = match &op.kind {
@@ -1427,6 +1440,7 @@ impl Engine {
                 let applied = Applied {
                     hold: 0,
                     ended: ended_by(Some(&ending)),
+                    grant: 0,
                 };
                 events = set_current(ks, Current::Vacant { revision }, applied, now);
                 ks.revoke = None;
@@ -1548,6 +1562,7 @@ impl Engine {
                             let applied = Applied {
                                 hold: op.seq,
                                 ended: ks.applied.ended,
+                                grant: ks.applied.grant,
                             };
                             ks.inflight = Some(Box::new(Inflight::Update {
                                 sent,
@@ -1612,6 +1627,7 @@ impl Engine {
                             let applied = Applied {
                                 hold: 0,
                                 ended: ended_by(Some(&ending)),
+                                grant: 0,
                             };
                             ks.inflight = Some(Box::new(Inflight::End { sent, ending }));
                             self.out.push(Action::Write(Write {
@@ -1705,6 +1721,7 @@ impl Engine {
             applied: Applied {
                 hold: w.seq,
                 ended: ended_by(ending.as_ref()),
+                grant: w.seq,
             },
         }));
         ks.inflight = Some(Box::new(Inflight::Grant {
@@ -1782,7 +1799,9 @@ impl Engine {
                     check(&op.session, *t).is_ok()
                 }
                 HolderOpKind::Reenter { owner, .. } => {
-                    op.session == record.session && *owner == record.owner
+                    op.session == record.session
+                        && *owner == record.owner
+                        && op.seq >= ks.applied.grant
                 }
                 HolderOpKind::Revoke { .. } | HolderOpKind::Settled => false,
             };
@@ -1809,7 +1828,12 @@ impl Engine {
                 Some((r, Duration::from_millis(*ttl_ms)))
             }),
             HolderOpKind::Reenter { owner, ttl_ms } => {
-                if op.session != record.session || *owner != record.owner {
+                // Older than the hold's grant: an acquire of an earlier hold
+                // of the session, answered then (a replay): not a reentry.
+                if op.session != record.session
+                    || *owner != record.owner
+                    || op.seq < ks.applied.grant
+                {
                     // The hold changed hands since: wait like anybody else.
                     return OpOutcome::Requeue(Waiter {
                         seq: op.seq,

@@ -31,8 +31,14 @@
 //! [`HeldAcks`] until a proof beat sent after the heartbeat arrived is
 //! acknowledged in time: the beat went over the same connection and then
 //! over the routes to the quorum, after the heartbeat, so the routes were
-//! up when the heartbeat passed (routes are TCP: in order). An answer that
-//! no such beat releases is never sent; the client's deadline runs out.
+//! up when the heartbeat passed (routes are TCP: in order). Only the first
+//! beat sent after the heartbeat decides: if it is not acknowledged in
+//! time, the answer is dropped, never sent, and the client's deadline runs
+//! out (a later beat, after a partition healed, would prove the routes up
+//! only after the heartbeat was lost on them). And the span of hearing that
+//! beat belongs to must have begun [`MAX_GAP`] before the heartbeat was
+//! read: one sent during a partition and read just after the heal (it sat
+//! in our socket) was not carried to the other side.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -88,6 +94,11 @@ impl Hearing {
         self.since = None;
     }
 
+    /// When the current span of hearing began.
+    pub fn span_start(&self) -> Option<Instant> {
+        self.since
+    }
+
     /// Whether a session that needed hearing from `since` to `due` is dead.
     pub fn verdict(&self, since: Instant, due: Instant) -> Verdict {
         match (self.since, self.through) {
@@ -121,14 +132,25 @@ impl<T> HeldAcks<T> {
         self.held.push_back((arrived, answer));
     }
 
-    /// A proof beat sent at `sent` was acknowledged at `acked`: the answers
-    /// to heartbeats that arrived before it was sent may go.
-    pub fn proved(&mut self, sent: Instant, acked: Instant) -> Vec<T> {
-        if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
-            return Vec::new();
-        }
+    /// A proof beat sent at `sent` was acknowledged at `acked`, in the
+    /// span of hearing that began at `span`: the answers to heartbeats that
+    /// arrived before it was sent go if it was in time and the span began
+    /// [`MAX_GAP`] before they arrived; the others of them are dropped.
+    pub fn proved(&mut self, sent: Instant, acked: Instant, span: Option<Instant>) -> Vec<T> {
         let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
-        self.held.drain(..n).map(|(_, a)| a).collect()
+        let in_time = acked.saturating_duration_since(sent) <= MAX_ACK_DELAY;
+        self.held
+            .drain(..n)
+            .filter(|(arrived, _)| in_time && span.is_some_and(|s| s + MAX_GAP <= *arrived))
+            .map(|(_, a)| a)
+            .collect()
+    }
+
+    /// The proof beat sent at `sent` was not stored: the answers it would
+    /// have released are dropped.
+    pub fn failed(&mut self, sent: Instant) {
+        let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
+        self.held.drain(..n);
     }
 
     /// Drops answers no proof released in time.
@@ -150,17 +172,30 @@ mod tests {
     #[test]
     fn an_answer_goes_only_with_a_beat_sent_after_its_heartbeat_and_acked_in_time() {
         let t0 = Instant::now();
+        let span = Some(t0 - MAX_GAP);
         let mut h = HeldAcks::default();
         h.hold(t0 + 10 * MS, "a");
         h.hold(t0 + 30 * MS, "b");
         // Sent before "a" arrived.
-        assert!(h.proved(t0 + 5 * MS, t0 + 6 * MS).is_empty());
-        // Acknowledged too late: proves nothing.
-        assert!(h.proved(t0 + 20 * MS, t0 + 200 * MS).is_empty());
-        assert_eq!(h.proved(t0 + 20 * MS, t0 + 21 * MS), vec!["a"]);
-        // "b" was never proved in time: dropped.
-        h.expire(t0 + 30 * MS + HELD_ACK_LIFETIME + MS);
-        assert!(h.proved(t0 + 2000 * MS, t0 + 2001 * MS).is_empty());
+        assert!(h.proved(t0 + 5 * MS, t0 + 6 * MS, span).is_empty());
+        assert_eq!(h.proved(t0 + 20 * MS, t0 + 21 * MS, span), vec!["a"]);
+        // The first beat after "b" is acknowledged too late: it proves
+        // nothing, and "b" is dropped, not left for a later beat.
+        assert!(h.proved(t0 + 40 * MS, t0 + 200 * MS, span).is_empty());
+        assert!(h.proved(t0 + 250 * MS, t0 + 251 * MS, span).is_empty());
+        // Likewise when it is not stored at all.
+        h.hold(t0 + 300 * MS, "c");
+        h.failed(t0 + 310 * MS);
+        assert!(h.proved(t0 + 360 * MS, t0 + 361 * MS, span).is_empty());
+        // Read too soon after a new span began (a heal): dropped.
+        h.hold(t0 + 500 * MS, "e");
+        assert!(h
+            .proved(t0 + 510 * MS, t0 + 511 * MS, Some(t0 + 450 * MS))
+            .is_empty());
+        // Never decided (no beat): dropped after its lifetime.
+        h.hold(t0 + 400 * MS, "d");
+        h.expire(t0 + 400 * MS + HELD_ACK_LIFETIME + MS);
+        assert!(h.proved(t0 + 2000 * MS, t0 + 2001 * MS, span).is_empty());
     }
 
     const MS: Duration = Duration::from_millis(1);

@@ -166,7 +166,7 @@ struct Runtime {
     deletes: JoinSet<()>,
     /// The proof beat in flight: its send time and when the quorum's
     /// acknowledgement came, once it did.
-    proofs: JoinSet<Option<(Instant, Instant)>>,
+    proofs: JoinSet<(Instant, Option<Instant>)>,
     /// Another proof beat is wanted as soon as the one in flight is done.
     proof_wanted: bool,
     /// The request stream's creation time (unix ms): request sequences
@@ -402,11 +402,36 @@ impl Runtime {
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok(Some((sent, acked))) = done {
-                        self.engine.proof_acked(sent, acked, Instant::now());
+                    match done {
+                        Ok((sent, Some(acked))) => {
+                            self.engine.proof_acked(sent, acked, Instant::now());
+                        }
+                        Ok((sent, None)) => self.engine.proof_failed(sent),
+                        Err(_) => {}
                     }
                     if std::mem::take(&mut self.proof_wanted) {
                         self.prove();
+                    }
+                }
+                // The clock before the feeds: under a sustained burst of
+                // requests, proof beats (which heartbeat answers wait for)
+                // and timeouts must still come every tick.
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now >= next_proof {
+                        next_proof = now + hearing::PROOF_INTERVAL;
+                        self.prove();
+                    }
+                    self.engine.tick(now);
+                    if now >= next_gauges {
+                        next_gauges = now + Duration::from_secs(1);
+                        let (depths, held) = self.engine.served_load();
+                        self.metrics.gauges(depths, held, self.engine.live_sessions(),
+                            self.engine.ring().len());
+                    }
+                    if ready.is_none() && now >= next_beat {
+                        next_beat = now + self.config.heartbeat_interval;
+                        self.beat(false).await;
                     }
                 }
                 Some(msg) = feeds.bucket.next() => match msg {
@@ -486,24 +511,6 @@ impl Runtime {
                 Some(msg) = feeds.disconnects.next() => {
                     if let Ok(adv) = serde_json::from_slice::<DisconnectAdvisory>(&msg.payload) {
                         self.engine.disconnected(&adv.conn(), &adv.reason, Instant::now());
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    if now >= next_proof {
-                        next_proof = now + hearing::PROOF_INTERVAL;
-                        self.prove();
-                    }
-                    self.engine.tick(now);
-                    if now >= next_gauges {
-                        next_gauges = now + Duration::from_secs(1);
-                        let (depths, held) = self.engine.served_load();
-                        self.metrics.gauges(depths, held, self.engine.live_sessions(),
-                            self.engine.ring().len());
-                    }
-                    if ready.is_none() && now >= next_beat {
-                        next_beat = now + self.config.heartbeat_interval;
-                        self.beat(false).await;
                     }
                 }
             }
@@ -596,12 +603,12 @@ impl Runtime {
             let sent = Instant::now();
             let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
             match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
-                Ok(Ok(_)) => Some((sent, Instant::now())),
+                Ok(Ok(_)) => (sent, Some(Instant::now())),
                 Ok(Err(e)) => {
                     debug!(error = %e, "proof beat not stored");
-                    None
+                    (sent, None)
                 }
-                Err(_) => None,
+                Err(_) => (sent, None),
             }
         });
     }
@@ -803,9 +810,15 @@ async fn run_write(store: &LockStore, write: &Write, applied: Option<&str>) -> W
 }
 
 /// The `Jetlock-Applied` value of a write: `<request stream epoch> <hold>
-/// <ended>` (see `engine/replay.rs`); none when it applies no request.
+/// <ended> <grant>` (see `engine/replay.rs`); none when it applies no
+/// request. Three fields (no grant) are read too.
 fn applied_header(epoch: u64, applied: Applied) -> Option<String> {
-    (!applied.is_none()).then(|| format!("{epoch} {} {}", applied.hold, applied.ended))
+    (!applied.is_none()).then(|| {
+        format!(
+            "{epoch} {} {} {}",
+            applied.hold, applied.ended, applied.grant
+        )
+    })
 }
 
 /// What a message's headers say about the coordinator write that stored it.
@@ -818,9 +831,18 @@ fn stamp_of(headers: Option<&async_nats::HeaderMap>, epoch: u64) -> Stamp {
     let applied = headers
         .get(store::APPLIED)
         .and_then(|v| {
-            let mut parts = v.as_str().split(' ').map(|p| p.parse::<u64>().ok());
-            match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
-                (e, hold, ended, None) if e == epoch => Some(Applied { hold, ended }),
+            let parts: Option<Vec<u64>> = v.as_str().split(' ').map(|p| p.parse().ok()).collect();
+            match parts?.as_slice() {
+                [e, hold, ended] if *e == epoch => Some(Applied {
+                    hold: *hold,
+                    ended: *ended,
+                    grant: 0,
+                }),
+                [e, hold, ended, grant] if *e == epoch => Some(Applied {
+                    hold: *hold,
+                    ended: *ended,
+                    grant: *grant,
+                }),
                 _ => None,
             }
         })

@@ -216,10 +216,20 @@ fn regression_takeover_reruns_an_applied_partial_release() {
 /// the other, the owner of its lock, which declares the session dead when
 /// the 100 ms reconnect grace ends and hands the lock on. One
 /// coordinator's answer does not show that every coordinator heard the
-/// heartbeat. Seed 362 (reconnect faults; seed 830 before 7b1fb94).
+/// heartbeat. Seed 362 (reconnect faults; seed 830 before 7b1fb94); seed
+/// 928 at the fix (answers name their coordinator, and the drop lasts
+/// until every one confirmed the new connection).
 #[test]
-#[ignore = "fails on safety-sessions at 7b1fb94: one coordinator's alive answer clears the drop for all"]
 fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner() {
+    if let Err(Failure { report: e, .. }) =
+        run(928, &faults_named("reconnect"), false, STEPS_PER_SEED)
+    {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn regression_reconnect_confirmed_by_one_coordinator_not_the_owner_362() {
     if let Err(Failure { report: e, .. }) =
         run(362, &faults_named("reconnect"), false, STEPS_PER_SEED)
     {
@@ -244,9 +254,9 @@ fn regression_restart_grants_a_stale_acquire_of_the_holder() {
 /// A coordinator on a server cut off by a route partition keeps answering
 /// its side's heartbeats `alive` while a coordinator on the majority, with
 /// proof of hearing, declares the session dead and hands its lock on.
-/// Seed 144 (partition faults; seed 39 before 7b1fb94).
+/// Seed 144 (partition faults; seed 39 before 7b1fb94), until `alive`
+/// answers waited for a proof beat sent after their heartbeat.
 #[test]
-#[ignore = "fails on safety-sessions at 7b1fb94: a cut-off coordinator's alive answers keep the client believing"]
 fn regression_cut_off_coordinator_confirms_a_session_the_majority_declared_dead() {
     if let Err(Failure { report: e, .. }) =
         run(144, &faults_named("partition"), false, STEPS_PER_SEED)
@@ -261,11 +271,42 @@ fn regression_cut_off_coordinator_confirms_a_session_the_majority_declared_dead(
 /// so the waiter that now holds the lock is never matched to the hold: the
 /// request is answered `busy` (seed 479, network faults, strict) or stays
 /// queued and is granted again later with a new token (seed 34 before
-/// 7b1fb94), and that session's next acquire counts as re-entry.
+/// 7b1fb94), and that session's next acquire counts as re-entry. With that
+/// fixed, the same seed had the late coordinator refuse the holder's
+/// renewal as `not_holder` from a watch that had not shown the grant yet:
+/// refusals now read the key first.
 #[test]
-#[ignore = "fails on safety-sessions at 7b1fb94: a waiter granted by another coordinator stays queued after its own write conflicted"]
 fn regression_request_answered_twice_after_a_start_race() {
     if let Err(Failure { report: e, .. }) = run(479, &faults_named("network"), true, STEPS_PER_SEED)
+    {
+        panic!("{e}");
+    }
+}
+
+/// A coordinator cut off by a partition catches up after the heal and sees,
+/// among the revisions it missed, an older hold of a session that now waits
+/// again; matched by session and owner, the new acquire was answered with
+/// that older hold's token, long since released. A waiter is now claimed
+/// only by the hold granted to it (`Applied::grant`). Seed 328 (partition).
+#[test]
+fn regression_catch_up_matches_a_waiter_to_an_older_hold_of_its_session() {
+    if let Err(Failure { report: e, .. }) =
+        run(328, &faults_named("partition"), false, STEPS_PER_SEED)
+    {
+        panic!("{e}");
+    }
+}
+
+/// A restarted coordinator replays a try-lock its session sent 19 s
+/// earlier (answered then, its delete lost). The session holds the lock
+/// again, by a later acquire, so the replay counted as a reentry applied
+/// already and was answered `granted` with the current token; the client
+/// gave that grant back with a release of the hold it really had, and the
+/// lock went on while its own acquire's late answer made it believe again.
+/// An acquire older than the hold's grant is no reentry. Seed 581 (crash).
+#[test]
+fn regression_replayed_acquire_of_an_earlier_hold_is_taken_for_a_reentry() {
+    if let Err(Failure { report: e, .. }) = run(581, &faults_named("crash"), false, STEPS_PER_SEED)
     {
         panic!("{e}");
     }

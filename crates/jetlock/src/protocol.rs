@@ -860,6 +860,11 @@ pub struct HeartbeatAck {
     /// from coordinators before protocol 1.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_ms: Option<u64>,
+    /// The answering coordinator's id: after a reconnect, the client counts
+    /// which coordinators heard its new connection. Absent from
+    /// coordinators before protocol 1.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// A coordinator's heartbeat (`jetlock.coord.hb.<id>`).

@@ -42,11 +42,15 @@ pub struct Applied {
     /// The release that ended the previous hold (a handoff or a release
     /// marker).
     pub ended: u64,
+    /// The acquire whose grant started the hold the message shows: a
+    /// queued copy of it (a start race, a takeover, a replay) is that
+    /// grant, and any other acquire of the same session still waits.
+    pub grant: u64,
 }
 
 impl Applied {
     pub fn is_none(&self) -> bool {
-        self.hold == 0 && self.ended == 0
+        self.hold == 0 && self.ended == 0 && self.grant == 0
     }
 }
 
@@ -95,6 +99,7 @@ pub(super) fn next_applied(
         Applied {
             hold: kept.hold.max(stamp.hold),
             ended: kept.ended.max(stamp.ended),
+            grant: kept.grant.max(stamp.grant),
         }
     } else {
         stamp

@@ -14,6 +14,29 @@ pub enum Guard {
     None,
 }
 
+/// When a coordinator may answer a heartbeat `alive` (C4, the confirmation
+/// half of proof of hearing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alive {
+    /// The answer waits for a proof beat sent after the heartbeat arrived
+    /// and acked in time; the beat crossed the routes after the heartbeat's
+    /// copies to the other coordinators (routes are in order), so the model
+    /// sends the answer once those copies are delivered, and drops it when
+    /// the coordinator loses the quorum first. And the span of proof must
+    /// cover the heartbeat's send, not only its reading.
+    InSpan,
+    /// Only while it can reach the quorum when it reads the heartbeat (an
+    /// answer held through a loss of the quorum is dropped), whenever the
+    /// heartbeat was sent.
+    AtArrival,
+    /// The answer waits for a proof beat sent after the heartbeat arrived;
+    /// answers held through a loss of the quorum go with the first proof
+    /// after it.
+    HeldUntilProof,
+    /// Whatever it can hear (the rule before the proof for confirmations).
+    Always,
+}
+
 /// Each flag set to `false` reverts one fix of issue 13.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fixes {
@@ -28,6 +51,8 @@ pub struct Fixes {
     pub c3_recognise_landed: bool,
     /// C4 (and the guard that case 5's third point is about).
     pub guard: Guard,
+    /// C4: confirmations need proof of hearing too.
+    pub alive: Alive,
     /// C5: the smallest answered timeout (false: the first answer's, case 5a).
     pub c5_min_timeout: bool,
     /// C5: a deadline from the first heartbeat sent (false: none before the
@@ -41,6 +66,7 @@ impl Fixes {
         c2_reconnect_grace: true,
         c3_recognise_landed: true,
         guard: Guard::Proof,
+        alive: Alive::InSpan,
         c5_min_timeout: true,
         c5_deadline_from_first_beat: true,
     };

@@ -1,7 +1,7 @@
 //! The coordinator's side: sessions (C1, C2, C4), reading the request
 //! stream, and the one step per key that decides the next CAS write (C3).
 
-use crate::config::{Config, Guard, Op};
+use crate::config::{Alive, Config, Guard, Op};
 use crate::net;
 use crate::state::{Body, Coordinator, Key, Outcome, Record, Session, State};
 
@@ -14,6 +14,7 @@ pub fn fresh(cfg: &Config) -> Coordinator {
         proof_since: None,
         echo_lost_since: None,
         hold_off_until: 0,
+        held: Vec::new(),
     }
 }
 
@@ -59,16 +60,78 @@ pub fn on_heartbeat(
             (true, timeout)
         }
     };
+    // C4: an `alive` answer needs proof that the coordinator hears the
+    // quorum; the model's proof beat after the heartbeat is acked at once
+    // while the stream is reachable.
+    let reach = net::coord_reaches_stream(cfg, s, d);
+    if alive {
+        match cfg.fixes.alive {
+            // The span must cover the heartbeat's send: one read late,
+            // after a loss of the quorum healed, may have missed the
+            // others (its copies to them were lost in the split).
+            Alive::InSpan if reach && s.coords[d].proof_since.is_some_and(|p| p <= sent) => {
+                s.coords[d].held.push((c as u8, sent));
+                return;
+            }
+            Alive::HeldUntilProof if !reach => {
+                s.coords[d].held.push((c as u8, sent));
+                return;
+            }
+            Alive::InSpan => return,
+            Alive::AtArrival if !reach => return,
+            _ => {}
+        }
+    }
+    answer_heartbeat(cfg, s, d, c, sent, alive, answered);
+}
+
+fn answer_heartbeat(
+    cfg: &Config,
+    s: &mut State,
+    d: usize,
+    c: usize,
+    sent: u8,
+    alive: bool,
+    timeout: u8,
+) {
     if cfg.async_answers() {
         s.send(Body::HeartbeatAnswer {
             client: c as u8,
             coord: d as u8,
             sent,
             alive,
-            timeout: answered,
+            timeout,
         });
     } else {
-        crate::client::on_heartbeat_answer(cfg, s, c, sent, alive, answered);
+        crate::client::on_heartbeat_answer(cfg, s, c, sent, alive, timeout);
+    }
+}
+
+/// Held `alive` answers go once the coordinator proves it hears the quorum
+/// again, answered as things stand then.
+pub fn release_held(cfg: &Config, s: &mut State, d: usize) {
+    if s.coords[d].held.is_empty() || !net::coord_reaches_stream(cfg, s, d) {
+        return;
+    }
+    // Copies a split keeps from a coordinator are lost with it; that
+    // coordinator cannot prove it hears the quorum, so it acts on no death.
+    let in_flight = |s: &State, c: u8, at: u8| {
+        s.net.iter().any(|m| {
+            matches!(m.body, Body::Heartbeat { client, sent, .. } if client == c && sent == at)
+                && net::deliverable(cfg, s, &m.body)
+        })
+    };
+    let held = std::mem::take(&mut s.coords[d].held);
+    let (ready, waiting): (Vec<_>, Vec<_>) = held
+        .into_iter()
+        .partition(|&(c, sent)| cfg.fixes.alive != Alive::InSpan || !in_flight(s, c, sent));
+    s.coords[d].held = waiting;
+    for (c, sent) in ready {
+        let Some(sess) = &s.coords[d].sessions[c as usize] else {
+            continue;
+        };
+        let (alive, timeout) = (!sess.dead, sess.timeout);
+        answer_heartbeat(cfg, s, d, c as usize, sent, alive, timeout);
     }
 }
 

@@ -180,3 +180,125 @@ pub fn three_clients() -> Config {
         ..base("3 clients, 2 keys, loss, dup")
     }
 }
+
+/// The mutation runs' scenarios: for each case the smallest found that
+/// still shows it when its fix is reverted, so that run ends in seconds.
+/// Each client acquires once and never releases (exclusion is what they
+/// check; with no release a waiter waits to the end, so they do not check
+/// liveness). Run with every fix on, each shows no counterexample.
+fn small(name: &'static str) -> Config {
+    Config {
+        scripts: vec![vec![Op::Acquire(0)], vec![Op::Acquire(0)]],
+        silences: 0,
+        check_liveness: false,
+        settle: 1,
+        ..base(name)
+    }
+}
+
+/// Case 1: client 0 stops beating at once, coordinator 0 restarts and
+/// learns it from its request; the silence lasts to the horizon.
+pub fn c1_small() -> Config {
+    Config {
+        restarts: 1,
+        silences: 1,
+        horizon: 3,
+        ..small("c1 small: restart, silence")
+    }
+}
+
+/// Case 2: one reconnect in the first tick.
+pub fn c2_small() -> Config {
+    Config {
+        reconnects: 1,
+        horizon: 1,
+        ..small("c2 small: reconnect")
+    }
+}
+
+/// Case 3: a reentrant hold and a lost ack in the first tick.
+pub fn c3_small() -> Config {
+    Config {
+        scripts: vec![
+            vec![
+                Op::Acquire(0),
+                Op::Acquire(0),
+                Op::Release(0),
+                Op::Release(0),
+            ],
+            vec![Op::Acquire(0)],
+        ],
+        lost_acks: 1,
+        horizon: 1,
+        ..small("c3 small: reentrant, lost ack")
+    }
+}
+
+/// Case 4: the route partition with 2-tick sessions (a death after three
+/// ticks of silence), healed by the horizon.
+pub fn c4_small() -> Config {
+    Config {
+        client_timeout: vec![2, 2],
+        coord_side: vec![1, 0],
+        split: Some((SplitKind::Route, 5)),
+        horizon: 4,
+        ..small("c4 small: route partition")
+    }
+}
+
+/// Confirmations across a route partition: client 0 and coordinator 0 are
+/// on the side without the quorum, client 1 and coordinator 1 (the key's
+/// home) on the other. Coordinator 1 stops hearing client 0 and declares
+/// it dead; what coordinator 0 answers client 0 meanwhile decides whether
+/// client 0 goes on believing.
+pub fn c4_confirm() -> Config {
+    Config {
+        client_side: vec![1, 0],
+        coord_side: vec![1, 0],
+        home: vec![1],
+        split: Some((SplitKind::Route, 5)),
+        silences: 1,
+        horizon: 5,
+        ..small("c4b small: client cut off with its coordinator")
+    }
+}
+
+/// Case 5a: coordinators clamp differently and client 0 stops beating.
+/// As in case 1, faults go on through the tick of the death.
+pub fn c5a_small() -> Config {
+    Config {
+        max_timeout: vec![4, 2],
+        home: vec![1],
+        silences: 1,
+        horizon: 4,
+        ..small("c5a small: coordinators clamp differently")
+    }
+}
+
+/// Case 5b: client 0's first heartbeat answer is lost and it stops
+/// beating. One coordinator: with two, both answers must be lost, and the
+/// answers in flight make the run about a hundred times larger.
+pub fn c5b_small() -> Config {
+    Config {
+        client_timeout: vec![2, 2],
+        coordinators: 1,
+        coord_side: vec![0],
+        max_timeout: vec![4],
+        losses: 1,
+        loss_kinds: HB_ANSWER,
+        silences: 1,
+        horizon: 4,
+        ..small("c5b small: lost heartbeat answers")
+    }
+}
+
+/// Case 5c: coordinator 0 (the key's home) stalls for two ticks, shorter
+/// than the old echo cut-off of three, after last hearing client 0.
+pub fn c5c_small() -> Config {
+    Config {
+        client_timeout: vec![2, 2],
+        split: Some((SplitKind::CutCoordinator0, 4)),
+        horizon: 5,
+        ..small("c5c small: coordinator 0 stalls")
+    }
+}

@@ -91,6 +91,9 @@ pub struct Coordinator {
     /// holds off after hearing again.
     pub echo_lost_since: Option<u8>,
     pub hold_off_until: u8,
+    /// `alive` answers waiting for proof of hearing, as (client, send time
+    /// of the heartbeat).
+    pub held: Vec<(u8, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,7 +104,16 @@ pub enum Outcome {
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+/// Ordered so that, where the model fixes the delivery order (after the
+/// fault horizon), a lock answer goes before a heartbeat sent in the same
+/// tick: the order in which a grant races a death.
 pub enum Body {
+    Answer {
+        client: u8,
+        coord: u8,
+        req: u8,
+        outcome: Outcome,
+    },
     Heartbeat {
         client: u8,
         coord: u8,
@@ -125,12 +137,6 @@ pub enum Body {
     Probe {
         client: u8,
         coord: u8,
-    },
-    Answer {
-        client: u8,
-        coord: u8,
-        req: u8,
-        outcome: Outcome,
     },
 }
 

@@ -3,7 +3,7 @@
 
 use stateright::{Model, Property};
 
-use crate::config::{Config, Op, SplitKind};
+use crate::config::{Alive, Config, Op, SplitKind};
 use crate::state::{Body, Budget, Ghost, Key, State};
 use crate::{client, coord, net};
 
@@ -43,7 +43,18 @@ impl System {
         s.now < self.cfg.horizon
     }
 
+    /// Ends the split. Core NATS does not buffer across a broken route: what
+    /// could not be delivered while it lasted is lost.
     fn heal(&self, s: &mut State) {
+        let cfg = &self.cfg;
+        let lost: Vec<bool> = s
+            .net
+            .iter()
+            .map(|m| !net::deliverable(cfg, s, &m.body))
+            .collect();
+        let mut lost = lost.into_iter();
+        s.net
+            .retain(|_| !lost.next().expect("one flag per message"));
         s.budget.split_on = None;
         if matches!(self.cfg.split, Some((SplitKind::CutCoordinator0, _))) {
             coord::echo_back(&self.cfg, s, 0);
@@ -63,6 +74,7 @@ impl System {
                     coord::read_request(cfg, s, d);
                 }
             }
+            coord::release_held(cfg, s, d);
             for c in 0..cfg.clients() {
                 if coord::may_judge(cfg, s, d, c) {
                     s.coords[d].sessions[c].as_mut().expect("judged").dead = true;
@@ -368,6 +380,18 @@ impl Model for System {
             Action::SplitStart => {
                 s.budget.split_left = false;
                 s.budget.split_on = Some(s.now);
+                // Proof beats go every 50 ms, far more often than ticks: a
+                // coordinator cut from the quorum loses its proof at once,
+                // however soon the split heals.
+                for d in 0..cfg.coordinators {
+                    if !net::coord_reaches_stream(cfg, &s, d) {
+                        s.coords[d].proof_since = None;
+                        // C4: its answers waiting for proof get none.
+                        if cfg.fixes.alive == Alive::InSpan {
+                            s.coords[d].held.clear();
+                        }
+                    }
+                }
                 if matches!(cfg.split, Some((SplitKind::CutCoordinator0, _))) {
                     s.coords[0].echo_lost_since = Some(s.now);
                 }

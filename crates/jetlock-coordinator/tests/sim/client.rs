@@ -279,7 +279,7 @@ impl World {
         trace!(self, "client {k} reconnects (was {old:?})");
         let now = self.instant(&self.clients[k].clock);
         self.clients[k].belief.dropped(now);
-        self.clients[k].dropped_conn.get_or_insert(old.clone());
+        self.clients[k].dropped_conn = Some(old.clone());
         self.schedule_deadline(k);
         self.advise(Proc::Client(k), old, "Client Closed");
         let down = self.rng.u64(MS..200 * MS);
@@ -312,14 +312,7 @@ impl World {
         c.belief.sent(now);
         c.next_hb += 1;
         let hb = c.next_hb;
-        let new_conn = match &c.dropped_conn {
-            Some(old) if *old == c.conn => false,
-            Some(_) => {
-                c.dropped_conn = None;
-                true
-            }
-            None => false,
-        };
+        let new_conn = c.dropped_conn.as_ref().is_some_and(|old| *old != c.conn);
         c.sent.push_back((hb, now, new_conn));
         if c.sent.len() > BEATS_REMEMBERED {
             c.sent.pop_front();
@@ -414,12 +407,23 @@ impl World {
                     return;
                 };
                 let (alive, timeout, grace) = (ack.alive, ack.timeout_ms, ack.grace_ms);
-                match c.belief.answered(sent, alive, timeout, grace, new_conn) {
+                let by = ack.by.as_deref().map(|by| (by, ack.coordinators));
+                match c
+                    .belief
+                    .answered_by(sent, alive, timeout, grace, new_conn, by)
+                {
                     Answered::Dead => {
                         trace!(self, "{}: declared dead", self.clients[k].session);
                         self.end_session(k);
                     }
-                    Answered::Alive => self.schedule_deadline(k),
+                    Answered::Alive => {
+                        self.schedule_deadline(k);
+                        // As the client does: beat again until every
+                        // coordinator confirmed the new connection.
+                        if new_conn && self.clients[k].belief.reconnect_unconfirmed() {
+                            self.heartbeat(k);
+                        }
+                    }
                     Answered::Over => {}
                 }
             }

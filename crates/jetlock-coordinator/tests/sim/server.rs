@@ -24,20 +24,22 @@ impl World {
             self.js_reachable(Proc::Coord(c)) && !self.chance(self.cfg.faults.publish_ack_loss);
         let rtt = self.delay() + self.delay();
         if acked && rtt < JS_TIMEOUT {
-            self.schedule(self.now + rtt, Ev::ProofDone(c, inc, Some(sent)));
+            self.schedule(self.now + rtt, Ev::ProofDone(c, inc, sent, true));
         } else {
-            self.schedule(self.now + JS_TIMEOUT, Ev::ProofDone(c, inc, None));
+            self.schedule(self.now + JS_TIMEOUT, Ev::ProofDone(c, inc, sent, false));
         }
     }
 
-    pub fn proof_done(&mut self, c: usize, inc: u32, sent: Option<tokio::time::Instant>) {
+    pub fn proof_done(&mut self, c: usize, inc: u32, sent: tokio::time::Instant, acked: bool) {
         if !self.live(c, inc) {
             return;
         }
         self.coords[c].proving = false;
-        if let Some(sent) = sent {
-            let (e, t) = self.engine_now(c);
+        let (e, t) = self.engine_now(c);
+        if acked {
             e.proof_acked(sent, t, t);
+        } else {
+            e.proof_failed(sent);
         }
         if std::mem::take(&mut self.coords[c].proof_wanted) {
             self.prove(c);

@@ -14,7 +14,9 @@
 //!   it and never answer);
 //! - its connection closes no sooner than it sees the drop, so a death by
 //!   a closed connection comes no sooner than the grace after that, unless
-//!   a heartbeat sent after the drop was answered `alive`.
+//!   every coordinator answered `alive` a heartbeat that names the new
+//!   connection (each coordinator ends the grace on its own: one that
+//!   missed the heartbeat still ends the session).
 //!
 //! The client gives every hold up a tenth before the earlier bound (the
 //! clock-rate allowance). This type holds only that arithmetic, with no
@@ -43,8 +45,13 @@ pub struct SessionBelief {
     first_sent: Option<Instant>,
     /// When the newest heartbeat answered `alive` was sent.
     confirmed: Option<Instant>,
-    /// When the connection dropped, until a later heartbeat is confirmed.
+    /// When the connection dropped, until every coordinator confirmed a
+    /// heartbeat that names the new connection.
     dropped: Option<Instant>,
+    /// The coordinators that confirmed the new connection since the drop,
+    /// and how many there are (the most any of them said).
+    heard_new: Vec<String>,
+    coordinators: u32,
     ended: bool,
     /// The deadline in force when the session ended or last gave its holds
     /// up, until a heartbeat starts a new one.
@@ -72,6 +79,8 @@ impl SessionBelief {
             first_sent: None,
             confirmed: None,
             dropped: None,
+            heard_new: Vec::new(),
+            coordinators: 0,
             ended: false,
             final_deadline: None,
         }
@@ -108,6 +117,22 @@ impl SessionBelief {
         grace_ms: Option<u64>,
         new_conn: bool,
     ) -> Answered {
+        self.answered_by(sent, alive, timeout_ms, grace_ms, new_conn, None)
+    }
+
+    /// [`SessionBelief::answered`], by the coordinator `by` (id, and how
+    /// many coordinators it counts). The drop is over once every
+    /// coordinator confirmed the new connection; an answer that names no
+    /// coordinator (one before protocol 1.2) ends it alone.
+    pub fn answered_by(
+        &mut self,
+        sent: Instant,
+        alive: bool,
+        timeout_ms: u64,
+        grace_ms: Option<u64>,
+        new_conn: bool,
+        by: Option<(&str, u32)>,
+    ) -> Answered {
         if self.ended {
             return Answered::Over;
         }
@@ -131,15 +156,36 @@ impl SessionBelief {
             };
         }
         self.confirmed = Some(self.confirmed.map_or(sent, |c| c.max(sent)));
-        if new_conn {
-            self.dropped = None;
+        if new_conn && self.dropped.is_some() {
+            match by {
+                Some((id, coordinators)) => {
+                    self.coordinators = self.coordinators.max(coordinators);
+                    if !self.heard_new.iter().any(|h| h == id) {
+                        self.heard_new.push(id.to_owned());
+                    }
+                    if self.heard_new.len() >= self.coordinators as usize {
+                        self.dropped = None;
+                    }
+                }
+                None => self.dropped = None,
+            }
         }
         Answered::Alive
     }
 
     /// The connection dropped at `at` (the client saw it go).
     pub fn dropped(&mut self, at: Instant) {
-        self.dropped.get_or_insert(at);
+        if self.dropped.is_none() {
+            self.dropped = Some(at);
+            self.heard_new.clear();
+            self.coordinators = 0;
+        }
+    }
+
+    /// A drop is not yet confirmed over by every coordinator: heartbeat
+    /// again soon, so one that missed the heartbeat hears the next.
+    pub fn reconnect_unconfirmed(&self) -> bool {
+        !self.ended && self.dropped.is_some()
     }
 
     /// The session ends here (declared dead, or closed).
@@ -356,5 +402,33 @@ mod tests {
         b.sent(t0);
         assert!(!b.over_at(t0 + 899 * MS));
         assert!(b.over_at(t0 + 900 * MS));
+    }
+
+    #[test]
+    fn a_drop_is_over_only_once_every_coordinator_heard_the_new_connection() {
+        let t0 = Instant::now();
+        let mut b = SessionBelief::new(1000 * MS);
+        b.sent(t0);
+        b.answered_by(t0, true, 1000, Some(500), false, Some(("c0", 2)));
+        b.dropped(t0 + 100 * MS);
+        let by_drop = Some(t0 + 550 * MS);
+        assert_eq!(b.deadline(), by_drop);
+        // c1 missed the new connection's heartbeat: its grace still runs.
+        b.sent(t0 + 150 * MS);
+        b.answered_by(t0 + 150 * MS, true, 1000, Some(500), true, Some(("c0", 2)));
+        assert!(b.reconnect_unconfirmed());
+        assert_eq!(b.deadline(), by_drop);
+        // A heartbeat naming the old connection proves nothing.
+        b.answered_by(t0 + 150 * MS, true, 1000, Some(500), false, Some(("c1", 2)));
+        assert_eq!(b.deadline(), by_drop);
+        b.sent(t0 + 200 * MS);
+        b.answered_by(t0 + 200 * MS, true, 1000, Some(500), true, Some(("c1", 2)));
+        assert!(!b.reconnect_unconfirmed());
+        assert_eq!(b.deadline(), Some(t0 + 1100 * MS));
+        // A coordinator before protocol 1.2 names none: its answer alone
+        // ends the drop, as it did then.
+        b.dropped(t0 + 300 * MS);
+        b.answered(t0 + 350 * MS, true, 1000, Some(500), true);
+        assert!(!b.reconnect_unconfirmed());
     }
 }

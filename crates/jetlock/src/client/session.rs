@@ -232,8 +232,8 @@ impl SessionLink {
         let mut next_beat = 0u64;
         let mut beat_now = false;
         let mut last_conn: Option<ConnId> = None;
-        // The connection named before the last drop, until a heartbeat
-        // names another.
+        // The connection named before the last drop: a heartbeat naming
+        // another shows the coordinators the client reconnected.
         let mut dropped_conn: Option<Option<ConnId>> = None;
         // A connection given to `with_nats` has no event callback.
         let mut events = conn.has_changed().is_ok();
@@ -264,7 +264,7 @@ impl SessionLink {
                     let now = *conn.borrow_and_update();
                     if let Some(at) = now.dropped.filter(|_| now.dropped != seen.dropped) {
                         self.belief.lock().expect("never poisoned").dropped(at);
-                        dropped_conn.get_or_insert(last_conn.clone());
+                        dropped_conn = Some(last_conn.clone());
                     }
                     if now.reconnects != seen.reconnects {
                         beat_now = true;
@@ -290,6 +290,14 @@ impl SessionLink {
                         self.belief.lock().expect("never poisoned").refused(at, next);
                     } else if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
                         self.acked(&ack, at, new_conn, &inner);
+                        // A coordinator that missed the new connection's
+                        // heartbeat ends the session at its grace: beat
+                        // again until every one confirmed it.
+                        if new_conn
+                            && self.belief.lock().expect("never poisoned").reconnect_unconfirmed()
+                        {
+                            beat_now = true;
+                        }
                     }
                 }
                 msg = answers.next() => {
@@ -322,10 +330,7 @@ impl SessionLink {
                         beat_now = true;
                         false
                     }
-                    Some(_) => {
-                        dropped_conn = None;
-                        true
-                    }
+                    Some(_) => true,
                     None => false,
                 };
                 last_conn.clone_from(&conn_id);
@@ -410,12 +415,13 @@ impl SessionLink {
     fn acked(&self, ack: &HeartbeatAck, sent: Instant, new_conn: bool, inner: &Weak<Inner>) {
         *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
         self.coordinators.store(ack.coordinators, Ordering::Relaxed);
-        let answered = self.belief.lock().expect("never poisoned").answered(
+        let answered = self.belief.lock().expect("never poisoned").answered_by(
             sent,
             ack.alive,
             ack.timeout_ms,
             ack.grace_ms,
             new_conn,
+            ack.by.as_deref().map(|by| (by, ack.coordinators)),
         );
         if answered == Answered::Dead && !self.expired.swap(true, Ordering::Relaxed) {
             warn!(session = %self.session, "a coordinator declared this session dead; its locks are lost");

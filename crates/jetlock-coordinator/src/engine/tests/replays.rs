@@ -225,7 +225,11 @@ fn a_takeover_answers_what_the_dead_owner_wrote_but_did_not_answer() {
     };
     let stamp = |hold| Stamp {
         write_id: Some(format!("{other}.1")),
-        applied: Applied { hold, ended: 0 },
+        applied: Applied {
+            hold,
+            ended: 0,
+            grant: 0,
+        },
     };
     let held = |revision, holds| Current::Held {
         revision,
