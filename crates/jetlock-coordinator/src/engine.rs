@@ -1193,12 +1193,6 @@ impl Engine {
         }
     }
 
-    /// The proof beat sent at `sent` was not stored by a quorum in time:
-    /// the heartbeat answers it would have released are dropped.
-    pub fn proof_failed(&mut self, sent: Instant) {
-        self.held_acks.failed(sent);
-    }
-
     /// A proof beat sent at `sent` was stored by a quorum, acknowledged at
     /// `acked` (see `hearing.rs`): held heartbeat answers go, and overdue
     /// sessions may now be judged.

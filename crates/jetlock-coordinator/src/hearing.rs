@@ -31,14 +31,13 @@
 //! [`HeldAcks`] until a proof beat sent after the heartbeat arrived is
 //! acknowledged in time: the beat went over the same connection and then
 //! over the routes to the quorum, after the heartbeat, so the routes were
-//! up when the heartbeat passed (routes are TCP: in order). Only the first
-//! beat sent after the heartbeat decides: if it is not acknowledged in
-//! time, the answer is dropped, never sent, and the client's deadline runs
-//! out (a later beat, after a partition healed, would prove the routes up
-//! only after the heartbeat was lost on them). And the span of hearing that
-//! beat belongs to must have begun [`MAX_GAP`] before the heartbeat was
-//! read: one sent during a partition and read just after the heal (it sat
-//! in our socket) was not carried to the other side.
+//! up when the heartbeat passed (routes are TCP: in order). And the span of
+//! hearing that beat belongs to must have begun [`MAX_GAP`] before the
+//! heartbeat was read, so hearing was not lost from before the heartbeat
+//! was sent (one sent during a partition and read just after the heal sat
+//! in our socket, and was never carried to the other side) to the answer.
+//! An answer no such beat releases is dropped, never sent, and the client's
+//! deadline runs out.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -132,25 +131,22 @@ impl<T> HeldAcks<T> {
         self.held.push_back((arrived, answer));
     }
 
-    /// A proof beat sent at `sent` was acknowledged at `acked`, in the
-    /// span of hearing that began at `span`: the answers to heartbeats that
-    /// arrived before it was sent go if it was in time and the span began
-    /// [`MAX_GAP`] before they arrived; the others of them are dropped.
+    /// A proof beat sent at `sent` was acknowledged at `acked`, and the
+    /// span of hearing it is part of began at `span`. If it was in time,
+    /// the answers to heartbeats that arrived before it was sent are
+    /// decided: those that arrived [`MAX_GAP`] or more after the span began
+    /// go, the others are dropped. A late beat decides nothing: the next
+    /// one in time does, and a span broken meanwhile drops them.
     pub fn proved(&mut self, sent: Instant, acked: Instant, span: Option<Instant>) -> Vec<T> {
+        if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
+            return Vec::new();
+        }
         let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
-        let in_time = acked.saturating_duration_since(sent) <= MAX_ACK_DELAY;
         self.held
             .drain(..n)
-            .filter(|(arrived, _)| in_time && span.is_some_and(|s| s + MAX_GAP <= *arrived))
+            .filter(|(arrived, _)| span.is_some_and(|s| s + MAX_GAP <= *arrived))
             .map(|(_, a)| a)
             .collect()
-    }
-
-    /// The proof beat sent at `sent` was not stored: the answers it would
-    /// have released are dropped.
-    pub fn failed(&mut self, sent: Instant) {
-        let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
-        self.held.drain(..n);
     }
 
     /// Drops answers no proof released in time.
@@ -180,14 +176,16 @@ mod tests {
         assert!(h.proved(t0 + 5 * MS, t0 + 6 * MS, span).is_empty());
         assert_eq!(h.proved(t0 + 20 * MS, t0 + 21 * MS, span), vec!["a"]);
         // The first beat after "b" is acknowledged too late: it proves
-        // nothing, and "b" is dropped, not left for a later beat.
+        // nothing, and the next one in the same span decides.
         assert!(h.proved(t0 + 40 * MS, t0 + 200 * MS, span).is_empty());
-        assert!(h.proved(t0 + 250 * MS, t0 + 251 * MS, span).is_empty());
-        // Likewise when it is not stored at all.
+        assert_eq!(h.proved(t0 + 90 * MS, t0 + 91 * MS, span), vec!["b"]);
+        // Hearing broke after "c" arrived: the new span began after it, so
+        // "c" is dropped, not confirmed.
         h.hold(t0 + 300 * MS, "c");
-        h.failed(t0 + 310 * MS);
-        assert!(h.proved(t0 + 360 * MS, t0 + 361 * MS, span).is_empty());
-        // Read too soon after a new span began (a heal): dropped.
+        assert!(h
+            .proved(t0 + 600 * MS, t0 + 601 * MS, Some(t0 + 600 * MS))
+            .is_empty());
+        // Read too soon after a new span began (a heal): dropped too.
         h.hold(t0 + 500 * MS, "e");
         assert!(h
             .proved(t0 + 510 * MS, t0 + 511 * MS, Some(t0 + 450 * MS))

@@ -208,8 +208,10 @@ const ANSWERED_BY: &str = "Jetlock-Coordinator";
 const MAX_DELETES_IN_FLIGHT: usize = 256;
 /// The engine's clock resolution.
 const TICK: Duration = Duration::from_millis(20);
-/// A proof beat not stored by then shows nothing; the next one is sent.
-const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
+/// A proof beat not stored by then shows nothing (one acknowledged after
+/// `hearing::MAX_ACK_DELAY` proves nothing either): the next one is sent,
+/// so one lost acknowledgement leaves a gap within `hearing::MAX_GAP`.
+const PROOF_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl Runtime {
     async fn new(
@@ -402,12 +404,8 @@ impl Runtime {
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    match done {
-                        Ok((sent, Some(acked))) => {
-                            self.engine.proof_acked(sent, acked, Instant::now());
-                        }
-                        Ok((sent, None)) => self.engine.proof_failed(sent),
-                        Err(_) => {}
+                    if let Ok((sent, Some(acked))) = done {
+                        self.engine.proof_acked(sent, acked, Instant::now());
                     }
                     if std::mem::take(&mut self.proof_wanted) {
                         self.prove();

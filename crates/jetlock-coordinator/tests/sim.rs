@@ -181,6 +181,12 @@ fn coordinator_crashes_and_restarts() {
 }
 
 #[test]
+fn route_partitions() {
+    let total = check_range(300..312, "partition");
+    assert!(total.partitions > 0, "{total:?}");
+}
+
+#[test]
 fn client_reconnects() {
     let total = check_range(200..212, "reconnect");
     assert!(total.reconnects > 0, "{total:?}");
@@ -308,6 +314,17 @@ fn regression_catch_up_matches_a_waiter_to_an_older_hold_of_its_session() {
 fn regression_replayed_acquire_of_an_earlier_hold_is_taken_for_a_reentry() {
     if let Err(Failure { report: e, .. }) = run(581, &faults_named("crash"), false, STEPS_PER_SEED)
     {
+        panic!("{e}");
+    }
+}
+
+/// A restarted coordinator answers a reentrant acquire of the current hold
+/// `granted` as applied already (a later operation of the hold was), and
+/// the client counts one hold more than the bucket has. Seed 605 (all).
+#[test]
+#[ignore = "open: the sequence rule of engine/replay.rs answers a reentry that was never applied"]
+fn regression_replayed_reentrant_acquire_answered_as_applied() {
+    if let Err(Failure { report: e, .. }) = run(605, &faults_named("all"), false, STEPS_PER_SEED) {
         panic!("{e}");
     }
 }

@@ -3,7 +3,11 @@
 //! expiries, stored requests, and the proof beats that only the quorum
 //! acknowledges.
 
-use crate::coord::{FeedItem, FeedKind, JS_TIMEOUT};
+use crate::coord::{FeedItem, FeedKind};
+
+/// The runtime's `PROOF_TIMEOUT`: a proof beat not acknowledged by then is
+/// given up and the next one sent.
+const PROOF_TIMEOUT: u64 = 100 * crate::world::MS;
 use crate::world::{trace, Ev, Proc, World, SEC};
 use jetlock::name::LockName;
 use jetlock::store;
@@ -23,10 +27,10 @@ impl World {
         let acked =
             self.js_reachable(Proc::Coord(c)) && !self.chance(self.cfg.faults.publish_ack_loss);
         let rtt = self.delay() + self.delay();
-        if acked && rtt < JS_TIMEOUT {
+        if acked && rtt < PROOF_TIMEOUT {
             self.schedule(self.now + rtt, Ev::ProofDone(c, inc, sent, true));
         } else {
-            self.schedule(self.now + JS_TIMEOUT, Ev::ProofDone(c, inc, sent, false));
+            self.schedule(self.now + PROOF_TIMEOUT, Ev::ProofDone(c, inc, sent, false));
         }
     }
 
@@ -35,11 +39,9 @@ impl World {
             return;
         }
         self.coords[c].proving = false;
-        let (e, t) = self.engine_now(c);
         if acked {
+            let (e, t) = self.engine_now(c);
             e.proof_acked(sent, t, t);
-        } else {
-            e.proof_failed(sent);
         }
         if std::mem::take(&mut self.coords[c].proof_wanted) {
             self.prove(c);
