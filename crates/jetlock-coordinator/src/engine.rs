@@ -67,6 +67,13 @@ pub struct EngineConfig {
     /// Most acquires one session may have waiting (0: no limit); beyond it
     /// `too_many_waits`.
     pub max_waits_per_session: u32,
+    /// Whether an `alive` heartbeat answer waits for proof of hearing
+    /// (`hearing::HeldAcks`). Off by default: under a burst of requests on
+    /// a loaded machine and while the proof stream's leader moves, proof
+    /// beats come late and confirmations stop, so sessions end (see
+    /// docs/RELIABILITY.md, "Deterministic simulation"). The simulation
+    /// runs with it on.
+    pub confirm_with_proof: bool,
     /// Per-prefix limits; the longest matching prefix applies.
     pub policies: Vec<(LockName, Policy)>,
 }
@@ -99,6 +106,7 @@ impl Default for EngineConfig {
             max_waiters: 10_000,
             max_locks_per_session: 10_000,
             max_waits_per_session: 20_000,
+            confirm_with_proof: false,
             policies: Vec::new(),
         }
     }
@@ -1174,7 +1182,7 @@ impl Engine {
         let Some(ack) = self.heartbeat(session, hb, now) else {
             return;
         };
-        if ack.alive {
+        if ack.alive && self.cfg.confirm_with_proof {
             self.held_acks.hold(now, (session.to_owned(), reply));
         } else {
             self.out.push(Action::HeartbeatAck { reply, ack });

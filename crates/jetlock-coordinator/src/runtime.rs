@@ -211,7 +211,7 @@ const TICK: Duration = Duration::from_millis(20);
 /// A proof beat not stored by then shows nothing (one acknowledged after
 /// `hearing::MAX_ACK_DELAY` proves nothing either): the next one is sent,
 /// so one lost acknowledgement leaves a gap within `hearing::MAX_GAP`.
-const PROOF_TIMEOUT: Duration = Duration::from_millis(100);
+const PROOF_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Runtime {
     async fn new(
@@ -392,6 +392,16 @@ impl Runtime {
                 // answers past a client's deadline, which would end its
                 // session (`LostReason::Unconfirmed`).
                 Some(msg) = feeds.heartbeats.next() => self.heartbeat(msg).await,
+                // Proof beats next: the answers of heartbeats wait for them,
+                // and a stream of finishing writes must not hold them back.
+                Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
+                    if let Ok((sent, Some(acked))) = done {
+                        self.engine.proof_acked(sent, acked, Instant::now());
+                    }
+                    if std::mem::take(&mut self.proof_wanted) {
+                        self.prove();
+                    }
+                }
                 Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
                     if let Ok((name, result)) = done {
                         self.engine.written(&name, result, Instant::now());
@@ -403,14 +413,6 @@ impl Runtime {
                     }
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
-                Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok((sent, Some(acked))) = done {
-                        self.engine.proof_acked(sent, acked, Instant::now());
-                    }
-                    if std::mem::take(&mut self.proof_wanted) {
-                        self.prove();
-                    }
-                }
                 // The clock before the feeds: under a sustained burst of
                 // requests, proof beats (which heartbeat answers wait for)
                 // and timeouts must still come every tick.

@@ -1094,6 +1094,10 @@ fn session_quotas_refuse_more_locks_and_waits_and_count_again_after_releases() {
 #[test]
 fn a_coordinator_that_cannot_prove_it_hears_the_quorum_confirms_no_session() {
     let mut sim = Sim::new();
+    sim.engine.set_config(EngineConfig {
+        confirm_with_proof: true,
+        ..EngineConfig::default()
+    });
     // Cut off with the client's server: its heartbeats arrive here, and
     // nowhere else.
     sim.quorum = false;

@@ -141,7 +141,11 @@ impl World {
             server_id: server_id(co.server),
             cid: 1000 + c as u64 * 100 + co.inc as u64,
         };
-        co.engine = Some(Engine::new(co.id.clone(), EngineConfig::default()));
+        let cfg = EngineConfig {
+            confirm_with_proof: true,
+            ..EngineConfig::default()
+        };
+        co.engine = Some(Engine::new(co.id.clone(), cfg));
         co.feeds = [Feed::default(), Feed::default()];
         co.ready = false;
         co.proving = false;
