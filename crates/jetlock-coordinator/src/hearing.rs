@@ -24,7 +24,9 @@
 //! silence lasts at least three quarters of the shortest timeout (225 ms of
 //! 300 ms).
 //!
-//! Confirmations need the same proof. A coordinator cut off with some
+//! Confirmations need the same proof, when `EngineConfig::confirm_with_proof`
+//! is on (off by default: under load proof beats come late and
+//! confirmations stop; docs/ARCHITECTURE.md). A coordinator cut off with some
 //! clients' server hears their heartbeats while the rest of the cluster
 //! does not; were it to answer them alive, they would keep believing in
 //! locks that the other side hands on. So an `alive` answer waits in

@@ -5,8 +5,9 @@
 
 use crate::coord::{FeedItem, FeedKind};
 
-/// The runtime's `PROOF_TIMEOUT`: a proof beat not acknowledged by then is
-/// given up and the next one sent.
+/// When a proof beat not acknowledged is given up and the next one sent
+/// (the runtime's `PROOF_TIMEOUT` is 250 ms; either way a beat acknowledged
+/// after 60 ms proves nothing).
 const PROOF_TIMEOUT: u64 = 100 * crate::world::MS;
 use crate::world::{trace, Ev, Proc, World, SEC};
 use jetlock::name::LockName;
