@@ -166,7 +166,7 @@ struct Runtime {
     deletes: JoinSet<()>,
     /// The proof beat in flight: its send time and when the quorum's
     /// acknowledgement came, once it did.
-    proofs: JoinSet<(Instant, Option<Instant>)>,
+    proofs: JoinSet<Option<(Instant, Instant)>>,
     /// Another proof beat is wanted as soon as the one in flight is done.
     proof_wanted: bool,
     /// The request stream's creation time (unix ms): request sequences
@@ -395,7 +395,7 @@ impl Runtime {
                 // Proof beats next: the answers of heartbeats wait for them,
                 // and a stream of finishing writes must not hold them back.
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok((sent, Some(acked))) = done {
+                    if let Ok(Some((sent, acked))) = done {
                         self.engine.proof_acked(sent, acked, Instant::now());
                     }
                     if std::mem::take(&mut self.proof_wanted) {
@@ -603,12 +603,12 @@ impl Runtime {
             let sent = Instant::now();
             let stored = async { js.publish(subject, bytes::Bytes::new()).await?.await };
             match tokio::time::timeout(PROOF_TIMEOUT, stored).await {
-                Ok(Ok(_)) => (sent, Some(Instant::now())),
+                Ok(Ok(_)) => Some((sent, Instant::now())),
                 Ok(Err(e)) => {
                     debug!(error = %e, "proof beat not stored");
-                    (sent, None)
+                    None
                 }
-                Err(_) => (sent, None),
+                Err(_) => None,
             }
         });
     }

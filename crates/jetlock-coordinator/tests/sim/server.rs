@@ -29,18 +29,18 @@ impl World {
             self.js_reachable(Proc::Coord(c)) && !self.chance(self.cfg.faults.publish_ack_loss);
         let rtt = self.delay() + self.delay();
         if acked && rtt < PROOF_TIMEOUT {
-            self.schedule(self.now + rtt, Ev::ProofDone(c, inc, sent, true));
+            self.schedule(self.now + rtt, Ev::ProofDone(c, inc, Some(sent)));
         } else {
-            self.schedule(self.now + PROOF_TIMEOUT, Ev::ProofDone(c, inc, sent, false));
+            self.schedule(self.now + PROOF_TIMEOUT, Ev::ProofDone(c, inc, None));
         }
     }
 
-    pub fn proof_done(&mut self, c: usize, inc: u32, sent: tokio::time::Instant, acked: bool) {
+    pub fn proof_done(&mut self, c: usize, inc: u32, sent: Option<tokio::time::Instant>) {
         if !self.live(c, inc) {
             return;
         }
         self.coords[c].proving = false;
-        if acked {
+        if let Some(sent) = sent {
             let (e, t) = self.engine_now(c);
             e.proof_acked(sent, t, t);
         }

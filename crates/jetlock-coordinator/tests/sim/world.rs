@@ -193,7 +193,7 @@ pub enum Ev {
     },
     Restart(usize),
     /// A proof beat was acknowledged (`Some(sent)`) or timed out.
-    ProofDone(usize, u32, Instant, bool),
+    ProofDone(usize, u32, Option<Instant>),
     ToClient(usize, u32, ClientMsg),
     ClientTimer(usize, u32, Timer),
     Store {
@@ -375,7 +375,7 @@ impl World {
             Ev::DeleteAt(seq) => self.stream.delete(seq),
             Ev::Expire { key, revision } => self.expire(&key, revision),
             Ev::Restart(c) => self.restart(c),
-            Ev::ProofDone(c, inc, sent, acked) => self.proof_done(c, inc, sent, acked),
+            Ev::ProofDone(c, inc, sent) => self.proof_done(c, inc, sent),
             Ev::ToClient(k, gen, msg) => self.client_input(k, gen, msg),
             Ev::ClientTimer(k, gen, t) => self.client_timer(k, gen, t),
             Ev::Store {
