@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod replay;
-use replay::{next_applied, Sent};
+use replay::{adopt_reentries, next_applied, Sent};
 pub use replay::{Applied, Stamp};
 
 /// Settings of the state machine.
@@ -430,6 +430,10 @@ pub struct Engine {
     pub stats: Stats,
     /// What each session holds and waits for, for its quotas.
     loads: HashMap<String, quota::SessionLoad>,
+    /// Sessions learned from requests replayed while catching up, not yet
+    /// heard in a heartbeat: their waits are not granted until they are
+    /// (see `grantee`).
+    unheard: HashMap<String, ()>,
 }
 
 impl Engine {
@@ -455,6 +459,7 @@ impl Engine {
             out: Vec::new(),
             stats: Stats::default(),
             loads: HashMap::default(),
+            unheard: HashMap::default(),
         };
         engine
             .sessions
@@ -786,7 +791,12 @@ impl Engine {
                 self.refuse(acting, &session, &request, seq, e);
                 return;
             }
-            Touch::Joined => self.session_joined(&session),
+            Touch::Joined => {
+                if !self.ready {
+                    self.unheard.insert(session.clone(), ());
+                }
+                self.session_joined(&session);
+            }
             Touch::Alive => {}
         }
         let rid = (session.clone(), request.id().to_owned());
@@ -1020,6 +1030,9 @@ impl Engine {
             // put its waiter back in the queue since: the one this hold
             // was granted to (a start race of two coordinators).
             self.claim_granted(&key, acting, now);
+            if let Some(ks) = self.keys.get_mut(&key) {
+                adopt_reentries(ks);
+            }
             return;
         }
         let previous = std::mem::replace(&mut ks.current, current.clone());
@@ -1061,6 +1074,9 @@ impl Engine {
             }
         }
         self.claim_granted(&key, acting, now);
+        if let Some(ks) = self.keys.get_mut(&key) {
+            adopt_reentries(ks);
+        }
         self.step(&key, now);
     }
 
@@ -1165,6 +1181,17 @@ impl Engine {
         }
         if hb.leaving && touch != Touch::Dead {
             self.kill_session(session, "left", now);
+        } else if self.unheard.remove(session).is_some() {
+            // Heard at last: its waits may be granted.
+            let waits: Vec<String> = self
+                .keys
+                .iter()
+                .filter(|(_, ks)| ks.queue.iter().any(|w| w.session == session))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in waits {
+                self.step(&key, now);
+            }
         }
         // Every coordinator answers (the client reads every answer): a
         // client whose answering coordinator died is still confirmed by
@@ -1368,6 +1395,7 @@ impl Engine {
                     grant: waiter.seq,
                 };
                 events = set_current(ks, held, applied, now);
+                adopt_reentries(ks);
                 ks.revoke = None;
                 ks.recent_grant = Some(Box::new(RecentGrant {
                     session: waiter.session.clone(),
@@ -1469,6 +1497,15 @@ impl Engine {
     }
 
     fn step_key(&mut self, ks: &mut KeyState, acting: bool, now: Instant) {
+        // Still catching up: the bucket may not have shown the key yet, so a
+        // request read meanwhile may sit in the wrong place (a reentry among
+        // the waiters) until it does. Nothing leaves before `set_ready`,
+        // which steps every key: a waiter forgotten here as answered by
+        // another coordinator would be taken for applied by the next
+        // replay.
+        if !self.ready {
+            return;
+        }
         // 1. Waiters whose wait is over or whose session died leave the
         // queue. A try-lock at the head of a free, idle key is granted
         // instead.
@@ -1484,10 +1521,13 @@ impl Engine {
             Some(Inflight::Read | Inflight::Unsure { .. })
         );
         let mut kept = VecDeque::with_capacity(ks.queue.len());
+        // Kept waiters that would be granted before the next one (see
+        // `grantee`).
+        let mut ahead = 0;
         for w in std::mem::take(&mut ks.queue) {
             if self.sessions.is_dead(&w.session) {
                 self.done(&w.session, &w.id, w.seq, acting);
-            } else if w.deadline <= now && !(kept.is_empty() && (grantable || reading)) {
+            } else if w.deadline <= now && !(ahead == 0 && (grantable || reading)) {
                 if acting {
                     let e = if w.try_lock {
                         let holder = match &ks.current {
@@ -1521,6 +1561,9 @@ impl Engine {
                 }
                 self.done(&w.session, &w.id, w.seq, acting);
             } else {
+                if !self.unheard.contains_key(&w.session) {
+                    ahead += 1;
+                }
                 kept.push_back(w);
             }
         }
@@ -1547,7 +1590,7 @@ impl Engine {
                     self.fail(&op.session, &op.id, &ks.name, e);
                     self.done(&op.session, &op.id, op.seq, acting);
                 }
-                if let Some(w) = ks.queue.pop_front() {
+                if let Some(w) = self.grantee(ks) {
                     self.start_grant(ks, w, revision, None, now);
                 }
             }
@@ -1616,7 +1659,7 @@ impl Engine {
                     }
                 }
                 if let Some(ending) = ending {
-                    match ks.queue.pop_front() {
+                    match self.grantee(ks) {
                         Some(w) => self.start_grant(ks, w, revision, Some(ending), now),
                         None => {
                             ks.note = Some(Box::new(Note {
@@ -1658,7 +1701,8 @@ impl Engine {
                 }
                 if let Some(by) = ks
                     .queue
-                    .front()
+                    .iter()
+                    .find(|w| !self.unheard.contains_key(&w.session))
                     .filter(|w| w.preempt && ks.revoke.is_none())
                     .map(|w| w.session.clone())
                 {
@@ -1952,6 +1996,20 @@ impl Engine {
         }
     }
 
+    /// The next waiter to grant: the first in line whose session was heard.
+    /// A session this coordinator learned only from requests it replayed
+    /// while catching up may have ended while no coordinator ran (its
+    /// `leaving` beat unheard): granting its waits would hold the lock for
+    /// a lease each, for nobody. A live one beats within a quarter of its
+    /// timeout and keeps its place in line meanwhile.
+    fn grantee(&self, ks: &mut KeyState) -> Option<Waiter> {
+        let i = ks
+            .queue
+            .iter()
+            .position(|w| !self.unheard.contains_key(&w.session))?;
+        ks.queue.remove(i)
+    }
+
     fn session_joined(&mut self, session: &str) {
         if self.ready && self.ring.owns(session) {
             self.event(Event::about(EventKind::SessionUp, session));
@@ -1959,6 +2017,7 @@ impl Engine {
     }
 
     fn kill_session(&mut self, session: &str, cause: &str, now: Instant) {
+        self.unheard.remove(session);
         if self.sessions.kill(session, now) {
             self.kill_session_effects(session, cause, now);
         }

@@ -320,11 +320,29 @@ fn regression_replayed_acquire_of_an_earlier_hold_is_taken_for_a_reentry() {
 
 /// A restarted coordinator answers a reentrant acquire of the current hold
 /// `granted` as applied already (a later operation of the hold was), and
-/// the client counts one hold more than the bucket has. Seed 605 (all).
+/// the client counts one hold more than the bucket has: the coordinator
+/// before it had read the acquire before the bucket showed the key, filed
+/// it among the waiters and dropped it while catching up. Seed 605 (all);
+/// the engine's unit test `a_reentry_replayed_before_its_key_is_known_…`
+/// keeps the mechanism, which this seed no longer walks.
 #[test]
-#[ignore = "open: the sequence rule of engine/replay.rs answers a reentry that was never applied"]
 fn regression_replayed_reentrant_acquire_answered_as_applied() {
     if let Err(Failure { report: e, .. }) = run(605, &faults_named("all"), false, STEPS_PER_SEED) {
+        panic!("{e}");
+    }
+}
+
+/// A heartbeat lost on its way to one coordinator only (the contract's
+/// "heartbeat delivery" assumption broken): another coordinator confirms
+/// it, a partition then keeps the first from hearing the next ones, and it
+/// declares the session dead before the client's deadline. Seed 508
+/// (partition).
+#[test]
+#[ignore = "open: the simulation breaks the heartbeat delivery assumption; see RELIABILITY.md"]
+fn regression_heartbeat_lost_to_one_coordinator_confirmed_by_another() {
+    if let Err(Failure { report: e, .. }) =
+        run(508, &faults_named("partition"), false, STEPS_PER_SEED)
+    {
         panic!("{e}");
     }
 }

@@ -24,11 +24,15 @@
 //!
 //! Why the sequence order is sound for the current hold: one hold's
 //! operations are run in stream order, one write at a time, and a hold's
-//! grant is applied before any operation on it exists (a reentrant acquire
-//! is only one while its owner holds). So every operation on the hold with
-//! a lower sequence than an applied one was run before it, applied or
-//! refused; a refused one fails its check again. Queued waiters are not
-//! ordered against holder operations, so the rule is never applied to them.
+//! grant is applied before any operation on it exists. An acquire of the
+//! holder's (session, owner) newer than the grant is one of those
+//! operations however it was first filed: one read while the key was not
+//! yet known, or while its own grant was still queued, waits in the queue
+//! until the hold shows, and then joins the operations in stream order
+//! ([`adopt_reentries`]). So every operation on the hold with a lower
+//! sequence than an applied one was run before it, applied or refused; a
+//! refused one fails its check again. Other queued waiters are not ordered
+//! against holder operations, so the rule is never applied to them.
 
 use super::*;
 
@@ -103,6 +107,52 @@ pub(super) fn next_applied(
         }
     } else {
         stamp
+    }
+}
+
+/// Moves the queued acquires of the current holder's (session, owner) that
+/// are newer than the hold's grant into the holder operations, in stream
+/// order: they are reentries of this hold, on every coordinator alike,
+/// whether this one read them before or after it learned of the grant. Left
+/// in the queue, one would wait for the hold to end while a later operation
+/// of the hold ran, and a coordinator replaying it would then take it for
+/// applied (seed 605 of the simulation). A hold whose grant is not known (a
+/// client's own CAS) adopts nothing: clients that take the fast path count
+/// reentries themselves.
+pub(super) fn adopt_reentries(ks: &mut KeyState) {
+    let Current::Held { record, .. } = &ks.current else {
+        return;
+    };
+    let grant = ks.applied.grant;
+    if grant == 0
+        || !ks
+            .queue
+            .iter()
+            .any(|w| w.session == record.session && w.owner == record.owner && w.seq > grant)
+    {
+        return;
+    }
+    let (session, owner) = (record.session.clone(), record.owner.clone());
+    let (adopted, kept): (VecDeque<Waiter>, VecDeque<Waiter>) = std::mem::take(&mut ks.queue)
+        .into_iter()
+        .partition(|w| w.session == session && w.owner == owner && w.seq > grant);
+    ks.queue = kept;
+    for w in adopted {
+        let at = ks.ops.partition_point(|op| op.seq < w.seq);
+        ks.ops.insert(
+            at,
+            HolderOp {
+                seq: w.seq,
+                session: w.session,
+                id: w.id,
+                kind: HolderOpKind::Reenter {
+                    owner: w.owner,
+                    ttl_ms: w.ttl_ms,
+                },
+                arrived: w.arrived,
+                verified: false,
+            },
+        );
     }
 }
 

@@ -26,19 +26,35 @@ impl Sim {
     /// Every coordinator restarts: a new engine that knows only the bucket
     /// and the requests nobody deleted (`undeleted`, in stream order).
     fn restart(&mut self, undeleted: &[u64]) {
+        self.restart_with(undeleted, false, &["h", "w"]);
+    }
+
+    /// [`Sim::restart`], reading the requests before the bucket when
+    /// `requests_first`, and hearing only the heartbeats of `beating`
+    /// (before anything else) until it is ready.
+    fn restart_with(&mut self, undeleted: &[u64], requests_first: bool, beating: &[&str]) {
         let mut engine = Engine::new("me-again".into(), EngineConfig::default());
+        for session in beating {
+            engine.heartbeat(session, Heartbeat::default(), self.now);
+        }
+        let replay = |engine: &mut Engine| {
+            for (seq, subject, body) in self.sent.iter().filter(|(s, ..)| undeleted.contains(s)) {
+                engine.request(*seq, subject, body, Duration::ZERO, self.now);
+            }
+        };
+        if requests_first {
+            replay(&mut engine);
+        }
         for (key, _) in self.bucket.keys.clone() {
             let (current, stamp) = self.bucket.read(&key);
             let name = LockName::from_key(&key).unwrap();
             engine.observed_change(&name, current, false, stamp, self.now);
         }
-        for (seq, subject, body) in self.sent.iter().filter(|(s, ..)| undeleted.contains(s)) {
-            engine.request(*seq, subject, body, Duration::ZERO, self.now);
-        }
-        for session in ["h", "w"] {
-            engine.heartbeat(session, Heartbeat::default(), self.now);
+        if !requests_first {
+            replay(&mut engine);
         }
         engine.set_ready(self.now);
+        engine.proof_acked(self.now, self.now, self.now);
         self.engine = engine;
         self.answers.clear();
         self.settle();
@@ -256,4 +272,72 @@ fn a_takeover_answers_what_the_dead_owner_wrote_but_did_not_answer() {
     );
     assert_eq!(sim.bucket.seq, 3, "not run again");
     assert_eq!(sim.holds(), Some(1));
+}
+
+#[test]
+fn a_reentry_replayed_before_its_key_is_known_is_run_before_the_holds_later_operations() {
+    // Seed 605 of the simulation: a restarted coordinator read a reentrant
+    // try-lock before the bucket showed the key, filed it as a waiter and
+    // dropped it as answered by another coordinator; a later renewal of the
+    // hold was applied, and the next restart took the reentry for applied
+    // too: the client counted a hold the bucket never had.
+    let mut sim = Sim::new();
+    let token = sim.held_by_h(1);
+    let waited = sim.acquire("w", "q", 60_000);
+    // h's reentrant try-lock reaches the stream while no coordinator runs.
+    sim.seq += 1;
+    let reentry = sim.seq;
+    let subject = "jetlock.req.acquire.h".to_owned();
+    let body = serde_json::to_vec(&json!({"v": 1, "id": "a1", "key": "k", "wait_ms": 0})).unwrap();
+    sim.sent.push((reentry, subject, body));
+    sim.restart_with(&[waited, reentry], true, &["h", "w"]);
+    assert_eq!(
+        sim.holds(),
+        Some(2),
+        "the reentry is run: {:?}",
+        sim.answers
+    );
+    assert!(matches!(
+        sim.answers_re("h", "a1").as_slice(),
+        [Answer::Granted { holds: 2, .. }]
+    ));
+    // A later operation of the hold, then a restart that replays the
+    // reentry again: answered from the hold, which has it.
+    sim.send(
+        "renew",
+        "h",
+        json!({"v": 1, "id": "n1", "key": "k", "token": token, "ttl_ms": 20_000}),
+    );
+    sim.restart_with(&[waited, reentry], true, &["h", "w"]);
+    assert_eq!(sim.holds(), Some(2));
+    sim.release("h", "r1", token);
+    assert_eq!(sim.holds(), Some(1), "h still holds after one release");
+    sim.release("h", "r2", token);
+    assert_eq!(sim.holder().as_deref(), Some("w"), "then w's turn");
+}
+
+#[test]
+fn waits_of_a_session_learned_only_from_the_replay_are_granted_once_it_beats() {
+    // A session whose client ended while no coordinator ran (its `leaving`
+    // beat unheard) is known to a restarted coordinator only from the
+    // waits it replays: they are granted to nobody until a heartbeat says
+    // the session is there.
+    let mut sim = Sim::new();
+    let token = sim.held_by_h(1);
+    let gone = sim.acquire("w", "q", 60_000);
+    sim.restart_with(&[gone], false, &["h"]);
+    sim.release("h", "r", token);
+    assert_eq!(sim.holder(), None, "not handed to an unheard session");
+    assert!(sim.grant_token("w", "q").is_none());
+    // Someone who is there is served meanwhile.
+    sim.acquire("x", "t", 0);
+    let t = sim
+        .grant_token("x", "t")
+        .expect("a heard session is granted");
+    sim.release("x", "xr", t);
+    // w beats after all: its wait is granted, in its place.
+    sim.engine.heartbeat("w", hb(), sim.now);
+    sim.settle();
+    assert_eq!(sim.holder().as_deref(), Some("w"));
+    assert!(sim.grant_token("w", "q").is_some());
 }
