@@ -658,3 +658,80 @@ async fn a_live_session_quota_refuses_the_lock_beyond_it() {
         "{metrics}"
     );
 }
+
+/// Sessions per prefix, set live: a new session beyond the limit is
+/// refused in its heartbeat answer and in its requests, is counted, and
+/// takes nothing; another prefix has room of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_sessions_per_prefix_quota_refuses_the_session_beyond_it() {
+    let server = single();
+    let url = server.url();
+    let coordinator = coordinator(&url).await;
+    let nats = async_nats::connect(&url).await.expect("connect");
+    let mut changes = nats.subscribe("jetlock.ev.config.changed.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let settings = js
+        .get_key_value(jetlock::bucket::CONFIG_BUCKET)
+        .await
+        .expect("the config bucket");
+    settings
+        .put("max_sessions_per_prefix", "1".into())
+        .await
+        .expect("set");
+    let msg = tokio::time::timeout(PATIENCE, changes.next())
+        .await
+        .expect("the change is reported")
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(event["value"], 1, "{event}");
+
+    let beat = |session: &str| {
+        let (nats, subject) = (nats.clone(), jetlock::protocol::heartbeat_subject(session));
+        async move {
+            let reply = tokio::time::timeout(
+                PATIENCE,
+                nats.request(subject, r#"{"timeout_ms":5000}"#.into()),
+            )
+            .await
+            .expect("answered in time")
+            .expect("answered");
+            serde_json::from_slice::<jetlock::protocol::HeartbeatAck>(&reply.payload).unwrap()
+        }
+    };
+    assert!(beat("team.first").await.alive);
+    let refused = beat("team.second").await;
+    assert!(!refused.alive, "{refused:?}");
+    assert_eq!(refused.refused, Some(ErrorCode::TooManySessions));
+    assert!(beat("other.first").await.alive, "another prefix has room");
+
+    let mut s = JsonSession::on(nats.clone(), "team.third".into()).await;
+    s.send("acquire", json!({"v": 1, "id": "q", "key": "quota:s"}))
+        .await;
+    match s.next_final().await {
+        Answer::Error { code, re, .. } => {
+            assert_eq!(
+                (code, re.as_deref()),
+                (ErrorCode::TooManySessions, Some("q"))
+            )
+        }
+        other => panic!("a session beyond the quota was answered {other:?}"),
+    }
+    let kv = js
+        .get_key_value(jetlock::bucket::DEFAULT_BUCKET)
+        .await
+        .unwrap();
+    assert!(
+        kv.get("quota.s").await.unwrap().is_none(),
+        "quota:s written"
+    );
+    let metrics = common::scrape(coordinator.metrics_addr().unwrap()).await;
+    assert!(
+        metrics.contains("jetlock_request_errors_total{code=\"too_many_sessions\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jetlock_sessions_refused_total "),
+        "{metrics}"
+    );
+}

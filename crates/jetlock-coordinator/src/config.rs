@@ -57,6 +57,9 @@ pub struct Config {
     /// Most acquires one session may have waiting (0: no limit):
     /// `too_many_waits`.
     pub max_waits_per_session: u32,
+    /// Most live sessions under one prefix (a session id without its last
+    /// token; 0: no limit): `too_many_sessions`.
+    pub max_sessions_per_prefix: u32,
     /// Most requests the request stream stores at once when a coordinator
     /// creates it; at the cap the server refuses new ones.
     pub request_max_msgs: i64,
@@ -128,6 +131,9 @@ pub struct LiveSettings {
     pub max_waiters: u32,
     pub max_locks_per_session: u32,
     pub max_waits_per_session: u32,
+    /// Absent from settings written before it existed: the default.
+    #[serde(default = "default_max_sessions_per_prefix")]
+    pub max_sessions_per_prefix: u32,
     #[serde(default)]
     pub policies: BTreeMap<String, PrefixLimits>,
 }
@@ -158,6 +164,7 @@ impl Default for Config {
             max_waiters: 10_000,
             max_locks_per_session: 10_000,
             max_waits_per_session: 20_000,
+            max_sessions_per_prefix: 10_000,
             request_max_msgs: bucket::RequestStreamLimits::default().max_msgs,
             request_max_bytes: bucket::RequestStreamLimits::default().max_bytes,
             policies: BTreeMap::new(),
@@ -245,6 +252,7 @@ impl Config {
             max_waiters: self.max_waiters,
             max_locks_per_session: self.max_locks_per_session,
             max_waits_per_session: self.max_waits_per_session,
+            max_sessions_per_prefix: self.max_sessions_per_prefix,
             policies: self.policies.clone(),
         }
     }
@@ -290,6 +298,7 @@ impl LiveSettings {
             max_waiters: e.max_waiters,
             max_locks_per_session: e.max_locks_per_session,
             max_waits_per_session: e.max_waits_per_session,
+            max_sessions_per_prefix: e.max_sessions_per_prefix,
             policies: e
                 .policies
                 .iter()
@@ -315,6 +324,7 @@ impl LiveSettings {
         e.max_waiters = self.max_waiters;
         e.max_locks_per_session = self.max_locks_per_session;
         e.max_waits_per_session = self.max_waits_per_session;
+        e.max_sessions_per_prefix = self.max_sessions_per_prefix;
         e.policies = self
             .policies
             .iter()
@@ -450,7 +460,7 @@ impl LiveSettings {
 
 /// The keys of the config bucket that are live settings (besides
 /// `policy.<prefix>`).
-pub const LIVE_KEYS: [&str; 13] = [
+pub const LIVE_KEYS: [&str; 14] = [
     "heartbeat_ms",
     "coordinator_timeout_ms",
     "session_timeout_ms",
@@ -464,7 +474,12 @@ pub const LIVE_KEYS: [&str; 13] = [
     "max_waiters",
     "max_locks_per_session",
     "max_waits_per_session",
+    "max_sessions_per_prefix",
 ];
+
+fn default_max_sessions_per_prefix() -> u32 {
+    EngineConfig::default().max_sessions_per_prefix
+}
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@
 //! the key is never vacant while anyone waits and a newcomer cannot barge in.
 
 use super::hearing::{Hearing, HeldAcks, Verdict};
-use super::membership::{owner_among, Ring, Sessions, Touch};
+use super::membership::{self, owner_among, Ring, Sessions, Touch};
 use super::HashMap;
 use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
 use crate::limits::PrefixLimits as Policy;
@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// Most acquires one session may have waiting (0: no limit); beyond it
     /// `too_many_waits`.
     pub max_waits_per_session: u32,
+    /// Most live sessions under one prefix (0: no limit): a new session
+    /// beyond it is refused, `too_many_sessions`.
+    pub max_sessions_per_prefix: u32,
     /// Whether an `alive` heartbeat answer waits for proof of hearing
     /// (`hearing::HeldAcks`). Off by default: under a burst of requests on
     /// a loaded machine and while the proof stream's leader moves, proof
@@ -106,6 +109,7 @@ impl Default for EngineConfig {
             max_waiters: 10_000,
             max_locks_per_session: 10_000,
             max_waits_per_session: 20_000,
+            max_sessions_per_prefix: 10_000,
             confirm_with_proof: false,
             policies: Vec::new(),
         }
@@ -177,6 +181,8 @@ pub struct Stats {
     pub dropped: u64,
     pub conflicts: u64,
     pub session_deaths: u64,
+    /// New sessions refused for `max_sessions_per_prefix`.
+    pub sessions_refused: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -465,6 +471,9 @@ impl Engine {
             .sessions
             .set_reconnect_grace(engine.cfg.reconnect_grace);
         engine
+            .sessions
+            .set_max_per_prefix(engine.cfg.max_sessions_per_prefix);
+        engine
     }
 
     /// New settings (a change in the config bucket). Sessions and queues
@@ -476,6 +485,8 @@ impl Engine {
             cfg.max_session_timeout,
         );
         self.sessions.set_reconnect_grace(cfg.reconnect_grace);
+        self.sessions
+            .set_max_per_prefix(cfg.max_sessions_per_prefix);
         self.ring.set_timeout(cfg.coordinator_timeout);
         self.cfg = cfg;
     }
@@ -788,6 +799,11 @@ impl Engine {
                     ErrorCode::SessionExpired,
                     format!("session {session} was declared dead; start a new session"),
                 );
+                self.refuse(acting, &session, &request, seq, e);
+                return;
+            }
+            Touch::Refused => {
+                let e = self.session_refusal(&session);
                 self.refuse(acting, &session, &request, seq, e);
                 return;
             }
@@ -1197,7 +1213,11 @@ impl Engine {
         // client whose answering coordinator died is still confirmed by
         // the others, so it keeps its locks (see `LostReason::Unconfirmed`).
         let mut ack = self.heartbeat_ack(session);
-        ack.alive &= touch != Touch::Dead && !hb.leaving;
+        ack.alive &= touch != Touch::Dead && touch != Touch::Refused && !hb.leaving;
+        if touch == Touch::Refused {
+            self.stats.sessions_refused += 1;
+            ack.refused = Some(ErrorCode::TooManySessions);
+        }
         Some(ack)
     }
 
@@ -1225,6 +1245,7 @@ impl Engine {
             coordinators: self.ring.len() as u32,
             grace_ms: Some(self.sessions.reconnect_grace().as_millis() as u64),
             by: Some(self.ring.me().to_owned()),
+            refused: None,
         }
     }
 
@@ -2008,6 +2029,20 @@ impl Engine {
             .iter()
             .position(|w| !self.unheard.contains_key(&w.session))?;
         ks.queue.remove(i)
+    }
+
+    /// The refusal of a request of a new session whose prefix is full.
+    fn session_refusal(&mut self, session: &str) -> WireError {
+        self.stats.sessions_refused += 1;
+        let prefix = membership::session_prefix(session);
+        WireError::new(
+            ErrorCode::TooManySessions,
+            format!(
+                "sessions under prefix {prefix:?} are at the {} that max_sessions_per_prefix allows; \
+                 end one first",
+                self.cfg.max_sessions_per_prefix
+            ),
+        )
     }
 
     fn session_joined(&mut self, session: &str) {

@@ -183,6 +183,19 @@ pub struct Sessions {
     /// After the coordinator itself stalled, nobody is declared dead until
     /// this time: their heartbeats may be sitting unread in our buffers.
     holdoff_until: Option<Instant>,
+    /// Most live sessions under one prefix (0: no limit), and how many
+    /// each prefix has.
+    max_per_prefix: u32,
+    per_prefix: HashMap<String, u32>,
+}
+
+/// The prefix a session counts under for `max_sessions_per_prefix`: its id
+/// without the last token (`billing.worker-3` for
+/// `billing.worker-3.Z8hK2q`, as `ClientOptions::session_prefix` makes
+/// them; the NATS permissions of a user name such a prefix). Ids of one
+/// token have none and count together.
+pub fn session_prefix(session: &str) -> &str {
+    session.rsplit_once('.').map_or("", |(prefix, _)| prefix)
 }
 
 #[derive(Debug)]
@@ -219,6 +232,9 @@ pub enum Touch {
     Alive,
     /// The session was declared dead earlier.
     Dead,
+    /// A new session its prefix has no room for (`max_sessions_per_prefix`):
+    /// not registered.
+    Refused,
 }
 
 impl Sessions {
@@ -231,7 +247,20 @@ impl Sessions {
             max_timeout,
             reconnect_grace: DEFAULT_RECONNECT_GRACE,
             holdoff_until: None,
+            max_per_prefix: 0,
+            per_prefix: HashMap::default(),
         }
+    }
+
+    /// The most live sessions one prefix may have (0: no limit). Sessions
+    /// over a lowered limit stay; new ones wait for room.
+    pub fn set_max_per_prefix(&mut self, max: u32) {
+        self.max_per_prefix = max;
+    }
+
+    /// Live sessions under `prefix`.
+    pub fn count_under(&self, prefix: &str) -> u32 {
+        self.per_prefix.get(prefix).copied().unwrap_or(0)
     }
 
     /// New bounds (a configuration change); sessions keep the timeout they
@@ -300,8 +329,7 @@ impl Sessions {
             }
             None => {
                 let timeout = timeout.unwrap_or(self.max_timeout);
-                self.insert(session, timeout, conn, now);
-                Touch::Joined
+                self.insert(session, timeout, conn, now)
             }
         }
     }
@@ -320,14 +348,23 @@ impl Sessions {
                 s.last_seen = s.last_seen.max(now);
                 Touch::Alive
             }
-            None => {
-                self.insert(session, self.max_timeout, None, now);
-                Touch::Joined
-            }
+            None => self.insert(session, self.max_timeout, None, now),
         }
     }
 
-    fn insert(&mut self, session: &str, timeout: Duration, conn: Option<ConnId>, now: Instant) {
+    fn insert(
+        &mut self,
+        session: &str,
+        timeout: Duration,
+        conn: Option<ConnId>,
+        now: Instant,
+    ) -> Touch {
+        let prefix = session_prefix(session);
+        let count = self.count_under(prefix);
+        if self.max_per_prefix > 0 && count >= self.max_per_prefix {
+            return Touch::Refused;
+        }
+        self.per_prefix.insert(prefix.to_owned(), count + 1);
         self.alive.insert(
             session.to_owned(),
             Session {
@@ -337,6 +374,7 @@ impl Sessions {
                 closed: None,
             },
         );
+        Touch::Joined
     }
 
     /// The timeout applied to `session`.
@@ -357,7 +395,15 @@ impl Sessions {
 
     /// Declares `session` dead. True if it was not already.
     pub fn kill(&mut self, session: &str, now: Instant) -> bool {
-        self.alive.remove(session);
+        if self.alive.remove(session).is_some() {
+            let prefix = session_prefix(session);
+            match self.per_prefix.get_mut(prefix) {
+                Some(n) if *n > 1 => *n -= 1,
+                _ => {
+                    self.per_prefix.remove(prefix);
+                }
+            }
+        }
         self.dead.insert(session.to_owned(), now).is_none()
     }
 

@@ -49,6 +49,7 @@ pub struct Metrics {
     renew_failures: Family<Cause, Counter>,
     errors: Family<Code, Counter>,
     dropped: Counter,
+    sessions_refused: Counter,
     failovers: Counter,
     wait: Histogram,
     hold: Histogram,
@@ -81,6 +82,7 @@ impl Metrics {
             renew_failures: Family::default(),
             errors: Family::default(),
             dropped: Counter::default(),
+            sessions_refused: Counter::default(),
             failovers: Counter::default(),
             wait: Histogram::new(seconds_buckets()),
             hold: Histogram::new(seconds_buckets()),
@@ -122,6 +124,11 @@ impl Metrics {
             "requests_dropped",
             "Requests dropped unanswered: unknown op or malformed session id in the subject",
             m.dropped.clone(),
+        );
+        r.register(
+            "sessions_refused",
+            "Heartbeats of new sessions refused: their prefix is at max_sessions_per_prefix",
+            m.sessions_refused.clone(),
         );
         r.register(
             "failovers",
@@ -212,6 +219,11 @@ impl Metrics {
     /// may be answered).
     pub fn dropped(&self) {
         self.dropped.inc();
+    }
+
+    /// Counts a heartbeat of a new session refused for its prefix's quota.
+    pub fn session_refused(&self) {
+        self.sessions_refused.inc();
     }
 
     /// Sets the gauges from the engine's state.

@@ -636,6 +636,9 @@ impl Runtime {
                 engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Prove => self.prove(),
                 engine::Action::HeartbeatAck { reply, ack } => {
+                    if ack.refused.is_some() {
+                        self.metrics.session_refused();
+                    }
                     let body = serde_json::to_vec(&ack).expect("acks serialize");
                     let _ = self.nats.publish(reply, body.into()).await;
                 }

@@ -253,6 +253,9 @@ pub enum ErrorCode {
     /// The session has as many acquires waiting as `max_waits_per_session`
     /// allows.
     TooManyWaits,
+    /// A new session whose prefix has as many live sessions as
+    /// `max_sessions_per_prefix` allows (its id without the last token).
+    TooManySessions,
     /// A fault inside jetlock or NATS; the request may be retried. A code
     /// this build does not know (from a newer coordinator) reads as this.
     #[serde(other)]
@@ -284,6 +287,7 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::TooManyLocks => "too_many_locks",
             ErrorCode::TooManyWaits => "too_many_waits",
+            ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::Internal => "internal",
         }
     }
@@ -865,6 +869,10 @@ pub struct HeartbeatAck {
     /// coordinators before protocol 1.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Why a new session was not taken (`too_many_sessions`), with
+    /// `alive: false`. Absent from coordinators before protocol 1.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ErrorCode>,
 }
 
 /// A coordinator's heartbeat (`jetlock.coord.hb.<id>`).

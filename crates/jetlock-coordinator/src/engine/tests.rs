@@ -1146,3 +1146,46 @@ fn a_coordinator_that_cannot_prove_it_hears_the_quorum_confirms_no_session() {
         Some(("r3", false))
     );
 }
+
+#[test]
+fn sessions_per_prefix_are_bounded_and_a_refused_session_changes_nothing() {
+    let mut sim = Sim::new();
+    sim.engine.set_config(EngineConfig {
+        max_sessions_per_prefix: 2,
+        ..EngineConfig::default()
+    });
+    let ack = |sim: &mut Sim, session: &str| {
+        let now = sim.now;
+        sim.engine.heartbeat(session, hb(), now).expect("answered")
+    };
+    assert!(ack(&mut sim, "team.a").alive);
+    assert!(ack(&mut sim, "team.b").alive);
+    assert!(ack(&mut sim, "team.a").alive, "a live session beats on");
+    let refused = ack(&mut sim, "team.c");
+    assert!(!refused.alive);
+    assert_eq!(refused.refused, Some(ErrorCode::TooManySessions));
+    assert_eq!(sim.engine.stats.sessions_refused, 1);
+    // Other prefixes have room of their own.
+    assert!(ack(&mut sim, "other.a").alive);
+    assert!(ack(&mut sim, "team.x.a").alive);
+    // A request of a refused session is answered and changes nothing.
+    sim.send(
+        "acquire",
+        "team.c",
+        json!({"v": 1, "id": "q", "key": "k", "wait_ms": 0}),
+    );
+    assert_eq!(
+        sim.error_code("team.c", "q"),
+        Some(ErrorCode::TooManySessions)
+    );
+    assert_eq!(sim.holder(), None);
+    // Refused is not dead: once a session of the prefix ends, it starts.
+    let leaving = Heartbeat {
+        leaving: true,
+        ..hb()
+    };
+    let now = sim.now;
+    sim.engine.heartbeat("team.a", leaving, now);
+    assert!(ack(&mut sim, "team.c").alive);
+    assert!(!ack(&mut sim, "team.d").alive);
+}

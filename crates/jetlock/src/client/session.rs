@@ -424,7 +424,16 @@ impl SessionLink {
             ack.by.as_deref().map(|by| (by, ack.coordinators)),
         );
         if answered == Answered::Dead && !self.expired.swap(true, Ordering::Relaxed) {
-            warn!(session = %self.session, "a coordinator declared this session dead; its locks are lost");
+            match ack.refused {
+                Some(code) => warn!(
+                    session = %self.session,
+                    code = code.as_str(),
+                    "a coordinator refused this session (its prefix has as many live sessions as max_sessions_per_prefix allows)"
+                ),
+                None => {
+                    warn!(session = %self.session, "a coordinator declared this session dead; its locks are lost")
+                }
+            }
             lose_all(inner, LostReason::SessionExpired);
         }
     }
