@@ -1,0 +1,342 @@
+//! Admission: a request read from the stream is parsed, checked
+//! (session, duplicates, policies, quotas) and filed on its key.
+
+use super::*;
+
+impl Engine {
+    /// Why an acquire breaks the limits of its lock's policy, if it does.
+    pub(super) fn policy_refusal(&self, session: &str, request: &Request) -> Option<WireError> {
+        let Request::Acquire {
+            name,
+            owner,
+            ttl_ms,
+            preempt,
+            ..
+        } = request
+        else {
+            return None;
+        };
+        let policy = self.cfg.policy(name);
+        if *preempt && policy.and_then(|p| p.preempt) == Some(false) {
+            return Some(WireError::new(
+                ErrorCode::NotPermitted,
+                format!("the policy for {name} forbids preemption"),
+            ));
+        }
+        if let Some(max) = policy.and_then(|p| p.max_ttl_ms) {
+            if *ttl_ms > max {
+                return Some(WireError::new(
+                    ErrorCode::InvalidTtl,
+                    format!("ttl_ms {ttl_ms} is above the policy's max_ttl_ms {max} for {name}"),
+                ));
+            }
+        }
+        let max_waiters = policy
+            .and_then(|p| p.max_waiters)
+            .unwrap_or(self.cfg.max_waiters);
+        let ks = self.keys.get(name.key())?;
+        let reentry = matches!(&ks.current, Current::Held { record, .. }
+            if record.session == session && record.owner == *owner);
+        (max_waiters > 0 && !reentry && ks.queue.len() >= max_waiters as usize).then(|| {
+            WireError::new(
+                ErrorCode::QueueFull,
+                format!("{name} has {} waiters, the most allowed", ks.queue.len()),
+            )
+        })
+    }
+
+    /// A request read from the stream with its `Nats-Msg-Id`: one whose
+    /// message id is not bound to its subject's session is refused
+    /// (`bad_message_id`) and changes nothing; the rest go to [`request`].
+    ///
+    /// [`request`]: Engine::request
+    pub fn request_with_msg_id(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        msg_id: Option<&str>,
+        body: &[u8],
+        age: Duration,
+        now: Instant,
+    ) {
+        if let Ok((_, session)) = protocol::parse_request_subject(subject) {
+            if let Err(e) = protocol::check_message_id(session, msg_id) {
+                self.stats.requests += 1;
+                if self.owns(session) {
+                    let re = protocol::probe_id(body);
+                    self.answer(session, Answer::error(re, None, e));
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        }
+        self.request(seq, subject, body, age, now);
+    }
+
+    /// A request read from the stream: message `seq` on `subject`, stored
+    /// `age` ago.
+    pub fn request(&mut self, seq: u64, subject: &str, body: &[u8], age: Duration, now: Instant) {
+        self.stats.requests += 1;
+        let (op, session) = match protocol::parse_request_subject(subject) {
+            Ok((op, session)) => (op, session.to_owned()),
+            Err(_) => {
+                // Nobody to answer: drop it and count it, once among the
+                // coordinators.
+                if self.owns(subject) {
+                    self.stats.dropped += 1;
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        };
+        let request = match protocol::parse_request(op, &session, body, &self.cfg.limits) {
+            Ok(r) => r,
+            Err(e) => {
+                if self.owns(&session) {
+                    let re = protocol::probe_id(body);
+                    self.answer(&session, Answer::error(re, None, e));
+                    self.out.push(Action::Delete { seq });
+                }
+                return;
+            }
+        };
+        let key = request.name().key().to_owned();
+        tracing::Span::current().record("lock", request.name().as_str());
+        let acting = self.owns(&key);
+        match self.sessions.request(&session, now) {
+            Touch::Dead => {
+                let e = WireError::new(
+                    ErrorCode::SessionExpired,
+                    format!("session {session} was declared dead; start a new session"),
+                );
+                self.refuse(acting, &session, &request, seq, e);
+                return;
+            }
+            Touch::Refused => {
+                let e = self.session_refusal(&session);
+                self.refuse(acting, &session, &request, seq, e);
+                return;
+            }
+            Touch::Joined => {
+                if !self.ready {
+                    self.unheard.insert(session.clone(), ());
+                }
+                self.session_joined(&session);
+            }
+            Touch::Alive => {}
+        }
+        let rid = (session.clone(), request.id().to_owned());
+        if self.requests.contains_key(&rid) {
+            let e = WireError::new(
+                ErrorCode::Duplicate,
+                format!(
+                    "request id {:?} was already used by this session",
+                    request.id()
+                ),
+            );
+            self.refuse(acting, &session, &request, seq, e);
+            return;
+        }
+        if self.answered_early.remove(&rid).is_some() {
+            // Another coordinator answered it before the stream brought it
+            // here: nothing left to do or to mirror.
+            self.requests.insert(
+                rid,
+                Tracked {
+                    key,
+                    at: now,
+                    done: true,
+                },
+            );
+            return;
+        }
+        if let Some(e) = self.policy_refusal(&session, &request) {
+            self.refuse(acting, &session, &request, seq, e);
+            return;
+        }
+        if acting {
+            if let Some(e) = self.quota_refusal(&session, &request, now) {
+                self.refuse(acting, &session, &request, seq, e);
+                return;
+            }
+        }
+        self.requests.insert(
+            rid,
+            Tracked {
+                key: key.clone(),
+                at: now,
+                done: false,
+            },
+        );
+        let ks = self
+            .keys
+            .entry(key.clone())
+            .or_insert_with(|| Box::new(KeyState::new(request.name().clone())));
+        match request {
+            Request::Acquire {
+                id,
+                owner,
+                ttl_ms,
+                wait_ms,
+                preempt,
+                ..
+            } => {
+                let holder_matches = matches!(&ks.current, Current::Held { record, .. }
+                    if record.session == session && record.owner == owner);
+                if holder_matches {
+                    ks.ops.push_back(HolderOp {
+                        seq,
+                        session,
+                        id,
+                        kind: HolderOpKind::Reenter { owner, ttl_ms },
+                        arrived: now,
+                        verified: false,
+                    });
+                } else {
+                    let left = Duration::from_millis(wait_ms).saturating_sub(age);
+                    let deadline = now + left;
+                    ks.queue.push_back(Waiter {
+                        seq,
+                        session,
+                        id,
+                        owner,
+                        ttl_ms,
+                        deadline,
+                        try_lock: wait_ms == 0,
+                        preempt,
+                        arrived: now,
+                    });
+                    self.timers.push(Reverse((deadline, key.clone())));
+                    if acting
+                        && wait_ms > 0
+                        && (ks.queue.len() > 1
+                            || ks.inflight.is_some()
+                            || matches!(ks.current, Current::Held { .. }))
+                    {
+                        let w = ks.queue.back().expect("just pushed");
+                        let answer = Answer::Queued {
+                            v: VERSION,
+                            re: w.id.clone(),
+                            key: ks.name.to_string(),
+                            position: ks.queue.len() as u32,
+                        };
+                        let to = w.session.clone();
+                        self.answer(&to, answer);
+                    }
+                }
+            }
+            Request::Release { id, token, .. } => ks.ops.push_back(HolderOp {
+                seq,
+                session,
+                id,
+                kind: HolderOpKind::Release { token },
+                arrived: now,
+                verified: false,
+            }),
+            Request::Renew {
+                id, token, ttl_ms, ..
+            } => ks.ops.push_back(HolderOp {
+                seq,
+                session,
+                id,
+                kind: HolderOpKind::Renew { token, ttl_ms },
+                arrived: now,
+                verified: false,
+            }),
+            Request::Revoke {
+                id,
+                grace_ms,
+                reason,
+                ..
+            } => ks.ops.push_back(HolderOp {
+                seq,
+                session,
+                id,
+                kind: HolderOpKind::Revoke { grace_ms, reason },
+                arrived: now,
+                verified: false,
+            }),
+            Request::Cancel { id, target, name } => {
+                let found = ks
+                    .queue
+                    .iter()
+                    .position(|w| w.session == session && w.id == target);
+                match found {
+                    Some(i) => {
+                        let w = ks.queue.remove(i).expect("position is in range");
+                        if acting {
+                            self.fail(
+                                &w.session,
+                                &w.id,
+                                &name,
+                                WireError::new(ErrorCode::Cancelled, "cancelled by request"),
+                            );
+                            self.answer(
+                                &session,
+                                Answer::Cancelled {
+                                    v: VERSION,
+                                    re: id.clone(),
+                                    key: name.to_string(),
+                                },
+                            );
+                        }
+                        self.done(&w.session, &w.id, w.seq, acting);
+                        self.done(&session, &id, seq, acting);
+                    }
+                    None => {
+                        if acting {
+                            self.fail(
+                                &session,
+                                &id,
+                                &name,
+                                WireError::new(
+                                    ErrorCode::NotWaiting,
+                                    format!("request {target:?} is not waiting for {name}"),
+                                ),
+                            );
+                        }
+                        self.done(&session, &id, seq, acting);
+                    }
+                }
+            }
+        }
+        self.step(&key, now);
+    }
+
+    /// Some coordinator sent the final answer to request `re` of `session`
+    /// (every coordinator reads `jetlock.to.>`). A mirror forgets the
+    /// request, so a coordinator that takes the key over later does not run
+    /// it a second time.
+    pub fn answered(&mut self, session: &str, re: &str, now: Instant) {
+        let rid = (session.to_owned(), re.to_owned());
+        let Some(t) = self.requests.get_mut(&rid) else {
+            if self.answered_early.len() < MAX_ANSWERED_EARLY {
+                self.answered_early.insert(rid, now);
+            }
+            return;
+        };
+        if t.done {
+            return;
+        }
+        t.done = true;
+        let key = t.key.clone();
+        if let Some(ks) = self.keys.get_mut(&key) {
+            ks.ops.retain(|op| !(op.session == session && op.id == re));
+            ks.queue.retain(|w| !(w.session == session && w.id == re));
+        }
+    }
+
+    /// The refusal of a request of a new session whose prefix is full.
+    pub(super) fn session_refusal(&mut self, session: &str) -> WireError {
+        self.stats.sessions_refused += 1;
+        let prefix = membership::session_prefix(session);
+        WireError::new(
+            ErrorCode::TooManySessions,
+            format!(
+                "sessions under prefix {prefix:?} are at the {} that max_sessions_per_prefix allows; \
+                 end one first",
+                self.cfg.max_sessions_per_prefix
+            ),
+        )
+    }
+}

@@ -1,0 +1,496 @@
+//! The per-key decisions: who is granted next (`grantee`), holder
+//! operations, revocations, and the writes they take.
+
+use super::*;
+
+impl Engine {
+    /// Decides what to do next for `key`. Runs after every change.
+    pub(super) fn step(&mut self, key: &str, now: Instant) {
+        let acting = self.owns(key);
+        let Some(mut ks) = self.keys.remove(key) else {
+            return;
+        };
+        self.step_key(&mut ks, acting, now);
+        self.keys.insert(key.to_owned(), ks);
+    }
+
+    pub(super) fn step_key(&mut self, ks: &mut KeyState, acting: bool, now: Instant) {
+        // Still catching up: the bucket may not have shown the key yet, so a
+        // request read meanwhile may sit in the wrong place (a reentry among
+        // the waiters) until it does. Nothing leaves before `set_ready`,
+        // which steps every key: a waiter forgotten here as answered by
+        // another coordinator would be taken for applied by the next
+        // replay.
+        if !self.ready {
+            return;
+        }
+        // 1. Waiters whose wait is over or whose session died leave the
+        // queue. A try-lock at the head of a free, idle key is granted
+        // instead.
+        let grantable = ks.inflight.is_none()
+            && ks.ops.is_empty()
+            && matches!(ks.current, Current::Vacant { .. });
+        // While the key is read again after a write that lost or got no
+        // answer (a key forgotten while idle costs one such write), nobody
+        // knows whether it is free: the head waiter's fate waits for the
+        // read, or a try-lock of a free lock would be refused as busy.
+        let reading = matches!(
+            ks.inflight.as_deref(),
+            Some(Inflight::Read | Inflight::Unsure { .. })
+        );
+        let mut kept = VecDeque::with_capacity(ks.queue.len());
+        // Kept waiters that would be granted before the next one (see
+        // `grantee`).
+        let mut ahead = 0;
+        for w in std::mem::take(&mut ks.queue) {
+            if self.sessions.is_dead(&w.session) {
+                self.done(&w.session, &w.id, w.seq, acting);
+            } else if w.deadline <= now && !(ahead == 0 && (grantable || reading)) {
+                if acting {
+                    let e = if w.try_lock {
+                        let holder = match &ks.current {
+                            Current::Held { revision, record } => Some(HolderInfo {
+                                session: record.session.clone(),
+                                owner: record.owner.clone(),
+                                token: record.token_at(*revision),
+                                holds: record.holds,
+                            }),
+                            Current::Vacant { .. } => None,
+                        };
+                        Answer::Error {
+                            v: VERSION,
+                            re: Some(w.id.clone()),
+                            key: Some(ks.name.to_string()),
+                            code: ErrorCode::Busy,
+                            message: format!("{} is held", ks.name),
+                            holder,
+                        }
+                    } else {
+                        Answer::error(
+                            Some(w.id.clone()),
+                            Some(ks.name.to_string()),
+                            WireError::new(
+                                ErrorCode::Timeout,
+                                format!("waited {} ms", now.duration_since(w.arrived).as_millis()),
+                            ),
+                        )
+                    };
+                    self.answer(&w.session, e);
+                }
+                self.done(&w.session, &w.id, w.seq, acting);
+            } else {
+                if !self.unheard.contains_key(&w.session) {
+                    ahead += 1;
+                }
+                kept.push_back(w);
+            }
+        }
+        ks.queue = kept;
+        if !acting || ks.inflight.is_some() {
+            return;
+        }
+        match ks.current.clone() {
+            Current::Vacant { revision } => {
+                // Operations on a hold that no longer exists.
+                while let Some(op) = ks.ops.pop_front() {
+                    if settles(&op, ks.applied) {
+                        self.settled(&ks.name, &op);
+                        continue;
+                    }
+                    if !op.verified {
+                        ks.ops.push_front(op);
+                        self.verify(ks);
+                        return;
+                    }
+                    let e =
+                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name));
+                    self.renew_failed(&ks.name, &op, 0, &e);
+                    self.fail(&op.session, &op.id, &ks.name, e);
+                    self.done(&op.session, &op.id, op.seq, acting);
+                }
+                if let Some(w) = self.grantee(ks) {
+                    self.start_grant(ks, w, revision, None, now);
+                }
+            }
+            Current::Held { revision, record } => {
+                let token = record.token_at(revision);
+                let mut ending = None;
+                while let Some(op) = ks.ops.pop_front() {
+                    match self.holder_op(ks, op, &record, token, now) {
+                        OpOutcome::Done => {}
+                        OpOutcome::Write(op, new_record, ttl) => {
+                            let sent = self.next_write(revision);
+                            // The hold's earlier handoff stays named, so a
+                            // restart that reads only this message knows it.
+                            let applied = Applied {
+                                hold: op.seq,
+                                ended: ks.applied.ended,
+                                grant: ks.applied.grant,
+                            };
+                            ks.inflight = Some(Box::new(Inflight::Update {
+                                sent,
+                                op,
+                                record: new_record.clone(),
+                            }));
+                            self.out.push(Action::Write(Write {
+                                name: ks.name.clone(),
+                                expected: revision,
+                                kind: WriteKind::Put {
+                                    record: new_record,
+                                    ttl,
+                                },
+                                id: self.write_id(sent.write),
+                                applied,
+                            }));
+                            return;
+                        }
+                        OpOutcome::End(e) => {
+                            ending = Some(e);
+                            break;
+                        }
+                        OpOutcome::Verify(op) => {
+                            ks.ops.push_front(op);
+                            self.verify(ks);
+                            return;
+                        }
+                        OpOutcome::Requeue(w) => {
+                            let at = ks.queue.partition_point(|q| q.seq < w.seq);
+                            ks.queue.insert(at, w);
+                        }
+                    }
+                }
+                if ending.is_none() {
+                    if self.sessions.is_dead(&record.session) {
+                        ending = Some(Ending::SessionExpired);
+                    } else if ks
+                        .revoke
+                        .as_ref()
+                        .is_some_and(|r| r.token == token && r.deadline <= now)
+                    {
+                        let r = ks.revoke.as_ref().expect("checked above");
+                        ending = Some(Ending::Revoked {
+                            session: record.session.clone(),
+                            token,
+                            by: r.by.clone(),
+                            reason: r.reason.clone(),
+                        });
+                    }
+                }
+                if let Some(ending) = ending {
+                    match self.grantee(ks) {
+                        Some(w) => self.start_grant(ks, w, revision, Some(ending), now),
+                        None => {
+                            ks.note = Some(Box::new(Note {
+                                expected: revision,
+                                grantee: None,
+                                waited_ms: None,
+                                ending: Some(EndNote::of(&ending)),
+                            }));
+                            let sent = self.next_write(revision);
+                            let applied = Applied {
+                                hold: 0,
+                                ended: ended_by(Some(&ending)),
+                                grant: 0,
+                            };
+                            ks.inflight = Some(Box::new(Inflight::End { sent, ending }));
+                            self.out.push(Action::Write(Write {
+                                name: ks.name.clone(),
+                                expected: revision,
+                                kind: WriteKind::Release,
+                                id: self.write_id(sent.write),
+                                applied,
+                            }));
+                        }
+                    }
+                    return;
+                }
+                // Still held.
+                if !ks.queue.is_empty() && ks.contended != token {
+                    ks.contended = token;
+                    self.answer(
+                        &record.session,
+                        Answer::Contended {
+                            v: VERSION,
+                            key: ks.name.to_string(),
+                            token,
+                            waiters: ks.queue.len() as u32,
+                        },
+                    );
+                }
+                if let Some(by) = ks
+                    .queue
+                    .iter()
+                    .find(|w| !self.unheard.contains_key(&w.session))
+                    .filter(|w| w.preempt && ks.revoke.is_none())
+                    .map(|w| w.session.clone())
+                {
+                    let grace = self.cfg.preempt_grace;
+                    let revocation = Revocation {
+                        token,
+                        deadline: now + grace,
+                        by,
+                        reason: "preempted by a priority request".into(),
+                    };
+                    self.start_revocation(ks, &record, revocation, grace);
+                }
+                if let Some(r) = &ks.revoke {
+                    self.timers
+                        .push(Reverse((r.deadline, ks.name.key().to_owned())));
+                }
+            }
+        }
+    }
+
+    /// Reads the key from the stream leader before the operations now
+    /// pending on it may be refused (see `OpOutcome::Verify`).
+    pub(super) fn verify(&mut self, ks: &mut KeyState) {
+        ks.ops.iter_mut().for_each(|op| op.verified = true);
+        ks.inflight = Some(Box::new(Inflight::Read));
+        self.out.push(Action::Read {
+            name: ks.name.clone(),
+        });
+    }
+
+    pub(super) fn start_grant(
+        &mut self,
+        ks: &mut KeyState,
+        w: Waiter,
+        expected: u64,
+        ending: Option<Ending>,
+        now: Instant,
+    ) {
+        ks.note = Some(Box::new(Note {
+            expected,
+            grantee: Some((w.session.clone(), w.owner.clone())),
+            waited_ms: Some(now.duration_since(w.arrived).as_millis() as u64),
+            ending: ending.as_ref().map(EndNote::of),
+        }));
+        let record = LockRecord {
+            owner: w.owner.clone(),
+            session: w.session.clone(),
+            acquired_ms: unix_ms(),
+            lease_ms: w.ttl_ms,
+            holds: 1,
+            token: 0,
+        };
+        let sent = self.next_write(expected);
+        self.out.push(Action::Write(Write {
+            name: ks.name.clone(),
+            expected,
+            kind: WriteKind::Put {
+                record: record.clone(),
+                ttl: Duration::from_millis(w.ttl_ms),
+            },
+            id: self.write_id(sent.write),
+            applied: Applied {
+                hold: w.seq,
+                ended: ended_by(ending.as_ref()),
+                grant: w.seq,
+            },
+        }));
+        ks.inflight = Some(Box::new(Inflight::Grant {
+            sent,
+            waiter: w,
+            record,
+            ending,
+        }));
+    }
+
+    pub(super) fn start_revocation(
+        &mut self,
+        ks: &mut KeyState,
+        record: &LockRecord,
+        r: Revocation,
+        grace: Duration,
+    ) {
+        let grace_ms = grace.as_millis() as u64;
+        self.answer(
+            &record.session,
+            Answer::RevokeNotice {
+                v: VERSION,
+                key: ks.name.to_string(),
+                token: r.token,
+                grace_ms,
+                reason: r.reason.clone(),
+            },
+        );
+        self.event(Event {
+            session: Some(record.session.clone()),
+            owner: Some(record.owner.clone()),
+            token: Some(r.token),
+            grace_ms: Some(grace_ms),
+            reason: Some(r.reason.clone()),
+            by: Some(r.by.clone()),
+            ..Event::lock(EventKind::Revoking, ks.name.as_str(), ks.name.key())
+        });
+        ks.revoke = Some(Box::new(r));
+    }
+
+    pub(super) fn holder_op(
+        &mut self,
+        ks: &mut KeyState,
+        op: HolderOp,
+        record: &LockRecord,
+        token: u64,
+        now: Instant,
+    ) -> OpOutcome {
+        let refuse = |code, message: String| WireError::new(code, message);
+        let check = |session: &str, claimed: u64| -> Result<(), WireError> {
+            if session != record.session {
+                return Err(refuse(
+                    ErrorCode::NotHolder,
+                    format!("{} is held by another session", ks.name),
+                ));
+            }
+            if claimed != token {
+                return Err(refuse(
+                    ErrorCode::StaleToken,
+                    format!("token {claimed} is not the current token {token}"),
+                ));
+            }
+            Ok(())
+        };
+        if settles(&op, ks.applied) {
+            self.settled(&ks.name, &op);
+            return OpOutcome::Done;
+        }
+        // Applied already (a write that landed without its ack, a request
+        // replayed after a restart, a takeover after the previous owner
+        // wrote but did not answer): answer it again, do not re-run it.
+        if op.seq <= ks.applied.hold {
+            let on_this_hold = match &op.kind {
+                HolderOpKind::Release { token: t } | HolderOpKind::Renew { token: t, .. } => {
+                    check(&op.session, *t).is_ok()
+                }
+                HolderOpKind::Reenter { owner, .. } => {
+                    op.session == record.session
+                        && *owner == record.owner
+                        && op.seq >= ks.applied.grant
+                }
+                HolderOpKind::Revoke { .. } | HolderOpKind::Settled => false,
+            };
+            if on_this_hold {
+                self.answer_applied(ks, &op, record, token);
+                return OpOutcome::Done;
+            }
+        }
+        let verdict = match &op.kind {
+            HolderOpKind::Release { token: t } => check(&op.session, *t).map(|()| {
+                if record.holds > 1 {
+                    let mut r = record.clone();
+                    r.holds -= 1;
+                    r.token = token;
+                    Some((r, Duration::from_millis(record.lease_ms)))
+                } else {
+                    None
+                }
+            }),
+            HolderOpKind::Renew { token: t, ttl_ms } => check(&op.session, *t).map(|()| {
+                let mut r = record.clone();
+                r.token = token;
+                r.lease_ms = *ttl_ms;
+                Some((r, Duration::from_millis(*ttl_ms)))
+            }),
+            HolderOpKind::Reenter { owner, ttl_ms } => {
+                // Older than the hold's grant: an acquire of an earlier hold
+                // of the session, answered then (a replay): not a reentry.
+                if op.session != record.session
+                    || *owner != record.owner
+                    || op.seq < ks.applied.grant
+                {
+                    // The hold changed hands since: wait like anybody else.
+                    return OpOutcome::Requeue(Waiter {
+                        seq: op.seq,
+                        session: op.session,
+                        id: op.id,
+                        owner: owner.clone(),
+                        ttl_ms: *ttl_ms,
+                        deadline: now,
+                        try_lock: true,
+                        preempt: false,
+                        arrived: op.arrived,
+                    });
+                }
+                let mut r = record.clone();
+                r.holds = r.holds.saturating_add(1);
+                r.token = token;
+                r.lease_ms = r.lease_ms.max(*ttl_ms);
+                Ok(Some((r.clone(), Duration::from_millis(r.lease_ms))))
+            }
+            HolderOpKind::Settled => {
+                self.settled(&ks.name, &op);
+                return OpOutcome::Done;
+            }
+            HolderOpKind::Revoke { grace_ms, reason } => {
+                let (grace_ms, reason) = (*grace_ms, reason.clone());
+                let grace = Duration::from_millis(grace_ms);
+                let revocation = Revocation {
+                    token,
+                    deadline: now + grace,
+                    by: op.session.clone(),
+                    reason: reason.clone(),
+                };
+                self.start_revocation(ks, record, revocation, grace);
+                self.answer(
+                    &op.session,
+                    Answer::Revoking {
+                        v: VERSION,
+                        re: op.id.clone(),
+                        key: ks.name.to_string(),
+                        token,
+                        grace_ms,
+                    },
+                );
+                self.done(&op.session, &op.id, op.seq, true);
+                if grace_ms == 0 {
+                    return OpOutcome::End(Ending::Revoked {
+                        session: record.session.clone(),
+                        token,
+                        by: op.session.clone(),
+                        reason,
+                    });
+                }
+                self.timers.push(Reverse((
+                    now + Duration::from_millis(grace_ms),
+                    ks.name.key().to_owned(),
+                )));
+                return OpOutcome::Done;
+            }
+        };
+        match verdict {
+            Err(_) if !op.verified => OpOutcome::Verify(op),
+            Err(e) => {
+                self.renew_failed(&ks.name, &op, token, &e);
+                self.fail(&op.session, &op.id, &ks.name, e);
+                self.done(&op.session, &op.id, op.seq, true);
+                OpOutcome::Done
+            }
+            Ok(Some((record, ttl))) => OpOutcome::Write(op, record, ttl),
+            Ok(None) => OpOutcome::End(Ending::Released(op)),
+        }
+    }
+
+    /// The next waiter to grant: the first in line whose session was heard.
+    /// A session this coordinator learned only from requests it replayed
+    /// while catching up may have ended while no coordinator ran (its
+    /// `leaving` beat unheard): granting its waits would hold the lock for
+    /// a lease each, for nobody. A live one beats within a quarter of its
+    /// timeout and keeps its place in line meanwhile.
+    pub(super) fn grantee(&self, ks: &mut KeyState) -> Option<Waiter> {
+        let i = ks
+            .queue
+            .iter()
+            .position(|w| !self.unheard.contains_key(&w.session))?;
+        ks.queue.remove(i)
+    }
+}
+
+/// Whether `op` is a release of a hold that has ended: one seen ending, or
+/// the very release that ended it (replayed after it was applied).
+pub(super) fn settles(op: &HolderOp, applied: Applied) -> bool {
+    match op.kind {
+        HolderOpKind::Settled => true,
+        HolderOpKind::Release { .. } => op.seq == applied.ended,
+        _ => false,
+    }
+}
