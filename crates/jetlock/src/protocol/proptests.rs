@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::events::Event;
+use crate::name::LockName;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 

@@ -1,0 +1,102 @@
+//! Heartbeats: sessions' (`jetlock.hb.<session>`) and their answers,
+//! coordinators' (`jetlock.coord.hb.<id>`), and the server's disconnect
+//! advisories.
+
+use super::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+/// A session heartbeat (`jetlock.hb.<session>`). Every field is optional;
+/// an empty body is a valid heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// After how long without a heartbeat the session is dead (clamped by
+    /// the coordinator; default 900 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The session's NATS connection (`server_id` and client id from the
+    /// server's INFO): when the server reports that this connection closed,
+    /// the session is dead at once instead of after `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<ConnId>,
+    /// The session is closing: release its locks now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+}
+
+/// One NATS client connection, as the server names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnId {
+    pub server_id: String,
+    pub cid: u64,
+}
+
+/// The coordinator's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub v: u32,
+    /// False when the session was declared dead: its locks are gone and the
+    /// client must start a new session.
+    pub alive: bool,
+    /// The timeout the coordinator applies to this session.
+    pub timeout_ms: u64,
+    /// Live coordinators.
+    pub coordinators: u32,
+    /// The reconnect grace the coordinator applies: after the server
+    /// reports the session's connection closed, a heartbeat naming a new
+    /// connection must arrive within it, or the session is dead. Absent
+    /// from coordinators before protocol 1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
+    /// The answering coordinator's id: after a reconnect, the client counts
+    /// which coordinators heard its new connection. Absent from
+    /// coordinators before protocol 1.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why a new session was not taken (`too_many_sessions`), with
+    /// `alive: false`. Absent from coordinators before protocol 1.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ErrorCode>,
+}
+
+/// A coordinator's heartbeat (`jetlock.coord.hb.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorBeat {
+    pub v: u32,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<ConnId>,
+    /// The coordinator's wall clock, Unix ms (`jetlock doctor` compares
+    /// clocks with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+}
+
+/// The part of a server client-disconnect advisory jetlock reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DisconnectAdvisory {
+    pub server: AdvisoryServer,
+    pub client: AdvisoryClient,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdvisoryServer {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdvisoryClient {
+    pub id: u64,
+}
+
+impl DisconnectAdvisory {
+    pub fn conn(&self) -> ConnId {
+        ConnId {
+            server_id: self.server.id.clone(),
+            cid: self.client.id,
+        }
+    }
+}
