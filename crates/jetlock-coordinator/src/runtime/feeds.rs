@@ -1,0 +1,139 @@
+//! What the loop reads: the request stream, the bucket, heartbeats,
+//! advisories, settings and the admin endpoints, subscribed at start.
+
+use super::*;
+
+/// Everything the loop reads.
+pub(super) struct Feeds {
+    pub(super) requests: consumer::push::Ordered,
+    pub(super) requests_caught_up: bool,
+    /// Judges how long ago each request was stored.
+    pub(super) request_age: RequestAge,
+    pub(super) bucket: consumer::push::Ordered,
+    pub(super) bucket_caught_up: bool,
+    pub(super) heartbeats: async_nats::Subscriber,
+    pub(super) coordinators: async_nats::Subscriber,
+    pub(super) disconnects: async_nats::Subscriber,
+    pub(super) answers: async_nats::Subscriber,
+    pub(super) settings: kv::Watch,
+    pub(super) settings_caught_up: bool,
+    /// Keeps the NATS service registered (`$SRV.*`).
+    pub(super) _service: service::Service,
+    pub(super) admin_locks: service::endpoint::Endpoint,
+    pub(super) admin_members: service::endpoint::Endpoint,
+}
+
+impl Runtime {
+    pub(super) async fn feeds(
+        &mut self,
+        mut requests: JsStream,
+        mut kv_stream: JsStream,
+        settings: kv::Store,
+    ) -> Result<Feeds, CoordinatorError> {
+        let subscribe = |subject: &'static str| {
+            let nats = self.nats.clone();
+            async move {
+                nats.subscribe(subject)
+                    .await
+                    .map_err(nats_err("subscribe to heartbeats"))
+            }
+        };
+        // Subscribe before reading the streams so no heartbeat is missed.
+        let heartbeats = subscribe(protocol::SESSION_HEARTBEATS).await?;
+        let coordinators = subscribe(protocol::COORDINATOR_HEARTBEATS).await?;
+        let disconnects = subscribe(protocol::DISCONNECT_EVENTS).await?;
+        // Every final answer, whoever sent it: mirrors forget what is done.
+        let answers = subscribe("jetlock.to.>").await?;
+
+        let asked = Instant::now();
+        let request_info = requests
+            .info()
+            .await
+            .map_err(nats_err("read the request stream's state"))?;
+        let requests_empty = request_info.state.messages == 0;
+        self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
+        let request_age = RequestAge::new(asked, request_info.state.last_sequence);
+        let bucket_empty = kv_stream
+            .info()
+            .await
+            .map_err(nats_err("read the bucket's state"))?
+            .state
+            .messages
+            == 0;
+        let request_feed = requests
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("read the request stream"))?
+            .messages()
+            .await
+            .map_err(nats_err("read the request stream"))?;
+        let bucket_feed = kv_stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                filter_subject: format!("$KV.{}.>", self.store.bucket()),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("watch the bucket"))?
+            .messages()
+            .await
+            .map_err(nats_err("watch the bucket"))?;
+        let settings_empty = settings
+            .status()
+            .await
+            .map_err(nats_err("read the config bucket"))?
+            .values()
+            == 0;
+        let settings = settings
+            .watch_with_history(">")
+            .await
+            .map_err(nats_err("watch the config bucket"))?;
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("coordinator".to_owned(), self.config.id.clone());
+        metadata.insert("bucket".to_owned(), self.config.bucket.clone());
+        metadata.insert(
+            "protocol_revision".to_owned(),
+            protocol::REVISION.to_string(),
+        );
+        let service = self
+            .nats
+            .service_builder()
+            .description("jetlock coordinator: FIFO lock queues, sessions, failover")
+            .metadata(metadata)
+            .start(admin::SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(nats_err("register the NATS service"))?;
+        let endpoint = |name: &'static str, subject: &'static str| {
+            let builder = service.endpoint_builder().name(name);
+            async move {
+                builder
+                    .add(subject)
+                    .await
+                    .map_err(nats_err("add a service endpoint"))
+            }
+        };
+        let admin_locks = endpoint("locks", admin::LOCKS).await?;
+        let admin_members = endpoint("members", admin::MEMBERS).await?;
+        Ok(Feeds {
+            settings,
+            settings_caught_up: settings_empty,
+            _service: service,
+            admin_locks,
+            admin_members,
+            requests: request_feed,
+            requests_caught_up: requests_empty,
+            request_age,
+            bucket: bucket_feed,
+            bucket_caught_up: bucket_empty,
+            heartbeats,
+            coordinators,
+            disconnects,
+            answers,
+        })
+    }
+}
