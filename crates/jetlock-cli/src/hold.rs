@@ -1,12 +1,17 @@
 //! `jetlock hold NAME`: take a lock and hold it (renewing) until stdin
-//! closes or the process is told to stop; then release it. For scripts
+//! closes or the process is told to stop (SIGINT, SIGTERM); then release it
+//! and exit 0. A lock lost while held ends it at once with exit code 4. For scripts
 //! (`jetlock hold job:nightly < fifo`) and for tests that need a lock
 //! holder in another process to kill or pause.
 
-use super::{CliError, Connection};
+use super::{CliError, Connection, Exit};
 use jetlock::ClientOptions;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+
+/// The exit code when the lock was lost while held (revoked, its lease or
+/// session over): a script must stop what the lock guarded.
+pub const LOST: u8 = 4;
 
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {
@@ -54,6 +59,11 @@ pub async fn run(args: HoldArgs) -> Result<(), CliError> {
             .acquire()
             .await?
     };
+    // Before the line that tells a script it holds the lock: a SIGINT or
+    // SIGTERM sent as soon as it reads that line must release, not kill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     // One JSON line: what a script (or a test) needs to fence its writes.
     println!(
         "{}",
@@ -72,10 +82,11 @@ pub async fn run(args: HoldArgs) -> Result<(), CliError> {
     };
     tokio::select! {
         _ = stdin_closed => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
+        _ = term.recv() => {}
         _ = guard.lost() => {
-            return Err(format!("lost lock {}: {}", args.name,
-                guard.lost_reason().map(|r| r.to_string()).unwrap_or_default()).into());
+            let why = guard.lost_reason().map(|r| r.to_string()).unwrap_or_default();
+            return Err(Exit::with(LOST, format!("lost lock {}: {why}", args.name)));
         }
     }
     guard.release().await?;

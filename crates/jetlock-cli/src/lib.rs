@@ -198,6 +198,9 @@ pub fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(args).await,
         }
     });
+    // Do not wait for blocking reads still in flight (`hold` reads stdin on
+    // a blocking thread until it closes): the command is over.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -735,3 +735,44 @@ async fn a_live_sessions_per_prefix_quota_refuses_the_session_beyond_it() {
         "{metrics}"
     );
 }
+
+/// Waits (up to `PATIENCE`) for the child to exit; its exit code.
+fn exit_code(child: &mut HoldProcess) -> Option<i32> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jetlock hold still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `jetlock hold` ends on its own when it loses the lock, with exit code 4,
+/// although its stdin is still open; on SIGINT it releases and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_exits_4_when_its_lock_is_lost_and_0_after_releasing_on_sigint() {
+    let server = single();
+    let url = server.url();
+    let _c = coordinator(&url).await;
+    let (mut child, _) = hold_process(&url, "held:revoked");
+    let out = Command::new(env!("CARGO_BIN_EXE_jetlock"))
+        .args(["release", "held:revoked", "--url", &url, "--force"])
+        .args(["--reason", "test"])
+        .output()
+        .expect("run jetlock release");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(exit_code(&mut child), Some(4), "lost: exit code 4");
+
+    let (mut child, _) = hold_process(&url, "held:interrupted");
+    signal(&child, libc::SIGINT);
+    assert_eq!(exit_code(&mut child), Some(0));
+    let check = client(&url, "check").await;
+    assert!(
+        check.holder("held:interrupted").await.unwrap().is_none(),
+        "released before exiting"
+    );
+}

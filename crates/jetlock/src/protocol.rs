@@ -9,8 +9,8 @@
 //! - Answers and notices for a session go to `jetlock.to.<session>` (core
 //!   NATS). The session is in the subject, so subject permissions decide who
 //!   can send requests as a session and who can read its answers.
-//! - Heartbeats: `jetlock.hb.<session>` (core NATS request; the coordinator
-//!   that owns the session answers).
+//! - Heartbeats: `jetlock.hb.<session>` (core NATS request; every
+//!   coordinator answers).
 //!
 //! Parsing never panics and never trusts a field: every message is checked
 //! here, and a bad one becomes a [`WireError`] with a stable [`ErrorCode`].
