@@ -48,6 +48,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod admit;
+mod deaths;
 mod decide;
 mod effects;
 mod observe;
@@ -152,6 +153,10 @@ pub enum Action {
     Prove,
     /// Publish a heartbeat's answer on its reply subject.
     HeartbeatAck { reply: String, ack: HeartbeatAck },
+    /// Ask the other coordinators when they last heard `sessions` (a
+    /// `HeardQuery` numbered `round`); report each answer with
+    /// [`Engine::heard_reply`] (`deaths.rs`).
+    AskHeard { round: u64, sessions: Vec<String> },
 }
 
 /// One CAS write on the locks bucket.
@@ -457,6 +462,11 @@ pub struct Engine {
     /// heard in a heartbeat: their waits are not granted until they are
     /// (see `grantee`).
     unheard: HashMap<String, ()>,
+    /// Questions to the other coordinators before deaths stand
+    /// (`deaths.rs`), by number; the sessions they are about.
+    rounds: HashMap<u64, deaths::Round>,
+    dying: HashMap<String, u64>,
+    rounds_asked: u64,
 }
 
 impl Engine {
@@ -483,6 +493,9 @@ impl Engine {
             stats: Stats::default(),
             loads: HashMap::default(),
             unheard: HashMap::default(),
+            rounds: HashMap::default(),
+            dying: HashMap::default(),
+            rounds_asked: 0,
         };
         engine
             .sessions

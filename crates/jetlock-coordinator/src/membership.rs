@@ -484,25 +484,40 @@ impl Sessions {
         let grace = self.reconnect_grace;
         self.alive
             .iter()
-            .filter_map(|(id, s)| {
-                let silent = (s.last_seen, s.last_seen + s.timeout, "heartbeats missed");
-                let closed = s
-                    .closed
-                    .as_ref()
-                    .map(|(_, since)| (*since, *since + grace, "connection closed"));
-                let (since, due, cause) = match closed {
-                    Some(c) if c.1 < silent.1 => c,
-                    _ => silent,
-                };
-                (now > due).then(|| Overdue {
-                    session: id.clone(),
-                    since,
-                    due,
-                    cause,
-                })
-            })
+            .filter_map(|(id, s)| overdue(id, s, grace, now))
             .collect()
     }
+
+    /// `session`, if it is alive and past its deadline (holdoffs aside).
+    pub fn overdue_one(&self, session: &str, now: Instant) -> Option<Overdue> {
+        let s = self.alive.get(session)?;
+        overdue(session, s, self.reconnect_grace, now)
+    }
+
+    /// How long ago `session` was last heard, if it is alive.
+    pub fn last_heard(&self, session: &str, now: Instant) -> Option<Duration> {
+        self.alive
+            .get(session)
+            .map(|s| now.saturating_duration_since(s.last_seen))
+    }
+}
+
+fn overdue(id: &str, s: &Session, grace: Duration, now: Instant) -> Option<Overdue> {
+    let silent = (s.last_seen, s.last_seen + s.timeout, "heartbeats missed");
+    let closed = s
+        .closed
+        .as_ref()
+        .map(|(_, since)| (*since, *since + grace, "connection closed"));
+    let (since, due, cause) = match closed {
+        Some(c) if c.1 < silent.1 => c,
+        _ => silent,
+    };
+    (now > due).then(|| Overdue {
+        session: id.to_owned(),
+        since,
+        due,
+        cause,
+    })
 }
 
 /// The reconnect grace unless configured: the default session timeout. The

@@ -18,7 +18,9 @@ use jetlock::bucket::{self, BucketSpec, DEFAULT_MARKER_TTL};
 use jetlock::clock::unix_ms;
 use jetlock::events::{Event, EventKind};
 use jetlock::name::LockName;
-use jetlock::protocol::{self, ConnId, CoordinatorBeat, DisconnectAdvisory, Heartbeat, VERSION};
+use jetlock::protocol::{
+    self, ConnId, CoordinatorBeat, DisconnectAdvisory, HeardQuery, HeardReply, Heartbeat, VERSION,
+};
 use jetlock::store::{self, CasError, LockStore, WriteId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -362,6 +364,14 @@ impl Runtime {
                         }
                     }
                 }
+                Some(msg) = feeds.heard_queries.next() => self.heard_query(msg).await,
+                Some(msg) = feeds.heard_replies.next() => {
+                    if let Ok(r) = serde_json::from_slice::<HeardReply>(&msg.payload) {
+                        if r.v == VERSION {
+                            self.engine.heard_reply(&r.by, r.round, &r.ages_ms, Instant::now());
+                        }
+                    }
+                }
                 Some(msg) = feeds.answers.next() => {
                     let ours = msg.headers.as_ref().and_then(|h| h.get(ANSWERED_BY))
                         .is_some_and(|v| v.as_str() == self.config.id);
@@ -457,6 +467,28 @@ impl Runtime {
             .await;
     }
 
+    /// Another coordinator asks when this one last heard some sessions.
+    async fn heard_query(&mut self, msg: async_nats::Message) {
+        let Ok(q) = serde_json::from_slice::<HeardQuery>(&msg.payload) else {
+            return;
+        };
+        // Answered on the subject the question came from (one token, as the
+        // subscription matches), never on one the body names.
+        let from = msg.subject.rsplit('.').next().unwrap_or_default();
+        if q.v != VERSION || q.from != from || from == self.config.id {
+            return;
+        }
+        let reply = HeardReply {
+            v: VERSION,
+            by: self.config.id.clone(),
+            round: q.round,
+            ages_ms: self.engine.heard_query(&q.sessions, Instant::now()),
+        };
+        let body = serde_json::to_vec(&reply).expect("replies serialize");
+        let subject = protocol::heard_reply_subject(from);
+        let _ = self.nats.publish(subject, body.into()).await;
+    }
+
     /// Sends a proof beat, or asks for one after the beat in flight (one
     /// at a time, so their send times show every gap).
     fn prove(&mut self) {
@@ -502,6 +534,17 @@ impl Runtime {
                 }
                 engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Prove => self.prove(),
+                engine::Action::AskHeard { round, sessions } => {
+                    let query = HeardQuery {
+                        v: VERSION,
+                        from: self.config.id.clone(),
+                        round,
+                        sessions,
+                    };
+                    let body = serde_json::to_vec(&query).expect("queries serialize");
+                    let subject = protocol::heard_query_subject(&self.config.id);
+                    let _ = self.nats.publish(subject, body.into()).await;
+                }
                 engine::Action::HeartbeatAck { reply, ack } => {
                     if ack.refused.is_some() {
                         self.metrics.session_refused();

@@ -332,13 +332,12 @@ fn regression_replayed_reentrant_acquire_answered_as_applied() {
     }
 }
 
-/// A heartbeat lost on its way to one coordinator only (the contract's
-/// "heartbeat delivery" assumption broken): another coordinator confirms
-/// it, a partition then keeps the first from hearing the next ones, and it
-/// declares the session dead before the client's deadline. Seed 508
-/// (partition).
+/// A heartbeat lost on its way to one coordinator only: another
+/// coordinator confirms it, a partition then keeps the first from hearing
+/// the next ones, and it declared the session dead before the client's
+/// deadline. Deaths by silence now wait until the other coordinators count
+/// the session overdue too (`engine/deaths.rs`). Seed 508 (partition).
 #[test]
-#[ignore = "open: the simulation breaks the heartbeat delivery assumption; see RELIABILITY.md"]
 fn regression_heartbeat_lost_to_one_coordinator_confirmed_by_another() {
     if let Err(Failure { report: e, .. }) =
         run(508, &faults_named("partition"), false, STEPS_PER_SEED)

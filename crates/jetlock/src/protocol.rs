@@ -110,6 +110,19 @@ pub fn coordinator_subject(id: &str) -> String {
     format!("{PREFIX}.coord.hb.{id}")
 }
 
+/// Where coordinator `id` asks the others when they last heard sessions.
+pub fn heard_query_subject(id: &str) -> String {
+    format!("{PREFIX}.coord.ask.{id}")
+}
+
+/// Every coordinator's questions ([`heard_query_subject`]).
+pub const HEARD_QUERIES: &str = "jetlock.coord.ask.*";
+
+/// Where the answers to coordinator `id`'s questions go.
+pub fn heard_reply_subject(id: &str) -> String {
+    format!("{PREFIX}.coord.heard.{id}")
+}
+
 /// The `Nats-Msg-Id` of a request: the stream de-duplicates on it, so a
 /// publish retried after a lost ack is stored once.
 pub fn message_id(session: &str, id: &str) -> String {
@@ -215,8 +228,8 @@ pub use answer::{Answer, HolderInfo, LostCause};
 pub use cancel::CancelBody;
 pub use error::{ErrorCode, WireError};
 pub use heartbeat::{
-    AdvisoryClient, AdvisoryServer, ConnId, CoordinatorBeat, DisconnectAdvisory, Heartbeat,
-    HeartbeatAck,
+    AdvisoryClient, AdvisoryServer, ConnId, CoordinatorBeat, DisconnectAdvisory, HeardQuery,
+    HeardReply, Heartbeat, HeartbeatAck,
 };
 pub use release::ReleaseBody;
 pub use renew::RenewBody;

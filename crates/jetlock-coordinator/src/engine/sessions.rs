@@ -91,12 +91,16 @@ impl Engine {
     /// hears the quorum is never acted on.
     pub(super) fn judge_sessions(&mut self, now: Instant) {
         let mut want_proof = false;
+        let mut dead = Vec::new();
         for o in self.sessions.overdue(now) {
             match self.hearing.verdict(o.since, o.due) {
-                Verdict::Dead => self.kill_session(&o.session, o.cause, now),
+                Verdict::Dead => dead.push(o),
                 Verdict::Revive(at) => self.sessions.revive(&o.session, at),
                 Verdict::Wait => want_proof = true,
             }
+        }
+        if !dead.is_empty() {
+            self.confirm_deaths(dead, now);
         }
         if want_proof && !self.out.contains(&Action::Prove) {
             self.out.push(Action::Prove);
@@ -148,6 +152,7 @@ impl Engine {
         }
         self.last_tick = Some(now);
         self.held_acks.expire(now);
+        self.expire_rounds(now);
         let before = self.ring.members();
         if !self.ring.expire(now).is_empty() {
             self.ring_changed(before, "heartbeats missed", now);

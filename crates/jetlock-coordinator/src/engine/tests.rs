@@ -84,6 +84,8 @@ struct Sim {
     sent: Vec<(u64, String, Vec<u8>)>,
     /// Heartbeat answers sent: (reply subject, answer).
     acks: Vec<(String, HeartbeatAck)>,
+    /// Questions to the other coordinators before deaths: (round, sessions).
+    asked: Vec<(u64, Vec<String>)>,
 }
 
 impl Sim {
@@ -107,6 +109,7 @@ impl Sim {
             lose_acks: 0,
             sent: Vec::new(),
             acks: Vec::new(),
+            asked: Vec::new(),
         }
     }
 
@@ -167,6 +170,7 @@ impl Sim {
                     Action::Event(e) => self.events.push(*e),
                     Action::Prove => self.prove(),
                     Action::HeartbeatAck { reply, ack } => self.acks.push((reply, ack)),
+                    Action::AskHeard { round, sessions } => self.asked.push((round, sessions)),
                 }
             }
         }
@@ -1188,4 +1192,69 @@ fn sessions_per_prefix_are_bounded_and_a_refused_session_changes_nothing() {
     sim.engine.heartbeat("team.a", leaving, now);
     assert!(ack(&mut sim, "team.c").alive);
     assert!(!ack(&mut sim, "team.d").alive);
+}
+
+#[test]
+fn a_death_by_silence_stands_only_once_the_other_coordinators_heard_nothing_either() {
+    let mut sim = Sim::new();
+    let other = "c-other".to_owned();
+    let beat = |sim: &mut Sim| {
+        let b = CoordinatorBeat {
+            v: 1,
+            id: other.clone(),
+            conn: None,
+            now_ms: None,
+            leaving: false,
+        };
+        let now = sim.now;
+        sim.engine.coordinator_beat(b, now);
+    };
+    let alive = |sim: &Sim| sim.engine.live_sessions() == 1;
+    // Runs 50 ms steps (proof beats all along) until a question is asked.
+    let asked = |sim: &mut Sim| {
+        for _ in 0..100 {
+            sim.advance(Duration::from_millis(50));
+            beat(sim);
+            if let Some(q) = sim.asked.pop() {
+                return q;
+            }
+        }
+        panic!("never asked");
+    };
+    beat(&mut sim);
+    sim.engine.heartbeat("s", hb(), sim.now);
+    let heard_here = sim.now;
+
+    let (round, sessions) = asked(&mut sim);
+    assert_eq!(sessions, ["s"]);
+    assert!(sim.now >= heard_here + Duration::from_millis(900));
+    assert!(alive(&sim), "overdue here, not dead before the answer");
+    // Unanswered: it stays alive, and is asked about again.
+    let (round, _) = {
+        let late = asked(&mut sim);
+        assert_ne!(late.0, round);
+        late
+    };
+    assert!(alive(&sim), "an unanswered question kills nobody");
+    // The other heard a heartbeat that never reached us, 200 ms ago.
+    let now = sim.now;
+    sim.engine.heard_reply(&other, round, &[Some(200)], now);
+    sim.settle();
+    assert!(alive(&sim), "revived from when the other heard it");
+    // Silence on both: asked again, and dead once the other counts it
+    // overdue too.
+    let (round, _) = asked(&mut sim);
+    let now = sim.now;
+    assert_eq!(
+        sim.engine.heard_query(&["s".into()], now),
+        [None],
+        "overdue here: what this one would answer"
+    );
+    sim.engine.heard_reply(&other, round, &[None], now);
+    sim.settle();
+    assert!(!alive(&sim), "dead once nobody heard it for its timeout");
+    assert_eq!(
+        sim.engine.heartbeat("s", hb(), sim.now).map(|a| a.alive),
+        Some(false)
+    );
 }

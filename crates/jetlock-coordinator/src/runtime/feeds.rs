@@ -13,6 +13,10 @@ pub(super) struct Feeds {
     pub(super) bucket_caught_up: bool,
     pub(super) heartbeats: async_nats::Subscriber,
     pub(super) coordinators: async_nats::Subscriber,
+    /// Other coordinators' questions before a death, and the answers to
+    /// ours (`engine/deaths.rs`).
+    pub(super) heard_queries: async_nats::Subscriber,
+    pub(super) heard_replies: async_nats::Subscriber,
     pub(super) disconnects: async_nats::Subscriber,
     pub(super) answers: async_nats::Subscriber,
     pub(super) settings: kv::Watch,
@@ -30,8 +34,8 @@ impl Runtime {
         mut kv_stream: JsStream,
         settings: kv::Store,
     ) -> Result<Feeds, CoordinatorError> {
-        let subscribe = |subject: &'static str| {
-            let nats = self.nats.clone();
+        let subscribe = |subject: &str| {
+            let (nats, subject) = (self.nats.clone(), subject.to_owned());
             async move {
                 nats.subscribe(subject)
                     .await
@@ -41,6 +45,8 @@ impl Runtime {
         // Subscribe before reading the streams so no heartbeat is missed.
         let heartbeats = subscribe(protocol::SESSION_HEARTBEATS).await?;
         let coordinators = subscribe(protocol::COORDINATOR_HEARTBEATS).await?;
+        let heard_queries = subscribe(protocol::HEARD_QUERIES).await?;
+        let heard_replies = subscribe(&protocol::heard_reply_subject(&self.config.id)).await?;
         let disconnects = subscribe(protocol::DISCONNECT_EVENTS).await?;
         // Every final answer, whoever sent it: mirrors forget what is done.
         let answers = subscribe("jetlock.to.>").await?;
@@ -132,6 +138,8 @@ impl Runtime {
             bucket_caught_up: bucket_empty,
             heartbeats,
             coordinators,
+            heard_queries,
+            heard_replies,
             disconnects,
             answers,
         })

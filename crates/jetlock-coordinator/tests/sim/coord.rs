@@ -61,6 +61,19 @@ pub enum CoordMsg {
         conn: ConnId,
         reason: String,
     },
+    /// Another coordinator asks when this one last heard `sessions`.
+    HeardQuery {
+        from: usize,
+        from_inc: u32,
+        round: u64,
+        sessions: Vec<String>,
+    },
+    /// An answer to this coordinator's question.
+    HeardReply {
+        by: String,
+        round: u64,
+        ages_ms: Vec<Option<u64>>,
+    },
 }
 
 pub struct Coord {
@@ -361,6 +374,33 @@ impl World {
                 let (e, t) = self.engine_now(c);
                 e.disconnected(&conn, &reason, t);
             }
+            CoordMsg::HeardQuery {
+                from,
+                from_inc,
+                round,
+                sessions,
+            } => {
+                let (e, t) = self.engine_now(c);
+                let ages_ms = e.heard_query(&sessions, t);
+                trace!(
+                    self,
+                    "{} tells c{from} it heard {sessions:?} {ages_ms:?} ms ago",
+                    self.coords[c].id
+                );
+                let by = self.coords[c].id.clone();
+                for at in self.core(Proc::Coord(c), Proc::Coord(from)) {
+                    let m = CoordMsg::HeardReply {
+                        by: by.clone(),
+                        round,
+                        ages_ms: ages_ms.clone(),
+                    };
+                    self.schedule(at, Ev::ToCoord(from, from_inc, m));
+                }
+            }
+            CoordMsg::HeardReply { by, round, ages_ms } => {
+                let (e, t) = self.engine_now(c);
+                e.heard_reply(&by, round, &ages_ms, t);
+            }
         }
         self.after(c);
     }
@@ -493,6 +533,24 @@ impl World {
                 }
             }
             Action::Prove => self.prove(c),
+            Action::AskHeard { round, sessions } => {
+                trace!(self, "{} asks who heard {sessions:?}", self.coords[c].id);
+                for to in (0..self.coords.len()).filter(|&to| to != c) {
+                    if !self.coords[to].up {
+                        continue;
+                    }
+                    let to_inc = self.coords[to].inc;
+                    for at in self.core(me, Proc::Coord(to)) {
+                        let m = CoordMsg::HeardQuery {
+                            from: c,
+                            from_inc: inc,
+                            round,
+                            sessions: sessions.clone(),
+                        };
+                        self.schedule(at, Ev::ToCoord(to, to_inc, m));
+                    }
+                }
+            }
             Action::Event(_) => {}
         }
     }

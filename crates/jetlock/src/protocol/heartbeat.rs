@@ -100,3 +100,28 @@ impl DisconnectAdvisory {
         }
     }
 }
+
+/// A coordinator about to declare sessions dead by silence asks the others
+/// when they last heard them (`jetlock.coord.ask.<from>`, answered on
+/// `jetlock.coord.heard.<from>`): a heartbeat lost on its way to one
+/// coordinator alone must not end a session another one confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeardQuery {
+    pub v: u32,
+    /// The asking coordinator.
+    pub from: String,
+    /// Its number for this question.
+    pub round: u64,
+    pub sessions: Vec<String>,
+}
+
+/// The answer to a [`HeardQuery`]: for each session asked, in order, how
+/// long ago this coordinator last heard it (ms, its own clock), or `None`
+/// when it counts the session past its deadline too, or not alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeardReply {
+    pub v: u32,
+    pub by: String,
+    pub round: u64,
+    pub ages_ms: Vec<Option<u64>>,
+}
