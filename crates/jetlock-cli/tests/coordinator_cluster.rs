@@ -23,130 +23,36 @@
 mod common;
 
 use common::{
-    cluster, nats_as, setup_bucket, worker_client, worker_options, ExclusionChecker, Output,
-    PATIENCE,
+    cluster, nats_as, serve_within, setup_bucket, worker_client, worker_options, ExclusionChecker,
+    Serving, PATIENCE,
 };
 use jetlock::protocol::{self, Answer};
 use jetlock::{Client, Fence, FencingToken, LockName};
 use jetlock_coordinator::Ring;
 use jetlock_testkit::server::{NatsCluster, Role};
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
 /// How long a coordinator may take to print `ready`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
-// ---- coordinator child processes -------------------------------------------
-
-/// A `jetlock serve` child. Killed (and reaped) on drop, also when the test
-/// panics; then its output is printed.
-struct Coordinator {
-    id: String,
-    child: Option<Child>,
-    stdout: Output,
-    stderr: Output,
-}
-
-impl Coordinator {
-    /// Starts `jetlock serve --url <url> --replicas 3 --id <id>` and waits
-    /// for its `ready` line.
-    async fn start(url: &str, id: &str) -> Coordinator {
-        let mut child = common::serve_command(url, &["--replicas", "3", "--id", id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn jetlock serve");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let stdout = Output::collect(child.stdout.take().expect("stdout"), move |l| {
-            let _ = tx.send(l.to_owned());
-        });
-        let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
-        let mut c = Coordinator {
-            id: id.to_owned(),
-            child: Some(child),
-            stdout,
-            stderr,
-        };
-        let started = Instant::now();
-        let ready = timeout(READY_WITHIN, async {
-            while let Some(line) = rx.recv().await {
-                if line.contains("ready") {
-                    return true;
-                }
-            }
-            false // stdout closed: the child exited
-        })
-        .await;
-        if ready != Ok(true) {
-            let status = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten());
-            panic!(
-                "coordinator {id} did not print `ready` within {READY_WITHIN:?} (exit: {status:?})"
-            );
-        }
-        eprintln!(
-            "coordinator {id} ready after {:?} (pid {})",
-            started.elapsed(),
-            c.pid()
-        );
-        c
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    /// kill -9, then reap.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: plain syscall on the pid of our own, not yet reaped, child.
-        let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        assert_eq!(rc, 0, "kill -9 coordinator {}", self.id);
-        let status = child.wait().expect("reap the coordinator");
-        eprintln!("coordinator {} killed: {status}", self.id);
-    }
-
-    /// Prints the tail of the child's output and saves all of it to a file
-    /// (with `JETLOCK_LOG=debug` it is far too long for a terminal).
-    fn print_logs(&self) {
-        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "coordinator-{}-{}.log",
-            self.id,
-            std::process::id()
-        ));
-        let all = format!(
-            "---- stdout ----\n{}\n---- stderr ----\n{}\n",
-            self.stdout.tail(usize::MAX),
-            self.stderr.tail(usize::MAX)
-        );
-        let saved = match std::fs::write(&path, all) {
-            Ok(()) => format!("full output: {}", path.display()),
-            Err(e) => format!("could not save the full output to {}: {e}", path.display()),
-        };
-        eprintln!(
-            "---- coordinator {} ({saved}) ----\n{}\n---- stderr (tail) ----\n{}",
-            self.id,
-            self.stdout.tail(20),
-            self.stderr.tail(60)
-        );
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            self.print_logs();
-        }
-    }
+/// `jetlock serve --replicas 3 --id <id>`, once it printed its `ready`
+/// line; the wait does not hold up the runtime's other tasks.
+fn start_coordinator(url: &str, id: &str) -> Serving {
+    let started = Instant::now();
+    let c = tokio::task::block_in_place(|| {
+        serve_within(url, &["--replicas", "3", "--id", id], READY_WITHIN)
+    });
+    eprintln!(
+        "coordinator {id} ready after {:?} (pid {})",
+        started.elapsed(),
+        c.pid()
+    );
+    c
 }
 
 // ---- helpers ---------------------------------------------------------------
@@ -607,8 +513,8 @@ async fn killing_one_of_two_coordinators_answers_every_request_once_without_over
     setup_bucket(&cluster).await;
     let wire = WireLog::start(&cluster).await;
 
-    let mut c1 = Coordinator::start(&serve_url, "c1").await;
-    let c2 = Coordinator::start(&serve_url, "c2").await;
+    let mut c1 = start_coordinator(&serve_url, "c1");
+    let c2 = start_coordinator(&serve_url, "c2");
     wait_for_ring(&cluster, &["c1", "c2"]).await;
 
     // Two names per coordinator, so the kill moves half of them.
@@ -1067,7 +973,7 @@ async fn a_restarted_coordinator_keeps_holds_and_grants_the_waiter_queued_before
     let url = cluster.url_as(Role::Worker);
     setup_bucket(&cluster).await;
     let wire = WireLog::start(&cluster).await;
-    let mut coordinator = Coordinator::start(&serve_url, "r1").await;
+    let mut coordinator = start_coordinator(&serve_url, "r1");
 
     let holder = worker_options()
         .name("holder")
@@ -1119,7 +1025,7 @@ async fn a_restarted_coordinator_keeps_holds_and_grants_the_waiter_queued_before
     let killed_at = Instant::now();
     assert_still_held(&holder, NAME, first_token, "after the kill").await;
 
-    let restarted = Coordinator::start(&serve_url, "r1").await;
+    let restarted = start_coordinator(&serve_url, "r1");
     let restart_took = killed_at.elapsed();
     assert_still_held(&holder, NAME, first_token, "after the restart").await;
     assert!(!first.is_lost(), "the holder's guard saw no loss");
