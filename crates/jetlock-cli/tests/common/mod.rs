@@ -5,8 +5,12 @@
 
 pub mod demo;
 pub mod lossy;
+pub mod serving;
 
 pub use jetlock_testkit::*;
+// Not every test binary starts a coordinator.
+#[allow(unused_imports)]
+pub use serving::{serve, serve_within, Serving};
 
 use jetlock::{Client, ClientOptions};
 use jetlock_testkit::server::NatsCluster;
@@ -28,31 +32,6 @@ pub async fn named_client(url: &str, name: &str) -> Client {
         .expect("connect jetlock client")
 }
 
-/// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*`
-/// settings of the test's environment leaking into it.
-pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
-    // Several coordinators run side by side: each picks a free metrics port.
-    cmd.args(["serve", "--url", url, "--metrics-addr", "127.0.0.1:0"])
-        .args(extra);
-    for var in [
-        "JETLOCK_CONFIG",
-        "JETLOCK_URL",
-        "JETLOCK_BUCKET",
-        "JETLOCK_REPLICAS",
-        "JETLOCK_ID",
-        "JETLOCK_SESSION_TIMEOUT_MS",
-        "JETLOCK_METRICS_ADDR",
-        "JETLOCK_USER",
-        "JETLOCK_PASSWORD",
-    ] {
-        cmd.env_remove(var);
-    }
-    // A test killed mid-run (a hang, a Ctrl-C) leaves no coordinator behind.
-    jetlock_testkit::server::dies_with_this_process(&mut cmd);
-    cmd
-}
-
 /// The permissions violations in the servers' logs, each line after the
 /// name of the server that logged it. The server names the connection, its
 /// user and the subject: `n1: ... - "v0.51.0:rust:<name>" -
@@ -69,73 +48,6 @@ pub fn violations(cluster: &NatsCluster) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// A `jetlock serve` child that printed its `ready` line. Killed (and
-/// reaped) on drop, also when the test panics.
-pub struct Serving {
-    child: std::process::Child,
-    pub stdout: Output,
-    pub stderr: Output,
-}
-
-/// Starts [`serve_command`]`(url, extra)` and waits up to [`PATIENCE`] for
-/// its `ready` line.
-pub fn serve(url: &str, extra: &[&str]) -> Serving {
-    use std::process::Stdio;
-    let mut child = serve_command(url, extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn jetlock serve");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = Output::collect(child.stdout.take().expect("stdout"), move |l| {
-        let _ = tx.send(l.to_owned());
-    });
-    let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
-    let mut serving = Serving {
-        child,
-        stdout,
-        stderr,
-    };
-    let start = std::time::Instant::now();
-    loop {
-        let left = PATIENCE.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("ready") => return serving,
-            Ok(_) => {}
-            Err(_) => panic!(
-                "jetlock serve did not print `ready` within {PATIENCE:?} \
-                 (exit status: {:?})\nstdout:\n{}\nstderr:\n{}",
-                serving.exit_status(),
-                serving.stdout.text(),
-                serving.stderr.text()
-            ),
-        }
-    }
-}
-
-impl Serving {
-    /// Sends `sig` (`libc::SIGSTOP`, `libc::SIGCONT`, …) to the process.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    /// How the process ended, if it has.
-    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Everything a child process wrote on one stream, collected by a thread

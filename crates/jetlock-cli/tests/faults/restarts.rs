@@ -4,21 +4,6 @@
 
 use super::*;
 
-/// Waits (bounded) for `serving` to exit.
-async fn exited(serving: &mut Serving) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = serving.exit_status() {
-            return status;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "jetlock serve exits after its signal"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Every 0.1–0.5 s, 2–4 random workers' NATS connections are made to
 /// reconnect (`async_nats::Client::force_reconnect`: the client closes its
 /// socket and dials again, as after missed pings; the server reports
@@ -58,7 +43,7 @@ async fn rolling_coordinator_restarts(rig: &mut Rig, secs: Duration) {
             };
             let mut c = rig.coordinators[i].take().expect("running");
             c.signal(sig);
-            let status = exited(&mut c).await;
+            let status = c.exited().await;
             rig.faults += 1;
             drop(c);
             rig.coordinators[i] = Some(rig.start_coordinator(i));
