@@ -206,6 +206,9 @@ struct Session {
     /// The server reported `conn` closed by the client at this time, and no
     /// heartbeat on another connection came since.
     closed: Option<(ConnId, Instant)>,
+    /// A heartbeat came from it (not only requests): only then may this
+    /// coordinator have answered it `alive`.
+    beat: bool,
 }
 
 /// A session past its deadline, and the span in which the coordinator must
@@ -311,6 +314,7 @@ impl Sessions {
         match self.alive.get_mut(session) {
             Some(s) => {
                 s.last_seen = now;
+                s.beat = true;
                 if let Some(t) = timeout {
                     s.timeout = t;
                 }
@@ -329,7 +333,11 @@ impl Sessions {
             }
             None => {
                 let timeout = timeout.unwrap_or(self.max_timeout);
-                self.insert(session, timeout, conn, now)
+                let touch = self.insert(session, timeout, conn, now);
+                if let Some(s) = self.alive.get_mut(session) {
+                    s.beat = true;
+                }
+                touch
             }
         }
     }
@@ -372,6 +380,7 @@ impl Sessions {
                 timeout,
                 conn,
                 closed: None,
+                beat: false,
             },
         );
         Touch::Joined
@@ -494,10 +503,13 @@ impl Sessions {
         overdue(session, s, self.reconnect_grace, now)
     }
 
-    /// How long ago `session` was last heard, if it is alive.
+    /// How long ago `session` was last heard, if it is alive and has sent
+    /// a heartbeat (one known only from requests was never answered
+    /// `alive` here).
     pub fn last_heard(&self, session: &str, now: Instant) -> Option<Duration> {
         self.alive
             .get(session)
+            .filter(|s| s.beat)
             .map(|s| now.saturating_duration_since(s.last_seen))
     }
 }

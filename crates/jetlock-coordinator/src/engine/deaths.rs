@@ -87,8 +87,11 @@ impl Engine {
     }
 
     /// Another coordinator's question: how long ago this one last heard
-    /// each session (ms); `None` for one it counts overdue too, or does
-    /// not count alive.
+    /// each session (ms); `None` for one it counts overdue too, does not
+    /// count alive, or knows only from requests (it never answered that
+    /// one `alive`, so nothing the client believes rests on it: a
+    /// coordinator that restarted and replayed a gone client's requests
+    /// must not hold its death back for the longest timeout).
     pub fn heard_query(&self, sessions: &[String], now: Instant) -> Vec<Option<u64>> {
         sessions
             .iter()

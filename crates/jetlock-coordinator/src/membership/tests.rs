@@ -178,3 +178,15 @@ fn a_stall_holds_off_expiry() {
     assert!(s.overdue(t0 + Duration::from_secs(6)).is_empty());
     assert_eq!(names(s.overdue(t0 + Duration::from_secs(9))), ["s1"]);
 }
+
+#[test]
+fn a_session_known_only_from_requests_was_never_heard() {
+    let t0 = Instant::now();
+    let mut s = sessions();
+    assert_eq!(s.request("r", t0), Touch::Joined);
+    assert_eq!(s.last_heard("r", t0 + ms(5)), None, "never answered alive");
+    s.heartbeat("r", Some(1000), None, t0 + ms(10));
+    assert_eq!(s.last_heard("r", t0 + ms(30)), Some(ms(20)));
+    assert_eq!(s.heartbeat("h", Some(1000), None, t0), Touch::Joined);
+    assert_eq!(s.last_heard("h", t0 + ms(7)), Some(ms(7)));
+}
