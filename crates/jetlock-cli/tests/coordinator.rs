@@ -606,14 +606,13 @@ async fn a_full_request_stream_refuses_new_requests_and_keeps_the_queued_ones() 
     ));
 }
 
-/// A session quota set live in the config bucket: the next acquire beyond
-/// it is refused with its code, counted, and changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_session_quota_refuses_the_lock_beyond_it() {
-    let server = single();
-    let url = server.url();
-    let coordinator = coordinator(&url).await;
-    let nats = async_nats::connect(&url).await.expect("connect");
+/// Sets a live setting in the config bucket and waits until a coordinator
+/// reports it applied; the JetStream context it used.
+async fn set_live(
+    nats: &async_nats::Client,
+    key: &str,
+    value: u64,
+) -> async_nats::jetstream::Context {
     let mut changes = nats.subscribe("jetlock.ev.config.changed.>").await.unwrap();
     nats.flush().await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
@@ -622,7 +621,7 @@ async fn a_live_session_quota_refuses_the_lock_beyond_it() {
         .await
         .expect("the config bucket");
     settings
-        .put("max_locks_per_session", "1".into())
+        .put(key, value.to_string().into())
         .await
         .expect("set");
     let msg = tokio::time::timeout(PATIENCE, changes.next())
@@ -630,7 +629,19 @@ async fn a_live_session_quota_refuses_the_lock_beyond_it() {
         .expect("the change is reported")
         .unwrap();
     let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-    assert_eq!(event["value"], 1, "{event}");
+    assert_eq!(event["value"], value, "{event}");
+    js
+}
+
+/// A session quota set live in the config bucket: the next acquire beyond
+/// it is refused with its code, counted, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_quota_refuses_the_lock_beyond_it() {
+    let server = single();
+    let url = server.url();
+    let coordinator = coordinator(&url).await;
+    let nats = async_nats::connect(&url).await.expect("connect");
+    let js = set_live(&nats, "max_locks_per_session", 1).await;
 
     let mut s = JsonSession::new(&url).await;
     s.send("acquire", json!({"v": 1, "id": "q1", "key": "quota:1"}))
@@ -668,23 +679,7 @@ async fn a_live_sessions_per_prefix_quota_refuses_the_session_beyond_it() {
     let url = server.url();
     let coordinator = coordinator(&url).await;
     let nats = async_nats::connect(&url).await.expect("connect");
-    let mut changes = nats.subscribe("jetlock.ev.config.changed.>").await.unwrap();
-    nats.flush().await.unwrap();
-    let js = async_nats::jetstream::new(nats.clone());
-    let settings = js
-        .get_key_value(jetlock::bucket::CONFIG_BUCKET)
-        .await
-        .expect("the config bucket");
-    settings
-        .put("max_sessions_per_prefix", "1".into())
-        .await
-        .expect("set");
-    let msg = tokio::time::timeout(PATIENCE, changes.next())
-        .await
-        .expect("the change is reported")
-        .unwrap();
-    let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-    assert_eq!(event["value"], 1, "{event}");
+    let js = set_live(&nats, "max_sessions_per_prefix", 1).await;
 
     let beat = |session: &str| {
         let (nats, subject) = (nats.clone(), jetlock::protocol::heartbeat_subject(session));
@@ -737,18 +732,10 @@ async fn a_live_sessions_per_prefix_quota_refuses_the_session_beyond_it() {
 }
 
 /// Waits (up to `PATIENCE`) for the child to exit; its exit code.
-fn exit_code(child: &mut HoldProcess) -> Option<i32> {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "jetlock hold still runs"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+async fn exit_code(child: &mut HoldProcess) -> Option<i32> {
+    common::serving::exited(&mut child.0, "jetlock hold")
+        .await
+        .code()
 }
 
 /// `jetlock hold` ends on its own when it loses the lock, with exit code 4,
@@ -765,11 +752,11 @@ async fn hold_exits_4_when_its_lock_is_lost_and_0_after_releasing_on_sigint() {
         .output()
         .expect("run jetlock release");
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(exit_code(&mut child), Some(4), "lost: exit code 4");
+    assert_eq!(exit_code(&mut child).await, Some(4), "lost: exit code 4");
 
     let (mut child, _) = hold_process(&url, "held:interrupted");
     signal(&child, libc::SIGINT);
-    assert_eq!(exit_code(&mut child), Some(0));
+    assert_eq!(exit_code(&mut child).await, Some(0));
     let check = client(&url, "check").await;
     assert!(
         check.holder("held:interrupted").await.unwrap().is_none(),

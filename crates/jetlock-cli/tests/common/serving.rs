@@ -138,17 +138,7 @@ impl Serving {
     /// Waits (up to [`PATIENCE`]) for the process to exit, e.g. after a
     /// SIGTERM; how it ended.
     pub async fn exited(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exit_status() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "jetlock serve exits after its signal"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        exited(&mut self.child, "jetlock serve").await
     }
 
     /// Prints the tail of the child's output and saves all of it under
@@ -191,5 +181,17 @@ impl Drop for Serving {
         if std::thread::panicking() {
             self.print_logs();
         }
+    }
+}
+
+/// Waits (up to [`PATIENCE`]) for a child process to exit; how it ended.
+pub async fn exited(child: &mut Child, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return status;
+        }
+        assert!(start.elapsed() < PATIENCE, "{what} still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
