@@ -16,9 +16,32 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
     let nats = args.conn.nats().await?;
     let js = async_nats::jetstream::new(nats);
     let spec = BucketSpec::new(&args.conn.bucket, args.replicas);
-    let kv = ensure_bucket(&js, &spec).await?;
+    let kv = match ensure_bucket(&js, &spec).await {
+        Ok(kv) => kv,
+        Err(e) if args.replicas > 1 && e.to_string().contains("replicas > 1 not supported") => {
+            return Err(format!(
+                "{e}\nthis NATS server is not clustered: pass --replicas 1 (or set up the cluster of nats/cluster.conf)"
+            )
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     let stream = js.get_stream(&kv.stream_name).await?;
     let config = &stream.cached_info().config;
+    if config.num_replicas != args.replicas {
+        // An existing bucket is kept as it is: say so rather than "ready".
+        return Err(format!(
+            "locks bucket {} exists with {} replica(s), not the {} asked for; setup does not change \
+             an existing bucket: `nats stream edit {} --replicas {}`, or pass --replicas {}",
+            args.conn.bucket,
+            config.num_replicas,
+            args.replicas,
+            kv.stream_name,
+            args.replicas,
+            config.num_replicas
+        )
+        .into());
+    }
     println!(
         "locks bucket {} ready: {} replica(s), {:?} storage, per-message TTL on, markers kept {:?}",
         args.conn.bucket,

@@ -193,3 +193,35 @@ fn a_short_bench_reports_throughput_and_memory_as_json() {
     assert!(held[0]["rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(report["memory"]["waiters"]["waiters"].as_u64() > Some(0));
 }
+
+/// `setup` on one server: three replicas (the default) fail with the hint
+/// to pass one; one replica is ready; asking for three again on the
+/// existing one-replica bucket fails and says what it has, rather than
+/// "ready".
+#[test]
+fn setup_says_what_the_server_and_the_existing_bucket_allow() {
+    let server = single();
+    let url = server.url();
+    let setup = |replicas: &str| {
+        jetlock()
+            .args(["setup", "--url", &url, "--replicas", replicas])
+            .output()
+            .expect("run jetlock setup")
+    };
+    let out = setup("3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("pass --replicas 1"), "{err}");
+
+    let out = setup("1");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready"));
+
+    let out = setup("3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("exists with 1 replica(s), not the 3 asked for"),
+        "{err}"
+    );
+}
