@@ -51,6 +51,15 @@ pub async fn run(args: LocksArgs) -> Result<(), CliError> {
     let body = serde_json::to_vec(&query)?;
     let views = match admin::ask::<LocksView>(&nats, jetlock_coordinator::admin::LOCKS, body).await
     {
+        // The coordinators serve another bucket than the one asked for.
+        Ok(view) if view.bucket.as_ref().is_some_and(|b| *b != args.conn.bucket) => {
+            eprintln!(
+                "jetlock: the coordinators serve bucket {}; reading bucket {} itself (no waiters, no lease left)",
+                view.bucket.unwrap_or_default(),
+                args.conn.bucket
+            );
+            from_bucket(&args, nats).await?
+        }
         Ok(view) => from_coordinator(view),
         Err(e) if e.downcast_ref::<super::Exit>().is_some_and(|x| x.code == 5) => {
             eprintln!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, single, PATIENCE};
+use common::{client, coordinator, single, PATIENCE};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -224,4 +224,34 @@ fn setup_says_what_the_server_and_the_existing_bucket_allow() {
         err.contains("exists with 1 replica(s), not the 3 asked for"),
         "{err}"
     );
+}
+
+/// `locks --bucket` names the bucket listed even while coordinators of
+/// another bucket answer: theirs is not shown for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_lists_the_bucket_asked_for_not_the_coordinators_one() {
+    let server = single();
+    let url = server.url();
+    let _c = coordinator(&url).await;
+    let holder = client(&url, 1).await;
+    let _guard = holder.lock("shown:1").try_acquire().await.expect("free");
+    let locks = |bucket: Option<&str>| {
+        let mut cmd = jetlock();
+        cmd.args(["locks", "--url", &url, "--json"]);
+        if let Some(b) = bucket {
+            cmd.args(["--bucket", b]);
+        }
+        cmd.output().expect("run jetlock locks")
+    };
+    let out = locks(None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("shown:1"));
+    let out = locks(Some("NOPE"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stdout.contains("shown:1"), "{stdout}");
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("NOPE"), "{stderr}");
 }

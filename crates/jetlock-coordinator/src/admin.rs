@@ -50,6 +50,10 @@ impl LocksQuery {
 pub struct LocksView {
     /// The coordinator that answered.
     pub coordinator: String,
+    /// The locks bucket it serves (absent from coordinators before it was
+    /// added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
     pub locks: Vec<LockInfo>,
 }
 

@@ -68,6 +68,7 @@ impl Runtime {
     pub(super) async fn admin_locks(&mut self, req: service::Request) {
         let reply = LocksQuery::parse(&req.message.payload).map(|prefix| LocksView {
             coordinator: self.config.id.clone(),
+            bucket: Some(self.store.bucket().to_owned()),
             locks: self.engine.locks_view(prefix.as_deref(), Instant::now()),
         });
         respond(req, reply).await;
