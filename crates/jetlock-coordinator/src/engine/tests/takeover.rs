@@ -1,0 +1,97 @@
+//! Several coordinators: the key's owner acts, the others mirror and take
+//! over what the dead owner left.
+
+use super::*;
+
+#[test]
+fn a_release_the_dead_owner_carried_out_is_answered_released_after_takeover() {
+    let mut sim = Sim::new();
+    let other = let_another_coordinator_own_k(&mut sim);
+    let name = LockName::new("k").unwrap();
+    let record = |session: &str| LockRecord {
+        owner: session.into(),
+        session: session.into(),
+        acquired_ms: 0,
+        lease_ms: 10_000,
+        holds: 1,
+        token: 0,
+    };
+    sim.engine.observed(
+        &name,
+        Current::Held {
+            revision: 1,
+            record: record("h"),
+        },
+        sim.now,
+    );
+    sim.engine.heartbeat("h", hb(), sim.now);
+    sim.release("h", "r", 1);
+    // The owner handed the lock to w, then died before answering h.
+    sim.engine.observed(
+        &name,
+        Current::Held {
+            revision: 2,
+            record: record("w"),
+        },
+        sim.now,
+    );
+    leave(&mut sim, &other);
+    let answers = sim.answers_to("h");
+    assert!(
+        matches!(answers.as_slice(), [Answer::Released { re, .. }] if re == "r"),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
+    let mut sim = Sim::new();
+    // Find a ring where "other" owns key k.
+    let mut other = 0;
+    loop {
+        let id = format!("c{other}");
+        sim.engine.coordinator_beat(
+            CoordinatorBeat {
+                v: 1,
+                id: id.clone(),
+                conn: None,
+                now_ms: None,
+                leaving: false,
+            },
+            sim.now,
+        );
+        if sim.engine.ring().owner(LockName::new("k").unwrap().key()) == id {
+            break;
+        }
+        sim.engine.coordinator_beat(
+            CoordinatorBeat {
+                v: 1,
+                id,
+                conn: None,
+                now_ms: None,
+                leaving: true,
+            },
+            sim.now,
+        );
+        other += 1;
+    }
+    sim.settle();
+    sim.answers.clear();
+    sim.acquire("h", "a", 60_000);
+    assert!(sim.answers.is_empty(), "a mirror does not answer");
+    assert_eq!(sim.bucket.seq, 0, "a mirror does not write");
+    assert_eq!(sim.engine.queue_len(LockName::new("k").unwrap().key()), 1);
+    // The owner leaves: this coordinator takes the key and grants.
+    sim.engine.coordinator_beat(
+        CoordinatorBeat {
+            v: 1,
+            id: format!("c{other}"),
+            conn: None,
+            now_ms: None,
+            leaving: true,
+        },
+        sim.now,
+    );
+    sim.settle();
+    assert!(sim.grant_token("h", "a").is_some());
+}
