@@ -333,11 +333,7 @@ impl Sessions {
             }
             None => {
                 let timeout = timeout.unwrap_or(self.max_timeout);
-                let touch = self.insert(session, timeout, conn, now);
-                if let Some(s) = self.alive.get_mut(session) {
-                    s.beat = true;
-                }
-                touch
+                self.insert(session, timeout, conn, true, now)
             }
         }
     }
@@ -356,7 +352,7 @@ impl Sessions {
                 s.last_seen = s.last_seen.max(now);
                 Touch::Alive
             }
-            None => self.insert(session, self.max_timeout, None, now),
+            None => self.insert(session, self.max_timeout, None, false, now),
         }
     }
 
@@ -365,6 +361,7 @@ impl Sessions {
         session: &str,
         timeout: Duration,
         conn: Option<ConnId>,
+        beat: bool,
         now: Instant,
     ) -> Touch {
         let prefix = session_prefix(session);
@@ -380,7 +377,7 @@ impl Sessions {
                 timeout,
                 conn,
                 closed: None,
-                beat: false,
+                beat,
             },
         );
         Touch::Joined
