@@ -67,6 +67,36 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (the coordinator's metrics start a
+    /// series at 0 for each).
+    pub const ALL: [ErrorCode; 24] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownOp,
+        ErrorCode::TooLarge,
+        ErrorCode::InvalidKey,
+        ErrorCode::InvalidSession,
+        ErrorCode::InvalidTtl,
+        ErrorCode::InvalidWait,
+        ErrorCode::InvalidId,
+        ErrorCode::Busy,
+        ErrorCode::Timeout,
+        ErrorCode::Cancelled,
+        ErrorCode::NotHolder,
+        ErrorCode::StaleToken,
+        ErrorCode::NotWaiting,
+        ErrorCode::SessionExpired,
+        ErrorCode::Duplicate,
+        ErrorCode::BadMessageId,
+        ErrorCode::NotPermitted,
+        ErrorCode::QueueFull,
+        ErrorCode::TooManyLocks,
+        ErrorCode::TooManyWaits,
+        ErrorCode::TooManySessions,
+        ErrorCode::Internal,
+    ];
+
+    /// The code on the wire (`"busy"`).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",

@@ -289,3 +289,42 @@ fn probe_finds_the_id_of_a_bad_request() {
     assert_eq!(probe_id(br#"{"v":1,"id":5}"#), None);
     assert_eq!(probe_id(b"garbage"), None);
 }
+
+/// `ErrorCode::ALL` names each code once: the match below stops compiling
+/// when a code is added, and its position must then be listed.
+#[test]
+fn every_error_code_is_listed_once() {
+    fn position(code: ErrorCode) -> usize {
+        match code {
+            ErrorCode::BadRequest => 0,
+            ErrorCode::UnsupportedVersion => 1,
+            ErrorCode::UnknownOp => 2,
+            ErrorCode::TooLarge => 3,
+            ErrorCode::InvalidKey => 4,
+            ErrorCode::InvalidSession => 5,
+            ErrorCode::InvalidTtl => 6,
+            ErrorCode::InvalidWait => 7,
+            ErrorCode::InvalidId => 8,
+            ErrorCode::Busy => 9,
+            ErrorCode::Timeout => 10,
+            ErrorCode::Cancelled => 11,
+            ErrorCode::NotHolder => 12,
+            ErrorCode::StaleToken => 13,
+            ErrorCode::NotWaiting => 14,
+            ErrorCode::SessionExpired => 15,
+            ErrorCode::Duplicate => 16,
+            ErrorCode::BadMessageId => 17,
+            ErrorCode::NotPermitted => 18,
+            ErrorCode::QueueFull => 19,
+            ErrorCode::TooManyLocks => 20,
+            ErrorCode::TooManyWaits => 21,
+            ErrorCode::TooManySessions => 22,
+            ErrorCode::Internal => 23,
+        }
+    }
+    for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+        assert_eq!(position(code), i, "{code}");
+        let wire: ErrorCode = serde_json::from_str(&format!("\"{code}\"")).unwrap();
+        assert_eq!(wire, code);
+    }
+}
