@@ -1,11 +1,13 @@
 //! `jetlock serve`: the coordinator daemon. Settings come from a TOML file
-//! (`--config`), then `JETLOCK_*` environment variables, then flags. It
-//! prints one `ready` line on stdout once serving, and on SIGTERM or Ctrl-C
-//! tells the other coordinators it leaves (they take its keys at once) and
-//! exits.
+//! (`--config`), then `JETLOCK_*` environment variables, then flags. Its
+//! HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) answers from before it
+//! connects to NATS. It prints one `ready` line on stdout once serving, and
+//! on SIGTERM or Ctrl-C tells the other coordinators it leaves (they take
+//! its keys at once) and exits.
 
 use super::CliError;
 use jetlock_coordinator::config::Config;
+use jetlock_coordinator::http::Endpoint;
 use jetlock_coordinator::Coordinator;
 use std::path::PathBuf;
 
@@ -29,7 +31,8 @@ pub struct ServeArgs {
     /// Default session timeout in ms.
     #[arg(long, env = "JETLOCK_SESSION_TIMEOUT_MS")]
     session_timeout_ms: Option<u64>,
-    /// Prometheus endpoint, `host:port` (port 0 picks one) or `off`
+    /// HTTP endpoint for `/metrics`, `/healthz` and `/readyz`: `host:port`
+    /// (port 0 picks one; `0.0.0.0:9464` for other machines) or `off`
     /// (default 127.0.0.1:9464).
     #[arg(long, env = "JETLOCK_METRICS_ADDR")]
     metrics_addr: Option<String>,
@@ -61,11 +64,20 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         config.metrics_addr = v;
     }
     config.validate()?;
+    let coordinator_config = config.coordinator();
+    let endpoint = match &coordinator_config.metrics_addr {
+        Some(addr) => Some(
+            Endpoint::bind(addr)
+                .await
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let options = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
         .max_reconnects(None);
     let nats = jetlock::connect::nats_waiting(&config.url, args.login.login()?, options).await?;
-    let coordinator = Coordinator::start(nats, config.coordinator()).await?;
+    let coordinator = Coordinator::start_on(nats, coordinator_config, endpoint).await?;
     let metrics = coordinator
         .metrics_addr()
         .map_or("off".to_owned(), |a| format!("http://{a}/metrics"));

@@ -21,7 +21,9 @@
 //! - [`limits`] — limits for the locks under one name prefix;
 //! - [`admin`] — the operator endpoints' views (`jetlock locks`,
 //!   `jetlock members`);
-//! - [`metrics`] — Prometheus metrics and the `/metrics` endpoint.
+//! - [`metrics`] — the Prometheus series (`process_*` included);
+//! - [`health`] — whether the coordinator serves (`/readyz`);
+//! - [`http`] — the HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 //!
 //! # Example
 //!
@@ -39,7 +41,9 @@
 pub mod admin;
 pub mod config;
 mod engine;
+pub mod health;
 mod hearing;
+pub mod http;
 pub mod limits;
 mod membership;
 pub mod metrics;

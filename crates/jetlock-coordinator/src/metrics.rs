@@ -2,19 +2,24 @@
 //! events and answers it sends, so a metric never disagrees with the event
 //! stream. Every series is about the locks this coordinator serves; sum
 //! over coordinators for the service.
+//!
+//! Every labelled counter starts at 0 for each label value it can take, so
+//! `rate()` and `increase()` see the first event after a restart (a series
+//! born at 1 shows no increase). The `process_*` series come from
+//! `process.rs`; `GET /metrics` is served by [`crate::http`].
 
 use jetlock::events::{Event, EventKind};
-use jetlock::protocol::Answer;
+use jetlock::protocol::{Answer, ErrorCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
+
+mod process;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Handoff {
@@ -32,9 +37,19 @@ struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Build {
+    version: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Prefix {
     prefix: String,
 }
+
+/// The `cause` of an expiry: the server's lease ran out, or the holder's
+/// session died (`engine/observe.rs`).
+const EXPIRY_CAUSES: [&str; 2] = ["lease", "session"];
 
 /// Most distinct `prefix` labels; the rest are summed under `_other`.
 const MAX_PREFIXES: usize = 64;
@@ -73,7 +88,7 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("jetlock");
+        let mut registry = Registry::default();
         let m = Metrics {
             grants: Family::default(),
             releases: Counter::default(),
@@ -93,7 +108,17 @@ impl Metrics {
             config_changes: Counter::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        m.start_at_zero();
+        registry.register_collector(Box::new(process::ProcessCollector));
+        let r = registry.sub_registry_with_prefix("jetlock");
+        r.register(
+            "build",
+            "This build: the jetlock version and the wire protocol version it speaks",
+            Info::new(Build {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol: jetlock::protocol::VERSION.to_string(),
+            }),
+        );
         r.register(
             "grants",
             "Locks granted (handoff: straight from the previous holder)",
@@ -159,6 +184,34 @@ impl Metrics {
             m.config_changes.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Creates every labelled counter's series for each value its label
+    /// can take. `queue_depth` is left out: a gauge redrawn every second.
+    fn start_at_zero(&self) {
+        for handoff in ["true", "false"] {
+            self.grants
+                .get_or_create(&Handoff {
+                    handoff: handoff.to_owned(),
+                })
+                .inc_by(0);
+        }
+        for cause in EXPIRY_CAUSES {
+            self.expiries
+                .get_or_create(&Cause {
+                    cause: cause.to_owned(),
+                })
+                .inc_by(0);
+        }
+        for code in ErrorCode::ALL {
+            let code = code.as_str().to_owned();
+            self.renew_failures
+                .get_or_create(&Cause {
+                    cause: code.clone(),
+                })
+                .inc_by(0);
+            self.errors.get_or_create(&Code { code }).inc_by(0);
+        }
     }
 
     /// Counts what an event reports.
@@ -266,36 +319,4 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
-}
-
-/// Serves `GET /metrics` on `addr` until `stop`; returns the bound address.
-pub async fn serve(
-    addr: &str,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    use axum::{http::header, routing::get, Router};
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    });
-    Ok(bound)
 }

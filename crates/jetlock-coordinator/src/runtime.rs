@@ -7,8 +7,10 @@
 use crate::admin::{self, LocksQuery, LocksView, MembersView};
 use crate::config::{CoordinatorConfig, LiveSettings};
 use crate::engine::{self, Applied, Engine, Stamp, Write, WriteKind, WriteResult};
+use crate::health::Health;
 use crate::hearing;
-use crate::metrics::{self, Metrics};
+use crate::http::Endpoint;
+use crate::metrics::Metrics;
 use crate::request_age::RequestAge;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, consumer, stream::Stream as JsStream};
@@ -23,7 +25,6 @@ use jetlock::protocol::{
 };
 use jetlock::store::{self, CasError, LockStore, WriteId};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -56,18 +57,49 @@ fn nats_err<E: Into<async_nats::Error>>(what: &'static str) -> impl FnOnce(E) ->
 /// take its keys over at once.
 pub struct Coordinator {
     id: String,
-    metrics_addr: Option<SocketAddr>,
+    endpoint: Option<Endpoint>,
+    health: Arc<Health>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Coordinator {
     /// Starts a coordinator on `nats`; returns once it has read the request
-    /// stream and the bucket and serves.
+    /// stream and the bucket and serves. Its HTTP endpoint (metrics, health)
+    /// is bound at `config.metrics_addr`, if set.
     pub async fn start(
         nats: async_nats::Client,
         config: CoordinatorConfig,
     ) -> Result<Coordinator, CoordinatorError> {
+        let endpoint = match &config.metrics_addr {
+            Some(addr) => Some(
+                Endpoint::bind(addr)
+                    .await
+                    .map_err(|e| CoordinatorError::Nats {
+                        what: "serve metrics",
+                        source: format!("{addr}: {e}").into(),
+                    })?,
+            ),
+            None => None,
+        };
+        Self::start_on(nats, config, endpoint).await
+    }
+
+    /// [`Coordinator::start`] with an endpoint bound before (it answers
+    /// `/readyz` with 503 until this returns); `config.metrics_addr` is
+    /// not read.
+    pub async fn start_on(
+        nats: async_nats::Client,
+        config: CoordinatorConfig,
+        endpoint: Option<Endpoint>,
+    ) -> Result<Coordinator, CoordinatorError> {
+        let health = endpoint
+            .as_ref()
+            .map_or_else(Arc::default, Endpoint::health);
+        health.connection(&nats);
+        let metrics = endpoint
+            .as_ref()
+            .map_or_else(|| Arc::new(Metrics::new()), Endpoint::metrics);
         let js = jetstream::new(nats.clone());
         let mut spec = BucketSpec::new(&config.bucket, config.replicas);
         spec.marker_ttl = DEFAULT_MARKER_TTL;
@@ -92,20 +124,9 @@ impl Coordinator {
         bucket::ensure_proof_stream(&js, config.replicas).await?;
 
         let stop = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let metrics_addr = match &config.metrics_addr {
-            Some(addr) => Some(
-                metrics::serve(addr, metrics.clone(), stop.clone())
-                    .await
-                    .map_err(|e| CoordinatorError::Nats {
-                        what: "serve metrics",
-                        source: format!("{addr}: {e}").into(),
-                    })?,
-            ),
-            None => None,
-        };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut runtime = Runtime::new(nats, store, config.clone(), metrics).await?;
+        let mut runtime =
+            Runtime::new(nats, store, config.clone(), metrics, health.clone()).await?;
         let feeds = runtime.feeds(requests, kv_stream, settings).await?;
         let task = tokio::spawn(runtime.run(feeds, stop.clone(), ready_tx));
         // The loop reports readiness once it caught up with both streams.
@@ -118,7 +139,8 @@ impl Coordinator {
         info!(coordinator = %config.id, "coordinator serving");
         Ok(Coordinator {
             id: config.id,
-            metrics_addr,
+            endpoint,
+            health,
             stop,
             task: Some(task),
         })
@@ -128,14 +150,16 @@ impl Coordinator {
         &self.id
     }
 
-    /// Where `GET /metrics` is served, if it is.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
+    /// Where the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) is
+    /// served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(Endpoint::addr)
     }
 
     /// Stops serving: announces the departure (the others take over at
     /// once) and waits for the loop to end.
     pub async fn shutdown(mut self) {
+        self.health.set_leaving();
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -175,6 +199,7 @@ struct Runtime {
     /// named in `Jetlock-Applied` count only in the stream they came from.
     request_epoch: u64,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// The live settings of the file and flags, and the config bucket's
     /// entries laid over them.
     base_settings: LiveSettings,
@@ -201,6 +226,7 @@ impl Runtime {
         store: LockStore,
         config: CoordinatorConfig,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Result<Self, CoordinatorError> {
         let info = nats.server_info();
         let conn = (!info.server_id.is_empty()).then(|| ConnId {
@@ -219,6 +245,7 @@ impl Runtime {
             proof_wanted: false,
             request_epoch: 0,
             metrics,
+            health,
             pending_events: Vec::new(),
             base_settings: LiveSettings::of(&config),
             overlay: BTreeMap::new(),
@@ -251,6 +278,7 @@ impl Runtime {
                 && Instant::now() >= listen_until
             {
                 self.engine.set_ready(Instant::now());
+                self.health.set_ready();
                 self.beat(false).await;
                 let _ = ready.take().map(|tx| tx.send(()));
             }
@@ -393,6 +421,7 @@ impl Runtime {
             }
             self.carry_out().await;
         }
+        self.health.set_leaving();
         // Leaving: the others take our keys over now rather than after the
         // coordinator timeout. Writes in flight finish first.
         while self.writes.join_next().await.is_some() {}
