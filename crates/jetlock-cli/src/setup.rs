@@ -10,10 +10,17 @@ pub struct SetupArgs {
     /// Replicas of the bucket: 1 for one server, 3 (or 5) for a cluster.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// How long to wait for JetStream to answer: a cluster that has just
+    /// started answers only once it has elected its meta leader.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
 }
 
 pub async fn run(args: SetupArgs) -> Result<(), CliError> {
     let nats = args.conn.nats().await?;
+    jetlock_testkit::server::wait_for_jetstream(&nats, args.wait)
+        .await
+        .map_err(|e| format!("JetStream did not answer within {:?}: {e}", args.wait))?;
     let js = async_nats::jetstream::new(nats);
     let spec = BucketSpec::new(&args.conn.bucket, args.replicas);
     let kv = match ensure_bucket(&js, &spec).await {

@@ -228,7 +228,7 @@ async fn no_coordinator_fails_with_exit_code_4_and_a_skewed_clock_warns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_with_sync_always_passes() {
-    let cluster = common::monitored_cluster().await;
+    let cluster = common::cluster().await;
     let monitors: Vec<String> = cluster
         .servers()
         .iter()
@@ -268,6 +268,38 @@ async fn a_cluster_with_sync_always_passes() {
         ["ok"],
         "{findings:#?}"
     );
+
+    // The same through cluster.conf's system-account user, from one node:
+    // every server answers.
+    let system = cluster.member_url_as(0, Role::System);
+    let run = doctor(&["--url", &operator, "--system-url", &system, "--json"]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let findings = run.findings();
+    assert_eq!(
+        statuses(&findings, "sync-interval"),
+        ["ok", "ok", "ok"],
+        "{findings:#?}"
+    );
+    // And that user may ask for VARZ only: connections are not its business.
+    let nats = common::nats_as(&system, Role::System).await;
+    nats.publish("$SYS.REQ.SERVER.PING.CONNZ", bytes::Bytes::new())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let refused = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let refused = common::violations(&cluster);
+            if refused
+                .iter()
+                .any(|l| l.contains("user:system") && l.contains("$SYS.REQ.SERVER.PING.CONNZ"))
+            {
+                return refused;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "{:#?}", common::violations(&cluster));
 
     coordinator.shutdown().await;
 }

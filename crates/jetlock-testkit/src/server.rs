@@ -313,11 +313,11 @@ impl NatsServer {
         self.port
     }
 
-    /// `http://127.0.0.1:<port>` of the monitoring endpoint, when started
-    /// with one.
+    /// `http://<host>:<port>` of the monitoring endpoint, when started with
+    /// one (every cluster member is).
     pub fn monitor_url(&self) -> Option<String> {
         self.monitor_port
-            .map(|port| format!("http://127.0.0.1:{port}"))
+            .map(|port| format!("http://{}:{port}", self.host))
     }
 
     /// The process id while running.
@@ -465,15 +465,19 @@ pub enum Role {
     /// `jetlock demo --url`: a trusted worker on the demo's own locks, its
     /// work queue and its ledger.
     Demo,
+    /// A user of the system account that may only ask every server for its
+    /// VARZ (`jetlock doctor --system-url`).
+    System,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Coordinator,
         Role::Operator,
         Role::Worker,
         Role::Restricted,
         Role::Demo,
+        Role::System,
     ];
 
     /// The NATS user.
@@ -484,6 +488,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Restricted => "restricted",
             Role::Demo => "demo",
+            Role::System => "system",
         }
     }
 
@@ -493,7 +498,7 @@ impl Role {
     pub fn session_prefix(self) -> Option<&'static str> {
         match self {
             Role::Worker | Role::Restricted | Role::Demo => Some(self.user()),
-            Role::Coordinator | Role::Operator => None,
+            Role::Coordinator | Role::Operator | Role::System => None,
         }
     }
 
@@ -505,6 +510,7 @@ impl Role {
             Role::Worker => "JETLOCK_WORKER_PASSWORD",
             Role::Restricted => "JETLOCK_RESTRICTED_PASSWORD",
             Role::Demo => "JETLOCK_DEMO_PASSWORD",
+            Role::System => "JETLOCK_SYSTEM_PASSWORD",
         }
     }
 }
@@ -542,10 +548,11 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `size` (3 or 5) clustered JetStream nodes. Call
-    /// [`wait_for_jetstream`] before using JetStream.
+    /// Starts `size` (3 or 5) clustered JetStream nodes, each with its HTTP
+    /// monitoring endpoint ([`NatsServer::monitor_url`]: `http_port` in
+    /// cluster.conf). Call [`wait_for_jetstream`] before using JetStream.
     pub fn start(size: usize) -> Result<Self, ServerError> {
-        Self::start_with(size, false, &[])
+        Self::start_with(size, &[])
     }
 
     /// Three members, each on its own address and started through its own
@@ -553,17 +560,11 @@ impl NatsCluster {
     /// (`ip netns exec n1`, host `10.77.0.1`) to cut it off.
     pub fn start_on(members: &[Member]) -> Result<Self, ServerError> {
         assert_eq!(members.len(), 3, "cluster.conf routes 3 nodes");
-        Self::start_with(3, false, members)
-    }
-
-    /// Like [`NatsCluster::start`], each node with its HTTP monitoring
-    /// endpoint ([`NatsServer::monitor_url`]).
-    pub fn start_monitored(size: usize) -> Result<Self, ServerError> {
-        Self::start_with(size, true, &[])
+        Self::start_with(3, members)
     }
 
     /// `members` (or none: all on 127.0.0.1, run directly).
-    fn start_with(size: usize, monitored: bool, members: &[Member]) -> Result<Self, ServerError> {
+    fn start_with(size: usize, members: &[Member]) -> Result<Self, ServerError> {
         assert!((1..=3).contains(&size), "cluster.conf routes 3 nodes");
         let dir = tempfile::Builder::new()
             .prefix("jetlock-cluster-")
@@ -593,6 +594,7 @@ impl NatsCluster {
                 ("NATS_HOST".into(), host(i).to_owned()),
                 ("NATS_PORT".into(), client_ports[i].to_string()),
                 ("NATS_CLUSTER_PORT".into(), route_ports[i].to_string()),
+                ("NATS_HTTP_PORT".into(), monitor_ports[i].to_string()),
                 ("NATS_ROUTE_1".into(), route(0)),
                 ("NATS_ROUTE_2".into(), route(1)),
                 ("NATS_ROUTE_3".into(), route(2)),
@@ -611,7 +613,7 @@ impl NatsCluster {
                     .collect();
             let mut server =
                 NatsServer::new(&name, config.clone(), env, client_ports[i], dir.path())?;
-            server.monitor_port = monitored.then_some(monitor_ports[i]);
+            server.monitor_port = Some(monitor_ports[i]);
             if let Some(m) = members.get(i) {
                 server.host = m.host.clone();
                 server.launcher = m.launcher.clone();

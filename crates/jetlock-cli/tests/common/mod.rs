@@ -17,12 +17,6 @@ use jetlock_testkit::server::NatsCluster;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// [`cluster`] with each node's HTTP monitoring endpoint (`/varz`).
-pub async fn monitored_cluster() -> NatsCluster {
-    init_tracing();
-    with_jetstream(NatsCluster::start_monitored(3).expect("start 3-node cluster")).await
-}
-
 pub async fn named_client(url: &str, name: &str) -> Client {
     ClientOptions::new()
         .name(name)
