@@ -3,6 +3,7 @@
 //! (servers, clients, checkers) is `jetlock-testkit`, re-exported here.
 #![allow(dead_code)]
 
+pub mod compose;
 pub mod demo;
 pub mod lossy;
 pub mod serving;
