@@ -172,17 +172,29 @@ pub async fn coordinator(url: &str) -> jetlock_coordinator::Coordinator {
         .expect("coordinator starts")
 }
 
+/// `GET path` of a coordinator's HTTP endpoint over a plain TCP
+/// connection: the status code and the whole response (headers too).
+/// An error when nothing listens at `addr` (yet).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    Ok((status, response))
+}
+
 /// `GET /metrics` of a coordinator over a plain TCP connection.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
+    let (status, response) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{response}");
+    response
 }
 
 /// Judges a history of exclusive holds on one key: nobody enters while

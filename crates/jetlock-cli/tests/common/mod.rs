@@ -6,12 +6,13 @@
 pub mod compose;
 pub mod demo;
 pub mod lossy;
+pub mod promql;
 pub mod serving;
 
 pub use jetlock_testkit::*;
 // Not every test binary starts a coordinator.
 #[allow(unused_imports)]
-pub use serving::{serve, serve_within, Serving};
+pub use serving::{serve, serve_within, spawn_serve, Serving};
 
 use jetlock::{Client, ClientOptions};
 use jetlock_testkit::server::NatsCluster;

@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 /// settings of the test's environment leaking into it.
 fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
-    // Several coordinators run side by side: each picks a free metrics port.
-    cmd.args(["serve", "--url", url, "--metrics-addr", "127.0.0.1:0"])
-        .args(extra);
+    cmd.args(["serve", "--url", url]);
+    // Several coordinators run side by side: each picks a free metrics
+    // port, unless the test names one.
+    if !extra.contains(&"--metrics-addr") {
+        cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+    }
+    cmd.args(extra);
     for var in [
         "JETLOCK_CONFIG",
         "JETLOCK_URL",
@@ -38,6 +42,8 @@ pub struct Serving {
     child: Child,
     /// `jetlock serve: ready coordinator=<id> url=… bucket=… metrics=…`
     ready: String,
+    /// Its stdout lines, until the `ready` line is read.
+    lines: std::sync::mpsc::Receiver<String>,
     pub stdout: Output,
     pub stderr: Output,
 }
@@ -50,6 +56,14 @@ pub fn serve(url: &str, extra: &[&str]) -> Serving {
 
 /// [`serve`], waiting up to `within` for the `ready` line.
 pub fn serve_within(url: &str, extra: &[&str], within: Duration) -> Serving {
+    let mut serving = spawn_serve(url, extra);
+    serving.wait_ready(within);
+    serving
+}
+
+/// Starts [`serve_command`]`(url, extra)` and returns at once, ready or
+/// not: see [`Serving::wait_ready`].
+pub fn spawn_serve(url: &str, extra: &[&str]) -> Serving {
     let mut child = serve_command(url, extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -61,34 +75,39 @@ pub fn serve_within(url: &str, extra: &[&str], within: Duration) -> Serving {
         let _ = tx.send(l.to_owned());
     });
     let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
-    let mut serving = Serving {
+    Serving {
         child,
         ready: String::new(),
+        lines: rx,
         stdout,
         stderr,
-    };
-    let start = Instant::now();
-    loop {
-        let left = within.saturating_sub(start.elapsed());
-        // Disconnected as well as timed out: stdout closed, the child exited.
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("ready") => {
-                serving.ready = line;
-                return serving;
-            }
-            Ok(_) => {}
-            Err(_) => panic!(
-                "jetlock serve did not print `ready` within {within:?} \
-                 (exit status: {:?})\nstdout:\n{}\nstderr:\n{}",
-                serving.exit_status(),
-                serving.stdout.text(),
-                serving.stderr.text()
-            ),
-        }
     }
 }
 
 impl Serving {
+    /// Waits up to `within` for the `ready` line.
+    pub fn wait_ready(&mut self, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            // Disconnected as well as timed out: stdout closed, the child exited.
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains("ready") => {
+                    self.ready = line;
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "jetlock serve did not print `ready` within {within:?} \
+                     (exit status: {:?})\nstdout:\n{}\nstderr:\n{}",
+                    self.exit_status(),
+                    self.stdout.text(),
+                    self.stderr.text()
+                ),
+            }
+        }
+    }
+
     /// The coordinator's id, from its `ready` line.
     pub fn id(&self) -> Option<&str> {
         self.ready_field("coordinator=")
