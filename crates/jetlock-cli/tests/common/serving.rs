@@ -6,9 +6,9 @@ use super::{Output, PATIENCE};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*`
-/// settings of the test's environment leaking into it.
-fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
+/// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*` and
+/// `NATS_*` settings of the test's environment leaking into it.
+pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
     // Several coordinators run side by side: each picks a free metrics port.
     cmd.args(["serve", "--url", url, "--metrics-addr", "127.0.0.1:0"])
@@ -23,7 +23,11 @@ fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
         "JETLOCK_METRICS_ADDR",
         "JETLOCK_USER",
         "JETLOCK_PASSWORD",
-    ] {
+        "JETLOCK_TOKEN",
+    ]
+    .into_iter()
+    .chain(super::NATS_LOGIN_VARS)
+    {
         cmd.env_remove(var);
     }
     // A test killed mid-run (a hang, a Ctrl-C) leaves no coordinator behind.
@@ -50,7 +54,18 @@ pub fn serve(url: &str, extra: &[&str]) -> Serving {
 
 /// [`serve`], waiting up to `within` for the `ready` line.
 pub fn serve_within(url: &str, extra: &[&str], within: Duration) -> Serving {
+    serve_with_env(url, extra, &[], within)
+}
+
+/// [`serve_within`] with `env` set in the child's environment.
+pub fn serve_with_env(
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> Serving {
     let mut child = serve_command(url, extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
