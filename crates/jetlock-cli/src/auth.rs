@@ -32,11 +32,11 @@ pub struct AuthArgs {
     pub user: Option<String>,
     /// The user's password. A flag's value shows in `ps` to every user of
     /// the machine: prefer JETLOCK_PASSWORD (or NATS_PASSWORD).
-    #[arg(long, global = true, hide_env_values = true)]
+    #[arg(long, global = true)]
     pub password: Option<String>,
     /// A token (`authorization { token }`). A flag's value shows in `ps`:
     /// prefer JETLOCK_TOKEN (or NATS_TOKEN).
-    #[arg(long, global = true, hide_env_values = true)]
+    #[arg(long, global = true)]
     pub token: Option<String>,
     /// A user credentials file (JWT and nkey seed, for servers in operator
     /// mode).

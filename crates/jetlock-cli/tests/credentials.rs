@@ -35,9 +35,9 @@ jetstream { store_dir: $NATS_STORE_DIR }
 
 const LOCK: &str = "account:1";
 
-/// `jetlock <args>` with none of the test's own `JETLOCK_*` or `NATS_*`
-/// settings, contexts under `config_home`, and `env` set.
-fn jetlock(args: &[&str], env: &[(&str, &str)], config_home: &Path) -> Output {
+/// `jetlock` with none of the test's own `JETLOCK_*` or `NATS_*` settings,
+/// reading contexts under `config_home`.
+fn command(config_home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetlock"));
     for var in [
         "JETLOCK_URL",
@@ -50,7 +50,13 @@ fn jetlock(args: &[&str], env: &[(&str, &str)], config_home: &Path) -> Output {
     {
         cmd.env_remove(var);
     }
-    cmd.env("XDG_CONFIG_HOME", config_home)
+    cmd.env("XDG_CONFIG_HOME", config_home);
+    cmd
+}
+
+/// `jetlock <args>` run to its end (see [`command`]), with `env` set.
+fn jetlock(args: &[&str], env: &[(&str, &str)], config_home: &Path) -> Output {
+    command(config_home)
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -131,6 +137,8 @@ impl Case {
             .await
             .expect("a lock through the coordinator");
 
+        tokio::task::block_in_place(|| hold(&url, &right, home.path()));
+
         let mut args = vec!["locks", "--json", "--url", &url];
         args.extend(&right);
         let out = jetlock(&args, &[], home.path());
@@ -155,6 +163,28 @@ impl Case {
         guard.release().await.expect("release");
         drop(serving);
     }
+}
+
+/// `jetlock hold` logs in with `right`, takes a lock (printing its token)
+/// and releases it when its stdin closes.
+fn hold(url: &str, right: &[&str], config_home: &Path) {
+    use std::io::BufRead;
+    let mut child = command(config_home)
+        .args(["hold", "account:2", "--wait-ms", "0", "--url", url])
+        .args(right)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn jetlock hold");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("jetlock hold ends");
+    assert!(out.status.success(), "hold: {}", stderr(&out));
+    assert!(line.contains("\"token\""), "hold printed {line:?}");
 }
 
 /// `jetlock serve` with credentials the server refuses exits 1 at once,
