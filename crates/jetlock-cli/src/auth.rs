@@ -22,13 +22,13 @@ pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthArgs {
     /// A `nats` CLI context to take the URL, credentials and TLS files
-    /// from ($XDG_CONFIG_HOME/nats/context/NAME.json); flags and
-    /// environment variables win over its values.
-    #[arg(long, global = true, env = "NATS_CONTEXT", value_name = "NAME")]
+    /// from ($XDG_CONFIG_HOME/nats/context/NAME.json; also NATS_CONTEXT);
+    /// flags and environment variables win over its values.
+    #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// NATS user (also NATS_USER); its password from --password,
-    /// JETLOCK_PASSWORD or NATS_PASSWORD.
-    #[arg(long, global = true, env = "JETLOCK_USER")]
+    /// NATS user (also JETLOCK_USER, NATS_USER); its password from
+    /// --password, JETLOCK_PASSWORD or NATS_PASSWORD.
+    #[arg(long, global = true)]
     pub user: Option<String>,
     /// The user's password. A flag's value shows in `ps` to every user of
     /// the machine: prefer JETLOCK_PASSWORD (or NATS_PASSWORD).
@@ -39,21 +39,22 @@ pub struct AuthArgs {
     #[arg(long, global = true)]
     pub token: Option<String>,
     /// A user credentials file (JWT and nkey seed, for servers in operator
-    /// mode).
-    #[arg(long, global = true, env = "NATS_CREDS", value_name = "FILE")]
+    /// mode; also NATS_CREDS).
+    #[arg(long, global = true, value_name = "FILE")]
     pub creds: Option<PathBuf>,
-    /// A file holding a user nkey seed (`SU...`).
-    #[arg(long, global = true, env = "NATS_NKEY", value_name = "FILE")]
+    /// A file holding a user nkey seed (`SU...`; also NATS_NKEY).
+    #[arg(long, global = true, value_name = "FILE")]
     pub nkey: Option<PathBuf>,
     /// TLS client certificate (PEM), for servers that verify clients;
-    /// needs --tlskey.
-    #[arg(long, global = true, env = "NATS_CERT", value_name = "FILE")]
+    /// needs --tlskey (also NATS_CERT).
+    #[arg(long, global = true, value_name = "FILE")]
     pub tlscert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "NATS_KEY", value_name = "FILE")]
+    /// The client certificate's private key (PEM; also NATS_KEY).
+    #[arg(long, global = true, value_name = "FILE")]
     pub tlskey: Option<PathBuf>,
-    /// The CA (PEM) that signed the servers' certificates; implies TLS.
-    #[arg(long, global = true, env = "NATS_CA", value_name = "FILE")]
+    /// The CA (PEM) that signed the servers' certificates; implies TLS
+    /// (also NATS_CA).
+    #[arg(long, global = true, value_name = "FILE")]
     pub tlsca: Option<PathBuf>,
 }
 
@@ -67,7 +68,9 @@ pub struct Target {
     pub auth: Auth,
 }
 
-/// The environment, read through one function so tests can give their own.
+/// The environment, read through one function so tests can give their
+/// own. An empty variable counts as unset, as in the `nats` CLI (clap's
+/// `env` would take it as an empty file name).
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn process_env(name: &str) -> Option<String> {
@@ -84,8 +87,8 @@ impl AuthArgs {
     }
 
     fn resolve_with(&self, url: Option<&str>, env: Env) -> Result<Target, CliError> {
-        let context = match &self.context {
-            Some(name) => context::load(name, env).map_err(usage)?,
+        let context = match self.context.clone().or_else(|| env("NATS_CONTEXT")) {
+            Some(name) => context::load(&name, env).map_err(usage)?,
             None => context::Context::default(),
         };
         let url = url
@@ -101,8 +104,10 @@ impl AuthArgs {
             check_credential_file(&credentials)?;
             auth = auth.with_credentials(credentials);
         }
-        let cert = self.tlscert.clone().or(context.cert.clone());
-        let key = self.tlskey.clone().or(context.key.clone());
+        let file =
+            |flag: &Option<PathBuf>, var| flag.clone().or_else(|| env(var).map(PathBuf::from));
+        let cert = file(&self.tlscert, "NATS_CERT").or(context.cert.clone());
+        let key = file(&self.tlskey, "NATS_KEY").or(context.key.clone());
         match (cert, key) {
             (Some(cert), Some(key)) => {
                 readable("--tlscert", &cert)?;
@@ -121,7 +126,7 @@ impl AuthArgs {
             }
             (None, None) => {}
         }
-        if let Some(ca) = self.tlsca.clone().or(context.ca.clone()) {
+        if let Some(ca) = file(&self.tlsca, "NATS_CA").or(context.ca.clone()) {
             readable("--tlsca", &ca)?;
             auth = auth.root_certificates(ca);
         }
@@ -141,11 +146,14 @@ impl AuthArgs {
             .clone()
             .or_else(|| env("JETLOCK_TOKEN"))
             .or_else(|| env("NATS_TOKEN"));
-        let user = match (&self.user, env("NATS_USER")) {
-            (Some(user), _) => Some(user.clone()),
+        let user = match (
+            self.user.clone().or_else(|| env("JETLOCK_USER")),
+            env("NATS_USER"),
+        ) {
+            (Some(user), _) => Some(user),
             // The nats CLI sends a NATS_USER without a password as a token.
             (None, Some(user)) if password.is_none() && token.is_none() => {
-                return self.one_kind(None, Some(user))
+                return self.one_kind(None, Some(user), env)
             }
             (None, user) => user,
         };
@@ -163,13 +171,14 @@ impl AuthArgs {
             }
             (None, None) => None,
         };
-        self.one_kind(login, token)
+        self.one_kind(login, token, env)
     }
 
     fn one_kind(
         &self,
         login: Option<Login>,
         token: Option<String>,
+        env: Env,
     ) -> Result<Option<Credentials>, CliError> {
         let mut given: Vec<(&str, Credentials)> = Vec::new();
         if let Some(login) = login {
@@ -178,10 +187,18 @@ impl AuthArgs {
         if let Some(token) = token {
             given.push(("--token", Credentials::Token(token)));
         }
-        if let Some(path) = self.creds.clone() {
+        if let Some(path) = self
+            .creds
+            .clone()
+            .or_else(|| env("NATS_CREDS").map(PathBuf::from))
+        {
             given.push(("--creds", Credentials::CredsFile(path)));
         }
-        if let Some(path) = self.nkey.clone() {
+        if let Some(path) = self
+            .nkey
+            .clone()
+            .or_else(|| env("NATS_NKEY").map(PathBuf::from))
+        {
             given.push(("--nkey", Credentials::NkeyFile(path)));
         }
         match given.len() {
@@ -249,6 +266,12 @@ mod tests {
         };
         let e = resolve(&args, &[("JETLOCK_TOKEN", "t")]).unwrap_err();
         assert!(e.contains("--token and --nkey"), "{e}");
+        let path = file.path().to_str().unwrap();
+        let e = resolve(
+            &AuthArgs::default(),
+            &[("NATS_TOKEN", "t"), ("NATS_CREDS", path)],
+        );
+        assert!(e.unwrap_err().contains("--token and --creds"));
     }
 
     #[test]

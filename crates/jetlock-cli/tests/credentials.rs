@@ -583,6 +583,15 @@ fn conflicting_credentials_and_unreadable_files_are_usage_errors() {
         2,
         "--user worker needs its password",
     );
+    // Empty variables are unset, as in the nats CLI: no server here (1).
+    refused(
+        &run(
+            &[],
+            &[("NATS_CREDS", ""), ("NATS_CA", ""), ("JETLOCK_USER", "")],
+        ),
+        1,
+        "could not connect to NATS",
+    );
     // Each is one line.
     let out = run(&["--token", "t", "--creds", file], &[]);
     assert_eq!(
