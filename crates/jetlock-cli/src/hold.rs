@@ -36,18 +36,16 @@ pub struct HoldArgs {
 }
 
 pub async fn run(args: HoldArgs) -> Result<(), CliError> {
+    let (url, auth) = args.connection.target()?;
     let mut options = ClientOptions::new()
         .name("jetlock-hold")
+        .auth(auth)
         .bucket(&args.connection.bucket)
         .session_timeout(Duration::from_millis(args.session_timeout_ms));
     if let Some(prefix) = &args.session_prefix {
         options = options.session_prefix(prefix);
     }
-    if let Some(login) = args.connection.login.login()? {
-        let password = login.password().to_owned();
-        options = options.user_and_password(login.user(), password);
-    }
-    let client = options.connect(&args.connection.url).await?;
+    let client = options.connect(&url).await?;
     let request = client
         .lock(&args.name)
         .ttl(Duration::from_millis(args.ttl_ms));

@@ -9,6 +9,7 @@
 //! [`Exit`].
 
 mod admin;
+mod auth;
 pub mod bench;
 mod demo;
 mod dev;
@@ -49,57 +50,36 @@ impl Exit {
     }
 }
 
+pub use auth::AuthArgs;
+
 /// Where to reach NATS, shared by every subcommand that connects.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
     /// NATS server URL(s), comma-separated; `nats://user:password@host:4222`
-    /// carries credentials.
-    #[arg(
-        long,
-        global = true,
-        env = "JETLOCK_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub url: String,
+    /// carries credentials [default: NATS_URL, else the context's url, else
+    /// nats://127.0.0.1:4222].
+    #[arg(long, global = true, env = "JETLOCK_URL")]
+    url: Option<String>,
     /// The locks bucket.
     #[arg(long, global = true, env = "JETLOCK_BUCKET", default_value = jetlock_bucket())]
     pub bucket: String,
     #[command(flatten)]
-    pub login: LoginArgs,
+    pub auth: AuthArgs,
 }
 
 impl Connection {
+    /// The servers and how to log in, from flags, environment and context.
+    pub fn target(&self) -> Result<(String, jetlock::connect::Auth), CliError> {
+        let target = self.auth.resolve(self.url.as_deref())?;
+        let url = target.url.unwrap_or_else(|| auth::DEFAULT_URL.to_owned());
+        Ok((url, target.auth))
+    }
+
     /// A plain NATS connection to the configured servers.
     pub async fn nats(&self) -> Result<async_nats::Client, CliError> {
+        let (url, auth) = self.target()?;
         let options = async_nats::ConnectOptions::new().name("jetlock");
-        Ok(jetlock::connect::nats(&self.url, self.login.login()?, options).await?)
-    }
-}
-
-/// Who to connect as, when the URL does not say.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LoginArgs {
-    /// NATS user; the password is read from JETLOCK_PASSWORD (never a flag:
-    /// other users of the machine can read command lines).
-    #[arg(long, global = true, env = "JETLOCK_USER")]
-    pub user: Option<String>,
-}
-
-impl LoginArgs {
-    /// The user with its password from `JETLOCK_PASSWORD`.
-    pub fn login(&self) -> Result<Option<jetlock::connect::Login>, CliError> {
-        let password = std::env::var("JETLOCK_PASSWORD").ok();
-        match (&self.user, password) {
-            (Some(user), Some(password)) => Ok(Some(jetlock::connect::Login::new(user, password))),
-            (Some(user), None) => Err(format!(
-                "--user {user} (JETLOCK_USER) needs its password in JETLOCK_PASSWORD"
-            )
-            .into()),
-            (None, Some(_)) => {
-                Err("JETLOCK_PASSWORD is set but no user is: set JETLOCK_USER or --user".into())
-            }
-            (None, None) => Ok(None),
-        }
+        Ok(jetlock::connect::nats(&url, &auth, options).await?)
     }
 }
 

@@ -1,9 +1,11 @@
 //! `jetlock serve`: the coordinator daemon. Settings come from a TOML file
-//! (`--config`), then `JETLOCK_*` environment variables, then flags. Its
-//! HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) answers from before it
-//! connects to NATS. It prints one `ready` line on stdout once serving, and
-//! on SIGTERM or Ctrl-C tells the other coordinators it leaves (they take
-//! its keys at once) and exits.
+//! (`--config`), then `JETLOCK_*` environment variables, then flags; the
+//! credentials and TLS files from flags, environment and a `nats` CLI
+//! context, as for every command (see `auth.rs`). Its HTTP endpoint
+//! (`/metrics`, `/healthz`, `/readyz`) answers from before it connects to
+//! NATS. It prints one `ready` line on stdout once serving, and on SIGTERM
+//! or Ctrl-C tells the other coordinators it leaves (they take its keys at
+//! once) and exits.
 
 use super::CliError;
 use jetlock_coordinator::config::Config;
@@ -16,7 +18,9 @@ pub struct ServeArgs {
     /// TOML config file (see docs/OPERATIONS.md for every setting).
     #[arg(long, env = "JETLOCK_CONFIG")]
     config: Option<PathBuf>,
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated [default: the config file's
+    /// url; without --config, NATS_URL, the context's url, or
+    /// nats://127.0.0.1:4222].
     #[arg(long, env = "JETLOCK_URL")]
     url: Option<String>,
     /// The locks bucket.
@@ -37,7 +41,7 @@ pub struct ServeArgs {
     #[arg(long, env = "JETLOCK_METRICS_ADDR")]
     metrics_addr: Option<String>,
     #[command(flatten)]
-    login: super::LoginArgs,
+    auth: super::AuthArgs,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
@@ -45,8 +49,13 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if let Some(v) = args.url {
-        config.url = v;
+    // A config file names its url (or keeps the default): it wins over
+    // the ambient NATS_URL and the context, as --url wins over it.
+    let target = args.auth.resolve(args.url.as_deref())?;
+    match (args.url, target.url) {
+        (Some(v), _) => config.url = v,
+        (None, Some(v)) if args.config.is_none() => config.url = v,
+        _ => {}
     }
     if let Some(v) = args.bucket {
         config.bucket = v;
@@ -76,7 +85,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let options = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
         .max_reconnects(None);
-    let nats = jetlock::connect::nats_waiting(&config.url, args.login.login()?, options).await?;
+    let nats = jetlock::connect::nats_waiting(&config.url, &target.auth, options).await?;
     let coordinator = Coordinator::start_on(nats, coordinator_config, endpoint).await?;
     let metrics = coordinator
         .metrics_addr()

@@ -23,7 +23,7 @@ mod common;
 use common::json::JsonSession;
 use common::{cluster, PATIENCE};
 use futures::StreamExt;
-use jetlock::connect::Login;
+use jetlock::connect::{Auth, Login};
 use jetlock::protocol;
 use jetlock::store::{Current, LockStore};
 use jetlock::{Client, ClientOptions, ConnectError, LockError, LockName, LostReason};
@@ -748,7 +748,7 @@ async fn connections_without_or_with_wrong_credentials_are_refused() {
     let _serial = one_at_a_time().await;
     let cluster = cluster().await;
     let refused = |r: Result<async_nats::Client, ConnectError>, user: Option<&str>| match r {
-        Err(ConnectError::NotAuthorized { user: u, url }) => {
+        Err(ConnectError::NotAuthorized { user: u, url, .. }) => {
             assert_eq!(u.as_deref(), user);
             assert!(!url.contains(":wrong@"), "the password is shown: {url}");
         }
@@ -765,19 +765,19 @@ async fn connections_without_or_with_wrong_credentials_are_refused() {
         Some(async_nats::ConnectErrorKind::AuthorizationViolation)
     );
     refused(
-        jetlock::connect::nats(&cluster.url(), None, options()).await,
+        jetlock::connect::nats(&cluster.url(), &Auth::default(), options()).await,
         None,
     );
     let bad = cluster.url().replace("nats://", "nats://worker:wrong@");
     refused(
-        jetlock::connect::nats(&bad, None, options()).await,
+        jetlock::connect::nats(&bad, &Auth::default(), options()).await,
         Some("worker"),
     );
     let good = cluster.login(Role::Worker);
     refused(
         jetlock::connect::nats(
             &cluster.url(),
-            Some(Login::new("restricted", good.password())),
+            &Auth::from(Login::new("restricted", good.password())),
             options(),
         )
         .await,
@@ -802,10 +802,10 @@ async fn connections_without_or_with_wrong_credentials_are_refused() {
     );
 
     // The right password, given either way, connects.
-    jetlock::connect::nats(&cluster.url_as(Role::Worker), None, options())
+    jetlock::connect::nats(&cluster.url_as(Role::Worker), &Auth::default(), options())
         .await
         .expect("URL credentials");
-    jetlock::connect::nats(&cluster.url(), Some(good), options())
+    jetlock::connect::nats(&cluster.url(), &Auth::from(good), options())
         .await
         .expect("explicit credentials");
 }

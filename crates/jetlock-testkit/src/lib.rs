@@ -88,7 +88,7 @@ pub async fn try_nats_with(
     if let Some(prefix) = role.session_prefix() {
         options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
     }
-    jetlock::connect::nats(url, None, options).await
+    jetlock::connect::nats(url, &jetlock::connect::Auth::default(), options).await
 }
 
 /// Client options of the trusted worker role: its session prefix.

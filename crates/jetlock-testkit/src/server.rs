@@ -207,16 +207,35 @@ impl NatsServer {
         Self::single(None, true, SyncInterval::Default)
     }
 
+    /// A single node on a free loopback port from `config`, a server config
+    /// that reads the same variables as `nats/dev.conf` (`$NATS_HOST`,
+    /// `$NATS_PORT`, `$NATS_STORE_DIR`, `$NATS_SERVER_NAME`): for tests of
+    /// one way of logging in (tokens, nkeys, operator mode, TLS).
+    pub fn start_configured(config: &str) -> Result<Self, ServerError> {
+        Self::single_from("jetlock-test", config, None, false)
+    }
+
     fn single(port: Option<u16>, monitored: bool, sync: SyncInterval) -> Result<Self, ServerError> {
+        Self::single_from("jetlock-dev", &sync.dev_conf(), port, monitored)
+    }
+
+    /// A single node named `name` from `config` (written into its temp
+    /// dir), with the variables `nats/dev.conf` reads.
+    fn single_from(
+        name: &str,
+        config: &str,
+        port: Option<u16>,
+        monitored: bool,
+    ) -> Result<Self, ServerError> {
         let dir = tempfile::Builder::new().prefix("jetlock-nats-").tempdir()?;
         let port = match port {
             Some(p) => p,
             None => free_ports(1)?[0],
         };
-        let config = dir.path().join("dev.conf");
-        fs::write(&config, sync.dev_conf().as_bytes())?;
+        let path = dir.path().join("server.conf");
+        fs::write(&path, config)?;
         let env = vec![
-            ("NATS_SERVER_NAME".into(), "jetlock-dev".into()),
+            ("NATS_SERVER_NAME".into(), name.to_owned()),
             ("NATS_HOST".into(), "127.0.0.1".into()),
             ("NATS_PORT".into(), port.to_string()),
             (
@@ -224,7 +243,7 @@ impl NatsServer {
                 dir.path().join("jetstream").display().to_string(),
             ),
         ];
-        let mut server = NatsServer::new("jetlock-dev", config, env, port, dir.path())?;
+        let mut server = NatsServer::new(name, path, env, port, dir.path())?;
         if monitored {
             // Not the client port, which is free again until the spawn.
             server.monitor_port = free_ports(2)?.into_iter().find(|&p| p != port);

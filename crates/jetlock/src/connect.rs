@@ -1,15 +1,19 @@
-//! Reaching NATS: server lists, credentials, and URLs fit to print.
+//! Reaching NATS: server lists, credentials, TLS, and URLs fit to print.
 //!
 //! Every connection jetlock makes (the client, `jetlock serve`, the other
-//! commands) goes through [`nats`], so all of them take credentials the same
-//! two ways: a [`Login`] given explicitly (`ClientOptions::user_and_password`,
-//! `JETLOCK_USER` with `JETLOCK_PASSWORD`), or in the URLs
-//! (`nats://user:pass@host:4222`, percent-encoded). async-nats 0.51 parses
-//! such URLs but sends no credentials from them, so jetlock takes them out
-//! of the URLs itself and hands async-nats the bare addresses: its logs then
-//! never show a password either.
+//! commands) goes through [`nats`], so all of them authenticate the same
+//! ways: an [`Auth`] given explicitly (user and password, token, nkey file,
+//! creds file, TLS client certificate and CA; see [`auth`]), or a user and
+//! password in the URLs (`nats://user:pass@host:4222`, percent-encoded).
+//! async-nats 0.51 parses such URLs but sends no credentials from them, so
+//! jetlock takes them out of the URLs itself and hands async-nats the bare
+//! addresses: its logs then never show a password either.
+
+pub mod auth;
 
 use crate::error::{ConnectError, UrlError};
+pub use auth::{Auth, Credentials, Tls};
+use std::borrow::Cow;
 use std::fmt;
 
 /// A NATS user and its password. `Debug` does not show the password.
@@ -20,6 +24,7 @@ pub struct Login {
 }
 
 impl Login {
+    /// The user `user`, logging in with `password`.
     pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
         Login {
             user: user.into(),
@@ -27,10 +32,12 @@ impl Login {
         }
     }
 
+    /// The user name.
     pub fn user(&self) -> &str {
         &self.user
     }
 
+    /// The password (print it nowhere).
     pub fn password(&self) -> &str {
         &self.password
     }
@@ -163,51 +170,55 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Connects to the servers in `urls` (comma-separated) with `options`, as
-/// `login` or else as the user the URLs name. Servers that cannot be
-/// reached fail the call (for commands, which should say so at once); see
-/// [`nats_waiting`] for processes that may start before their servers.
-/// Refused credentials are [`ConnectError::NotAuthorized`].
+/// Connects to the servers in `urls` (comma-separated) with `options`,
+/// authenticating as `auth` says, or when it names no credentials as the
+/// user the URLs name. Servers that cannot be reached fail the call (for
+/// commands, which should say so at once); see [`nats_waiting`] for
+/// processes that may start before their servers. Refused credentials are
+/// [`ConnectError::NotAuthorized`], a failed TLS handshake
+/// [`ConnectError::Tls`].
 pub async fn nats(
     urls: &str,
-    login: Option<Login>,
+    auth: &Auth,
     options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, ConnectError> {
-    connect(urls, login, options, false).await
+    connect(urls, auth, options, false).await
 }
 
 /// [`nats`], except that servers that cannot be reached yet are retried in
 /// the background: the call returns, and requests wait for the connection.
-/// Refused credentials still fail the call at once.
+/// Refused credentials and failed TLS still fail the call at once.
 pub async fn nats_waiting(
     urls: &str,
-    login: Option<Login>,
+    auth: &Auth,
     options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, ConnectError> {
-    connect(urls, login, options, true).await
+    connect(urls, auth, options, true).await
 }
 
 async fn connect(
     urls: &str,
-    login: Option<Login>,
+    auth: &Auth,
     options: async_nats::ConnectOptions,
     wait: bool,
 ) -> Result<async_nats::Client, ConnectError> {
-    let login = match login {
-        Some(login) => Some(login),
-        None => login_in_urls(urls).map_err(ConnectError::InvalidUrl)?,
+    let auth = match auth.credentials() {
+        Some(_) => Cow::Borrowed(auth),
+        None => match login_in_urls(urls).map_err(ConnectError::InvalidUrl)? {
+            Some(login) => Cow::Owned(
+                auth.clone()
+                    .with_credentials(Credentials::UserPassword(login)),
+            ),
+            None => Cow::Borrowed(auth),
+        },
     };
-    let user = login.as_ref().map(|l| l.user.clone());
-    let options = match login {
-        Some(Login { user, password }) => options.user_and_password(user, password),
-        None => options,
-    };
+    let options = auth.apply(options)?;
     let servers = bare_server_list(urls);
     let failed = |source| ConnectError::Nats {
         url: redact(urls),
         source,
     };
-    // First try once: this is where a wrong password shows. With
+    // First try once: this is where wrong credentials show. With
     // `retry_on_initial_connect`, async-nats would give up silently in the
     // background instead, and every request would time out.
     match options.clone().connect(servers.clone()).await {
@@ -216,9 +227,14 @@ async fn connect(
             async_nats::ConnectErrorKind::AuthorizationViolation
             | async_nats::ConnectErrorKind::Authentication => Err(ConnectError::NotAuthorized {
                 url: redact(urls),
-                user,
+                user: auth.user(),
+                credentials: auth.describe(),
             }),
             async_nats::ConnectErrorKind::ServerParse => Err(failed(e)),
+            _ if tls_failed(&e) => Err(ConnectError::Tls {
+                url: redact(urls),
+                source: e,
+            }),
             _ if wait => options
                 .retry_on_initial_connect()
                 .connect(servers)
@@ -227,6 +243,20 @@ async fn connect(
             _ => Err(failed(e)),
         },
     }
+}
+
+/// Whether TLS failed: its setup (a certificate file that is no PEM), or
+/// the handshake (a server certificate no trusted CA signed, a client
+/// certificate the server refused or that is missing). The TLS layer
+/// reports handshake failures and alerts as `InvalidData`; retrying would
+/// fail the same way forever.
+fn tls_failed(e: &async_nats::ConnectError) -> bool {
+    if e.kind() == async_nats::ConnectErrorKind::Tls {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
 }
 
 #[cfg(test)]

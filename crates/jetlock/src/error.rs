@@ -145,11 +145,33 @@ pub enum ConnectError {
         source: async_nats::ConnectError,
     },
     /// The server refused the credentials (or their absence).
-    #[error("NATS at {url} refused the connection{}: check the user and password (ClientOptions::user_and_password, JETLOCK_USER and JETLOCK_PASSWORD, or nats://user:password@host in the URL)", user.as_ref().map(|u| format!(" as user {u:?}")).unwrap_or_else(|| " without credentials".into()))]
+    #[error("NATS at {url} refused the connection {credentials}: check the credentials (user and password, token, nkey or creds file) and that the server knows them")]
     NotAuthorized {
         url: String,
-        /// The user that was refused; `None` when no credentials were sent.
+        /// The user that was refused, when a user and password were sent.
         user: Option<String>,
+        /// How the connection presented itself (`as user "worker"`, `with
+        /// a token`, `with the creds file ...`): no secret.
+        credentials: String,
+    },
+    /// TLS failed: a server certificate no trusted CA signed, a client
+    /// certificate the server refused or did not get, or certificate files
+    /// that are not PEM.
+    #[error("TLS with NATS at {url} failed: {source} (check the CA that signed the server's certificate, and the client certificate and key)")]
+    Tls {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A credentials or certificate file could not be read, or holds no
+    /// usable key.
+    #[error("could not use the {what} {}: {source}", path.display())]
+    Credentials {
+        /// `nkey file`, `creds file`, `TLS client certificate`, ...
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error(transparent)]
     InvalidUrl(#[from] UrlError),

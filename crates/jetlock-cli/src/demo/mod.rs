@@ -78,9 +78,9 @@ pub struct DemoArgs {
     chaos: bool,
     /// NATS server URL(s), comma-separated, where a coordinator serves (or
     /// pass --coordinator). Without it, a local nats-server and a
-    /// coordinator are started for the run. Logs in as --user
-    /// (JETLOCK_USER, password in JETLOCK_PASSWORD) or as the URL's
-    /// `user:password@`.
+    /// coordinator are started for the run. Logs in with the credentials
+    /// flags (--user with JETLOCK_PASSWORD, --token, --creds, --nkey, TLS
+    /// files, --context) or as the URL's `user:password@`.
     #[arg(long)]
     url: Option<String>,
     /// With --url: session ids and inboxes of the run start with this, the
@@ -89,7 +89,7 @@ pub struct DemoArgs {
     #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
     session_prefix: Option<String>,
     #[command(flatten)]
-    login: super::LoginArgs,
+    auth: super::AuthArgs,
     /// With --url: run a coordinator in this process.
     #[arg(long, requires = "url")]
     coordinator: bool,
@@ -111,7 +111,11 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     if let (Some(id), Some(run), Some(url)) = (&args.worker, &args.run, &args.url) {
-        let access = Access::at(url, args.login.login()?, args.session_prefix.clone())?;
+        let access = Access::at(
+            url,
+            args.auth.resolve(Some(url))?.auth,
+            args.session_prefix.clone(),
+        )?;
         return worker::run(id.clone(), run.clone(), access).await;
     }
     let started = Instant::now();
@@ -363,7 +367,11 @@ impl Site {
     async fn start(args: &DemoArgs, run: &str) -> Result<Site, CliError> {
         let (server, access, nats) = match &args.url {
             Some(url) => {
-                let access = Access::at(url, args.login.login()?, args.session_prefix.clone())?;
+                let access = Access::at(
+                    url,
+                    args.auth.resolve(Some(url))?.auth,
+                    args.session_prefix.clone(),
+                )?;
                 let text = format!("{} (--url)", access.describe());
                 (None, access, text)
             }

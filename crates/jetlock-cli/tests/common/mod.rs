@@ -12,7 +12,24 @@ pub mod serving;
 pub use jetlock_testkit::*;
 // Not every test binary starts a coordinator.
 #[allow(unused_imports)]
-pub use serving::{serve, serve_within, spawn_serve, Serving};
+pub use serving::{serve, serve_with_env, serve_within, spawn_serve, Serving};
+
+/// The `nats` CLI's variables that `jetlock` reads too (server list,
+/// credentials, TLS files, context): children of the tests start without
+/// the developer's.
+pub const NATS_LOGIN_VARS: [&str; 11] = [
+    "NATS_URL",
+    "NATS_CONTEXT",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CREDS",
+    "NATS_NKEY",
+    "NATS_CERT",
+    "NATS_KEY",
+    "NATS_CA",
+    "XDG_CONFIG_HOME",
+];
 
 use jetlock::{Client, ClientOptions};
 use jetlock_testkit::server::NatsCluster;

@@ -6,9 +6,9 @@ use super::{Output, PATIENCE};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*`
-/// settings of the test's environment leaking into it.
-fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
+/// `jetlock serve --url <url> <extra>` with none of the `JETLOCK_*` and
+/// `NATS_*` settings of the test's environment leaking into it.
+pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
     cmd.args(["serve", "--url", url]);
     // Several coordinators run side by side: each picks a free metrics
@@ -27,7 +27,11 @@ fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
         "JETLOCK_METRICS_ADDR",
         "JETLOCK_USER",
         "JETLOCK_PASSWORD",
-    ] {
+        "JETLOCK_TOKEN",
+    ]
+    .into_iter()
+    .chain(super::NATS_LOGIN_VARS)
+    {
         cmd.env_remove(var);
     }
     // A test killed mid-run (a hang, a Ctrl-C) leaves no coordinator behind.
@@ -56,7 +60,17 @@ pub fn serve(url: &str, extra: &[&str]) -> Serving {
 
 /// [`serve`], waiting up to `within` for the `ready` line.
 pub fn serve_within(url: &str, extra: &[&str], within: Duration) -> Serving {
-    let mut serving = spawn_serve(url, extra);
+    serve_with_env(url, extra, &[], within)
+}
+
+/// [`serve_within`] with `env` set in the child's environment.
+pub fn serve_with_env(
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> Serving {
+    let mut serving = spawn_serve_with_env(url, extra, env);
     serving.wait_ready(within);
     serving
 }
@@ -64,7 +78,12 @@ pub fn serve_within(url: &str, extra: &[&str], within: Duration) -> Serving {
 /// Starts [`serve_command`]`(url, extra)` and returns at once, ready or
 /// not: see [`Serving::wait_ready`].
 pub fn spawn_serve(url: &str, extra: &[&str]) -> Serving {
+    spawn_serve_with_env(url, extra, &[])
+}
+
+fn spawn_serve_with_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Serving {
     let mut child = serve_command(url, extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

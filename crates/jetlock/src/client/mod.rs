@@ -34,7 +34,7 @@ pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
 
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
-use crate::connect::Login;
+use crate::connect::{Auth, Credentials, Login};
 use crate::error::{ConnectError, Holder, LockError};
 use crate::name::LockName;
 use crate::store::{Current, LockStore};
@@ -67,7 +67,7 @@ pub struct ClientOptions {
     queue: bool,
     session_prefix: Option<String>,
     fast_path: bool,
-    login: Option<Login>,
+    auth: Auth,
 }
 
 impl Default for ClientOptions {
@@ -82,7 +82,7 @@ impl Default for ClientOptions {
             queue: true,
             session_prefix: None,
             fast_path: true,
-            login: None,
+            auth: Auth::default(),
         }
     }
 }
@@ -163,20 +163,80 @@ impl ClientOptions {
         self
     }
 
-    /// The NATS user and password to connect as. Without it, credentials in
-    /// the URL are used (`nats://user:password@host:4222`, percent-encoded).
+    /// The NATS user and password to connect as. Without any credentials
+    /// set, those in the URL are used (`nats://user:password@host:4222`,
+    /// percent-encoded). Like the other credential setters, replaces
+    /// credentials set before: a server takes one kind per connection.
     pub fn user_and_password(
         mut self,
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> Self {
-        self.login = Some(Login::new(user, password));
+        self.auth = self
+            .auth
+            .with_credentials(Credentials::UserPassword(Login::new(user, password)));
+        self
+    }
+
+    /// Connect with a token (`authorization { token: ... }`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = self.auth.with_credentials(Credentials::Token(token.into()));
+        self
+    }
+
+    /// Connect as the user whose nkey seed (`SU...`) is in the file at
+    /// `path`, read at connect.
+    pub fn nkey_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.auth = self
+            .auth
+            .with_credentials(Credentials::NkeyFile(path.into()));
+        self
+    }
+
+    /// Connect with the user JWT and nkey seed of the `.creds` file at
+    /// `path` (servers in operator mode), read at connect.
+    pub fn credentials_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.auth = self
+            .auth
+            .with_credentials(Credentials::CredsFile(path.into()));
+        self
+    }
+
+    /// Present this client certificate and key (PEM files) to servers that
+    /// verify clients (`tls { verify: true }`). Requires TLS.
+    pub fn client_certificate(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.auth = self.auth.client_certificate(cert, key);
+        self
+    }
+
+    /// Trust servers whose certificates the CA in this PEM file signed.
+    /// Requires TLS.
+    pub fn root_certificates(mut self, ca: impl Into<std::path::PathBuf>) -> Self {
+        self.auth = self.auth.root_certificates(ca);
+        self
+    }
+
+    /// Refuse to connect without TLS (implied by a client certificate or a
+    /// CA, and by `tls://` URLs).
+    pub fn require_tls(mut self, required: bool) -> Self {
+        self.auth = self.auth.require_tls(required);
+        self
+    }
+
+    /// All credentials and TLS settings at once, replacing those set before.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
         self
     }
 
     /// Connects to NATS at `url` (comma-separated for several servers).
     /// Servers not up yet are waited for; refused credentials fail at once
-    /// ([`ConnectError::NotAuthorized`]).
+    /// ([`ConnectError::NotAuthorized`]), and so does TLS
+    /// ([`ConnectError::Tls`]).
     pub async fn connect(self, url: &str) -> Result<Client, ConnectError> {
         let session = self.new_session()?;
         let fast_path = Arc::new(fast_path::FastPath::new(self.fast_path, &self.bucket));
@@ -193,7 +253,7 @@ impl ClientOptions {
         if let Some(prefix) = &self.session_prefix {
             options = options.custom_inbox_prefix(format!("_INBOX.{prefix}"));
         }
-        let nats = crate::connect::nats_waiting(url, self.login.clone(), options).await?;
+        let nats = crate::connect::nats_waiting(url, &self.auth, options).await?;
         self.start(nats, session, fast_path, true, conn).await
     }
 
