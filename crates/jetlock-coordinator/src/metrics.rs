@@ -32,6 +32,11 @@ struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Prefix {
     prefix: String,
 }
@@ -50,6 +55,8 @@ pub struct Metrics {
     errors: Family<Code, Counter>,
     dropped: Counter,
     sessions_refused: Counter,
+    proof_beats: Family<Outcome, Counter>,
+    confirmations_withheld: Counter,
     failovers: Counter,
     wait: Histogram,
     hold: Histogram,
@@ -83,6 +90,8 @@ impl Metrics {
             errors: Family::default(),
             dropped: Counter::default(),
             sessions_refused: Counter::default(),
+            proof_beats: Family::default(),
+            confirmations_withheld: Counter::default(),
             failovers: Counter::default(),
             wait: Histogram::new(seconds_buckets()),
             hold: Histogram::new(seconds_buckets()),
@@ -129,6 +138,21 @@ impl Metrics {
             "sessions_refused",
             "Heartbeats of new sessions refused: their prefix is at max_sessions_per_prefix",
             m.sessions_refused.clone(),
+        );
+        r.register(
+            "proof_beats",
+            "Proof beats by result: in_time (stored by a quorum within 60 ms), late, failed",
+            m.proof_beats.clone(),
+        );
+        for result in ["in_time", "late", "failed"] {
+            let _ = m.proof_beats.get_or_create(&Outcome {
+                result: result.into(),
+            });
+        }
+        r.register(
+            "confirmations_withheld",
+            "Heartbeat answers `alive` never sent: no timely proof beat followed them (their clients' deadlines ran on)",
+            m.confirmations_withheld.clone(),
         );
         r.register(
             "failovers",
@@ -224,6 +248,20 @@ impl Metrics {
     /// Counts a heartbeat of a new session refused for its prefix's quota.
     pub fn session_refused(&self) {
         self.sessions_refused.inc();
+    }
+
+    /// Counts a proof beat's result.
+    pub fn proof_beat(&self, result: &str) {
+        self.proof_beats
+            .get_or_create(&Outcome {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `alive` answers the engine dropped unsent since the last call.
+    pub fn confirmations_withheld(&self, more: u64) {
+        self.confirmations_withheld.inc_by(more);
     }
 
     /// Sets the gauges from the engine's state.
