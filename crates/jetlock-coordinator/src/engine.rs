@@ -28,7 +28,7 @@
 //! heartbeats, proof of hearing, deaths, the ring and the clock;
 //! `replay.rs` lost acks and replays; `views.rs` what operators read.
 
-use super::hearing::{Hearing, HeldAcks, Verdict};
+use super::hearing::{self, Hearings, HeldAcks, Verdict};
 use super::membership::{self, owner_among, Ring, Sessions, Touch};
 use super::HashMap;
 use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
@@ -89,11 +89,10 @@ pub struct EngineConfig {
     /// beyond it is refused, `too_many_sessions`.
     pub max_sessions_per_prefix: u32,
     /// Whether an `alive` heartbeat answer waits for proof of hearing
-    /// (`hearing::HeldAcks`). Off by default: under a burst of requests on
-    /// a loaded machine and while the proof stream's leader moves, proof
-    /// beats come late and confirmations stop, so sessions end (see
-    /// docs/RELIABILITY.md, "Deterministic simulation"). The simulation
-    /// runs with it on.
+    /// (`hearing::HeldAcks`). On: without it, a coordinator cut off by a
+    /// route partition together with a client's server confirms that
+    /// client while the other side hands its locks on (docs/RELIABILITY.md,
+    /// "Deterministic simulation"). Off only for tests of other rules.
     pub confirm_with_proof: bool,
     /// Per-prefix limits; the longest matching prefix applies.
     pub policies: Vec<(LockName, Policy)>,
@@ -128,7 +127,7 @@ impl Default for EngineConfig {
             max_locks_per_session: 10_000,
             max_waits_per_session: 20_000,
             max_sessions_per_prefix: 10_000,
-            confirm_with_proof: false,
+            confirm_with_proof: true,
             policies: Vec::new(),
         }
     }
@@ -378,6 +377,11 @@ struct KeyState {
     changed_at: Option<Instant>,
     /// The requests `current` is known to have applied (see `replay.rs`).
     applied: Applied,
+    /// Waiters this coordinator let go at their deadline while another
+    /// acted for the key, kept [`MIRROR_OP_LIFETIME`]: one of the holder's
+    /// own was a reentry to the coordinator that acted, which a view that
+    /// lagged here took for a wait (see `replay::adopt_reentries`).
+    lapsed: Vec<Waiter>,
 }
 
 impl KeyState {
@@ -394,6 +398,7 @@ impl KeyState {
             note: None,
             changed_at: None,
             applied: Applied::default(),
+            lapsed: Vec::new(),
         }
     }
 
@@ -402,6 +407,7 @@ impl KeyState {
             && self.queue.is_empty()
             && self.ops.is_empty()
             && self.inflight.is_none()
+            && self.lapsed.is_empty()
     }
 }
 
@@ -447,8 +453,9 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     ready: bool,
     last_tick: Option<Instant>,
-    /// Proof that this coordinator could hear the cluster: deaths need it.
-    hearing: Hearing,
+    /// Proof that this coordinator could hear the cluster, per class of
+    /// session timeout: deaths need it.
+    hearing: Hearings,
     /// `alive` answers waiting for the same proof: (session, reply).
     held_acks: HeldAcks<(String, String)>,
     next_sweep: Option<Instant>,
@@ -485,7 +492,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             ready: false,
             last_tick: None,
-            hearing: Hearing::default(),
+            hearing: Hearings::default(),
             held_acks: HeldAcks::default(),
             next_sweep: None,
             writes_sent: 0,

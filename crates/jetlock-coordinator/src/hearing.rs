@@ -7,39 +7,41 @@
 //! coordinator keeps confirming them. So the runtime publishes a proof beat
 //! to a replicated JetStream stream every [`PROOF_INTERVAL`]; the stream
 //! acknowledges it only once a quorum of servers stored it, which needs the
-//! routes. A beat sent at `s` and acknowledged by `s` + [`MAX_ACK_DELAY`]
-//! shows the coordinator was connected to the quorum within that span; one
+//! routes. A beat sent at `s` and acknowledged by `s` + `ack` shows the
+//! coordinator was connected to the quorum within that span; one
 //! acknowledged later shows little (a paused server stores and acknowledges
 //! on waking what was sent while it slept), so it counts as not stored.
 //!
-//! Such beats whose send times are at most [`MAX_GAP`] apart make one span
-//! of hearing. A death stands only when one span covers everything from
-//! when a heartbeat would have saved the session to past its deadline. A
-//! gap (no quorum, our server paused, our own loop stalled) breaks the
-//! span: sessions are then counted as heard at the gap's end, as after a
-//! stall. Hearing may have been lost for at most [`MAX_GAP`] +
-//! [`MAX_ACK_DELAY`] within a span without a break showing; that must be
-//! shorter than any silence that can kill: a session's heartbeats come
-//! every quarter of its timeout, so a loss of hearing that hides a death by
-//! silence lasts at least three quarters of the shortest timeout (225 ms of
-//! 300 ms).
+//! Such beats whose send times are at most `gap` apart make one span of
+//! hearing. A death stands only when one span covers everything from when
+//! a heartbeat would have saved the session to past its deadline. A gap (no
+//! quorum, our server paused, our own loop stalled) breaks the span:
+//! sessions are then counted as heard at the gap's end, as after a stall.
+//! Hearing may have been lost for at most `gap` + `ack` within a span
+//! without a break showing; that must be shorter than any silence that can
+//! kill: a session's heartbeats come every quarter of its timeout, so a
+//! loss of hearing that hides a death by silence lasts at least three
+//! quarters of its timeout. So the bounds depend on the session's timeout
+//! ([`BOUNDS`]): 150 + 60 ms for the shortest (300 ms, a loss of 225 ms
+//! kills), and looser for longer ones, whose proof may come later under
+//! load (a busy server stores a beat in 100 ms and more) without a break.
+//! Each class of timeout has its own span ([`Hearings`]).
 //!
-//! Confirmations need the same proof, when `EngineConfig::confirm_with_proof`
-//! is on (off by default: under load proof beats come late and
-//! confirmations stop; docs/ARCHITECTURE.md). A coordinator cut off with some
-//! clients' server hears their heartbeats while the rest of the cluster
-//! does not; were it to answer them alive, they would keep believing in
-//! locks that the other side hands on. So an `alive` answer waits in
-//! [`HeldAcks`] until a proof beat sent after the heartbeat arrived is
-//! acknowledged in time: the beat went over the same connection and then
-//! over the routes to the quorum, after the heartbeat, so the routes were
-//! up when the heartbeat passed (routes are TCP: in order). And the span of
-//! hearing that beat belongs to must have begun [`MAX_GAP`] before the
-//! heartbeat was read, so hearing was not lost from before the heartbeat
-//! was sent (one sent during a partition and read just after the heal sat
-//! in our socket, and was never carried to the other side) to the answer.
-//! An answer no such beat releases is dropped, never sent, and the client's
-//! deadline runs out.
+//! Confirmations need the same proof (`EngineConfig::confirm_with_proof`,
+//! on by default). A coordinator cut off with some clients' server hears
+//! their heartbeats while the rest of the cluster does not; were it to
+//! answer them alive, they would keep believing in locks that the other
+//! side hands on. So an `alive` answer waits in [`HeldAcks`] until a proof
+//! beat sent after the heartbeat arrived is acknowledged in time (for the
+//! session's class): the beat went over the same connection and then over
+//! the routes to the quorum, after the heartbeat, so the routes were up
+//! when the heartbeat passed (routes are TCP: in order). And the span of
+//! hearing that beat belongs to must have begun [`SETTLING`] before the
+//! heartbeat was read, so hearing was not lost from before the
+//! heartbeat was sent (one sent during a partition and read just after the
+//! heal sat in our socket, and was never carried to the other side) to the
+//! answer. An answer no such beat releases is dropped, never sent, and the
+//! client's deadline runs out.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -47,18 +49,77 @@ use tokio::time::Instant;
 
 /// How often a proof beat is sent.
 pub const PROOF_INTERVAL: Duration = Duration::from_millis(50);
-/// The longest time between two acknowledged beats' sends within one span.
-pub const MAX_GAP: Duration = Duration::from_millis(150);
-/// A beat acknowledged later than this after its send proves nothing.
-pub const MAX_ACK_DELAY: Duration = Duration::from_millis(60);
 
-/// The acknowledged proof beats so far, as one span.
-#[derive(Debug, Default, Clone)]
+/// What a span of hearing may hide, for sessions of at least `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The shortest session timeout these bounds serve.
+    pub timeout: Duration,
+    /// The longest time between two acknowledged beats' sends in one span.
+    pub gap: Duration,
+    /// A beat acknowledged later than this after its send proves nothing.
+    pub ack: Duration,
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The classes of session timeout, shortest first; a session is judged by
+/// the last class whose `timeout` it reaches. Each keeps `gap` + `ack`
+/// below three quarters of its `timeout` (a test checks it).
+pub const BOUNDS: [Bounds; 3] = [
+    Bounds {
+        timeout: ms(300),
+        gap: ms(150),
+        ack: ms(60),
+    },
+    Bounds {
+        timeout: ms(900),
+        gap: ms(300),
+        ack: ms(300),
+    },
+    Bounds {
+        timeout: ms(3000),
+        gap: ms(1000),
+        ack: ms(1000),
+    },
+];
+
+/// How long a span of hearing must have lasted before a heartbeat read in
+/// it may be confirmed: one read sooner may have sat unread here since
+/// before the span began, when it may not have crossed the routes. The
+/// same for every class: it bounds how late this coordinator reads what
+/// its server delivered, which does not depend on the session.
+pub const SETTLING: Duration = BOUNDS[0].gap;
+
+/// The longest any class waits for a proof beat's acknowledgement.
+pub const MAX_ACK_DELAY: Duration = BOUNDS[BOUNDS.len() - 1].ack;
+
+/// The class that judges a session whose timeout is `timeout`.
+pub fn class_of(timeout: Duration) -> usize {
+    BOUNDS
+        .iter()
+        .rposition(|b| b.timeout <= timeout)
+        .unwrap_or(0)
+}
+
+/// The acknowledged proof beats so far, as one span, under one class's
+/// bounds.
+#[derive(Debug, Clone)]
 pub struct Hearing {
+    bounds: Bounds,
     /// Start of the current span of hearing.
     since: Option<Instant>,
     /// Send time of the newest acknowledged beat.
     through: Option<Instant>,
+}
+
+impl Default for Hearing {
+    /// The shortest timeouts' span.
+    fn default() -> Self {
+        Hearing::new(BOUNDS[0])
+    }
 }
 
 /// What to do with an overdue session.
@@ -73,15 +134,23 @@ pub enum Verdict {
 }
 
 impl Hearing {
+    pub fn new(bounds: Bounds) -> Self {
+        Hearing {
+            bounds,
+            since: None,
+            through: None,
+        }
+    }
+
     /// A proof beat sent at `sent` was acknowledged by the quorum at
     /// `acked`.
     pub fn acked(&mut self, sent: Instant, acked: Instant) {
-        if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
+        if acked.saturating_duration_since(sent) > self.bounds.ack {
             return;
         }
         let joined = self
             .through
-            .is_some_and(|t| sent <= t || sent.duration_since(t) <= MAX_GAP);
+            .is_some_and(|t| sent <= t || sent.duration_since(t) <= self.bounds.gap);
         if !joined {
             self.since = Some(sent);
         }
@@ -110,55 +179,105 @@ impl Hearing {
     }
 }
 
+/// One span of hearing per class of session timeout ([`BOUNDS`]).
+#[derive(Debug, Clone)]
+pub struct Hearings {
+    classes: Vec<Hearing>,
+}
+
+impl Default for Hearings {
+    fn default() -> Self {
+        Hearings {
+            classes: BOUNDS.iter().copied().map(Hearing::new).collect(),
+        }
+    }
+}
+
+impl Hearings {
+    pub fn acked(&mut self, sent: Instant, acked: Instant) {
+        for h in &mut self.classes {
+            h.acked(sent, acked);
+        }
+    }
+
+    pub fn broke(&mut self) {
+        for h in &mut self.classes {
+            h.broke();
+        }
+    }
+
+    /// The span that judges sessions of class `class` (see [`class_of`]).
+    pub fn of(&self, class: usize) -> &Hearing {
+        &self.classes[class.min(self.classes.len() - 1)]
+    }
+}
+
 /// `alive` heartbeat answers waiting for their proof (a heartbeat's answer
 /// is late by at most one [`PROOF_INTERVAL`] and a round trip).
 #[derive(Debug, Default)]
 pub struct HeldAcks<T> {
-    held: VecDeque<(Instant, T)>,
+    /// (arrived, class of the session's timeout, answer), in arrival order.
+    held: VecDeque<(Instant, usize, T)>,
+    /// Answers dropped unsent so far (no proof in time, or too many held):
+    /// their clients' deadlines run on.
+    pub withheld: u64,
 }
 
 /// Most answers held at once; beyond it the oldest is dropped (its client
 /// heartbeats again). 40,000 sessions heartbeating every 225 ms for 250 ms.
 pub const MAX_HELD_ACKS: usize = 40_000;
-/// An answer held this long is dropped: no proof came, and a client whose
-/// heartbeat is this old has sent newer ones.
-pub const HELD_ACK_LIFETIME: Duration = Duration::from_secs(1);
+/// An answer held this long is dropped: no proof came (the slowest class
+/// waits [`MAX_ACK_DELAY`] for a beat sent up to a beat's own wait after the
+/// heartbeat), and a client whose heartbeat is this old has sent newer ones.
+pub const HELD_ACK_LIFETIME: Duration = Duration::from_millis(2500);
 
 impl<T> HeldAcks<T> {
-    /// Holds the answer to a heartbeat that arrived at `arrived`.
-    pub fn hold(&mut self, arrived: Instant, answer: T) {
+    /// Holds the answer to a heartbeat of a session of `class` that arrived
+    /// at `arrived`.
+    pub fn hold(&mut self, arrived: Instant, class: usize, answer: T) {
         if self.held.len() >= MAX_HELD_ACKS {
             self.held.pop_front();
+            self.withheld += 1;
         }
-        self.held.push_back((arrived, answer));
+        self.held.push_back((arrived, class, answer));
     }
 
-    /// A proof beat sent at `sent` was acknowledged at `acked`, and the
-    /// span of hearing it is part of began at `span`. If it was in time,
-    /// the answers to heartbeats that arrived before it was sent are
-    /// decided: those that arrived [`MAX_GAP`] or more after the span began
-    /// go, the others are dropped. A late beat decides nothing: the next
-    /// one in time does, and a span broken meanwhile drops them.
-    pub fn proved(&mut self, sent: Instant, acked: Instant, span: Option<Instant>) -> Vec<T> {
-        if acked.saturating_duration_since(sent) > MAX_ACK_DELAY {
-            return Vec::new();
+    /// A proof beat sent at `sent` was acknowledged at `acked`. For each
+    /// answer to a heartbeat that arrived before it was sent, if the beat
+    /// was in time for the answer's class, the answer is decided: it goes
+    /// if it arrived [`SETTLING`] or more after that class's span began,
+    /// and is dropped otherwise. A beat late for a class decides
+    /// nothing of it: the next one in time does, and a span broken
+    /// meanwhile drops them.
+    pub fn proved(&mut self, sent: Instant, acked: Instant, hearings: &Hearings) -> Vec<T> {
+        let delay = acked.saturating_duration_since(sent);
+        let mut released = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for (arrived, class, answer) in self.held.drain(..) {
+            let bounds = BOUNDS[class.min(BOUNDS.len() - 1)];
+            if arrived > sent || delay > bounds.ack {
+                kept.push_back((arrived, class, answer));
+            } else if hearings
+                .of(class)
+                .span_start()
+                .is_some_and(|s| s + SETTLING <= arrived)
+            {
+                released.push(answer);
+            } else {
+                self.withheld += 1;
+            }
         }
-        let n = self.held.partition_point(|(arrived, _)| *arrived <= sent);
-        self.held
-            .drain(..n)
-            .filter(|(arrived, _)| span.is_some_and(|s| s + MAX_GAP <= *arrived))
-            .map(|(_, a)| a)
-            .collect()
+        self.held = kept;
+        released
     }
 
     /// Drops answers no proof released in time.
     pub fn expire(&mut self, now: Instant) {
-        while self
-            .held
-            .front()
-            .is_some_and(|(arrived, _)| now.saturating_duration_since(*arrived) > HELD_ACK_LIFETIME)
-        {
+        while self.held.front().is_some_and(|(arrived, _, _)| {
+            now.saturating_duration_since(*arrived) > HELD_ACK_LIFETIME
+        }) {
             self.held.pop_front();
+            self.withheld += 1;
         }
     }
 }
@@ -167,35 +286,88 @@ impl<T> HeldAcks<T> {
 mod tests {
     use super::*;
 
+    /// Beats acknowledged 1 ms after their send, every proof interval
+    /// from `from` through `to`.
+    fn heard(hs: &mut Hearings, from: Instant, to: Instant) {
+        let mut t = from;
+        while t <= to {
+            hs.acked(t, t + MS);
+            t += PROOF_INTERVAL;
+        }
+    }
+
+    /// One beat, as the engine takes it: into the spans, then the answers.
+    fn beat<T>(h: &mut HeldAcks<T>, hs: &mut Hearings, sent: Instant, acked: Instant) -> Vec<T> {
+        hs.acked(sent, acked);
+        h.proved(sent, acked, hs)
+    }
+
     #[test]
     fn an_answer_goes_only_with_a_beat_sent_after_its_heartbeat_and_acked_in_time() {
         let t0 = Instant::now();
-        let span = Some(t0 - MAX_GAP);
+        let mut hs = Hearings::default();
+        heard(&mut hs, t0 - 200 * MS, t0);
         let mut h = HeldAcks::default();
-        h.hold(t0 + 10 * MS, "a");
-        h.hold(t0 + 30 * MS, "b");
+        h.hold(t0 + 10 * MS, 0, "a");
+        h.hold(t0 + 30 * MS, 0, "b");
         // Sent before "a" arrived.
-        assert!(h.proved(t0 + 5 * MS, t0 + 6 * MS, span).is_empty());
-        assert_eq!(h.proved(t0 + 20 * MS, t0 + 21 * MS, span), vec!["a"]);
-        // The first beat after "b" is acknowledged too late: it proves
-        // nothing, and the next one in the same span decides.
-        assert!(h.proved(t0 + 40 * MS, t0 + 200 * MS, span).is_empty());
-        assert_eq!(h.proved(t0 + 90 * MS, t0 + 91 * MS, span), vec!["b"]);
+        assert!(beat(&mut h, &mut hs, t0 + 5 * MS, t0 + 6 * MS).is_empty());
+        assert_eq!(beat(&mut h, &mut hs, t0 + 20 * MS, t0 + 21 * MS), vec!["a"]);
+        // The first beat after "b" is acknowledged too late for the
+        // shortest timeouts: it proves nothing of them, and the next one in
+        // the same span decides.
+        assert!(beat(&mut h, &mut hs, t0 + 40 * MS, t0 + 200 * MS).is_empty());
+        assert_eq!(beat(&mut h, &mut hs, t0 + 90 * MS, t0 + 91 * MS), vec!["b"]);
+        // The same lateness proves a longer timeout's heartbeat.
+        h.hold(t0 + 100 * MS, 1, "slow");
+        assert_eq!(
+            beat(&mut h, &mut hs, t0 + 110 * MS, t0 + 250 * MS),
+            vec!["slow"]
+        );
+        assert_eq!(h.withheld, 0);
         // Hearing broke after "c" arrived: the new span began after it, so
         // "c" is dropped, not confirmed.
-        h.hold(t0 + 300 * MS, "c");
-        assert!(h
-            .proved(t0 + 600 * MS, t0 + 601 * MS, Some(t0 + 600 * MS))
-            .is_empty());
+        h.hold(t0 + 300 * MS, 0, "c");
+        hs.broke();
+        assert!(beat(&mut h, &mut hs, t0 + 600 * MS, t0 + 601 * MS).is_empty());
         // Read too soon after a new span began (a heal): dropped too.
-        h.hold(t0 + 500 * MS, "e");
-        assert!(h
-            .proved(t0 + 510 * MS, t0 + 511 * MS, Some(t0 + 450 * MS))
-            .is_empty());
+        h.hold(t0 + 650 * MS, 0, "e");
+        assert!(beat(&mut h, &mut hs, t0 + 700 * MS, t0 + 701 * MS).is_empty());
         // Never decided (no beat): dropped after its lifetime.
-        h.hold(t0 + 400 * MS, "d");
-        h.expire(t0 + 400 * MS + HELD_ACK_LIFETIME + MS);
-        assert!(h.proved(t0 + 2000 * MS, t0 + 2001 * MS, span).is_empty());
+        h.hold(t0 + 800 * MS, 0, "d");
+        h.expire(t0 + 800 * MS + HELD_ACK_LIFETIME + MS);
+        assert!(beat(&mut h, &mut hs, t0 + 4000 * MS, t0 + 4001 * MS).is_empty());
+        assert_eq!(h.withheld, 3);
+    }
+
+    #[test]
+    fn every_class_notices_a_loss_of_hearing_that_could_hide_a_death() {
+        for b in BOUNDS {
+            // Heartbeats come every quarter of the timeout: a loss that
+            // hides a death lasts three quarters of it.
+            assert!(b.gap + b.ack < b.timeout * 3 / 4, "{b:?}");
+            assert!(b.gap >= 2 * PROOF_INTERVAL, "{b:?}");
+        }
+        assert!(BOUNDS.windows(2).all(|w| w[0].timeout < w[1].timeout));
+        assert_eq!(class_of(100 * MS), 0);
+        assert_eq!(class_of(899 * MS), 0);
+        assert_eq!(class_of(900 * MS), 1);
+        assert_eq!(class_of(Duration::from_secs(40)), 2);
+    }
+
+    #[test]
+    fn a_longer_timeouts_span_outlasts_beats_too_late_for_the_shortest() {
+        let t0 = Instant::now();
+        let mut hs = Hearings::default();
+        // Every beat stored 100 ms after its send (a busy server).
+        let mut t = t0;
+        while t <= t0 + 1000 * MS {
+            hs.acked(t, t + 100 * MS);
+            t += PROOF_INTERVAL;
+        }
+        assert_eq!(hs.of(0).verdict(t0, t0 + 300 * MS), Verdict::Wait);
+        assert_eq!(hs.of(1).verdict(t0, t0 + 900 * MS), Verdict::Dead);
+        assert_eq!(hs.of(1).span_start(), Some(t0));
     }
 
     const MS: Duration = Duration::from_millis(1);

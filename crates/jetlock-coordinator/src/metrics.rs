@@ -43,6 +43,11 @@ struct Build {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Prefix {
     prefix: String,
 }
@@ -65,6 +70,8 @@ pub struct Metrics {
     errors: Family<Code, Counter>,
     dropped: Counter,
     sessions_refused: Counter,
+    proof_beats: Family<Outcome, Counter>,
+    confirmations_withheld: Counter,
     failovers: Counter,
     wait: Histogram,
     hold: Histogram,
@@ -98,6 +105,8 @@ impl Metrics {
             errors: Family::default(),
             dropped: Counter::default(),
             sessions_refused: Counter::default(),
+            proof_beats: Family::default(),
+            confirmations_withheld: Counter::default(),
             failovers: Counter::default(),
             wait: Histogram::new(seconds_buckets()),
             hold: Histogram::new(seconds_buckets()),
@@ -156,6 +165,16 @@ impl Metrics {
             m.sessions_refused.clone(),
         );
         r.register(
+            "proof_beats",
+            "Proof beats by result: in_time (stored by a quorum within 60 ms), late (within 1 s: proof for sessions of 900 ms and more only), failed",
+            m.proof_beats.clone(),
+        );
+        r.register(
+            "confirmations_withheld",
+            "Heartbeat answers `alive` never sent: no timely proof beat followed them (their clients' deadlines ran on)",
+            m.confirmations_withheld.clone(),
+        );
+        r.register(
             "failovers",
             "Takeovers of a departed coordinator's locks",
             m.failovers.clone(),
@@ -211,6 +230,13 @@ impl Metrics {
                 })
                 .inc_by(0);
             self.errors.get_or_create(&Code { code }).inc_by(0);
+        }
+        for result in ["in_time", "late", "failed"] {
+            self.proof_beats
+                .get_or_create(&Outcome {
+                    result: result.to_owned(),
+                })
+                .inc_by(0);
         }
     }
 
@@ -277,6 +303,20 @@ impl Metrics {
     /// Counts a heartbeat of a new session refused for its prefix's quota.
     pub fn session_refused(&self) {
         self.sessions_refused.inc();
+    }
+
+    /// Counts a proof beat's result.
+    pub fn proof_beat(&self, result: &str) {
+        self.proof_beats
+            .get_or_create(&Outcome {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `alive` answers the engine dropped unsent since the last call.
+    pub fn confirmations_withheld(&self, more: u64) {
+        self.confirmations_withheld.inc_by(more);
     }
 
     /// Sets the gauges from the engine's state.

@@ -190,11 +190,11 @@ struct Runtime {
     writes: JoinSet<(LockName, WriteResult)>,
     reads: JoinSet<(LockName, Option<(store::Current, Stamp)>)>,
     deletes: JoinSet<()>,
-    /// The proof beat in flight: its send time and when the quorum's
-    /// acknowledgement came, once it did.
+    /// The proof beats in flight: each one's send time and when the
+    /// quorum's acknowledgement came, once it did.
     proofs: JoinSet<Option<(Instant, Instant)>>,
-    /// Another proof beat is wanted as soon as the one in flight is done.
-    proof_wanted: bool,
+    /// When the last proof beat was sent.
+    last_proof: Option<Instant>,
     /// The request stream's creation time (unix ms): request sequences
     /// named in `Jetlock-Applied` count only in the stream they came from.
     request_epoch: u64,
@@ -215,10 +215,16 @@ const ANSWERED_BY: &str = "Jetlock-Coordinator";
 const MAX_DELETES_IN_FLIGHT: usize = 256;
 /// The engine's clock resolution.
 const TICK: Duration = Duration::from_millis(20);
-/// A proof beat not stored by then shows nothing (one acknowledged after
-/// `hearing::MAX_ACK_DELAY` proves nothing either): the next one is sent,
-/// so one lost acknowledgement leaves a gap within `hearing::MAX_GAP`.
-const PROOF_TIMEOUT: Duration = Duration::from_millis(250);
+/// A proof beat not stored by then shows nothing to any class of session
+/// timeout (`hearing::BOUNDS`).
+const PROOF_TIMEOUT: Duration = hearing::MAX_ACK_DELAY;
+/// Most proof beats in flight (one every `hearing::PROOF_INTERVAL` until
+/// `PROOF_TIMEOUT` would be 20): a server that stores none shows the gap
+/// long before.
+const MAX_PROOFS_IN_FLIGHT: usize = 8;
+/// The least time between two proof beats: the engine asks for one between
+/// the regular beats when it waits for proof.
+const MIN_PROOF_SPACING: Duration = Duration::from_millis(10);
 
 impl Runtime {
     async fn new(
@@ -242,7 +248,7 @@ impl Runtime {
             reads: JoinSet::new(),
             deletes: JoinSet::new(),
             proofs: JoinSet::new(),
-            proof_wanted: false,
+            last_proof: None,
             request_epoch: 0,
             metrics,
             health,
@@ -265,6 +271,7 @@ impl Runtime {
         let mut next_beat = Instant::now();
         let mut next_gauges = Instant::now();
         let mut next_proof = Instant::now();
+        let mut withheld_counted = 0;
         let kv_prefix = format!("$KV.{}.", self.store.bucket());
         // Listen for the other coordinators' heartbeats for two of their
         // intervals before acting: a coordinator that acted at once would
@@ -292,11 +299,13 @@ impl Runtime {
                 // Proof beats next: the answers of heartbeats wait for them,
                 // and a stream of finishing writes must not hold them back.
                 Some(done) = self.proofs.join_next(), if !self.proofs.is_empty() => {
-                    if let Ok(Some((sent, acked))) = done {
-                        self.engine.proof_acked(sent, acked, Instant::now());
-                    }
-                    if std::mem::take(&mut self.proof_wanted) {
-                        self.prove();
+                    match done {
+                        Ok(Some((sent, acked))) => {
+                            let late = acked.saturating_duration_since(sent) > hearing::BOUNDS[0].ack;
+                            self.metrics.proof_beat(if late { "late" } else { "in_time" });
+                            self.engine.proof_acked(sent, acked, Instant::now());
+                        }
+                        _ => self.metrics.proof_beat("failed"),
                     }
                 }
                 Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
@@ -322,6 +331,13 @@ impl Runtime {
                     self.engine.tick(now);
                     if now >= next_gauges {
                         next_gauges = now + Duration::from_secs(1);
+                        let withheld = self.engine.confirmations_withheld();
+                        if withheld > withheld_counted {
+                            warn!(withheld = withheld - withheld_counted,
+                                "heartbeat answers withheld: no proof beat was stored in time after them (their sessions' deadlines run on)");
+                        }
+                        self.metrics.confirmations_withheld(withheld - withheld_counted);
+                        withheld_counted = withheld;
                         let (depths, held) = self.engine.served_load();
                         self.metrics.gauges(depths, held, self.engine.live_sessions(),
                             self.engine.ring().len());
@@ -518,13 +534,21 @@ impl Runtime {
         let _ = self.nats.publish(subject, body.into()).await;
     }
 
-    /// Sends a proof beat, or asks for one after the beat in flight (one
-    /// at a time, so their send times show every gap).
+    /// Sends a proof beat, unless one went out a moment ago or too many
+    /// are in flight (the server stores none of them: the gap shows in the
+    /// send times of those acknowledged). Each is judged by its own send
+    /// and acknowledgement, so one whose acknowledgement is lost holds up
+    /// none of the others.
     fn prove(&mut self) {
-        if !self.proofs.is_empty() {
-            self.proof_wanted = true;
+        let now = Instant::now();
+        if self.proofs.len() >= MAX_PROOFS_IN_FLIGHT
+            || self
+                .last_proof
+                .is_some_and(|t| now.duration_since(t) < MIN_PROOF_SPACING)
+        {
             return;
         }
+        self.last_proof = Some(now);
         let js = jetstream::new(self.nats.clone());
         let subject = format!("jetlock.proof.{}", self.config.id);
         self.proofs.spawn(async move {

@@ -78,6 +78,9 @@ impl Engine {
                     self.answer(&w.session, e);
                 }
                 self.done(&w.session, &w.id, w.seq, acting);
+                if !acting {
+                    ks.lapsed.push(w);
+                }
             } else {
                 if !self.unheard.contains_key(&w.session) {
                     ahead += 1;

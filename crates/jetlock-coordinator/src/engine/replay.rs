@@ -116,7 +116,11 @@ pub(super) fn next_applied(
 /// whether this one read them before or after it learned of the grant. Left
 /// in the queue, one would wait for the hold to end while a later operation
 /// of the hold ran, and a coordinator replaying it would then take it for
-/// applied (seed 605 of the simulation). A hold whose grant is not known (a
+/// applied (seed 605 of the simulation). So are the holder's acquires this
+/// coordinator let go at their deadline while another acted for the key
+/// (`KeyState::lapsed`): from a view that lagged, a try-lock that the acting
+/// coordinator ran as a reentry looked busy here, and a takeover would
+/// have written past it (`partition` seed 490). A hold whose grant is not known (a
 /// client's own CAS) adopts nothing: clients that take the fast path count
 /// reentries themselves.
 pub(super) fn adopt_reentries(ks: &mut KeyState) {
@@ -124,20 +128,26 @@ pub(super) fn adopt_reentries(ks: &mut KeyState) {
         return;
     };
     let grant = ks.applied.grant;
-    if grant == 0
-        || !ks
-            .queue
-            .iter()
-            .any(|w| w.session == record.session && w.owner == record.owner && w.seq > grant)
-    {
+    let reentry =
+        |w: &Waiter| w.session == record.session && w.owner == record.owner && w.seq > grant;
+    if grant == 0 || !(ks.lapsed.iter().any(reentry) || ks.queue.iter().any(reentry)) {
         return;
     }
     let (session, owner) = (record.session.clone(), record.owner.clone());
-    let (adopted, kept): (VecDeque<Waiter>, VecDeque<Waiter>) = std::mem::take(&mut ks.queue)
-        .into_iter()
-        .partition(|w| w.session == session && w.owner == owner && w.seq > grant);
+    let reentry = |w: &Waiter| w.session == session && w.owner == owner && w.seq > grant;
+    let (adopted, kept): (VecDeque<Waiter>, VecDeque<Waiter>) =
+        std::mem::take(&mut ks.queue).into_iter().partition(reentry);
     ks.queue = kept;
+    let mut adopted = Vec::from(adopted);
+    let (more, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut ks.lapsed)
+        .into_iter()
+        .partition(reentry);
+    ks.lapsed = kept;
+    adopted.extend(more);
     for w in adopted {
+        if ks.ops.iter().any(|op| op.seq == w.seq) {
+            continue;
+        }
         let at = ks.ops.partition_point(|op| op.seq < w.seq);
         ks.ops.insert(
             at,

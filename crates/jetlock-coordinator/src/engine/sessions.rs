@@ -52,10 +52,17 @@ impl Engine {
             return;
         };
         if ack.alive && self.cfg.confirm_with_proof {
-            self.held_acks.hold(now, (session.to_owned(), reply));
+            let class = hearing::class_of(self.sessions.timeout_of(session));
+            self.held_acks.hold(now, class, (session.to_owned(), reply));
         } else {
             self.out.push(Action::HeartbeatAck { reply, ack });
         }
+    }
+
+    /// `alive` answers dropped unsent for want of a timely proof beat so
+    /// far (see `hearing::HeldAcks`).
+    pub fn confirmations_withheld(&self) -> u64 {
+        self.held_acks.withheld
     }
 
     /// The answer to a heartbeat of `session`, as things stand now.
@@ -76,8 +83,7 @@ impl Engine {
     /// sessions may now be judged.
     pub fn proof_acked(&mut self, sent: Instant, acked: Instant, now: Instant) {
         self.hearing.acked(sent, acked);
-        let span = self.hearing.span_start();
-        for (session, reply) in self.held_acks.proved(sent, acked, span) {
+        for (session, reply) in self.held_acks.proved(sent, acked, &self.hearing) {
             let ack = self.heartbeat_ack(&session);
             self.out.push(Action::HeartbeatAck { reply, ack });
         }
@@ -93,7 +99,8 @@ impl Engine {
         let mut want_proof = false;
         let mut dead = Vec::new();
         for o in self.sessions.overdue(now) {
-            match self.hearing.verdict(o.since, o.due) {
+            let class = hearing::class_of(self.sessions.timeout_of(&o.session));
+            match self.hearing.of(class).verdict(o.since, o.due) {
                 Verdict::Dead => dead.push(o),
                 Verdict::Revive(at) => self.sessions.revive(&o.session, at),
                 Verdict::Wait => want_proof = true,
@@ -186,6 +193,8 @@ impl Engine {
                 ks.ops
                     .retain(|op| now.duration_since(op.arrived) < MIRROR_OP_LIFETIME);
             }
+            ks.lapsed
+                .retain(|w| now.duration_since(w.arrived) < MIRROR_OP_LIFETIME);
             !ks.idle()
         });
     }

@@ -91,8 +91,9 @@ pub struct Coord {
     writes: u64,
     /// Local time of the next proof beat; one in flight at a time.
     next_proof: u64,
-    pub proving: bool,
-    pub proof_wanted: bool,
+    /// Proof beats in flight, and when (true time) the last one was sent.
+    pub proofs_in_flight: usize,
+    pub last_proof: Option<u64>,
 }
 
 impl Coord {
@@ -114,8 +115,8 @@ impl Coord {
             next_beat: 0,
             writes: 0,
             next_proof: 0,
-            proving: false,
-            proof_wanted: false,
+            proofs_in_flight: 0,
+            last_proof: None,
         }
     }
 
@@ -161,8 +162,8 @@ impl World {
         co.engine = Some(Engine::new(co.id.clone(), cfg));
         co.feeds = [Feed::default(), Feed::default()];
         co.ready = false;
-        co.proving = false;
-        co.proof_wanted = false;
+        co.proofs_in_flight = 0;
+        co.last_proof = None;
         co.next_proof = 0;
         co.listen_until = self.now + 2 * BEAT;
         let inc = co.inc;

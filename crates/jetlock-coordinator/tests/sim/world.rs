@@ -119,7 +119,7 @@ impl SimConfig {
             faulty_for: 30 * SEC,
             quiet_for: 60 * SEC,
             faults,
-            timeouts_ms: vec![900, 2_000, 5_000],
+            timeouts_ms: vec![300, 900, 2_000, 5_000],
             drift_ppm: 1_000,
             wall_skew: 20 * MS,
         }
@@ -415,7 +415,7 @@ impl World {
 
     /// A client whose connection is down (between a drop and the
     /// reconnect) sends and receives nothing.
-    fn offline(&self, p: Proc) -> bool {
+    pub fn offline(&self, p: Proc) -> bool {
         matches!(p, Proc::Client(k) if self.clients[k].offline_until > self.now)
     }
 

@@ -241,14 +241,56 @@ impl SessionLink {
             let deadline = self.belief.lock().expect("never poisoned").deadline();
             let since_last = sent.back().map(|b| b.at.elapsed());
             let may_beat = !self.is_expired() && since_last.is_none_or(|e| e >= MIN_BEAT_GAP);
+            // In this order: a passed deadline before anything read after
+            // it; heartbeat answers and heartbeats before request answers,
+            // so a burst of answers (thousands of waits granted at once)
+            // cannot keep a confirmation unread past the deadline.
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    if self.unconfirmed(&inner) {
-                        // Tell the coordinators now rather than after the
-                        // timeout, so they release what it held.
-                        let _ = nats
-                            .publish(protocol::heartbeat_subject(&self.session), leaving_beat())
-                            .await;
+                    self.deadline_passed(&inner, &nats).await;
+                }
+                msg = acks.next() => {
+                    let Some(msg) = msg else { return };
+                    // Read after the deadline: the deadline goes first, so
+                    // a session seen over stays over.
+                    if self.ended() && !self.is_expired() {
+                        self.deadline_passed(&inner, &nats).await;
+                    }
+                    if let Some(tx) = self.settled.lock().expect("never poisoned").take() {
+                        let _ = tx.send(());
+                    }
+                    let n = msg.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
+                    let Some(i) = sent.iter().position(|b| Some(b.n) == n) else {
+                        continue;
+                    };
+                    sent[i].resolved = true;
+                    let (at, new_conn) = (sent[i].at, sent[i].new_conn);
+                    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        // No coordinator heard it (none runs): no deadline
+                        // from it. No answer at all is noted by the age of
+                        // the last answer.
+                        let next = sent.iter().skip(i + 1).find(|b| !b.resolved).map(|b| b.at);
+                        self.belief.lock().expect("never poisoned").refused(at, next);
+                    } else if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
+                        self.acked(&ack, at, new_conn, &inner);
+                        // Every quarter of the timeout the coordinators
+                        // apply (it may be below the one asked for): a
+                        // loss of hearing shorter than three quarters of it
+                        // cannot hide a death (docs/ARCHITECTURE.md).
+                        let period = self.belief.lock().expect("never poisoned").timeout() / 4;
+                        if period < beat.period() {
+                            beat = tokio::time::interval_at(Instant::now() + period, period);
+                            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                        // A coordinator that missed the new connection's
+                        // heartbeat ends the session at its grace: beat
+                        // again until every one confirmed it.
+                        if new_conn
+                            && self.belief.lock().expect("never poisoned").reconnect_unconfirmed()
+                        {
+                            beat_now = true;
+                        }
                     }
                 }
                 // A probe or a reconnect asks for a heartbeat at once; an
@@ -270,35 +312,6 @@ impl SessionLink {
                         beat_now = true;
                     }
                     seen = now;
-                }
-                msg = acks.next() => {
-                    let Some(msg) = msg else { return };
-                    if let Some(tx) = self.settled.lock().expect("never poisoned").take() {
-                        let _ = tx.send(());
-                    }
-                    let n = msg.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
-                    let Some(i) = sent.iter().position(|b| Some(b.n) == n) else {
-                        continue;
-                    };
-                    sent[i].resolved = true;
-                    let (at, new_conn) = (sent[i].at, sent[i].new_conn);
-                    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                        // No coordinator heard it (none runs): no deadline
-                        // from it. No answer at all is noted by the age of
-                        // the last answer.
-                        let next = sent.iter().skip(i + 1).find(|b| !b.resolved).map(|b| b.at);
-                        self.belief.lock().expect("never poisoned").refused(at, next);
-                    } else if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&msg.payload) {
-                        self.acked(&ack, at, new_conn, &inner);
-                        // A coordinator that missed the new connection's
-                        // heartbeat ends the session at its grace: beat
-                        // again until every one confirmed it.
-                        if new_conn
-                            && self.belief.lock().expect("never poisoned").reconnect_unconfirmed()
-                        {
-                            beat_now = true;
-                        }
-                    }
                 }
                 msg = answers.next() => {
                     let Some(msg) = msg else { return };
@@ -360,6 +373,17 @@ impl SessionLink {
                     )
                     .await;
             }
+        }
+    }
+
+    /// The deadline passed with no newer confirmation.
+    async fn deadline_passed(&self, inner: &Weak<Inner>, nats: &async_nats::Client) {
+        if self.unconfirmed(inner) {
+            // Tell the coordinators now rather than after the timeout, so
+            // they release what it held.
+            let _ = nats
+                .publish(protocol::heartbeat_subject(&self.session), leaving_beat())
+                .await;
         }
     }
 

@@ -90,10 +90,10 @@ fn a_coordinator_that_cannot_prove_it_hears_the_quorum_confirms_no_session() {
         sim.acks.is_empty(),
         "answered alive without proof of hearing"
     );
-    // Healed: a heartbeat read once the new span of hearing is older than
-    // the longest gap is answered with the first beat after it; the one
-    // from the cut is not (a client has long heartbeated again), nor one
-    // read right after the heal (it may have been sent during the cut).
+    // Healed: a heartbeat read once the new span of hearing has settled
+    // (150 ms) is answered with the first beat after it; the one from the
+    // cut is not (a client has long heartbeated again), nor one read right
+    // after the heal (it may have been sent during the cut).
     sim.quorum = true;
     sim.engine.heartbeat_to("s", hb(), "r-heal".into(), sim.now);
     for _ in 0..4 {

@@ -95,3 +95,85 @@ fn a_coordinator_that_does_not_own_the_key_only_mirrors() {
     sim.settle();
     assert!(sim.grant_token("h", "a").is_some());
 }
+
+#[test]
+fn a_reentry_a_mirror_let_go_from_a_lagging_view_is_run_after_its_takeover() {
+    // Seed 490 of the `partition` simulation: a coordinator cut off from
+    // the others still saw w holding when h, which the owner had granted
+    // the lock meanwhile, sent a reentrant try-lock. From its view the
+    // try-lock was busy, so it let it go (the owner answers those). Then
+    // it took the key over, ran h's later renewal and wrote that every
+    // operation up to it was applied: the owner's write of the reentry
+    // conflicted and took it for applied, and h counted a hold the bucket
+    // never had (its release of it freed the lock).
+    let mut sim = Sim::new();
+    let other = let_another_coordinator_own_k(&mut sim);
+    let name = LockName::new("k").unwrap();
+    let record = |session: &str| LockRecord {
+        owner: session.into(),
+        session: session.into(),
+        acquired_ms: 0,
+        lease_ms: 10_000,
+        holds: 1,
+        token: 0,
+    };
+    sim.engine.heartbeat("w", hb(), sim.now);
+    sim.engine.observed(
+        &name,
+        Current::Held {
+            revision: 1,
+            record: record("w"),
+        },
+        sim.now,
+    );
+    let grant = sim.acquire("h", "a0", 60_000);
+    sim.send(
+        "acquire",
+        "h",
+        json!({"v": 1, "id": "a1", "key": "k", "wait_ms": 0}),
+    );
+    sim.send(
+        "renew",
+        "h",
+        json!({"v": 1, "id": "n1", "key": "k", "token": 2, "ttl_ms": 20_000}),
+    );
+    // The owner's grant to h shows at last; it has not run the reentry.
+    sim.bucket.seq = 2;
+    sim.bucket.keys.insert(
+        "k".into(),
+        Current::Held {
+            revision: 2,
+            record: record("h"),
+        },
+    );
+    sim.bucket.stamps.insert(
+        "k".into(),
+        Stamp {
+            write_id: Some(format!("{other}.1")),
+            applied: Applied {
+                hold: grant,
+                ended: 0,
+                grant,
+            },
+        },
+    );
+    let (current, stamp) = sim.bucket.read("k");
+    sim.engine
+        .observed_change(&name, current, false, stamp, sim.now);
+    sim.settle();
+    leave(&mut sim, &other);
+    let holds = match sim.bucket.keys.get("k") {
+        Some(Current::Held { record, .. }) => record.holds,
+        other => panic!("k is {other:?}"),
+    };
+    assert_eq!(holds, 2, "the reentry is run: {:?}", sim.answers);
+    let a1: Vec<_> = sim
+        .answers_to("h")
+        .into_iter()
+        .filter(|a| a.re() == Some("a1"))
+        .collect();
+    assert!(
+        matches!(a1.as_slice(), [Answer::Granted { holds: 2, .. }]),
+        "{a1:?}"
+    );
+}
