@@ -140,6 +140,47 @@ async fn a_client_reconnect_never_ends_the_session() {
     assert!(next.token() > token);
 }
 
+/// A client that asks for a longer timeout than coordinators allow
+/// (`max_session_timeout_ms`) is told the one applied, and beats every
+/// quarter of that: beating at a quarter of the timeout it asked for, it
+/// would be silent for longer than the coordinators wait, and its session
+/// would end (its own deadline, 0.9 of the timeout it was told, first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_beats_at_a_quarter_of_the_timeout_it_is_told() {
+    let server = single();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        "max_session_timeout_ms = 2000
+",
+    )
+    .unwrap();
+    let _serving = serve(&url, &["--config", config.to_str().unwrap()]);
+    let holder = ClientOptions::new()
+        .name("asks-too-much")
+        .session_timeout(Duration::from_secs(20))
+        .create_bucket(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let guard = holder
+        .lock("told")
+        .ttl(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    // Three times the applied timeout; asked-for beats would come every 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !guard.is_lost(),
+        "the session ended: {:?}",
+        guard.lost_reason()
+    );
+    guard.release().await.expect("still held");
+}
+
 /// Cases 4 and 5: a coordinator that cannot hear the cluster must not
 /// declare a session dead that another coordinator keeps confirming. Its
 /// server hangs for 500 ms: longer than the holder's 300 ms session timeout
