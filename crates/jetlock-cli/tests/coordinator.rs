@@ -763,3 +763,101 @@ async fn hold_exits_4_when_its_lock_is_lost_and_0_after_releasing_on_sigint() {
         "released before exiting"
     );
 }
+
+/// Waits without a coordinator watch the key, each on a consumer of the
+/// bucket's stream. Left to the server, each lingered 30 s after its wait
+/// (async-nats' ordered consumers), and nats-server 2.15 allows a stream
+/// 1000 consumers unless it names a limit: after a burst of waits, a
+/// coordinator could not watch the bucket and never started. Now each wait
+/// deletes its consumer, and the bucket names its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_starts_after_ten_thousand_watch_and_race_waits() {
+    const WAITS: usize = 10_000;
+    const AT_ONCE: usize = 16;
+    let server = single();
+    let url = server.url();
+    let holder = client(&url, "holder").await;
+    let held = holder
+        .lock("contended")
+        .ttl(Duration::from_secs(600))
+        .acquire()
+        .await
+        .unwrap();
+    let waiters: Vec<_> = futures::future::join_all((0..AT_ONCE).map(|i| {
+        jetlock::ClientOptions::new()
+            .name(format!("racer-{i}"))
+            .queue(false)
+            .connect(&url)
+    }))
+    .await
+    .into_iter()
+    .map(|c| c.expect("connect"))
+    .collect();
+    let timeouts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    futures::stream::iter(0..WAITS)
+        .for_each_concurrent(AT_ONCE, |i| {
+            let waiter = waiters[i % AT_ONCE].clone();
+            let timeouts = timeouts.clone();
+            async move {
+                match waiter
+                    .lock("contended")
+                    .wait(Duration::from_millis(5))
+                    .acquire()
+                    .await
+                {
+                    Err(LockError::Timeout { .. }) => {
+                        timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    other => panic!("wait {i}: {:?}", other.map(|g| g.token())),
+                }
+            }
+        })
+        .await;
+    assert_eq!(
+        timeouts.load(std::sync::atomic::Ordering::Relaxed),
+        WAITS,
+        "every wait watched the key until its deadline"
+    );
+    // The waits' deletes were sent on their way out: they land within
+    // moments, long before the server's own 30 s.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut stream = js
+        .get_stream(format!("KV_{}", jetlock::bucket::DEFAULT_BUCKET))
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.cached_info().config.max_consumers,
+        jetlock::bucket::MAX_CONSUMERS,
+        "the bucket names its consumer limit"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let left = loop {
+        let n = stream.info().await.unwrap().state.consumer_count;
+        if n <= AT_ONCE || tokio::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        left <= AT_ONCE,
+        "{left} consumers left on the bucket's stream after {WAITS} waits"
+    );
+    // A coordinator starts, and serves: the holder's release hands the lock
+    // to a queued waiter.
+    let _coordinator = coordinator(&url).await;
+    let queued = client(&url, "queued").await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let wait = queued_acquire(
+        &watcher,
+        &queued,
+        "contended",
+        Duration::from_secs(60),
+        PATIENCE,
+    )
+    .await;
+    let held_token = held.token();
+    held.release().await.unwrap();
+    let (_, granted) = wait.await.unwrap();
+    let granted = granted.expect("granted through the coordinator");
+    assert!(granted.token() > held_token);
+}

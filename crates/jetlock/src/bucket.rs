@@ -66,10 +66,18 @@ impl BucketSpec {
             subject_delete_marker_ttl: Some(self.marker_ttl),
             first_sequence: Some(first_seq),
             metadata: HashMap::from([(FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned())]),
+            max_consumers: MAX_CONSUMERS,
             ..Default::default()
         }
     }
 }
+
+/// Most consumers on the locks bucket's stream: every coordinator's watch,
+/// each wait of a client without a coordinator (deleted when the wait
+/// ends), `jetlock watch`. Set on the stream: since 2.15 nats-server gives
+/// a stream without a limit of its own 1000, and a burst of waits that
+/// reached it kept a coordinator from watching the bucket.
+pub const MAX_CONSUMERS: i32 = 10_000;
 
 /// Stream metadata key that records how the first sequence was chosen.
 pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
@@ -167,6 +175,18 @@ pub async fn ensure_bucket(
             if config.num_replicas != spec.replicas {
                 warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
                       "locks bucket replica count differs from the requested one; keeping it");
+            }
+            if config.max_consumers != MAX_CONSUMERS {
+                let raised = jetstream::stream::Config {
+                    max_consumers: MAX_CONSUMERS,
+                    ..config.clone()
+                };
+                match js.update_stream(raised).await {
+                    Ok(_) => info!(bucket = %spec.name, was = config.max_consumers,
+                                   now = MAX_CONSUMERS, "locks bucket consumer limit set"),
+                    Err(e) => warn!(bucket = %spec.name, error = %e,
+                                    "cannot set the locks bucket's consumer limit (nats-server before 2.12 cannot change it); keeping it"),
+                }
             }
             Ok(store)
         }

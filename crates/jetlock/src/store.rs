@@ -292,11 +292,79 @@ impl LockStore {
         &self,
         name: &LockName,
         revision: u64,
-    ) -> Result<kv::Watch, async_nats::Error> {
-        Ok(self
-            .kv
-            .watch_from_revision(name.key(), revision.max(1))
-            .await?)
+    ) -> Result<KeyWatch, async_nats::Error> {
+        let consumer = format!("jetlock_watch_{}", nuid::next());
+        let messages = self
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                name: Some(consumer.clone()),
+                deliver_subject: self.js_client().new_inbox(),
+                description: Some("jetlock wait".into()),
+                filter_subject: format!("{}{}", self.prefix, name.key()),
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: revision.max(1),
+                },
+                ..Default::default()
+            })
+            .await?
+            .messages()
+            .await?;
+        Ok(KeyWatch {
+            messages,
+            stream: self.stream.clone(),
+            consumer,
+        })
+    }
+
+    fn js_client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+}
+
+/// A watch of one key ([`LockStore::watch_from`]). Its consumer is deleted
+/// when the watch is dropped: left to the server, an ordered consumer
+/// lingers 30 s after its subscriber went, and a burst of waits filled the
+/// stream's consumer limit (see [`crate::bucket::MAX_CONSUMERS`]).
+pub struct KeyWatch {
+    messages: jetstream::consumer::push::Ordered,
+    stream: jetstream::stream::Stream,
+    consumer: String,
+}
+
+impl KeyWatch {
+    /// The key's next change, `(revision, what it says)`; `None` once the
+    /// watch ended, an error when it broke (a new one resumes).
+    pub async fn next(
+        &mut self,
+    ) -> Option<Result<(u64, Result<Current, RecordError>), async_nats::Error>> {
+        use futures::StreamExt;
+        let msg = match self.messages.next().await? {
+            Ok(msg) => msg,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let seq = match msg.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok((
+            seq,
+            current_from_message(seq, msg.headers.as_ref(), &msg.payload),
+        )))
+    }
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        // Best effort: what a lost delete leaves, the server removes after
+        // the consumer's inactivity threshold (30 s); so does a consumer
+        // async-nats recreated under another name after a gap.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (stream, consumer) = (self.stream.clone(), std::mem::take(&mut self.consumer));
+            rt.spawn(async move {
+                let _ = stream.delete_consumer(&consumer).await;
+            });
+        }
     }
 }
 

@@ -25,8 +25,7 @@ use crate::clock::unix_ms;
 use crate::error::{Holder, LockError};
 use crate::name::{LockName, NameError};
 use crate::record::LockRecord;
-use crate::store::{current_from_entry, Current, ReadError};
-use futures::StreamExt;
+use crate::store::{Current, ReadError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -232,46 +231,17 @@ async fn fast(
     }
     // Otherwise wait for a release or expiry, one CAS per marker.
     debug!(from, "lock is held; waiting");
-    // Failures to create or keep a watcher in a row; each one backs off.
-    let mut watch_failures = 0;
-    let mut last_error = None;
+    // The client's watcher of the key (shared with its other waits on it)
+    // shows the newest change; one before `from` was seen already.
+    let mut seen = inner.watchers.subscribe(&inner.store, name, from);
     loop {
-        if watch_failures > 0 && !wait.retry_after_transport_error(watch_failures).await {
-            return Err(match last_error {
-                Some(source) => LockError::Nats {
-                    name: name.to_string(),
-                    op: "watch",
-                    source,
-                },
-                None => timeout(name, started),
-            });
-        }
-        let mut watch = match within(wait.deadline(), inner.store.watch_from(name, from)).await {
-            None => return Err(timeout(name, started)),
-            Some(Ok(watch)) => watch,
-            Some(Err(source)) => {
-                watch_failures += 1;
-                last_error = Some(source);
-                continue;
-            }
+        let latest = {
+            let s = seen.borrow_and_update();
+            s.latest.clone().filter(|(revision, _)| *revision >= from)
         };
-        while let Some(entry) = within(wait.deadline(), watch.next())
-            .await
-            .ok_or_else(|| timeout(name, started))?
-        {
-            // The watcher broke (server restart): a new one resumes from the
-            // last revision seen.
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    debug!(error = %e, "watch broke; resuming");
-                    last_error = Some(e.into());
-                    break;
-                }
-            };
-            watch_failures = 0;
-            from = entry.revision + 1;
-            match current_from_entry(&entry) {
+        if let Some((revision, current)) = latest {
+            from = revision + 1;
+            match current {
                 Ok(Current::Vacant { revision }) => {
                     if let Some(w) = attempt.cas(revision, wait).await? {
                         debug!(
@@ -296,8 +266,23 @@ async fn fast(
                 }
             }
         }
-        // The watcher broke or ended: back off before the next one.
-        watch_failures += 1;
+        match within(wait.deadline(), seen.changed()).await {
+            Some(Ok(())) => {}
+            // The watcher stops only with nobody subscribed: not reached
+            // while this wait holds on; start another all the same.
+            Some(Err(_)) => seen = inner.watchers.subscribe(&inner.store, name, from),
+            None => {
+                let failing = seen.borrow().failing.clone();
+                return Err(match failing {
+                    Some(e) => LockError::Nats {
+                        name: name.to_string(),
+                        op: "watch",
+                        source: e.into(),
+                    },
+                    None => timeout(name, started),
+                });
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ mod queue;
 mod renewer;
 mod session;
 mod via_coordinator;
+mod watchers;
 
 /// Re-exported from [`crate::connect`], where it lives with the URL handling.
 pub use crate::connect::server_list;
@@ -319,6 +320,7 @@ impl ClientOptions {
             renewer: renewer::Renewer::start(),
             link: link.clone(),
             fast_path,
+            watchers: watchers::Watchers::default(),
         });
         session::SessionLink::start(&link, Arc::downgrade(&inner), nats)
             .await
@@ -355,6 +357,8 @@ pub(crate) struct Inner {
     pub(crate) link: Arc<session::SessionLink>,
     /// Whether this client writes the bucket itself.
     pub(crate) fast_path: Arc<fast_path::FastPath>,
+    /// The keys this client's waits without a coordinator watch.
+    pub(crate) watchers: watchers::Watchers,
 }
 
 impl Drop for Inner {
