@@ -228,6 +228,13 @@ fn duration_flags_take_units_and_the_old_ms_flags_still_work() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a duration"), "{err}");
+    for window in ["soon", "500ms"] {
+        let out = jetlock()
+            .args(["bench", "--contention", window])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{window}: {out:?}");
+    }
     let out = jetlock()
         .args([
             "release", "job:1", "--force", "--reason", "x", "--grace", "5s",
@@ -253,6 +260,37 @@ fn logs_to_a_pipe_have_no_colour() {
         "no log lines: {err}"
     );
     assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
+/// On a terminal logs are coloured, unless NO_COLOR is set. `script`
+/// (util-linux) gives the command a terminal.
+#[test]
+fn no_color_turns_colour_off_on_a_terminal() {
+    let on_a_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "{} locks --url nats://127.0.0.1:1",
+            env!("CARGO_BIN_EXE_jetlock")
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("JETLOCK_LOG", "debug")
+            .env_remove("JETLOCK_URL")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().expect("script (util-linux) runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(None);
+    assert!(coloured.contains("DEBUG"), "{coloured}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "a terminal gets colour: {coloured:?}"
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(plain.contains("DEBUG"), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
 }
 
 #[test]
@@ -284,7 +322,7 @@ fn completions_and_the_man_page_come_from_the_commands() {
 fn a_short_bench_reports_throughput_and_memory_as_json() {
     let out = jetlock()
         .args(["bench", "--quick", "--json", "--only", "throughput,memory"])
-        .args(["--durability", "default", "--throughput-secs", "1"])
+        .args(["--durability", "default", "--throughput", "1s"])
         .args(["--clients", "4", "--max-held", "1000"])
         .stderr(Stdio::inherit())
         .output()
