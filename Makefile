@@ -26,9 +26,10 @@ check:
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked --workspace --all-targets --features jetlock-coordinator/sim -- -D warnings
 
-# The performance suite of the README (about 10 minutes on 2 cores); with
-# the peers feature it also measures Redis, PostgreSQL and etcd where they
-# are installed (`bash bench/peers.sh` installs them).
+# The performance suite of the README (about 5 minutes on 2 cores: 307 s in
+# the run the README reports); with the peers feature it also measures
+# Redis, PostgreSQL and etcd where they are installed (`bash bench/peers.sh`
+# installs them).
 bench: nats-server
 	cargo run --release --quiet -p jetlock-cli --features peers -- bench
 

@@ -35,6 +35,37 @@ pub async fn ask<T: DeserializeOwned>(
         .map_err(|e| format!("unreadable answer on {subject}: {e}").into())
 }
 
+/// How long [`ask_every`] waits for one more answer after the last.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Asks every coordinator `subject` (an endpoint each answers, see
+/// `jetlock_coordinator::admin::SETTINGS`): the answers that came until
+/// none came for a while. Empty when no coordinator answered.
+pub async fn ask_every<T: DeserializeOwned>(
+    nats: &async_nats::Client,
+    subject: &'static str,
+) -> Result<Vec<T>, CliError> {
+    use futures::StreamExt;
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await?;
+    nats.publish_with_reply(subject, inbox, Vec::new().into())
+        .await?;
+    nats.flush().await?;
+    let mut answers = Vec::new();
+    let mut wait = ADMIN_TIMEOUT;
+    while let Ok(Some(msg)) = tokio::time::timeout(wait, replies.next()).await {
+        // The server's own "no responders" status: nobody serves it.
+        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            break;
+        }
+        let answer = serde_json::from_slice(&msg.payload)
+            .map_err(|e| format!("unreadable answer on {subject}: {e}"))?;
+        answers.push(answer);
+        wait = QUIET;
+    }
+    Ok(answers)
+}
+
 pub fn no_coordinator() -> CliError {
     Exit::with(5, "no coordinator answered (is `jetlock serve` running?)")
 }

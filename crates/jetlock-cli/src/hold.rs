@@ -19,16 +19,21 @@ pub struct HoldArgs {
     connection: Connection,
     /// The lock to hold.
     name: String,
-    /// Lease in ms (renewed while held).
-    #[arg(long, default_value_t = 10_000)]
-    ttl_ms: u64,
-    /// How long to wait for the lock, in ms (0: fail at once if held).
-    #[arg(long, default_value_t = 30_000)]
-    wait_ms: u64,
-    /// Session timeout in ms (how soon the coordinators notice a hung
-    /// holder).
-    #[arg(long, default_value_t = 900)]
-    session_timeout_ms: u64,
+    /// Lease, renewed while held: `10s`, `1m` (an integer is ms).
+    #[arg(long, visible_alias = "ttl-ms", default_value = "10s", value_parser = super::duration_ms)]
+    ttl: u64,
+    /// How long to wait for the lock: `30s` (`0`: fail at once if held).
+    #[arg(long, visible_alias = "wait-ms", default_value = "30s", value_parser = super::duration_ms)]
+    wait: u64,
+    /// Session timeout, how soon the coordinators notice a hung holder:
+    /// `900ms`, `5s`.
+    #[arg(long, visible_alias = "session-timeout-ms", default_value = "900ms",
+          value_parser = super::duration_ms)]
+    session_timeout: u64,
+    /// The owner named in the lock record and the views [default:
+    /// hold@<host>:<pid>].
+    #[arg(long)]
+    owner: Option<String>,
     /// Session ids start with this (`<prefix>.<random>`): the prefix the
     /// NATS user's permissions allow (see docs/OPERATIONS.md).
     #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
@@ -41,19 +46,26 @@ pub async fn run(args: HoldArgs) -> Result<(), CliError> {
         .name("jetlock-hold")
         .auth(auth)
         .bucket(&args.connection.bucket)
-        .session_timeout(Duration::from_millis(args.session_timeout_ms));
+        .session_timeout(Duration::from_millis(args.session_timeout));
     if let Some(prefix) = &args.session_prefix {
         options = options.session_prefix(prefix);
     }
+    // A bad name is a usage error, found before connecting.
+    jetlock::name::LockName::new(&args.name).map_err(|e| Exit::with(2, e.to_string()))?;
     let client = options.connect(&url).await?;
+    let owner = args.owner.clone().unwrap_or_else(|| {
+        let host = jetlock::protocol::host_name().unwrap_or_else(|| "unknown".into());
+        format!("hold@{host}:{}", std::process::id())
+    });
     let request = client
         .lock(&args.name)
-        .ttl(Duration::from_millis(args.ttl_ms));
-    let guard = if args.wait_ms == 0 {
+        .owner(owner)
+        .ttl(Duration::from_millis(args.ttl));
+    let guard = if args.wait == 0 {
         request.try_acquire().await?
     } else {
         request
-            .wait(Duration::from_millis(args.wait_ms))
+            .wait(Duration::from_millis(args.wait))
             .acquire()
             .await?
     };

@@ -3,8 +3,9 @@
 //! the `jetlock` crate's, `jetlock serve` runs `jetlock-coordinator`, and
 //! `jetlock dev` and the demo start nats-server through `jetlock-testkit`.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap's), 3 not found
-//! (`release --force` of a lock nobody holds), 4 a `doctor` check failed,
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's, and a lock
+//! name or setting that cannot be), 3 not found (`release --force` of a
+//! lock nobody holds), 4 a `doctor` check failed or `hold` lost its lock,
 //! 5 no coordinator answered. A subcommand chooses its code by returning
 //! [`Exit`].
 
@@ -13,6 +14,7 @@ mod auth;
 pub mod bench;
 mod demo;
 mod dev;
+mod docs;
 mod doctor;
 mod history;
 mod hold;
@@ -83,6 +85,11 @@ impl Connection {
     }
 }
 
+/// clap's parser for a duration flag: `250ms`, `10s`, or an integer of ms.
+fn duration_ms(text: &str) -> Result<u64, String> {
+    jetlock_coordinator::duration::parse_ms(text)
+}
+
 const fn jetlock_bucket() -> &'static str {
     jetlock::bucket::DEFAULT_BUCKET
 }
@@ -151,6 +158,11 @@ enum Command {
     /// coordinators, clocks) and say what to fix. Exit code 4 when a check
     /// fails; warnings alone exit 0.
     Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script: `jetlock completions bash >
+    /// /etc/bash_completion.d/jetlock`.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff): `jetlock man | man -l -`.
+    Man,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -176,6 +188,8 @@ pub fn main() -> ExitCode {
             Command::Hold(args) => hold::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Completions(args) => docs::completions::<Cli>(args),
+            Command::Man => docs::man::<Cli>(),
         }
     });
     // Do not wait for blocking reads still in flight (`hold` reads stdin on
@@ -190,26 +204,85 @@ pub fn main() -> ExitCode {
                 }
                 return ExitCode::from(exit.code);
             }
-            eprintln!("jetlock: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+            for line in error_lines(e.as_ref()) {
+                eprintln!("{line}");
             }
-            ExitCode::FAILURE
+            if is_usage_error(e.as_ref()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
+/// A lock name that cannot be is the caller's mistake, as clap's are.
+fn is_usage_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<jetlock::name::NameError>().is_some()
+        || matches!(
+            e.downcast_ref::<jetlock::LockError>(),
+            Some(jetlock::LockError::InvalidName(_))
+        )
+}
+
+/// The error and its causes, one line each, leaving out a cause whose text
+/// its parent already shows (wrappers that print their source, like
+/// `#[error(transparent)]` or `"...: {source}"`, would repeat it).
+fn error_lines(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut lines = vec![format!("jetlock: {e}")];
+    let mut shown = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !shown.contains(&text) {
+            lines.push(format!("  caused by: {text}"));
+            shown = text;
+        }
+        source = s.source();
+    }
+    lines
+}
+
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETLOCK_LOG")
         .unwrap_or_else(|_| "warn".into());
+    // Colour only for a person at a terminal: not in a pipe or a log file,
+    // and not when NO_COLOR (no-color.org) is set to anything.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         // One JSON object per line, with the request span's fields.
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("could not connect: {0}")]
+    struct Wrapper(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the bucket")]
+    struct Terse(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_its_parent_already_shows_is_not_repeated() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let lines = error_lines(&Wrapper(refused));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let lines = error_lines(&Terse(std::io::Error::other("disk full")));
+        assert_eq!(
+            lines,
+            ["jetlock: cannot open the bucket", "  caused by: disk full"]
+        );
+    }
 }

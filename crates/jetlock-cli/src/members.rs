@@ -1,5 +1,6 @@
 //! `jetlock members`: live coordinators and sessions, as a coordinator
-//! sees them (`jetlock.admin.members`).
+//! sees them (`jetlock.admin.members`), with who each session's client
+//! says it is (name, host, pid) where it says.
 
 use super::{admin, table, CliError, Connection};
 use jetlock_coordinator::admin::MembersView;
@@ -47,6 +48,7 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
                 s.locks_held.to_string(),
                 s.waiting.to_string(),
                 s.served_by.clone(),
+                client(s.client.as_ref()),
             ]
         })
         .collect();
@@ -58,8 +60,33 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
             "HELD",
             "WAITING",
             "SERVED BY",
+            "CLIENT",
         ],
         &rows,
     );
     Ok(())
+}
+
+/// `name host:pid`, as much of it as the session said (older clients say
+/// nothing: `-`).
+fn client(info: Option<&jetlock::protocol::ClientInfo>) -> String {
+    let Some(info) = info else {
+        return "-".into();
+    };
+    let place = match (&info.host, info.pid) {
+        (Some(host), Some(pid)) => format!("{host}:{pid}"),
+        (Some(host), None) => host.clone(),
+        (None, Some(pid)) => format!("pid {pid}"),
+        (None, None) => String::new(),
+    };
+    let text = [info.name.clone().unwrap_or_default(), place]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text
+    }
 }

@@ -26,9 +26,10 @@ pub struct ReleaseArgs {
     /// Why (kept in the event stream; shown to the holder).
     #[arg(long, required = true)]
     reason: String,
-    /// How long the holder has to finish before it is fenced off.
-    #[arg(long, default_value_t = 0)]
-    grace_ms: u64,
+    /// How long the holder has to finish before it is fenced off: `5s`
+    /// (an integer is ms).
+    #[arg(long, visible_alias = "grace-ms", default_value = "0", value_parser = super::duration_ms)]
+    grace: u64,
     /// Print the `lock.revoked` event as JSON.
     #[arg(long)]
     json: bool,
@@ -49,7 +50,7 @@ pub async fn run(args: ReleaseArgs) -> Result<(), CliError> {
         v: VERSION,
         id: id.clone(),
         key: name.to_string(),
-        grace_ms: args.grace_ms,
+        grace_ms: args.grace,
         reason: Some(args.reason.clone()),
     };
     let mut headers = async_nats::HeaderMap::new();
@@ -97,7 +98,7 @@ async fn revoke(
     id: &str,
     args: &ReleaseArgs,
 ) -> Result<Event, CliError> {
-    let within = ANSWER_WITHIN + Duration::from_millis(args.grace_ms);
+    let within = ANSWER_WITHIN + Duration::from_millis(args.grace);
     let token = tokio::time::timeout(within, async {
         while let Some(msg) = answers.next().await {
             match serde_json::from_slice::<Answer>(&msg.payload) {

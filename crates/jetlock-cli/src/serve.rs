@@ -8,9 +8,11 @@
 //! once) and exits.
 
 use super::CliError;
+use jetlock_coordinator::admin::SettingSource;
 use jetlock_coordinator::config::Config;
 use jetlock_coordinator::http::Endpoint;
 use jetlock_coordinator::Coordinator;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -32,9 +34,11 @@ pub struct ServeArgs {
     /// This coordinator's id (default: random).
     #[arg(long, env = "JETLOCK_ID")]
     id: Option<String>,
-    /// Default session timeout in ms.
-    #[arg(long, env = "JETLOCK_SESSION_TIMEOUT_MS")]
-    session_timeout_ms: Option<u64>,
+    /// Default session timeout: `900ms`, `2s` (an integer is ms)
+    /// [env: JETLOCK_SESSION_TIMEOUT, or JETLOCK_SESSION_TIMEOUT_MS].
+    // The environment is read by `run`, not clap, to tell env from flag.
+    #[arg(long, visible_alias = "session-timeout-ms", value_parser = super::duration_ms)]
+    session_timeout: Option<u64>,
     /// HTTP endpoint for `/metrics`, `/healthz` and `/readyz`: `host:port`
     /// (port 0 picks one; `0.0.0.0:9464` for other machines) or `off`
     /// (default 127.0.0.1:9464).
@@ -45,10 +49,14 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+    let (mut config, file_keys) = match &args.config {
+        Some(path) => Config::from_file_noting(path)?,
+        None => (Config::default(), Vec::new()),
     };
+    let mut sources: BTreeMap<String, SettingSource> = file_keys
+        .into_iter()
+        .map(|k| (k, SettingSource::File))
+        .collect();
     // A config file names its url (or keeps the default): it wins over
     // the ambient NATS_URL and the context, as --url wins over it.
     let target = args.auth.resolve(args.url.as_deref())?;
@@ -66,14 +74,33 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     if let Some(v) = args.id {
         config.id = Some(v);
     }
-    if let Some(v) = args.session_timeout_ms {
-        config.session_timeout_ms = v;
+    let env_timeout = ["JETLOCK_SESSION_TIMEOUT", "JETLOCK_SESSION_TIMEOUT_MS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    let env_timeout = match env_timeout {
+        Some(text) => Some(
+            super::duration_ms(&text)
+                .map_err(|e| super::Exit::with(2, format!("JETLOCK_SESSION_TIMEOUT: {e}")))?,
+        ),
+        None => None,
+    };
+    match (args.session_timeout, env_timeout) {
+        (Some(v), _) => {
+            config.session_timeout_ms = v;
+            sources.insert("session_timeout_ms".into(), SettingSource::Flag);
+        }
+        (None, Some(e)) => {
+            config.session_timeout_ms = e;
+            sources.insert("session_timeout_ms".into(), SettingSource::Env);
+        }
+        (None, None) => {}
     }
     if let Some(v) = args.metrics_addr {
         config.metrics_addr = v;
     }
     config.validate()?;
-    let coordinator_config = config.coordinator();
+    let mut coordinator_config = config.coordinator();
+    coordinator_config.setting_sources = sources;
     let endpoint = match &coordinator_config.metrics_addr {
         Some(addr) => Some(
             Endpoint::bind(addr)

@@ -6,7 +6,11 @@
 //! - `jetlock.admin.locks` — body: optional `{"prefix": "account"}`;
 //!   answer: [`LocksView`], held locks and locks with waiters;
 //! - `jetlock.admin.members` — answer: [`MembersView`], live coordinators
-//!   and sessions.
+//!   and sessions;
+//! - `jetlock.admin.settings` — answer: [`SettingsView`], the live settings
+//!   this coordinator applies and where each comes from. Every coordinator
+//!   answers (each in a queue group of its own), so a caller that waits
+//!   for several answers sees coordinators that disagree.
 //!
 //! Answers are JSON; a bad body gets a service error (`Nats-Service-Error`
 //! headers) and changes nothing.
@@ -17,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub const SERVICE: &str = "jetlock";
 pub const LOCKS: &str = "jetlock.admin.locks";
 pub const MEMBERS: &str = "jetlock.admin.members";
+pub const SETTINGS: &str = "jetlock.admin.settings";
 
 /// Body of a `jetlock.admin.locks` request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -111,6 +116,55 @@ pub struct SessionView {
     pub waiting: u64,
     /// The coordinator answering its heartbeats.
     pub served_by: String,
+    /// Who the client says it is, from its heartbeats (absent for clients
+    /// that do not say, and from coordinators before protocol 1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<jetlock::protocol::ClientInfo>,
+}
+
+/// Where a live setting's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingSource {
+    /// Compiled into the coordinator.
+    Default,
+    /// The coordinator's TOML file (`--config`).
+    File,
+    /// A `JETLOCK_*` environment variable of the coordinator.
+    Env,
+    /// A command-line flag of the coordinator.
+    Flag,
+    /// The config bucket (`jetlock config set`), laid over the others.
+    Bucket,
+}
+
+impl SettingSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettingSource::Default => "default",
+            SettingSource::File => "file",
+            SettingSource::Env => "env",
+            SettingSource::Flag => "flag",
+            SettingSource::Bucket => "bucket",
+        }
+    }
+}
+
+/// Answer of `jetlock.admin.settings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// The coordinator that answered.
+    pub coordinator: String,
+    /// Every live setting, then one `policy.<prefix>` per policy.
+    pub settings: Vec<SettingView>,
+}
+
+/// One live setting as a coordinator applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingView {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub source: SettingSource,
 }
 
 #[cfg(test)]

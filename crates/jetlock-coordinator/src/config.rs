@@ -2,7 +2,11 @@
 //! overridden by `JETLOCK_*` environment variables and flags (see
 //! `jetlock serve --help`). Every default is here and in
 //! `docs/OPERATIONS.md`; [`Config::validate`] refuses nonsense at start.
+//! Durations are written with units (`default_ttl = "10s"`) or, under
+//! their `_ms` names, as integers of ms (`default_ttl_ms = 10000`).
 
+use crate::admin::SettingSource;
+use crate::duration;
 use crate::engine::EngineConfig;
 use crate::limits::PrefixLimits;
 use jetlock::bucket::{self, DEFAULT_BUCKET};
@@ -26,29 +30,39 @@ pub struct Config {
     /// This coordinator's id (default: random per process).
     pub id: Option<String>,
     /// How often the coordinator heartbeats.
+    #[serde(alias = "heartbeat", deserialize_with = "duration::ms")]
     pub heartbeat_ms: u64,
     /// A coordinator silent this long is presumed dead; its keys move.
+    #[serde(alias = "coordinator_timeout", deserialize_with = "duration::ms")]
     pub coordinator_timeout_ms: u64,
     /// A session silent this long is dead and its locks move on, unless
     /// the session asks for another timeout in its heartbeats.
+    #[serde(alias = "session_timeout", deserialize_with = "duration::ms")]
     pub session_timeout_ms: u64,
     /// Bounds on what a session may ask for. A session first seen without
     /// a timeout (through a request, or a heartbeat that names none) gets
     /// the maximum until a heartbeat names one.
+    #[serde(alias = "min_session_timeout", deserialize_with = "duration::ms")]
     pub min_session_timeout_ms: u64,
+    #[serde(alias = "max_session_timeout", deserialize_with = "duration::ms")]
     pub max_session_timeout_ms: u64,
     /// After the server reports a session's connection closed by the
     /// client, how long it has to heartbeat on a new connection before it
     /// is dead: a reconnect is not a death, while a holder whose process
     /// exited is handed on after this.
+    #[serde(alias = "reconnect_grace", deserialize_with = "duration::ms")]
     pub reconnect_grace_ms: u64,
     /// Lease of a JSON acquire that does not name one.
+    #[serde(alias = "default_ttl", deserialize_with = "duration::ms")]
     pub default_ttl_ms: u64,
     /// Longest wait an acquire may ask for.
+    #[serde(alias = "max_wait", deserialize_with = "duration::ms")]
     pub max_wait_ms: u64,
     /// How long a holder asked to give way to a preempting request has.
+    #[serde(alias = "preempt_grace", deserialize_with = "duration::ms")]
     pub preempt_grace_ms: u64,
     /// Longest lease an acquire may ask for.
+    #[serde(alias = "max_ttl", deserialize_with = "duration::ms")]
     pub max_ttl_ms: u64,
     /// Most waiters per lock (0: no limit); more are refused `queue_full`.
     pub max_waiters: u32,
@@ -70,6 +84,7 @@ pub struct Config {
     /// Prometheus endpoint (`host:port`, `off` to disable).
     pub metrics_addr: String,
     /// How long the event stream keeps events, in seconds.
+    #[serde(alias = "event_max_age", deserialize_with = "duration::secs")]
     pub event_max_age_secs: u64,
     /// Most bytes the event stream keeps (oldest go first).
     pub event_max_bytes: i64,
@@ -94,6 +109,10 @@ pub struct CoordinatorConfig {
     pub event_max_bytes: i64,
     /// Caps of the request stream when this coordinator creates it.
     pub request_stream: bucket::RequestStreamLimits,
+    /// Where the live settings that are not compiled defaults came from
+    /// (file, env, flag), by key (`policy.<prefix>` for a policy); shown by
+    /// `jetlock.admin.settings`.
+    pub setting_sources: BTreeMap<String, SettingSource>,
 }
 
 impl Default for CoordinatorConfig {
@@ -108,6 +127,7 @@ impl Default for CoordinatorConfig {
             event_max_age: jetlock::events::DEFAULT_EVENT_MAX_AGE,
             event_max_bytes: jetlock::events::DEFAULT_EVENT_MAX_BYTES,
             request_stream: bucket::RequestStreamLimits::default(),
+            setting_sources: BTreeMap::new(),
         }
     }
 }
@@ -201,6 +221,33 @@ impl Config {
             path: path.display().to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// Reads a TOML file as [`Config::from_file`] does, and names the live
+    /// settings it sets (`policy.<prefix>` for each policy), by their
+    /// canonical keys (`default_ttl` is `default_ttl_ms`).
+    pub fn from_file_noting(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let config = Config::from_file(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut keys = Vec::new();
+        for (key, value) in &table {
+            if key == "policies" {
+                let prefixes = value.as_table().into_iter().flat_map(|t| t.keys());
+                keys.extend(prefixes.map(|p| format!("{POLICY_PREFIX}{p}")));
+            } else if LIVE_KEYS.contains(&key.as_str()) {
+                keys.push(key.clone());
+            } else if LIVE_KEYS.contains(&format!("{key}_ms").as_str()) {
+                keys.push(format!("{key}_ms"));
+            }
+        }
+        Ok((config, keys))
     }
 
     /// Checks the settings against each other.
@@ -493,6 +540,19 @@ mod tests {
         assert_eq!(c.session_timeout_ms, 2000);
         assert_eq!(c.heartbeat_ms, 250);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_take_units_and_old_ms_integers_still_count() {
+        let c: Config = toml::from_str(
+            "default_ttl = \"20s\"\nheartbeat_ms = \"250ms\"\nmax_wait_ms = 60000\nevent_max_age = \"2h\"",
+        )
+        .unwrap();
+        assert_eq!(c.default_ttl_ms, 20_000);
+        assert_eq!(c.heartbeat_ms, 250);
+        assert_eq!(c.max_wait_ms, 60_000);
+        assert_eq!(c.event_max_age_secs, 7200);
+        assert!(toml::from_str::<Config>("default_ttl = \"soon\"").is_err());
     }
 
     #[test]

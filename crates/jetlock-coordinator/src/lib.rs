@@ -18,9 +18,10 @@
 //!   clocks to agree;
 //! - [`config`] — `jetlock serve` settings: TOML file, defaults,
 //!   validation, the live settings of the config bucket;
+//! - [`duration`] — durations with units (`10s`) or integers of ms;
 //! - [`limits`] — limits for the locks under one name prefix;
 //! - [`admin`] — the operator endpoints' views (`jetlock locks`,
-//!   `jetlock members`);
+//!   `jetlock members`, `jetlock config`);
 //! - [`metrics`] — the Prometheus series (`process_*` included);
 //! - [`health`] — whether the coordinator serves (`/readyz`);
 //! - [`http`] — the HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
@@ -40,6 +41,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod duration;
 mod engine;
 pub mod health;
 mod hearing;

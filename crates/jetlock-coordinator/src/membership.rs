@@ -9,7 +9,7 @@
 //! same CAS write, and one of them loses.
 
 use super::HashMap;
-use jetlock::protocol::ConnId;
+use jetlock::protocol::{ClientInfo, ConnId};
 use std::time::Duration;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -206,6 +206,8 @@ struct Session {
     /// The server reported `conn` closed by the client at this time, and no
     /// heartbeat on another connection came since.
     closed: Option<(ConnId, Instant)>,
+    /// Who the client says it is (its last heartbeat that said).
+    client: Option<ClientInfo>,
     /// A heartbeat came from it (not only requests): only then may this
     /// coordinator have answered it `alive`.
     beat: bool,
@@ -338,6 +340,19 @@ impl Sessions {
         }
     }
 
+    /// What a live session's heartbeat says about its client, kept for the
+    /// operators' view.
+    pub fn describe(&mut self, session: &str, client: ClientInfo) {
+        if let Some(s) = self.alive.get_mut(session) {
+            s.client = Some(client.bounded());
+        }
+    }
+
+    /// Who a live session's client says it is.
+    pub fn client_of(&self, session: &str) -> Option<&ClientInfo> {
+        self.alive.get(session).and_then(|s| s.client.as_ref())
+    }
+
     /// A request from `session`: a sign of life that never sets or shortens
     /// its timeout. A session first seen through a request (a coordinator
     /// that starts and replays the request stream reads requests before the
@@ -377,6 +392,7 @@ impl Sessions {
                 timeout,
                 conn,
                 closed: None,
+                client: None,
                 beat,
             },
         );

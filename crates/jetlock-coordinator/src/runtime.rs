@@ -391,6 +391,7 @@ impl Runtime {
                 },
                 Some(req) = feeds.admin_locks.next() => self.admin_locks(req).await,
                 Some(req) = feeds.admin_members.next() => self.admin_members(req).await,
+                Some(req) = feeds.admin_settings.next() => self.admin_settings(req).await,
                 Some(msg) = feeds.coordinators.next() => {
                     if let Ok(beat) = serde_json::from_slice::<CoordinatorBeat>(&msg.payload) {
                         if beat.v == VERSION {

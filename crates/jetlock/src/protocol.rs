@@ -228,10 +228,20 @@ pub use answer::{Answer, HolderInfo, LostCause};
 pub use cancel::CancelBody;
 pub use error::{ErrorCode, WireError};
 pub use heartbeat::{
-    AdvisoryClient, AdvisoryServer, ConnId, CoordinatorBeat, DisconnectAdvisory, HeardQuery,
-    HeardReply, Heartbeat, HeartbeatAck,
+    AdvisoryClient, AdvisoryServer, ClientInfo, ConnId, CoordinatorBeat, DisconnectAdvisory,
+    HeardQuery, HeardReply, Heartbeat, HeartbeatAck,
 };
 pub use release::ReleaseBody;
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `HOSTNAME`),
+/// for the client info sessions send.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
 pub use renew::RenewBody;
 pub use request::{parse_request, probe_id, Limits, Request};
 pub use revoke::RevokeBody;

@@ -85,6 +85,14 @@ const HELD_STEPS: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
 const QUICK_HELD_MAX: u64 = 10_000;
 const WAITERS: u64 = 100_000;
 const QUICK_WAITERS: u64 = 5_000;
+/// clap's parser for a bench window: at least one whole second.
+fn whole_secs(text: &str) -> Result<u64, String> {
+    match jetlock_coordinator::duration::parse_secs(text)? {
+        0 => Err(format!("{text:?} is under a second")),
+        secs => Ok(secs),
+    }
+}
+
 /// First token of every key and subject the bench writes.
 const PREFIX: &str = "jetlock-bench";
 
@@ -121,11 +129,13 @@ pub struct BenchArgs {
     /// Clients (tasks) in the throughput and contention workloads.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(2..=1024))]
     clients: u64,
-    /// Seconds per contention path; overrides --quick [default: 5].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Time per contention path, whole seconds (`5s`, `1m`; an integer is
+    /// seconds); overrides --quick [default: 5s].
+    #[arg(long = "contention", visible_alias = "contention-secs", value_parser = whole_secs)]
     contention_secs: Option<u64>,
-    /// Seconds per throughput group; overrides --quick [default: 5].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Time per throughput group, as --contention; overrides --quick
+    /// [default: 5s].
+    #[arg(long = "throughput", visible_alias = "throughput-secs", value_parser = whole_secs)]
     throughput_secs: Option<u64>,
     /// Most held locks in the memory workload (its steps are 1k, 10k, 100k,
     /// 1M); overrides --quick [default: 1000000].

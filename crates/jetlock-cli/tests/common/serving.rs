@@ -24,6 +24,7 @@ pub fn serve_command(url: &str, extra: &[&str]) -> std::process::Command {
         "JETLOCK_REPLICAS",
         "JETLOCK_ID",
         "JETLOCK_SESSION_TIMEOUT_MS",
+        "JETLOCK_SESSION_TIMEOUT",
         "JETLOCK_METRICS_ADDR",
         "JETLOCK_USER",
         "JETLOCK_PASSWORD",

@@ -17,6 +17,9 @@ impl Engine {
         if touch == Touch::Joined {
             self.session_joined(session);
         }
+        if let Some(client) = hb.client {
+            self.sessions.describe(session, client);
+        }
         if hb.leaving && touch != Touch::Dead {
             self.kill_session(session, "left", now);
         } else if self.unheard.remove(session).is_some() {

@@ -82,6 +82,7 @@ impl Engine {
                 locks_held: held.get(id).copied().unwrap_or(0),
                 waiting: waiting.get(id).copied().unwrap_or(0),
                 served_by: self.ring.owner(id).to_owned(),
+                client: self.sessions.client_of(id).cloned(),
             })
             .collect();
         sessions.sort_by(|a, b| a.session.cmp(&b.session));

@@ -25,6 +25,7 @@ pub(super) struct Feeds {
     pub(super) _service: service::Service,
     pub(super) admin_locks: service::endpoint::Endpoint,
     pub(super) admin_members: service::endpoint::Endpoint,
+    pub(super) admin_settings: service::endpoint::Endpoint,
 }
 
 impl Runtime {
@@ -125,12 +126,22 @@ impl Runtime {
         };
         let admin_locks = endpoint("locks", admin::LOCKS).await?;
         let admin_members = endpoint("members", admin::MEMBERS).await?;
+        // A queue group of its own: every coordinator answers, so a caller
+        // sees coordinators whose settings differ.
+        let admin_settings = service
+            .endpoint_builder()
+            .name("settings")
+            .queue_group(format!("jetlock.settings.{}", self.config.id))
+            .add(admin::SETTINGS)
+            .await
+            .map_err(nats_err("add a service endpoint"))?;
         Ok(Feeds {
             settings,
             settings_caught_up: settings_empty,
             _service: service,
             admin_locks,
             admin_members,
+            admin_settings,
             requests: request_feed,
             requests_caught_up: requests_empty,
             request_age,

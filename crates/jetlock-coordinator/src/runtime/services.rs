@@ -2,6 +2,8 @@
 //! settings from the config bucket, the operators' admin endpoints.
 
 use super::*;
+use crate::admin::{SettingSource, SettingView, SettingsView};
+use crate::config::{LIVE_KEYS, POLICY_PREFIX};
 
 impl Runtime {
     /// Stamps an event, counts it and publishes it (the event stream keeps
@@ -81,6 +83,52 @@ impl Runtime {
             now_ms: unix_ms(),
             coordinators,
             sessions,
+        };
+        respond(req, Ok(view)).await;
+    }
+}
+
+impl Runtime {
+    /// The live settings as applied now, each with where it came from:
+    /// the config bucket when it sets the key, else what the coordinator
+    /// was started with.
+    pub(super) async fn admin_settings(&mut self, req: service::Request) {
+        let applied = LiveSettings::of(&self.config);
+        let values = serde_json::to_value(&applied).expect("settings serialize");
+        let source = |key: &str, bucket_key: &str| {
+            if self.overlay.contains_key(bucket_key) {
+                SettingSource::Bucket
+            } else {
+                self.config
+                    .setting_sources
+                    .get(key)
+                    .copied()
+                    .unwrap_or(SettingSource::Default)
+            }
+        };
+        let mut settings: Vec<SettingView> = LIVE_KEYS
+            .iter()
+            .map(|&key| SettingView {
+                key: key.to_owned(),
+                value: values[key].clone(),
+                source: source(key, key),
+            })
+            .collect();
+        for (prefix, policy) in &applied.policies {
+            let key = format!("{POLICY_PREFIX}{prefix}");
+            let bucket_key = match LockName::new(prefix) {
+                Ok(name) => format!("{POLICY_PREFIX}{}", name.key()),
+                Err(_) => key.clone(),
+            };
+            settings.push(SettingView {
+                value: serde_json::to_value(policy).expect("policies serialize"),
+                source: source(&key, &bucket_key),
+                key,
+            });
+        }
+        let view = SettingsView {
+            coordinator: self.config.id.clone(),
+            settings,
         };
         respond(req, Ok(view)).await;
     }

@@ -321,6 +321,7 @@ impl World {
             timeout_ms: Some(c.timeout_ms),
             conn: Some(c.conn.clone()),
             leaving: false,
+            client: None,
         };
         let (gen, session) = (c.gen, c.session.clone());
         for to in 0..self.coords.len() {

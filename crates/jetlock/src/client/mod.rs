@@ -38,6 +38,7 @@ use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
 use crate::connect::{Auth, Credentials, Login};
 use crate::error::{ConnectError, Holder, LockError};
 use crate::name::LockName;
+use crate::protocol::ClientInfo;
 use crate::store::{Current, LockStore};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -306,8 +307,12 @@ impl ClientOptions {
         if probe {
             fast_path.probe(&store).await;
         }
-        let (link, settled) =
-            session::SessionLink::new(session.clone(), self.session_timeout, conn);
+        let (link, settled) = session::SessionLink::new(
+            session.clone(),
+            self.session_timeout,
+            ClientInfo::this_process(&self.name),
+            conn,
+        );
         let inner = Arc::new(Inner {
             session,
             nats: nats.clone(),

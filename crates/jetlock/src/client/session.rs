@@ -18,8 +18,8 @@ use super::Inner;
 use crate::error::LostReason;
 use crate::name::LockName;
 use crate::protocol::{
-    self, AcquireBody, Answer, CancelBody, ConnId, Heartbeat, HeartbeatAck, LostCause, Op,
-    ReleaseBody, VERSION,
+    self, AcquireBody, Answer, CancelBody, ClientInfo, ConnId, Heartbeat, HeartbeatAck, LostCause,
+    Op, ReleaseBody, VERSION,
 };
 use async_nats::HeaderMap;
 use dashmap::DashMap;
@@ -53,6 +53,8 @@ pub(crate) struct SessionLink {
     /// `belief.is_ended()` for the hot path.
     expired: AtomicBool,
     timeout: Duration,
+    /// Sent in every heartbeat, so a restarted coordinator learns it too.
+    client: ClientInfo,
     /// What the connection's event callback saw.
     conn: watch::Receiver<ConnState>,
     stop: CancellationToken,
@@ -115,6 +117,7 @@ impl SessionLink {
     pub(crate) fn new(
         session: String,
         timeout: Duration,
+        client: ClientInfo,
         conn: watch::Receiver<ConnState>,
     ) -> (Arc<Self>, oneshot::Receiver<()>) {
         let (settled, settled_rx) = oneshot::channel();
@@ -128,6 +131,7 @@ impl SessionLink {
             belief: Mutex::new(SessionBelief::new(timeout)),
             expired: AtomicBool::new(false),
             timeout,
+            client,
             conn,
             stop: CancellationToken::new(),
             settled: Mutex::new(Some(settled)),
@@ -351,6 +355,7 @@ impl SessionLink {
                     timeout_ms: Some(self.timeout.as_millis() as u64),
                     conn: conn_id,
                     leaving: false,
+                    client: Some(self.client.clone()),
                 };
                 let body = serde_json::to_vec(&hb).expect("heartbeats serialize");
                 let now = Instant::now();

@@ -21,6 +21,53 @@ pub struct Heartbeat {
     /// The session is closing: release its locks now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Who the client is, for operators (`jetlock members`); changes no
+    /// decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientInfo>,
+}
+
+/// What a session tells operators about itself. Every field is optional;
+/// coordinators keep at most [`ClientInfo::MAX_FIELD`] bytes of each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The client's name (`ClientOptions::name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The machine it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Its process id there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl ClientInfo {
+    /// The longest name or host a coordinator keeps.
+    pub const MAX_FIELD: usize = 128;
+
+    /// This process: `name`, the host name and the pid.
+    pub fn this_process(name: &str) -> ClientInfo {
+        ClientInfo {
+            name: (!name.is_empty()).then(|| name.to_owned()),
+            host: crate::protocol::host_name(),
+            pid: Some(std::process::id()),
+        }
+    }
+
+    /// The same, with over-long fields cut (on a character boundary).
+    pub fn bounded(mut self) -> ClientInfo {
+        for field in [&mut self.name, &mut self.host].into_iter().flatten() {
+            if field.len() > Self::MAX_FIELD {
+                let mut end = Self::MAX_FIELD;
+                while !field.is_char_boundary(end) {
+                    end -= 1;
+                }
+                field.truncate(end);
+            }
+        }
+        self
+    }
 }
 
 /// One NATS client connection, as the server names it.
