@@ -226,6 +226,7 @@ fn overdue(cfg: &Config, now: u8, sess: &Session) -> bool {
 /// counts overdue, dead or does not know.
 fn heard(cfg: &Config, s: &State, e: usize, c: usize) -> Option<u8> {
     let sess = s.coords[e].sessions[c].as_ref()?;
+    // A session learned from a request has connection 0 until it beats.
     let beat = sess.conn > 0;
     (!sess.dead && beat && !overdue(cfg, s.now, sess)).then_some(sess.last_seen)
 }
@@ -241,6 +242,8 @@ fn heard(cfg: &Config, s: &State, e: usize, c: usize) -> Option<u8> {
 /// hear out of the ring at once, as `net::acts_on` does for keys (the code
 /// holds the death back until the ring drops it, a later death).
 pub fn agree(cfg: &Config, s: &mut State, d: usize, c: usize) -> bool {
+    // The runs have at most two coordinators: whether all hear each other
+    // is whether the one asked hears the asker.
     if !cfg.fixes.agreement || !net::coords_hear_each_other(cfg, s) {
         return true;
     }
