@@ -58,6 +58,13 @@ pub struct Fixes {
     /// C5: a deadline from the first heartbeat sent (false: none before the
     /// first confirmation, case 5b).
     pub c5_deadline_from_first_beat: bool,
+    /// Fix 8 of the simulation: a death stands only once the other
+    /// coordinator, asked, counts the session overdue too; one that still
+    /// counts it alive revives it from when it last heard it (false: each
+    /// coordinator judges on its own view, and a heartbeat copy lost to it
+    /// alone while another confirmed it ends a session the client still
+    /// counts alive).
+    pub agreement: bool,
 }
 
 impl Fixes {
@@ -69,6 +76,7 @@ impl Fixes {
         alive: Alive::InSpan,
         c5_min_timeout: true,
         c5_deadline_from_first_beat: true,
+        agreement: true,
     };
 }
 

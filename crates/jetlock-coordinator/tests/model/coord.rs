@@ -194,14 +194,7 @@ pub fn may_judge(cfg: &Config, s: &State, d: usize, c: usize) -> bool {
     let Some(sess) = &co.sessions[c] else {
         return false;
     };
-    if sess.dead {
-        return false;
-    }
-    let silent = s.now > sess.last_seen + sess.timeout;
-    let closed = sess
-        .closing_since
-        .is_some_and(|since| s.now > since + cfg.reconnect_grace);
-    if !(silent || closed) {
+    if sess.dead || !overdue(cfg, s.now, sess) {
         return false;
     }
     match cfg.fixes.guard {
@@ -214,6 +207,59 @@ pub fn may_judge(cfg: &Config, s: &State, d: usize, c: usize) -> bool {
         }
         Guard::None => true,
     }
+}
+
+/// Past its deadline: silent for longer than its timeout, or closed for
+/// longer than the reconnect grace (C2).
+fn overdue(cfg: &Config, now: u8, sess: &Session) -> bool {
+    let silent = now > sess.last_seen + sess.timeout;
+    let closed = sess
+        .closing_since
+        .is_some_and(|since| now > since + cfg.reconnect_grace);
+    silent || closed
+}
+
+/// Fix 8, what coordinator `e` answers when asked about session `c`: when
+/// it last heard it, if it still counts it alive and has heard a heartbeat
+/// of it (a session known only from requests was never answered `alive`
+/// there, so nothing the client believes rests on it); nothing for one it
+/// counts overdue, dead or does not know.
+fn heard(cfg: &Config, s: &State, e: usize, c: usize) -> Option<u8> {
+    let sess = s.coords[e].sessions[c].as_ref()?;
+    // A session learned from a request has connection 0 until it beats.
+    let beat = sess.conn > 0;
+    (!sess.dead && beat && !overdue(cfg, s.now, sess)).then_some(sess.last_seen)
+}
+
+/// Fix 8: whether the death of session `c`, which coordinator `d` may
+/// judge, stands. `d` asks the other coordinators; one that still counts
+/// the session alive makes it revive the session from when that one last
+/// heard it, and the death does not stand (it is judged again when overdue
+/// again). The question and its answers are one atomic step here (see
+/// docs/RELIABILITY.md, "Model check"): an answer is never older than the
+/// asker's decision. A coordinator the asker cannot hear is not asked: the
+/// model has no ring membership beats, and counts a coordinator it cannot
+/// hear out of the ring at once, as `net::acts_on` does for keys (the code
+/// holds the death back until the ring drops it, a later death).
+pub fn agree(cfg: &Config, s: &mut State, d: usize, c: usize) -> bool {
+    // The runs have at most two coordinators: whether all hear each other
+    // is whether the one asked hears the asker.
+    if !cfg.fixes.agreement || !net::coords_hear_each_other(cfg, s) {
+        return true;
+    }
+    let latest = (0..cfg.coordinators)
+        .filter(|&e| e != d)
+        .filter_map(|e| heard(cfg, s, e, c))
+        .max();
+    let Some(at) = latest else {
+        return true;
+    };
+    let sess = s.coords[d].sessions[c].as_mut().expect("judged");
+    sess.last_seen = sess.last_seen.max(at);
+    if sess.closing_since.is_some_and(|since| since < at) {
+        sess.closing_since = None;
+    }
+    false
 }
 
 /// Every tick: the proof beat is acked when the quorum is reachable (C4);

@@ -302,3 +302,18 @@ pub fn c5c_small() -> Config {
         ..small("c5c small: coordinator 0 stalls")
     }
 }
+
+/// Fix 8: core NATS loses a heartbeat on its way to one subscriber only.
+/// The copies of client 0's beats of t=1 and t=2 to coordinator 0 (the
+/// key's home) may be lost while coordinator 1 hears and confirms them:
+/// client 0 counts its deadline from t=2, coordinator 0 last heard it at
+/// t=0 and may declare it dead at t=3.
+pub fn c8_small() -> Config {
+    Config {
+        client_timeout: vec![2, 2],
+        losses: 2,
+        loss_kinds: HB,
+        horizon: 3,
+        ..small("c8 small: heartbeat lost to one coordinator")
+    }
+}

@@ -76,7 +76,7 @@ impl System {
             }
             coord::release_held(cfg, s, d);
             for c in 0..cfg.clients() {
-                if coord::may_judge(cfg, s, d, c) {
+                if coord::may_judge(cfg, s, d, c) && coord::agree(cfg, s, d, c) {
                     s.coords[d].sessions[c].as_mut().expect("judged").dead = true;
                 }
             }
