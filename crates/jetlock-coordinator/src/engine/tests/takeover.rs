@@ -3,19 +3,23 @@
 
 use super::*;
 
-#[test]
-fn a_release_the_dead_owner_carried_out_is_answered_released_after_takeover() {
-    let mut sim = Sim::new();
-    let other = let_another_coordinator_own_k(&mut sim);
-    let name = LockName::new("k").unwrap();
-    let record = |session: &str| LockRecord {
+/// A hold of `session` as the bucket records it.
+fn record(session: &str) -> LockRecord {
+    LockRecord {
         owner: session.into(),
         session: session.into(),
         acquired_ms: 0,
         lease_ms: 10_000,
         holds: 1,
         token: 0,
-    };
+    }
+}
+
+#[test]
+fn a_release_the_dead_owner_carried_out_is_answered_released_after_takeover() {
+    let mut sim = Sim::new();
+    let other = let_another_coordinator_own_k(&mut sim);
+    let name = LockName::new("k").unwrap();
     sim.engine.observed(
         &name,
         Current::Held {
@@ -109,14 +113,6 @@ fn a_reentry_a_mirror_let_go_from_a_lagging_view_is_run_after_its_takeover() {
     let mut sim = Sim::new();
     let other = let_another_coordinator_own_k(&mut sim);
     let name = LockName::new("k").unwrap();
-    let record = |session: &str| LockRecord {
-        owner: session.into(),
-        session: session.into(),
-        acquired_ms: 0,
-        lease_ms: 10_000,
-        holds: 1,
-        token: 0,
-    };
     sim.engine.heartbeat("w", hb(), sim.now);
     sim.engine.observed(
         &name,
