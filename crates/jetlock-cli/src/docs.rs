@@ -19,11 +19,30 @@ pub fn completions<C: CommandFactory>(args: CompletionsArgs) -> Result<(), CliEr
     Ok(())
 }
 
-/// The man page of `jetlock` (its options and subcommands; each
-/// subcommand's flags are in `jetlock help <command>`).
-pub fn man<C: CommandFactory>() -> Result<(), CliError> {
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// A command's own page (`jetlock man hold`: jetlock-hold(1), with its
+    /// flags); without it, the page of `jetlock` and its commands.
+    command: Option<String>,
+}
+
+/// A man page: `jetlock`'s (its options and commands), or one command's.
+pub fn man<C: CommandFactory>(args: ManArgs) -> Result<(), CliError> {
+    let top = C::command();
+    let page = match &args.command {
+        None => top,
+        Some(name) => match top.find_subcommand(name) {
+            Some(sub) => sub.clone().display_name(format!("jetlock-{name}")),
+            None => {
+                return Err(crate::Exit::with(
+                    2,
+                    format!("no command `{name}`: see `jetlock --help`"),
+                ))
+            }
+        },
+    };
     let mut out = std::io::stdout().lock();
-    let written = clap_mangen::Man::new(C::command())
+    let written = clap_mangen::Man::new(page)
         .render(&mut out)
         .and_then(|()| out.flush());
     match written {

@@ -161,8 +161,9 @@ enum Command {
     /// Print a shell completion script: `jetlock completions bash >
     /// /etc/bash_completion.d/jetlock`.
     Completions(docs::CompletionsArgs),
-    /// Print the man page (roff): `jetlock man | man -l -`.
-    Man,
+    /// Print a man page (roff): `jetlock man | man -l -`, or one command's,
+    /// `jetlock man hold`.
+    Man(docs::ManArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -189,7 +190,7 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
             Command::Completions(args) => docs::completions::<Cli>(args),
-            Command::Man => docs::man::<Cli>(),
+            Command::Man(args) => docs::man::<Cli>(args),
         }
     });
     // Do not wait for blocking reads still in flight (`hold` reads stdin on

@@ -313,6 +313,14 @@ fn completions_and_the_man_page_come_from_the_commands() {
         page.contains("doctor") && page.contains("completions"),
         "{page}"
     );
+    // A command's own page has its flags.
+    let out = jetlock().args(["man", "hold"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH jetlock-hold 1"), "{page}");
+    assert!(page.contains("ttl") && page.contains("owner"), "{page}");
+    let out = jetlock().args(["man", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 /// The bench's W2 and memory workloads, as short as they go: every row has
