@@ -176,7 +176,9 @@ pub async fn ensure_bucket(
                 warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
                       "locks bucket replica count differs from the requested one; keeping it");
             }
-            if config.max_consumers != MAX_CONSUMERS {
+            // A limit an operator set is kept; none (the server's default,
+            // 1000 since 2.15) becomes ours.
+            if config.max_consumers <= 0 {
                 let raised = jetstream::stream::Config {
                     max_consumers: MAX_CONSUMERS,
                     ..config.clone()

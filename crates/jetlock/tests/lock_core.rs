@@ -464,3 +464,44 @@ async fn a_resent_write_that_landed_is_recognised_not_mistaken_for_a_conflict() 
         Err(CasError::Conflict { .. })
     ));
 }
+
+/// A bucket made before jetlock named its consumer limit gets it from the
+/// next `ensure` (setup, a coordinator or client that creates buckets);
+/// one an operator set is kept.
+#[tokio::test]
+async fn a_bucket_without_a_consumer_limit_gets_jetlocks_and_an_operators_stays() {
+    let server = jetlock_testkit::single();
+    let _first = jetlock_testkit::client(&server.url(), 1).await;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let name = format!("KV_{}", jetlock::bucket::DEFAULT_BUCKET);
+    let set = |limit: i32| {
+        let js = js.clone();
+        let name = name.clone();
+        async move {
+            let mut stream = js.get_stream(&name).await.unwrap();
+            let config = stream.info().await.unwrap().config.clone();
+            js.update_stream(async_nats::jetstream::stream::Config {
+                max_consumers: limit,
+                ..config
+            })
+            .await
+            .unwrap();
+        }
+    };
+    let limit = || {
+        let js = js.clone();
+        let name = name.clone();
+        async move {
+            let mut stream = js.get_stream(&name).await.unwrap();
+            stream.info().await.unwrap().config.max_consumers
+        }
+    };
+    assert_eq!(limit().await, jetlock::bucket::MAX_CONSUMERS);
+    set(-1).await;
+    assert_eq!(limit().await, -1, "the server took the old shape");
+    let _next = jetlock_testkit::client(&server.url(), 1).await;
+    assert_eq!(limit().await, jetlock::bucket::MAX_CONSUMERS);
+    set(50_000).await;
+    let _again = jetlock_testkit::client(&server.url(), 1).await;
+    assert_eq!(limit().await, 50_000, "an operator's limit stays");
+}
