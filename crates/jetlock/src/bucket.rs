@@ -73,10 +73,10 @@ impl BucketSpec {
 }
 
 /// Most consumers on the locks bucket's stream: every coordinator's watch,
-/// each wait of a client without a coordinator (deleted when the wait
-/// ends), `jetlock watch`. Set on the stream: since 2.15 nats-server gives
-/// a stream without a limit of its own 1000, and a burst of waits that
-/// reached it kept a coordinator from watching the bucket.
+/// one per client and key it waits for without a coordinator (deleted 2 s
+/// after its last wait), `jetlock watch`. Set on the stream: since 2.15
+/// nats-server gives a stream without a limit of its own 1000, and a burst
+/// of waits that reached it kept a coordinator from watching the bucket.
 pub const MAX_CONSUMERS: i32 = 10_000;
 
 /// Stream metadata key that records how the first sequence was chosen.
