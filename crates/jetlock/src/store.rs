@@ -298,7 +298,7 @@ impl LockStore {
             .stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 name: Some(consumer.clone()),
-                deliver_subject: self.js_client().new_inbox(),
+                deliver_subject: self.js.client().new_inbox(),
                 description: Some("jetlock wait".into()),
                 filter_subject: format!("{}{}", self.prefix, name.key()),
                 replay_policy: jetstream::consumer::ReplayPolicy::Instant,
@@ -315,10 +315,6 @@ impl LockStore {
             stream: self.stream.clone(),
             consumer,
         })
-    }
-
-    fn js_client(&self) -> async_nats::Client {
-        self.js.client()
     }
 }
 
@@ -385,19 +381,6 @@ fn is_conflict(e: &jetstream::context::PublishError) -> bool {
                 ]
                 .contains(&api.error_code())
             })
-}
-
-/// Interprets a watched KV entry the same way [`LockStore::read`] does.
-pub fn current_from_entry(entry: &kv::Entry) -> Result<Current, RecordError> {
-    match entry.operation {
-        kv::Operation::Delete | kv::Operation::Purge => Ok(Current::Vacant {
-            revision: entry.revision,
-        }),
-        kv::Operation::Put => Ok(Current::Held {
-            revision: entry.revision,
-            record: LockRecord::decode(&entry.value)?,
-        }),
-    }
 }
 
 /// Interprets a raw message of the bucket's stream: a release or expiry
