@@ -17,11 +17,13 @@
 //!
 //! Where things are: `recorder.rs` is the [`History`] (what clients did and
 //! when), `ledger.rs` the [`FencedLedger`] (what the resource accepted),
-//! `checker.rs` [`check`] and its [`Report`]; `tests.rs` hands the checker
+//! `checker.rs` [`check`] and its [`Report`], `holders.rs` the rules of
+//! locks with several holders (read/write locks, semaphores); `tests.rs` hands the checker
 //! bad histories it must catch.
 #![allow(dead_code)]
 
 mod checker;
+pub mod holders;
 mod ledger;
 mod recorder;
 

@@ -101,6 +101,16 @@ pub enum LockError {
     /// Waiting for the lock took longer than allowed.
     #[error("timed out after {waited:?} waiting for lock {name:?}")]
     Timeout { name: String, waited: Duration },
+    /// A write lock asked for by an owner that holds the same read/write
+    /// lock for reading: release the read first (two readers upgrading
+    /// would wait for each other forever).
+    #[error(
+        "lock {name:?} is held for reading by this owner; release the read before taking the write"
+    )]
+    Upgrade { name: String },
+    /// A semaphore's permit count is out of range.
+    #[error("a semaphore has 1 to {max} permits, not {permits}")]
+    InvalidPermits { permits: u32, max: u32 },
     /// The lock is no longer held by this guard.
     #[error("lock {name:?} was lost: {reason}")]
     Lost { name: String, reason: LostReason },

@@ -51,7 +51,15 @@ pub struct StaleToken {
 /// do not contend.
 #[derive(Debug, Default)]
 pub struct Fence {
-    highest: DashMap<String, FencingToken>,
+    highest: DashMap<String, Marks>,
+}
+
+/// What a resource has accepted: the highest token of all, and the highest
+/// a writer presented (readers check against that one only).
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    any: FencingToken,
+    writer: FencingToken,
 }
 
 impl Fence {
@@ -76,23 +84,42 @@ impl Fence {
         token: FencingToken,
         write: impl FnOnce() -> T,
     ) -> Result<T, StaleToken> {
-        let mut entry = self
-            .highest
-            .entry(resource.to_owned())
-            .or_insert(FencingToken(0));
-        if token < *entry {
+        let mut entry = self.highest.entry(resource.to_owned()).or_default();
+        if token < entry.any {
             return Err(StaleToken {
                 presented: token,
-                highest: *entry,
+                highest: entry.any,
             });
         }
-        *entry = token;
+        *entry = Marks {
+            any: token,
+            writer: token,
+        };
         Ok(write())
+    }
+
+    /// Admits a read of `resource` under a read/write lock by the holder
+    /// of the read token `token`: refused when a writer with a higher
+    /// token was admitted (the reader outlived that writer's grant).
+    /// Reads raise nothing, so readers holding at once are all admitted in
+    /// any order; writers go through [`Fence::admit`], which refuses a
+    /// writer below any token seen, a reader's included.
+    pub fn admit_read(&self, resource: &str, token: FencingToken) -> Result<(), StaleToken> {
+        let mut entry = self.highest.entry(resource.to_owned()).or_default();
+        if token < entry.writer {
+            return Err(StaleToken {
+                presented: token,
+                highest: entry.writer,
+            });
+        }
+        // Later writers must be above this reader too.
+        entry.any = entry.any.max(token);
+        Ok(())
     }
 
     /// The highest token accepted for `resource`, if any.
     pub fn highest(&self, resource: &str) -> Option<FencingToken> {
-        self.highest.get(resource).map(|t| *t)
+        self.highest.get(resource).map(|m| m.any)
     }
 }
 
@@ -129,5 +156,26 @@ mod tests {
             .admit_with("r", FencingToken(2), || writes += 1)
             .is_err());
         assert_eq!(writes, 1);
+    }
+
+    #[test]
+    fn readers_pass_in_any_order_and_only_behind_the_last_writer() {
+        let fence = Fence::new();
+        fence.admit_read("r", FencingToken(7)).unwrap();
+        // A reader granted earlier than one already admitted still reads.
+        fence.admit_read("r", FencingToken(5)).unwrap();
+        // A writer below a reader's token outlived its grant.
+        assert!(fence.admit("r", FencingToken(6)).is_err());
+        fence.admit("r", FencingToken(10)).unwrap();
+        // A reader that outlived the writer's grant is refused.
+        assert_eq!(
+            fence.admit_read("r", FencingToken(8)),
+            Err(StaleToken {
+                presented: FencingToken(8),
+                highest: FencingToken(10)
+            })
+        );
+        fence.admit_read("r", FencingToken(12)).unwrap();
+        assert_eq!(fence.highest("r"), Some(FencingToken(12)));
     }
 }

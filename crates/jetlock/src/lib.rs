@@ -16,7 +16,8 @@
 //! - [`bucket`] — the locks bucket's required config: create, verify;
 //! - [`store`] — CAS writes, reads and watches on the bucket;
 //! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (lease
-//!   renewal, loss signal, reentrancy), multi-key locking;
+//!   renewal, loss signal, reentrancy), multi-key locking, read/write locks
+//!   ([`RwLockGuard`]) and semaphores ([`Permit`]);
 //! - [`connect`] — server lists, credentials (in URLs or given), URLs with
 //!   passwords hidden;
 //! - [`protocol`] — the coordinators' wire protocol: subjects, JSON bodies,
@@ -62,7 +63,10 @@ pub mod record;
 pub mod store;
 
 pub use async_nats;
-pub use client::{Client, ClientOptions, LockGuard, LockRequest, MultiLockGuard, MultiLockRequest};
+pub use client::{
+    Client, ClientOptions, LockGuard, LockRequest, MultiLockGuard, MultiLockRequest, Permit,
+    RwLockGuard, RwLockRequest, RwMode, SemaphoreRequest,
+};
 pub use error::{ConnectError, Holder, LockError, LostReason};
 pub use fence::{Fence, FencingToken, StaleToken};
 pub use name::{LockName, NameError};

@@ -314,8 +314,52 @@ impl LockStore {
             messages,
             stream: self.stream.clone(),
             consumer,
+            prefix_len: self.prefix.len(),
         })
     }
+
+    /// Watches every key under `name` (`<key>.>`): first the last message
+    /// of each, then every later change. Returns the watch and how many
+    /// keys the first part holds (a change with `pending` 0 ends it). Read
+    /// and write locks and semaphores keep one key per holder under their
+    /// name, and wait on all of them at once.
+    pub async fn watch_under(&self, name: &LockName) -> Result<(KeyWatch, u64), async_nats::Error> {
+        let consumer = format!("jetlock_watch_{}", nuid::next());
+        let ordered = self
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                name: Some(consumer.clone()),
+                deliver_subject: self.js.client().new_inbox(),
+                description: Some("jetlock wait under".into()),
+                filter_subject: format!("{}{}.>", self.prefix, name.key()),
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let pending = ordered.cached_info().num_pending;
+        Ok((
+            KeyWatch {
+                messages: ordered.messages().await?,
+                stream: self.stream.clone(),
+                consumer,
+                prefix_len: self.prefix.len(),
+            },
+            pending,
+        ))
+    }
+}
+
+/// One change seen by a [`KeyWatch`].
+#[derive(Debug)]
+pub struct Change {
+    /// The KV key changed.
+    pub key: String,
+    pub revision: u64,
+    pub current: Result<Current, RecordError>,
+    /// How many changes the server had queued behind this one when it was
+    /// sent.
+    pub pending: u64,
 }
 
 /// A watch of one key ([`LockStore::watch_from`]). Its consumer is deleted
@@ -326,6 +370,8 @@ pub struct KeyWatch {
     messages: jetstream::consumer::push::Ordered,
     stream: jetstream::stream::Stream,
     consumer: String,
+    /// Length of `$KV.<bucket>.`, cut off subjects to give keys.
+    prefix_len: usize,
 }
 
 impl KeyWatch {
@@ -334,19 +380,27 @@ impl KeyWatch {
     pub async fn next(
         &mut self,
     ) -> Option<Result<(u64, Result<Current, RecordError>), async_nats::Error>> {
+        Some(self.change().await?.map(|c| (c.revision, c.current)))
+    }
+
+    /// The next change, with its key: for a watch of several keys
+    /// ([`LockStore::watch_under`]).
+    pub async fn change(&mut self) -> Option<Result<Change, async_nats::Error>> {
         use futures::StreamExt;
         let msg = match self.messages.next().await? {
             Ok(msg) => msg,
             Err(e) => return Some(Err(e.into())),
         };
-        let seq = match msg.info() {
-            Ok(info) => info.stream_sequence,
+        let (revision, pending) = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok((
-            seq,
-            current_from_message(seq, msg.headers.as_ref(), &msg.payload),
-        )))
+        Some(Ok(Change {
+            key: msg.subject.get(self.prefix_len..).unwrap_or("").to_owned(),
+            revision,
+            current: current_from_message(revision, msg.headers.as_ref(), &msg.payload),
+            pending,
+        }))
     }
 }
 

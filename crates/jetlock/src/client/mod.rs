@@ -9,6 +9,8 @@
 //! - `guard.rs` — [`LockGuard`]: a held lease, the
 //!   loss signal, reentrant holds and release;
 //! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order;
+//! - `rwlock.rs`, `semaphore.rs` — read/write locks and semaphores, built
+//!   of ordinary locks by the rule in `shared.rs`;
 //! - `renewer.rs` — one lease renewer per client for all its holds;
 //! - `session.rs` — heartbeats, answers and notices from the coordinators;
 //! - `queue.rs` — waiting in a coordinator's FIFO queue;
@@ -24,7 +26,10 @@ mod guard;
 mod multi;
 mod queue;
 mod renewer;
+mod rwlock;
+mod semaphore;
 mod session;
+mod shared;
 mod via_coordinator;
 mod watchers;
 
@@ -33,6 +38,8 @@ pub use crate::connect::server_list;
 pub use acquire::LockRequest;
 pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
+pub use rwlock::{RwLockGuard, RwLockRequest, RwMode};
+pub use semaphore::{Permit, SemaphoreRequest, MAX_PERMITS};
 
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
 use crate::connect::{Auth, Credentials, Login};
@@ -424,6 +431,25 @@ impl Client {
                 .map(|n| LockName::new(n.as_ref()))
                 .collect(),
         )
+    }
+
+    /// Starts building a read (shared) acquisition of the read/write lock
+    /// `name`: many readers at once, none while a writer holds it or waits.
+    pub fn read_lock(&self, name: &str) -> RwLockRequest {
+        RwLockRequest::new(self.inner.clone(), LockName::new(name), RwMode::Read)
+    }
+
+    /// Starts building a write (exclusive) acquisition of the read/write
+    /// lock `name`. A read/write lock shares nothing with the plain lock
+    /// of the same name.
+    pub fn write_lock(&self, name: &str) -> RwLockRequest {
+        RwLockRequest::new(self.inner.clone(), LockName::new(name), RwMode::Write)
+    }
+
+    /// Starts building a permit acquisition of the semaphore `name` with
+    /// `permits` permits (1 to [`MAX_PERMITS`]).
+    pub fn semaphore(&self, name: &str, permits: u32) -> SemaphoreRequest {
+        SemaphoreRequest::new(self.inner.clone(), LockName::new(name), permits)
     }
 
     /// Who holds `name` right now, if anyone (a read: a snapshot, never a

@@ -1,0 +1,345 @@
+//! Read/write locks: many readers or one writer (`shared.rs` has the
+//! layout and the rule they keep).
+//!
+//! - A reader holds its own key, `N:~rw:read:<session>:<owner>`, so
+//!   readers never contend on a write: 32 readers are 32 independent CAS
+//!   creates (docs/ARCHITECTURE.md has the measurement behind this
+//!   choice). It then reads the gate `N:~rw:write`; held by somebody
+//!   else, it deletes its key and queues for the gate, takes its key while
+//!   holding the gate, and passes the gate on.
+//! - A writer holds the gate, then waits until no reader key is held. A
+//!   queued writer thus stops new readers from barging past it, and the
+//!   readers queued behind it go in turn once it releases: FIFO, no
+//!   starvation either way.
+//! - A writer's token is its gate grant's revision, written after every
+//!   earlier reader's key: above every earlier reader's token, so a fence
+//!   refuses a reader that outlived a writer's grant ([`crate::Fence`]'s
+//!   `admit_read`).
+//! - Reentrant by owner: a second read (or write) by the same owner adds a
+//!   hold; a read by the owner holding the write goes in (downgrade). A
+//!   write by an owner holding a read is refused ([`LockError::Upgrade`]):
+//!   two upgrading readers would wait for each other forever.
+
+use super::acquire::acquire;
+use super::attempt::Wait;
+use super::guard::LockGuard;
+use super::shared::{gate_open, sub_name, Holders};
+use super::{check_ttl, Inner};
+use crate::error::LockError;
+use crate::fence::FencingToken;
+use crate::name::{LockName, NameError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// Read (shared) or write (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RwMode {
+    Read,
+    Write,
+}
+
+/// A read or write acquisition being built: `client.read_lock(name)` or
+/// `client.write_lock(name)`, then `.ttl(..)`, `.wait(..)`, `.owner(..)`.
+#[must_use = "a lock request does nothing until `.acquire()` or `.try_acquire()` is awaited"]
+pub struct RwLockRequest {
+    inner: Arc<Inner>,
+    name: Result<LockName, NameError>,
+    mode: RwMode,
+    ttl: Option<Duration>,
+    timeout: Option<Duration>,
+    owner: Option<String>,
+    auto_renew: bool,
+}
+
+impl RwLockRequest {
+    pub(crate) fn new(inner: Arc<Inner>, name: Result<LockName, NameError>, mode: RwMode) -> Self {
+        RwLockRequest {
+            inner,
+            name,
+            mode,
+            ttl: None,
+            timeout: None,
+            owner: None,
+            auto_renew: true,
+        }
+    }
+
+    /// The lease, as for [`crate::LockRequest::ttl`].
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Wait at most `timeout` ([`LockError::Timeout`] after).
+    pub fn wait(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The owner id that makes reads and writes reentrant.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Whether the lease is renewed while the guard lives (default true).
+    pub fn auto_renew(mut self, renew: bool) -> Self {
+        self.auto_renew = renew;
+        self
+    }
+
+    /// Acquires, waiting as configured.
+    pub async fn acquire(self) -> Result<RwLockGuard, LockError> {
+        let wait = Wait::from_timeout(self.timeout);
+        self.run(wait).await
+    }
+
+    /// Acquires only if it can be had now ([`LockError::Busy`] if not).
+    pub async fn try_acquire(self) -> Result<RwLockGuard, LockError> {
+        self.run(Wait::No).await
+    }
+
+    async fn run(self, wait: Wait) -> Result<RwLockGuard, LockError> {
+        let name = self.name?;
+        let ttl = check_ttl(self.ttl.unwrap_or(self.inner.options.default_ttl))?;
+        let inner = &self.inner;
+        let owner = self.owner.unwrap_or_else(|| inner.default_owner());
+        let started = Instant::now();
+        let keys = Keys::of(&name, &inner.session, &owner)?;
+        let take = Take {
+            inner,
+            owner: &owner,
+            ttl,
+            wait,
+            auto_renew: self.auto_renew,
+        };
+        let guard = match self.mode {
+            RwMode::Read => read(&take, &keys).await,
+            RwMode::Write => write(&take, &keys).await,
+        }
+        .map_err(|e| renamed(e, &name, started))?;
+        Ok(RwLockGuard {
+            guard,
+            name,
+            mode: self.mode,
+        })
+    }
+}
+
+/// The keys of one owner's read/write lock.
+struct Keys {
+    gate: LockName,
+    readers: LockName,
+    mine: LockName,
+}
+
+impl Keys {
+    fn of(name: &LockName, session: &str, owner: &str) -> Result<Keys, LockError> {
+        Ok(Keys {
+            gate: sub_name(name, "rw", &["write"])?,
+            readers: sub_name(name, "rw", &["read"])?,
+            mine: sub_name(name, "rw", &["read", session, owner])?,
+        })
+    }
+}
+
+/// What every acquisition of a sub-lock of one request shares.
+pub(super) struct Take<'a> {
+    pub(super) inner: &'a Arc<Inner>,
+    pub(super) owner: &'a str,
+    pub(super) ttl: Duration,
+    pub(super) wait: Wait,
+    pub(super) auto_renew: bool,
+}
+
+impl Take<'_> {
+    /// Whether `owner` already holds `name` in this client (a reentry).
+    pub(super) fn holds(&self, name: &LockName) -> bool {
+        self.inner
+            .holds
+            .get(&(name.key().to_owned(), self.owner.to_owned()))
+            .and_then(|weak| weak.upgrade())
+            .is_some()
+    }
+
+    pub(super) async fn lock(&self, name: &LockName, wait: Wait) -> Result<LockGuard, LockError> {
+        acquire(
+            self.inner,
+            name,
+            Some(self.owner.to_owned()),
+            self.ttl,
+            wait,
+            self.auto_renew,
+        )
+        .await
+    }
+
+    /// Holds the gate just long enough to take `name` behind whoever
+    /// queued for the gate first.
+    pub(super) async fn through_gate(
+        &self,
+        gate: &LockName,
+        name: &LockName,
+    ) -> Result<LockGuard, LockError> {
+        let pass = acquire(self.inner, gate, None, self.ttl, self.wait, true).await?;
+        let taken = self.lock(name, self.wait).await;
+        // A pass whose release is lost holds the gate until its lease
+        // ends: later comers wait longer, nobody gets in wrongly.
+        let _ = pass.release().await;
+        taken
+    }
+}
+
+async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
+    if take.holds(&keys.mine) {
+        return take.lock(&keys.mine, take.wait).await;
+    }
+    let guard = take.lock(&keys.mine, take.wait).await?;
+    if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
+        return Ok(guard);
+    }
+    // A writer holds or passes the gate: our key may hold it up, so it
+    // goes, and we queue behind the writer.
+    let _ = guard.release().await;
+    if let Wait::No = take.wait {
+        return Err(busy(&keys.gate));
+    }
+    take.through_gate(&keys.gate, &keys.mine).await
+}
+
+async fn write(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
+    if take.holds(&keys.mine) {
+        return Err(LockError::Upgrade {
+            name: keys.gate.to_string(),
+        });
+    }
+    let reentry = take.holds(&keys.gate);
+    let guard = take.lock(&keys.gate, take.wait).await?;
+    if reentry {
+        return Ok(guard);
+    }
+    match drain(take, keys, &guard).await {
+        Ok(()) => Ok(guard),
+        Err(e) => {
+            let _ = guard.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// Waits, holding the gate, until no reader key is held.
+async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), LockError> {
+    let deadline = take.wait.deadline();
+    let started = Instant::now();
+    let timeout = || super::attempt::timeout(&keys.gate, started);
+    let Some(mut readers) = Holders::open(take.inner, &keys.readers, deadline).await? else {
+        return Err(timeout());
+    };
+    while !readers.held().is_empty() {
+        if let Wait::No = take.wait {
+            return Err(busy(&keys.gate));
+        }
+        tokio::select! {
+            next = readers.next(deadline) => {
+                if next?.is_none() {
+                    return Err(timeout());
+                }
+            }
+            () = gate.lost() => {
+                return Err(LockError::Lost {
+                    name: keys.gate.to_string(),
+                    reason: gate.lost_reason().unwrap_or(crate::error::LostReason::Expired),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn busy(name: &LockName) -> LockError {
+    LockError::Busy {
+        name: name.to_string(),
+        holder: None,
+    }
+}
+
+/// Errors name the lock the caller asked for, not the key under it.
+pub(super) fn renamed(e: LockError, name: &LockName, started: Instant) -> LockError {
+    let name = name.to_string();
+    match e {
+        LockError::Busy { holder, .. } => LockError::Busy { name, holder },
+        LockError::Timeout { .. } => LockError::Timeout {
+            name,
+            waited: started.elapsed(),
+        },
+        LockError::Lost { reason, .. } => LockError::Lost { name, reason },
+        LockError::Upgrade { .. } => LockError::Upgrade { name },
+        e => e,
+    }
+}
+
+/// A held read or write lock. Dropping it releases the hold in the
+/// background; [`RwLockGuard::release`] does it in the foreground.
+#[must_use = "the lock is released when the guard is dropped"]
+#[derive(Debug)]
+pub struct RwLockGuard {
+    guard: LockGuard,
+    name: LockName,
+    mode: RwMode,
+}
+
+impl RwLockGuard {
+    /// The fencing token: a reader's passes [`crate::Fence::admit_read`], a
+    /// writer's [`crate::Fence::admit`].
+    pub fn token(&self) -> FencingToken {
+        self.guard.token()
+    }
+
+    /// The read/write lock's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    pub fn mode(&self) -> RwMode {
+        self.mode
+    }
+
+    pub fn owner(&self) -> &str {
+        self.guard.owner()
+    }
+
+    /// Resolves when the hold is lost (see [`LockGuard::lost`]).
+    pub fn lost(&self) -> WaitForCancellationFutureOwned {
+        self.guard.lost()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.guard.is_lost()
+    }
+
+    pub fn lost_reason(&self) -> Option<crate::error::LostReason> {
+        self.guard.lost_reason()
+    }
+
+    /// See [`LockGuard::deadline`].
+    pub fn deadline(&self) -> std::time::Instant {
+        self.guard.deadline()
+    }
+
+    /// The ordinary lock under the name that this hold is (the reader's own
+    /// key, or the gate): for operators' views and tools.
+    pub fn key_guard(&self) -> &LockGuard {
+        &self.guard
+    }
+
+    /// Releases this hold; see [`LockGuard::release`].
+    pub async fn release(self) -> Result<(), LockError> {
+        let name = self.name;
+        self.guard
+            .release()
+            .await
+            .map_err(|e| renamed(e, &name, Instant::now()))
+    }
+}

@@ -1,0 +1,138 @@
+//! What read/write locks and semaphores share: several holders under one
+//! name, each holding a key of its own, with one ordinary lock as the gate
+//! that orders whoever has to wait.
+//!
+//! Under a name `N` a kind keeps its holders' keys (`N:~rw:read:...`,
+//! `N:~sem:permit:<i>`) and a gate (`N:~rw:write`, `N:~sem:queue`). Every
+//! one of them is an ordinary lock: a fenced lease with renewal, loss
+//! signal, session and coordinator handoff. What the kind adds is one
+//! rule between the holders' keys and the gate, the same in both kinds:
+//!
+//! - whoever comes without waiting first writes its own key, *then* reads
+//!   the gate, and backs off (deletes its key and queues for the gate) if
+//!   somebody else holds it;
+//! - the gate's holder first holds the gate, *then* reads the holders'
+//!   keys, and waits on what it finds.
+//!
+//! All of these are writes to one stream, so they have one order, and the
+//! reads go to the stream leader after the write before them was
+//! acknowledged. Of a newcomer's key write and the gate holder's grant,
+//! whichever is later is followed by a read that sees the earlier one: a
+//! newcomer never gets past a gate holder, and a gate holder never misses
+//! a newcomer that got in (docs/ARCHITECTURE.md, "Read/write locks and
+//! semaphores").
+
+use super::attempt::within;
+use super::Inner;
+use crate::error::LockError;
+use crate::name::LockName;
+use crate::store::{Current, KeyWatch};
+use std::collections::HashSet;
+use tokio::time::Instant;
+
+/// The name `<name>:~<kind>:<parts...>`; `~` keeps it apart from names a
+/// user would pick for locks of their own under `name`.
+pub(crate) fn sub_name(name: &LockName, kind: &str, parts: &[&str]) -> Result<LockName, LockError> {
+    let mut s = format!("{}:~{kind}", name.as_str());
+    for p in parts {
+        s.push(':');
+        s.push_str(p);
+    }
+    Ok(LockName::new(&s)?)
+}
+
+/// Whether the gate lets a newcomer stay: it is vacant, or held by the
+/// newcomer's own `owner` in this session.
+pub(crate) async fn gate_open(
+    inner: &Inner,
+    gate: &LockName,
+    owner: Option<&str>,
+) -> Result<bool, LockError> {
+    match inner.store.read(gate).await {
+        Ok(Current::Vacant { .. }) => Ok(true),
+        Ok(Current::Held { record, .. }) => {
+            Ok(record.session == inner.session && Some(record.owner.as_str()) == owner)
+        }
+        Err(e) => Err(super::acquire::read_error(gate, e)),
+    }
+}
+
+/// The keys held under a name, kept up to date by a watch of them all.
+pub(crate) struct Holders {
+    under: LockName,
+    watch: KeyWatch,
+    held: HashSet<String>,
+}
+
+impl Holders {
+    /// Starts watching every key under `under` and reads what they hold
+    /// now; `None` if `deadline` passed first.
+    pub(crate) async fn open(
+        inner: &Inner,
+        under: &LockName,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Self>, LockError> {
+        let (watch, pending) = inner
+            .store
+            .watch_under(under)
+            .await
+            .map_err(|source| watch_error(under, source))?;
+        let mut holders = Holders {
+            under: under.clone(),
+            watch,
+            held: HashSet::new(),
+        };
+        let mut caught_up = pending == 0;
+        while !caught_up {
+            match holders.next(deadline).await? {
+                Some(pending) => caught_up = pending == 0,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(holders))
+    }
+
+    /// The keys held now, as last seen.
+    pub(crate) fn held(&self) -> &HashSet<String> {
+        &self.held
+    }
+
+    /// Waits for the next change of a key under the name; returns how many
+    /// more the server had queued, or `None` if `deadline` passed first.
+    pub(crate) async fn next(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<u64>, LockError> {
+        let change = match within(deadline, self.watch.change()).await {
+            None => return Ok(None),
+            Some(None) => {
+                return Err(watch_error(&self.under, "the watch ended".into()));
+            }
+            Some(Some(Err(source))) => return Err(watch_error(&self.under, source)),
+            Some(Some(Ok(change))) => change,
+        };
+        match change.current {
+            Ok(Current::Held { .. }) => {
+                self.held.insert(change.key);
+            }
+            Ok(Current::Vacant { .. }) => {
+                self.held.remove(&change.key);
+            }
+            Err(source) => {
+                return Err(LockError::Corrupt {
+                    name: change.key,
+                    source,
+                })
+            }
+        }
+        Ok(Some(change.pending))
+    }
+}
+
+fn watch_error(name: &LockName, source: async_nats::Error) -> LockError {
+    LockError::Nats {
+        name: name.to_string(),
+        op: "watch",
+        source,
+    }
+}

@@ -1,0 +1,362 @@
+//! Read/write locks and semaphores against a real nats-server, judged by
+//! what their holders believed (`jetlock_testkit::history::holders`) and
+//! by fencing tokens. The waits that must be FIFO run with a coordinator.
+
+use futures::future::join_all;
+use jetlock::{Client, Fence, FencingToken, LockError};
+use jetlock_testkit::history::holders::{HoldKind, Holds};
+use jetlock_testkit::{client, coordinator, single, PATIENCE};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Waits until somebody holds `name` (a key under a read/write lock or
+/// semaphore: the gate a waiter holds).
+async fn until_held(c: &Client, name: &str) {
+    timeout(PATIENCE, async {
+        while c.holder(name).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the key is taken");
+}
+
+#[tokio::test]
+async fn readers_share_and_a_writer_waits_for_all_of_them() {
+    let server = single();
+    let (a, b) = (
+        client(&server.url(), 1).await,
+        client(&server.url(), 1).await,
+    );
+    let mut readers = Vec::new();
+    for c in [&a, &b, &a, &b] {
+        // Each holds while the next comes: four readers at once.
+        readers.push(c.read_lock("ledger").acquire().await.unwrap());
+    }
+    assert!(matches!(
+        b.write_lock("ledger").try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move { b.write_lock("ledger").acquire().await })
+    };
+    until_held(&a, "ledger:~rw:write").await;
+    // The waiting writer holds the gate: a new reader does not get past it.
+    assert!(matches!(
+        a.read_lock("ledger").try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    let highest_read = readers.iter().map(|r| r.token()).max().unwrap();
+    for r in readers {
+        r.release().await.unwrap();
+    }
+    let w = timeout(PATIENCE, writer).await.unwrap().unwrap().unwrap();
+    assert!(w.token() > highest_read, "{} vs {highest_read}", w.token());
+    w.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queued_writer_goes_before_readers_that_came_after_it() {
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let (a, b) = (
+        client(&server.url(), 1).await,
+        client(&server.url(), 1).await,
+    );
+    let first = a.read_lock("settlement").acquire().await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let writer = {
+        let (b, tx) = (b.clone(), tx.clone());
+        tokio::spawn(async move {
+            let w = b.write_lock("settlement").acquire().await.unwrap();
+            tx.send(("write", w.token())).unwrap();
+            w.release().await.unwrap();
+        })
+    };
+    until_held(&a, "settlement:~rw:write").await;
+    let late_reader = {
+        let (a, tx) = (a.clone(), tx.clone());
+        tokio::spawn(async move {
+            let r = a.read_lock("settlement").acquire().await.unwrap();
+            tx.send(("read", r.token())).unwrap();
+            r.release().await.unwrap();
+        })
+    };
+    first.release().await.unwrap();
+    timeout(PATIENCE, async {
+        writer.await.unwrap();
+        late_reader.await.unwrap();
+    })
+    .await
+    .unwrap();
+    let (w, r) = (rx.recv().await.unwrap(), rx.recv().await.unwrap());
+    assert_eq!((w.0, r.0), ("write", "read"));
+    // Granted after the writer, by a later write to the bucket.
+    assert!(r.1 > w.1, "read {} write {}", r.1, w.1);
+}
+
+#[tokio::test]
+async fn reads_and_writes_reenter_a_read_under_the_write_goes_in_and_upgrades_are_refused() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let r1 = c.read_lock("acct").owner("o").acquire().await.unwrap();
+    let r2 = c.read_lock("acct").owner("o").try_acquire().await.unwrap();
+    assert_eq!(r1.token(), r2.token());
+    assert!(matches!(
+        c.write_lock("acct").owner("o").try_acquire().await,
+        Err(LockError::Upgrade { .. })
+    ));
+    r1.release().await.unwrap();
+    r2.release().await.unwrap();
+    let w1 = c.write_lock("acct").owner("o").acquire().await.unwrap();
+    let w2 = c.write_lock("acct").owner("o").try_acquire().await.unwrap();
+    assert_eq!(w1.token(), w2.token());
+    // Another owner's read waits behind the write; the writer's own read
+    // (a downgrade) goes in.
+    assert!(matches!(
+        c.read_lock("acct").owner("other").try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    let down = c.read_lock("acct").owner("o").try_acquire().await.unwrap();
+    w1.release().await.unwrap();
+    w2.release().await.unwrap();
+    // With the write gone, the read stands alone and others read too.
+    let other = c
+        .read_lock("acct")
+        .owner("other")
+        .try_acquire()
+        .await
+        .unwrap();
+    down.release().await.unwrap();
+    other.release().await.unwrap();
+}
+
+/// 32 tasks on 8 clients, nine reads to a write, with a coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_tasks_mixing_reads_and_writes_never_overlap_a_write() {
+    const ROUNDS: usize = 20;
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let holds = Arc::new(Holds::default());
+    let fence = Arc::new(Fence::new());
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(client(&server.url(), 1).await);
+    }
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (c, holds, fence) = (clients[t % 8].clone(), holds.clone(), fence.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                if (t + round) % 10 == 0 {
+                    let w = c.write_lock("balance").acquire().await.unwrap();
+                    let from = Instant::now();
+                    fence
+                        .admit("balance", w.token())
+                        .expect("writer fenced off");
+                    tokio::task::yield_now().await;
+                    holds.record(HoldKind::Write, w.token(), from);
+                    w.release().await.unwrap();
+                } else {
+                    let r = c.read_lock("balance").acquire().await.unwrap();
+                    let from = Instant::now();
+                    fence
+                        .admit_read("balance", r.token())
+                        .expect("reader fenced off");
+                    tokio::task::yield_now().await;
+                    holds.record(HoldKind::Read, r.token(), from);
+                    r.release().await.unwrap();
+                }
+            }
+        }));
+    }
+    timeout(Duration::from_secs(300), join_all(tasks))
+        .await
+        .expect("all tasks finish")
+        .into_iter()
+        .for_each(|r| r.expect("task"));
+    let all = holds.all();
+    assert_eq!(all.len(), 32 * ROUNDS);
+    assert!(all.iter().any(|h| h.kind == HoldKind::Write));
+    let violations = holds.rw_violations();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[tokio::test]
+async fn a_reader_that_outlived_its_lease_is_fenced_off_by_the_next_writer() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let fence = Fence::new();
+    let stale = c
+        .read_lock("books")
+        .ttl(Duration::from_secs(1))
+        .auto_renew(false)
+        .acquire()
+        .await
+        .unwrap();
+    let stale_token = stale.token();
+    fence.admit_read("books", stale_token).unwrap();
+    // A pause past the lease: no renewal, no release.
+    std::mem::forget(stale);
+    let other = client(&server.url(), 1).await;
+    let w = timeout(PATIENCE, other.write_lock("books").acquire())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(w.token() > stale_token);
+    fence.admit("books", w.token()).unwrap();
+    assert!(fence.admit_read("books", stale_token).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_never_has_more_holders_than_permits() {
+    const PERMITS: u32 = 3;
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let holds = Arc::new(Holds::default());
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(&server.url(), 1).await);
+    }
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (c, holds) = (clients[t % 4].clone(), holds.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let p = c
+                    .semaphore("bank-connector", PERMITS)
+                    .acquire()
+                    .await
+                    .unwrap();
+                let from = Instant::now();
+                assert!(p.index() < PERMITS);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                holds.record(HoldKind::Permit, p.token(), from);
+                p.release().await.unwrap();
+            }
+        }));
+    }
+    timeout(Duration::from_secs(300), join_all(tasks))
+        .await
+        .expect("all tasks finish")
+        .into_iter()
+        .for_each(|r| r.expect("task"));
+    assert_eq!(holds.all().len(), 160);
+    let most = holds.most_at_once();
+    assert!(most <= PERMITS as usize, "{most} holders at once");
+}
+
+#[tokio::test]
+async fn a_semaphore_lets_n_in_and_queues_the_rest_in_arrival_order() {
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let (a, b) = (
+        client(&server.url(), 1).await,
+        client(&server.url(), 1).await,
+    );
+    let p1 = a.semaphore("pool", 2).acquire().await.unwrap();
+    let p2 = b.semaphore("pool", 2).acquire().await.unwrap();
+    assert_ne!(p1.index(), p2.index());
+    assert!(matches!(
+        a.semaphore("pool", 2).try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let wait = |c: &Client, who: &'static str| {
+        let (c, tx) = (c.clone(), tx.clone());
+        tokio::spawn(async move {
+            let p = c.semaphore("pool", 2).acquire().await.unwrap();
+            tx.send((who, p.token())).unwrap();
+            p
+        })
+    };
+    let third = wait(&a, "third");
+    until_held(&b, "pool:~sem:queue").await;
+    let fourth = wait(&b, "fourth");
+    // The fourth queues behind the third for the gate.
+    p1.release().await.unwrap();
+    let third = timeout(PATIENCE, third).await.unwrap().unwrap();
+    assert_eq!(rx.recv().await.unwrap().0, "third");
+    p2.release().await.unwrap();
+    let fourth = timeout(PATIENCE, fourth).await.unwrap().unwrap();
+    assert_eq!(rx.recv().await.unwrap().0, "fourth");
+    let tokens: Vec<FencingToken> = vec![third.token(), fourth.token()];
+    assert!(tokens[0] < tokens[1]);
+    third.release().await.unwrap();
+    fourth.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn shrinking_a_semaphore_revokes_no_held_permit() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(c.semaphore("calls", 3).acquire().await.unwrap());
+    }
+    // N goes down to 1: the three permits stay held, nobody new gets in.
+    assert!(matches!(
+        c.semaphore("calls", 1).try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    assert!(held.iter().all(|p| !p.is_lost()));
+    held.sort_by_key(|p| p.index());
+    let zero = held.remove(0);
+    assert_eq!(zero.index(), 0);
+    zero.release().await.unwrap();
+    let one = c.semaphore("calls", 1).try_acquire().await.unwrap();
+    assert_eq!(one.index(), 0);
+    // Permits 1 and 2, above the new N, are not given out again.
+    for p in held {
+        p.release().await.unwrap();
+    }
+    assert!(matches!(
+        c.semaphore("calls", 1).try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    one.release().await.unwrap();
+    assert!(matches!(
+        c.semaphore("calls", 0).try_acquire().await,
+        Err(LockError::InvalidPermits { .. })
+    ));
+}
+
+/// The rule both kinds keep, on its own: with the gate held (as by a
+/// waiter that queued first) and room free, a newcomer still stays out.
+#[tokio::test]
+async fn a_newcomer_does_not_pass_whoever_holds_the_gate() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let waiter = client(&server.url(), 1).await;
+    let gate = waiter.lock("pool:~sem:queue").acquire().await.unwrap();
+    assert!(matches!(
+        c.semaphore("pool", 4).try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    gate.release().await.unwrap();
+    c.semaphore("pool", 4)
+        .try_acquire()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let gate = waiter.lock("books:~rw:write").acquire().await.unwrap();
+    assert!(matches!(
+        c.read_lock("books").try_acquire().await,
+        Err(LockError::Busy { .. })
+    ));
+    // What the newcomers backed off from is gone: their keys are vacant.
+    for key in [
+        "pool:~sem:permit:0",
+        "pool:~sem:permit:1",
+        "pool:~sem:permit:2",
+        "pool:~sem:permit:3",
+    ] {
+        assert!(c.holder(key).await.unwrap().is_none(), "{key}");
+    }
+    gate.release().await.unwrap();
+}
