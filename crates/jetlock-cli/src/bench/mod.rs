@@ -39,6 +39,7 @@ mod contention;
 mod failover;
 mod floor;
 mod json;
+mod kinds;
 mod latency;
 mod machine;
 mod memory;
@@ -161,6 +162,9 @@ pub enum Workload {
     /// W4: a holder process killed or hung.
     #[value(alias = "w4")]
     Failover,
+    /// Read/write locks (90/10), a semaphore (4 permits), and readers in
+    /// keys of their own against one record listing them.
+    Kinds,
     /// W2 and W3 at 1 to 64 clients.
     Scaling,
     /// The coordinator's memory per held lock and per waiter.
@@ -220,6 +224,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         results: Vec::new(),
         throughput: Vec::new(),
         contention: Vec::new(),
+        kinds: Vec::new(),
         failover: Vec::new(),
         scaling: Default::default(),
         memory: None,
@@ -233,6 +238,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Workload::Latency,
         Workload::Throughput,
         Workload::Contention,
+        Workload::Kinds,
         Workload::Failover,
         Workload::Scaling,
         Workload::Memory,
@@ -361,6 +367,9 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
     if ctx.selected(Workload::Contention) {
         report.contention = contention_workload(ctx).await?;
     }
+    if ctx.selected(Workload::Kinds) {
+        report.kinds = kinds_workload(ctx).await?;
+    }
     if ctx.selected(Workload::Failover) {
         report.failover = failover_workload(ctx).await?;
     }
@@ -414,6 +423,37 @@ async fn contention_workload(ctx: &Ctx<'_>) -> Result<Vec<ContentionRow>, CliErr
         run("coordinator queue", Path::Queue).await?,
         run("watch and race", Path::Race).await?,
     ])
+}
+
+async fn kinds_workload(ctx: &Ctx<'_>) -> Result<Vec<kinds::KindsRow>, CliError> {
+    use kinds::Kind;
+    let window = ctx.secs(
+        ctx.args.contention_secs,
+        CONTENTION_SECS,
+        QUICK_CONTENTION_SECS,
+    );
+    let clients = ctx.args.clients as usize;
+    let (url, bucket) = (ctx.site.url.as_str(), ctx.site.bucket());
+    let mut rows = Vec::new();
+    for (label, kind) in [
+        (
+            "rw",
+            Kind::ReadWrite {
+                write_every: Some(10),
+            },
+        ),
+        ("readers", Kind::ReadWrite { write_every: None }),
+        ("one-record", Kind::OneRecord),
+        ("semaphore", Kind::Semaphore { permits: 4 }),
+    ] {
+        progress(&format!(
+            "kinds: {clients} clients, {label}, {} s",
+            window.as_secs()
+        ));
+        let name = format!("{}:kinds-{label}", ctx.names);
+        rows.push(kinds::run(url, bucket, &name, kind, clients, window).await?);
+    }
+    Ok(rows)
 }
 
 async fn failover_workload(ctx: &Ctx<'_>) -> Result<Vec<FailoverRow>, CliError> {

@@ -32,6 +32,8 @@ pub(super) struct Report {
     pub(super) throughput: Vec<ThroughputRow>,
     /// W3.
     pub(super) contention: Vec<ContentionRow>,
+    /// Read/write locks and semaphores.
+    pub(super) kinds: Vec<super::kinds::KindsRow>,
     /// W4.
     pub(super) failover: Vec<FailoverRow>,
     pub(super) scaling: Scaling,
@@ -93,6 +95,7 @@ impl Report {
         self.durability_table(o);
         self.throughput(o);
         self.contention(o);
+        self.kinds(o);
         self.failover(o);
         self.scaling(o);
         self.memory(o);
@@ -256,6 +259,51 @@ impl Report {
             first.clients, first.seconds
         );
         o.push_str(&contention_table(&self.contention, false));
+    }
+
+    fn kinds(&self, o: &mut String) {
+        let all: Vec<&super::kinds::KindsRow> = self
+            .kinds
+            .iter()
+            .chain(self.peers.iter().filter_map(|p| p.rw.as_ref()))
+            .collect();
+        let Some(first) = all.first() else {
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "\nLock kinds: {} clients (one session and connection each) on one name, acquire → release, {} s each\n",
+            first.clients, first.seconds
+        );
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|r| {
+                vec![
+                    r.workload.to_owned(),
+                    format!("{:.0}", r.reads_per_sec),
+                    format!("{:.0}", r.writes_per_sec),
+                    format!("{:.0}", r.grants_per_sec),
+                    r.most_at_once.to_string(),
+                    r.lost_cas_per_grant
+                        .map(|l| format!("{l:.2}"))
+                        .unwrap_or_else(|| "-".to_owned()),
+                    r.overlaps.to_string(),
+                ]
+            })
+            .collect();
+        o.push_str(&table(
+            &[
+                "workload",
+                "reads/s",
+                "writes/s",
+                "grants/s",
+                "most at once",
+                "lost CAS per grant",
+                "overlaps",
+            ],
+            "lrrrrrr",
+            &rows,
+        ));
     }
 
     fn failover(&self, o: &mut String) {

@@ -46,6 +46,8 @@ pub(super) struct PeerRow {
     /// server the raw pair ran against.
     pub(super) w1_ratio_to_raw: BTreeMap<String, f64>,
     pub(super) w3: Option<ContentionRow>,
+    /// The lock-kinds read/write mix, where the peer has shared locks.
+    pub(super) rw: Option<super::kinds::KindsRow>,
     /// What it keeps on disk, how it waits; or why it was skipped.
     pub(super) note: String,
 }
@@ -71,6 +73,7 @@ pub(super) async fn run(plan: &Plan) -> Vec<PeerRow> {
             w1_p99_us: None,
             w1_ratio_to_raw: BTreeMap::new(),
             w3: None,
+            rw: None,
             note: peer.note().to_owned(),
         };
         match peer.binary() {
@@ -166,7 +169,15 @@ impl Peer {
                 measure(plan, row, async || {
                     postgres::AdvisoryLock::connect(port).await
                 })
-                .await
+                .await?;
+                let mut clients = Vec::with_capacity(plan.clients);
+                for _ in 0..plan.clients {
+                    clients.push(postgres::AdvisoryRw::connect(port).await?);
+                }
+                let workload = "PostgreSQL pg_advisory_lock_shared, 90% reads";
+                row.rw =
+                    Some(super::kinds::mix(workload, "rw", clients, Some(10), plan.window).await?);
+                Ok(())
             }
             #[cfg(not(feature = "peers"))]
             Peer::Redis | Peer::Postgres => {

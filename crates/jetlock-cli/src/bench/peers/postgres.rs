@@ -126,3 +126,55 @@ impl Contender for AdvisoryLock {
         Ok(())
     }
 }
+
+/// One session taking an advisory lock shared (`pg_advisory_lock_shared`)
+/// or exclusive: PostgreSQL's read/write lock, for the lock-kinds mix.
+pub(super) struct AdvisoryRw {
+    client: tokio_postgres::Client,
+    read: tokio_postgres::Statement,
+    read_done: tokio_postgres::Statement,
+    write: tokio_postgres::Statement,
+    write_done: tokio_postgres::Statement,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl AdvisoryRw {
+    pub(super) async fn connect(port: u16) -> Result<AdvisoryRw, CliError> {
+        let config = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(AdvisoryRw {
+            read: client.prepare("SELECT pg_advisory_lock_shared($1)").await?,
+            read_done: client
+                .prepare("SELECT pg_advisory_unlock_shared($1)")
+                .await?,
+            write: client.prepare("SELECT pg_advisory_lock($1)").await?,
+            write_done: client.prepare("SELECT pg_advisory_unlock($1)").await?,
+            client,
+            _connection: connection,
+        })
+    }
+}
+
+impl super::super::kinds::RwContender for AdvisoryRw {
+    async fn lock(&mut self, name: &str, write: bool) -> Result<(), CliError> {
+        let statement = if write { &self.write } else { &self.read };
+        self.client.query_one(statement, &[&id(name)]).await?;
+        Ok(())
+    }
+
+    async fn unlock(&mut self, name: &str, write: bool) -> Result<(), CliError> {
+        let statement = if write {
+            &self.write_done
+        } else {
+            &self.read_done
+        };
+        let row = self.client.query_one(statement, &[&id(name)]).await?;
+        if !row.try_get::<_, bool>(0)? {
+            return Err(format!("postgres: the session did not hold {name} at unlock").into());
+        }
+        Ok(())
+    }
+}
