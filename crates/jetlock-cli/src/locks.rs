@@ -26,7 +26,14 @@ pub struct LocksArgs {
 /// One held lock, as printed (`--json` field names are a stable contract).
 #[derive(Debug, Serialize)]
 pub struct LockView {
+    /// The name locked: a read/write lock's or semaphore's for their parts.
     pub name: String,
+    /// `lock`, or a part of a read/write lock (`read`, `write`) or of a
+    /// semaphore (`permit`, `queue`: its first waiter).
+    pub kind: &'static str,
+    /// The permit's number, for a semaphore's permits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permit: Option<u32>,
     pub key: String,
     pub owner: String,
     pub session: String,
@@ -82,8 +89,11 @@ fn from_coordinator(view: LocksView) -> Vec<LockView> {
         .into_iter()
         .filter_map(|l| {
             let h = l.holder?;
+            let (name, kind, permit) = held_as(&l.name);
             Some(LockView {
-                name: l.name,
+                name,
+                kind,
+                permit,
                 key: l.key,
                 owner: h.owner,
                 session: h.session,
@@ -130,23 +140,38 @@ async fn from_bucket(
             }
         };
         match store.read(&name).await {
-            Ok(Current::Held { revision, record }) => views.push(LockView {
-                name: name.as_str().to_owned(),
-                key,
-                token: record.token_at(revision),
-                held_ms: now.saturating_sub(record.acquired_ms),
-                owner: record.owner,
-                session: record.session,
-                holds: record.holds,
-                lease_ms: record.lease_ms,
-                lease_left_ms: None,
-                waiters: None,
+            Ok(Current::Held { revision, record }) => views.push({
+                let (name, kind, permit) = held_as(name.as_str());
+                LockView {
+                    name,
+                    kind,
+                    permit,
+                    key,
+                    token: record.token_at(revision),
+                    held_ms: now.saturating_sub(record.acquired_ms),
+                    owner: record.owner,
+                    session: record.session,
+                    holds: record.holds,
+                    lease_ms: record.lease_ms,
+                    lease_left_ms: None,
+                    waiters: None,
+                }
             }),
             Ok(Current::Vacant { .. }) => {} // released since the listing
             Err(e) => eprintln!("jetlock: skipping lock {name}: {e}"),
         }
     }
     Ok(views)
+}
+
+/// The name a view shows, what the key is under it, and a permit's number.
+fn held_as(full: &str) -> (String, &'static str, Option<u32>) {
+    let held = jetlock::client::HeldAs::of(full);
+    let permit = match held {
+        jetlock::client::HeldAs::Permit { index, .. } => Some(index),
+        _ => None,
+    };
+    (held.name(full).to_owned(), held.kind(), permit)
 }
 
 fn print_table(views: &[LockView]) {
@@ -160,6 +185,10 @@ fn print_table(views: &[LockView]) {
         .map(|v| {
             vec![
                 v.name.clone(),
+                match v.permit {
+                    Some(i) => format!("{} {i}", v.kind),
+                    None => v.kind.to_owned(),
+                },
                 v.owner.clone(),
                 v.session.clone(),
                 v.token.to_string(),
@@ -173,6 +202,7 @@ fn print_table(views: &[LockView]) {
     table::print(
         &[
             "NAME",
+            "KIND",
             "OWNER",
             "SESSION",
             "TOKEN",

@@ -154,6 +154,52 @@ async fn locks_lists_held_locks_as_json_and_filters_by_prefix() {
     held.release().await.unwrap();
 }
 
+#[tokio::test]
+async fn locks_shows_readers_writers_and_permits_under_the_name_they_lock() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let r1 = c.read_lock("ledger").acquire().await.unwrap();
+    let r2 = c.read_lock("ledger").acquire().await.unwrap();
+    let permit = c.semaphore("bank", 4).acquire().await.unwrap();
+    let out = jetlock()
+        .args(["locks", "--json", "--url", &server.url()])
+        .output()
+        .expect("run jetlock locks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let views: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json parses");
+    let kinds: Vec<(String, String)> = views
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let count =
+        |name: &str, kind: &str| kinds.iter().filter(|(n, k)| n == name && k == kind).count();
+    assert_eq!(count("ledger", "read"), 2, "{kinds:?}");
+    assert_eq!(count("bank", "permit"), 1, "{kinds:?}");
+    let shown = views
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["kind"] == "permit")
+        .unwrap();
+    assert_eq!(shown["permit"], permit.index());
+    assert_eq!(shown["token"], permit.token().get());
+    for r in [r1, r2] {
+        r.release().await.unwrap();
+    }
+    permit.release().await.unwrap();
+}
+
 #[test]
 fn errors_exit_1_and_usage_errors_exit_2() {
     let out = jetlock()

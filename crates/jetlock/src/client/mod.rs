@@ -40,6 +40,7 @@ pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
 pub use rwlock::{RwLockGuard, RwLockRequest, RwMode};
 pub use semaphore::{Permit, SemaphoreRequest, MAX_PERMITS};
+pub use shared::HeldAs;
 
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
 use crate::connect::{Auth, Credentials, Login};

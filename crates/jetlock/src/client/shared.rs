@@ -41,6 +41,80 @@ pub(crate) fn sub_name(name: &LockName, kind: &str, parts: &[&str]) -> Result<Lo
     Ok(LockName::new(&s)?)
 }
 
+/// What a held key is, read from its lock name: a plain lock, or a part
+/// of a read/write lock or semaphore (for operators' views).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldAs {
+    Lock,
+    /// A reader of the read/write lock `of`.
+    Read {
+        of: String,
+    },
+    /// The writer of `of`, or a waiter passing the gate.
+    Write {
+        of: String,
+    },
+    /// Permit `index` of the semaphore `of`.
+    Permit {
+        of: String,
+        index: u32,
+    },
+    /// The gate of the semaphore `of`, held by the first waiter.
+    SemaphoreQueue {
+        of: String,
+    },
+}
+
+impl HeldAs {
+    pub fn of(name: &str) -> HeldAs {
+        // The first marker: what follows a reader's marker holds its
+        // session and owner, which may hold anything.
+        let parts = |marker: &str| {
+            name.split_once(marker)
+                .map(|(of, rest)| (of.to_owned(), rest.to_owned()))
+        };
+        if let Some((of, rest)) = parts(":~rw:") {
+            if rest == "write" {
+                return HeldAs::Write { of };
+            }
+            if rest.starts_with("read:") {
+                return HeldAs::Read { of };
+            }
+        }
+        if let Some((of, rest)) = parts(":~sem:") {
+            if rest == "queue" {
+                return HeldAs::SemaphoreQueue { of };
+            }
+            if let Some(index) = rest.strip_prefix("permit:").and_then(|i| i.parse().ok()) {
+                return HeldAs::Permit { of, index };
+            }
+        }
+        HeldAs::Lock
+    }
+
+    /// The name the caller locked (the read/write lock's or semaphore's).
+    pub fn name<'a>(&'a self, full: &'a str) -> &'a str {
+        match self {
+            HeldAs::Lock => full,
+            HeldAs::Read { of }
+            | HeldAs::Write { of }
+            | HeldAs::Permit { of, .. }
+            | HeldAs::SemaphoreQueue { of } => of,
+        }
+    }
+
+    /// One word for tables and JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeldAs::Lock => "lock",
+            HeldAs::Read { .. } => "read",
+            HeldAs::Write { .. } => "write",
+            HeldAs::Permit { .. } => "permit",
+            HeldAs::SemaphoreQueue { .. } => "queue",
+        }
+    }
+}
+
 /// Whether the gate lets a newcomer stay: it is vacant, or held by the
 /// newcomer's own `owner` in this session.
 pub(crate) async fn gate_open(
@@ -134,5 +208,33 @@ fn watch_error(name: &LockName, source: async_nats::Error) -> LockError {
         name: name.to_string(),
         op: "watch",
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeldAs;
+
+    #[test]
+    fn held_keys_are_told_apart_by_their_names() {
+        assert_eq!(HeldAs::of("account:42"), HeldAs::Lock);
+        let read = HeldAs::of("ledger:~rw:read:S1:o:~rw:write");
+        assert_eq!(
+            read,
+            HeldAs::Read {
+                of: "ledger".into()
+            }
+        );
+        assert_eq!(read.name("x"), "ledger");
+        assert_eq!(HeldAs::of("ledger:~rw:write").kind(), "write");
+        assert_eq!(
+            HeldAs::of("bank:~sem:permit:3"),
+            HeldAs::Permit {
+                of: "bank".into(),
+                index: 3
+            }
+        );
+        assert_eq!(HeldAs::of("bank:~sem:queue").kind(), "queue");
+        assert_eq!(HeldAs::of("bank:~sem:permit:x"), HeldAs::Lock);
     }
 }
