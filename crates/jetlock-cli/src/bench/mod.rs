@@ -12,6 +12,10 @@
 //! - **W3 contention** (`contention.rs`) — 32 clients, each its own session,
 //!   on one key for 5 s: the coordinator's FIFO queue, the watch-and-race
 //!   path (`.queue(false)`), and raw KV watch + CAS retry;
+//! - **lock kinds** (`kinds.rs`) — a read/write lock under a 90/10 mix, a
+//!   4-permit semaphore, and readers in keys of their own against one
+//!   record listing them, 32 clients on one name (PostgreSQL's shared
+//!   advisory locks as the peer, in `peers/`);
 //! - **W4 failover** (`failover.rs`) — a `jetlock hold` child is killed or
 //!   hung while a waiter is queued: time to the waiter's grant;
 //! - **durability** — W1 and W2 again against a server with
