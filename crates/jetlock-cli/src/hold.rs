@@ -1,4 +1,5 @@
-//! `jetlock hold NAME`: take a lock and hold it (renewing) until stdin
+//! `jetlock hold NAME`: take a lock (or with `--read`, `--write`,
+//! `--permits N` a read/write lock or a semaphore's permit) and hold it (renewing) until stdin
 //! closes or the process is told to stop (SIGINT, SIGTERM); then release it
 //! and exit 0. A lock lost while held ends it at once with exit code 4. For scripts
 //! (`jetlock hold job:nightly < fifo`) and for tests that need a lock
@@ -38,6 +39,90 @@ pub struct HoldArgs {
     /// NATS user's permissions allow (see docs/OPERATIONS.md).
     #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
     session_prefix: Option<String>,
+    /// Hold NAME as a read/write lock, for reading (shared).
+    #[arg(long, conflicts_with_all = ["write", "permits"])]
+    read: bool,
+    /// Hold NAME as a read/write lock, for writing (exclusive).
+    #[arg(long, conflicts_with = "permits")]
+    write: bool,
+    /// Hold one permit of NAME as a semaphore of this many permits.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=jetlock::client::MAX_PERMITS as i64))]
+    permits: Option<u32>,
+}
+
+/// What `hold` holds, behind one face.
+enum Held {
+    Lock(jetlock::LockGuard),
+    Rw(jetlock::RwLockGuard),
+    Permit(jetlock::Permit),
+}
+
+impl Held {
+    fn token(&self) -> u64 {
+        match self {
+            Held::Lock(g) => g.token().get(),
+            Held::Rw(g) => g.token().get(),
+            Held::Permit(p) => p.token().get(),
+        }
+    }
+
+    async fn lost(&self) {
+        match self {
+            Held::Lock(g) => g.lost().await,
+            Held::Rw(g) => g.lost().await,
+            Held::Permit(p) => p.lost().await,
+        }
+    }
+
+    fn lost_reason(&self) -> Option<jetlock::LostReason> {
+        match self {
+            Held::Lock(g) => g.lost_reason(),
+            Held::Rw(g) => g.lost_reason(),
+            Held::Permit(p) => p.lost_reason(),
+        }
+    }
+
+    async fn release(self) -> Result<(), jetlock::LockError> {
+        match self {
+            Held::Lock(g) => g.release().await,
+            Held::Rw(g) => g.release().await,
+            Held::Permit(p) => p.release().await,
+        }
+    }
+}
+
+/// Takes what `args` asks for, waiting `wait` (`None`: not at all).
+async fn take(
+    client: &jetlock::Client,
+    args: &HoldArgs,
+    owner: String,
+    wait: Option<Duration>,
+) -> Result<Held, jetlock::LockError> {
+    let ttl = Duration::from_millis(args.ttl);
+    if let Some(permits) = args.permits {
+        let request = client.semaphore(&args.name, permits).ttl(ttl);
+        return Ok(Held::Permit(match wait {
+            None => request.try_acquire().await?,
+            Some(w) => request.wait(w).acquire().await?,
+        }));
+    }
+    if args.read || args.write {
+        let request = match args.read {
+            true => client.read_lock(&args.name),
+            false => client.write_lock(&args.name),
+        }
+        .owner(owner)
+        .ttl(ttl);
+        return Ok(Held::Rw(match wait {
+            None => request.try_acquire().await?,
+            Some(w) => request.wait(w).acquire().await?,
+        }));
+    }
+    let request = client.lock(&args.name).owner(owner).ttl(ttl);
+    Ok(Held::Lock(match wait {
+        None => request.try_acquire().await?,
+        Some(w) => request.wait(w).acquire().await?,
+    }))
 }
 
 pub async fn run(args: HoldArgs) -> Result<(), CliError> {
@@ -57,18 +142,8 @@ pub async fn run(args: HoldArgs) -> Result<(), CliError> {
         let host = jetlock::protocol::host_name().unwrap_or_else(|| "unknown".into());
         format!("hold@{host}:{}", std::process::id())
     });
-    let request = client
-        .lock(&args.name)
-        .owner(owner)
-        .ttl(Duration::from_millis(args.ttl));
-    let guard = if args.wait == 0 {
-        request.try_acquire().await?
-    } else {
-        request
-            .wait(Duration::from_millis(args.wait))
-            .acquire()
-            .await?
-    };
+    let wait = (args.wait > 0).then(|| Duration::from_millis(args.wait));
+    let guard = take(&client, &args, owner, wait).await?;
     // Before the line that tells a script it holds the lock: a SIGINT or
     // SIGTERM sent as soon as it reads that line must release, not kill.
     use tokio::signal::unix::{signal, SignalKind};
@@ -77,7 +152,7 @@ pub async fn run(args: HoldArgs) -> Result<(), CliError> {
     // One JSON line: what a script (or a test) needs to fence its writes.
     println!(
         "{}",
-        serde_json::json!({"name": args.name, "token": guard.token().get(),
+        serde_json::json!({"name": args.name, "token": guard.token(),
                            "session": client.session(), "pid": std::process::id()})
     );
     let mut stdin = tokio::io::stdin();

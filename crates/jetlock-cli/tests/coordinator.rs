@@ -7,6 +7,7 @@ mod common;
 #[path = "coordinator/limits.rs"]
 mod limits;
 
+use common::holding::{exit_code, hold_process, signal};
 use common::json::JsonSession;
 use common::{coordinator, named_client as client, queued_acquire, single, PATIENCE};
 use futures::StreamExt;
@@ -336,49 +337,13 @@ async fn bad_input_is_answered_with_a_code_and_changes_nothing() {
     assert_eq!(before, after, "bad input changed the lock");
 }
 
-/// A `jetlock hold` child, killed and reaped on drop (also when the test
-/// panics: its client would otherwise retry a dead server forever).
-struct HoldProcess(Child);
-
-impl Drop for HoldProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `jetlock hold NAME` in a child process; returns it and its token.
-fn hold_process(url: &str, name: &str) -> (HoldProcess, u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jetlock"))
-        .args(["hold", name, "--url", url, "--ttl-ms", "10000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn jetlock hold");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("hold prints its token");
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
-    (HoldProcess(child), v["token"].as_u64().unwrap())
-}
-
-fn signal(child: &HoldProcess, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.0.id() as i32, sig);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holders_lock_goes_to_the_next_waiter_at_once() {
     let server = single();
     let url = server.url();
     let _c = coordinator(&url).await;
     let waiter = client(&url, "waiter").await;
-    let (mut child, held) = hold_process(&url, "proc");
+    let (mut child, held) = hold_process(&url, "proc", &[]);
     let watcher = async_nats::connect(&url).await.unwrap();
     let wait = queued_acquire(&watcher, &waiter, "proc", Duration::from_secs(30), PATIENCE).await;
     let killed = Instant::now();
@@ -403,7 +368,7 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write_is_refused() {
     let url = server.url();
     let _c = coordinator(&url).await;
     let waiter = client(&url, "waiter").await;
-    let (mut child, stale) = hold_process(&url, "paused");
+    let (mut child, stale) = hold_process(&url, "paused", &[]);
     let fence = Fence::new();
     assert!(
         fence.admit("ledger", FencingToken(stale)).is_ok(),
@@ -523,13 +488,6 @@ async fn revocation_warns_the_holder_then_fences_it_off() {
     assert!(matches!(guard.release().await, Err(LockError::Lost { .. })));
 }
 
-/// Waits (up to `PATIENCE`) for the child to exit; its exit code.
-async fn exit_code(child: &mut HoldProcess) -> Option<i32> {
-    common::serving::exited(&mut child.0, "jetlock hold")
-        .await
-        .code()
-}
-
 /// `jetlock hold` ends on its own when it loses the lock, with exit code 4,
 /// although its stdin is still open; on SIGINT it releases and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,7 +495,7 @@ async fn hold_exits_4_when_its_lock_is_lost_and_0_after_releasing_on_sigint() {
     let server = single();
     let url = server.url();
     let _c = coordinator(&url).await;
-    let (mut child, _) = hold_process(&url, "held:revoked");
+    let (mut child, _) = hold_process(&url, "held:revoked", &[]);
     let out = Command::new(env!("CARGO_BIN_EXE_jetlock"))
         .args(["release", "held:revoked", "--url", &url, "--force"])
         .args(["--reason", "test"])
@@ -546,7 +504,7 @@ async fn hold_exits_4_when_its_lock_is_lost_and_0_after_releasing_on_sigint() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(exit_code(&mut child).await, Some(4), "lost: exit code 4");
 
-    let (mut child, _) = hold_process(&url, "held:interrupted");
+    let (mut child, _) = hold_process(&url, "held:interrupted", &[]);
     signal(&child, libc::SIGINT);
     assert_eq!(exit_code(&mut child).await, Some(0));
     let check = client(&url, "check").await;

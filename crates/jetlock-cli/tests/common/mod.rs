@@ -5,6 +5,7 @@
 
 pub mod compose;
 pub mod demo;
+pub mod holding;
 pub mod lossy;
 pub mod promql;
 pub mod serving;
