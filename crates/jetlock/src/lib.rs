@@ -22,6 +22,7 @@
 //!   passwords hidden;
 //! - [`protocol`] — the coordinators' wire protocol: subjects, JSON bodies,
 //!   error codes (the client speaks it; so can any NATS client);
+//! - [`recipes`] — what is built on locks: process-once consumption;
 //! - [`events`] — the events coordinators publish (grants, expiries, ...);
 //! - [`clock`] — wall-clock milliseconds, as records and the wire carry them;
 //! - [`error`] — the error enums callers match on.
@@ -59,6 +60,7 @@ pub mod events;
 pub mod fence;
 pub mod name;
 pub mod protocol;
+pub mod recipes;
 pub mod record;
 pub mod store;
 
