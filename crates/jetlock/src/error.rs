@@ -111,6 +111,9 @@ pub enum LockError {
     /// A semaphore's permit count is out of range.
     #[error("a semaphore has 1 to {max} permits, not {permits}")]
     InvalidPermits { permits: u32, max: u32 },
+    /// A partition group's partition count is out of range.
+    #[error("a partition group has 1 to {max} partitions, not {partitions}")]
+    InvalidPartitions { partitions: u32, max: u32 },
     /// The lock is no longer held by this guard.
     #[error("lock {name:?} was lost: {reason}")]
     Lost { name: String, reason: LostReason },
