@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 const PARTITIONS: u32 = 16;
+/// The rebalance measurement's group size.
+const MEASURED: u32 = 256;
 
 /// Who believes it owns each partition, and every token handed out.
 #[derive(Default)]
@@ -41,9 +43,18 @@ fn member(
     id: &'static str,
     owners: Arc<Owners>,
 ) -> (JoinHandle<()>, oneshot::Sender<()>) {
+    member_of(c, id, PARTITIONS, owners)
+}
+
+fn member_of(
+    c: Client,
+    id: &'static str,
+    partitions: u32,
+    owners: Arc<Owners>,
+) -> (JoinHandle<()>, oneshot::Sender<()>) {
     let (leave, mut left) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let mut group = Partitions::join(&c, "payments", PARTITIONS, id)
+        let mut group = Partitions::join(&c, "payments", partitions, id)
             .await
             .unwrap();
         let mut leases: HashMap<u32, PartitionLease> = HashMap::new();
@@ -131,4 +142,61 @@ async fn partitions_move_on_join_and_leave_and_are_never_owned_twice() {
     for (p, tokens) in owners.tokens.lock().unwrap().iter() {
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{p}: {tokens:?}");
     }
+}
+
+/// The rebalance time of issue 16's measurement: 256 partitions, 8 members,
+/// a 9th joins, then 2 leave; from the change to every partition owned by
+/// the member the hash names. A measurement, not a check: `--ignored
+/// --nocapture`, numbers in docs/RECIPES.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rebalance_time_for_8_9_7_members_over_256_partitions() {
+    use jetlock::recipes::partitions::owner_of;
+    const IDS: [&str; 9] = ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"];
+    let server = single();
+    let url = server.url();
+    let _coordinator = coordinator(&url).await;
+    let owners = Arc::new(Owners::default());
+    let settled = |live: &[&str]| {
+        let now = owners.now.lock().unwrap();
+        (0..MEASURED).all(|p| now.get(&p).map(String::as_str) == owner_of(p, live.iter().copied()))
+    };
+    let mut members = Vec::new();
+    for id in &IDS[..8] {
+        members.push(member_of(
+            client(&url, 1).await,
+            id,
+            MEASURED,
+            owners.clone(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    until("8 members settle", || settled(&IDS[..8])).await;
+    println!("8 members take 256 partitions: {:?}", started.elapsed());
+    let joined = std::time::Instant::now();
+    members.push(member_of(
+        client(&url, 1).await,
+        IDS[8],
+        MEASURED,
+        owners.clone(),
+    ));
+    until("9 members settle", || settled(&IDS)).await;
+    println!("8 -> 9 members: {:?}", joined.elapsed());
+    let leaving = std::time::Instant::now();
+    for i in [2, 5] {
+        let (task, leave) = std::mem::replace(
+            &mut members[i],
+            (tokio::spawn(async {}), oneshot::channel().0),
+        );
+        leave.send(()).unwrap();
+        task.await.unwrap();
+    }
+    let seven: Vec<&str> = IDS
+        .iter()
+        .copied()
+        .filter(|m| *m != "m2" && *m != "m5")
+        .collect();
+    until("7 members settle", || settled(&seven)).await;
+    println!("9 -> 7 members: {:?}", leaving.elapsed());
+    assert!(owners.overlaps.lock().unwrap().is_empty());
 }
