@@ -17,6 +17,8 @@
 //! - [`store`] — CAS writes, reads and watches on the bucket;
 //! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (lease
 //!   renewal, loss signal, reentrancy), multi-key locking;
+//! - [`recipes`] — leader election ([`Election`]) and cache single-flight
+//!   ([`SingleFlight`]) on the exclusive lock;
 //! - [`connect`] — server lists, credentials (in URLs or given), URLs with
 //!   passwords hidden;
 //! - [`protocol`] — the coordinators' wire protocol: subjects, JSON bodies,
@@ -58,6 +60,7 @@ pub mod events;
 pub mod fence;
 pub mod name;
 pub mod protocol;
+pub mod recipes;
 pub mod record;
 pub mod store;
 
@@ -66,3 +69,4 @@ pub use client::{Client, ClientOptions, LockGuard, LockRequest, MultiLockGuard, 
 pub use error::{ConnectError, Holder, LockError, LostReason};
 pub use fence::{Fence, FencingToken, StaleToken};
 pub use name::{LockName, NameError};
+pub use recipes::{Election, Filled, Leader, Leadership, SingleFlight, SingleFlightError};

@@ -293,14 +293,47 @@ impl LockStore {
         name: &LockName,
         revision: u64,
     ) -> Result<KeyWatch, async_nats::Error> {
+        let subject = format!("{}{}", self.prefix, name.key());
+        let watch = SubjectWatch::start(&self.js, &self.stream, subject, revision).await?;
+        Ok(KeyWatch(watch))
+    }
+}
+
+/// A watch of one subject of a stream, raw messages in order: an ordered
+/// push consumer from a revision on. Its consumer is deleted when the
+/// watch is dropped: left to the server, an ordered consumer lingers 30 s
+/// after its subscriber went, and a burst of waits filled the stream's
+/// consumer limit (see [`crate::bucket::MAX_CONSUMERS`]).
+pub struct SubjectWatch {
+    messages: jetstream::consumer::push::Ordered,
+    stream: jetstream::stream::Stream,
+    consumer: String,
+}
+
+/// One message a [`SubjectWatch`] delivered.
+#[derive(Debug)]
+pub struct Delivered {
+    /// Its stream sequence: the key's revision.
+    pub revision: u64,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+}
+
+impl SubjectWatch {
+    /// Watches `subject` of `stream` from `revision` on (inclusive).
+    pub async fn start(
+        js: &jetstream::Context,
+        stream: &jetstream::stream::Stream,
+        subject: String,
+        revision: u64,
+    ) -> Result<Self, async_nats::Error> {
         let consumer = format!("jetlock_watch_{}", nuid::next());
-        let messages = self
-            .stream
+        let messages = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 name: Some(consumer.clone()),
-                deliver_subject: self.js.client().new_inbox(),
+                deliver_subject: js.client().new_inbox(),
                 description: Some("jetlock wait".into()),
-                filter_subject: format!("{}{}", self.prefix, name.key()),
+                filter_subject: subject,
                 replay_policy: jetstream::consumer::ReplayPolicy::Instant,
                 deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: revision.max(1),
@@ -310,47 +343,35 @@ impl LockStore {
             .await?
             .messages()
             .await?;
-        Ok(KeyWatch {
+        Ok(SubjectWatch {
             messages,
-            stream: self.stream.clone(),
+            stream: stream.clone(),
             consumer,
         })
     }
-}
 
-/// A watch of one key ([`LockStore::watch_from`]). Its consumer is deleted
-/// when the watch is dropped: left to the server, an ordered consumer
-/// lingers 30 s after its subscriber went, and a burst of waits filled the
-/// stream's consumer limit (see [`crate::bucket::MAX_CONSUMERS`]).
-pub struct KeyWatch {
-    messages: jetstream::consumer::push::Ordered,
-    stream: jetstream::stream::Stream,
-    consumer: String,
-}
-
-impl KeyWatch {
-    /// The key's next change, `(revision, what it says)`; `None` once the
-    /// watch ended, an error when it broke (a new one resumes).
-    pub async fn next(
-        &mut self,
-    ) -> Option<Result<(u64, Result<Current, RecordError>), async_nats::Error>> {
+    /// The subject's next message; `None` once the watch ended, an error
+    /// when it broke (a new one resumes).
+    pub async fn next(&mut self) -> Option<Result<Delivered, async_nats::Error>> {
         use futures::StreamExt;
         let msg = match self.messages.next().await? {
             Ok(msg) => msg,
             Err(e) => return Some(Err(e.into())),
         };
-        let seq = match msg.info() {
+        let revision = match msg.info() {
             Ok(info) => info.stream_sequence,
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok((
-            seq,
-            current_from_message(seq, msg.headers.as_ref(), &msg.payload),
-        )))
+        let msg = msg.message;
+        Some(Ok(Delivered {
+            revision,
+            headers: msg.headers,
+            payload: msg.payload,
+        }))
     }
 }
 
-impl Drop for KeyWatch {
+impl Drop for SubjectWatch {
     fn drop(&mut self) {
         // Best effort: what a lost delete leaves, the server removes after
         // the consumer's inactivity threshold (30 s); so does a consumer
@@ -364,12 +385,29 @@ impl Drop for KeyWatch {
     }
 }
 
+/// A watch of one lock's key ([`LockStore::watch_from`]), its messages
+/// read as lock records.
+pub struct KeyWatch(SubjectWatch);
+
+impl KeyWatch {
+    /// The key's next change, `(revision, what it says)`; `None` once the
+    /// watch ended, an error when it broke (a new one resumes).
+    pub async fn next(
+        &mut self,
+    ) -> Option<Result<(u64, Result<Current, RecordError>), async_nats::Error>> {
+        Some(self.0.next().await?.map(|m| {
+            let current = current_from_message(m.revision, m.headers.as_ref(), &m.payload);
+            (m.revision, current)
+        }))
+    }
+}
+
 /// Whether JetStream refused a publish because its expected last sequence
 /// did not hold: code 10071 (`wrong last sequence: N`), or 10164 (the same
 /// without the number, which a clustered stream sends in some paths and
 /// async-nats 0.51 reports as `Other`; the fault suite saw it after a
 /// partition healed).
-fn is_conflict(e: &jetstream::context::PublishError) -> bool {
+pub(crate) fn is_conflict(e: &jetstream::context::PublishError) -> bool {
     use async_nats::jetstream::{Error as ApiError, ErrorCode};
     e.kind() == PublishErrorKind::WrongLastSequence
         || std::error::Error::source(e)
@@ -417,7 +455,7 @@ pub struct WriteId<'a> {
     pub resend: bool,
 }
 
-fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
+pub(crate) fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         "Nats-Expected-Last-Subject-Sequence",
@@ -453,7 +491,7 @@ pub fn server_ttl(lease: Duration) -> Duration {
 
 /// `Nats-TTL` takes whole seconds (the server's minimum is one second);
 /// sub-second parts round up so a lease is never shorter than asked.
-fn ttl_header(ttl: Duration) -> String {
+pub(crate) fn ttl_header(ttl: Duration) -> String {
     format!("{}s", whole_seconds(ttl))
 }
 

@@ -1,0 +1,328 @@
+//! The recipes on the exclusive lock (leader election, cache single-flight)
+//! against a real single-node nats-server.
+
+use futures::StreamExt;
+use jetlock::async_nats;
+use jetlock::{Client, ClientOptions, FencingToken, SingleFlight};
+use jetlock_testkit::belief::Mono;
+use jetlock_testkit::history::{check, FencedLedger, History};
+use jetlock_testkit::{client, coordinator, single, PATIENCE};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::timeout;
+
+/// A client with a 1 s lease, so a dead filler's lock ends soon.
+async fn short_lease_client(url: &str) -> Client {
+    ClientOptions::new()
+        .default_ttl(Duration::from_secs(1))
+        .create_bucket(1)
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_by_belief_and_terms_rise() {
+    const CANDIDATES: usize = 6;
+    const TERMS: usize = 5;
+    let server = single();
+    let history = History::new();
+    let ledger = FencedLedger::new();
+    let key = "election:orders";
+    let mut tasks = Vec::new();
+    for n in 0..CANDIDATES {
+        let c = client(&server.url(), 1).await;
+        let (history, ledger) = (history.clone(), ledger.clone());
+        tasks.push(tokio::spawn(async move {
+            let election = c.election("orders").candidate(format!("candidate-{n}"));
+            for _ in 0..TERMS {
+                let op = history.acquire_invoked(key, c.session());
+                let leadership = election.campaign().await.expect("campaign");
+                history.granted(op, leadership.term());
+                // What a leader does: writes fenced by its term.
+                assert!(ledger.write(key, c.session(), leadership.term()));
+                tokio::task::yield_now().await;
+                assert!(ledger.write(key, c.session(), leadership.term()));
+                let op = history.release_invoked(key, c.session(), leadership.term());
+                history.deadline(op, Mono::of(leadership.guard().deadline()));
+                let resigned = leadership.resign().await;
+                history.released(op, resigned.is_ok());
+            }
+        }));
+    }
+    for task in tasks {
+        timeout(PATIENCE, task).await.expect("campaigns end").unwrap();
+    }
+    let report = check(&history, &ledger, Duration::from_secs(10));
+    report.assert_clean();
+    assert_eq!(report.grants, (CANDIDATES * TERMS) as u64);
+    assert_eq!(ledger.rejections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_by_a_higher_term_and_observers_see_it() {
+    let server = single();
+    let url = server.url();
+    let _coordinator = coordinator(&url).await;
+    let first = client(&url, 1).await;
+    let second = client(&url, 1).await;
+    let watcher = client(&url, 1).await;
+    let history = History::new();
+    let key = "election:scheduler";
+
+    let mut changes = watcher.election("scheduler").observe().await.unwrap();
+    let seen = timeout(PATIENCE, changes.next()).await.unwrap().unwrap();
+    assert_eq!(seen.unwrap(), None, "nobody leads a new election");
+
+    let op = history.acquire_invoked(key, first.session());
+    let leader = first
+        .election("scheduler")
+        .candidate("first")
+        .campaign()
+        .await
+        .unwrap();
+    history.granted(op, leader.term());
+    let seen = timeout(PATIENCE, changes.next()).await.unwrap().unwrap();
+    let seen = seen.unwrap().expect("a leader");
+    assert_eq!(
+        (seen.candidate.as_str(), seen.term),
+        ("first", leader.term())
+    );
+    assert_eq!(seen.session, first.session());
+
+    let follower = second.clone();
+    let (invoked_tx, invoked_rx) = oneshot::channel();
+    let campaign = tokio::spawn(async move {
+        invoked_tx.send(Mono::now()).unwrap();
+        let l = follower.election("scheduler").candidate("second").campaign().await;
+        (Mono::now(), l)
+    });
+    let invoked = invoked_rx.await.unwrap();
+
+    // The leader's process dies: its connection closes, nothing resigns.
+    first.nats().drain().await.unwrap();
+    timeout(PATIENCE, leader.lost()).await.expect("the leader learns it lost");
+    let lost_op = history.lost(key, first.session(), leader.term());
+    history.deadline(lost_op, Mono::of(leader.guard().deadline()));
+
+    let (granted_at, next) = timeout(PATIENCE, campaign).await.unwrap().unwrap();
+    let next = next.expect("the follower is elected");
+    let op = history.acquire_invoked_at(key, second.session(), invoked);
+    history.granted_at(op, next.term(), granted_at);
+    assert!(next.term() > leader.term(), "terms rise");
+
+    // The observer sees the new term (after a vacancy, or directly).
+    let new_leader = timeout(PATIENCE, async {
+        loop {
+            match changes.next().await.unwrap().unwrap() {
+                Some(l) => return l,
+                None => continue,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (new_leader.candidate.as_str(), new_leader.term),
+        ("second", next.term())
+    );
+    let now = second.election("scheduler").leader().await.unwrap();
+    assert_eq!(now.map(|l| l.term), Some(next.term()));
+
+    next.resign().await.unwrap();
+    assert_eq!(
+        timeout(PATIENCE, changes.next()).await.unwrap().unwrap().unwrap(),
+        None
+    );
+    check(&history, &FencedLedger::new(), Duration::from_secs(10)).assert_clean();
+}
+
+/// The value a filler writes, and counts of its fills.
+fn counted_fill(
+    fills: &Arc<AtomicU64>,
+    value: &'static str,
+) -> impl FnMut() -> std::future::Ready<Result<Vec<u8>, Infallible>> {
+    let fills = fills.clone();
+    move || {
+        fills.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(value.as_bytes().to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requesters_on_a_cold_key_fill_once() {
+    const REQUESTERS: u64 = 1000;
+    const CLIENTS: u64 = 8;
+    let server = single();
+    let fills = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(AtomicU64::new(0));
+    let all_started = Arc::new(Notify::new());
+    let mut flights = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = client(&server.url(), 1).await;
+        flights.push(SingleFlight::open(&c).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for n in 0..REQUESTERS {
+        let flight = flights[(n % CLIENTS) as usize].clone();
+        let (fills, started, all_started) = (fills.clone(), started.clone(), all_started.clone());
+        tasks.push(tokio::spawn(async move {
+            if started.fetch_add(1, Ordering::SeqCst) + 1 == REQUESTERS {
+                all_started.notify_one();
+            }
+            // The filler finishes only once every requester has asked, so
+            // all of them meet the key cold and in flight.
+            let fill = || {
+                fills.fetch_add(1, Ordering::SeqCst);
+                let all_started = all_started.clone();
+                let started = started.clone();
+                async move {
+                    if started.load(Ordering::SeqCst) < REQUESTERS {
+                        all_started.notified().await;
+                    }
+                    Ok::<_, Infallible>(b"report".to_vec())
+                }
+            };
+            flight.run("report:2026-12", Duration::from_secs(60), fill).await
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    let mut filled_here = 0;
+    for task in tasks {
+        let filled = timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+        assert_eq!(filled.value, "report");
+        tokens.insert(filled.token);
+        filled_here += u64::from(filled.filled_here);
+    }
+    let fills = fills.load(Ordering::SeqCst);
+    println!("{REQUESTERS} requesters over {CLIENTS} clients: {fills} fill(s)");
+    assert_eq!(fills, 1, "one filler across the cluster");
+    assert_eq!(filled_here, 1);
+    assert_eq!(tokens.len(), 1, "every requester read the one value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filler_that_dies_mid_fill_is_replaced_and_waiters_get_a_value() {
+    let server = single();
+    let url = server.url();
+    let doomed = short_lease_client(&url).await;
+    let (started_tx, started_rx) = oneshot::channel();
+    let flight = SingleFlight::open(&doomed).await.unwrap();
+    let dying = tokio::spawn(async move {
+        let mut started = Some(started_tx);
+        flight
+            .run("rates", Duration::from_secs(60), move || {
+                let _ = started.take().map(|tx| tx.send(()));
+                // It never finishes: the process dies mid-fill.
+                std::future::pending::<Result<Vec<u8>, Infallible>>()
+            })
+            .await
+    });
+    timeout(PATIENCE, started_rx).await.unwrap().unwrap();
+
+    let fills = Arc::new(AtomicU64::new(0));
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let c = short_lease_client(&url).await;
+        let fill = counted_fill(&fills, "fresh");
+        waiters.push(tokio::spawn(async move {
+            c.single_flight("rates", Duration::from_secs(60), fill).await
+        }));
+    }
+    // Dies: its connection closes first (so nothing is released), nothing
+    // more runs in it, and its lock ends with its lease.
+    doomed.nats().drain().await.unwrap();
+    dying.abort();
+
+    for waiter in waiters {
+        let filled = timeout(PATIENCE, waiter).await.unwrap().unwrap().unwrap();
+        assert_eq!(filled.value, "fresh");
+    }
+    assert_eq!(fills.load(Ordering::SeqCst), 1, "one replacement filler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_fillers_late_write_is_refused() {
+    let server = single();
+    let url = server.url();
+    let stale = client(&url, 1).await;
+    let fresh = client(&url, 1).await;
+
+    // The first filler is elected and starts filling...
+    let (a_started_tx, a_started_rx) = oneshot::channel();
+    let (a_finish_tx, a_finish_rx) = oneshot::channel::<()>();
+    let flight = SingleFlight::open(&stale).await.unwrap();
+    let a = tokio::spawn(async move {
+        let (mut started, mut finish) = (Some(a_started_tx), Some(a_finish_rx));
+        flight
+            .run("ledger-summary", Duration::from_secs(60), move || {
+                let _ = started.take().map(|tx| tx.send(()));
+                let finish = finish.take();
+                async move {
+                    if let Some(finish) = finish {
+                        let _ = finish.await;
+                    }
+                    Ok::<_, Infallible>(b"stale".to_vec())
+                }
+            })
+            .await
+    });
+    timeout(PATIENCE, a_started_rx).await.unwrap().unwrap();
+
+    // ...a second requester waits...
+    let (b_started_tx, b_started_rx) = oneshot::channel();
+    let (b_finish_tx, b_finish_rx) = oneshot::channel::<()>();
+    let flight = SingleFlight::open(&fresh).await.unwrap();
+    let b = tokio::spawn(async move {
+        let (mut started, mut finish) = (Some(b_started_tx), Some(b_finish_rx));
+        flight
+            .run("ledger-summary", Duration::from_secs(60), move || {
+                let _ = started.take().map(|tx| tx.send(()));
+                let finish = finish.take();
+                async move {
+                    if let Some(finish) = finish {
+                        let _ = finish.await;
+                    }
+                    Ok::<_, Infallible>(b"fresh".to_vec())
+                }
+            })
+            .await
+    });
+
+    // ...the first filler's lock is taken from it (as when it paused past
+    // its lease), and the waiter is elected and starts filling.
+    let js = async_nats::jetstream::new(stale.nats().clone());
+    let locks = js.get_key_value("JETLOCK_LOCKS").await.unwrap();
+    locks.purge("sf.ledger-summary").await.unwrap();
+    timeout(PATIENCE, b_started_rx).await.unwrap().unwrap();
+
+    // The stale filler's value comes first (seen published, whether the
+    // stream takes it or not), and is refused: it waits for the fresh
+    // one's and returns that.
+    let subject = "$KV.JETLOCK_SINGLE_FLIGHT.ledger-summary";
+    let mut published = stale.nats().subscribe(subject).await.unwrap();
+    stale.nats().flush().await.unwrap();
+    a_finish_tx.send(()).unwrap();
+    timeout(PATIENCE, async {
+        while let Some(m) = published.next().await {
+            let kind = m.headers.as_ref().and_then(|h| h.get("Jetlock-Flight"));
+            if kind.map(|k| k.as_str()) == Some("value") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the stale filler wrote");
+    b_finish_tx.send(()).unwrap();
+    let from_b = timeout(PATIENCE, b).await.unwrap().unwrap().unwrap();
+    let from_a = timeout(PATIENCE, a).await.unwrap().unwrap().unwrap();
+    assert_eq!(from_b.value, "fresh");
+    assert!(from_b.filled_here);
+    assert_eq!(from_a.value, "fresh", "the stale value never landed");
+    assert!(!from_a.filled_here);
+    assert_eq!(from_a.token, from_b.token);
+    assert!(from_b.token > FencingToken(0));
+}
