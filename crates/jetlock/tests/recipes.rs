@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 /// A client with a 1 s lease, so a dead filler's lock ends soon.
@@ -43,9 +43,11 @@ async fn one_leader_at_a_time_by_belief_and_terms_rise() {
                 let leadership = election.campaign().await.expect("campaign");
                 history.granted(op, leadership.term());
                 // What a leader does: writes fenced by its term.
-                assert!(ledger.write(key, c.session(), leadership.term()));
-                tokio::task::yield_now().await;
-                assert!(ledger.write(key, c.session(), leadership.term()));
+                // A few round trips as leader, while the others campaign.
+                for _ in 0..3 {
+                    ledger.write(key, c.session(), leadership.term());
+                    let _ = c.holder("elsewhere").await;
+                }
                 let op = history.release_invoked(key, c.session(), leadership.term());
                 history.deadline(op, Mono::of(leadership.guard().deadline()));
                 let resigned = leadership.resign().await;
@@ -154,12 +156,13 @@ fn counted_fill(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requesters_on_a_cold_key_fill_once() {
-    const REQUESTERS: u64 = 1000;
-    const CLIENTS: u64 = 8;
+    const REQUESTERS: usize = 1000;
+    const CLIENTS: usize = 8;
     let server = single();
     let fills = Arc::new(AtomicU64::new(0));
-    let started = Arc::new(AtomicU64::new(0));
-    let all_started = Arc::new(Notify::new());
+    // The filler finishes only once every other requester waits for its
+    // value, so all of them meet the key cold and in flight.
+    let (finish, finishing) = tokio::sync::watch::channel(false);
     let mut flights = Vec::new();
     for _ in 0..CLIENTS {
         let c = client(&server.url(), 1).await;
@@ -167,28 +170,32 @@ async fn a_thousand_requesters_on_a_cold_key_fill_once() {
     }
     let mut tasks = Vec::new();
     for n in 0..REQUESTERS {
-        let flight = flights[(n % CLIENTS) as usize].clone();
-        let (fills, started, all_started) = (fills.clone(), started.clone(), all_started.clone());
+        let flight = flights[n % CLIENTS].clone();
+        let (fills, finishing) = (fills.clone(), finishing.clone());
         tasks.push(tokio::spawn(async move {
-            if started.fetch_add(1, Ordering::SeqCst) + 1 == REQUESTERS {
-                all_started.notify_one();
-            }
-            // The filler finishes only once every requester has asked, so
-            // all of them meet the key cold and in flight.
-            let fill = || {
+            let fill = move || {
                 fills.fetch_add(1, Ordering::SeqCst);
-                let all_started = all_started.clone();
-                let started = started.clone();
+                let mut finishing = finishing.clone();
                 async move {
-                    if started.load(Ordering::SeqCst) < REQUESTERS {
-                        all_started.notified().await;
-                    }
+                    let _ = finishing.wait_for(|go| *go).await;
                     Ok::<_, Infallible>(b"report".to_vec())
                 }
             };
             flight.run("report:2026-12", Duration::from_secs(60), fill).await
         }));
     }
+    // Each waiting requester watches the key with a consumer of its own.
+    let js = async_nats::jetstream::new(flights[0].client().nats().clone());
+    let mut stream = js.get_stream("KV_JETLOCK_SINGLE_FLIGHT").await.unwrap();
+    timeout(PATIENCE, async {
+        while stream.info().await.unwrap().state.consumer_count < REQUESTERS - 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every requester but the filler waits");
+    finish.send_replace(true);
+    let filled_at = std::time::Instant::now();
     let mut tokens = std::collections::HashSet::new();
     let mut filled_here = 0;
     for task in tasks {
@@ -198,7 +205,10 @@ async fn a_thousand_requesters_on_a_cold_key_fill_once() {
         filled_here += u64::from(filled.filled_here);
     }
     let fills = fills.load(Ordering::SeqCst);
-    println!("{REQUESTERS} requesters over {CLIENTS} clients: {fills} fill(s)");
+    println!(
+        "{REQUESTERS} requesters over {CLIENTS} clients: {fills} fill(s); all had the value {:?} after the fill",
+        filled_at.elapsed()
+    );
     assert_eq!(fills, 1, "one filler across the cluster");
     assert_eq!(filled_here, 1);
     assert_eq!(tokens.len(), 1, "every requester read the one value");

@@ -152,6 +152,11 @@ impl SingleFlight {
         })
     }
 
+    /// The client this handle uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The value of `key`: the one in the bucket, or the one `fill`
     /// produces if this call is elected filler, or the one another
     /// requester's filler writes while this call waits. It stays in the
