@@ -19,19 +19,26 @@ pub struct HoldArgs {
     connection: Connection,
     /// The lock to hold.
     name: String,
-    /// Lease, renewed while held: `10s`, `1m` (an integer is ms).
-    #[arg(long, visible_alias = "ttl-ms", default_value = "10s", value_parser = super::duration_ms)]
-    ttl: u64,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// How long to wait for the lock: `30s` (`0`: fail at once if held).
     #[arg(long, visible_alias = "wait-ms", default_value = "30s", value_parser = super::duration_ms)]
     wait: u64,
+}
+
+/// How a command that holds a lock (`hold`, `elect`) holds it.
+#[derive(Debug, clap::Args)]
+pub struct LeaseArgs {
+    /// Lease, renewed while held: `10s`, `1m` (an integer is ms).
+    #[arg(long, visible_alias = "ttl-ms", default_value = "10s", value_parser = super::duration_ms)]
+    pub ttl: u64,
     /// Session timeout, how soon the coordinators notice a hung holder:
     /// `900ms`, `5s`.
     #[arg(long, visible_alias = "session-timeout-ms", default_value = "900ms",
           value_parser = super::duration_ms)]
     session_timeout: u64,
     /// The owner named in the lock record and the views [default:
-    /// hold@<host>:<pid>].
+    /// <command>@<host>:<pid>].
     #[arg(long)]
     owner: Option<String>,
     /// Session ids start with this (`<prefix>.<random>`): the prefix the
@@ -40,27 +47,43 @@ pub struct HoldArgs {
     session_prefix: Option<String>,
 }
 
-pub async fn run(args: HoldArgs) -> Result<(), CliError> {
-    let (url, auth) = args.connection.target()?;
-    let mut options = ClientOptions::new()
-        .name("jetlock-hold")
-        .auth(auth)
-        .bucket(&args.connection.bucket)
-        .session_timeout(Duration::from_millis(args.session_timeout));
-    if let Some(prefix) = &args.session_prefix {
-        options = options.session_prefix(prefix);
+impl LeaseArgs {
+    /// A client for `command` (`hold`, `elect`) on `connection`.
+    pub async fn connect(
+        &self,
+        connection: &Connection,
+        command: &str,
+    ) -> Result<jetlock::Client, CliError> {
+        let (url, auth) = connection.target()?;
+        let mut options = ClientOptions::new()
+            .name(format!("jetlock-{command}"))
+            .auth(auth)
+            .bucket(&connection.bucket)
+            .session_timeout(Duration::from_millis(self.session_timeout));
+        if let Some(prefix) = &self.session_prefix {
+            options = options.session_prefix(prefix);
+        }
+        Ok(options.connect(&url).await?)
     }
+
+    /// The owner to name: `--owner`, or `<command>@<host>:<pid>`.
+    pub fn owner(&self, command: &str) -> String {
+        self.owner.clone().unwrap_or_else(|| {
+            let host = jetlock::protocol::host_name().unwrap_or_else(|| "unknown".into());
+            format!("{command}@{host}:{}", std::process::id())
+        })
+    }
+}
+
+pub async fn run(args: HoldArgs) -> Result<(), CliError> {
     // A bad name is a usage error, found before connecting.
     jetlock::name::LockName::new(&args.name).map_err(|e| Exit::with(2, e.to_string()))?;
-    let client = options.connect(&url).await?;
-    let owner = args.owner.clone().unwrap_or_else(|| {
-        let host = jetlock::protocol::host_name().unwrap_or_else(|| "unknown".into());
-        format!("hold@{host}:{}", std::process::id())
-    });
+    let client = args.lease.connect(&args.connection, "hold").await?;
+    let owner = args.lease.owner("hold");
     let request = client
         .lock(&args.name)
         .owner(owner)
-        .ttl(Duration::from_millis(args.ttl));
+        .ttl(Duration::from_millis(args.lease.ttl));
     let guard = if args.wait == 0 {
         request.try_acquire().await?
     } else {

@@ -87,10 +87,6 @@ impl Election {
         format!("{ELECTION_PREFIX}{}", self.name)
     }
 
-    fn lock(&self) -> Result<LockName, LockError> {
-        Ok(LockName::new(&self.lock_name())?)
-    }
-
     /// Resolves when this client leads: the lock is granted. Dropping the
     /// future withdraws the candidacy.
     pub async fn campaign(&self) -> Result<Leadership, LockError> {
@@ -115,14 +111,7 @@ impl Election {
     /// Who leads right now, if anyone (a read: a snapshot for people and
     /// views; a leader proves itself with its term, not with this).
     pub async fn leader(&self) -> Result<Option<Leader>, LockError> {
-        let name = self.lock()?;
-        let current = self
-            .client
-            .store()
-            .read(&name)
-            .await
-            .map_err(|e| read_error(&name, e))?;
-        Ok(Leader::from_current(current))
+        Election::leader_in(self.client.store(), &self.name).await
     }
 
     /// The leaders of this election as they change: first who leads now
@@ -131,25 +120,39 @@ impl Election {
     /// broken watch (a server restart) yields its error and resumes after
     /// the last change seen.
     pub async fn observe(&self) -> Result<LeaderChanges, LockError> {
-        let name = self.lock()?;
-        let store = self.client.store().clone();
+        Election::observe_in(self.client.store(), &self.name).await
+    }
+
+    /// [`Election::leader`] of election `name` in a locks bucket, without a
+    /// client session (for views such as `jetlock leader`).
+    pub async fn leader_in(store: &LockStore, name: &str) -> Result<Option<Leader>, LockError> {
+        let lock = LockName::new(&format!("{ELECTION_PREFIX}{name}"))?;
+        let current = store.read(&lock).await.map_err(|e| read_error(&lock, e))?;
+        Ok(Leader::from_current(current))
+    }
+
+    /// [`Election::observe`] of election `name` in a locks bucket, without
+    /// a client session.
+    pub async fn observe_in(store: &LockStore, name: &str) -> Result<LeaderChanges, LockError> {
+        let lock = LockName::new(&format!("{ELECTION_PREFIX}{name}"))?;
+        let store = store.clone();
         // Watching from the revision just read delivers that message first,
         // and nothing after it can slip between the read and the watch.
-        let from = match store.read(&name).await {
+        let from = match store.read(&lock).await {
             Ok(Current::Vacant { revision } | Current::Held { revision, .. }) => revision,
             // An unreadable record is reported by the watch, as a change.
             Err(ReadError::Corrupt { .. }) => 0,
-            Err(e) => return Err(read_error(&name, e)),
+            Err(e) => return Err(read_error(&lock, e)),
         };
-        let watch = Observer {
+        let observer = Observer {
             store,
-            name,
+            name: lock,
             from,
             watch: None,
             last: None,
             failures: 0,
         };
-        let changes = futures::stream::unfold(watch, |mut observer| async move {
+        let changes = futures::stream::unfold(observer, |mut observer| async move {
             let change = observer.next_change().await;
             Some((change, observer))
         });
