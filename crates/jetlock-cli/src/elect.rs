@@ -39,8 +39,7 @@ pub struct ElectArgs {
 }
 
 pub async fn run(args: ElectArgs) -> Result<(), CliError> {
-    let election_lock = format!("{}{}", jetlock::recipes::ELECTION_PREFIX, args.name);
-    jetlock::LockName::new(&election_lock).map_err(|e| Exit::with(2, e.to_string()))?;
+    jetlock::recipes::election_lock(&args.name).map_err(|e| Exit::with(2, e.to_string()))?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let client = args.lease.connect(&args.connection, "elect").await?;

@@ -47,12 +47,7 @@ struct LeaderFields {
 
 pub async fn run(args: LeaderArgs) -> Result<(), CliError> {
     // A name that cannot be is a usage error, found before connecting.
-    jetlock::LockName::new(&format!(
-        "{}{}",
-        jetlock::recipes::ELECTION_PREFIX,
-        args.name
-    ))
-    .map_err(|e| Exit::with(2, e.to_string()))?;
+    jetlock::recipes::election_lock(&args.name).map_err(|e| Exit::with(2, e.to_string()))?;
     let js = async_nats::jetstream::new(args.conn.nats().await?);
     let kv = open_bucket(&js, &args.conn.bucket).await?;
     let store = LockStore::new(js, kv).await?;

@@ -17,7 +17,7 @@
 use crate::client::{read_error, Client, LockGuard};
 use crate::error::{LockError, LostReason};
 use crate::fence::FencingToken;
-use crate::name::LockName;
+use crate::name::{LockName, NameError};
 use crate::record::LockRecord;
 use crate::store::{Current, KeyWatch, LockStore, ReadError};
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -28,6 +28,12 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// The lock of election `<name>` is `<ELECTION_PREFIX><name>`.
 pub const ELECTION_PREFIX: &str = "election:";
+
+/// The lock of election `name`, which must be a valid lock name itself.
+pub fn election_lock(name: &str) -> Result<LockName, NameError> {
+    LockName::new(name)?;
+    LockName::new(&format!("{ELECTION_PREFIX}{name}"))
+}
 
 impl Client {
     /// The election of `name`: campaign in it, or observe who leads.
@@ -82,15 +88,11 @@ impl Election {
         &self.name
     }
 
-    /// The name of the lock whose holder leads.
-    pub fn lock_name(&self) -> String {
-        format!("{ELECTION_PREFIX}{}", self.name)
-    }
-
     /// Resolves when this client leads: the lock is granted. Dropping the
     /// future withdraws the candidacy.
     pub async fn campaign(&self) -> Result<Leadership, LockError> {
-        let mut request = self.client.lock(&self.lock_name());
+        let lock = election_lock(&self.name)?;
+        let mut request = self.client.lock(lock.as_str());
         if let Some(candidate) = &self.candidate {
             request = request.owner(candidate.clone());
         }
@@ -126,7 +128,7 @@ impl Election {
     /// [`Election::leader`] of election `name` in a locks bucket, without a
     /// client session (for views such as `jetlock leader`).
     pub async fn leader_in(store: &LockStore, name: &str) -> Result<Option<Leader>, LockError> {
-        let lock = LockName::new(&format!("{ELECTION_PREFIX}{name}"))?;
+        let lock = election_lock(name)?;
         let current = store.read(&lock).await.map_err(|e| read_error(&lock, e))?;
         Ok(Leader::from_current(current))
     }
@@ -134,7 +136,7 @@ impl Election {
     /// [`Election::observe`] of election `name` in a locks bucket, without
     /// a client session.
     pub async fn observe_in(store: &LockStore, name: &str) -> Result<LeaderChanges, LockError> {
-        let lock = LockName::new(&format!("{ELECTION_PREFIX}{name}"))?;
+        let lock = election_lock(name)?;
         let store = store.clone();
         // Watching from the revision just read delivers that message first,
         // and nothing after it can slip between the read and the watch.

@@ -14,7 +14,7 @@
 mod election;
 mod single_flight;
 
-pub use election::{Election, Leader, LeaderChanges, Leadership, ELECTION_PREFIX};
+pub use election::{election_lock, Election, Leader, LeaderChanges, Leadership, ELECTION_PREFIX};
 pub use single_flight::{
     Filled, SingleFlight, SingleFlightError, SINGLE_FLIGHT_BUCKET, SINGLE_FLIGHT_PREFIX,
 };
