@@ -67,7 +67,10 @@ impl Running {
     fn elected(&self) -> (u64, String) {
         let line = Running::line(&self.err, |l| l.contains("leader of"));
         let term = line.split("term ").nth(1).and_then(|t| t.split(' ').next());
-        let session = line.split("session ").nth(1).and_then(|t| t.split(')').next());
+        let session = line
+            .split("session ")
+            .nth(1)
+            .and_then(|t| t.split(')').next());
         let term = term.and_then(|t| t.parse().ok()).expect("a term");
         (term, session.expect("a session").to_owned())
     }
@@ -114,7 +117,11 @@ async fn elect_runs_the_command_once_and_stops_it_when_leadership_is_lost() {
     let mut elect = Running::spawn(elect);
     let (term, session) = elect.elected();
     let started = Running::line(&elect.out, |l| l.starts_with("started"));
-    assert_eq!(started, format!("started {term}"), "the term reaches the command");
+    assert_eq!(
+        started,
+        format!("started {term}"),
+        "the term reaches the command"
+    );
 
     let (code, view) = leader_json(&url, "jobs");
     assert_eq!(code, 0);
@@ -137,7 +144,11 @@ async fn elect_runs_the_command_once_and_stops_it_when_leadership_is_lost() {
 
     assert_eq!(elect.exit_code(), 4, "leadership lost");
     let rest: Vec<String> = elect.out.try_iter().collect();
-    assert_eq!(rest, ["stopped"], "SIGTERM stopped the command, started once");
+    assert_eq!(
+        rest,
+        ["stopped"],
+        "SIGTERM stopped the command, started once"
+    );
     let why = Running::line(&elect.err, |l| l.contains("lost the leadership"));
     assert!(why.contains("jobs"), "{why}");
     let vacant = Running::line(&watch.out, |_| true);
@@ -153,7 +164,14 @@ async fn a_command_that_exits_resigns_for_the_next_candidate_with_its_status() {
     let _bucket = client(&url, 1).await;
     // The first leader's command ends when its stdin closes, with status 7.
     let mut first = jetlock(&url);
-    first.args(["elect", "nightly", "--", "sh", "-c", "echo first; read x; exit 7"]);
+    first.args([
+        "elect",
+        "nightly",
+        "--",
+        "sh",
+        "-c",
+        "echo first; read x; exit 7",
+    ]);
     let mut first = Running::spawn(first);
     let (first_term, _) = first.elected();
     Running::line(&first.out, |l| l == "first");

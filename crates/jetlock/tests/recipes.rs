@@ -56,7 +56,10 @@ async fn one_leader_at_a_time_by_belief_and_terms_rise() {
         }));
     }
     for task in tasks {
-        timeout(PATIENCE, task).await.expect("campaigns end").unwrap();
+        timeout(PATIENCE, task)
+            .await
+            .expect("campaigns end")
+            .unwrap();
     }
     let report = check(&history, &ledger, Duration::from_secs(10));
     report.assert_clean();
@@ -99,14 +102,20 @@ async fn a_killed_leader_is_replaced_by_a_higher_term_and_observers_see_it() {
     let (invoked_tx, invoked_rx) = oneshot::channel();
     let campaign = tokio::spawn(async move {
         invoked_tx.send(Mono::now()).unwrap();
-        let l = follower.election("scheduler").candidate("second").campaign().await;
+        let l = follower
+            .election("scheduler")
+            .candidate("second")
+            .campaign()
+            .await;
         (Mono::now(), l)
     });
     let invoked = invoked_rx.await.unwrap();
 
     // The leader's process dies: its connection closes, nothing resigns.
     first.nats().drain().await.unwrap();
-    timeout(PATIENCE, leader.lost()).await.expect("the leader learns it lost");
+    timeout(PATIENCE, leader.lost())
+        .await
+        .expect("the leader learns it lost");
     let lost_op = history.lost(key, first.session(), leader.term());
     history.deadline(lost_op, Mono::of(leader.guard().deadline()));
 
@@ -136,7 +145,11 @@ async fn a_killed_leader_is_replaced_by_a_higher_term_and_observers_see_it() {
 
     next.resign().await.unwrap();
     assert_eq!(
-        timeout(PATIENCE, changes.next()).await.unwrap().unwrap().unwrap(),
+        timeout(PATIENCE, changes.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
         None
     );
     check(&history, &FencedLedger::new(), Duration::from_secs(10)).assert_clean();
@@ -204,7 +217,9 @@ async fn thousand_requesters_fill_once(queued: bool) {
                     Ok::<_, Infallible>(b"report".to_vec())
                 }
             };
-            flight.run("report:2026-12", Duration::from_secs(60), fill).await
+            flight
+                .run("report:2026-12", Duration::from_secs(60), fill)
+                .await
         }));
     }
     // Each waiting requester watches the key with a consumer of its own.
@@ -262,7 +277,8 @@ async fn a_filler_that_dies_mid_fill_is_replaced_and_waiters_get_a_value() {
         let c = short_lease_client(&url).await;
         let fill = counted_fill(&fills, "fresh");
         waiters.push(tokio::spawn(async move {
-            c.single_flight("rates", Duration::from_secs(60), fill).await
+            c.single_flight("rates", Duration::from_secs(60), fill)
+                .await
         }));
     }
     // Dies: its connection closes first (so nothing is released), nothing

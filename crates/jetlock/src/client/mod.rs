@@ -30,8 +30,8 @@ mod watchers;
 
 /// Re-exported from [`crate::connect`], where it lives with the URL handling.
 pub use crate::connect::server_list;
-pub use acquire::LockRequest;
 pub(crate) use acquire::read_error;
+pub use acquire::LockRequest;
 pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
 

@@ -116,8 +116,13 @@ pub struct SingleFlight {
 #[derive(Debug)]
 enum Slot {
     /// No claim and no value: `revision` is the key's last (0: none).
-    Empty { revision: u64 },
-    Claimed { revision: u64, token: FencingToken },
+    Empty {
+        revision: u64,
+    },
+    Claimed {
+        revision: u64,
+        token: FencingToken,
+    },
     Filled(Filled),
 }
 
@@ -383,8 +388,10 @@ mod tests {
     #[test]
     fn messages_read_as_claims_values_or_nothing() {
         let value = slot(7, Some(&headers(VALUE, "42")), Bytes::from_static(b"v"));
-        assert!(matches!(value, Slot::Filled(Filled { token: FencingToken(42), ref value, .. })
-            if value == "v"));
+        assert!(
+            matches!(value, Slot::Filled(Filled { token: FencingToken(42), ref value, .. })
+            if value == "v")
+        );
         let claim = slot(8, Some(&headers(CLAIM, "43")), Bytes::new());
         assert!(matches!(
             claim,
