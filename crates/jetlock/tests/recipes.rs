@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 use jetlock::async_nats;
-use jetlock::{Client, ClientOptions, FencingToken, SingleFlight};
+use jetlock::{Client, ClientOptions, FencingToken, Filled, SingleFlight, SingleFlightError};
 use jetlock_testkit::belief::Mono;
 use jetlock_testkit::history::{check, FencedLedger, History};
 use jetlock_testkit::{client, coordinator, single, PATIENCE};
@@ -252,24 +252,52 @@ async fn thousand_requesters_fill_once(queued: bool) {
     assert_eq!(tokens.len(), 1, "every requester read the one value");
 }
 
+/// A requester of `key` whose fill, when elected, says it started and
+/// returns `value` once told to finish.
+struct GatedRequester {
+    started: oneshot::Receiver<()>,
+    finish: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<Filled, SingleFlightError<Infallible>>>,
+}
+
+async fn gated_requester(
+    client: &Client,
+    key: &'static str,
+    value: &'static str,
+) -> GatedRequester {
+    let (started_tx, started) = oneshot::channel();
+    let (finish, finish_rx) = oneshot::channel::<()>();
+    let flight = SingleFlight::open(client).await.unwrap();
+    let task = tokio::spawn(async move {
+        let (mut started, mut finish) = (Some(started_tx), Some(finish_rx));
+        flight
+            .run(key, Duration::from_secs(60), move || {
+                let _ = started.take().map(|tx| tx.send(()));
+                let finish = finish.take();
+                async move {
+                    if let Some(finish) = finish {
+                        let _ = finish.await;
+                    }
+                    Ok::<_, Infallible>(value.as_bytes().to_vec())
+                }
+            })
+            .await
+    });
+    GatedRequester {
+        started,
+        finish,
+        task,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filler_that_dies_mid_fill_is_replaced_and_waiters_get_a_value() {
     let server = single();
     let url = server.url();
     let doomed = short_lease_client(&url).await;
-    let (started_tx, started_rx) = oneshot::channel();
-    let flight = SingleFlight::open(&doomed).await.unwrap();
-    let dying = tokio::spawn(async move {
-        let mut started = Some(started_tx);
-        flight
-            .run("rates", Duration::from_secs(60), move || {
-                let _ = started.take().map(|tx| tx.send(()));
-                // It never finishes: the process dies mid-fill.
-                std::future::pending::<Result<Vec<u8>, Infallible>>()
-            })
-            .await
-    });
-    timeout(PATIENCE, started_rx).await.unwrap().unwrap();
+    // Its fill never finishes: the process dies mid-fill.
+    let dying = gated_requester(&doomed, "rates", "never").await;
+    timeout(PATIENCE, dying.started).await.unwrap().unwrap();
 
     let fills = Arc::new(AtomicU64::new(0));
     let mut waiters = Vec::new();
@@ -284,7 +312,8 @@ async fn a_filler_that_dies_mid_fill_is_replaced_and_waiters_get_a_value() {
     // Dies: its connection closes first (so nothing is released), nothing
     // more runs in it, and its lock ends with its lease.
     doomed.nats().drain().await.unwrap();
-    dying.abort();
+    dying.task.abort();
+    drop(dying.finish);
 
     for waiter in waiters {
         let filled = timeout(PATIENCE, waiter).await.unwrap().unwrap().unwrap();
@@ -301,52 +330,18 @@ async fn a_stale_fillers_late_write_is_refused() {
     let fresh = client(&url, 1).await;
 
     // The first filler is elected and starts filling...
-    let (a_started_tx, a_started_rx) = oneshot::channel();
-    let (a_finish_tx, a_finish_rx) = oneshot::channel::<()>();
-    let flight = SingleFlight::open(&stale).await.unwrap();
-    let a = tokio::spawn(async move {
-        let (mut started, mut finish) = (Some(a_started_tx), Some(a_finish_rx));
-        flight
-            .run("ledger-summary", Duration::from_secs(60), move || {
-                let _ = started.take().map(|tx| tx.send(()));
-                let finish = finish.take();
-                async move {
-                    if let Some(finish) = finish {
-                        let _ = finish.await;
-                    }
-                    Ok::<_, Infallible>(b"stale".to_vec())
-                }
-            })
-            .await
-    });
-    timeout(PATIENCE, a_started_rx).await.unwrap().unwrap();
+    let a = gated_requester(&stale, "ledger-summary", "stale").await;
+    timeout(PATIENCE, a.started).await.unwrap().unwrap();
 
     // ...a second requester waits...
-    let (b_started_tx, b_started_rx) = oneshot::channel();
-    let (b_finish_tx, b_finish_rx) = oneshot::channel::<()>();
-    let flight = SingleFlight::open(&fresh).await.unwrap();
-    let b = tokio::spawn(async move {
-        let (mut started, mut finish) = (Some(b_started_tx), Some(b_finish_rx));
-        flight
-            .run("ledger-summary", Duration::from_secs(60), move || {
-                let _ = started.take().map(|tx| tx.send(()));
-                let finish = finish.take();
-                async move {
-                    if let Some(finish) = finish {
-                        let _ = finish.await;
-                    }
-                    Ok::<_, Infallible>(b"fresh".to_vec())
-                }
-            })
-            .await
-    });
+    let b = gated_requester(&fresh, "ledger-summary", "fresh").await;
 
     // ...the first filler's lock is taken from it (as when it paused past
     // its lease), and the waiter is elected and starts filling.
     let js = async_nats::jetstream::new(stale.nats().clone());
     let locks = js.get_key_value("JETLOCK_LOCKS").await.unwrap();
     locks.purge("sf.ledger-summary").await.unwrap();
-    timeout(PATIENCE, b_started_rx).await.unwrap().unwrap();
+    timeout(PATIENCE, b.started).await.unwrap().unwrap();
 
     // The stale filler's value comes first (seen published, whether the
     // stream takes it or not), and is refused: it waits for the fresh
@@ -354,7 +349,7 @@ async fn a_stale_fillers_late_write_is_refused() {
     let subject = "$KV.JETLOCK_SINGLE_FLIGHT.ledger-summary";
     let mut published = stale.nats().subscribe(subject).await.unwrap();
     stale.nats().flush().await.unwrap();
-    a_finish_tx.send(()).unwrap();
+    a.finish.send(()).unwrap();
     timeout(PATIENCE, async {
         while let Some(m) = published.next().await {
             let kind = m.headers.as_ref().and_then(|h| h.get("Jetlock-Flight"));
@@ -365,9 +360,9 @@ async fn a_stale_fillers_late_write_is_refused() {
     })
     .await
     .expect("the stale filler wrote");
-    b_finish_tx.send(()).unwrap();
-    let from_b = timeout(PATIENCE, b).await.unwrap().unwrap().unwrap();
-    let from_a = timeout(PATIENCE, a).await.unwrap().unwrap().unwrap();
+    b.finish.send(()).unwrap();
+    let from_b = timeout(PATIENCE, b.task).await.unwrap().unwrap().unwrap();
+    let from_a = timeout(PATIENCE, a.task).await.unwrap().unwrap().unwrap();
     assert_eq!(from_b.value, "fresh");
     assert!(from_b.filled_here);
     assert_eq!(from_a.value, "fresh", "the stale value never landed");
