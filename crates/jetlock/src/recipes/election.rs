@@ -49,6 +49,18 @@ impl Client {
 }
 
 /// One election, by name, as seen from one client (builder style).
+///
+/// ```no_run
+/// # async fn run(client: jetlock::Client) -> Result<(), jetlock::LockError> {
+/// let leadership = client.election("scheduler").candidate("worker-7").campaign().await?;
+/// let term = leadership.term(); // pass it with every write a leader makes
+/// tokio::select! {
+///     _ = leadership.lost() => { /* deposed: stop at once */ }
+///     _ = async { /* lead, fencing writes with `term` */ } => {}
+/// }
+/// leadership.resign().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Election {
     client: Client,

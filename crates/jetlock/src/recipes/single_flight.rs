@@ -105,6 +105,19 @@ pub enum SingleFlightError<E> {
 }
 
 /// The single-flight bucket, opened for one client. Cheap to clone.
+///
+/// ```no_run
+/// # async fn run(client: jetlock::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let flights = jetlock::SingleFlight::open(&client).await?;
+/// let report = flights
+///     .run("report:2026-12", Duration::from_secs(60), || async {
+///         Ok::<_, std::io::Error>(b"the expensive report".to_vec())
+///     })
+///     .await?;
+/// assert_eq!(report.value, "the expensive report");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct SingleFlight {
     client: Client,
