@@ -20,25 +20,11 @@ pub struct HoldArgs {
     connection: Connection,
     /// The lock to hold.
     name: String,
-    /// Lease, renewed while held: `10s`, `1m` (an integer is ms).
-    #[arg(long, visible_alias = "ttl-ms", default_value = "10s", value_parser = super::duration_ms)]
-    ttl: u64,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// How long to wait for the lock: `30s` (`0`: fail at once if held).
     #[arg(long, visible_alias = "wait-ms", default_value = "30s", value_parser = super::duration_ms)]
     wait: u64,
-    /// Session timeout, how soon the coordinators notice a hung holder:
-    /// `900ms`, `5s`.
-    #[arg(long, visible_alias = "session-timeout-ms", default_value = "900ms",
-          value_parser = super::duration_ms)]
-    session_timeout: u64,
-    /// The owner named in the lock record and the views [default:
-    /// hold@<host>:<pid>].
-    #[arg(long)]
-    owner: Option<String>,
-    /// Session ids start with this (`<prefix>.<random>`): the prefix the
-    /// NATS user's permissions allow (see docs/OPERATIONS.md).
-    #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
-    session_prefix: Option<String>,
     /// Hold NAME as a read/write lock, for reading (shared).
     #[arg(long, conflicts_with_all = ["write", "permits"])]
     read: bool,
@@ -98,7 +84,7 @@ async fn take(
     owner: String,
     wait: Option<Duration>,
 ) -> Result<Held, jetlock::LockError> {
-    let ttl = Duration::from_millis(args.ttl);
+    let ttl = Duration::from_millis(args.lease.ttl);
     if let Some(permits) = args.permits {
         let request = client.semaphore(&args.name, permits).ttl(ttl);
         return Ok(Held::Permit(match wait {
@@ -125,23 +111,60 @@ async fn take(
     }))
 }
 
-pub async fn run(args: HoldArgs) -> Result<(), CliError> {
-    let (url, auth) = args.connection.target()?;
-    let mut options = ClientOptions::new()
-        .name("jetlock-hold")
-        .auth(auth)
-        .bucket(&args.connection.bucket)
-        .session_timeout(Duration::from_millis(args.session_timeout));
-    if let Some(prefix) = &args.session_prefix {
-        options = options.session_prefix(prefix);
+/// How a command that holds a lock (`hold`, `elect`) holds it.
+#[derive(Debug, clap::Args)]
+pub struct LeaseArgs {
+    /// Lease, renewed while held: `10s`, `1m` (an integer is ms).
+    #[arg(long, visible_alias = "ttl-ms", default_value = "10s", value_parser = super::duration_ms)]
+    pub ttl: u64,
+    /// Session timeout, how soon the coordinators notice a hung holder:
+    /// `900ms`, `5s`.
+    #[arg(long, visible_alias = "session-timeout-ms", default_value = "900ms",
+          value_parser = super::duration_ms)]
+    session_timeout: u64,
+    /// The owner named in the lock record and the views [default:
+    /// <command>@<host>:<pid>].
+    #[arg(long)]
+    owner: Option<String>,
+    /// Session ids start with this (`<prefix>.<random>`): the prefix the
+    /// NATS user's permissions allow (see docs/OPERATIONS.md).
+    #[arg(long, env = "JETLOCK_SESSION_PREFIX")]
+    session_prefix: Option<String>,
+}
+
+impl LeaseArgs {
+    /// A client for `command` (`hold`, `elect`) on `connection`.
+    pub async fn connect(
+        &self,
+        connection: &Connection,
+        command: &str,
+    ) -> Result<jetlock::Client, CliError> {
+        let (url, auth) = connection.target()?;
+        let mut options = ClientOptions::new()
+            .name(format!("jetlock-{command}"))
+            .auth(auth)
+            .bucket(&connection.bucket)
+            .session_timeout(Duration::from_millis(self.session_timeout));
+        if let Some(prefix) = &self.session_prefix {
+            options = options.session_prefix(prefix);
+        }
+        Ok(options.connect(&url).await?)
     }
+
+    /// The owner to name: `--owner`, or `<command>@<host>:<pid>`.
+    pub fn owner(&self, command: &str) -> String {
+        self.owner.clone().unwrap_or_else(|| {
+            let host = jetlock::protocol::host_name().unwrap_or_else(|| "unknown".into());
+            format!("{command}@{host}:{}", std::process::id())
+        })
+    }
+}
+
+pub async fn run(args: HoldArgs) -> Result<(), CliError> {
     // A bad name is a usage error, found before connecting.
     jetlock::name::LockName::new(&args.name).map_err(|e| Exit::with(2, e.to_string()))?;
-    let client = options.connect(&url).await?;
-    let owner = args.owner.clone().unwrap_or_else(|| {
-        let host = jetlock::protocol::host_name().unwrap_or_else(|| "unknown".into());
-        format!("hold@{host}:{}", std::process::id())
-    });
+    let client = args.lease.connect(&args.connection, "hold").await?;
+    let owner = args.lease.owner("hold");
     let wait = (args.wait > 0).then(|| Duration::from_millis(args.wait));
     let guard = take(&client, &args, owner, wait).await?;
     // Before the line that tells a script it holds the lock: a SIGINT or

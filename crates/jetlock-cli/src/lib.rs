@@ -5,9 +5,10 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error (clap's, and a lock
 //! name or setting that cannot be), 3 not found (`release --force` of a
-//! lock nobody holds), 4 a `doctor` check failed or `hold` lost its lock,
-//! 5 no coordinator answered. A subcommand chooses its code by returning
-//! [`Exit`].
+//! lock nobody holds, `leader` of an election nobody leads), 4 a `doctor`
+//! check failed or `hold` lost its lock (`elect` its leadership), 5 no
+//! coordinator answered; `elect` otherwise exits with its command's
+//! status. A subcommand chooses its code by returning [`Exit`].
 
 mod admin;
 mod auth;
@@ -16,9 +17,11 @@ mod demo;
 mod dev;
 mod docs;
 mod doctor;
+mod elect;
 mod history;
 mod hold;
 mod http;
+mod leader;
 mod locks;
 mod members;
 mod release;
@@ -148,6 +151,14 @@ enum Command {
     /// Take a lock and hold it until stdin closes or Ctrl-C; prints the
     /// fencing token as JSON.
     Hold(hold::HoldArgs),
+    /// Run a command only while leader of an election: campaign, run it
+    /// once elected (the term in JETLOCK_TERM), stop it (SIGTERM, then
+    /// SIGKILL after --grace) and exit 4 if the leadership is lost; exit
+    /// with its status when it ends.
+    Elect(elect::ElectArgs),
+    /// Who leads an election: candidate, session, term, since. Exit 3 when
+    /// nobody leads; --watch follows each change.
+    Leader(leader::LeaderArgs),
     /// Measure lock latency and throughput beside the raw NATS floor.
     Bench(bench::BenchArgs),
     /// Payment workers (child processes) move money between accounts under
@@ -187,6 +198,8 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Hold(args) => hold::run(args).await,
+            Command::Elect(args) => elect::run(args).await,
+            Command::Leader(args) => leader::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
             Command::Completions(args) => docs::completions::<Cli>(args),

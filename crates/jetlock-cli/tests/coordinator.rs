@@ -14,8 +14,7 @@ use futures::StreamExt;
 use jetlock::protocol::{self, Answer, ErrorCode};
 use jetlock::{Fence, FencingToken, LockError, LostReason};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

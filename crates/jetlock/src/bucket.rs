@@ -382,6 +382,39 @@ pub async fn ensure_config_bucket(
     })
 }
 
+/// The single-flight bucket (`jetlock::recipes::SingleFlight`): one key
+/// per cache key, holding its filler's claim or its result.
+pub const SINGLE_FLIGHT_BUCKET: &str = "JETLOCK_SINGLE_FLIGHT";
+
+/// Creates the single-flight bucket's stream, or opens it. Like the locks
+/// bucket: one message per key, per-message TTL (a result lives for the
+/// TTL its filler asked; there is no bucket-wide `max_age`, which would cut
+/// every result to one length), and room for one waiter's consumer each.
+pub async fn ensure_single_flight_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    let name = SINGLE_FLIGHT_BUCKET;
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some("jetlock single-flight results (do not write by hand)".into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_message_ttl: true,
+        max_consumers: MAX_CONSUMERS,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| jetstream_error(name, e))
+}
+
 /// Requests older than this are dropped from the request stream unread
 /// (longer than the longest wait a request may ask for).
 pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(60 * 60);

@@ -18,11 +18,13 @@
 //! - [`client`] — [`Client`], [`LockRequest`], [`LockGuard`] (lease
 //!   renewal, loss signal, reentrancy), multi-key locking, read/write locks
 //!   ([`RwLockGuard`]) and semaphores ([`Permit`]);
+//! - [`recipes`] — leader election ([`Election`]), cache single-flight
+//!   ([`SingleFlight`]), process-once consumption and partition ownership,
+//!   built on locks;
 //! - [`connect`] — server lists, credentials (in URLs or given), URLs with
 //!   passwords hidden;
 //! - [`protocol`] — the coordinators' wire protocol: subjects, JSON bodies,
 //!   error codes (the client speaks it; so can any NATS client);
-//! - [`recipes`] — what is built on locks: process-once consumption;
 //! - [`events`] — the events coordinators publish (grants, expiries, ...);
 //! - [`clock`] — wall-clock milliseconds, as records and the wire carry them;
 //! - [`error`] — the error enums callers match on.
@@ -72,3 +74,4 @@ pub use client::{
 pub use error::{ConnectError, Holder, LockError, LostReason};
 pub use fence::{Fence, FencingToken, StaleToken};
 pub use name::{LockName, NameError};
+pub use recipes::{Election, Filled, Leader, Leadership, SingleFlight, SingleFlightError};

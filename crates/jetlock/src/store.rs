@@ -293,27 +293,10 @@ impl LockStore {
         name: &LockName,
         revision: u64,
     ) -> Result<KeyWatch, async_nats::Error> {
-        let consumer = format!("jetlock_watch_{}", nuid::next());
-        let messages = self
-            .stream
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                name: Some(consumer.clone()),
-                deliver_subject: self.js.client().new_inbox(),
-                description: Some("jetlock wait".into()),
-                filter_subject: format!("{}{}", self.prefix, name.key()),
-                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: revision.max(1),
-                },
-                ..Default::default()
-            })
-            .await?
-            .messages()
-            .await?;
+        let subject = format!("{}{}", self.prefix, name.key());
+        let watch = SubjectWatch::start(&self.js, &self.stream, subject, revision).await?;
         Ok(KeyWatch {
-            messages,
-            stream: self.stream.clone(),
-            consumer,
+            watch,
             prefix_len: self.prefix.len(),
         })
     }
@@ -324,30 +307,131 @@ impl LockStore {
     /// and write locks and semaphores keep one key per holder under their
     /// name, and wait on all of them at once.
     pub async fn watch_under(&self, name: &LockName) -> Result<(KeyWatch, u64), async_nats::Error> {
+        let filter = format!("{}{}.>", self.prefix, name.key());
+        let (watch, pending) = SubjectWatch::start_with(
+            &self.js,
+            &self.stream,
+            filter,
+            jetstream::consumer::DeliverPolicy::LastPerSubject,
+        )
+        .await?;
+        let watch = KeyWatch {
+            watch,
+            prefix_len: self.prefix.len(),
+        };
+        Ok((watch, pending))
+    }
+}
+
+/// A watch of one subject of a stream, raw messages in order: an ordered
+/// push consumer from a revision on. Its consumer is deleted when the
+/// watch is dropped: left to the server, an ordered consumer lingers 30 s
+/// after its subscriber went, and a burst of waits filled the stream's
+/// consumer limit (see [`crate::bucket::MAX_CONSUMERS`]).
+pub struct SubjectWatch {
+    messages: jetstream::consumer::push::Ordered,
+    stream: jetstream::stream::Stream,
+    consumer: String,
+}
+
+/// One message a [`SubjectWatch`] delivered.
+#[derive(Debug)]
+pub struct Delivered {
+    pub subject: String,
+    /// Its stream sequence: the key's revision.
+    pub revision: u64,
+    /// How many messages the server had queued behind this one.
+    pub pending: u64,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+}
+
+impl SubjectWatch {
+    /// Watches `subject` of `stream` from `revision` on (inclusive).
+    pub async fn start(
+        js: &jetstream::Context,
+        stream: &jetstream::stream::Stream,
+        subject: String,
+        revision: u64,
+    ) -> Result<Self, async_nats::Error> {
+        let from = jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: revision.max(1),
+        };
+        Ok(Self::start_with(js, stream, subject, from).await?.0)
+    }
+
+    /// Watches the subjects `filter` matches, from `deliver` on; also
+    /// returns how many messages the server holds for it at the start.
+    pub async fn start_with(
+        js: &jetstream::Context,
+        stream: &jetstream::stream::Stream,
+        filter: String,
+        deliver: jetstream::consumer::DeliverPolicy,
+    ) -> Result<(Self, u64), async_nats::Error> {
         let consumer = format!("jetlock_watch_{}", nuid::next());
-        let ordered = self
-            .stream
+        let ordered = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 name: Some(consumer.clone()),
-                deliver_subject: self.js.client().new_inbox(),
-                description: Some("jetlock wait under".into()),
-                filter_subject: format!("{}{}.>", self.prefix, name.key()),
+                deliver_subject: js.client().new_inbox(),
+                description: Some("jetlock wait".into()),
+                filter_subject: filter,
                 replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                deliver_policy: deliver,
                 ..Default::default()
             })
             .await?;
         let pending = ordered.cached_info().num_pending;
-        Ok((
-            KeyWatch {
-                messages: ordered.messages().await?,
-                stream: self.stream.clone(),
-                consumer,
-                prefix_len: self.prefix.len(),
-            },
-            pending,
-        ))
+        let watch = SubjectWatch {
+            messages: ordered.messages().await?,
+            stream: stream.clone(),
+            consumer,
+        };
+        Ok((watch, pending))
     }
+
+    /// The subject's next message; `None` once the watch ended, an error
+    /// when it broke (a new one resumes).
+    pub async fn next(&mut self) -> Option<Result<Delivered, async_nats::Error>> {
+        use futures::StreamExt;
+        let msg = match self.messages.next().await? {
+            Ok(msg) => msg,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let (revision, pending) = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(e) => return Some(Err(e)),
+        };
+        let msg = msg.message;
+        Some(Ok(Delivered {
+            subject: msg.subject.to_string(),
+            revision,
+            pending,
+            headers: msg.headers,
+            payload: msg.payload,
+        }))
+    }
+}
+
+impl Drop for SubjectWatch {
+    fn drop(&mut self) {
+        // Best effort: what a lost delete leaves, the server removes after
+        // the consumer's inactivity threshold (30 s); so does a consumer
+        // async-nats recreated under another name after a gap.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (stream, consumer) = (self.stream.clone(), std::mem::take(&mut self.consumer));
+            rt.spawn(async move {
+                let _ = stream.delete_consumer(&consumer).await;
+            });
+        }
+    }
+}
+
+/// A watch of lock keys ([`LockStore::watch_from`], [`LockStore::watch_under`]),
+/// its messages read as lock records.
+pub struct KeyWatch {
+    watch: SubjectWatch,
+    /// Length of `$KV.<bucket>.`, cut off subjects to give keys.
+    prefix_len: usize,
 }
 
 /// One change seen by a [`KeyWatch`].
@@ -362,18 +446,6 @@ pub struct Change {
     pub pending: u64,
 }
 
-/// A watch of one key ([`LockStore::watch_from`]). Its consumer is deleted
-/// when the watch is dropped: left to the server, an ordered consumer
-/// lingers 30 s after its subscriber went, and a burst of waits filled the
-/// stream's consumer limit (see [`crate::bucket::MAX_CONSUMERS`]).
-pub struct KeyWatch {
-    messages: jetstream::consumer::push::Ordered,
-    stream: jetstream::stream::Stream,
-    consumer: String,
-    /// Length of `$KV.<bucket>.`, cut off subjects to give keys.
-    prefix_len: usize,
-}
-
 impl KeyWatch {
     /// The key's next change, `(revision, what it says)`; `None` once the
     /// watch ended, an error when it broke (a new one resumes).
@@ -386,35 +458,12 @@ impl KeyWatch {
     /// The next change, with its key: for a watch of several keys
     /// ([`LockStore::watch_under`]).
     pub async fn change(&mut self) -> Option<Result<Change, async_nats::Error>> {
-        use futures::StreamExt;
-        let msg = match self.messages.next().await? {
-            Ok(msg) => msg,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let (revision, pending) = match msg.info() {
-            Ok(info) => (info.stream_sequence, info.pending),
-            Err(e) => return Some(Err(e)),
-        };
-        Some(Ok(Change {
-            key: msg.subject.get(self.prefix_len..).unwrap_or("").to_owned(),
-            revision,
-            current: current_from_message(revision, msg.headers.as_ref(), &msg.payload),
-            pending,
+        Some(self.watch.next().await?.map(|m| Change {
+            key: m.subject.get(self.prefix_len..).unwrap_or("").to_owned(),
+            current: current_from_message(m.revision, m.headers.as_ref(), &m.payload),
+            revision: m.revision,
+            pending: m.pending,
         }))
-    }
-}
-
-impl Drop for KeyWatch {
-    fn drop(&mut self) {
-        // Best effort: what a lost delete leaves, the server removes after
-        // the consumer's inactivity threshold (30 s); so does a consumer
-        // async-nats recreated under another name after a gap.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (stream, consumer) = (self.stream.clone(), std::mem::take(&mut self.consumer));
-            rt.spawn(async move {
-                let _ = stream.delete_consumer(&consumer).await;
-            });
-        }
     }
 }
 
@@ -423,7 +472,7 @@ impl Drop for KeyWatch {
 /// without the number, which a clustered stream sends in some paths and
 /// async-nats 0.51 reports as `Other`; the fault suite saw it after a
 /// partition healed).
-fn is_conflict(e: &jetstream::context::PublishError) -> bool {
+pub(crate) fn is_conflict(e: &jetstream::context::PublishError) -> bool {
     use async_nats::jetstream::{Error as ApiError, ErrorCode};
     e.kind() == PublishErrorKind::WrongLastSequence
         || std::error::Error::source(e)
@@ -471,7 +520,7 @@ pub struct WriteId<'a> {
     pub resend: bool,
 }
 
-fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
+pub(crate) fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         "Nats-Expected-Last-Subject-Sequence",
@@ -507,7 +556,7 @@ pub fn server_ttl(lease: Duration) -> Duration {
 
 /// `Nats-TTL` takes whole seconds (the server's minimum is one second);
 /// sub-second parts round up so a lease is never shorter than asked.
-fn ttl_header(ttl: Duration) -> String {
+pub(crate) fn ttl_header(ttl: Duration) -> String {
     format!("{}s", whole_seconds(ttl))
 }
 

@@ -35,6 +35,7 @@ mod watchers;
 
 /// Re-exported from [`crate::connect`], where it lives with the URL handling.
 pub use crate::connect::server_list;
+pub(crate) use acquire::read_error;
 pub use acquire::LockRequest;
 pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
