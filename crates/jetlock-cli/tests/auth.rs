@@ -19,6 +19,8 @@
 //! permissions error the server sends on the connection.
 
 mod common;
+#[path = "auth/kinds.rs"]
+mod kinds;
 #[path = "auth/operator.rs"]
 mod operator;
 

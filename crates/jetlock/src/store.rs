@@ -368,10 +368,12 @@ impl SubjectWatch {
         filter: String,
         deliver: jetstream::consumer::DeliverPolicy,
     ) -> Result<(Self, u64), async_nats::Error> {
-        let consumer = format!("jetlock_watch_{}", nuid::next());
+        // Unnamed: a name puts the filter into the API subject
+        // (`CONSUMER.CREATE.<stream>.<name>.<filter>`), which the shipped
+        // worker role may not publish to (nats/cluster.conf); the server
+        // names it, and the name is read back for the delete.
         let ordered = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
-                name: Some(consumer.clone()),
                 deliver_subject: js.client().new_inbox(),
                 description: Some("jetlock wait".into()),
                 filter_subject: filter,
@@ -380,6 +382,7 @@ impl SubjectWatch {
                 ..Default::default()
             })
             .await?;
+        let consumer = ordered.cached_info().name.clone();
         let pending = ordered.cached_info().num_pending;
         let watch = SubjectWatch {
             messages: ordered.messages().await?,
