@@ -62,3 +62,43 @@ async fn a_killed_permit_holders_permit_goes_to_the_waiter() {
         .is_err());
     permit.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_metrics_name_the_part_and_what_it_is_part_of() {
+    use futures::StreamExt;
+    let server = single();
+    let url = server.url();
+    let c = coordinator(&url).await;
+    let addr = c.metrics_addr().expect("metrics are served");
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let mut grants = watcher
+        .subscribe("jetlock.ev.lock.granted.>")
+        .await
+        .unwrap();
+    let reader = client(&url, "reader").await;
+    let r = reader.read_lock("ledger").acquire().await.unwrap();
+    let event: serde_json::Value = timeout(PATIENCE, async {
+        loop {
+            let msg = grants.next().await.unwrap();
+            let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            if event["token"] == r.token().get() {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the grant's event");
+    assert_eq!(event["part"], "read", "{event}");
+    assert_eq!(event["of"], "ledger", "{event}");
+    timeout(PATIENCE, async {
+        while !common::scrape(addr)
+            .await
+            .contains("jetlock_part_grants_total{part=\"read\"} 1")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the read grant is counted");
+    r.release().await.unwrap();
+}

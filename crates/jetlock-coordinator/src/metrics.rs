@@ -27,6 +27,11 @@ struct Handoff {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Part {
+    part: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Cause {
     cause: String,
 }
@@ -63,6 +68,7 @@ const MAX_PREFIXES: usize = 64;
 pub struct Metrics {
     registry: Registry,
     grants: Family<Handoff, Counter>,
+    part_grants: Family<Part, Counter>,
     releases: Counter,
     expiries: Family<Cause, Counter>,
     revocations: Counter,
@@ -98,6 +104,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             grants: Family::default(),
+            part_grants: Family::default(),
             releases: Counter::default(),
             expiries: Family::default(),
             revocations: Counter::default(),
@@ -132,6 +139,11 @@ impl Metrics {
             "grants",
             "Locks granted (handoff: straight from the previous holder)",
             m.grants.clone(),
+        );
+        r.register(
+            "part_grants",
+            "Grants of the keys of read/write locks and semaphores (part: read, write, permit, queue)",
+            m.part_grants.clone(),
         );
         r.register("releases", "Holds ended by a release", m.releases.clone());
         r.register(
@@ -215,6 +227,13 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
+        for part in ["read", "write", "permit", "queue"] {
+            self.part_grants
+                .get_or_create(&Part {
+                    part: part.to_owned(),
+                })
+                .inc_by(0);
+        }
         for cause in EXPIRY_CAUSES {
             self.expiries
                 .get_or_create(&Cause {
@@ -249,6 +268,11 @@ impl Metrics {
             EventKind::Granted => {
                 let handoff = e.handoff.unwrap_or(false).to_string();
                 self.grants.get_or_create(&Handoff { handoff }).inc();
+                if let Some(part) = &e.part {
+                    self.part_grants
+                        .get_or_create(&Part { part: part.clone() })
+                        .inc();
+                }
                 if let Some(ms) = e.waited_ms {
                     self.wait.observe(ms as f64 / 1000.0);
                 }

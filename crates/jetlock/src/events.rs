@@ -164,6 +164,14 @@ pub struct Event {
     /// How many locks moved (takeover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
+    /// What the lock is part of, for the keys of read/write locks and
+    /// semaphores (1.6): `read`, `write`, `permit` or `queue`
+    /// ([`crate::client::HeldAs`]); absent for a plain lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
+    /// The read/write lock's or semaphore's name, with `part`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of: Option<String>,
     /// The live coordinators after a membership change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinators: Option<Vec<String>>,
@@ -198,6 +206,8 @@ impl Event {
             reason: None,
             by: None,
             subject: None,
+            part: None,
+            of: None,
             keys: None,
             coordinators: None,
             value: None,

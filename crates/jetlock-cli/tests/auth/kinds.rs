@@ -12,8 +12,18 @@ async fn a_trusted_worker_takes_read_write_locks_and_permits_on_the_cluster() {
     let d = Deployment::start().await;
     let a = d.client(Role::Worker, d.options(Role::Worker)).await;
     let b = d.client(Role::Worker, d.options(Role::Worker)).await;
-    let r1 = a.read_lock("ledger").ttl(TTL).acquire().await.expect("read");
-    let r2 = b.read_lock("ledger").ttl(TTL).acquire().await.expect("read beside");
+    let r1 = a
+        .read_lock("ledger")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("read");
+    let r2 = b
+        .read_lock("ledger")
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("read beside");
     assert!(matches!(
         b.write_lock("ledger").try_acquire().await,
         Err(LockError::Busy { .. })
@@ -33,7 +43,12 @@ async fn a_trusted_worker_takes_read_write_locks_and_permits_on_the_cluster() {
     assert!(w.token() > highest);
     w.release().await.expect("release");
 
-    let p1 = a.semaphore("bank", 1).ttl(TTL).acquire().await.expect("permit");
+    let p1 = a
+        .semaphore("bank", 1)
+        .ttl(TTL)
+        .acquire()
+        .await
+        .expect("permit");
     assert!(matches!(
         b.semaphore("bank", 1).try_acquire().await,
         Err(LockError::Busy { .. })
@@ -46,11 +61,16 @@ async fn a_trusted_worker_takes_read_write_locks_and_permits_on_the_cluster() {
 async fn a_protocol_only_worker_is_refused_a_read_lock_it_cannot_check() {
     let _serial = one_at_a_time().await;
     let d = Deployment::start().await;
-    let restricted = d.client(Role::Restricted, d.options(Role::Restricted)).await;
+    let restricted = d
+        .client(Role::Restricted, d.options(Role::Restricted))
+        .await;
     assert!(!restricted.fast_path());
-    let refused = timeout(PATIENCE, restricted.read_lock("ledger").ttl(TTL).try_acquire())
-        .await
-        .expect("answered");
+    let refused = timeout(
+        PATIENCE,
+        restricted.read_lock("ledger").ttl(TTL).try_acquire(),
+    )
+    .await
+    .expect("answered");
     assert!(
         matches!(refused, Err(LockError::Nats { op: "read", .. })),
         "{refused:?}"
@@ -59,11 +79,22 @@ async fn a_protocol_only_worker_is_refused_a_read_lock_it_cannot_check() {
     let probe = d.client(Role::Worker, d.options(Role::Worker)).await;
     timeout(PATIENCE, async {
         loop {
-            let keys: Vec<String> = probe.store().kv().keys().await.unwrap().try_collect().await.unwrap();
+            let keys: Vec<String> = probe
+                .store()
+                .kv()
+                .keys()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
             let mut held = 0;
             for key in keys.iter().filter(|k| k.starts_with("ledger.")) {
                 let name = LockName::from_key(key).unwrap();
-                if matches!(probe.store().read(&name).await.unwrap(), Current::Held { .. }) {
+                if matches!(
+                    probe.store().read(&name).await.unwrap(),
+                    Current::Held { .. }
+                ) {
                     held += 1;
                 }
             }

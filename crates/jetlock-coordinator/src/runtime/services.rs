@@ -14,6 +14,13 @@ impl Runtime {
         if let Some(acquired) = event.acquired_ms {
             event.held_ms = Some(event.at_ms.saturating_sub(acquired));
         }
+        if let Some(lock) = &event.lock {
+            let held = jetlock::client::HeldAs::of(lock);
+            if held != jetlock::client::HeldAs::Lock {
+                event.of = Some(held.name(lock).to_owned());
+                event.part = Some(held.kind().to_owned());
+            }
+        }
         self.metrics.event(&event);
         debug!(kind = event.kind.as_str(), lock = ?event.lock, session = ?event.session,
                token = ?event.token, "event");
