@@ -268,6 +268,15 @@ fn duration_flags_take_units_and_the_old_ms_flags_still_work() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("lock name is empty"), "{flags:?}: {err}");
     }
+    for flags in [
+        &["--permits", "0"][..],
+        &["--permits", "1025"],
+        &["--read", "--write"],
+        &["--read", "--permits", "2"],
+    ] {
+        let out = jetlock().args(["hold", "x"]).args(flags).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {out:?}");
+    }
     let out = jetlock()
         .args(["hold", "", "--ttl", "soon"])
         .output()

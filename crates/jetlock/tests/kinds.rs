@@ -360,3 +360,42 @@ async fn a_newcomer_does_not_pass_whoever_holds_the_gate() {
     }
     gate.release().await.unwrap();
 }
+
+/// Bad input to the new kinds is a typed error before anything is written.
+#[tokio::test]
+async fn bad_permits_and_names_too_long_for_their_parts_are_refused_and_write_nothing() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    for permits in [0, jetlock::client::MAX_PERMITS + 1] {
+        assert!(matches!(
+            c.semaphore("pool", permits).try_acquire().await,
+            Err(LockError::InvalidPermits { .. })
+        ));
+    }
+    // A name that fits a lock but not the keys under it.
+    let long = "n".repeat(250);
+    assert!(matches!(
+        c.read_lock(&long).try_acquire().await,
+        Err(LockError::InvalidName(_))
+    ));
+    assert!(matches!(
+        c.semaphore(&long, 2).try_acquire().await,
+        Err(LockError::InvalidName(_))
+    ));
+    assert!(matches!(
+        c.write_lock("").try_acquire().await,
+        Err(LockError::InvalidName(_))
+    ));
+    let keys: Vec<String> = {
+        use futures::TryStreamExt;
+        c.store()
+            .kv()
+            .keys()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert!(keys.is_empty(), "{keys:?}");
+}
