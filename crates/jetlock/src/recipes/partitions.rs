@@ -19,6 +19,7 @@ use crate::error::LockError;
 use crate::fence::FencingToken;
 use crate::name::LockName;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -136,7 +137,8 @@ impl Partitions {
                 tx,
                 live: BTreeSet::new(),
                 taking: HashMap::new(),
-                owned: BTreeSet::new(),
+                handouts: 0,
+                handed: Arc::new(Mutex::new(Handed::default())),
             }
             .run(watch, me.lost()),
         );
@@ -163,18 +165,30 @@ struct Rebalancer {
     tx: mpsc::UnboundedSender<Change>,
     /// Live members, as their member locks show.
     live: BTreeSet<String>,
-    /// Acquires under way, by partition.
-    taking: HashMap<u32, JoinHandle<()>>,
-    /// Partitions handed to the user and neither asked back nor lost.
-    owned: BTreeSet<u32>,
+    /// Acquires under way, by partition: the hand-out's number and task.
+    taking: HashMap<u32, (u64, JoinHandle<()>)>,
+    /// Hand-outs so far: each acquire's number, so news of an old one (its
+    /// lease lost or released) never touches a newer one of the partition.
+    handouts: u64,
+    /// Shared with the acquiring tasks, which hand a granted partition out
+    /// under its lock only while it is still wanted: an acquire that lands
+    /// just as a rebalance gives its partition away is released, never
+    /// handed out untracked.
+    handed: Arc<Mutex<Handed>>,
 }
 
-/// What the rebalancer hears from its partitions' tasks.
-enum Heard {
-    Granted(u32),
-    /// The acquire failed, or a lease handed out was lost.
-    Gone(u32),
+#[derive(Default)]
+struct Handed {
+    /// Partitions this member should own now.
+    wanted: BTreeSet<u32>,
+    /// Partitions handed to the user and neither asked back nor lost, with
+    /// the hand-out's number.
+    owned: HashMap<u32, u64>,
 }
+
+/// What the rebalancer hears from its partitions' tasks: hand-out number
+/// `.1` of partition `.0` failed to acquire, or its lease was lost.
+struct Gone(u32, u64);
 
 /// After a membership change, wait this long for more before rebalancing:
 /// members that join together move partitions once.
@@ -186,7 +200,7 @@ impl Rebalancer {
         mut watch: crate::store::KeyWatch,
         member_lost: WaitForCancellationFutureOwned,
     ) {
-        let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
+        let (heard_tx, mut heard) = mpsc::unbounded_channel::<Gone>();
         tokio::pin!(member_lost);
         loop {
             tokio::select! {
@@ -209,18 +223,16 @@ impl Rebalancer {
                     }
                     self.rebalance(&heard_tx);
                 }
-                Some(h) = heard.recv() => {
-                    match h {
-                        Heard::Granted(p) => {
-                            self.taking.remove(&p);
-                            self.owned.insert(p);
-                        }
-                        Heard::Gone(p) => {
-                            self.taking.remove(&p);
-                            self.owned.remove(&p);
-                            self.rebalance(&heard_tx);
-                        }
+                Some(Gone(p, n)) = heard.recv() => {
+                    if self.taking.get(&p).is_some_and(|(m, _)| *m == n) {
+                        self.taking.remove(&p);
                     }
+                    let mut handed = self.handed.lock().expect("never poisoned");
+                    if handed.owned.get(&p) == Some(&n) {
+                        handed.owned.remove(&p);
+                    }
+                    drop(handed);
+                    self.rebalance(&heard_tx);
                 }
             }
             if self.tx.is_closed() {
@@ -243,46 +255,65 @@ impl Rebalancer {
         };
     }
 
-    fn rebalance(&mut self, heard: &mpsc::UnboundedSender<Heard>) {
+    fn rebalance(&mut self, heard: &mpsc::UnboundedSender<Gone>) {
         if !self.live.contains(&self.me) {
             return;
         }
+        self.taking.retain(|_, (_, task)| !task.is_finished());
+        let mut handed = self.handed.lock().expect("never poisoned");
         for p in 0..self.partitions {
             let owner = owner_of(p, self.live.iter().map(String::as_str));
-            let mine = owner == Some(self.me.as_str());
-            if mine && !self.owned.contains(&p) && !self.taking.contains_key(&p) {
-                let name = format!("{}:~part:{p}", self.group.as_str());
-                let (client, tx, heard) = (self.client.clone(), self.tx.clone(), heard.clone());
-                self.taking.insert(
-                    p,
+            if owner != Some(self.me.as_str()) {
+                handed.wanted.remove(&p);
+                if let Some((_, taking)) = self.taking.remove(&p) {
+                    taking.abort();
+                }
+                if handed.owned.remove(&p).is_some() {
+                    let _ = self.tx.send(Change::Release(p));
+                }
+                continue;
+            }
+            handed.wanted.insert(p);
+            if handed.owned.contains_key(&p) || self.taking.contains_key(&p) {
+                continue;
+            }
+            self.handouts += 1;
+            let n = self.handouts;
+            let name = format!("{}:~part:{p}", self.group.as_str());
+            let (client, tx, heard) = (self.client.clone(), self.tx.clone(), heard.clone());
+            let shared = self.handed.clone();
+            self.taking.insert(
+                p,
+                (
+                    n,
                     tokio::spawn(async move {
                         let Ok(guard) = client.lock(&name).acquire().await else {
-                            let _ = heard.send(Heard::Gone(p));
+                            let _ = heard.send(Gone(p, n));
                             return;
                         };
                         let lost = guard.lost();
-                        let lease = PartitionLease {
-                            partition: p,
-                            guard,
-                        };
-                        if tx.send(Change::Assigned(lease)).is_err() {
-                            return;
+                        {
+                            let mut handed = shared.lock().expect("never poisoned");
+                            // Given away while we waited: the drop releases it.
+                            if !handed.wanted.contains(&p) {
+                                return;
+                            }
+                            let lease = PartitionLease {
+                                partition: p,
+                                guard,
+                            };
+                            if tx.send(Change::Assigned(lease)).is_err() {
+                                return;
+                            }
+                            handed.owned.insert(p, n);
                         }
-                        let _ = heard.send(Heard::Granted(p));
                         // A lease the user still has that is lost (its lease
                         // or session ended): the partition may be taken again.
                         lost.await;
-                        let _ = heard.send(Heard::Gone(p));
+                        let _ = heard.send(Gone(p, n));
                     }),
-                );
-            } else if !mine {
-                if let Some(taking) = self.taking.remove(&p) {
-                    taking.abort();
-                }
-                if self.owned.remove(&p) {
-                    let _ = self.tx.send(Change::Release(p));
-                }
-            }
+                ),
+            );
         }
     }
 }
