@@ -101,6 +101,12 @@ pub enum LockError {
     /// Waiting for the lock took longer than allowed.
     #[error("timed out after {waited:?} waiting for lock {name:?}")]
     Timeout { name: String, waited: Duration },
+    /// An atomic multi-key acquisition
+    /// ([`MultiLockRequest::atomic`](crate::MultiLockRequest::atomic)) is
+    /// not possible for this client or on this bucket; nothing was written.
+    /// The ordered `lock_all` still is.
+    #[error("cannot lock {names:?} atomically: {reason}")]
+    NotAtomic { names: Vec<String>, reason: String },
     /// The lock is no longer held by this guard.
     #[error("lock {name:?} was lost: {reason}")]
     Lost { name: String, reason: LostReason },

@@ -9,6 +9,7 @@
 //! - `guard.rs` — [`LockGuard`]: a held lease, the
 //!   loss signal, reentrant holds and release;
 //! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order;
+//! - `atomic.rs` — several keys in one atomic write, or none;
 //! - `renewer.rs` — one lease renewer per client for all its holds;
 //! - `session.rs` — heartbeats, answers and notices from the coordinators;
 //! - `queue.rs` — waiting in a coordinator's FIFO queue;
@@ -17,6 +18,7 @@
 //! - `via_coordinator.rs` — renewals and releases as coordinator requests.
 
 mod acquire;
+mod atomic;
 mod attempt;
 pub mod belief;
 mod fast_path;
