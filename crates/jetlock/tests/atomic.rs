@@ -479,3 +479,68 @@ async fn atomic_is_refused_where_it_cannot_be_atomic_and_an_operators_off_stays(
         .await
         .unwrap();
 }
+
+/// On a 3-node cluster (R3 bucket: the batch is one multi-entry Raft
+/// proposal), a batch over a held key writes none of the free ones, and
+/// workers' overlapping atomic sets never share a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_atomic_sets_are_all_or_none_and_never_share_a_key() {
+    use jetlock_testkit::{cluster, setup_bucket, worker_client, Role};
+    const KEYS: [&str; 3] = ["r3:a", "r3:b", "r3:c"];
+    let cluster = cluster().await;
+    setup_bucket(&cluster).await;
+    let url = cluster.url_as(Role::Worker);
+    let holder = worker_client(&url, "holder").await;
+    let b = holder.lock("r3:b").acquire().await.unwrap();
+    let c = worker_client(&url, "atomic").await;
+    let err = c
+        .lock_all(KEYS)
+        .atomic()
+        .wait(Duration::from_millis(300))
+        .acquire()
+        .await
+        .expect_err("r3:b is held");
+    assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+    for key in ["r3:a", "r3:c"] {
+        assert!(
+            c.holder(key).await.unwrap().is_none(),
+            "{key} written alone"
+        );
+    }
+    b.release().await.unwrap();
+
+    let checkers = Arc::new(KEYS.map(|_| ExclusionChecker::default()));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = worker_client(&url, &format!("worker-{t}")).await;
+        let checkers = checkers.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0..15 {
+                // Pairs and the whole ring, overlapping each other.
+                let set: Vec<usize> = match (t + r) % 4 {
+                    3 => vec![0, 1, 2],
+                    k => vec![k, (k + 1) % 3],
+                };
+                let names: Vec<&str> = set.iter().map(|&k| KEYS[k]).collect();
+                let all = c.lock_all(&names).atomic().acquire().await.expect("grant");
+                for guard in all.guards() {
+                    let k = KEYS.iter().position(|x| *x == guard.name()).unwrap();
+                    checkers[k].enter(guard.token());
+                }
+                for guard in all.guards() {
+                    let k = KEYS.iter().position(|x| *x == guard.name()).unwrap();
+                    checkers[k].exit();
+                }
+                all.release().await.expect("release");
+            }
+        }));
+    }
+    timeout(Duration::from_secs(300), join_all(tasks))
+        .await
+        .expect("no deadlock or starvation")
+        .into_iter()
+        .for_each(|r| r.expect("task"));
+    for c in checkers.iter() {
+        c.assert_clean();
+    }
+}

@@ -11,9 +11,10 @@
 //!    session last wrote for it, or 0). A free set costs one round trip.
 //! 2. **Read** — on conflict, read every key. All vacant: the batch again
 //!    with their revisions (three times in a row at most, then 3.).
-//! 3. **Wait** — watch the held keys (all keys, after three lost races)
-//!    from after the revision read, and send the batch again once each
-//!    one's newest change is a vacancy. No polling.
+//! 3. **Wait** — watch the held keys from after the revision read, and
+//!    send the batch again once each one's newest change is a vacancy. No
+//!    polling. After three lost races, watch every key and send again at
+//!    the next change, or after a second.
 //!
 //! The coordinators' queues: like the fast path, an atomic acquire writes a
 //! key only when it finds it vacant, and a coordinator's handoff never
@@ -36,6 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, instrument};
+
+/// How long a wait after lost races (every key vacant, the batch refused
+/// all the same) waits for a change before sending again.
+const LOST_RACE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Acquires every lock of `names` (sorted, without duplicates) in one write.
 #[instrument(level = "debug", skip_all, fields(locks = names.len(), session = %inner.session))]
@@ -249,6 +254,10 @@ impl AtomicSet {
             .filter(|&i| matches!(current[i], Current::Held { .. }))
             .collect();
         let mut changed = !held.is_empty();
+        // With every key vacant the lost races came from writes that are
+        // on their way (a watcher shows them) or that failed on the server
+        // (none will): then the batch goes again after a second.
+        let patience = (!changed).then(|| Instant::now() + LOST_RACE_PAUSE);
         let watched = if changed {
             held
         } else {
@@ -284,14 +293,23 @@ impl AtomicSet {
             if changed && free {
                 return Ok(current.iter().map(revision).collect());
             }
+            let until = match (wait.deadline(), patience) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let outcome = {
                 let changes = seen.iter_mut().map(|rx| Box::pin(rx.changed()));
-                within(wait.deadline(), futures::future::select_all(changes))
+                within(until, futures::future::select_all(changes))
                     .await
                     .map(|(result, k, _)| (result.is_ok(), k))
             };
             match outcome {
                 Some((true, _)) => {}
+                None if patience.is_some_and(|at| Instant::now() >= at)
+                    && wait.deadline().is_none_or(|at| Instant::now() < at) =>
+                {
+                    return Ok(current.iter().map(revision).collect());
+                }
                 // A watcher stops only with nobody subscribed: not reached
                 // while this wait holds on; start another all the same.
                 Some((false, k)) => seen[k] = subscribe(k, from[k]),
