@@ -14,6 +14,9 @@
 //!   path (`.queue(false)`), and raw KV watch + CAS retry;
 //! - **W4 failover** (`failover.rs`) — a `jetlock hold` child is killed or
 //!   hung while a waiter is queued: time to the waiter's grant;
+//! - **multi-key** (`multi.rs`) — one client, uncontended `lock_all` +
+//!   release of 2 and 8 keys, ordered (a CAS per key) against atomic (one
+//!   batch);
 //! - **durability** — W1 and W2 again against a server with
 //!   `sync_interval: always` (`--durability`);
 //! - **scaling** (`scaling.rs`, `memory.rs`) — W2 and W3 at 1 to 64
@@ -42,6 +45,7 @@ mod json;
 mod latency;
 mod machine;
 mod memory;
+mod multi;
 mod peers;
 mod procs;
 mod report;
@@ -163,6 +167,8 @@ pub enum Workload {
     Failover,
     /// W2 and W3 at 1 to 64 clients.
     Scaling,
+    /// `lock_all` of 2 and 8 keys, ordered against atomic.
+    Multi,
     /// The coordinator's memory per held lock and per waiter.
     Memory,
     /// Redis, PostgreSQL and etcd, when installed.
@@ -222,6 +228,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         contention: Vec::new(),
         failover: Vec::new(),
         scaling: Default::default(),
+        multi: Vec::new(),
         memory: None,
         peers: Vec::new(),
         notes: Vec::new(),
@@ -236,6 +243,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Workload::Failover,
         Workload::Scaling,
         Workload::Memory,
+        Workload::Multi,
     ]
     .into_iter()
     .any(selected);
@@ -357,6 +365,10 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
     }
     if !first {
         return Ok(());
+    }
+    if ctx.selected(Workload::Multi) {
+        progress("multi-key: lock_all of 2 and 8 keys, ordered and atomic, interleaved");
+        report.multi = multi::run(&site.client, &ctx.names, ctx.iterations).await?;
     }
     if ctx.selected(Workload::Contention) {
         report.contention = contention_workload(ctx).await?;
