@@ -21,7 +21,7 @@
 //!   `Nats-Msg-Id` is allowed since 2.14 (a duplicate rejects the batch);
 //!   `Nats-Expected-Last-Msg-Id` is refused.
 //!
-//! `tests/atomic.rs` shows each of these against a real server.
+//! `tests/atomic_batch.rs` shows each of these against a real server.
 //!
 //! async-nats 0.51 names the headers and reads the batch fields of the ack
 //! but has no batch publisher, and the one in the `jetstream-extra` crate
