@@ -103,6 +103,15 @@ async fn atomic_lock_all_grants_none_while_one_key_is_held() {
     all.release().await.unwrap();
 }
 
+/// Waits for every task: a deadlock or a starved set fails the test.
+async fn all_finish(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    timeout(Duration::from_secs(300), join_all(tasks))
+        .await
+        .expect("no deadlock or starvation")
+        .into_iter()
+        .for_each(|r| r.expect("task"));
+}
+
 /// The server hangs, so the batch is sent but not answered when the caller
 /// gives up. It lands once the server resumes (or the settling re-send
 /// does), with nobody holding a guard: only the settling of the dropped
@@ -217,11 +226,7 @@ async fn overlapping_atomic_sets_never_share_a_key() {
             }
         }));
     }
-    timeout(Duration::from_secs(300), join_all(tasks))
-        .await
-        .expect("no deadlock or starvation")
-        .into_iter()
-        .for_each(|r| r.expect("task"));
+    all_finish(tasks).await;
     let entries: u64 = checkers.iter().map(|c| c.entries()).sum();
     for c in checkers.iter() {
         c.assert_clean();
@@ -374,11 +379,7 @@ async fn on_a_cluster_atomic_sets_are_all_or_none_and_never_share_a_key() {
             }
         }));
     }
-    timeout(Duration::from_secs(300), join_all(tasks))
-        .await
-        .expect("no deadlock or starvation")
-        .into_iter()
-        .for_each(|r| r.expect("task"));
+    all_finish(tasks).await;
     for c in checkers.iter() {
         c.assert_clean();
     }

@@ -32,6 +32,17 @@ fn write(id: &str) -> WriteId<'_> {
     WriteId { id, resend: false }
 }
 
+/// A put of `record` to each key, expecting it to have no message.
+fn unwritten<'a>(keys: &'a [LockName], record: &'a LockRecord) -> Vec<BatchPut<'a>> {
+    keys.iter()
+        .map(|name| BatchPut {
+            name,
+            record,
+            expected: 0,
+        })
+        .collect()
+}
+
 async fn read_all(store: &LockStore, names: &[LockName]) -> Vec<Current> {
     join_all(names.iter().map(|n| store.read(n)))
         .await
@@ -60,14 +71,7 @@ async fn one_failed_subject_check_rejects_the_whole_batch() {
             .put(&keys[held], &other, 0, LEASE, write("other"))
             .await
             .expect("the other holder's write");
-        let puts: Vec<_> = keys
-            .iter()
-            .map(|name| BatchPut {
-                name,
-                record: &mine,
-                expected: 0,
-            })
-            .collect();
+        let puts = unwritten(&keys, &mine);
         let result = store.put_all(&puts, LEASE, write("mine")).await;
         assert!(matches!(result, Err(BatchError::Conflict)), "{result:?}");
         for (i, current) in read_all(store, &keys).await.into_iter().enumerate() {
@@ -95,14 +99,7 @@ async fn a_batch_lands_in_consecutive_revisions_and_each_key_expires_by_its_ttl(
     let store = c.store();
     let keys = names(&["ttl:a", "ttl:b", "ttl:c"]);
     let mine = record(c.session());
-    let puts: Vec<_> = keys
-        .iter()
-        .map(|name| BatchPut {
-            name,
-            record: &mine,
-            expected: 0,
-        })
-        .collect();
+    let puts = unwritten(&keys, &mine);
     let written = store
         .put_all(&puts, Duration::from_secs(1), write("short"))
         .await
@@ -236,14 +233,7 @@ async fn a_resent_batch_that_landed_is_recognised_by_its_write_id() {
     let store = c.store();
     let keys = names(&["resend:a", "resend:b"]);
     let mine = record(c.session());
-    let puts: Vec<_> = keys
-        .iter()
-        .map(|name| BatchPut {
-            name,
-            record: &mine,
-            expected: 0,
-        })
-        .collect();
+    let puts = unwritten(&keys, &mine);
     let landed = store.put_all(&puts, LEASE, write("w-1")).await.unwrap();
     let again = WriteId {
         id: "w-1",
