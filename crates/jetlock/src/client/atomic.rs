@@ -76,7 +76,7 @@ pub(super) async fn acquire(
         Err(source) => {
             return Err(LockError::Nats {
                 name: first.to_string(),
-                op: "read the bucket's config for",
+                op: "atomic acquire",
                 source,
             })
         }
