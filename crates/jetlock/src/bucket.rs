@@ -65,8 +65,14 @@ impl BucketSpec {
             allow_message_ttl: true,
             subject_delete_marker_ttl: Some(self.marker_ttl),
             first_sequence: Some(first_seq),
-            metadata: HashMap::from([(FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned())]),
+            metadata: HashMap::from([
+                (FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned()),
+                (ATOMIC_SET_KEY.to_owned(), ATOMIC_SET.to_owned()),
+            ]),
             max_consumers: MAX_CONSUMERS,
+            // Atomic multi-key acquisition writes its keys in one atomic
+            // batch (`store/batch.rs`); a server before 2.12 ignores this.
+            allow_atomic_publish: true,
             ..Default::default()
         }
     }
@@ -78,6 +84,13 @@ impl BucketSpec {
 /// nats-server gives a stream without a limit of its own 1000, and a burst
 /// of waits that reached it kept a coordinator from watching the bucket.
 pub const MAX_CONSUMERS: i32 = 10_000;
+
+/// Stream metadata key saying jetlock turned atomic batches on for this
+/// bucket, so an `allow_atomic` that is off again was turned off by an
+/// operator, and stays off.
+pub const ATOMIC_SET_KEY: &str = "jetlock.allow_atomic";
+/// Its value.
+pub const ATOMIC_SET: &str = "set";
 
 /// Stream metadata key that records how the first sequence was chosen.
 pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
@@ -176,20 +189,7 @@ pub async fn ensure_bucket(
                 warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
                       "locks bucket replica count differs from the requested one; keeping it");
             }
-            // A limit an operator set is kept; none (the server's default,
-            // 1000 since 2.15) becomes ours.
-            if config.max_consumers <= 0 {
-                let raised = jetstream::stream::Config {
-                    max_consumers: MAX_CONSUMERS,
-                    ..config.clone()
-                };
-                match js.update_stream(raised).await {
-                    Ok(_) => info!(bucket = %spec.name, was = config.max_consumers,
-                                   now = MAX_CONSUMERS, "locks bucket consumer limit set"),
-                    Err(e) => warn!(bucket = %spec.name, error = %e,
-                                    "cannot set the locks bucket's consumer limit (nats-server before 2.12 cannot change it); keeping it"),
-                }
-            }
+            upgrade(js, &spec.name, config).await;
             Ok(store)
         }
         Err(BucketError::NotFound { .. }) => {
@@ -208,6 +208,46 @@ pub async fn ensure_bucket(
             }
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Gives a bucket made by an older jetlock what this one adds to new
+/// buckets, leaving what an operator set: the consumer limit where there is
+/// none (the server's default, 1000 since 2.15), and atomic batches where
+/// jetlock never turned them on ([`ATOMIC_SET_KEY`]).
+async fn upgrade(js: &jetstream::Context, bucket: &str, config: &jetstream::stream::Config) {
+    let mut wanted = config.clone();
+    if config.max_consumers <= 0 {
+        wanted.max_consumers = MAX_CONSUMERS;
+    }
+    let atomic = !config.allow_atomic_publish && !config.metadata.contains_key(ATOMIC_SET_KEY);
+    if atomic {
+        wanted.allow_atomic_publish = true;
+        wanted
+            .metadata
+            .insert(ATOMIC_SET_KEY.to_owned(), ATOMIC_SET.to_owned());
+    }
+    if wanted == *config {
+        return;
+    }
+    match js.update_stream(&wanted).await {
+        Ok(info) => {
+            info!(
+                bucket,
+                max_consumers = info.config.max_consumers,
+                allow_atomic = info.config.allow_atomic_publish,
+                "locks bucket settings updated"
+            );
+            if atomic && !info.config.allow_atomic_publish {
+                // A server before 2.12 ignored the setting: take the mark
+                // back, so an upgraded server gets it next time.
+                let mut unmarked = info.config.clone();
+                unmarked.metadata.remove(ATOMIC_SET_KEY);
+                let _ = js.update_stream(&unmarked).await;
+            }
+        }
+        Err(e) => warn!(bucket, error = %e,
+                        "cannot update the locks bucket's consumer limit or atomic batches (nats-server before 2.12 cannot change them); keeping them"),
     }
 }
 

@@ -114,6 +114,12 @@ pub enum LockError {
     /// A partition group's partition count is out of range.
     #[error("a partition group has 1 to {max} partitions, not {partitions}")]
     InvalidPartitions { partitions: u32, max: u32 },
+    /// An atomic multi-key acquisition
+    /// ([`MultiLockRequest::atomic`](crate::MultiLockRequest::atomic)) is
+    /// not possible for this client or on this bucket; nothing was written.
+    /// The ordered `lock_all` still is.
+    #[error("cannot lock {names:?} atomically: {reason}")]
+    NotAtomic { names: Vec<String>, reason: String },
     /// The lock is no longer held by this guard.
     #[error("lock {name:?} was lost: {reason}")]
     Lost { name: String, reason: LostReason },

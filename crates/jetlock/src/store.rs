@@ -14,6 +14,9 @@
 //! landed only sees "wrong last sequence". Instead, a re-send that conflicts
 //! reads the key: if the last message carries the same write id, the first
 //! send landed, and its revision is the answer.
+//!
+//! Writes to several keys at once, all or none, are one atomic batch:
+//! `store/batch.rs`.
 
 use crate::name::LockName;
 use crate::record::{LockRecord, RecordError};
@@ -21,6 +24,9 @@ use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::LastRaw
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use std::time::Duration;
+
+mod batch;
+pub use batch::{BatchError, BatchPut, MAX_BATCH};
 
 /// What the bucket holds for a key right now (as of a read: a hint).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,7 +37,7 @@ pub(super) struct Row {
 /// What one timed loop measured.
 pub(super) struct Measurement {
     pub(super) histogram: Histogram<u64>,
-    elapsed: Duration,
+    pub(super) elapsed: Duration,
 }
 
 impl Default for Measurement {

@@ -18,6 +18,9 @@
 //!   advisory locks as the peer, in `peers/`);
 //! - **W4 failover** (`failover.rs`) — a `jetlock hold` child is killed or
 //!   hung while a waiter is queued: time to the waiter's grant;
+//! - **multi-key** (`multi.rs`) — one client, uncontended `lock_all` +
+//!   release of 2 and 8 keys, ordered (a CAS per key) against atomic (one
+//!   batch);
 //! - **durability** — W1 and W2 again against a server with
 //!   `sync_interval: always` (`--durability`);
 //! - **scaling** (`scaling.rs`, `memory.rs`) — W2 and W3 at 1 to 64
@@ -47,6 +50,7 @@ mod kinds;
 mod latency;
 mod machine;
 mod memory;
+mod multi;
 mod peers;
 mod procs;
 mod report;
@@ -171,6 +175,8 @@ pub enum Workload {
     Kinds,
     /// W2 and W3 at 1 to 64 clients.
     Scaling,
+    /// `lock_all` of 2 and 8 keys, ordered against atomic.
+    Multi,
     /// The coordinator's memory per held lock and per waiter.
     Memory,
     /// Redis, PostgreSQL and etcd, when installed.
@@ -231,6 +237,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         kinds: Vec::new(),
         failover: Vec::new(),
         scaling: Default::default(),
+        multi: Vec::new(),
         memory: None,
         peers: Vec::new(),
         notes: Vec::new(),
@@ -246,6 +253,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Workload::Failover,
         Workload::Scaling,
         Workload::Memory,
+        Workload::Multi,
     ]
     .into_iter()
     .any(selected);
@@ -367,6 +375,10 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
     }
     if !first {
         return Ok(());
+    }
+    if ctx.selected(Workload::Multi) {
+        progress("multi-key: lock_all of 2 and 8 keys, ordered and atomic, interleaved");
+        report.multi = multi::run(&site.client, &ctx.names, ctx.iterations).await?;
     }
     if ctx.selected(Workload::Contention) {
         report.contention = contention_workload(ctx).await?;

@@ -7,6 +7,7 @@ use super::failover::FailoverRow;
 use super::latency::Row;
 use super::machine::Machine;
 use super::memory::{self, MemoryReport};
+use super::multi::MultiRow;
 use super::peers::PeerRow;
 use super::scaling::Scaling;
 use super::throughput::ThroughputRow;
@@ -37,6 +38,8 @@ pub(super) struct Report {
     /// W4.
     pub(super) failover: Vec<FailoverRow>,
     pub(super) scaling: Scaling,
+    /// Multi-key `lock_all`, ordered and atomic.
+    pub(super) multi: Vec<MultiRow>,
     pub(super) memory: Option<MemoryReport>,
     pub(super) peers: Vec<PeerRow>,
     /// What was skipped, and why.
@@ -94,6 +97,7 @@ impl Report {
         self.latency(o);
         self.durability_table(o);
         self.throughput(o);
+        self.multi(o);
         self.contention(o);
         self.kinds(o);
         self.failover(o);
@@ -247,6 +251,43 @@ impl Report {
             "coordinator",
         ];
         o.push_str(&table(&header, "llrrrrrr", &rows));
+    }
+
+    fn multi(&self, o: &mut String) {
+        if self.multi.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\nmulti-key: one client, sequential lock_all + release of the same keys, sync_interval {}; {} sets per row after {} unrecorded warm-up sets\n",
+            self.first_durability(),
+            self.iterations,
+            self.warmup
+        );
+        let rows: Vec<Vec<String>> = self
+            .multi
+            .iter()
+            .map(|r| {
+                vec![
+                    r.path.to_owned(),
+                    r.keys.to_string(),
+                    r.p50_us.to_string(),
+                    r.p99_us.to_string(),
+                    format!("{:.0}", r.sets_per_sec),
+                    r.ratio_to_ordered
+                        .map_or("–".to_owned(), |r| format!("{r:.2}")),
+                ]
+            })
+            .collect();
+        let header = [
+            "lock_all",
+            "keys",
+            "p50 (µs)",
+            "p99 (µs)",
+            "sets/s",
+            "× ordered",
+        ];
+        o.push_str(&table(&header, "lrrrrr", &rows));
     }
 
     fn contention(&self, o: &mut String) {

@@ -286,7 +286,7 @@ async fn fast(
     }
 }
 
-async fn read(inner: &Inner, name: &LockName, wait: Wait) -> Result<Current, LockError> {
+pub(super) async fn read(inner: &Inner, name: &LockName, wait: Wait) -> Result<Current, LockError> {
     let mut tries = 0;
     loop {
         match inner.store.read(name).await {

@@ -18,7 +18,7 @@ use tracing::debug;
 /// safe: a re-send recognises its own landed write by its write id). A waiting acquisition keeps
 /// retrying, with backoff, until its deadline: a leader election mid-request
 /// costs the caller time, not an error.
-const TRANSPORT_RETRIES: u32 = 3;
+pub(super) const TRANSPORT_RETRIES: u32 = 3;
 
 /// How long to wait for a lock.
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,7 @@
 //! - `guard.rs` — [`LockGuard`]: a held lease, the
 //!   loss signal, reentrant holds and release;
 //! - `multi.rs` — [`MultiLockRequest`]: several keys in a global order;
+//! - `atomic.rs` — several keys in one atomic write, or none;
 //! - `rwlock.rs`, `semaphore.rs` — read/write locks and semaphores, built
 //!   of ordinary locks by the rule in `shared.rs`;
 //! - `renewer.rs` — one lease renewer per client for all its holds;
@@ -19,6 +20,7 @@
 //! - `via_coordinator.rs` — renewals and releases as coordinator requests.
 
 mod acquire;
+mod atomic;
 mod attempt;
 pub mod belief;
 mod fast_path;

@@ -4,6 +4,9 @@
 //! two transfers over the same two accounts, requested as (a, b) and (b, a),
 //! both lock `a` first: no cycle of waiters can form. One deadline covers the
 //! whole set; if any lock cannot be had, the ones already taken are released.
+//!
+//! With [`MultiLockRequest::atomic`] the set is instead granted by one
+//! atomic write of every key, or not at all (`atomic.rs`).
 
 use super::acquire::acquire;
 use super::attempt::Wait;
@@ -22,6 +25,7 @@ pub struct MultiLockRequest {
     names: Vec<Result<LockName, NameError>>,
     ttl: Option<Duration>,
     timeout: Option<Duration>,
+    atomic: bool,
 }
 
 impl MultiLockRequest {
@@ -31,6 +35,7 @@ impl MultiLockRequest {
             names,
             ttl: None,
             timeout: None,
+            atomic: false,
         }
     }
 
@@ -46,13 +51,33 @@ impl MultiLockRequest {
         self
     }
 
-    /// Acquires every lock, in key order. Duplicate names count once.
+    /// Grant the whole set in one write, or nothing: the client never
+    /// holds part of it, not even while it waits (the ordered acquisition
+    /// holds the first keys while it waits for the next). Needs a client
+    /// that writes the bucket itself ([`crate::Client::fast_path`]) and a
+    /// bucket that takes atomic batches (nats-server 2.12+; see
+    /// `docs/ARCHITECTURE.md`), or fails with [`LockError::NotAtomic`].
+    /// While any key is held it waits for all to be free at once; it does
+    /// not queue with a coordinator, so it never overtakes a queued waiter,
+    /// and under steady queued contention it waits until its deadline.
+    /// At most [`crate::store::MAX_BATCH`] keys.
+    pub fn atomic(mut self) -> Self {
+        self.atomic = true;
+        self
+    }
+
+    /// Acquires every lock, in key order (or at once: [`Self::atomic`]).
+    /// Duplicate names count once.
     pub async fn acquire(self) -> Result<MultiLockGuard, LockError> {
         let mut names = self.names.into_iter().collect::<Result<Vec<_>, _>>()?;
         names.sort();
         names.dedup();
         let ttl = check_ttl(self.ttl.unwrap_or(self.inner.options.default_ttl))?;
         let wait = Wait::from_timeout(self.timeout);
+        if self.atomic {
+            let guards = super::atomic::acquire(&self.inner, &names, ttl, wait).await?;
+            return Ok(MultiLockGuard { guards });
+        }
         let mut guards = Vec::with_capacity(names.len());
         for name in &names {
             match acquire(&self.inner, name, None, ttl, wait, true).await {
