@@ -399,3 +399,43 @@ async fn bad_permits_and_names_too_long_for_their_parts_are_refused_and_write_no
     };
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+/// Reads by many owners of one session hold one key under the name, so
+/// what a writer reads stays one key per reading session.
+#[tokio::test]
+async fn a_sessions_reads_share_one_key_whatever_their_owners() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    for i in 0..20 {
+        let r = c
+            .read_lock("books")
+            .owner(format!("txn-{i}"))
+            .acquire()
+            .await
+            .unwrap();
+        r.release().await.unwrap();
+    }
+    let held: Vec<_> = (0..5)
+        .map(|i| c.read_lock("books").owner(format!("batch-{i}")))
+        .collect();
+    let mut guards = Vec::new();
+    for r in held {
+        guards.push(r.acquire().await.unwrap());
+    }
+    let keys: Vec<String> = {
+        use futures::TryStreamExt;
+        c.store()
+            .kv()
+            .keys()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    let readers: Vec<_> = keys.iter().filter(|k| k.contains("read")).collect();
+    assert_eq!(readers.len(), 1, "{readers:?}");
+    for g in guards {
+        g.release().await.unwrap();
+    }
+}

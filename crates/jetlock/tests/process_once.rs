@@ -35,6 +35,16 @@ async fn payments(url: &str, ack_wait: Duration) -> (jetstream::Context, pull::C
     (js, config)
 }
 
+/// The workers' durable consumer.
+async fn settle(js: &jetstream::Context) -> jetstream::consumer::PullConsumer {
+    js.get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .get_consumer("settle")
+        .await
+        .unwrap()
+}
+
 /// What the work did, per payment: how many times it ran, fenced.
 #[derive(Default)]
 struct Effects {
@@ -77,13 +87,7 @@ async fn every_payment_is_processed_once_across_duplicates_and_redeliveries() {
         let once = ProcessOnce::new(&c, ProcessOnceOptions::default())
             .await
             .unwrap();
-        let consumer: jetstream::consumer::PullConsumer = js
-            .get_stream("PAYMENTS")
-            .await
-            .unwrap()
-            .get_consumer("settle")
-            .await
-            .unwrap();
+        let consumer = settle(&js).await;
         let (effects, handled) = (effects.clone(), handled.clone());
         workers.push(tokio::spawn(async move {
             let mut messages = consumer.messages().await.unwrap();
@@ -151,13 +155,7 @@ async fn a_message_whose_worker_died_is_processed_by_another() {
         .unwrap()
         .await
         .unwrap();
-    let consumer: jetstream::consumer::PullConsumer = js
-        .get_stream("PAYMENTS")
-        .await
-        .unwrap()
-        .get_consumer("settle")
-        .await
-        .unwrap();
+    let consumer = settle(&js).await;
     let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
     // Taken, then the worker is gone: neither acked nor processed.
     drop(batch.next().await.unwrap().unwrap());

@@ -43,7 +43,7 @@ pub use guard::LockGuard;
 pub use multi::{MultiLockGuard, MultiLockRequest};
 pub use rwlock::{RwLockGuard, RwLockRequest, RwMode};
 pub use semaphore::{Permit, SemaphoreRequest, MAX_PERMITS};
-pub use shared::HeldAs;
+pub use shared::{HeldAs, PartGuard};
 
 use crate::bucket::{self, BucketSpec, DEFAULT_BUCKET, DEFAULT_MARKER_TTL};
 use crate::connect::{Auth, Credentials, Login};
@@ -337,6 +337,7 @@ impl ClientOptions {
             link: link.clone(),
             fast_path,
             watchers: watchers::Watchers::default(),
+            reads: rwlock::Reads::default(),
         });
         session::SessionLink::start(&link, Arc::downgrade(&inner), nats)
             .await
@@ -375,6 +376,8 @@ pub(crate) struct Inner {
     pub(crate) fast_path: Arc<fast_path::FastPath>,
     /// The keys this client's waits without a coordinator watch.
     pub(crate) watchers: watchers::Watchers,
+    /// This session's reads of read/write locks (`rwlock.rs`).
+    pub(crate) reads: rwlock::Reads,
 }
 
 impl Drop for Inner {

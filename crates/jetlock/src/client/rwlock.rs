@@ -1,12 +1,16 @@
 //! Read/write locks: many readers or one writer (`shared.rs` has the
 //! layout and the rule they keep).
 //!
-//! - A reader holds its own key, `N:~rw:read:<session>:<owner>`, so
-//!   readers never contend on a write: 32 readers are 32 independent CAS
+//! - A session's reads hold one key of its own, `N:~rw:read:<session>`
+//!   (its reads after the first add holds to it), so readers of different
+//!   sessions never contend on a write: 32 readers are 32 independent CAS
 //!   creates (docs/ARCHITECTURE.md has the measurement behind this
-//!   choice). It then reads the gate `N:~rw:write`; held by somebody
-//!   else, it deletes its key and queues for the gate, takes its key while
-//!   holding the gate, and passes the gate on.
+//!   choice), and the keys under the name stay one per reading session,
+//!   whatever the owners. A first read then reads the gate `N:~rw:write`;
+//!   held by somebody else, it deletes its key and queues for the gate,
+//!   takes its key while holding the gate, and passes the gate on. A
+//!   session's further read checks the gate first and, with a writer
+//!   waiting, queues behind it instead of adding a hold.
 //! - A writer holds the gate, then waits until no reader key is held. A
 //!   queued writer thus stops new readers from barging past it, and the
 //!   readers queued behind it go in turn once it releases: FIFO, no
@@ -15,23 +19,23 @@
 //!   earlier reader's key: above every earlier reader's token, so a fence
 //!   refuses a reader that outlived a writer's grant ([`crate::Fence`]'s
 //!   `admit_read`).
-//! - Reentrant by owner: a second read (or write) by the same owner adds a
-//!   hold; a read by the owner holding the write goes in (downgrade). A
-//!   write by an owner holding a read is refused ([`LockError::Upgrade`]):
-//!   two upgrading readers would wait for each other forever.
+//! - Reentrant: reads share their session's key; a second write by the
+//!   same owner adds a hold; a read by the owner holding the write goes in
+//!   (downgrade). A write by an owner holding a read is refused
+//!   ([`LockError::Upgrade`]): two upgrading readers would wait for each
+//!   other forever.
 
 use super::acquire::acquire;
 use super::attempt::Wait;
 use super::guard::LockGuard;
-use super::shared::{gate_open, sub_name, Holders};
+use super::shared::{gate_open, renamed, sub_name, Holders, PartGuard};
 use super::{check_ttl, Inner};
 use crate::error::LockError;
-use crate::fence::FencingToken;
 use crate::name::{LockName, NameError};
+use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Read (shared) or write (exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +111,14 @@ impl RwLockRequest {
         let inner = &self.inner;
         let owner = self.owner.unwrap_or_else(|| inner.default_owner());
         let started = Instant::now();
-        let keys = Keys::of(&name, &inner.session, &owner)?;
+        let keys = Keys::of(&name, &inner.session)?;
         let take = Take {
             inner,
             owner: &owner,
+            key_owner: match self.mode {
+                RwMode::Read => READER,
+                RwMode::Write => &owner,
+            },
             ttl,
             wait,
             auto_renew: self.auto_renew,
@@ -120,27 +128,31 @@ impl RwLockRequest {
             RwMode::Write => write(&take, &keys).await,
         }
         .map_err(|e| renamed(e, &name, started))?;
+        let read = (self.mode == RwMode::Read).then(|| Read::new(inner, name.key(), &owner));
         Ok(RwLockGuard {
-            guard,
-            name,
+            part: PartGuard::new(guard, name),
             mode: self.mode,
+            _read: read,
         })
     }
 }
 
-/// The keys of one owner's read/write lock.
+/// The keys of a read/write lock, as one session sees them.
 struct Keys {
+    /// The read/write lock's own key (no key holds it).
+    lock: String,
     gate: LockName,
     readers: LockName,
     mine: LockName,
 }
 
 impl Keys {
-    fn of(name: &LockName, session: &str, owner: &str) -> Result<Keys, LockError> {
+    fn of(name: &LockName, session: &str) -> Result<Keys, LockError> {
         Ok(Keys {
+            lock: name.key().to_owned(),
             gate: sub_name(name, "rw", &["write"])?,
             readers: sub_name(name, "rw", &["read"])?,
-            mine: sub_name(name, "rw", &["read", session, owner])?,
+            mine: sub_name(name, "rw", &["read", session])?,
         })
     }
 }
@@ -148,7 +160,11 @@ impl Keys {
 /// What every acquisition of a sub-lock of one request shares.
 pub(super) struct Take<'a> {
     pub(super) inner: &'a Arc<Inner>,
+    /// Who asks (reentrancy of writes, downgrades, upgrades).
     pub(super) owner: &'a str,
+    /// The owner the keys taken are held as: `owner`, or for reads the
+    /// session's one reader ([`READER`]).
+    pub(super) key_owner: &'a str,
     pub(super) ttl: Duration,
     pub(super) wait: Wait,
     pub(super) auto_renew: bool,
@@ -159,7 +175,7 @@ impl Take<'_> {
     pub(super) fn holds(&self, name: &LockName) -> bool {
         self.inner
             .holds
-            .get(&(name.key().to_owned(), self.owner.to_owned()))
+            .get(&(name.key().to_owned(), self.key_owner.to_owned()))
             .and_then(|weak| weak.upgrade())
             .is_some()
     }
@@ -168,7 +184,7 @@ impl Take<'_> {
         acquire(
             self.inner,
             name,
-            Some(self.owner.to_owned()),
+            Some(self.key_owner.to_owned()),
             self.ttl,
             wait,
             self.auto_renew,
@@ -193,8 +209,21 @@ impl Take<'_> {
 }
 
 async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
+    // One read at a time finds out whether the session's key is held:
+    // two first reads racing would each try to create it.
+    let entry = take.inner.reads.entry(keys.mine.key());
+    let _one = entry.lock().await;
     if take.holds(&keys.mine) {
-        return take.lock(&keys.mine, take.wait).await;
+        // The key is held by this session's other reads, and a writer
+        // waits for it: adding a hold would let this read barge past the
+        // writer, so with the gate taken it queues instead.
+        if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
+            return take.lock(&keys.mine, take.wait).await;
+        }
+        if let Wait::No = take.wait {
+            return Err(busy(&keys.gate));
+        }
+        return take.through_gate(&keys.gate, &keys.mine).await;
     }
     let guard = take.lock(&keys.mine, take.wait).await?;
     if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
@@ -210,7 +239,7 @@ async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
 }
 
 async fn write(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
-    if take.holds(&keys.mine) {
+    if take.inner.reads.reading(&keys.lock, take.owner) {
         return Err(LockError::Upgrade {
             name: keys.gate.to_string(),
         });
@@ -258,6 +287,61 @@ async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), Loc
     Ok(())
 }
 
+/// The owner a session's reader key is held as.
+const READER: &str = "reader";
+
+/// A session's reads: who reads which lock (to refuse upgrades), and one
+/// entry per reader key so that first reads take turns.
+#[derive(Default)]
+pub(crate) struct Reads {
+    by_owner: DashMap<(String, String), u32>,
+    entries: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Reads {
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.entries.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Whether `owner` reads the read/write lock whose key is `lock`.
+    fn reading(&self, lock: &str, owner: &str) -> bool {
+        self.by_owner
+            .get(&(lock.to_owned(), owner.to_owned()))
+            .is_some_and(|n| *n > 0)
+    }
+}
+
+/// One read by one owner, counted while its guard lives.
+struct Read {
+    inner: Arc<Inner>,
+    key: (String, String),
+}
+
+impl Read {
+    fn new(inner: &Arc<Inner>, lock: &str, owner: &str) -> Read {
+        let key = (lock.to_owned(), owner.to_owned());
+        *inner.reads.by_owner.entry(key.clone()).or_default() += 1;
+        Read {
+            inner: inner.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        let reads = &self.inner.reads.by_owner;
+        reads.alter(&self.key, |_, n| n.saturating_sub(1));
+        reads.remove_if(&self.key, |_, n| *n == 0);
+    }
+}
+
+impl std::fmt::Debug for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Read").field(&self.key.1).finish()
+    }
+}
+
 pub(super) fn busy(name: &LockName) -> LockError {
     LockError::Busy {
         name: name.to_string(),
@@ -265,81 +349,34 @@ pub(super) fn busy(name: &LockName) -> LockError {
     }
 }
 
-/// Errors name the lock the caller asked for, not the key under it.
-pub(super) fn renamed(e: LockError, name: &LockName, started: Instant) -> LockError {
-    let name = name.to_string();
-    match e {
-        LockError::Busy { holder, .. } => LockError::Busy { name, holder },
-        LockError::Timeout { .. } => LockError::Timeout {
-            name,
-            waited: started.elapsed(),
-        },
-        LockError::Lost { reason, .. } => LockError::Lost { name, reason },
-        LockError::Upgrade { .. } => LockError::Upgrade { name },
-        e => e,
-    }
-}
-
 /// A held read or write lock. Dropping it releases the hold in the
-/// background; [`RwLockGuard::release`] does it in the foreground.
+/// background; [`RwLockGuard::release`] does it in the foreground. Its
+/// token, loss signal and deadline are the [`PartGuard`]'s it dereferences
+/// to.
 #[must_use = "the lock is released when the guard is dropped"]
 #[derive(Debug)]
 pub struct RwLockGuard {
-    guard: LockGuard,
-    name: LockName,
+    part: PartGuard,
     mode: RwMode,
+    /// Counts this read for [`LockError::Upgrade`] while the guard lives.
+    _read: Option<Read>,
 }
 
 impl RwLockGuard {
-    /// The fencing token: a reader's passes [`crate::Fence::admit_read`], a
-    /// writer's [`crate::Fence::admit`].
-    pub fn token(&self) -> FencingToken {
-        self.guard.token()
-    }
-
-    /// The read/write lock's name.
-    pub fn name(&self) -> &str {
-        self.name.as_str()
-    }
-
     pub fn mode(&self) -> RwMode {
         self.mode
     }
 
-    pub fn owner(&self) -> &str {
-        self.guard.owner()
-    }
-
-    /// Resolves when the hold is lost (see [`LockGuard::lost`]).
-    pub fn lost(&self) -> WaitForCancellationFutureOwned {
-        self.guard.lost()
-    }
-
-    pub fn is_lost(&self) -> bool {
-        self.guard.is_lost()
-    }
-
-    pub fn lost_reason(&self) -> Option<crate::error::LostReason> {
-        self.guard.lost_reason()
-    }
-
-    /// See [`LockGuard::deadline`].
-    pub fn deadline(&self) -> std::time::Instant {
-        self.guard.deadline()
-    }
-
-    /// The ordinary lock under the name that this hold is (the reader's own
-    /// key, or the gate): for operators' views and tools.
-    pub fn key_guard(&self) -> &LockGuard {
-        &self.guard
-    }
-
     /// Releases this hold; see [`LockGuard::release`].
     pub async fn release(self) -> Result<(), LockError> {
-        let name = self.name;
-        self.guard
-            .release()
-            .await
-            .map_err(|e| renamed(e, &name, Instant::now()))
+        self.part.release().await
+    }
+}
+
+impl std::ops::Deref for RwLockGuard {
+    type Target = PartGuard;
+
+    fn deref(&self) -> &PartGuard {
+        &self.part
     }
 }

@@ -16,16 +16,14 @@
 
 use super::attempt::Wait;
 use super::guard::LockGuard;
-use super::rwlock::{busy, renamed, Take};
-use super::shared::{gate_open, sub_name, Holders};
+use super::rwlock::{busy, Take};
+use super::shared::{gate_open, renamed, sub_name, Holders, PartGuard};
 use super::{check_ttl, Inner};
 use crate::error::LockError;
-use crate::fence::FencingToken;
 use crate::name::{LockName, NameError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Most permits a semaphore may have: a newcomer may try each.
 pub const MAX_PERMITS: u32 = 1024;
@@ -97,6 +95,7 @@ impl SemaphoreRequest {
         let take = Take {
             inner,
             owner: &owner,
+            key_owner: &owner,
             ttl,
             wait,
             auto_renew: self.auto_renew,
@@ -106,7 +105,10 @@ impl SemaphoreRequest {
         let (guard, index) = permit(&take, &slots)
             .await
             .map_err(|e| renamed(e, &name, started))?;
-        Ok(Permit { guard, name, index })
+        Ok(Permit {
+            part: PartGuard::new(guard, name),
+            index,
+        })
     }
 }
 
@@ -208,60 +210,32 @@ async fn wait_for_permit(
 }
 
 /// A held permit. Dropping it releases it in the background;
-/// [`Permit::release`] does it in the foreground.
+/// [`Permit::release`] does it in the foreground. Its token (its own
+/// lease's), loss signal and deadline are the [`PartGuard`]'s it
+/// dereferences to.
 #[must_use = "the permit is released when it is dropped"]
 #[derive(Debug)]
 pub struct Permit {
-    guard: LockGuard,
-    name: LockName,
+    part: PartGuard,
     index: u32,
 }
 
 impl Permit {
-    /// This permit's fencing token (its own lease's, see the module docs).
-    pub fn token(&self) -> FencingToken {
-        self.guard.token()
-    }
-
-    /// The semaphore's name.
-    pub fn name(&self) -> &str {
-        self.name.as_str()
-    }
-
     /// Which permit this is, below the N it was taken with.
     pub fn index(&self) -> u32 {
         self.index
     }
 
-    /// Resolves when the permit is lost (see [`LockGuard::lost`]).
-    pub fn lost(&self) -> WaitForCancellationFutureOwned {
-        self.guard.lost()
-    }
-
-    pub fn is_lost(&self) -> bool {
-        self.guard.is_lost()
-    }
-
-    pub fn lost_reason(&self) -> Option<crate::error::LostReason> {
-        self.guard.lost_reason()
-    }
-
-    /// See [`LockGuard::deadline`].
-    pub fn deadline(&self) -> std::time::Instant {
-        self.guard.deadline()
-    }
-
-    /// The ordinary lock this permit is.
-    pub fn key_guard(&self) -> &LockGuard {
-        &self.guard
-    }
-
     /// Releases the permit; see [`LockGuard::release`].
     pub async fn release(self) -> Result<(), LockError> {
-        let name = self.name;
-        self.guard
-            .release()
-            .await
-            .map_err(|e| renamed(e, &name, Instant::now()))
+        self.part.release().await
+    }
+}
+
+impl std::ops::Deref for Permit {
+    type Target = PartGuard;
+
+    fn deref(&self) -> &PartGuard {
+        &self.part
     }
 }

@@ -23,12 +23,92 @@
 //! semaphores").
 
 use super::attempt::within;
+use super::guard::LockGuard;
 use super::Inner;
-use crate::error::LockError;
+use crate::error::{LockError, LostReason};
+use crate::fence::FencingToken;
 use crate::name::LockName;
 use crate::store::{Current, KeyWatch};
 use std::collections::HashSet;
 use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// One key held under a read/write lock's or semaphore's name: what a
+/// [`crate::RwLockGuard`] and a [`crate::Permit`] have in common (they
+/// dereference to it). Its errors name the lock asked for, not the key.
+#[derive(Debug)]
+pub struct PartGuard {
+    guard: LockGuard,
+    name: LockName,
+}
+
+impl PartGuard {
+    pub(crate) fn new(guard: LockGuard, name: LockName) -> Self {
+        PartGuard { guard, name }
+    }
+
+    /// The fencing token of this hold's key.
+    pub fn token(&self) -> FencingToken {
+        self.guard.token()
+    }
+
+    /// The read/write lock's or semaphore's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    pub fn owner(&self) -> &str {
+        self.guard.owner()
+    }
+
+    /// Resolves when the hold is lost (see [`LockGuard::lost`]).
+    pub fn lost(&self) -> WaitForCancellationFutureOwned {
+        self.guard.lost()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.guard.is_lost()
+    }
+
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.guard.lost_reason()
+    }
+
+    /// See [`LockGuard::deadline`].
+    pub fn deadline(&self) -> std::time::Instant {
+        self.guard.deadline()
+    }
+
+    /// The ordinary lock this hold is (a reader's own key, the gate, a
+    /// permit's key): for operators' views and tools.
+    pub fn key_guard(&self) -> &LockGuard {
+        &self.guard
+    }
+
+    /// Releases this hold; see [`LockGuard::release`].
+    pub async fn release(self) -> Result<(), LockError> {
+        let name = self.name;
+        self.guard
+            .release()
+            .await
+            .map_err(|e| renamed(e, &name, Instant::now()))
+    }
+}
+
+/// Errors name the lock the caller asked for, not the key under it.
+pub(crate) fn renamed(e: LockError, name: &LockName, started: Instant) -> LockError {
+    let name = name.to_string();
+    match e {
+        LockError::Busy { holder, .. } => LockError::Busy { name, holder },
+        LockError::Timeout { .. } => LockError::Timeout {
+            name,
+            waited: started.elapsed(),
+        },
+        LockError::Lost { reason, .. } => LockError::Lost { name, reason },
+        LockError::Upgrade { .. } => LockError::Upgrade { name },
+        e => e,
+    }
+}
 
 /// The name `<name>:~<kind>:<parts...>`; `~` keeps it apart from names a
 /// user would pick for locks of their own under `name`.
