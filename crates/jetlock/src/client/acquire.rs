@@ -266,7 +266,22 @@ async fn fast(
                 }
             }
         }
-        match within(wait.deadline(), seen.changed()).await {
+        // A coordinator whose first heartbeat answer came late, or that
+        // started after this wait did, shows up in the session link, not
+        // on the key: look at the link every so often, so a wait on a key
+        // that does not change joins the queue too.
+        let changed = async { tokio::time::timeout(LINK_CHECK, seen.changed()).await.ok() };
+        let changed = match within(wait.deadline(), changed).await {
+            Some(None) => {
+                if inner.queued() {
+                    return super::queue::acquire(attempt, wait, started).await;
+                }
+                continue;
+            }
+            Some(Some(changed)) => Some(changed),
+            None => None,
+        };
+        match changed {
             Some(Ok(())) => {}
             // The watcher stops only with nobody subscribed: not reached
             // while this wait holds on; start another all the same.
@@ -285,6 +300,9 @@ async fn fast(
         }
     }
 }
+
+/// How often a wait without a coordinator looks whether one answers now.
+const LINK_CHECK: Duration = Duration::from_millis(250);
 
 pub(super) async fn read(inner: &Inner, name: &LockName, wait: Wait) -> Result<Current, LockError> {
     let mut tries = 0;
