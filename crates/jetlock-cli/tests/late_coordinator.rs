@@ -33,5 +33,6 @@ async fn a_wait_begun_without_a_coordinator_joins_the_queue_of_a_later_one() {
     let _coordinator = start.await.unwrap();
     guard.release().await.unwrap();
     let (_, granted) = tokio::time::timeout(PATIENCE, wait).await.unwrap().unwrap();
-    granted.expect("granted by the coordinator's handoff");
+    let granted = granted.expect("granted by the coordinator's handoff");
+    granted.release().await.unwrap();
 }
