@@ -11,6 +11,36 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+/// Where each task of a stress test is, for the message of a test that
+/// hangs (a hang is a bug to find: this says where to look).
+#[derive(Clone)]
+struct Steps(Arc<Vec<std::sync::Mutex<(usize, &'static str)>>>);
+
+impl Steps {
+    fn new(tasks: usize) -> Steps {
+        Steps(Arc::new(
+            (0..tasks)
+                .map(|_| std::sync::Mutex::new((0, "start")))
+                .collect(),
+        ))
+    }
+
+    fn at(&self, task: usize, round: usize, step: &'static str) {
+        *self.0[task].lock().unwrap() = (round, step);
+    }
+
+    fn report(&self) -> String {
+        let mut out = String::new();
+        for (t, s) in self.0.iter().enumerate() {
+            let (round, step) = *s.lock().unwrap();
+            if step != "done" {
+                out.push_str(&format!("task {t} round {round}: {step}; "));
+            }
+        }
+        out
+    }
+}
+
 /// Waits until somebody holds `name` (a key under a read/write lock or
 /// semaphore: the gate a waiter holds).
 async fn until_held(c: &Client, name: &str) {
@@ -146,13 +176,17 @@ async fn thirty_two_tasks_mixing_reads_and_writes_never_overlap_a_write() {
     for _ in 0..8 {
         clients.push(client(&server.url(), 1).await);
     }
+    let steps = Steps::new(32);
     let mut tasks = Vec::new();
     for t in 0..32 {
         let (c, holds, fence) = (clients[t % 8].clone(), holds.clone(), fence.clone());
+        let steps = steps.clone();
         tasks.push(tokio::spawn(async move {
             for round in 0..ROUNDS {
+                steps.at(t, round, "acquiring");
                 if (t + round) % 10 == 0 {
                     let w = c.write_lock("balance").acquire().await.unwrap();
+                    steps.at(t, round, "writing");
                     let from = Instant::now();
                     fence
                         .admit("balance", w.token())
@@ -162,6 +196,7 @@ async fn thirty_two_tasks_mixing_reads_and_writes_never_overlap_a_write() {
                     w.release().await.unwrap();
                 } else {
                     let r = c.read_lock("balance").acquire().await.unwrap();
+                    steps.at(t, round, "reading");
                     let from = Instant::now();
                     fence
                         .admit_read("balance", r.token())
@@ -171,11 +206,12 @@ async fn thirty_two_tasks_mixing_reads_and_writes_never_overlap_a_write() {
                     r.release().await.unwrap();
                 }
             }
+            steps.at(t, ROUNDS, "done");
         }));
     }
     timeout(Duration::from_secs(300), join_all(tasks))
         .await
-        .expect("all tasks finish")
+        .unwrap_or_else(|_| panic!("tasks stuck: {}", steps.report()))
         .into_iter()
         .for_each(|r| r.expect("task"));
     let all = holds.all();
@@ -217,31 +253,35 @@ async fn a_semaphore_never_has_more_holders_than_permits() {
     let server = single();
     let _coordinator = coordinator(&server.url()).await;
     let holds = Arc::new(Holds::default());
+    let steps = Steps::new(16);
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(client(&server.url(), 1).await);
     }
     let mut tasks = Vec::new();
     for t in 0..16 {
-        let (c, holds) = (clients[t % 4].clone(), holds.clone());
+        let (c, holds, steps) = (clients[t % 4].clone(), holds.clone(), steps.clone());
         tasks.push(tokio::spawn(async move {
-            for _ in 0..10 {
+            for round in 0..10 {
+                steps.at(t, round, "acquiring");
                 let p = c
                     .semaphore("bank-connector", PERMITS)
                     .acquire()
                     .await
                     .unwrap();
+                steps.at(t, round, "holding");
                 let from = Instant::now();
                 assert!(p.index() < PERMITS);
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 holds.record(HoldKind::Permit, p.token(), from);
                 p.release().await.unwrap();
             }
+            steps.at(t, 10, "done");
         }));
     }
     timeout(Duration::from_secs(300), join_all(tasks))
         .await
-        .expect("all tasks finish")
+        .unwrap_or_else(|_| panic!("tasks stuck: {}", steps.report()))
         .into_iter()
         .for_each(|r| r.expect("task"));
     assert_eq!(holds.all().len(), 160);
