@@ -43,7 +43,7 @@ use jetlock_coordinator::{Coordinator, CoordinatorConfig};
 use jetlock_testkit::server::{server_binary, server_version, NatsServer};
 use ledger::{Fault, Ledger};
 use plan::Plan;
-use service::{Chaos, LedgerService};
+use service::{Chaos, LedgerService, Strike};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +76,10 @@ pub struct DemoArgs {
     /// while the run goes on; killed workers are replaced.
     #[arg(long)]
     chaos: bool,
+    /// With --chaos: strike about this often (each gap drawn from the seed
+    /// between half and one and a half of it), e.g. `500ms`, `3s`.
+    #[arg(long, default_value = "3s", value_parser = chaos_every)]
+    chaos_every: Duration,
     /// NATS server URL(s), comma-separated, where a coordinator serves (or
     /// pass --coordinator). Without it, a local nats-server and a
     /// coordinator are started for the run. Logs in with the credentials
@@ -154,9 +158,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         plan.transfers,
         args.fault,
     )));
-    let chaos = args
-        .chaos
-        .then(|| Arc::new(Chaos::new(args.transfers, seed)));
+    let chaos = args.chaos.then(|| {
+        Arc::new(Chaos::new(
+            args.chaos_every,
+            seed,
+            vec![Strike::KillWorker, Strike::PauseWorker],
+        ))
+    });
     let crew = Arc::new(Crew::new(WorkerCommand {
         exe: std::env::current_exe()?,
         access: site.access.clone(),
@@ -205,6 +213,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             accounts: args.accounts,
             transfers: args.transfers,
             chaos: args.chaos,
+            chaos_every_s: args.chaos.then(|| args.chaos_every.as_secs_f64()),
             seed,
             fault: args.fault,
             nats: site.nats.clone(),
@@ -237,7 +246,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 }
 
 /// Runs until every message is acknowledged (the work queue is empty):
-/// keeps the workers alive, arms chaos, shows progress. Fails when nothing
+/// keeps the workers alive, lets chaos strike, shows progress. Fails when nothing
 /// settles for [`STALL`].
 async fn drive(
     crew: &Crew,
@@ -255,7 +264,8 @@ async fn drive(
         crew.supervise()?;
         let counts = service::lock(ledger).counts();
         if let Some(chaos) = chaos {
-            chaos.arm(counts.applied);
+            // Only worker strikes so far: they are armed, none is returned.
+            let _ = chaos.due(Instant::now());
         }
         let c = crew.counts();
         bar.set_position(counts.applied);
@@ -459,6 +469,16 @@ async fn await_coordinator(nats: &async_nats::Client, access: &Access) -> Result
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `--chaos-every`: a humantime duration of at least 10 ms (chaos looks
+/// at the clock every 50 ms; shorter gaps only strike on every look).
+fn chaos_every(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if every < Duration::from_millis(10) {
+        return Err(format!("{text} is too short: at least 10ms"));
+    }
+    Ok(every)
 }
 
 fn random_seed() -> u64 {

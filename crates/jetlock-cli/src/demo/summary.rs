@@ -13,6 +13,8 @@ pub struct Summary {
     pub accounts: u32,
     pub transfers: u64,
     pub chaos: bool,
+    /// About how often chaos struck (`--chaos-every`), with --chaos.
+    pub chaos_every_s: Option<f64>,
     pub seed: u64,
     /// The deliberate ledger fault (tests only), if any.
     pub fault: Option<Fault>,
@@ -106,10 +108,11 @@ impl Summary {
             row(
                 "chaos",
                 format!(
-                    "{} (kill -9), {} (SIGSTOP for 1.5-3 s), {} respawned",
+                    "{} (kill -9), {} (SIGSTOP for 1.5-3 s), {} respawned; about every {:.1} s",
                     count(self.kills, "kill"),
                     count(self.pauses, "pause"),
-                    count(self.respawns, "worker")
+                    count(self.respawns, "worker"),
+                    self.chaos_every_s.unwrap_or_default()
                 ),
             );
         }
