@@ -24,8 +24,9 @@
 //!   locks move on to other workers, and when it wakes, its write, computed
 //!   from the stale read, must be fenced off.
 //!
-//! A worker strike waits for its moment; the next one is not armed before
-//! it has struck, so strikes never pile up on a slow run.
+//! With `--cluster`, servers and coordinators take turns too
+//! (`cluster.rs`). A worker strike waits for its moment; the next one is
+//! not armed before it has struck, so strikes never pile up on a slow run.
 
 use super::crew::Crew;
 use super::ledger::{Ledger, Moment};
@@ -56,9 +57,30 @@ pub enum Strike {
     KillWorker,
     /// SIGSTOP the next worker that has read its balances.
     PauseWorker,
+    /// SIGKILL a nats-server node of `--cluster` (`cluster.rs`).
+    KillServer,
+    /// SIGSTOP a nats-server node of `--cluster`.
+    PauseServer,
+    /// SIGKILL a coordinator process of `--cluster`.
+    KillCoordinator,
 }
 
 impl Strike {
+    /// The strikes in turn: on workers, and with `--cluster` on the fleet.
+    pub fn turns(cluster: bool) -> Vec<Strike> {
+        if cluster {
+            vec![
+                Strike::KillWorker,
+                Strike::KillServer,
+                Strike::PauseWorker,
+                Strike::PauseServer,
+                Strike::KillCoordinator,
+            ]
+        } else {
+            vec![Strike::KillWorker, Strike::PauseWorker]
+        }
+    }
+
     /// Whether the strike waits for a worker's moment at the ledger.
     fn at_a_moment(self) -> bool {
         matches!(self, Strike::KillWorker | Strike::PauseWorker)
@@ -126,6 +148,16 @@ impl Chaos {
         state.next += 1;
         state.next_at = Some(now + state.gap(self.every));
         (!strike.at_a_moment()).then_some(strike)
+    }
+
+    /// A length drawn from the seed between `range.0` and `range.1` ms.
+    pub fn draw(&self, range: (u64, u64)) -> Duration {
+        self.state().draw(range)
+    }
+
+    /// One of `0..n`, drawn from the seed.
+    pub fn pick(&self, n: u64) -> u64 {
+        self.state().rng.below(n)
     }
 
     /// Strikes `crew` if the armed strike belongs to `moment`.
@@ -229,12 +261,10 @@ impl Drop for LedgerService {
 mod tests {
     use super::*;
 
-    const WORKERS: [Strike; 2] = [Strike::KillWorker, Strike::PauseWorker];
-
     #[test]
     fn worker_strikes_arm_when_due_one_at_a_time_in_turn() {
         let every = Duration::from_secs(2);
-        let chaos = Chaos::new(every, 1, WORKERS.to_vec());
+        let chaos = Chaos::new(every, 1, Strike::turns(false));
         let t0 = Instant::now();
         assert_eq!(chaos.due(t0), None);
         let first = chaos.state().next_at.expect("scheduled");
@@ -256,7 +286,7 @@ mod tests {
     #[test]
     fn the_seed_decides_the_gaps() {
         let gaps = |seed| {
-            let chaos = Chaos::new(Duration::from_secs(3), seed, WORKERS.to_vec());
+            let chaos = Chaos::new(Duration::from_secs(3), seed, Strike::turns(false));
             let mut state = chaos.state();
             (0..5)
                 .map(|_| state.gap(Duration::from_secs(3)))
