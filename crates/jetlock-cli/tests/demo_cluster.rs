@@ -15,6 +15,9 @@ use common::demo::{assert_no_process_of, count, invariant, INVARIANTS};
 use jetlock_testkit::server::Role;
 use std::time::Instant;
 
+/// Both runs: 3 workers, 20 accounts, 300 transfers.
+const SIZE: [&str; 6] = ["--workers", "3", "--accounts", "20", "--transfers", "300"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_on_the_cluster_as_the_demo_user_without_a_refusal() {
     let started = Instant::now();
@@ -30,17 +33,9 @@ async fn the_demo_runs_on_the_cluster_as_the_demo_user_without_a_refusal() {
     let (user, password) = (login.user().to_owned(), login.password().to_owned());
     let demo_started = Instant::now();
     let run = tokio::task::spawn_blocking(move || {
+        let args = [&["--url", url.as_str()][..], &SIZE].concat();
         common::demo::run(
-            &[
-                "--url",
-                &url,
-                "--workers",
-                "3",
-                "--accounts",
-                "20",
-                "--transfers",
-                "300",
-            ],
+            &args,
             &[("JETLOCK_USER", &user), ("JETLOCK_PASSWORD", &password)],
         )
     })
@@ -80,21 +75,8 @@ async fn the_demo_runs_on_the_cluster_as_the_demo_user_without_a_refusal() {
 #[ignore = "40-80 s on 2 cores: cargo test -p jetlock-cli --test demo_cluster -- --ignored"]
 fn the_cluster_demo_holds_every_invariant_while_servers_and_coordinators_die() {
     let started = Instant::now();
-    let run = common::demo::run(
-        &[
-            "--cluster",
-            "--chaos",
-            "--chaos-every",
-            "1s",
-            "--workers",
-            "3",
-            "--accounts",
-            "20",
-            "--transfers",
-            "300",
-        ],
-        &[],
-    );
+    let chaos = ["--cluster", "--chaos", "--chaos-every", "1s"];
+    let run = common::demo::run(&[&chaos[..], &SIZE].concat(), &[]);
     eprintln!("demo took {:?}", started.elapsed());
     let s = &run.summary;
     eprintln!("summary: {s}\nseen: {:?}", run.children);

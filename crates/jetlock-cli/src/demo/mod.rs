@@ -233,7 +233,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             accounts: args.accounts,
             transfers: args.transfers,
             chaos: args.chaos,
-            chaos_every_s: args.chaos.then(|| args.chaos_every.as_secs_f64()),
+            chaos_every_s: args.chaos.then_some(args.chaos_every.as_secs_f64()),
             cluster: args.cluster,
             seed,
             fault: args.fault,
