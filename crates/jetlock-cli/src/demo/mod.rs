@@ -67,6 +67,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long the run waits for the work queue's state before it looks
 /// again on a later tick.
 const QUEUE_LOOK: Duration = Duration::from_millis(500);
+/// How long the work queue must look empty, with transfers unsettled,
+/// before the run ends (and reports them never applied).
+const UNSETTLED_EMPTY: Duration = Duration::from_secs(10);
 /// A run that settles no transfer for this long has failed.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -286,6 +289,7 @@ async fn drive(
     let mut settled = (0, Instant::now());
     let mut last_queue_check = Instant::now();
     let mut last_error = None;
+    let mut empty_since: Option<Instant> = None;
     loop {
         tick.tick().await;
         crew.supervise()?;
@@ -317,9 +321,19 @@ async fn drive(
             // A node killed or paused by chaos may fail the look or leave
             // it unanswered; the loop must go on (it brings the node back),
             // and a run that cannot look at all stalls.
-            match tokio::time::timeout(QUEUE_LOOK, queue.info()).await {
-                Ok(Ok(info)) if info.num_pending == 0 && info.num_ack_pending == 0 => return Ok(()),
-                Ok(Ok(_)) => {}
+            let look = tokio::time::timeout(QUEUE_LOOK, queue.info()).await;
+            match look {
+                Ok(Ok(info)) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                    // With transfers unsettled, an empty queue is believed
+                    // only after it has looked empty for UNSETTLED_EMPTY:
+                    // a consumer whose leader just moved (a node killed by
+                    // chaos) can report nothing pending for a moment.
+                    let since = *empty_since.get_or_insert_with(Instant::now);
+                    if counts.settled >= transfers || since.elapsed() >= UNSETTLED_EMPTY {
+                        return Ok(());
+                    }
+                }
+                Ok(Ok(_)) => empty_since = None,
                 Ok(Err(e)) => last_error = Some(e.to_string()),
                 Err(_) => last_error = Some(format!("no answer within {QUEUE_LOOK:?}")),
             }
