@@ -4,6 +4,8 @@
 //!
 //! - `mod.rs` — the run: servers, the work queue, the progress loop, the
 //!   invariant checks, cleanup;
+//! - `cluster.rs` — `--cluster`: an embedded 3-node cluster and
+//!   coordinator processes, and the chaos they take;
 //! - `plan.rs` — the transfers, from a seed;
 //! - `ledger.rs` — balances behind fencing tokens, process-once by message
 //!   id (pure state);
@@ -20,12 +22,15 @@
 //!
 //! Without `--url` the demo runs on the embedded default, like `jetlock
 //! dev`: a local nats-server (child process, temp storage) and a
-//! coordinator in this process. With `--url` it logs in as a NATS user and
-//! keeps to that user's session prefix (`access.rs`); on
+//! coordinator in this process; with `--cluster`, on three clustered
+//! nodes with two coordinator processes (`cluster.rs`). With `--url` it
+//! logs in as a NATS user and keeps to that user's session prefix
+//! (`access.rs`); on
 //! `nats/cluster.conf` that is the `demo` user. Everything the demo starts
 //! is stopped when it ends, however it ends.
 
 mod access;
+mod cluster;
 mod crew;
 mod ledger;
 mod plan;
@@ -36,6 +41,7 @@ mod worker;
 use super::CliError;
 use access::Access;
 use async_nats::jetstream::{self, consumer, stream};
+use cluster::Fleet;
 use crew::{Crew, WorkerCommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use jetlock::protocol::{self, Heartbeat, HeartbeatAck};
@@ -43,7 +49,7 @@ use jetlock_coordinator::{Coordinator, CoordinatorConfig};
 use jetlock_testkit::server::{server_binary, server_version, NatsServer};
 use ledger::{Fault, Ledger};
 use plan::Plan;
-use service::{Chaos, LedgerService};
+use service::{Chaos, LedgerService, Strike};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +64,12 @@ const STREAM_SUBJECTS: &str = "jetlock.demo.transfers.>";
 const ACK_WAIT: Duration = Duration::from_secs(4);
 /// How often the run looks at its workers and its progress.
 const TICK: Duration = Duration::from_millis(50);
+/// How long the run waits for the work queue's state before it looks
+/// again on a later tick.
+const QUEUE_LOOK: Duration = Duration::from_millis(500);
+/// How long the work queue must look empty, with transfers unsettled,
+/// before the run ends (and reports them never applied).
+const UNSETTLED_EMPTY: Duration = Duration::from_secs(10);
 /// A run that settles no transfer for this long has failed.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -76,6 +88,15 @@ pub struct DemoArgs {
     /// while the run goes on; killed workers are replaced.
     #[arg(long)]
     chaos: bool,
+    /// With --chaos: strike about this often (each gap drawn from the seed
+    /// between half and one and a half of it), e.g. `500ms`, `3s`.
+    #[arg(long, default_value = "3s", value_parser = chaos_every)]
+    chaos_every: Duration,
+    /// Run on an embedded 3-node nats-server cluster (R3, every write
+    /// fsynced) with two coordinator processes; with --chaos, servers are
+    /// killed and paused and coordinators killed too.
+    #[arg(long, conflicts_with = "url")]
+    cluster: bool,
     /// NATS server URL(s), comma-separated, where a coordinator serves (or
     /// pass --coordinator). Without it, a local nats-server and a
     /// coordinator are started for the run. Logs in with the credentials
@@ -121,10 +142,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(random_seed);
     let run = nuid::next().to_string();
-    let site = Site::start(&args, &run).await?;
+    let mut site = Site::start(&args, &run).await?;
     let nats = site.access.connect("jetlock-demo").await?;
     if site.coordinator.is_none() {
-        await_coordinator(&nats, &site.access).await?;
+        // Coordinator processes of --cluster are still starting.
+        let limit = Duration::from_secs(if args.cluster { 30 } else { 2 });
+        await_coordinator(&nats, &site.access, limit).await?;
     }
     if !args.json {
         println!(
@@ -132,10 +155,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             args.workers,
             args.accounts,
             args.transfers,
-            if args.chaos {
-                " (chaos: kill -9 and SIGSTOP workers)"
-            } else {
-                ""
+            match (args.chaos, args.cluster) {
+                (true, false) => " (chaos: kill -9 and SIGSTOP workers)",
+                (true, true) =>
+                    " (chaos: kill -9 and SIGSTOP workers and servers, kill -9 coordinators)",
+                (false, _) => "",
             }
         );
         println!(
@@ -146,7 +170,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 
     let plan = Plan::generate(&run, args.accounts, args.transfers, seed);
     let js = jetstream::new(nats.clone());
-    let mut queue = work_queue(&js, &run).await?;
+    let replicas = if args.cluster { 3 } else { 1 };
+    let mut queue = work_queue(&js, &run, replicas).await?;
     publish(&js, &run, &plan).await?;
     let ledger = Arc::new(Mutex::new(Ledger::new(
         args.accounts,
@@ -154,9 +179,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         plan.transfers,
         args.fault,
     )));
-    let chaos = args
-        .chaos
-        .then(|| Arc::new(Chaos::new(args.transfers, seed)));
+    let chaos = args.chaos.then(|| {
+        Arc::new(Chaos::new(
+            args.chaos_every,
+            seed,
+            Strike::turns(args.cluster),
+        ))
+    });
     let crew = Arc::new(Crew::new(WorkerCommand {
         exe: std::env::current_exe()?,
         access: site.access.clone(),
@@ -174,6 +203,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let bar = progress_bar(args.transfers);
     let driven = drive(
         &crew,
+        site.fleet.as_mut(),
         &ledger,
         chaos.as_deref(),
         &mut queue,
@@ -198,6 +228,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         let ledger = service::lock(&ledger);
         let counts = ledger.counts();
         let crew_counts = crew.counts();
+        let fleet_counts = site.fleet.as_ref().map(Fleet::counts).unwrap_or_default();
         let invariants = ledger.invariants();
         Summary {
             run: run.clone(),
@@ -205,6 +236,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             accounts: args.accounts,
             transfers: args.transfers,
             chaos: args.chaos,
+            chaos_every_s: args.chaos.then_some(args.chaos_every.as_secs_f64()),
+            cluster: args.cluster,
             seed,
             fault: args.fault,
             nats: site.nats.clone(),
@@ -223,6 +256,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             pauses: crew_counts.pauses,
             respawns: crew_counts.respawns,
             worker_crashes: crew_counts.crashes,
+            server_kills: fleet_counts.server_kills,
+            server_pauses: fleet_counts.server_pauses,
+            coordinator_kills: fleet_counts.coordinator_kills,
+            coordinator_exits: fleet_counts.coordinator_exits,
             elapsed_s: started.elapsed().as_secs_f64(),
             invariants_held: invariants.iter().all(|i| i.held),
             invariants,
@@ -237,10 +274,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 }
 
 /// Runs until every message is acknowledged (the work queue is empty):
-/// keeps the workers alive, arms chaos, shows progress. Fails when nothing
+/// keeps the workers alive, lets chaos strike, shows progress. Fails when nothing
 /// settles for [`STALL`].
 async fn drive(
     crew: &Crew,
+    mut fleet: Option<&mut Fleet>,
     ledger: &service::SharedLedger,
     chaos: Option<&Chaos>,
     queue: &mut consumer::PullConsumer,
@@ -250,12 +288,21 @@ async fn drive(
     let mut tick = tokio::time::interval(TICK);
     let mut settled = (0, Instant::now());
     let mut last_queue_check = Instant::now();
+    let mut last_error = None;
+    let mut empty_since: Option<Instant> = None;
     loop {
         tick.tick().await;
         crew.supervise()?;
+        if let Some(fleet) = fleet.as_deref_mut() {
+            fleet.tend()?;
+        }
         let counts = service::lock(ledger).counts();
         if let Some(chaos) = chaos {
-            chaos.arm(counts.applied);
+            // Worker strikes are armed for the ledger; the rest is ours.
+            let strike = chaos.due(Instant::now());
+            if let Some(fleet) = fleet.as_deref_mut() {
+                fleet.strike(strike, chaos);
+            }
         }
         let c = crew.counts();
         bar.set_position(counts.applied);
@@ -271,14 +318,32 @@ async fn drive(
         // the queue emptied without settling everything.
         if counts.settled >= transfers || last_queue_check.elapsed() > Duration::from_secs(1) {
             last_queue_check = Instant::now();
-            let info = queue.info().await?;
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                return Ok(());
+            // A node killed or paused by chaos may fail the look or leave
+            // it unanswered; the loop must go on (it brings the node back),
+            // and a run that cannot look at all stalls.
+            let look = tokio::time::timeout(QUEUE_LOOK, queue.info()).await;
+            match look {
+                Ok(Ok(info)) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                    // With transfers unsettled, an empty queue is believed
+                    // only after it has looked empty for UNSETTLED_EMPTY:
+                    // a consumer whose leader just moved (a node killed by
+                    // chaos) can report nothing pending for a moment.
+                    let since = *empty_since.get_or_insert_with(Instant::now);
+                    if counts.settled >= transfers || since.elapsed() >= UNSETTLED_EMPTY {
+                        return Ok(());
+                    }
+                }
+                Ok(Ok(_)) => empty_since = None,
+                Ok(Err(e)) => last_error = Some(e.to_string()),
+                Err(_) => last_error = Some(format!("no answer within {QUEUE_LOOK:?}")),
             }
         }
         if settled.1.elapsed() > STALL {
+            let error = last_error
+                .map(|e| format!(" (the work queue: {e})"))
+                .unwrap_or_default();
             return Err(format!(
-                "no transfer settled for {STALL:?} ({} of {transfers} settled); is a coordinator serving?",
+                "no transfer settled for {STALL:?} ({} of {transfers} settled); is a coordinator serving?{error}",
                 settled.0
             )
             .into());
@@ -290,6 +355,7 @@ async fn drive(
 async fn work_queue(
     js: &jetstream::Context,
     run: &str,
+    replicas: usize,
 ) -> Result<consumer::PullConsumer, CliError> {
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -298,6 +364,7 @@ async fn work_queue(
             retention: stream::RetentionPolicy::WorkQueue,
             // A run that died leaves messages behind; they go after a day.
             max_age: Duration::from_secs(24 * 60 * 60),
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
@@ -356,8 +423,10 @@ fn progress_bar(transfers: u64) -> ProgressBar {
 /// Where the run's NATS and coordinator are.
 struct Site {
     access: Access,
-    /// The embedded server, when there is no --url.
+    /// The embedded server, when there is no --url nor --cluster.
     server: Option<NatsServer>,
+    /// The embedded cluster, with --cluster.
+    fleet: Option<Fleet>,
     coordinator: Option<Coordinator>,
     nats: String,
     coordinator_text: String,
@@ -365,6 +434,24 @@ struct Site {
 
 impl Site {
     async fn start(args: &DemoArgs, run: &str) -> Result<Site, CliError> {
+        let version = || {
+            server_binary()
+                .ok()
+                .and_then(|bin| server_version(&bin))
+                .map(|(a, b, c)| format!("{a}.{b}.{c}"))
+                .unwrap_or_default()
+        };
+        if args.cluster {
+            let fleet = Fleet::start(std::env::current_exe()?).await?;
+            return Ok(Site {
+                access: fleet.demo_access()?,
+                server: None,
+                coordinator: None,
+                nats: fleet.describe(&version()),
+                coordinator_text: fleet.describe_coordinators(),
+                fleet: Some(fleet),
+            });
+        }
         let (server, access, nats) = match &args.url {
             Some(url) => {
                 let access = Access::at(
@@ -376,12 +463,9 @@ impl Site {
                 (None, access, text)
             }
             None => {
-                let version = server_version(&server_binary()?)
-                    .map(|(a, b, c)| format!("{a}.{b}.{c}"))
-                    .unwrap_or_default();
                 let server = NatsServer::start_single(None)?;
                 let url = server.url();
-                let text = format!("embedded nats-server {version} at {url}");
+                let text = format!("embedded nats-server {} at {url}", version());
                 (Some(server), Access::embedded(url), text)
             }
         };
@@ -399,6 +483,7 @@ impl Site {
         Ok(Site {
             access,
             server,
+            fleet: None,
             coordinator,
             nats,
             coordinator_text,
@@ -411,7 +496,7 @@ impl Site {
     /// them would take a permission on the whole locks stream, which the
     /// `demo` user does not have.
     async fn clean_up(&self, js: &jetstream::Context, run: &str) -> Result<(), CliError> {
-        if self.server.is_some() {
+        if self.server.is_some() || self.fleet.is_some() {
             return Ok(()); // The whole server goes.
         }
         let stream = js.get_stream(STREAM).await?;
@@ -420,26 +505,33 @@ impl Site {
         Ok(())
     }
 
-    /// Stops the coordinator, then the embedded server.
+    /// Stops the coordinator, then the embedded server or cluster.
     async fn stop(self) {
         if let Some(coordinator) = self.coordinator {
             coordinator.shutdown().await;
         }
         drop(self.server);
+        if let Some(fleet) = self.fleet {
+            fleet.stop();
+        }
     }
 }
 
-/// Asks for up to 2 s whether a coordinator serves: the heartbeat of a
+/// Asks for up to `limit` whether a coordinator serves: the heartbeat of a
 /// session that leaves at once is answered by the coordinator that owns it.
 /// (A session heartbeat is what any worker may send; coordinator
 /// heartbeats are not for every user to read.)
-async fn await_coordinator(nats: &async_nats::Client, access: &Access) -> Result<(), CliError> {
+async fn await_coordinator(
+    nats: &async_nats::Client,
+    access: &Access,
+    limit: Duration,
+) -> Result<(), CliError> {
     let probe = access.session(&format!("probe-{}", nuid::next()));
     let bye = serde_json::to_vec(&Heartbeat {
         leaving: true,
         ..Heartbeat::default()
     })?;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + limit;
     loop {
         let request = async_nats::Request::new()
             .payload(bye.clone().into())
@@ -459,6 +551,16 @@ async fn await_coordinator(nats: &async_nats::Client, access: &Access) -> Result
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `--chaos-every`: a humantime duration of at least 10 ms (chaos looks
+/// at the clock every 50 ms; shorter gaps only strike on every look).
+fn chaos_every(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if every < Duration::from_millis(10) {
+        return Err(format!("{text} is too short: at least 10ms"));
+    }
+    Ok(every)
 }
 
 fn random_seed() -> u64 {

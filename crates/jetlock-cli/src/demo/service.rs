@@ -12,8 +12,8 @@
 //! handled one at a time, in arrival order, like rows under one database
 //! transaction log.
 //!
-//! With `--chaos`, a strike is armed each time the run passes another
-//! stretch of its transfers, alternately:
+//! With `--chaos`, chaos strikes about every `--chaos-every` (each gap
+//! drawn from the seed between half and one and a half of it), taking turns:
 //!
 //! - **kill** — the next worker whose transfer the ledger commits is
 //!   SIGKILLed before it gets the reply, so it can never acknowledge its
@@ -23,6 +23,10 @@
 //!   locks) is SIGSTOPped for 1.5–3 s, longer than its session timeout: its
 //!   locks move on to other workers, and when it wakes, its write, computed
 //!   from the stale read, must be fenced off.
+//!
+//! With `--cluster`, servers and coordinators take turns too
+//! (`cluster.rs`). A worker strike waits for its moment; the next one is
+//! not armed before it has struck, so strikes never pile up on a slow run.
 
 use super::crew::Crew;
 use super::ledger::{Ledger, Moment};
@@ -30,15 +34,12 @@ use super::plan::SplitMix64;
 use super::CliError;
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Shortest and longest pause of a worker (its session times out after
 /// 900 ms).
 const PAUSE_MS: (u64, u64) = (1500, 3000);
-/// Strikes per run, at most and at least.
-const MAX_STRIKES: u64 = 8;
-const MIN_STRIKES: u64 = 2;
 
 /// The ledger, shared by the service and the run's progress loop.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -49,38 +50,72 @@ pub fn lock(ledger: &SharedLedger) -> std::sync::MutexGuard<'_, Ledger> {
         .expect("ledger lock never poisoned: the ledger never panics")
 }
 
+/// What one strike of chaos does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Strike {
-    Kill,
-    Pause,
+pub enum Strike {
+    /// SIGKILL the next worker whose transfer the ledger commits.
+    KillWorker,
+    /// SIGSTOP the next worker that has read its balances.
+    PauseWorker,
+    /// SIGKILL a nats-server node of `--cluster` (`cluster.rs`).
+    KillServer,
+    /// SIGSTOP a nats-server node of `--cluster`.
+    PauseServer,
+    /// SIGKILL a coordinator process of `--cluster`.
+    KillCoordinator,
+}
+
+impl Strike {
+    /// The strikes in turn: on workers, and with `--cluster` on the fleet.
+    pub fn turns(cluster: bool) -> Vec<Strike> {
+        if cluster {
+            vec![
+                Strike::KillWorker,
+                Strike::KillServer,
+                Strike::PauseWorker,
+                Strike::PauseServer,
+                Strike::KillCoordinator,
+            ]
+        } else {
+            vec![Strike::KillWorker, Strike::PauseWorker]
+        }
+    }
+
+    /// Whether the strike waits for a worker's moment at the ledger.
+    fn at_a_moment(self) -> bool {
+        matches!(self, Strike::KillWorker | Strike::PauseWorker)
+    }
 }
 
 /// When and how chaos strikes.
 pub struct Chaos {
+    every: Duration,
     state: Mutex<ChaosState>,
 }
 
 struct ChaosState {
+    /// The worker strike waiting for its moment.
     armed: Option<Strike>,
-    /// Applied-transfer counts at which the next strikes arm.
-    thresholds: Vec<u64>,
+    /// The strikes in turn.
+    turns: Vec<Strike>,
     next: usize,
+    /// When the next strike is due (set at the first look).
+    next_at: Option<Instant>,
     rng: SplitMix64,
 }
 
 impl Chaos {
-    /// Strikes spread evenly over a run of `transfers`: one per 250
-    /// transfers, 2 to 8, first a kill, then a pause, and so on.
-    pub fn new(transfers: u64, seed: u64) -> Self {
-        let strikes = (transfers / 250).clamp(MIN_STRIKES, MAX_STRIKES);
-        let thresholds = (1..=strikes)
-            .map(|k| k * transfers / (strikes + 1))
-            .collect();
+    /// Chaos striking about every `every`, taking `turns` in turn; the gaps
+    /// and the pause lengths come from `seed`.
+    pub fn new(every: Duration, seed: u64, turns: Vec<Strike>) -> Self {
+        assert!(!turns.is_empty(), "chaos has something to do");
         Chaos {
+            every,
             state: Mutex::new(ChaosState {
                 armed: None,
-                thresholds,
+                turns,
                 next: 0,
+                next_at: None,
                 rng: SplitMix64::new(seed ^ 0xC4A0_5000),
             }),
         }
@@ -92,23 +127,37 @@ impl Chaos {
             .expect("chaos lock never poisoned: nothing in it panics")
     }
 
-    /// Arms the next strike once `applied` transfers passed its threshold
-    /// and the previous one has struck.
-    pub fn arm(&self, applied: u64) {
+    /// Looks at the clock: when a strike is due, arms it if it waits for a
+    /// worker's moment, or returns it for the caller to do now. A due worker
+    /// strike waits while the previous one has not struck.
+    pub fn due(&self, now: Instant) -> Option<Strike> {
         let mut state = self.state();
-        if state.armed.is_none()
-            && state
-                .thresholds
-                .get(state.next)
-                .is_some_and(|t| applied >= *t)
-        {
-            state.armed = Some(if state.next.is_multiple_of(2) {
-                Strike::Kill
-            } else {
-                Strike::Pause
-            });
-            state.next += 1;
+        if state.next_at.is_none() {
+            state.next_at = Some(now + state.gap(self.every));
         }
+        if state.next_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        let strike = state.turns[state.next % state.turns.len()];
+        if strike.at_a_moment() {
+            if state.armed.is_some() {
+                return None;
+            }
+            state.armed = Some(strike);
+        }
+        state.next += 1;
+        state.next_at = Some(now + state.gap(self.every));
+        (!strike.at_a_moment()).then_some(strike)
+    }
+
+    /// A length drawn from the seed between `range.0` and `range.1` ms.
+    pub fn draw(&self, range: (u64, u64)) -> Duration {
+        self.state().draw(range)
+    }
+
+    /// One of `0..n`, drawn from the seed.
+    pub fn pick(&self, n: u64) -> u64 {
+        self.state().rng.below(n)
     }
 
     /// Strikes `crew` if the armed strike belongs to `moment`.
@@ -117,19 +166,31 @@ impl Chaos {
         let mut state = self.state();
         match (state.armed, moment) {
             // The guard kills; a worker that is gone already keeps it armed.
-            (Some(Strike::Kill), Moment::Committed { worker }) if crew.kill(worker) => {
+            (Some(Strike::KillWorker), Moment::Committed { worker }) if crew.kill(worker) => {
                 state.armed = None;
                 true
             }
-            (Some(Strike::Pause), Moment::Read { worker }) => {
-                let ms = PAUSE_MS.0 + state.rng.below(PAUSE_MS.1 - PAUSE_MS.0 + 1);
-                if crew.pause(worker, Duration::from_millis(ms)) {
+            (Some(Strike::PauseWorker), Moment::Read { worker }) => {
+                let pause = state.draw(PAUSE_MS);
+                if crew.pause(worker, pause) {
                     state.armed = None;
                 }
                 false
             }
             _ => false,
         }
+    }
+}
+
+impl ChaosState {
+    /// A length drawn from the seed between `range.0` and `range.1` ms.
+    fn draw(&mut self, range: (u64, u64)) -> Duration {
+        Duration::from_millis(range.0 + self.rng.below(range.1 - range.0 + 1))
+    }
+
+    /// Half to one and a half times `every`, drawn from the seed.
+    fn gap(&mut self, every: Duration) -> Duration {
+        every.mul_f64(0.5 + self.rng.below(1001) as f64 / 1000.0)
     }
 }
 
@@ -201,19 +262,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strikes_arm_one_at_a_time_alternating_kill_and_pause() {
-        let chaos = Chaos::new(2000, 1);
-        assert_eq!(chaos.state().thresholds.len(), 8);
-        chaos.arm(0);
+    fn worker_strikes_arm_when_due_one_at_a_time_in_turn() {
+        let every = Duration::from_secs(2);
+        let chaos = Chaos::new(every, 1, Strike::turns(false));
+        let t0 = Instant::now();
+        assert_eq!(chaos.due(t0), None);
+        let first = chaos.state().next_at.expect("scheduled");
+        assert!(first >= t0 + every / 2 && first <= t0 + every * 3 / 2);
+        assert_eq!(chaos.due(first - Duration::from_millis(1)), None);
         assert_eq!(chaos.state().armed, None);
-        chaos.arm(230);
-        assert_eq!(chaos.state().armed, Some(Strike::Kill));
-        // Armed strikes wait for their moment; the next does not arm yet.
-        chaos.arm(1999);
+        // Worker strikes are armed, not returned.
+        assert_eq!(chaos.due(first), None);
+        assert_eq!(chaos.state().armed, Some(Strike::KillWorker));
+        // An armed strike waits for its moment; the next does not arm yet.
+        let later = first + every * 10;
+        assert_eq!(chaos.due(later), None);
         assert_eq!(chaos.state().next, 1);
         chaos.state().armed = None;
-        chaos.arm(1999);
-        assert_eq!(chaos.state().armed, Some(Strike::Pause));
-        assert_eq!(Chaos::new(10, 1).state().thresholds, vec![3, 6]);
+        assert_eq!(chaos.due(later), None);
+        assert_eq!(chaos.state().armed, Some(Strike::PauseWorker));
+    }
+
+    #[test]
+    fn the_seed_decides_the_gaps() {
+        let gaps = |seed| {
+            let chaos = Chaos::new(Duration::from_secs(3), seed, Strike::turns(false));
+            let mut state = chaos.state();
+            (0..5)
+                .map(|_| state.gap(Duration::from_secs(3)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(gaps(7), gaps(7));
+        assert_ne!(gaps(7), gaps(8));
     }
 }

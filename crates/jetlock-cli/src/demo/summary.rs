@@ -13,6 +13,10 @@ pub struct Summary {
     pub accounts: u32,
     pub transfers: u64,
     pub chaos: bool,
+    /// About how often chaos struck (`--chaos-every`), with --chaos.
+    pub chaos_every_s: Option<f64>,
+    /// Whether the run was on the embedded 3-node cluster (`--cluster`).
+    pub cluster: bool,
     pub seed: u64,
     /// The deliberate ledger fault (tests only), if any.
     pub fault: Option<Fault>,
@@ -43,6 +47,16 @@ pub struct Summary {
     pub pauses: u64,
     pub respawns: u64,
     pub worker_crashes: u64,
+    /// With --cluster --chaos: nats-server nodes killed with SIGKILL (each
+    /// restarted), stopped with SIGSTOP (each resumed), and coordinator
+    /// processes killed with SIGKILL (each restarted).
+    pub server_kills: u64,
+    pub server_pauses: u64,
+    pub coordinator_kills: u64,
+    /// With --cluster: coordinator processes that exited on their own (a
+    /// coordinator that cannot reach JetStream as it starts) and were
+    /// started again.
+    pub coordinator_exits: u64,
     pub elapsed_s: f64,
     pub invariants: Vec<Invariant>,
     pub invariants_held: bool,
@@ -106,11 +120,29 @@ impl Summary {
             row(
                 "chaos",
                 format!(
-                    "{} (kill -9), {} (SIGSTOP for 1.5-3 s), {} respawned",
+                    "{} (kill -9), {} (SIGSTOP for 1.5-3 s), {} respawned; about every {:.1} s",
                     count(self.kills, "kill"),
                     count(self.pauses, "pause"),
-                    count(self.respawns, "worker")
+                    count(self.respawns, "worker"),
+                    self.chaos_every_s.unwrap_or_default()
                 ),
+            );
+        }
+        if self.chaos && self.cluster {
+            row(
+                "cluster chaos",
+                format!(
+                    "{} (kill -9, restarted), {} (SIGSTOP), {} (kill -9, restarted)",
+                    count(self.server_kills, "server kill"),
+                    count(self.server_pauses, "server pause"),
+                    count(self.coordinator_kills, "coordinator kill")
+                ),
+            );
+        }
+        if self.coordinator_exits > 0 {
+            row(
+                "coordinator exits",
+                format!("{} (restarted)", self.coordinator_exits),
             );
         }
         if self.worker_crashes > 0 {

@@ -27,6 +27,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long the ledger may take to answer (longer than a chaos pause, so a
 /// paused worker reads its answer when it wakes).
 const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker keeps trying to start (the consumer, a session)
+/// before it gives up and exits.
+const PATIENCE: Duration = Duration::from_secs(20);
 /// Attempts per delivery before the message is handed back to the queue.
 const MAX_ATTEMPTS: u32 = 20;
 
@@ -56,10 +59,11 @@ pub async fn run(id: String, run: String, access: Access) -> Result<(), CliError
         .connect_waiting(&format!("jetlock-demo-{id}"))
         .await?;
     let js = jetstream::new(nats.clone());
-    let consumer: PullConsumer = js
-        .get_consumer_from_stream(super::consumer_name(&run), super::STREAM)
-        .await
-        .map_err(|e| format!("demo worker {id}: no transfers consumer: {e}"))?;
+    let consumer: PullConsumer = patiently("looking up the transfers consumer", || {
+        js.get_consumer_from_stream(super::consumer_name(&run), super::STREAM)
+    })
+    .await
+    .map_err(|e| format!("demo worker {id}: no transfers consumer: {e}"))?;
     let client = session(&access, &id, &nats).await?;
     let mut worker = Worker {
         id,
@@ -96,11 +100,28 @@ pub async fn run(id: String, run: String, access: Access) -> Result<(), CliError
 
 /// A new jetlock session on the worker's connection, under the prefix.
 async fn session(access: &Access, id: &str, nats: &async_nats::Client) -> Result<Client, CliError> {
-    Ok(access
-        .client_options()
-        .name(id)
-        .with_nats(nats.clone())
-        .await?)
+    Ok(patiently("starting a session", || {
+        access.client_options().name(id).with_nats(nats.clone())
+    })
+    .await?)
+}
+
+/// Tries `what` for up to [`PATIENCE`]: a chaos-killed or paused node
+/// fails JetStream requests until the client reconnects or the node wakes.
+async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match attempt().await {
+            Err(e) if Instant::now() < deadline => {
+                warn!(error = %e, "{what} failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 impl Worker {

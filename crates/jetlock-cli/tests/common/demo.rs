@@ -3,6 +3,7 @@
 
 use super::Output;
 use serde_json::Value;
+use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,68 @@ pub struct DemoRun {
     pub code: Option<i32>,
     pub summary: Value,
     pub stderr: String,
+    /// What the test saw of the demo's child processes while it ran.
+    pub children: Children,
+}
+
+/// The demo's nats-server and `jetlock serve` children, as seen in /proc
+/// while it ran: evidence of its chaos that does not come from the demo's
+/// own counts.
+#[derive(Debug, Default)]
+pub struct Children {
+    /// Every nats-server pid seen: more than the nodes means restarts.
+    pub servers: HashSet<u32>,
+    /// Times a nats-server was seen going into the stopped state (SIGSTOP).
+    pub server_stops: u64,
+    /// The nats-servers stopped at the last look.
+    stopped: HashSet<u32>,
+    /// Every `jetlock serve` pid seen.
+    pub coordinators: HashSet<u32>,
+}
+
+impl Children {
+    /// Looks at the children of `parent` once.
+    fn look(&mut self, parent: u32) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+                continue;
+            };
+            let comm = &head[open + 1..];
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("");
+            if fields.next().and_then(|p| p.parse::<u32>().ok()) != Some(parent) {
+                continue;
+            }
+            let args = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let has_arg = |arg: &[u8]| args.split(|b| *b == 0).any(|a| a == arg);
+            // A server runs from a config (`-c`); `nats-server --version`,
+            // which the demo asks, is no server.
+            if comm == "nats-server" && has_arg(b"-c") {
+                self.servers.insert(pid);
+                if state != "T" {
+                    self.stopped.remove(&pid);
+                } else if self.stopped.insert(pid) {
+                    self.server_stops += 1;
+                }
+            } else if has_arg(b"serve") {
+                self.coordinators.insert(pid);
+            }
+        }
+    }
 }
 
 /// Runs `jetlock demo <args> --json` with `env` (and none of the test's own
@@ -35,7 +98,9 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> DemoRun {
     let stdout = Output::collect(child.stdout.take().expect("stdout"), |_| {});
     let stderr = Output::collect(child.stderr.take().expect("stderr"), |_| {});
     let started = Instant::now();
+    let mut children = Children::default();
     let status = loop {
+        children.look(child.id());
         if let Some(status) = child.try_wait().expect("wait for jetlock demo") {
             break status;
         }
@@ -44,7 +109,7 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> DemoRun {
             let _ = child.wait();
             panic!("jetlock demo hung; stderr:\n{}", stderr.tail(30));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     };
     // The collectors finish at EOF, right after the exit.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -64,6 +129,7 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> DemoRun {
         code: status.code(),
         summary,
         stderr: stderr.text(),
+        children,
     }
 }
 
