@@ -28,10 +28,9 @@ fn chaos_run_applies_every_transfer_exactly_once() {
     // Chaos really struck, and each kind of strike exercised its defence.
     let kills = count(s, "kills");
     assert!(kills > 0 && count(s, "pauses") > 0, "{s:#}");
-    // Chaos strikes by the clock, not a fixed number of times per run: a
-    // run this long (each pause stalls a worker for 1.5-3 s) gets more
-    // strikes than a count per run would allow (8).
-    assert!(kills + count(s, "pauses") > 8, "{s:#}");
+    // That strikes have no cap per run is shown without a clock in
+    // `demo::service`'s tests: a count here would depend on how long the
+    // run took.
     assert_eq!(count(s, "respawns"), kills, "every killed worker replaced");
     assert_eq!(count(s, "worker_crashes"), 0, "{s:#}");
     // A kill lands after the commit and before the ack: every one comes

@@ -283,6 +283,24 @@ mod tests {
         assert_eq!(chaos.state().armed, Some(Strike::PauseWorker));
     }
 
+    /// No cap per run: every gap that passes brings a strike.
+    #[test]
+    fn strikes_keep_coming_as_long_as_the_run_lasts() {
+        let every = Duration::from_secs(1);
+        let chaos = Chaos::new(every, 3, Strike::turns(false));
+        let t0 = Instant::now();
+        chaos.due(t0);
+        let mut struck = 0;
+        for _ in 0..50 {
+            let at = chaos.state().next_at.expect("scheduled");
+            chaos.due(at);
+            if chaos.state().armed.take().is_some() {
+                struck += 1;
+            }
+        }
+        assert_eq!(struck, 50);
+    }
+
     #[test]
     fn the_seed_decides_the_gaps() {
         let gaps = |seed| {
