@@ -11,6 +11,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+/// Every key in the locks bucket.
+async fn bucket_keys(c: &Client) -> Vec<String> {
+    use futures::TryStreamExt;
+    let keys = c.store().kv().keys().await.unwrap();
+    keys.try_collect().await.unwrap()
+}
+
 /// Where each task of a stress test is, for the message of a test that
 /// hangs (a hang is a bug to find: this says where to look).
 #[derive(Clone)]
@@ -426,17 +433,7 @@ async fn bad_permits_and_names_too_long_for_their_parts_are_refused_and_write_no
         c.write_lock("").try_acquire().await,
         Err(LockError::InvalidName(_))
     ));
-    let keys: Vec<String> = {
-        use futures::TryStreamExt;
-        c.store()
-            .kv()
-            .keys()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let keys = bucket_keys(&c).await;
     assert!(keys.is_empty(), "{keys:?}");
 }
 
@@ -462,17 +459,7 @@ async fn a_sessions_reads_share_one_key_whatever_their_owners() {
     for r in held {
         guards.push(r.acquire().await.unwrap());
     }
-    let keys: Vec<String> = {
-        use futures::TryStreamExt;
-        c.store()
-            .kv()
-            .keys()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let keys = bucket_keys(&c).await;
     let readers: Vec<_> = keys.iter().filter(|k| k.contains("read")).collect();
     assert_eq!(readers.len(), 1, "{readers:?}");
     for g in guards {
