@@ -466,3 +466,43 @@ async fn a_sessions_reads_share_one_key_whatever_their_owners() {
         g.release().await.unwrap();
     }
 }
+
+/// A writer's own read (a downgrade) goes in while another read of the
+/// same session waits behind that writer.
+#[tokio::test]
+async fn a_downgrade_is_not_held_up_by_a_read_of_its_session_waiting_for_it() {
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let c = client(&server.url(), 1).await;
+    let w = c.write_lock("ledger").owner("o").acquire().await.unwrap();
+    let waiting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.read_lock("ledger").owner("other").acquire().await })
+    };
+    // The other read has come and gone back to wait for the gate.
+    timeout(PATIENCE, async {
+        while c.holder("ledger:~rw:write").await.unwrap().is_none() || !waiting_started(&c).await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let down = timeout(PATIENCE, c.read_lock("ledger").owner("o").acquire())
+        .await
+        .expect("the downgrade is not held up")
+        .unwrap();
+    w.release().await.unwrap();
+    let other = timeout(PATIENCE, waiting).await.unwrap().unwrap().unwrap();
+    down.release().await.unwrap();
+    other.release().await.unwrap();
+}
+
+/// Whether a read of `c`'s session has backed off: its key came and went.
+async fn waiting_started(c: &Client) -> bool {
+    let key = format!("ledger:~rw:read:{}", c.session());
+    let name = jetlock::LockName::new(&key).unwrap();
+    matches!(
+        c.store().read(&name).await.unwrap(),
+        jetlock::store::Current::Vacant { revision } if revision > 0
+    )
+}

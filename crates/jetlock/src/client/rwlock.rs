@@ -191,28 +191,15 @@ impl Take<'_> {
         )
         .await
     }
-
-    /// Holds the gate just long enough to take `name` behind whoever
-    /// queued for the gate first.
-    pub(super) async fn through_gate(
-        &self,
-        gate: &LockName,
-        name: &LockName,
-    ) -> Result<LockGuard, LockError> {
-        let pass = acquire(self.inner, gate, None, self.ttl, self.wait, true).await?;
-        let taken = self.lock(name, self.wait).await;
-        // A pass whose release is lost holds the gate until its lease
-        // ends: later comers wait longer, nobody gets in wrongly.
-        let _ = pass.release().await;
-        taken
-    }
 }
 
 async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
-    // One read at a time finds out whether the session's key is held:
-    // two first reads racing would each try to create it.
-    let entry = take.inner.reads.entry(keys.mine.key());
-    let _one = entry.lock().await;
+    // One read at a time finds out whether the session's key is held and
+    // takes it: two first reads racing would each try to create it. The
+    // turn is never held while waiting for the gate, which the session's
+    // own writer may hold (its downgrade read needs the turn).
+    let turn = take.inner.reads.entry(keys.mine.key());
+    let one = turn.lock().await;
     if take.holds(&keys.mine) {
         // The key is held by this session's other reads, and a writer
         // waits for it: adding a hold would let this read barge past the
@@ -220,22 +207,28 @@ async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
         if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
             return take.lock(&keys.mine, take.wait).await;
         }
-        if let Wait::No = take.wait {
-            return Err(busy(&keys.gate));
+    } else {
+        let guard = take.lock(&keys.mine, take.wait).await?;
+        if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
+            return Ok(guard);
         }
-        return take.through_gate(&keys.gate, &keys.mine).await;
+        // A writer holds or passes the gate: our key may hold it up, so
+        // it goes, and we queue behind the writer.
+        let _ = guard.release().await;
     }
-    let guard = take.lock(&keys.mine, take.wait).await?;
-    if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
-        return Ok(guard);
-    }
-    // A writer holds or passes the gate: our key may hold it up, so it
-    // goes, and we queue behind the writer.
-    let _ = guard.release().await;
+    drop(one);
     if let Wait::No = take.wait {
         return Err(busy(&keys.gate));
     }
-    take.through_gate(&keys.gate, &keys.mine).await
+    let pass = acquire(take.inner, &keys.gate, None, take.ttl, take.wait, true).await?;
+    let taken = {
+        let _one = turn.lock().await;
+        take.lock(&keys.mine, take.wait).await
+    };
+    // A pass whose release is lost holds the gate until its lease ends:
+    // later comers wait longer, nobody gets in wrongly.
+    let _ = pass.release().await;
+    taken
 }
 
 async fn write(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
