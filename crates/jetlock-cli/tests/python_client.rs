@@ -1,6 +1,7 @@
 //! A service in another language can use jetlock with nothing but a NATS
-//! client and JSON: runs `tests/python/scenario.py` (nats-py, in a venv made
-//! by `tests/python/setup.sh`) against `jetlock serve` on a real nats-server.
+//! client and JSON: runs `tests/python/scenario.py` and `kinds.py` (nats-py,
+//! in a venv made by `tests/python/setup.sh`) against `jetlock serve` on a
+//! real nats-server.
 
 mod common;
 
@@ -55,6 +56,19 @@ fn python() -> PathBuf {
 
 #[test]
 fn a_python_service_uses_jetlock_with_nats_py_and_json() {
+    run("scenario.py", "python scenario: ok");
+}
+
+/// Read/write locks and semaphores from Python: the ordered steps and racing
+/// sessions judged by their beliefs and tokens (`tests/python/kinds.py`).
+#[test]
+fn a_python_service_takes_read_write_locks_and_permits() {
+    run("kinds.py", "python kinds: ok");
+}
+
+/// Runs `tests/python/<script>` against `jetlock serve` on a real
+/// nats-server; it must exit 0 and print `ok_line`.
+fn run(script: &str, ok_line: &str) {
     let python = python();
     let server =
         NatsServer::start_single(None).expect("start nats-server (run `bash nats/install.sh`)");
@@ -64,7 +78,7 @@ fn a_python_service_uses_jetlock_with_nats_py_and_json() {
     let started = Instant::now();
     let mut scenario = Running(
         Command::new(&python)
-            .arg(repo().join("tests/python/scenario.py"))
+            .arg(repo().join("tests/python").join(script))
             .arg(&url)
             .current_dir(repo().join("tests/python"))
             .env("PYTHONUNBUFFERED", "1")
@@ -98,14 +112,14 @@ fn a_python_service_uses_jetlock_with_nats_py_and_json() {
         coordinator.stderr.text()
     );
     match status {
-        None => panic!("the python scenario ran longer than {SCENARIO_WITHIN:?}\n{report}"),
-        Some(s) if !s.success() => panic!("the python scenario failed ({s})\n{report}"),
+        None => panic!("{script} ran longer than {SCENARIO_WITHIN:?}\n{report}"),
+        Some(s) if !s.success() => panic!("{script} failed ({s})\n{report}"),
         Some(_) => {}
     }
     assert!(
-        py_out.text().contains("python scenario: ok"),
-        "the python scenario exited 0 without its summary line\n{report}"
+        py_out.text().contains(ok_line),
+        "{script} exited 0 without its summary line\n{report}"
     );
     println!("{}", py_out.text());
-    println!("python scenario took {:?}", started.elapsed());
+    println!("{script} took {:?}", started.elapsed());
 }

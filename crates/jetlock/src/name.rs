@@ -192,10 +192,106 @@ fn decode(key: &str) -> Result<String, NameError> {
     String::from_utf8(bytes).map_err(|_| bad("escapes do not form UTF-8"))
 }
 
+/// Most permits a semaphore has: its permits are `N:~sem:permit:0` to
+/// `N:~sem:permit:1023`.
+pub const MAX_PERMITS: u32 = 1024;
+
+/// A part of a read/write lock or semaphore `N`: an ordinary lock under a
+/// reserved name (docs/ARCHITECTURE.md, "Read/write locks and semaphores").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part<'a> {
+    /// `N:~rw:read:<session>`: the reads of one session.
+    Read { session: &'a str },
+    /// `N:~rw:write`: the writer, or a reader passing through.
+    Write,
+    /// `N:~sem:permit:<index>`, `index` below [`MAX_PERMITS`] in plain
+    /// decimal.
+    Permit { index: u32 },
+    /// `N:~sem:queue`: the semaphore's first waiter.
+    Queue,
+}
+
+/// The reserved markers; the first one in a name starts its part.
+const MARKERS: [&str; 2] = [":~rw:", ":~sem:"];
+
+/// The name `N` and the part a lock name is, if it has a reserved marker
+/// (`:~rw:` or `:~sem:`): `None` for any other name, `Some((N, Err(why)))`
+/// for a marker followed by something that is no part.
+pub fn part(name: &str) -> Option<(&str, Result<Part<'_>, &'static str>)> {
+    let (at, marker) = MARKERS
+        .iter()
+        .filter_map(|m| name.find(m).map(|at| (at, *m)))
+        .min()?;
+    let (of, rest) = (&name[..at], &name[at + marker.len()..]);
+    let part = match (marker, rest) {
+        (":~rw:", "write") => Ok(Part::Write),
+        (":~rw:", r) => match r.strip_prefix("read:") {
+            Some(session) if !session.is_empty() => Ok(Part::Read { session }),
+            _ => Err("after `:~rw:` comes `write` or `read:<session>`"),
+        },
+        (_, "queue") => Ok(Part::Queue),
+        (_, r) => match r.strip_prefix("permit:") {
+            Some(i)
+                if i == "0" || (!i.starts_with('0') && i.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                match i.parse::<u32>() {
+                    Ok(index) if index < MAX_PERMITS => Ok(Part::Permit { index }),
+                    _ => Err("a permit's index is below 1024"),
+                }
+            }
+            _ => Err("after `:~sem:` comes `queue` or `permit:<index>` in plain decimal"),
+        },
+    };
+    Some((of, part))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn parts_are_read_from_their_reserved_names() {
+        assert_eq!(part("account:42"), None);
+        assert_eq!(part("a:~rw:write"), Some(("a", Ok(Part::Write))));
+        assert_eq!(
+            part("a:~rw:read:billing.w1"),
+            Some((
+                "a",
+                Ok(Part::Read {
+                    session: "billing.w1"
+                })
+            ))
+        );
+        assert_eq!(
+            part("a:~sem:permit:0"),
+            Some(("a", Ok(Part::Permit { index: 0 })))
+        );
+        assert_eq!(
+            part("a:~sem:permit:1023"),
+            Some(("a", Ok(Part::Permit { index: 1023 })))
+        );
+        assert_eq!(part("a:~sem:queue"), Some(("a", Ok(Part::Queue))));
+        // The first marker decides: a name `N` may hold `~` itself.
+        assert_eq!(
+            part("x:~sem:queue:~rw:write").map(|(n, p)| (n, p.is_ok())),
+            Some(("x", false))
+        );
+        for bad in [
+            "a:~rw:",
+            "a:~rw:read:",
+            "a:~rw:reader",
+            "a:~rw:write:x",
+            "a:~sem:permit:",
+            "a:~sem:permit:01",
+            "a:~sem:permit:+1",
+            "a:~sem:permit:1024",
+            "a:~sem:permit:99999999999",
+            "a:~sem:queue:x",
+        ] {
+            assert!(matches!(part(bad), Some((_, Err(_)))), "{bad}");
+        }
+    }
 
     fn valid_key(key: &str) -> bool {
         !key.is_empty()

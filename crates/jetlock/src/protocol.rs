@@ -25,9 +25,11 @@
 pub const VERSION: u32 = 1;
 /// The revision of v1, announced in the coordinators' service metadata
 /// (`protocol_revision`). Revision 2 moved preempting to its own subject and
-/// refuses `preempt: true` on the acquire subject (`docs/PROTOCOL.md`,
-/// "Versioning").
-pub const REVISION: u32 = 2;
+/// refuses `preempt: true` on the acquire subject; revision 3 (1.7) refuses
+/// acquires of names that look like parts of read/write locks and
+/// semaphores but are not, and of another session's reader key
+/// (`docs/PROTOCOL.md`, "Versioning").
+pub const REVISION: u32 = 3;
 /// Largest request body the coordinator reads (the request stream refuses
 /// larger messages at publish time).
 pub const MAX_REQUEST_BYTES: usize = 4096;

@@ -28,6 +28,7 @@ import json
 import secrets
 
 import nats
+import nats.js.errors
 
 VERSION = 1
 
@@ -192,10 +193,10 @@ class Session:
             body["owner"] = owner  # reentrancy identity; default: the session
         return self.send("acquire", body)
 
-    async def acquire(self, key, ttl_ms=10000, wait_ms=0):
+    async def acquire(self, key, ttl_ms=10000, wait_ms=0, owner=None):
         """`granted`, or `error` (busy, timeout, ...). Waits at most
         wait_ms in the coordinator's queue (0: try-lock)."""
-        pending = await self.start_acquire(key, ttl_ms, wait_ms)
+        pending = await self.start_acquire(key, ttl_ms, wait_ms, owner)
         return await asyncio.wait_for(pending.final, wait_ms / 1000 + 10)
 
     async def release(self, key, token):
@@ -210,3 +211,194 @@ class Session:
     async def cancel(self, key, target):
         return await self.request(
             "cancel", {"v": VERSION, "id": self.next_id(), "key": key, "target": target})
+
+    # -- read/write locks and semaphores ------------------------------------
+    #
+    # No op of their own: they are ordinary locks under reserved names, and
+    # one rule between them (docs/PROTOCOL.md, "Read/write locks and
+    # semaphores"). A newcomer takes its own key first, then reads the gate
+    # from the stream leader; the gate's holder holds the gate first, then
+    # reads the holders' keys. Reading the bucket needs a user allowed to
+    # (the shipped `worker` role), not only the JSON subjects.
+
+    async def read_lock(self, name, ttl_ms=10000, wait_ms=0, owner=None):
+        """`granted` for the session's reader key `<name>:~rw:read:<session>`
+        (release it with its `key` and `token`), or `error`."""
+        mine, gate = f"{name}:~rw:read:{self.id}", f"{name}:~rw:write"
+        owner = owner or self.id
+        held = await self.acquire(mine, ttl_ms, 0, owner=READER)
+        if held["type"] != "granted" or await self._gate_open(gate, owner):
+            return held
+        # A writer holds or waits for the gate: give the hold back and
+        # queue behind it, then take the key while holding the gate.
+        await self.release(mine, held["token"])
+        passed = await self.acquire(gate, ttl_ms, wait_ms, owner=owner)
+        if passed["type"] != "granted":
+            return passed
+        try:
+            return await self.acquire(mine, ttl_ms, 0, owner=READER)
+        finally:
+            await self.release(gate, passed["token"])
+
+    async def write_lock(self, name, ttl_ms=10000, wait_ms=0, owner=None):
+        """`granted` for the gate `<name>:~rw:write` once no reader holds,
+        or `error` (`timeout`; `upgrade` when this session reads `name`)."""
+        gate, readers = f"{name}:~rw:write", f"{name}:~rw:read"
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
+        held = await self.acquire(gate, ttl_ms, wait_ms, owner=owner)
+        if held["type"] != "granted":
+            return held
+        while True:
+            holders = await self._holders(readers)
+            if f"{readers}:{self.id}" in holders:
+                await self.release(gate, held["token"])
+                return {"type": "error", "code": "upgrade", "key": name,
+                        "message": "this session reads the lock; release the reads first"}
+            if not holders:
+                return held
+            if asyncio.get_running_loop().time() >= deadline:
+                await self.release(gate, held["token"])
+                return {"type": "error", "code": "timeout", "key": name,
+                        "message": f"readers still hold {name}"}
+            await self._keep(gate, held, ttl_ms)
+
+    async def permit(self, name, permits, ttl_ms=10000, wait_ms=0):
+        """`granted` for one of `<name>:~sem:permit:<i>`, i < permits, or
+        `error`. Permits are not reentrant: each attempt is its own owner."""
+        queue = f"{name}:~sem:queue"
+        slots = [f"{name}:~sem:permit:{i}" for i in range(permits)]
+        owner = f"{self.id}#{secrets.token_hex(6)}"
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
+        for slot in slots:
+            held = await self.acquire(slot, ttl_ms, 0, owner=owner)
+            if held["type"] == "granted":
+                if await self._gate_open(queue, None):
+                    return held
+                # Somebody queued first: the permit is theirs.
+                await self.release(slot, held["token"])
+                break
+            if held.get("code") != "busy":
+                return held
+        if wait_ms == 0:
+            return {"type": "error", "code": "busy", "key": name,
+                    "message": f"every permit of {name} below {permits} is held, or queued for"}
+        passed = await self.acquire(queue, ttl_ms, wait_ms, owner=owner)
+        if passed["type"] != "granted":
+            return passed
+        try:
+            while True:
+                taken = await self._holders(f"{name}:~sem:permit")
+                for slot in slots:
+                    if slot in taken:
+                        continue
+                    held = await self.acquire(slot, ttl_ms, 0, owner=owner)
+                    if held["type"] == "granted" or held.get("code") != "busy":
+                        return held
+                if asyncio.get_running_loop().time() >= deadline:
+                    return {"type": "error", "code": "timeout", "key": name,
+                            "message": f"no permit of {name} came free"}
+                await self._keep(queue, passed, ttl_ms)
+        finally:
+            await self.release(queue, passed["token"])
+
+    async def _keep(self, gate, held, ttl_ms):
+        """A pause while holding a gate and waiting on holders' keys; the
+        gate's lease is renewed as it goes (reads only; nothing is stored)."""
+        await asyncio.sleep(0.02)
+        now = asyncio.get_running_loop().time()
+        renewed = held.setdefault("_renewed", now)
+        if now - renewed > ttl_ms / 3000:
+            held["_renewed"] = now
+            answer = await self.renew(gate, held["token"], ttl_ms)
+            if answer["type"] != "renewed":
+                raise RuntimeError(f"lost the gate {gate}: {answer}")
+
+    async def _gate_open(self, gate, owner):
+        """Whether `gate` is vacant, or held by this session as `owner`,
+        read from the stream leader (not a replica, which may lag)."""
+        holder = await self._holder(gate)
+        return holder is None or (owner is not None and holder == (self.id, owner))
+
+    async def _holder(self, name):
+        """(session, owner) of the record under `name`'s key, or None."""
+        try:
+            msg = await self.js.get_last_msg(f"KV_{BUCKET}", f"$KV.{BUCKET}.{key_of(name)}")
+        except nats.js.errors.NotFoundError:
+            return None  # no message: never held
+        headers = msg.headers or {}
+        if "KV-Operation" in headers or "Nats-Marker-Reason" in headers:
+            return None  # released, purged or expired
+        return record_holder(msg.data)
+
+    async def _holders(self, under):
+        """The names under `under` that are held, read from the stream
+        leader: which keys have messages, then each key's last one."""
+        prefix = f"$KV.{BUCKET}.{key_of(under)}."
+        info = await self.js.stream_info(f"KV_{BUCKET}", subjects_filter=prefix + ">")
+        held = set()
+        for subject in (info.state.subjects or {}):
+            name = f"{under}:{unescape(subject[len(prefix):])}"
+            if await self._holder(name) is not None:
+                held.add(name)
+        return held
+
+
+BUCKET = "JETLOCK_LOCKS"
+READER = "reader"  # the owner of every reader key's holds
+PLAIN = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def key_of(name):
+    """A lock name's KV key (docs/PROTOCOL.md, "Lock names and keys")."""
+    def segment(s):
+        if not s:
+            return "="
+        return "".join(chr(b) if b in PLAIN else f"={b:02X}" for b in s.encode())
+    return ".".join(segment(s) for s in name.split(":"))
+
+
+def unescape(key):
+    """A key's name again (for keys this client reads back)."""
+    def segment(s):
+        if s == "=":
+            return ""
+        out, i = bytearray(), 0
+        while i < len(s):
+            if s[i] == "=":
+                out.append(int(s[i + 1:i + 3], 16))
+                i += 3
+            else:
+                out.append(ord(s[i]))
+                i += 1
+        return out.decode()
+    return ":".join(segment(s) for s in key.split("."))
+
+
+def record_holder(data):
+    """(session, owner) from a v1 record (docs/PROTOCOL.md, "Record v1"):
+    magic 'J', version 1, then bincode strings owner and session."""
+    if not data or data[:2] != b"J\x01":
+        raise ValueError(f"not a v1 lock record: {data[:8]!r}")
+    at = 2
+
+    def varint():
+        nonlocal at
+        b = data[at]
+        at += 1
+        width = {0xFB: 2, 0xFC: 4, 0xFD: 8}.get(b)
+        if width is None:
+            return b
+        value = int.from_bytes(data[at:at + width], "little")
+        at += width
+        return value
+
+    def string():
+        nonlocal at
+        n = varint()
+        s = data[at:at + n].decode()
+        at += n
+        return s
+
+    owner = string()
+    session = string()
+    return session, owner

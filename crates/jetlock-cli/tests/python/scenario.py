@@ -7,24 +7,11 @@ Exits non-zero on the first failed check.
 
 import asyncio
 import json
-import sys
-import time
 
+from checks import expect, log, run
 from jetlock_json import Session
 
 KEY = "py:acct:1"
-T0 = time.monotonic()
-
-
-def log(msg):
-    print(f"[{time.monotonic() - T0:6.2f}s] {msg}", flush=True)
-
-
-def expect(answer, type_, code=None):
-    """Asserts the answer's type (and error code) and returns it."""
-    got = (answer.get("type"), answer.get("code"))
-    assert got == (type_, code), f"expected {type_} {code or ''}, got {json.dumps(answer)}"
-    return answer
 
 
 async def main(url):
@@ -120,14 +107,6 @@ async def main(url):
         for s in sessions.values():
             await s.close()
 
-    print("python scenario: ok", flush=True)
-
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: scenario.py <nats url>")
-    try:
-        asyncio.run(asyncio.wait_for(main(sys.argv[1]), 100))
-    except AssertionError as e:
-        print(f"python scenario: FAILED: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run(main, "python scenario")

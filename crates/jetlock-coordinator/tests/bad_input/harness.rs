@@ -446,13 +446,15 @@ impl Corpus {
         self.cases += 1;
         let id = format!("case-{:04}", self.cases);
         assert_eq!(id.len(), ID_LEN);
+        let s = cast.get(row.who);
         let mut vars = vars.to_vec();
         vars.push(("$ID", id.clone()));
+        vars.push(("$SESSION", s.session.clone()));
         let body = fill(&row.body, &vars);
         let what = format!("{}: {} {}", row.name, row.op, shown(&body));
-        let key = encode(&row.lock);
+        let lock = String::from_utf8(fill(row.lock.as_bytes(), &vars)).expect("UTF-8 name");
+        let key = encode(&lock);
         let before = self.snapshot(&key).await;
-        let s = cast.get(row.who);
         let subject = format!("jetlock.req.{}.{}", row.op, s.session);
         let msg_id = format!("{}:{id}", s.session);
         let stored = store(&s.nats, &subject, &msg_id, row.headers, body).await;

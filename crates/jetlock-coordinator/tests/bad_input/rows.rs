@@ -38,6 +38,7 @@ pub struct Row {
     pub op: &'static str,
     pub who: Who,
     /// The lock name the body aims at; its key is what must not change.
+    /// Variables as in `body`, and `$SESSION`: the sender's session.
     pub lock: String,
     /// The raw body. `$ID` is replaced by the row's request id; `$TOKEN`,
     /// `$PREV`, `$NEXT` and `$OWNER` by the holder's token, token − 1,
@@ -194,6 +195,18 @@ pub fn malformed_rows() -> Vec<Row> {
         row("name with TAB", "renew", "a\tb", r#"{"v":1,"id":"$ID","key":"a\tb","token":1}"#, Refused(InvalidKey)),
         row("name with DEL", "acquire", "a\u{7f}", valid("a\u{7f}"), Refused(InvalidKey)),
         row("name with a C1 control", "acquire", "a\u{85}", valid("a\u{85}"), Refused(InvalidKey)),
+        // The parts of read/write locks and semaphores: reserved names
+        // after `:~rw:` and `:~sem:`; a session takes its own reader key.
+        row("a read/write lock's gate", "acquire", "pay:~rw:write", valid("pay:~rw:write"), Granted),
+        row("a session's own reader key", "acquire", "pay:~rw:read:$SESSION", valid("pay:~rw:read:$SESSION"), Granted),
+        row("a semaphore's last permit", "acquire", "pay:~sem:permit:1023", valid("pay:~sem:permit:1023"), Granted),
+        row("a semaphore's queue", "acquire", "pay:~sem:queue", valid("pay:~sem:queue"), Granted),
+        row("a permit index of 1024", "acquire", "pay:~sem:permit:1024", valid("pay:~sem:permit:1024"), Refused(InvalidKey)),
+        row("a permit index with a leading zero", "acquire", "pay:~sem:permit:01", valid("pay:~sem:permit:01"), Refused(InvalidKey)),
+        row("a permit index that is no number", "acquire", "pay:~sem:permit:x", valid("pay:~sem:permit:x"), Refused(InvalidKey)),
+        row("a semaphore part that is neither", "acquire", "pay:~sem:gate", valid("pay:~sem:gate"), Refused(InvalidKey)),
+        row("a read/write part that is neither", "acquire", "pay:~rw:reader", valid("pay:~rw:reader"), Refused(InvalidKey)),
+        row("a reader key without its session", "preempt", "pay:~rw:read:", valid("pay:~rw:read:"), Refused(InvalidKey)),
         row("raw NUL byte in the name", "acquire", "a\0b", b"{\"v\":1,\"id\":\"$ID\",\"key\":\"a\x00b\"}", Unnamed(BadRequest)),
         row("raw LF in the name", "acquire", "a\nb", "{\"v\":1,\"id\":\"$ID\",\"key\":\"a\nb\"}", Unnamed(BadRequest)),
         // Leases and waits.
@@ -236,6 +249,8 @@ pub fn holder_rows() -> Vec<Row> {
         row("try-lock on a held lock", "acquire", "held", r#"{"v":1,"id":"$ID","key":"held"}"#, Refused(Busy)).by(Who::Other),
         row("wait above the maximum on a held lock", "acquire", "held", r#"{"v":1,"id":"$ID","key":"held","wait_ms":900001}"#, Refused(InvalidWait)).by(Who::Other),
         row("release of another name with the same token", "release", "Held", r#"{"v":1,"id":"$ID","key":"Held","token":$TOKEN}"#, Refused(NotHolder)).by(Who::Holder),
+        row("another session's reader key", "acquire", "held:~rw:read:$OWNER", r#"{"v":1,"id":"$ID","key":"held:~rw:read:$OWNER"}"#, Refused(NotPermitted)).by(Who::Other),
+        row("another session's reader key, waiting", "acquire", "held:~rw:read:$OWNER", r#"{"v":1,"id":"$ID","key":"held:~rw:read:$OWNER","wait_ms":1000}"#, Refused(NotPermitted)).by(Who::Other),
         row("cancel of an unknown request", "cancel", "held", r#"{"v":1,"id":"$ID","key":"held","target":"nope"}"#, Refused(NotWaiting)).by(Who::Other),
         row("cancel of another session's waiting acquire", "cancel", "held", r#"{"v":1,"id":"$ID","key":"held","target":"w1"}"#, Refused(NotWaiting)).by(Who::Other),
         row("cancel of a granted acquire", "cancel", "held", r#"{"v":1,"id":"$ID","key":"held","target":"h1"}"#, Refused(NotWaiting)).by(Who::Holder),

@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Most permits a semaphore may have: a newcomer may try each.
-pub const MAX_PERMITS: u32 = 1024;
+pub use crate::name::MAX_PERMITS;
 
 /// A permit acquisition being built: `client.semaphore(name, permits)`.
 #[must_use = "a permit request does nothing until `.acquire()` or `.try_acquire()` is awaited"]

@@ -27,7 +27,7 @@ use super::guard::LockGuard;
 use super::Inner;
 use crate::error::{LockError, LostReason};
 use crate::fence::FencingToken;
-use crate::name::LockName;
+use crate::name::{LockName, Part};
 use crate::store::{Current, KeyWatch};
 use std::collections::HashSet;
 use tokio::time::Instant;
@@ -147,29 +147,16 @@ pub enum HeldAs {
 
 impl HeldAs {
     pub fn of(name: &str) -> HeldAs {
-        // The first marker: what follows a reader's marker holds its
-        // session and owner, which may hold anything.
-        let parts = |marker: &str| {
-            name.split_once(marker)
-                .map(|(of, rest)| (of.to_owned(), rest.to_owned()))
+        let Some((of, Ok(part))) = crate::name::part(name) else {
+            return HeldAs::Lock;
         };
-        if let Some((of, rest)) = parts(":~rw:") {
-            if rest == "write" {
-                return HeldAs::Write { of };
-            }
-            if rest.starts_with("read:") {
-                return HeldAs::Read { of };
-            }
+        let of = of.to_owned();
+        match part {
+            Part::Read { .. } => HeldAs::Read { of },
+            Part::Write => HeldAs::Write { of },
+            Part::Permit { index } => HeldAs::Permit { of, index },
+            Part::Queue => HeldAs::SemaphoreQueue { of },
         }
-        if let Some((of, rest)) = parts(":~sem:") {
-            if rest == "queue" {
-                return HeldAs::SemaphoreQueue { of };
-            }
-            if let Some(index) = rest.strip_prefix("permit:").and_then(|i| i.parse().ok()) {
-                return HeldAs::Permit { of, index };
-            }
-        }
-        HeldAs::Lock
     }
 
     /// The name the caller locked (the read/write lock's or semaphore's).
@@ -298,7 +285,7 @@ mod tests {
     #[test]
     fn held_keys_are_told_apart_by_their_names() {
         assert_eq!(HeldAs::of("account:42"), HeldAs::Lock);
-        let read = HeldAs::of("ledger:~rw:read:S1:o:~rw:write");
+        let read = HeldAs::of("ledger:~rw:read:S1");
         assert_eq!(
             read,
             HeldAs::Read {

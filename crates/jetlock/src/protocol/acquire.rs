@@ -3,6 +3,7 @@
 use super::request::present;
 use super::request::{body, Checks};
 use super::{ErrorCode, Op, Request, WireError};
+use crate::name::{part, LockName, Part};
 use serde::{Deserialize, Serialize};
 
 /// `acquire`: take the lock, or join its queue for at most `wait_ms`.
@@ -76,12 +77,36 @@ pub(super) fn parse(op: Op, session: &str, raw: &[u8], c: &Checks) -> Result<Req
             ),
         ));
     }
+    let name = c.name(&b.key)?;
+    check_part(&name, session)?;
     Ok(Request::Acquire {
-        name: c.name(&b.key)?,
+        name,
         id: b.id,
         owner,
         ttl_ms: c.ttl(b.ttl_ms)?,
         wait_ms: b.wait_ms,
         preempt,
     })
+}
+
+/// A name under a reserved marker (`:~rw:`, `:~sem:`) must be a part of a
+/// read/write lock or semaphore, and a session takes only its own reader
+/// key: holding another session's would hold up that session's reads, an
+/// act in its name.
+fn check_part(name: &LockName, session: &str) -> Result<(), WireError> {
+    match part(name.as_str()) {
+        None => Ok(()),
+        Some((_, Err(why))) => Err(WireError::new(
+            ErrorCode::InvalidKey,
+            format!(
+                "{name}: `:~rw:` and `:~sem:` name the parts of read/write locks and \
+                 semaphores; {why} (docs/PROTOCOL.md, Read/write locks and semaphores)"
+            ),
+        )),
+        Some((_, Ok(Part::Read { session: of }))) if of != session => Err(WireError::new(
+            ErrorCode::NotPermitted,
+            format!("{name} holds the reads of session {of}; a session takes only its own"),
+        )),
+        Some((_, Ok(_))) => Ok(()),
+    }
 }
