@@ -32,7 +32,13 @@ pub(super) struct Row {
     pub(super) pairs_per_sec: f64,
     /// p50 over the p50 of the matching raw KV row; `None` for the floor.
     pub(super) ratio_to_raw: Option<f64>,
+    /// The latency distribution: (quantile, µs) at [`QUANTILES`], then the
+    /// slowest pair (quantile 1).
+    pub(super) quantiles_us: Vec<(f64, u64)>,
 }
+
+/// The quantiles a row's distribution is reported at.
+pub(super) const QUANTILES: [f64; 6] = [0.5, 0.75, 0.9, 0.95, 0.99, 0.999];
 
 /// What one timed loop measured.
 pub(super) struct Measurement {
@@ -237,5 +243,10 @@ fn row(workload: &'static str, m: &Measurement, iterations: u64, raw_p50: Option
         p99_us: m.histogram.value_at_quantile(0.99),
         pairs_per_sec: iterations as f64 / m.elapsed.as_secs_f64(),
         ratio_to_raw: raw_p50.map(|raw| p50_us as f64 / raw.max(1) as f64),
+        quantiles_us: QUANTILES
+            .iter()
+            .map(|&q| (q, m.histogram.value_at_quantile(q)))
+            .chain([(1.0, m.histogram.max())])
+            .collect(),
     }
 }

@@ -43,6 +43,7 @@
 //! under one per-run key prefix, purged from the bucket at the end.
 
 mod contention;
+mod eta;
 mod failover;
 mod floor;
 mod json;
@@ -52,6 +53,7 @@ mod machine;
 mod memory;
 mod multi;
 mod peers;
+mod plots;
 mod procs;
 mod report;
 mod scaling;
@@ -153,6 +155,11 @@ pub struct BenchArgs {
     /// Where the coordinator runs.
     #[arg(long, value_enum, default_value_t = CoordinatorMode::Child)]
     coordinator: CoordinatorMode,
+    /// Also draw the curves as SVG charts into this folder: latency.svg
+    /// (W1's distribution), scaling-clients.svg, memory.svg; each when its
+    /// workload ran.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<std::path::PathBuf>,
 }
 
 /// The workloads `--only` selects from.
@@ -257,6 +264,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     ]
     .into_iter()
     .any(selected);
+    eta::plan(planned(&args, iterations, &syncs, needs_server));
     for (i, &sync) in syncs.iter().enumerate() {
         let first = i == 0;
         if !needs_server
@@ -286,6 +294,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         drop(ctx);
         let measured = match measured {
             Ok(()) if first && selected(Workload::Memory) => {
+                eta::begin("memory");
                 memory_workload(&args, &mut site, &mut report).await
             }
             other => other,
@@ -310,6 +319,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 .map(|r| (r.durability.clone(), r.p50_us))
                 .collect(),
         };
+        eta::begin("peers");
         report.peers = peers::run(&plan).await;
     }
     report.load_at_end = machine::load_average();
@@ -319,8 +329,72 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     } else {
         print!("{}", report.markdown(args.url.as_deref().unwrap_or("")));
     }
+    if let Some(dir) = &args.plots {
+        for file in plots::write(&report, dir)? {
+            progress(&format!("wrote {}", file.display()));
+        }
+    }
     progress(&format!("done in {:.1} s", report.elapsed_s));
     Ok(())
+}
+
+/// Each workload's planned time, in run order (see `eta.rs`): windows as
+/// set, pairs at the pace of the last full run on 2 cores.
+fn planned(
+    args: &BenchArgs,
+    iterations: u64,
+    syncs: &[Option<SyncInterval>],
+    needs_server: bool,
+) -> Vec<(&'static str, Duration)> {
+    let selected = |w| args.only.is_empty() || args.only.contains(&w);
+    let secs = |given: Option<u64>, full: u64, quick: u64| {
+        Duration::from_secs(given.unwrap_or(if args.quick { quick } else { full }))
+    };
+    let window = secs(args.contention_secs, CONTENTION_SECS, QUICK_CONTENTION_SECS);
+    let length = secs(args.throughput_secs, THROUGHPUT_SECS, QUICK_THROUGHPUT_SECS);
+    let scaling = secs(None, SCALING_SECS, QUICK_SCALING_SECS);
+    let second = Duration::from_secs(1);
+    let per_pair = |ms: u64| Duration::from_millis(ms) * iterations as u32;
+    let mut stages = Vec::new();
+    for (i, sync) in syncs.iter().enumerate() {
+        let first = i == 0;
+        if !needs_server
+            || !(first || selected(Workload::Latency) || selected(Workload::Throughput))
+        {
+            continue;
+        }
+        let fsync = matches!(sync, Some(SyncInterval::Always));
+        let mut stage = |w, name, time| {
+            if selected(w) {
+                stages.push((name, time));
+            }
+        };
+        stage(
+            Workload::Latency,
+            "latency",
+            per_pair(if fsync { 30 } else { 10 }),
+        );
+        stage(Workload::Throughput, "throughput", (length + second) * 6);
+        if !first {
+            continue;
+        }
+        stage(Workload::Multi, "multi", per_pair(7));
+        stage(Workload::Contention, "contention", (window + second) * 3);
+        stage(Workload::Kinds, "kinds", (window + second) * 4);
+        let runs = if args.quick {
+            QUICK_FAILOVER_RUNS
+        } else {
+            FAILOVER_RUNS
+        };
+        stage(Workload::Failover, "failover", second * 4 * runs as u32);
+        stage(Workload::Scaling, "scaling", (scaling + second / 2) * 11);
+        let memory = if args.quick { 15 } else { 100 };
+        stage(Workload::Memory, "memory", second * memory);
+    }
+    if selected(Workload::Peers) {
+        stages.push(("peers", (per_pair(5) + window + second * 5) * 3));
+    }
+    stages
 }
 
 /// The workloads against one site: all of them against the first, W1 and
@@ -339,6 +413,7 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
             names: &ctx.names,
             value: &ctx.value,
         };
+        eta::begin("latency");
         progress(&format!("latency, sync_interval {durability}"));
         let rows = latency::run(target, ctx.iterations).await?;
         report.results.extend(rows.into_iter().map(|r| Row {
@@ -353,6 +428,7 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
             QUICK_THROUGHPUT_SECS,
         );
         let tasks = ctx.args.clients as usize;
+        eta::begin("throughput");
         progress(&format!(
             "throughput: {tasks} tasks on distinct keys, 6 groups × {} s, sync_interval {durability}",
             length.as_secs()
@@ -377,21 +453,26 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
         return Ok(());
     }
     if ctx.selected(Workload::Multi) {
+        eta::begin("multi");
         progress("multi-key: lock_all of 2 and 8 keys, ordered and atomic, interleaved");
         report.multi = multi::run(&site.client, &ctx.names, ctx.iterations).await?;
     }
     if ctx.selected(Workload::Contention) {
+        eta::begin("contention");
         report.contention = contention_workload(ctx).await?;
     }
     if ctx.selected(Workload::Kinds) {
+        eta::begin("kinds");
         report.kinds = kinds_workload(ctx).await?;
     }
     if ctx.selected(Workload::Failover) {
+        eta::begin("failover");
         report.failover = failover_workload(ctx).await?;
     }
     if ctx.selected(Workload::Scaling) {
         let length = ctx.secs(None, SCALING_SECS, QUICK_SCALING_SECS);
         let name = |n: usize| ctx.coordinated_name(&format!("scaling-{n}"));
+        eta::begin("scaling");
         report.scaling = scaling::run(&ctx.throughput_site(), &name, length).await?;
     }
     Ok(())
@@ -570,5 +651,5 @@ fn death_name(death: Death) -> &'static str {
 }
 
 fn progress(what: &str) {
-    eprintln!("jetlock bench: {what}…");
+    eprintln!("jetlock bench: {what}…{}", eta::suffix());
 }
