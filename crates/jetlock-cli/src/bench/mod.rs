@@ -59,6 +59,7 @@ mod report;
 mod scaling;
 mod site;
 mod throughput;
+mod writes;
 
 pub use procs::CoordinatorMode;
 
@@ -239,6 +240,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         iterations,
         warmup: WARMUP,
         results: Vec::new(),
+        writes: Vec::new(),
         throughput: Vec::new(),
         contention: Vec::new(),
         kinds: Vec::new(),
@@ -420,6 +422,9 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
             durability: durability.clone(),
             ..r
         }));
+        if first {
+            report.writes = writes::run(ctx, &mut json).await?;
+        }
     }
     if ctx.selected(Workload::Throughput) {
         let length = ctx.secs(

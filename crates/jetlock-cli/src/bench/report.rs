@@ -29,6 +29,8 @@ pub(super) struct Report {
     pub(super) warmup: u64,
     /// W1 and the JSON path, for every durability.
     pub(super) results: Vec<Row>,
+    /// Stored writes per pair, by path (against the first server).
+    pub(super) writes: Vec<super::writes::WritesRow>,
     /// W2, for every durability.
     pub(super) throughput: Vec<ThroughputRow>,
     /// W3.
@@ -95,6 +97,7 @@ impl Report {
         );
         let _ = writeln!(o, "coordinator: {}", self.coordinator);
         self.latency(o);
+        self.writes(o);
         self.durability_table(o);
         self.throughput(o);
         self.multi(o);
@@ -149,6 +152,41 @@ impl Report {
             "× raw kv pair",
         ];
         o.push_str(&table(&header, "lrrrr", &rows));
+    }
+
+    fn writes(&self, o: &mut String) {
+        let Some(first) = self.writes.first() else {
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "\nstored writes per pair: messages each path adds to the streams, and finished requests deleted, over {} pairs on fresh keys\n",
+            first.pairs
+        );
+        let cell = |v: f64| format!("{v:.2}");
+        let rows: Vec<Vec<String>> = self
+            .writes
+            .iter()
+            .map(|r| {
+                vec![
+                    r.workload.to_owned(),
+                    cell(r.bucket),
+                    cell(r.requests),
+                    cell(r.request_deletes),
+                    cell(r.events),
+                    cell(r.total()),
+                ]
+            })
+            .collect();
+        let header = [
+            "workload",
+            "bucket",
+            "requests stored",
+            "requests deleted",
+            "events",
+            "all",
+        ];
+        o.push_str(&table(&header, "lrrrrr", &rows));
     }
 
     /// W1 p50 and W2 pairs/s side by side for each durability, each with
