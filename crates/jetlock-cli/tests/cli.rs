@@ -2,7 +2,7 @@
 //! nats-server), `locks --json`, exit codes and error lines, durations,
 //! colour, completions and the man page, `config` showing what the
 //! coordinators apply, `members` naming each session's client, a short
-//! `bench --json`.
+//! `bench --json` and its election workload.
 
 mod common;
 
@@ -415,6 +415,48 @@ fn a_short_bench_reports_throughput_and_memory_as_json() {
     assert_eq!(held[0]["held"], 1000);
     assert!(held[0]["rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(report["memory"]["waiters"]["waiters"].as_u64() > Some(0));
+}
+
+/// The bench's election workload, short: jetlock's candidates are elected,
+/// killed and stopped, each way of leaving has its rows, and etcd has rows
+/// too or a note saying why not (it may not be installed). Times are not
+/// judged here.
+#[test]
+fn a_short_election_bench_reports_both_ways_of_leaving() {
+    let out = jetlock()
+        .args(["bench", "--quick", "--json", "--only", "election"])
+        .args(["--durability", "default"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run jetlock bench");
+    assert!(out.status.success(), "jetlock bench failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let rows = report["election"].as_array().expect("election rows");
+    let events = |service: &str| -> Vec<String> {
+        rows.iter()
+            .filter(|r| {
+                r["service"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(service))
+            })
+            .map(|r| {
+                assert_eq!(r["samples_ms"].as_array().map(Vec::len), Some(5), "{r}");
+                assert_eq!(r["candidates"], 3, "{r}");
+                r["event"].as_str().expect("an event").to_owned()
+            })
+            .collect()
+    };
+    let both = [
+        "leader crashed → new leader observed",
+        "leader resigned → new leader observed",
+    ];
+    assert_eq!(events("jetlock"), both);
+    let notes = report["notes"].to_string();
+    if notes.contains("election, etcd") {
+        assert!(events("etcd").is_empty(), "{notes}");
+    } else {
+        assert_eq!(events("etcd"), both, "{notes}");
+    }
 }
 
 /// `setup` on one server: three replicas (the default) fail with the hint

@@ -116,7 +116,7 @@ pub(super) async fn run(s: &Setup<'_>, death: Death, runs: usize) -> Result<Fail
 }
 
 /// A pause of 0–300 ms that differs from run to run.
-fn phase() -> Duration {
+pub(super) fn phase() -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

@@ -18,6 +18,9 @@
 //!   advisory locks as the peer, in `peers/`);
 //! - **W4 failover** (`failover.rs`) — a `jetlock hold` child is killed or
 //!   hung while a waiter is queued: time to the waiter's grant;
+//! - **election** (`election.rs`) — `jetlock elect` candidate processes on
+//!   one election, the leader killed or stopped: time until an observer
+//!   sees the next leader; the same with etcd's election API (`peers/`);
 //! - **multi-key** (`multi.rs`) — one client, uncontended `lock_all` +
 //!   release of 2 and 8 keys, ordered (a CAS per key) against atomic (one
 //!   batch);
@@ -43,6 +46,7 @@
 //! under one per-run key prefix, purged from the bucket at the end.
 
 mod contention;
+mod election;
 mod eta;
 mod failover;
 mod floor;
@@ -116,7 +120,7 @@ pub struct BenchArgs {
     url: Option<String>,
     /// Shorter runs (300 pairs per latency workload, 2 s per throughput
     /// group and contention path, 1 s per scaling row, 3 failovers of each
-    /// kind, up to 10k held locks), for a quick check.
+    /// kind and 5 election failovers, up to 10k held locks), for a quick check.
     #[arg(long)]
     quick: bool,
     /// Measured pairs per latency workload; overrides --quick [default: 2000].
@@ -178,6 +182,8 @@ pub enum Workload {
     /// W4: a holder process killed or hung.
     #[value(alias = "w4")]
     Failover,
+    /// Election failover: the leader killed or resigning, jetlock and etcd.
+    Election,
     /// Read/write locks (90/10), a semaphore (4 permits), and readers in
     /// keys of their own against one record listing them.
     Kinds,
@@ -245,6 +251,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         contention: Vec::new(),
         kinds: Vec::new(),
         failover: Vec::new(),
+        election: Vec::new(),
         scaling: Default::default(),
         multi: Vec::new(),
         memory: None,
@@ -260,6 +267,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Workload::Contention,
         Workload::Kinds,
         Workload::Failover,
+        Workload::Election,
         Workload::Scaling,
         Workload::Memory,
         Workload::Multi,
@@ -323,6 +331,13 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         };
         eta::begin("peers");
         report.peers = peers::run(&plan).await;
+    }
+    if selected(Workload::Election) {
+        eta::begin("etcd election");
+        match peers::election(election::runs(args.quick)).await {
+            Ok(rows) => report.election.extend(rows),
+            Err(why) => report.notes.push(format!("election, etcd: {why}")),
+        }
     }
     report.load_at_end = machine::load_average();
     report.elapsed_s = started.elapsed().as_secs_f64();
@@ -389,12 +404,18 @@ fn planned(
             FAILOVER_RUNS
         };
         stage(Workload::Failover, "failover", second * 4 * runs as u32);
+        let elections = second * 2 * election::runs(args.quick) as u32;
+        stage(Workload::Election, "election", elections);
         stage(Workload::Scaling, "scaling", (scaling + second / 2) * 11);
         let memory = if args.quick { 15 } else { 100 };
         stage(Workload::Memory, "memory", second * memory);
     }
     if selected(Workload::Peers) {
         stages.push(("peers", (per_pair(5) + window + second * 5) * 3));
+    }
+    if selected(Workload::Election) {
+        let elections = second * 2 * election::runs(args.quick) as u32;
+        stages.push(("etcd election", elections));
     }
     stages
 }
@@ -473,6 +494,10 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
     if ctx.selected(Workload::Failover) {
         eta::begin("failover");
         report.failover = failover_workload(ctx).await?;
+    }
+    if ctx.selected(Workload::Election) {
+        eta::begin("election");
+        report.election = election::workload(ctx).await?;
     }
     if ctx.selected(Workload::Scaling) {
         let length = ctx.secs(None, SCALING_SECS, QUICK_SCALING_SECS);

@@ -1,6 +1,7 @@
 //! The processes the bench starts besides the nats-server: a `jetlock
-//! serve` coordinator (or one in this process), and `jetlock hold` lock
-//! holders to kill and pause.
+//! serve` coordinator (or one in this process), `jetlock hold` lock
+//! holders to kill and pause, and `jetlock elect` candidates to kill and
+//! stop.
 //!
 //! Every child is this same binary (`std::env::current_exe()`), started with
 //! `PR_SET_PDEATHSIG` (it dies with the bench even when the bench is killed
@@ -42,32 +43,7 @@ impl Proc {
         args: &[&str],
         ready: impl Fn(&str) -> bool,
     ) -> Result<(Proc, String), CliError> {
-        let exe = std::env::current_exe()?;
-        let log = tempfile::tempfile()?;
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(args)
-            // A config file named in the bench's environment is not ours.
-            .env_remove("JETLOCK_CONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.try_clone()?));
-        jetlock_testkit::server::dies_with_this_process(&mut cmd);
-        let mut cmd = Command::from(cmd);
-        cmd.kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("could not start {what} ({}): {e}", exe.display()))?;
-        let pid = child.id().ok_or("child exited at once")?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("child stdout is piped")?;
-        let mut proc = Proc {
-            what,
-            pid,
-            child,
-            _stdin: stdin,
-            _stdout: BufReader::new(stdout).lines(),
-            log,
-        };
+        let mut proc = Proc::spawn(what, args)?;
         let first = tokio::time::timeout(START_LIMIT, async {
             while let Some(line) = proc._stdout.next_line().await? {
                 if ready(&line) {
@@ -86,10 +62,45 @@ impl Proc {
                     _ => "exited before it was ready".to_owned(),
                 };
                 proc.kill().await;
-                let log = proc.log_tail();
-                Err(format!("{} {why}; its stderr ends with:\n{log}", proc.what).into())
+                Err(proc.failed(&why).into())
             }
         }
+    }
+
+    /// Starts `jetlock <args>` without waiting for anything.
+    fn spawn(what: String, args: &[&str]) -> Result<Proc, CliError> {
+        let exe = std::env::current_exe()?;
+        let log = tempfile::tempfile()?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(args)
+            // A config file named in the bench's environment is not ours.
+            .env_remove("JETLOCK_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?));
+        jetlock_testkit::server::dies_with_this_process(&mut cmd);
+        let mut cmd = Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("could not start {what} ({}): {e}", exe.display()))?;
+        let pid = child.id().ok_or("child exited at once")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("child stdout is piped")?;
+        Ok(Proc {
+            what,
+            pid,
+            child,
+            _stdin: stdin,
+            _stdout: BufReader::new(stdout).lines(),
+            log,
+        })
+    }
+
+    /// `what` went wrong with this child, with the end of its stderr.
+    pub(super) fn failed(&mut self, what: &str) -> String {
+        let log = self.log_tail();
+        format!("{} {what}; its stderr ends with:\n{log}", self.what)
     }
 
     pub(super) fn pid(&self) -> u32 {
@@ -146,6 +157,23 @@ pub(super) async fn hold(url: &str, bucket: &str, name: &str) -> Result<Holder, 
         .as_u64()
         .ok_or_else(|| format!("`jetlock hold` printed no token: {line}"))?;
     Ok(Holder { proc, token })
+}
+
+/// Starts `jetlock elect NAME --owner OWNER -- cat`: a candidate that
+/// campaigns as `owner` and, once elected, runs `cat` on the stdin this
+/// bench holds open (so `cat` ends with the bench even when the candidate
+/// was killed and could not stop it). Campaigning prints nothing: watch the
+/// election to see it lead.
+pub(super) fn candidate(
+    url: &str,
+    bucket: &str,
+    name: &str,
+    owner: &str,
+) -> Result<Proc, CliError> {
+    let args = [
+        "elect", name, "--url", url, "--bucket", bucket, "--owner", owner, "--", "cat",
+    ];
+    Proc::spawn(format!("`jetlock elect {name}` ({owner})"), &args)
 }
 
 /// Where the bench's coordinator runs.

@@ -39,6 +39,8 @@ pub(super) struct Report {
     pub(super) kinds: Vec<super::kinds::KindsRow>,
     /// W4.
     pub(super) failover: Vec<FailoverRow>,
+    /// Election failover, jetlock's and the peers'.
+    pub(super) election: Vec<super::election::ElectionRow>,
     pub(super) scaling: Scaling,
     /// Multi-key `lock_all`, ordered and atomic.
     pub(super) multi: Vec<MultiRow>,
@@ -58,7 +60,7 @@ fn ratio_cell(r: Option<f64>) -> String {
 
 /// A markdown table; `align` has one letter per column: `l` for text,
 /// `r` for numbers.
-fn table(header: &[&str], align: &str, rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], align: &str, rows: &[Vec<String>]) -> String {
     debug_assert_eq!(header.len(), align.len(), "one alignment per column");
     let mut out = format!("| {} |\n|", header.join(" | "));
     for a in align.chars() {
@@ -104,6 +106,7 @@ impl Report {
         self.contention(o);
         self.kinds(o);
         self.failover(o);
+        o.push_str(&super::election::markdown(&self.election));
         self.scaling(o);
         self.memory(o);
         self.peers(o);

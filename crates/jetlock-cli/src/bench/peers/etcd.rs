@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use serde_json::{json, Value};
 use std::process::Command;
+use tokio::task::JoinSet;
 
 /// Seconds the lease of a client's locks lives (the run is shorter).
 const LEASE_TTL_S: u64 = 120;
@@ -52,40 +53,37 @@ pub(super) async fn start(binary: &std::path::Path) -> Result<Service, CliError>
     Ok(service)
 }
 
-/// One client: a keep-alive connection and a lease.
-pub(super) struct EtcdLock {
+/// One HTTP/1.1 keep-alive connection to etcd's JSON gateway.
+pub(super) struct Gateway {
     sender: SendRequest<Full<Bytes>>,
-    /// Drives the connection; ends when `sender` is dropped.
-    _connection: tokio::task::JoinHandle<()>,
+    /// Drives the connection; aborted (the socket closed) on drop.
+    _connection: JoinSet<()>,
     host: String,
-    lease: String,
 }
 
-impl EtcdLock {
-    pub(super) async fn connect(port: u16) -> Result<EtcdLock, CliError> {
+impl Gateway {
+    pub(super) async fn connect(port: u16) -> Result<Gateway, CliError> {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        let mut client = EtcdLock {
+        let mut driver = JoinSet::new();
+        driver.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Gateway {
             sender,
-            _connection: tokio::spawn(async move {
-                let _ = connection.await;
-            }),
+            _connection: driver,
             host: format!("127.0.0.1:{port}"),
-            lease: String::new(),
-        };
-        let granted = client
-            .post("/v3/lease/grant", json!({ "TTL": LEASE_TTL_S }))
-            .await?;
-        client.lease = match &granted["ID"] {
-            Value::String(id) => id.clone(),
-            Value::Number(id) => id.to_string(),
-            _ => return Err(format!("etcd granted no lease: {granted}").into()),
-        };
-        Ok(client)
+        })
     }
 
-    async fn post(&mut self, path: &str, body: Value) -> Result<Value, CliError> {
+    /// Posts `body` to `path`; the answer's body, once the status says it
+    /// is one.
+    pub(super) async fn send(
+        &mut self,
+        path: &str,
+        body: &Value,
+    ) -> Result<hyper::body::Incoming, CliError> {
         self.sender.ready().await?;
         let request = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.host)
@@ -93,18 +91,60 @@ impl EtcdLock {
             .body(Full::new(Bytes::from(body.to_string())))?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await?
-            .to_bytes();
         if !status.is_success() {
+            let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await?
+                .to_bytes();
             return Err(format!(
                 "etcd answered {path} with HTTP {status}: {}",
                 String::from_utf8_lossy(&body)
             )
             .into());
         }
+        Ok(response.into_body())
+    }
+
+    /// Posts `body` to `path` and reads the JSON answer.
+    pub(super) async fn post(&mut self, path: &str, body: Value) -> Result<Value, CliError> {
+        let answer = self.send(path, &body).await?;
+        let body = http_body_util::Limited::new(answer, MAX_ANSWER)
+            .collect()
+            .await?
+            .to_bytes();
         Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// A lease of (about) `ttl_s` seconds: its id, and the TTL etcd
+    /// granted, which is at least its minimum.
+    pub(super) async fn grant(&mut self, ttl_s: u64) -> Result<(String, u64), CliError> {
+        let granted = self
+            .post("/v3/lease/grant", json!({ "TTL": ttl_s }))
+            .await?;
+        let id = match &granted["ID"] {
+            Value::String(id) => id.clone(),
+            Value::Number(id) => id.to_string(),
+            _ => return Err(format!("etcd granted no lease: {granted}").into()),
+        };
+        let ttl = match &granted["TTL"] {
+            Value::String(ttl) => ttl.parse().ok(),
+            other => other.as_u64(),
+        };
+        Ok((id, ttl.unwrap_or(ttl_s)))
+    }
+}
+
+/// One client: a keep-alive connection and a lease.
+pub(super) struct EtcdLock {
+    gateway: Gateway,
+    lease: String,
+}
+
+impl EtcdLock {
+    pub(super) async fn connect(port: u16) -> Result<EtcdLock, CliError> {
+        let mut gateway = Gateway::connect(port).await?;
+        let (lease, _) = gateway.grant(LEASE_TTL_S).await?;
+        Ok(EtcdLock { gateway, lease })
     }
 }
 
@@ -115,7 +155,7 @@ impl Contender for EtcdLock {
     async fn take(&mut self, name: &str) -> Result<String, CliError> {
         let name = base64::engine::general_purpose::STANDARD.encode(name);
         let body = json!({ "name": name, "lease": self.lease });
-        let locked = self.post("/v3/lock/lock", body).await?;
+        let locked = self.gateway.post("/v3/lock/lock", body).await?;
         locked["key"]
             .as_str()
             .map(str::to_owned)
@@ -123,7 +163,9 @@ impl Contender for EtcdLock {
     }
 
     async fn give_back(&mut self, _: &str, key: String) -> Result<(), CliError> {
-        self.post("/v3/lock/unlock", json!({ "key": key })).await?;
+        self.gateway
+            .post("/v3/lock/unlock", json!({ "key": key }))
+            .await?;
         Ok(())
     }
 }

@@ -9,7 +9,9 @@
 //!   64-bit id (a hash of the name); waiters queue in the server. Advisory
 //!   locks live in shared memory: no WAL, nothing fsynced.
 //! - **etcd** (`etcd.rs`): its v3 lock API (`Lock` with a lease, `Unlock`),
-//!   each a Raft write fsynced to the WAL; waiters queue by revision.
+//!   each a Raft write fsynced to the WAL; waiters queue by revision. And
+//!   its v3 election API for the election failover rows
+//!   (`etcd_election.rs`, beside jetlock's in `../election.rs`).
 //!
 //! Each is started for the run on a free loopback port, in a temp dir
 //! (`service.rs`), and killed after; one that is not installed
@@ -20,6 +22,7 @@
 //! with the HTTP client jetlock already has.
 
 mod etcd;
+mod etcd_election;
 #[cfg(feature = "peers")]
 mod postgres;
 #[cfg(feature = "peers")]
@@ -191,6 +194,23 @@ impl Peer {
             }
         }
     }
+}
+
+/// etcd's election failover rows (`etcd_election.rs`), or why there are
+/// none: etcd is not installed, or the runs failed.
+pub(super) async fn election(runs: usize) -> Result<Vec<super::election::ElectionRow>, String> {
+    let binary = Peer::Etcd
+        .binary()
+        .map_err(|why| format!("skipped: {why}"))?;
+    let service = match service::version(&binary) {
+        Some(v) => format!("etcd ({v})"),
+        None => "etcd".to_owned(),
+    };
+    let measured = async {
+        let server = etcd::start(&binary).await?;
+        etcd_election::run(server.port(), service, runs).await
+    };
+    measured.await.map_err(|e| format!("failed: {e}"))
 }
 
 /// W1 on one connection, then W3 on `plan.clients` connections.
