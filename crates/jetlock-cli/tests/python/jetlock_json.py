@@ -58,6 +58,7 @@ class Session:
         self.orphan_errors = asyncio.Queue()  # errors without `re`
         self._hb_task = None
         self.last_ack = None  # the last heartbeat answer
+        self._readers = {}  # read/write lock name -> (reader owner, holds)
 
     # -- connection and heartbeats ------------------------------------------
 
@@ -223,22 +224,41 @@ class Session:
 
     async def read_lock(self, name, ttl_ms=10000, wait_ms=0, owner=None):
         """`granted` for the session's reader key `<name>:~rw:read:<session>`
-        (release it with its `key` and `token`), or `error`."""
+        (give it back with `read_unlock`), or `error`.
+
+        The key's holds share one owner, `reader.<random>`, new each time
+        the session takes the key afresh: a key an earlier read left held
+        (its release lost) is then not mistaken for ours, and its lease
+        ends it."""
         mine, gate = f"{name}:~rw:read:{self.id}", f"{name}:~rw:write"
         owner = owner or self.id
-        held = await self.acquire(mine, ttl_ms, 0, owner=READER)
+        held = await self._read_hold(name, mine, ttl_ms)
         if held["type"] != "granted" or await self._gate_open(gate, owner):
             return held
         # A writer holds or waits for the gate: give the hold back and
         # queue behind it, then take the key while holding the gate.
-        await self.release(mine, held["token"])
+        await self.read_unlock(name, held)
         passed = await self.acquire(gate, ttl_ms, wait_ms, owner=owner)
         if passed["type"] != "granted":
             return passed
         try:
-            return await self.acquire(mine, ttl_ms, 0, owner=READER)
+            return await self._read_hold(name, mine, ttl_ms)
         finally:
             await self.release(gate, passed["token"])
+
+    async def _read_hold(self, name, mine, ttl_ms):
+        reader, holds = self._readers.get(name, (f"reader.{secrets.token_hex(8)}", 0))
+        held = await self.acquire(mine, ttl_ms, 0, owner=reader)
+        if held["type"] == "granted":
+            self._readers[name] = (reader, holds + 1)
+        return held
+
+    async def read_unlock(self, name, held):
+        """Gives back one read of `name` taken by `read_lock`."""
+        reader, holds = self._readers.pop(name, (None, 0))
+        if holds > 1:
+            self._readers[name] = (reader, holds - 1)
+        return await self.release(held["key"], held["token"])
 
     async def write_lock(self, name, ttl_ms=10000, wait_ms=0, owner=None):
         """`granted` for the gate `<name>:~rw:write` once no reader holds,
@@ -344,7 +364,6 @@ class Session:
 
 
 BUCKET = "JETLOCK_LOCKS"
-READER = "reader"  # the owner of every reader key's holds
 PLAIN = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 

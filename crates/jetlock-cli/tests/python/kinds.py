@@ -33,9 +33,9 @@ async def ordered(A, B, C, D):
     await not_before(write, "C's write beside two readers")
     late_read = asyncio.create_task(D.read_lock(name, wait_ms=20000))
     await not_before(late_read, "D's read behind a waiting writer")
-    expect(await A.release(ra["key"], ra["token"]), "released")
+    expect(await A.read_unlock(name, ra), "released")
     await not_before(write, "C's write beside one reader")
-    expect(await B.release(rb["key"], rb["token"]), "released")
+    expect(await B.read_unlock(name, rb), "released")
     w = expect(await asyncio.wait_for(write, 10), "granted")
     assert w["token"] > max(ra["token"], rb["token"]), (w, ra, rb)
     log(f"b. C writes (token {w['token']}, above both readers') once both released")
@@ -48,7 +48,7 @@ async def ordered(A, B, C, D):
     # c. A writer that reads the lock itself is refused: it would wait on
     #    its own read forever.
     expect(await D.write_lock(name, wait_ms=1000), "error", "upgrade")
-    expect(await D.release(rd["key"], rd["token"]), "released")
+    expect(await D.read_unlock(name, rd), "released")
     log("c. D's write while it reads: upgrade")
 
     # d. A semaphore of 2: the third waits for a release, in order.
@@ -91,7 +91,10 @@ async def racing(sessions, seconds=4.0):
             await asyncio.sleep(random.uniform(0, 0.02))
             end = time.monotonic()
             beliefs[group].append((start, end, kind, held["token"], s.id))
-            expect(await s.release(held["key"], held["token"]), "released")
+            if kind == "read":
+                expect(await s.read_unlock(name, held), "released")
+            else:
+                expect(await s.release(held["key"], held["token"]), "released")
 
     await asyncio.gather(*(worker(s) for s in sessions))
     rw = sorted(beliefs["rw"])
