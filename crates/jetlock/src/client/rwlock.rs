@@ -27,7 +27,7 @@
 
 use super::acquire::acquire;
 use super::attempt::Wait;
-use super::guard::LockGuard;
+use super::guard::{Hold, LockGuard};
 use super::shared::{gate_open, renamed, sub_name, Holders, PartGuard};
 use super::{check_ttl, Inner};
 use crate::error::LockError;
@@ -211,25 +211,27 @@ async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
     // own writer may hold (its downgrade read needs the turn).
     let turn = take.inner.reads.entry(keys.mine.key());
     let mut tenure = turn.lock().await;
-    match holding(take, keys, &tenure) {
+    let mut queue = false;
+    if let Some(owner) = holding(take, keys, &tenure) {
         // The key is held by this session's other reads, and a writer
         // waits for it: adding a hold would let this read barge past the
         // writer, so with the gate taken it queues instead.
-        Some(owner) => {
-            if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
-                return take.lock_as(&keys.mine, &owner, take.wait).await;
-            }
+        if !gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
+            queue = true;
+        } else if let Some(taken) = add_hold(take, &keys.mine, &owner).await {
+            return taken;
         }
-        None => {
-            let owner = begin(&mut tenure);
-            let guard = take.lock_as(&keys.mine, &owner, take.wait).await?;
-            if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
-                return Ok(guard);
-            }
-            // A writer holds or passes the gate: our key may hold it up,
-            // so it goes, and we queue behind the writer.
-            let _ = guard.release().await;
+        // Otherwise the tenure's hold was lost meanwhile: a new tenure.
+    }
+    if !queue {
+        let owner = begin(&mut tenure);
+        let guard = take.lock_as(&keys.mine, &owner, take.wait).await?;
+        if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
+            return Ok(guard);
         }
+        // A writer holds or passes the gate: our key may hold it up, so
+        // it goes, and we queue behind the writer.
+        let _ = guard.release().await;
     }
     drop(tenure);
     if let Wait::No = take.wait {
@@ -238,8 +240,17 @@ async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
     let pass = acquire(take.inner, &keys.gate, None, take.ttl, take.wait, true).await?;
     let taken = {
         let mut tenure = turn.lock().await;
-        let owner = holding(take, keys, &tenure).unwrap_or_else(|| begin(&mut tenure));
-        take.lock_as(&keys.mine, &owner, take.wait).await
+        let held = match holding(take, keys, &tenure) {
+            Some(owner) => add_hold(take, &keys.mine, &owner).await,
+            None => None,
+        };
+        match held {
+            Some(taken) => taken,
+            None => {
+                let owner = begin(&mut tenure);
+                take.lock_as(&keys.mine, &owner, take.wait).await
+            }
+        }
     };
     // A pass whose release is lost holds the gate until its lease ends:
     // later comers wait longer, nobody gets in wrongly.
@@ -322,6 +333,26 @@ fn holding(take: &Take<'_>, keys: &Keys, tenure: &Tenure) -> Option<String> {
     tenure
         .clone()
         .filter(|owner| take.holds_as(&keys.mine, owner))
+}
+
+/// One more hold on the session's reader key for the tenure `owner`, or
+/// `None` when that hold was lost meanwhile. Never a fresh acquire under
+/// the tenure's owner: a coordinator would take it for a reentry of what
+/// the lost hold left on the key (see [`Tenure`]).
+async fn add_hold(
+    take: &Take<'_>,
+    name: &LockName,
+    owner: &str,
+) -> Option<Result<LockGuard, LockError>> {
+    let hold = take
+        .inner
+        .holds
+        .get(&(name.key().to_owned(), owner.to_owned()))
+        .and_then(|weak| weak.upgrade())?;
+    match Hold::reenter(&hold).await {
+        Err(LockError::Lost { .. }) => None,
+        taken => Some(taken),
+    }
 }
 
 /// A session's reads: who reads which lock (to refuse upgrades), and one
