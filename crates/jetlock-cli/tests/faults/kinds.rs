@@ -33,7 +33,7 @@ const RW_WORKERS: usize = 6;
 /// Clients on the semaphore: twice its permits, so that they queue.
 const SEM_WORKERS: usize = 4;
 /// Grants every client must get once the faults healed.
-const PROGRESS: u64 = 2;
+const PROGRESS: u64 = 5;
 
 /// The faults the kinds run under (the suite's own injections).
 #[derive(Debug, Clone, Copy)]
