@@ -360,16 +360,21 @@ pub(super) async fn run(mut rig: Rig, fault: Fault, secs: Duration) {
 }
 
 /// The keys under [`RW`] and [`SEM`] still held at `until` (returns as soon
-/// as none is): released ones are vacant, and ones whose release failed
-/// expire by their leases.
+/// as none is; a key that cannot be read counts as held): released ones
+/// are vacant, and ones whose release failed expire by their leases.
 async fn held_after(client: &Client, until: Instant) -> Vec<String> {
     use futures::TryStreamExt;
     loop {
         let mut held = Vec::new();
-        let keys: Vec<String> = match client.store().kv().keys().await {
-            Ok(keys) => keys.try_collect().await.unwrap_or_default(),
-            Err(_) => Vec::new(),
+        let keys = match client.store().kv().keys().await {
+            Ok(keys) => keys.try_collect::<Vec<String>>().await.ok(),
+            Err(_) => None,
         };
+        // Unreadable (no stream leader for a moment) counts as held.
+        let keys = keys.unwrap_or_else(|| {
+            held.push("(the bucket's keys could not be read)".to_owned());
+            Vec::new()
+        });
         for key in keys {
             let Ok(name) = LockName::from_key(&key) else {
                 continue;
@@ -377,7 +382,7 @@ async fn held_after(client: &Client, until: Instant) -> Vec<String> {
             let ours = [RW, SEM]
                 .iter()
                 .any(|n| name.as_str().starts_with(&format!("{n}:")));
-            if ours && matches!(client.holder(name.as_str()).await, Ok(Some(_))) {
+            if ours && !matches!(client.holder(name.as_str()).await, Ok(None)) {
                 held.push(name.as_str().to_owned());
             }
         }
