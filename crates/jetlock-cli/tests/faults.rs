@@ -20,10 +20,13 @@
 //! Scenarios are short by default (about 10 s of faults each; the suite
 //! runs them one at a time). `JETLOCK_FAULT_SECS=N` makes each run N
 //! seconds of faults; `cargo test --test faults soak -- --ignored` runs the
-//! mixed soak (`JETLOCK_SOAK_SECS`, default one hour). See
+//! mixed soak (`JETLOCK_SOAK_SECS`, default one hour). Read/write locks and
+//! semaphores under the same faults are in `faults/kinds.rs`. See
 //! `docs/RELIABILITY.md`, "Fault injection".
 
 mod common;
+#[path = "faults/kinds.rs"]
+mod kinds;
 #[path = "faults/partitions.rs"]
 mod partitions;
 #[path = "faults/paused.rs"]
@@ -161,6 +164,23 @@ impl Rig {
     /// [`Rig::start_on`], the last `long` workers with sessions of
     /// [`LONG_SESSION`] instead of the default 900 ms.
     async fn start_with(name: &'static str, cluster: NatsCluster, long: usize) -> Rig {
+        let mut rig = Rig::bare(name, cluster).await;
+        for i in 0..WORKERS {
+            let kind = if i % 2 == 0 {
+                WorkerKind::FastPath
+            } else {
+                WorkerKind::Protocol
+            };
+            let timeout = (i >= WORKERS - long).then_some(LONG_SESSION);
+            rig.spawn_worker(i, kind, timeout);
+        }
+        rig.resumed("the load starts").await;
+        rig
+    }
+
+    /// The bucket and two coordinators on `cluster`, without a load: the
+    /// caller brings its own, counting its grants in `grants`.
+    async fn bare(name: &'static str, cluster: NatsCluster) -> Rig {
         setup_bucket(&cluster).await;
         let mut rig = Rig {
             name,
@@ -179,16 +199,6 @@ impl Rig {
             let c = rig.start_coordinator(i);
             rig.coordinators.push(Some(c));
         }
-        for i in 0..WORKERS {
-            let kind = if i % 2 == 0 {
-                WorkerKind::FastPath
-            } else {
-                WorkerKind::Protocol
-            };
-            let timeout = (i >= WORKERS - long).then_some(LONG_SESSION);
-            rig.spawn_worker(i, kind, timeout);
-        }
-        rig.resumed("the load starts").await;
         rig
     }
 

@@ -506,3 +506,94 @@ async fn waiting_started(c: &Client) -> bool {
         jetlock::store::Current::Vacant { revision } if revision > 0
     )
 }
+
+/// A read whose release did not land (a server down) leaves its session's
+/// reader key held until its lease ends. The session's next read must not
+/// take that orphan for a hold of its own: it waits for it to expire, and
+/// then holds and releases its own read. (Under one fixed reader owner the
+/// coordinator added a hold to the orphan, and the new guard's every write
+/// conflicted: its release reported the hold lost and the key stayed held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_not_taken_for_a_hold_its_session_left_behind() {
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let c = client(&server.url(), 1).await;
+    let key = jetlock::LockName::new(&format!("books:~rw:read:{}", c.session())).unwrap();
+    let first = c.read_lock("books").acquire().await.unwrap();
+    let jetlock::store::Current::Held { record, .. } = c.store().read(&key).await.unwrap() else {
+        panic!("the first read holds its key");
+    };
+    first.release().await.unwrap();
+    // The release "did not land": the record is back, as this session's
+    // earlier read left it, with a 1 s lease.
+    let jetlock::store::Current::Vacant { revision } = c.store().read(&key).await.unwrap() else {
+        panic!("released");
+    };
+    let orphan = jetlock::store::WriteId {
+        id: "orphan",
+        resend: false,
+    };
+    c.store()
+        .put(&key, &record, revision, Duration::from_secs(1), orphan)
+        .await
+        .unwrap();
+    let second = timeout(PATIENCE, c.read_lock("books").acquire())
+        .await
+        .expect("the read is granted once the orphan expired")
+        .unwrap();
+    assert!(!second.is_lost());
+    second
+        .release()
+        .await
+        .expect("the read's own release lands");
+    assert!(c.holder(key.as_str()).await.unwrap().is_none());
+}
+
+/// A further read while the session's reader key is lost to this client
+/// (its renewal failed) but still names the session on the server takes
+/// the key afresh once that record expired. It is never sent as a new
+/// acquire under the lost hold's owner, which the coordinator took for a
+/// reentry of the stale record: the new guard wrote against the grant's
+/// revision and its release conflicted (or, if the record expired first,
+/// the acquire was answered `not_holder`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_further_read_after_its_sessions_read_was_lost_takes_the_key_afresh() {
+    let server = single();
+    let _coordinator = coordinator(&server.url()).await;
+    let c = client(&server.url(), 1).await;
+    let key = jetlock::LockName::new(&format!("books:~rw:read:{}", c.session())).unwrap();
+    let first = c
+        .read_lock("books")
+        .ttl(Duration::from_secs(1))
+        .acquire()
+        .await
+        .unwrap();
+    // The record changes under the hold, still naming this session and
+    // owner: the hold's next renewal conflicts and it is lost, while the
+    // server keeps the record for its lease.
+    let jetlock::store::Current::Held { revision, record } = c.store().read(&key).await.unwrap()
+    else {
+        panic!("the first read holds its key");
+    };
+    let write = jetlock::store::WriteId {
+        id: "under-the-hold",
+        resend: false,
+    };
+    c.store()
+        .put(&key, &record, revision, Duration::from_secs(1), write)
+        .await
+        .unwrap();
+    timeout(PATIENCE, first.lost())
+        .await
+        .expect("the renewal conflicts");
+    let second = timeout(PATIENCE, c.read_lock("books").acquire())
+        .await
+        .expect("the read is granted once the stale record expired")
+        .unwrap();
+    assert!(!second.is_lost());
+    second
+        .release()
+        .await
+        .expect("the read's own release lands");
+    drop(first);
+}

@@ -505,3 +505,32 @@ async fn a_bucket_without_a_consumer_limit_gets_jetlocks_and_an_operators_stays(
     let _again = jetlock_testkit::client(&server.url(), 1).await;
     assert_eq!(limit().await, 50_000, "an operator's limit stays");
 }
+
+/// An acquire that was asked to wait never answers `Busy`, also when its
+/// wait is over before its request reaches the coordinator (0 ms left, as
+/// for a read/write lock's or semaphore's gate after its first steps used
+/// the wait up): it times out, as `wait` promises.
+#[tokio::test]
+async fn a_wait_that_ran_out_before_the_request_went_out_is_a_timeout() {
+    let server = single();
+    let _coordinator = jetlock_testkit::coordinator(&server.url()).await;
+    let holder = client(&server.url(), 1).await;
+    let _held = holder.lock("acct:9").acquire().await.unwrap();
+    for fast_path in [true, false] {
+        let waiter = ClientOptions::new()
+            .fast_path(fast_path)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let e = waiter
+            .lock("acct:9")
+            .wait(Duration::ZERO)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, LockError::Timeout { .. }),
+            "fast path {fast_path}: {e:?}"
+        );
+    }
+}

@@ -68,7 +68,7 @@ fn heal(k: usize) {
 
 /// Cuts a random server off the others and every client for 2–4 s (2–15 s
 /// in runs over a minute), then reconnects it.
-async fn isolate_servers(rig: &mut Rig, secs: Duration) {
+pub(super) async fn isolate_servers(rig: &mut Rig, secs: Duration) {
     let longest = if secs > Duration::from_secs(60) {
         15_000
     } else {
@@ -166,7 +166,7 @@ async fn partitions_isolate_a_server() {
 
 /// Runs [`partitions_lab`] with `steps` in new namespaces, or says why it
 /// cannot.
-async fn run_lab(steps: &'static str) {
+pub(super) async fn run_lab(steps: &'static str) {
     // The lab runs in a child process in new network and mount namespaces:
     // whatever it builds goes away with it, and the machine's own network
     // is never touched.
@@ -214,7 +214,8 @@ async fn run_lab(steps: &'static str) {
 }
 
 /// The lab of [`run_lab`]: does nothing unless run by it
-/// (`JETLOCK_FAULT_LAB=holder` or `server`, in its own namespaces).
+/// (`JETLOCK_FAULT_LAB=holder`, `server` or `kinds`, in its own
+/// namespaces).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the partitions_* tests in new namespaces; does nothing alone"]
 async fn partitions_lab() {
@@ -230,7 +231,13 @@ async fn partitions_lab() {
         .collect();
     common::init_tracing();
     let cluster = NatsCluster::start_on(&members).expect("start the cluster in its namespaces");
-    let mut rig = Rig::start_on("partitions", common::with_jetstream(cluster).await).await;
+    let cluster = common::with_jetstream(cluster).await;
+    if steps == "kinds" {
+        let rig = Rig::bare("kinds-partition", cluster).await;
+        let secs = super::kinds::fault_secs();
+        return super::kinds::run(rig, super::kinds::Fault::IsolateServers, secs).await;
+    }
+    let mut rig = Rig::start_on("partitions", cluster).await;
     if steps == "server" {
         isolate_servers(&mut rig, fault_secs()).await;
     } else {

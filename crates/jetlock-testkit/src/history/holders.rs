@@ -41,7 +41,19 @@ impl Holds {
     /// Records a hold believed from `from` (taken right after acquire
     /// returned) to now (call it right before releasing).
     pub fn record(&self, kind: HoldKind, token: FencingToken, from: Instant) {
-        let until = Instant::now();
+        self.record_until(kind, token, from, Instant::now());
+    }
+
+    /// Records a hold believed from `from` until `until`: under faults, the
+    /// earliest of the release's call, the loss's observation and the
+    /// holder's own deadline read then (`PartGuard::deadline`; the rule of
+    /// `belief.rs`, docs/RELIABILITY.md "Beliefs"). A hold granted at or
+    /// past that end was never believed, and is not kept: an empty
+    /// interval would read as overlapping whatever spans it.
+    pub fn record_until(&self, kind: HoldKind, token: FencingToken, from: Instant, until: Instant) {
+        if until <= from {
+            return;
+        }
         self.holds.lock().unwrap().push(Held {
             kind,
             token,
@@ -143,6 +155,23 @@ mod tests {
         assert_eq!(low.rw_violations().len(), 1);
         let after = holds(&[(Write, 5, 0, 10), (Read, 4, 11, 20)]);
         assert_eq!(after.rw_violations().len(), 1);
+    }
+
+    #[test]
+    fn a_hold_ends_at_its_own_deadline_and_one_granted_past_it_is_no_belief() {
+        let base = Instant::now();
+        let h = Holds::default();
+        let (from, deadline) = at(base, 0, 10);
+        // Observed lost at 30; its deadline was 10; a writer got in at 15.
+        h.record_until(HoldKind::Read, FencingToken(1), from, deadline);
+        let (w_from, w_until) = at(base, 15, 20);
+        h.record_until(HoldKind::Write, FencingToken(2), w_from, w_until);
+        // Granted past its deadline (a stopped process waking): empty.
+        let (late, _) = at(base, 18, 0);
+        h.record_until(HoldKind::Read, FencingToken(1), late, deadline);
+        assert_eq!(h.all().len(), 2);
+        assert!(h.rw_violations().is_empty(), "{:?}", h.rw_violations());
+        assert_eq!(h.most_at_once(), 1);
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub(crate) async fn acquire(
             } => match code {
                 ErrorCode::Timeout if matches!(wait, Wait::Forever) => continue,
                 ErrorCode::Timeout => return Err(timeout(name, started)),
+                // Asked to wait, and the wait was over when the request went
+                // out (0 ms left, which the coordinator takes for a
+                // try-lock): the wait ran out, as the caller was promised.
+                ErrorCode::Busy if !matches!(wait, Wait::No) => return Err(timeout(name, started)),
                 ErrorCode::Busy => {
                     return Err(LockError::Busy {
                         name: name.to_string(),

@@ -27,7 +27,7 @@
 
 use super::acquire::acquire;
 use super::attempt::Wait;
-use super::guard::LockGuard;
+use super::guard::{Hold, LockGuard};
 use super::shared::{gate_open, renamed, sub_name, Holders, PartGuard};
 use super::{check_ttl, Inner};
 use crate::error::LockError;
@@ -115,10 +115,7 @@ impl RwLockRequest {
         let take = Take {
             inner,
             owner: &owner,
-            key_owner: match self.mode {
-                RwMode::Read => READER,
-                RwMode::Write => &owner,
-            },
+            key_owner: &owner,
             ttl,
             wait,
             auto_renew: self.auto_renew,
@@ -162,8 +159,8 @@ pub(super) struct Take<'a> {
     pub(super) inner: &'a Arc<Inner>,
     /// Who asks (reentrancy of writes, downgrades, upgrades).
     pub(super) owner: &'a str,
-    /// The owner the keys taken are held as: `owner`, or for reads the
-    /// session's one reader ([`READER`]).
+    /// The owner the keys taken are held as: `owner` (reads hold their
+    /// session's key as its [`Tenure`]'s owner instead).
     pub(super) key_owner: &'a str,
     pub(super) ttl: Duration,
     pub(super) wait: Wait,
@@ -171,20 +168,34 @@ pub(super) struct Take<'a> {
 }
 
 impl Take<'_> {
-    /// Whether `owner` already holds `name` in this client (a reentry).
+    /// Whether `key_owner` already holds `name` in this client (a
+    /// reentry).
     pub(super) fn holds(&self, name: &LockName) -> bool {
+        self.holds_as(name, self.key_owner)
+    }
+
+    fn holds_as(&self, name: &LockName, owner: &str) -> bool {
         self.inner
             .holds
-            .get(&(name.key().to_owned(), self.key_owner.to_owned()))
+            .get(&(name.key().to_owned(), owner.to_owned()))
             .and_then(|weak| weak.upgrade())
             .is_some()
     }
 
     pub(super) async fn lock(&self, name: &LockName, wait: Wait) -> Result<LockGuard, LockError> {
+        self.lock_as(name, self.key_owner, wait).await
+    }
+
+    async fn lock_as(
+        &self,
+        name: &LockName,
+        owner: &str,
+        wait: Wait,
+    ) -> Result<LockGuard, LockError> {
         acquire(
             self.inner,
             name,
-            Some(self.key_owner.to_owned()),
+            Some(owner.to_owned()),
             self.ttl,
             wait,
             self.auto_renew,
@@ -199,16 +210,22 @@ async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
     // turn is never held while waiting for the gate, which the session's
     // own writer may hold (its downgrade read needs the turn).
     let turn = take.inner.reads.entry(keys.mine.key());
-    let one = turn.lock().await;
-    if take.holds(&keys.mine) {
+    let mut tenure = turn.lock().await;
+    let mut queue = false;
+    if let Some(owner) = holding(take, keys, &tenure) {
         // The key is held by this session's other reads, and a writer
         // waits for it: adding a hold would let this read barge past the
         // writer, so with the gate taken it queues instead.
-        if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
-            return take.lock(&keys.mine, take.wait).await;
+        if !gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
+            queue = true;
+        } else if let Some(taken) = add_hold(take, &keys.mine, &owner).await {
+            return taken;
         }
-    } else {
-        let guard = take.lock(&keys.mine, take.wait).await?;
+        // Otherwise the tenure's hold was lost meanwhile: a new tenure.
+    }
+    if !queue {
+        let owner = begin(&mut tenure);
+        let guard = take.lock_as(&keys.mine, &owner, take.wait).await?;
         if gate_open(take.inner, &keys.gate, Some(take.owner)).await? {
             return Ok(guard);
         }
@@ -216,14 +233,24 @@ async fn read(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
         // it goes, and we queue behind the writer.
         let _ = guard.release().await;
     }
-    drop(one);
+    drop(tenure);
     if let Wait::No = take.wait {
         return Err(busy(&keys.gate));
     }
     let pass = acquire(take.inner, &keys.gate, None, take.ttl, take.wait, true).await?;
     let taken = {
-        let _one = turn.lock().await;
-        take.lock(&keys.mine, take.wait).await
+        let mut tenure = turn.lock().await;
+        let held = match holding(take, keys, &tenure) {
+            Some(owner) => add_hold(take, &keys.mine, &owner).await,
+            None => None,
+        };
+        match held {
+            Some(taken) => taken,
+            None => {
+                let owner = begin(&mut tenure);
+                take.lock_as(&keys.mine, &owner, take.wait).await
+            }
+        }
     };
     // A pass whose release is lost holds the gate until its lease ends:
     // later comers wait longer, nobody gets in wrongly.
@@ -280,19 +307,64 @@ async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), Loc
     Ok(())
 }
 
-/// The owner a session's reader key is held as.
+/// What the owner of a session's reader key starts with (see [`Tenure`]).
 const READER: &str = "reader";
 
+/// The owner a session's reader key is held as while this client holds
+/// it: `reader.<nuid>`, new each time the session takes the key afresh.
+/// The session's reads share it, one hold each. A key left held by an
+/// earlier tenure (its release failed: a server down) is then another
+/// owner's, so a new read waits for its lease to end, as anybody would.
+/// Under one fixed owner the new read was taken for a reentry of that
+/// orphan: the coordinator added a hold to it, the client's guard wrote
+/// against the grant's revision, and every renewal and release conflicted
+/// (the hold lost, the key kept held by each new read, writers starved).
+type Tenure = Option<String>;
+
+/// Starts a new tenure: the owner the reader key is taken as now.
+fn begin(tenure: &mut Tenure) -> String {
+    let owner = format!("{READER}.{}", nuid::next());
+    *tenure = Some(owner.clone());
+    owner
+}
+
+/// The current tenure's owner, while this client holds the reader key.
+fn holding(take: &Take<'_>, keys: &Keys, tenure: &Tenure) -> Option<String> {
+    tenure
+        .clone()
+        .filter(|owner| take.holds_as(&keys.mine, owner))
+}
+
+/// One more hold on the session's reader key for the tenure `owner`, or
+/// `None` when that hold was lost meanwhile. Never a fresh acquire under
+/// the tenure's owner: a coordinator would take it for a reentry of what
+/// the lost hold left on the key (see [`Tenure`]).
+async fn add_hold(
+    take: &Take<'_>,
+    name: &LockName,
+    owner: &str,
+) -> Option<Result<LockGuard, LockError>> {
+    let hold = take
+        .inner
+        .holds
+        .get(&(name.key().to_owned(), owner.to_owned()))
+        .and_then(|weak| weak.upgrade())?;
+    match Hold::reenter(&hold).await {
+        Err(LockError::Lost { .. }) => None,
+        taken => Some(taken),
+    }
+}
+
 /// A session's reads: who reads which lock (to refuse upgrades), and one
-/// entry per reader key so that first reads take turns.
+/// entry per reader key, its [`Tenure`], so that first reads take turns.
 #[derive(Default)]
 pub(crate) struct Reads {
     by_owner: DashMap<(String, String), u32>,
-    entries: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    entries: DashMap<String, Arc<tokio::sync::Mutex<Tenure>>>,
 }
 
 impl Reads {
-    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<Tenure>> {
         self.entries.entry(key.to_owned()).or_default().clone()
     }
 
