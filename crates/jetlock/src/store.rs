@@ -205,6 +205,51 @@ impl LockStore {
             .await
     }
 
+    /// Whether the last message under `filter` (its key, or with `under`
+    /// every key below it) is still revision `expected` (0: none), decided
+    /// by a write the stream's quorum must accept. A read, even from the
+    /// stream leader, can be stale: a leader that was paused answers with
+    /// what it had until it learns it was deposed (`tests/stale_reads.rs`).
+    /// A write cannot: only the current leader commits, and it checks
+    /// `Nats-Expected-Last-Subject-Sequence` against the subjects of
+    /// `Nats-Expected-Last-Subject-Sequence-Subject`. The write is a
+    /// delete marker on `mark` (one message: history is 1) that expires
+    /// after `marker_ttl`, so it holds nothing and leaves nothing behind.
+    pub async fn confirm(
+        &self,
+        mark: &LockName,
+        filter: &LockName,
+        under: bool,
+        expected: u64,
+        marker_ttl: Duration,
+    ) -> Result<bool, async_nats::Error> {
+        let mut subject = self.subject(filter);
+        if under {
+            subject.push_str(".>");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            subject.as_str(),
+        );
+        headers.insert("KV-Operation", "DEL");
+        headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(mark), headers, Bytes::new())
+            .await?
+            .await;
+        match ack {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn publish(
         &self,
         name: &LockName,

@@ -597,3 +597,58 @@ async fn a_further_read_after_its_sessions_read_was_lost_takes_the_key_afresh() 
         .expect("the read's own release lands");
     drop(first);
 }
+
+/// The checks the rule rests on are confirmed by a write only the stream's
+/// current state lets through (`LockStore::confirm`), because a read may
+/// come from a deposed leader (`tests/stale_reads.rs`): the gate's
+/// revision as read, and the newest revision under the reader keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_passes_only_while_what_was_read_is_still_the_last_word() {
+    use jetlock::store::Current;
+    use jetlock::LockName;
+    let server = single();
+    let url = server.url();
+    let a = client(&url, 1).await;
+    let store = a.store();
+    let name = |s: &str| LockName::new(s).unwrap();
+    let (gate, readers, mark) = (name("c:~rw:write"), name("c:~rw:read"), name("c:~rw:mark"));
+    let ttl = Duration::from_secs(1);
+    // Nothing written yet: revision 0 is the last word on both.
+    assert!(store.confirm(&mark, &gate, false, 0, ttl).await.unwrap());
+    assert!(store.confirm(&mark, &readers, true, 0, ttl).await.unwrap());
+    let w = a.write_lock("c").acquire().await.unwrap();
+    let revision = match store.read(&gate).await.unwrap() {
+        Current::Held { revision, .. } => revision,
+        vacant => panic!("the gate is not held: {vacant:?}"),
+    };
+    assert!(!store.confirm(&mark, &gate, false, 0, ttl).await.unwrap());
+    assert!(store
+        .confirm(&mark, &gate, false, revision, ttl)
+        .await
+        .unwrap());
+    w.release().await.unwrap();
+    assert!(!store
+        .confirm(&mark, &gate, false, revision, ttl)
+        .await
+        .unwrap());
+    // A reader's key below the prefix moves the prefix's last word.
+    let r = a.read_lock("c").acquire().await.unwrap();
+    assert!(!store.confirm(&mark, &readers, true, 0, ttl).await.unwrap());
+    let mine = match store
+        .read(&name(&format!("c:~rw:read:{}", a.session())))
+        .await
+        .unwrap()
+    {
+        Current::Held { revision, .. } => revision,
+        vacant => panic!("the reader key is not held: {vacant:?}"),
+    };
+    assert!(store
+        .confirm(&mark, &readers, true, mine, ttl)
+        .await
+        .unwrap());
+    r.release().await.unwrap();
+    assert!(!store
+        .confirm(&mark, &readers, true, mine, ttl)
+        .await
+        .unwrap());
+}

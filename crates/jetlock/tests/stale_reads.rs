@@ -7,11 +7,11 @@
 //!
 //! Ignored: it fails today (2026-12-06, nats-server 2.15.1: in two runs 2
 //! and 3 of 8 rounds answered the older value; most others "temporarily
-//! unavailable"). It is the cause named in docs/RELIABILITY.md ("Open: a write
-//! beside a read under long pauses"): the read/write rule's gate check and
-//! the writer's watch of reader keys assume such reads are current.
+//! unavailable"). It is why the read/write rule confirms each check that
+//! lets someone in by a conditional write (`LockStore::confirm`;
+//! docs/RELIABILITY.md, "A write beside a read under long pauses").
 //! Exclusive locks decide by compare-and-swap alone and do not depend on
-//! it. Run it to check a server version or a fix:
+//! reads. Run it to check a server version or a fix:
 //! `cargo test -p jetlock --test stale_reads -- --ignored --nocapture`.
 
 use jetlock_testkit::server::Role;

@@ -269,12 +269,14 @@ class Session:
         if held["type"] != "granted":
             return held
         while True:
-            holders = await self._holders(readers)
+            holders, last = await self._holders(readers)
             if f"{readers}:{self.id}" in holders:
                 await self.release(gate, held["token"])
                 return {"type": "error", "code": "upgrade", "key": name,
                         "message": "this session reads the lock; release the reads first"}
-            if not holders:
+            # None held, as read; confirmed by a write expecting the newest
+            # sequence read below the readers' prefix.
+            if not holders and await self._confirm(gate, readers, True, last):
                 return held
             if asyncio.get_running_loop().time() >= deadline:
                 await self.release(gate, held["token"])
@@ -307,7 +309,7 @@ class Session:
             return passed
         try:
             while True:
-                taken = await self._holders(f"{name}:~sem:permit")
+                taken, _ = await self._holders(f"{name}:~sem:permit")
                 for slot in slots:
                     if slot in taken:
                         continue
@@ -334,33 +336,64 @@ class Session:
                 raise RuntimeError(f"lost the gate {gate}: {answer}")
 
     async def _gate_open(self, gate, owner):
-        """Whether `gate` is vacant, or held by this session as `owner`,
-        read from the stream leader (not a replica, which may lag)."""
-        holder = await self._holder(gate)
-        return holder is None or (owner is not None and holder == (self.id, owner))
+        """Whether `gate` is vacant, or held by this session as `owner`:
+        read from the stream leader, then confirmed by a write (a paused
+        leader that was deposed meanwhile may answer a read with what it
+        had; it cannot commit a write)."""
+        while True:
+            holder, seq = await self._holder(gate)
+            if holder is not None and (owner is None or holder != (self.id, owner)):
+                return False
+            if await self._confirm(gate, gate, False, seq):
+                return True
+
+    async def _confirm(self, gate, name, under, seq):
+        """Whether the last message of `name`'s key (with `under`, of every
+        key below it) is still `seq`: a delete marker on the gate's mark key
+        (`N:~rw:mark`) that expects it, by the header
+        Nats-Expected-Last-Subject-Sequence-Subject."""
+        mark = gate.rsplit(":", 1)[0] + ":mark"
+        subject = f"$KV.{BUCKET}.{key_of(name)}" + (".>" if under else "")
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": subject,
+            "KV-Operation": "DEL",
+            "Nats-TTL": "1s",
+        }
+        try:
+            await self.js.publish(f"$KV.{BUCKET}.{key_of(mark)}", b"", headers=headers)
+            return True
+        except nats.js.errors.APIError as e:
+            if e.err_code == 10071:  # wrong last sequence: it moved on
+                return False
+            raise
 
     async def _holder(self, name):
-        """(session, owner) of the record under `name`'s key, or None."""
+        """(session, owner) of the record under `name`'s key, or None, and
+        the key's last sequence (0: no message)."""
         try:
             msg = await self.js.get_last_msg(f"KV_{BUCKET}", f"$KV.{BUCKET}.{key_of(name)}")
         except nats.js.errors.NotFoundError:
-            return None  # no message: never held
+            return None, 0  # no message: never held
         headers = msg.headers or {}
         if "KV-Operation" in headers or "Nats-Marker-Reason" in headers:
-            return None  # released, purged or expired
-        return record_holder(msg.data)
+            return None, msg.seq  # released, purged or expired
+        return record_holder(msg.data), msg.seq
 
     async def _holders(self, under):
-        """The names under `under` that are held, read from the stream
-        leader: which keys have messages, then each key's last one."""
+        """The names under `under` that are held, and the newest sequence
+        among their keys' last messages (0: none): which keys have
+        messages, then each key's last one, from the stream leader."""
         prefix = f"$KV.{BUCKET}.{key_of(under)}."
         info = await self.js.stream_info(f"KV_{BUCKET}", subjects_filter=prefix + ">")
-        held = set()
+        held, last = set(), 0
         for subject in (info.state.subjects or {}):
             name = f"{under}:{unescape(subject[len(prefix):])}"
-            if await self._holder(name) is not None:
+            holder, seq = await self._holder(name)
+            last = max(last, seq)
+            if holder is not None:
                 held.add(name)
-        return held
+        return held, last
 
 
 BUCKET = "JETLOCK_LOCKS"

@@ -39,6 +39,11 @@ async def ordered(A, B, C, D):
     w = expect(await asyncio.wait_for(write, 10), "granted")
     assert w["token"] > max(ra["token"], rb["token"]), (w, ra, rb)
     log(f"b. C writes (token {w['token']}, above both readers') once both released")
+    # What the rule's checks rest on: a confirmation that expects what is
+    # no longer the gate's last word is refused.
+    gate = f"{name}:~rw:write"
+    assert not await D._confirm(gate, gate, False, 0), "a stale confirmation passed"
+    assert await D._confirm(gate, gate, False, w["token"]), "a current one was refused"
     await not_before(late_read, "D's read beside the writer")
     expect(await C.release(w["key"], w["token"]), "released")
     rd = expect(await asyncio.wait_for(late_read, 10), "granted")

@@ -28,7 +28,7 @@
 use super::acquire::acquire;
 use super::attempt::Wait;
 use super::guard::{Hold, LockGuard};
-use super::shared::{gate_open, renamed, sub_name, Holders, PartGuard};
+use super::shared::{confirmed, gate_open, renamed, sub_name, Holders, PartGuard};
 use super::{check_ttl, Inner};
 use crate::error::LockError;
 use crate::name::{LockName, NameError};
@@ -278,7 +278,9 @@ async fn write(take: &Take<'_>, keys: &Keys) -> Result<LockGuard, LockError> {
     }
 }
 
-/// Waits, holding the gate, until no reader key is held.
+/// Waits, holding the gate, until no reader key is held, as the watch
+/// shows and a write then confirms: the watch may have been started at a
+/// deposed leader that had not seen a reader's key yet.
 async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), LockError> {
     let deadline = take.wait.deadline();
     let started = Instant::now();
@@ -286,7 +288,12 @@ async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), Loc
     let Some(mut readers) = Holders::open(take.inner, &keys.readers, deadline).await? else {
         return Err(timeout());
     };
-    while !readers.held().is_empty() {
+    loop {
+        if readers.held().is_empty()
+            && confirmed(take.inner, &keys.gate, &keys.readers, true, readers.last()).await?
+        {
+            return Ok(());
+        }
         if let Wait::No = take.wait {
             return Err(busy(&keys.gate));
         }
@@ -296,6 +303,9 @@ async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), Loc
                     return Err(timeout());
                 }
             }
+            // A confirmation refused: the watch has not shown what came
+            // since; look again when it shows it, or shortly.
+            () = tokio::time::sleep(CONFIRM_AGAIN), if readers.held().is_empty() => {}
             () = gate.lost() => {
                 return Err(LockError::Lost {
                     name: keys.gate.to_string(),
@@ -304,8 +314,10 @@ async fn drain(take: &Take<'_>, keys: &Keys, gate: &LockGuard) -> Result<(), Loc
             }
         }
     }
-    Ok(())
 }
+
+/// How long a refused confirmation waits for the watch before trying again.
+const CONFIRM_AGAIN: Duration = Duration::from_millis(100);
 
 /// What the owner of a session's reader key starts with (see [`Tenure`]).
 const READER: &str = "reader";

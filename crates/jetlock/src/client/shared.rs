@@ -183,26 +183,70 @@ impl HeldAs {
 }
 
 /// Whether the gate lets a newcomer stay: it is vacant, or held by the
-/// newcomer's own `owner` in this session.
+/// newcomer's own `owner` in this session. Read from the stream leader,
+/// then confirmed by a write that expects the gate's revision as read
+/// ([`confirmed`]): a read alone may come from a deposed leader that has
+/// not heard of a newer grant. A closed gate needs no confirming: backing
+/// off is always safe.
 pub(crate) async fn gate_open(
     inner: &Inner,
     gate: &LockName,
     owner: Option<&str>,
 ) -> Result<bool, LockError> {
-    match inner.store.read(gate).await {
-        Ok(Current::Vacant { .. }) => Ok(true),
-        Ok(Current::Held { record, .. }) => {
-            Ok(record.session == inner.session && Some(record.owner.as_str()) == owner)
+    loop {
+        let revision = match inner.store.read(gate).await {
+            Ok(Current::Vacant { revision }) => revision,
+            Ok(Current::Held { record, revision })
+                if record.session == inner.session && Some(record.owner.as_str()) == owner =>
+            {
+                revision
+            }
+            Ok(Current::Held { .. }) => return Ok(false),
+            Err(e) => return Err(super::acquire::read_error(gate, e)),
+        };
+        if confirmed(inner, gate, gate, false, revision).await? {
+            return Ok(true);
         }
-        Err(e) => Err(super::acquire::read_error(gate, e)),
+        // The gate moved since the read: read it again.
     }
 }
+
+/// Whether the last message of `filter` (with `under`, of every key below
+/// it) is still `revision`, by a write only the stream's current leader can
+/// commit ([`crate::store::LockStore::confirm`]), on the gate's mark key
+/// (`N:~rw:mark`, `N:~sem:mark`).
+pub(crate) async fn confirmed(
+    inner: &Inner,
+    gate: &LockName,
+    filter: &LockName,
+    under: bool,
+    revision: u64,
+) -> Result<bool, LockError> {
+    let mark = match gate.as_str().rsplit_once(':') {
+        Some((kind, _)) => LockName::new(&format!("{kind}:mark"))?,
+        None => gate.clone(),
+    };
+    inner
+        .store
+        .confirm(&mark, filter, under, revision, MARK_TTL)
+        .await
+        .map_err(|source| LockError::Nats {
+            name: gate.to_string(),
+            op: "confirm",
+            source,
+        })
+}
+
+/// How long a confirmation's mark stays: the server's shortest TTL.
+const MARK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The keys held under a name, kept up to date by a watch of them all.
 pub(crate) struct Holders {
     under: LockName,
     watch: KeyWatch,
     held: HashSet<String>,
+    /// The newest revision seen under the name (0: none).
+    last: u64,
 }
 
 impl Holders {
@@ -222,6 +266,7 @@ impl Holders {
             under: under.clone(),
             watch,
             held: HashSet::new(),
+            last: 0,
         };
         let mut caught_up = pending == 0;
         while !caught_up {
@@ -238,6 +283,12 @@ impl Holders {
         &self.held
     }
 
+    /// The newest revision seen under the name: what a confirmation of
+    /// [`Holders::held`] expects ([`confirmed`]).
+    pub(crate) fn last(&self) -> u64 {
+        self.last
+    }
+
     /// Waits for the next change of a key under the name; returns how many
     /// more the server had queued, or `None` if `deadline` passed first.
     pub(crate) async fn next(
@@ -252,6 +303,7 @@ impl Holders {
             Some(Some(Err(source))) => return Err(watch_error(&self.under, source)),
             Some(Some(Ok(change))) => change,
         };
+        self.last = self.last.max(change.revision);
         match change.current {
             Ok(Current::Held { .. }) => {
                 self.held.insert(change.key);
