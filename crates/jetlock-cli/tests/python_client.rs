@@ -29,8 +29,15 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `tests/python/setup.sh` and returns the venv's python.
+/// The venv's python, made once for every test of this file: the tests run
+/// in parallel, and two `setup.sh` at once race to create one venv.
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(set_up).clone()
+}
+
+/// Runs `tests/python/setup.sh` and returns the venv's python.
+fn set_up() -> PathBuf {
     let script = repo().join("tests/python/setup.sh");
     let out = Command::new("bash")
         .arg(&script)
