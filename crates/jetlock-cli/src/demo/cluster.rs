@@ -286,6 +286,21 @@ impl Fleet {
         Ok(())
     }
 
+    /// The last lines of every node's log, for a stalled run's error.
+    pub fn log_tails(&self) -> String {
+        self.cluster
+            .servers()
+            .iter()
+            .map(|s| {
+                format!(
+                    "\n--- {} (last lines of its log):\n{}",
+                    s.name(),
+                    s.log_tail(15)
+                )
+            })
+            .collect()
+    }
+
     /// Stops the coordinators, then the nodes.
     pub fn stop(self) {
         drop(self.coordinators);

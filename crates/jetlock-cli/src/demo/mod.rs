@@ -382,8 +382,11 @@ async fn drive(
             let error = last_error
                 .map(|e| format!(" (the work queue: {e})"))
                 .unwrap_or_default();
+            // On the embedded cluster the nodes' logs go with the run: what
+            // they said last is the best clue to a stall.
+            let nodes = fleet.as_deref().map(Fleet::log_tails).unwrap_or_default();
             return Err(format!(
-                "no transfer settled and no message acknowledged for {STALL:?} ({} of {transfers} settled); is a coordinator serving?{error}",
+                "no transfer settled and no message acknowledged for {STALL:?} ({} of {transfers} settled); is a coordinator serving?{error}{nodes}",
                 settled.0
             )
             .into());
