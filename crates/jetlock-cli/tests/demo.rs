@@ -38,10 +38,43 @@ fn chaos_run_applies_every_transfer_exactly_once() {
     assert!(count(s, "duplicates_refused") >= kills, "{s:#}");
     // A pause outlasts the session: the sleeper's write meets the fence.
     assert!(count(s, "fenced_stale_writes") > 0, "{s:#}");
+    // ... and its partitions go to the others while it sleeps.
+    assert!(count(s, "partition_moves") > 0, "{s:#}");
     assert!(count(s, "acquisitions") >= 1000);
     assert_no_process_of(s["run"].as_str().expect("run id"));
 }
 
+/// Without chaos, the four workers end up owning the 8 partitions exactly
+/// as rendezvous hashing over the four slots says, each working only its
+/// own: every transfer applied once, each under its own partition.
+#[test]
+fn workers_own_the_partitions_rendezvous_hashing_gives_them() {
+    let args = ["--workers", "4", "--accounts", "50", "--partitions", "8"];
+    let run = common::demo::run(&[&args[..], &["--transfers", "1000"]].concat(), &[]);
+    let s = &run.summary;
+    assert_eq!(run.code, Some(0), "stderr:\n{}\nsummary: {s:#}", run.stderr);
+    for name in INVARIANTS {
+        assert!(invariant(s, name), "{name} failed: {s:#}");
+    }
+    assert_eq!(count(s, "applied"), 1000);
+    assert_eq!(count(s, "partitions"), 8);
+    let slots = ["w0", "w1", "w2", "w3"];
+    let mut expected = std::collections::BTreeMap::new();
+    for p in 0..8 {
+        let owner = jetlock::recipes::partitions::owner_of(p, slots).expect("members");
+        *expected.entry(owner.to_owned()).or_insert(0u64) += 1;
+    }
+    let owners: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(s["partition_owners"].clone()).expect("owners by slot");
+    assert_eq!(owners, expected, "{s:#}");
+    assert!(owners.len() > 1, "{s:#}");
+    assert_no_process_of(s["run"].as_str().expect("run id"));
+}
+
+/// The ledger's unique constraint on message ids is what keeps a transfer
+/// whose worker was killed between the ledger's commit and its
+/// `ProcessOnce` done-record from being applied again: without it, the run
+/// fails.
 #[test]
 fn a_ledger_that_applies_redeliveries_fails_the_run() {
     let run = chaos_demo(500, &["--fault", "double-apply"]);

@@ -419,10 +419,11 @@ impl SubjectWatch {
         filter: String,
         deliver: jetstream::consumer::DeliverPolicy,
     ) -> Result<(Self, u64), async_nats::Error> {
-        // Unnamed: a name puts the filter into the API subject
-        // (`CONSUMER.CREATE.<stream>.<name>.<filter>`), which the shipped
-        // worker role may not publish to (nats/cluster.conf); the server
-        // names it, and the name is read back for the delete.
+        // Unnamed: the server names it, and the name is read back for the
+        // delete. async-nats recreates it after a leader change under the
+        // name `<name>_<n>`, which puts the filter into the API subject
+        // (`CONSUMER.CREATE.<stream>.<name>.<filter>`): roles that watch
+        // need that form too (nats/cluster.conf).
         let ordered = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: js.client().new_inbox(),

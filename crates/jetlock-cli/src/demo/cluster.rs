@@ -13,9 +13,15 @@
 //! - **kill a coordinator** — SIGKILL one `jetlock serve`, start it again
 //!   0.5–1.5 s later; the others take over its share meanwhile.
 //!
-//! One node at a time is down, and a node that came back gets [`CALM`] to
-//! catch up before the next server strike: two nodes out of three keep the
-//! quorum, so faults cost time, never an acknowledged write. One
+//! One node at a time is down, and the next server strike waits until every
+//! node says on `/healthz` that its streams and consumers are current, and
+//! [`CALM`] after a node came back: two nodes out of three keep the quorum
+//! only while the third is not still catching up, so faults cost time,
+//! never an acknowledged write, and never every replica of a stream at once.
+//! (A node restarted on its storage has every raft group of the run to
+//! catch up, a consumer per partition among them; on a loaded machine that
+//! took longer than [`CALM`], and a strike on a second node then left
+//! streams without a quorum for tens of seconds: the run stalled.) One
 //! coordinator at a time is down for the same reason.
 
 use super::access::Access;
@@ -27,6 +33,8 @@ use serde::Serialize;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -50,6 +58,8 @@ const CALM: Duration = Duration::from_secs(8);
 const MAX_COORDINATOR_EXITS: u64 = 20;
 /// How long the cluster may take to elect its leaders and take the bucket.
 const START_LIMIT: Duration = Duration::from_secs(30);
+/// How often every node's `/healthz` is asked, and how long one may take.
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
 /// What chaos did to the fleet.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -78,6 +88,19 @@ pub struct Fleet {
     /// Strikes due that the fleet could not take yet, oldest first.
     pending: Vec<Strike>,
     counts: FleetCounts,
+    /// Whether every node answered its last `/healthz` with 200 (JetStream
+    /// current), kept by `health`.
+    healthy: Arc<AtomicBool>,
+    _health: HealthWatch,
+}
+
+/// The task that keeps `Fleet::healthy`; dropping it stops the task.
+struct HealthWatch(tokio::task::JoinHandle<()>);
+
+impl Drop for HealthWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +147,20 @@ impl Fleet {
         let coordinators = (1..=COORDINATORS)
             .map(|i| CoordinatorProcess::start(format!("c{i}"), exe.clone(), url.clone()))
             .collect::<Result<_, _>>()?;
+        let monitors = cluster
+            .servers()
+            .iter()
+            .map(|s| {
+                let url = s
+                    .monitor_url()
+                    .ok_or("a cluster node has no monitoring port")?;
+                format!("{url}/healthz")
+                    .parse::<hyper::Uri>()
+                    .map_err(|e| format!("{url}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let healthy = Arc::new(AtomicBool::new(false));
+        let health = HealthWatch(tokio::spawn(watch_health(monitors, healthy.clone())));
         Ok(Fleet {
             cluster,
             coordinators,
@@ -131,6 +168,8 @@ impl Fleet {
             calm_until: Instant::now(),
             pending: Vec::new(),
             counts: FleetCounts::default(),
+            healthy,
+            _health: health,
         })
     }
 
@@ -176,9 +215,13 @@ impl Fleet {
         let now = Instant::now();
         match strike {
             Strike::KillServer | Strike::PauseServer
-                if self.outage.is_none() && now >= self.calm_until =>
+                if self.outage.is_none()
+                    && now >= self.calm_until
+                    && self.healthy.load(Ordering::Relaxed) =>
             {
                 let node = chaos.pick(NODES as u64) as usize;
+                // Not healthy again before the health look says so.
+                self.healthy.store(false, Ordering::Relaxed);
                 let server = self.cluster.server_mut(node);
                 if strike == Strike::KillServer {
                     server.kill();
@@ -243,10 +286,40 @@ impl Fleet {
         Ok(())
     }
 
+    /// The last lines of every node's log, for a stalled run's error.
+    pub fn log_tails(&self) -> String {
+        self.cluster
+            .servers()
+            .iter()
+            .map(|s| {
+                format!(
+                    "\n--- {} (last lines of its log):\n{}",
+                    s.name(),
+                    s.log_tail(15)
+                )
+            })
+            .collect()
+    }
+
     /// Stops the coordinators, then the nodes.
     pub fn stop(self) {
         drop(self.coordinators);
         drop(self.cluster);
+    }
+}
+
+/// Asks every node's `/healthz` (`monitors`) every [`HEALTH_EVERY`] and
+/// keeps in `healthy` whether all answered 200: nats-server answers 503
+/// while any stream or consumer it holds is not current.
+async fn watch_health(monitors: Vec<hyper::Uri>, healthy: Arc<AtomicBool>) {
+    loop {
+        let mut all = true;
+        for uri in &monitors {
+            let answer = tokio::time::timeout(HEALTH_EVERY, crate::http::get(uri, 4096)).await;
+            all &= matches!(answer, Ok(Ok((status, _))) if status.is_success());
+        }
+        healthy.store(all, Ordering::Relaxed);
+        tokio::time::sleep(HEALTH_EVERY).await;
     }
 }
 

@@ -22,11 +22,14 @@ use std::time::{Duration, Instant};
 /// gives up, on top of one per worker slot.
 const CRASH_ALLOWANCE: u64 = 3;
 
+/// The environment variable naming a folder for the workers' logs.
+const LOGS_ENV: &str = "JETLOCK_DEMO_LOGS";
+
 /// How to start a worker.
 pub struct WorkerCommand {
     pub exe: PathBuf,
     pub access: Access,
-    pub run: String,
+    pub layout: super::worker::Layout,
 }
 
 /// What happened to the workers.
@@ -172,9 +175,14 @@ impl CrewState {
 /// Starts worker `w<index>.<incarnation>`.
 fn spawn(command: &WorkerCommand, index: usize, incarnation: u32) -> Result<Slot, CliError> {
     let id = format!("w{index}.{incarnation}");
-    let log = tempfile::tempfile()?;
+    // With JETLOCK_DEMO_LOGS=<dir>, each worker's log is kept there (set
+    // JETLOCK_LOG too): what every worker did when a run stalls.
+    let log = match std::env::var_os(LOGS_ENV) {
+        Some(dir) => File::create(std::path::Path::new(&dir).join(format!("{id}.log")))?,
+        None => tempfile::tempfile()?,
+    };
     let mut cmd = Command::new(&command.exe);
-    cmd.args(["demo", "--worker", &id, "--run", &command.run]);
+    command.layout.pass_to(&mut cmd, &id);
     command.access.pass_to(&mut cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,6 +1,6 @@
-//! The demo's ledger: account balances behind fencing tokens, with
-//! process-once by message id. Pure state, no I/O: `service.rs` serves it
-//! over NATS.
+//! The demo's ledger: account balances behind fencing tokens, with a
+//! unique constraint on the transfer's message id. Pure state, no I/O:
+//! `service.rs` serves it over NATS.
 //!
 //! A worker holding the locks of both accounts of a transfer **reads** their
 //! balances, computes the new ones and **writes** them back (absolute
@@ -12,9 +12,18 @@
 //! it (a lost update).
 //!
 //! A write is also refused when its transfer was already applied (the
-//! transfer's JetStream message id is the dedup key), so a redelivery after
-//! a worker crash, or a retry after a lost reply, never moves money twice.
+//! transfer's JetStream message id is a unique key, kept in the same
+//! transaction as the balances). The workers consume with
+//! `jetlock::recipes::ProcessOnce`, whose done-record is written after the
+//! work: a worker killed between this commit and its done-record leaves the
+//! message to be run again, and only this constraint keeps that second run
+//! from moving money twice (docs/RECIPES.md, "Process-once").
 //! Balances may not go negative: a write that would overdraw is refused.
+//!
+//! Requests also carry the worker's partition and its lease's token: the
+//! ledger fences partitions as it fences accounts (a deposed owner's
+//! request is refused), counts how often a partition changed hands, and
+//! checks that each transfer was applied under its own partition.
 //!
 //! Every request is parsed from untrusted bytes; bad input gets a
 //! [`Reply::Refused`] and changes nothing.
@@ -41,7 +50,9 @@ pub struct Transfer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
-    /// Forget process-once: a redelivered transfer is applied again.
+    /// Forget the unique constraint on message ids: a transfer run again
+    /// (redelivered after its worker died before its done-record) is
+    /// applied again.
     DoubleApply,
     /// Do not check fencing tokens on writes: a paused worker's stale write
     /// overwrites newer balances.
@@ -63,6 +74,8 @@ pub struct ReadRequest {
     pub lock_wait_us: u64,
     /// Whether the locks were held by someone else when it asked.
     pub handoff: bool,
+    /// The partition the worker took the transfer from, and its lease.
+    pub partition: PartitionToken,
 }
 
 /// `…ledger.<run>.write`: set the balances of a transfer's accounts.
@@ -73,6 +86,28 @@ pub struct WriteRequest {
     pub worker: String,
     /// The new balances of `from` and `to`, in that order.
     pub set: [NewBalance; 2],
+    pub partition: PartitionToken,
+}
+
+/// A partition and the fencing token of the worker's lease on it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionToken {
+    pub partition: u32,
+    pub token: u64,
+}
+
+/// `…ledger.<run>.once` (no reply): how `ProcessOnce` ended a message
+/// without running the work, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnceNote {
+    /// A done-record was there: acknowledged, the ledger never asked.
+    AlreadyDone,
+    /// Another worker held the message's lock: handed back.
+    Busy,
+    /// The worker lost the message's lock while working: handed back.
+    Lost,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -103,6 +138,12 @@ pub enum Reply {
     /// A newer lock holder has used the account: this token is fenced off.
     Fenced {
         account: u32,
+        presented: u64,
+        highest: u64,
+    },
+    /// A newer owner of the partition has used it: this lease is fenced off.
+    PartitionFenced {
+        partition: u32,
         presented: u64,
         highest: u64,
     },
@@ -144,6 +185,14 @@ pub enum LedgerError {
         #[source]
         source: StaleToken,
     },
+    #[error("partition {partition}: {source}")]
+    StalePartition {
+        partition: u32,
+        #[source]
+        source: StaleToken,
+    },
+    #[error("no partition {partition} (there are {partitions})")]
+    UnknownPartition { partition: u32, partitions: u32 },
     #[error("account {account} would be overdrawn (balance {balance})")]
     Overdraft { account: u32, balance: i64 },
 }
@@ -157,6 +206,11 @@ impl LedgerError {
         match self {
             LedgerError::Stale { account, source } => Reply::Fenced {
                 account: *account,
+                presented: source.presented.get(),
+                highest: source.highest.get(),
+            },
+            LedgerError::StalePartition { partition, source } => Reply::PartitionFenced {
+                partition: *partition,
                 presented: source.presented.get(),
                 highest: source.highest.get(),
             },
@@ -209,6 +263,20 @@ pub struct Counts {
     pub acquisitions: u64,
     /// Acquisitions that found a lock held and waited for its holder.
     pub handoffs: u64,
+    /// Reads and writes refused because a newer owner had used the
+    /// partition.
+    pub fenced_partition: u64,
+    /// Times a partition was used under a newer lease than before: it
+    /// changed hands (or its owner took it again after losing it).
+    pub partition_moves: u64,
+    /// Writes applied under a partition other than the transfer's.
+    pub applied_off_partition: u64,
+    /// Messages `ProcessOnce` acknowledged from their done-record.
+    pub once_already_done: u64,
+    /// Messages handed back because another worker held their lock.
+    pub once_busy: u64,
+    /// Messages handed back because their lock was lost mid-work.
+    pub once_lost: u64,
 }
 
 /// One checked invariant, for the summary.
@@ -242,6 +310,9 @@ pub struct Ledger {
     /// Read requests per transfer.
     reads: Vec<u32>,
     refused: Vec<bool>,
+    partitions: u32,
+    /// Per partition: the newest lease seen and the worker that used it.
+    owners: Vec<Option<(u64, String)>>,
     fault: Option<Fault>,
     lock_wait_us: Histogram<u64>,
     counts: Counts,
@@ -249,9 +320,10 @@ pub struct Ledger {
 
 impl Ledger {
     /// A ledger of `accounts` accounts holding `initial` each, expecting
-    /// `transfers` (message id, transfer).
+    /// `transfers` (message id, transfer) from `partitions` partitions.
     pub fn new(
         accounts: u32,
+        partitions: u32,
         initial: i64,
         transfers: impl IntoIterator<Item = (String, Transfer)>,
         fault: Option<Fault>,
@@ -272,6 +344,8 @@ impl Ledger {
             applied: vec![0; n],
             reads: vec![0; n],
             refused: vec![false; n],
+            partitions,
+            owners: vec![None; partitions as usize],
             fault,
             lock_wait_us: Histogram::new_with_bounds(1, MAX_WAIT_US, 3)
                 .expect("constant histogram bounds are valid"),
@@ -289,6 +363,17 @@ impl Ledger {
                     reply: Reply::Balances { balances },
                     moment: Some(Moment::Read { worker: r.worker }),
                 })
+            }),
+            "once" => parse::<OnceNote>(payload).map(|note| {
+                match note {
+                    OnceNote::AlreadyDone => self.counts.once_already_done += 1,
+                    OnceNote::Busy => self.counts.once_busy += 1,
+                    OnceNote::Lost => self.counts.once_lost += 1,
+                }
+                Handled {
+                    reply: Reply::Applied,
+                    moment: None,
+                }
             }),
             "write" => parse::<WriteRequest>(payload).and_then(|w| {
                 Ok(match self.write(&w)? {
@@ -308,6 +393,7 @@ impl Ledger {
             match &e {
                 LedgerError::Stale { .. } if op == "read" => self.counts.fenced_reads += 1,
                 LedgerError::Stale { .. } => self.counts.fenced_writes += 1,
+                LedgerError::StalePartition { .. } => self.counts.fenced_partition += 1,
                 _ => self.counts.refused += 1,
             }
             Handled {
@@ -333,6 +419,7 @@ impl Ledger {
         for t in &r.tokens {
             self.admit(t.account, t.token)?;
         }
+        self.admit_partition(r.partition, &r.worker)?;
         Ok([
             self.balances[transfer.from as usize],
             self.balances[transfer.to as usize],
@@ -341,15 +428,25 @@ impl Ledger {
 
     fn write(&mut self, w: &WriteRequest) -> Result<Reply, LedgerError> {
         let accounts = [w.set[0].account, w.set[1].account];
-        let (index, _) = self.planned(&w.msg_id, accounts)?;
+        let (index, transfer) = self.planned(&w.msg_id, accounts)?;
+        let skip_fence = self.fault == Some(Fault::SkipFence);
+        // The audit still notices what a missing check let in.
         let mut stale = false;
+        let behind =
+            |l: &Self, key: String, token| l.fence.highest(&key) > Some(FencingToken(token));
         for b in &w.set {
-            if self.fault == Some(Fault::SkipFence) {
-                // The audit still notices what the missing check let in.
-                stale |= self.fence.highest(&fence_key(b.account)) > Some(FencingToken(b.token));
+            if skip_fence {
+                stale |= behind(self, fence_key(b.account), b.token);
             } else {
                 self.admit(b.account, b.token)?;
             }
+        }
+        let p = w.partition;
+        if skip_fence {
+            self.known_partition(p.partition)?;
+            stale |= behind(self, partition_fence_key(p.partition), p.token);
+        } else {
+            self.admit_partition(p, &w.worker)?;
         }
         if self.applied[index] > 0 && self.fault != Some(Fault::DoubleApply) {
             self.counts.duplicates_refused += 1;
@@ -364,6 +461,9 @@ impl Ledger {
         }
         if stale {
             self.counts.stale_writes_applied += 1;
+        }
+        if w.partition.partition != self.partition_of(&transfer) {
+            self.counts.applied_off_partition += 1;
         }
         for b in &w.set {
             self.balances[b.account as usize] = b.balance;
@@ -393,6 +493,54 @@ impl Ledger {
             });
         }
         Ok((planned.index, t.clone()))
+    }
+
+    /// The partition a transfer is published under: its paying account's.
+    pub fn partition_of(&self, t: &Transfer) -> u32 {
+        t.from % self.partitions
+    }
+
+    fn known_partition(&self, partition: u32) -> Result<(), LedgerError> {
+        if partition >= self.partitions {
+            return Err(LedgerError::UnknownPartition {
+                partition,
+                partitions: self.partitions,
+            });
+        }
+        Ok(())
+    }
+
+    /// Passes the partition's fence, and notes a new lease as a move.
+    fn admit_partition(&mut self, p: PartitionToken, worker: &str) -> Result<(), LedgerError> {
+        self.known_partition(p.partition)?;
+        self.fence
+            .admit(&partition_fence_key(p.partition), FencingToken(p.token))
+            .map_err(|source| LedgerError::StalePartition {
+                partition: p.partition,
+                source,
+            })?;
+        let owner = &mut self.owners[p.partition as usize];
+        match owner {
+            Some((token, _)) if *token == p.token => {}
+            Some(_) => {
+                self.counts.partition_moves += 1;
+                *owner = Some((p.token, worker.to_owned()));
+            }
+            None => *owner = Some((p.token, worker.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// How many partitions each worker slot used last (under the newest
+    /// lease seen): `w1` for `w1.0`, `w1.1`, ..., the id it is a member of
+    /// the partition group under.
+    pub fn partition_owners(&self) -> std::collections::BTreeMap<String, u32> {
+        let mut owners = std::collections::BTreeMap::new();
+        for (_, worker) in self.owners.iter().flatten() {
+            let slot = worker.split('.').next().unwrap_or(worker);
+            *owners.entry(slot.to_owned()).or_insert(0) += 1;
+        }
+        owners
     }
 
     fn admit(&self, account: u32, token: u64) -> Result<(), LedgerError> {
@@ -456,6 +604,14 @@ impl Ledger {
                 ),
             ),
             Invariant::new(
+                "every transfer applied under its own partition",
+                self.counts.applied_off_partition == 0,
+                format!(
+                    "{} writes applied under another partition's lease",
+                    self.counts.applied_off_partition
+                ),
+            ),
+            Invariant::new(
                 "no account balance negative",
                 negative == 0,
                 format!("{negative} of {} accounts negative", self.balances.len()),
@@ -467,6 +623,11 @@ impl Ledger {
 /// The resource name an account's fence is kept under.
 fn fence_key(account: u32) -> String {
     format!("account:{account}")
+}
+
+/// The resource name a partition's fence is kept under.
+fn partition_fence_key(partition: u32) -> String {
+    format!("partition:{partition}")
 }
 
 fn parse<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, LedgerError> {

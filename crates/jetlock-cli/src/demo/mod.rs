@@ -7,18 +7,26 @@
 //! - `cluster.rs` — `--cluster`: an embedded 3-node cluster and
 //!   coordinator processes, and the chaos they take;
 //! - `plan.rs` — the transfers, from a seed;
-//! - `ledger.rs` — balances behind fencing tokens, process-once by message
-//!   id (pure state);
+//! - `queue.rs` — the work queue: a subject and a consumer per partition;
+//! - `ledger.rs` — balances behind fencing tokens, a unique constraint on
+//!   message ids, partition fences (pure state);
 //! - `service.rs` — the ledger over NATS request/reply, and chaos;
 //! - `crew.rs` — the worker processes: spawn, respawn, kill, pause;
-//! - `worker.rs` — one worker process (`jetlock demo --worker ID`, hidden);
+//! - `worker.rs` — one worker process (`jetlock demo --worker ID`, hidden):
+//!   its partitions and its sessions;
+//! - `transfer.rs` — one transfer, once, under both account locks;
 //! - `summary.rs` — the summary, for people and as JSON.
 //!
-//! Transfers are messages on `jetlock.demo.transfers.<run>` in the
-//! work-queue stream `DEMO_TRANSFERS` (message id `<run>-<n>`), consumed
-//! through the durable pull consumer `demo-<run>`; the ledger answers on
-//! `jetlock.demo.ledger.<run>.{read,write}`; account `n` is the lock
-//! `demo:<run>:account:<n>`. One run never sees another's keys or messages.
+//! Workers share the run's partitions with `jetlock::recipes::Partitions`
+//! (group `demo:<run>:workers`, one member per worker slot) and consume
+//! each with `jetlock::recipes::ProcessOnce` (locks `once:demo:<run>:msg:<id>`,
+//! done-records in the KV bucket `DEMO_DONE`). Transfers are messages on
+//! `jetlock.demo.transfers.<run>.<partition>` in the work-queue stream
+//! `DEMO_TRANSFERS` (message id `<run>-<n>`), consumed through the durable
+//! pull consumers `demo-<run>-<partition>`; the ledger answers on
+//! `jetlock.demo.ledger.<run>.{read,write}` and counts `.once` notes; account
+//! `n` is the lock `demo:<run>:account:<n>`. One run never sees another's
+//! keys or messages.
 //!
 //! Without `--url` the demo runs on the embedded default, like `jetlock
 //! dev`: a local nats-server (child process, temp storage) and a
@@ -34,13 +42,15 @@ mod cluster;
 mod crew;
 mod ledger;
 mod plan;
+mod queue;
 mod service;
 mod summary;
+mod transfer;
 mod worker;
 
 use super::CliError;
 use access::Access;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use cluster::Fleet;
 use crew::{Crew, WorkerCommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,22 +65,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use summary::Summary;
 
-/// The work-queue stream of every demo run.
-const STREAM: &str = "DEMO_TRANSFERS";
-const STREAM_SUBJECTS: &str = "jetlock.demo.transfers.>";
-/// How long a worker may hold a transfer unacknowledged before JetStream
-/// redelivers it: longer than a chaos pause, so a paused worker's transfer
-/// waits for it, and its late write meets the fence, not a rival.
-const ACK_WAIT: Duration = Duration::from_secs(4);
 /// How often the run looks at its workers and its progress.
 const TICK: Duration = Duration::from_millis(50);
-/// How long the run waits for the work queue's state before it looks
-/// again on a later tick.
-const QUEUE_LOOK: Duration = Duration::from_millis(500);
 /// How long the work queue must look empty, with transfers unsettled,
 /// before the run ends (and reports them never applied).
 const UNSETTLED_EMPTY: Duration = Duration::from_secs(10);
-/// A run that settles no transfer for this long has failed.
+/// A run that settles no transfer, and whose queue does not shrink, for
+/// this long has failed.
 const STALL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +85,11 @@ pub struct DemoArgs {
     /// Transfers to make.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     transfers: u64,
+    /// Partitions the workers share (`jetlock::recipes::Partitions`): a
+    /// transfer belongs to its paying account's partition (account mod
+    /// partitions), and each partition has its own consumer.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    partitions: u32,
     /// Kill -9 and pause (SIGSTOP, longer than the session timeout) workers
     /// while the run goes on; killed workers are replaced.
     #[arg(long)]
@@ -128,6 +134,10 @@ pub struct DemoArgs {
     worker: Option<String>,
     #[arg(long, hide = true)]
     run: Option<String>,
+    /// With --worker: replicas of the done-records bucket, if it must be
+    /// created.
+    #[arg(long, hide = true, default_value_t = 1)]
+    replicas: usize,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
@@ -137,7 +147,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             args.auth.resolve(Some(url))?.auth,
             args.session_prefix.clone(),
         )?;
-        return worker::run(id.clone(), run.clone(), access).await;
+        let layout = worker::Layout {
+            run: run.clone(),
+            partitions: args.partitions,
+            replicas: args.replicas,
+        };
+        return worker::run(id.clone(), layout, access).await;
     }
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(random_seed);
@@ -151,9 +166,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     }
     if !args.json {
         println!(
-            "jetlock demo: {} worker processes, {} accounts, {} transfers{}",
+            "jetlock demo: {} worker processes, {} accounts in {} partitions, {} transfers{}",
             args.workers,
             args.accounts,
+            args.partitions,
             args.transfers,
             match (args.chaos, args.cluster) {
                 (true, false) => " (chaos: kill -9 and SIGSTOP workers)",
@@ -171,10 +187,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let plan = Plan::generate(&run, args.accounts, args.transfers, seed);
     let js = jetstream::new(nats.clone());
     let replicas = if args.cluster { 3 } else { 1 };
-    let mut queue = work_queue(&js, &run, replicas).await?;
-    publish(&js, &run, &plan).await?;
+    let queue = queue::create(&js, &run, args.partitions, replicas).await?;
+    queue::publish(&js, &run, &plan, args.partitions).await?;
     let ledger = Arc::new(Mutex::new(Ledger::new(
         args.accounts,
+        args.partitions,
         plan.initial,
         plan.transfers,
         args.fault,
@@ -189,7 +206,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let crew = Arc::new(Crew::new(WorkerCommand {
         exe: std::env::current_exe()?,
         access: site.access.clone(),
-        run: run.clone(),
+        layout: worker::Layout {
+            run: run.clone(),
+            partitions: args.partitions,
+            replicas,
+        },
     }));
     let service = LedgerService::start(
         nats.clone(),
@@ -206,7 +227,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         site.fleet.as_mut(),
         &ledger,
         chaos.as_deref(),
-        &mut queue,
+        (&queue, &run),
         &bar,
         args.transfers,
     );
@@ -218,9 +239,15 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     crew.stop();
     service.stop().await;
-    let cleanup = site.clean_up(&js, &run).await.map_err(|e| {
-        format!("could not remove the run's consumer and messages from {STREAM}: {e}")
-    });
+    let cleanup = site
+        .clean_up(&js, &run, args.partitions)
+        .await
+        .map_err(|e| {
+            format!(
+                "could not remove the run's consumers and messages from {}: {e}",
+                queue::STREAM
+            )
+        });
     driven?;
     cleanup?;
 
@@ -234,6 +261,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             run: run.clone(),
             workers: args.workers,
             accounts: args.accounts,
+            partitions: args.partitions,
             transfers: args.transfers,
             chaos: args.chaos,
             chaos_every_s: args.chaos.then_some(args.chaos_every.as_secs_f64()),
@@ -250,6 +278,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             refused: counts.refused,
             acquisitions: counts.acquisitions,
             handoffs: counts.handoffs,
+            partition_moves: counts.partition_moves,
+            partition_owners: ledger.partition_owners(),
+            fenced_partition: counts.fenced_partition,
+            once_already_done: counts.once_already_done,
+            once_busy: counts.once_busy,
+            once_lost: counts.once_lost,
             lock_wait_p50_ms: ledger.lock_wait_ms(0.5),
             lock_wait_p99_ms: ledger.lock_wait_ms(0.99),
             kills: crew_counts.kills,
@@ -274,22 +308,26 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 }
 
 /// Runs until every message is acknowledged (the work queue is empty):
-/// keeps the workers alive, lets chaos strike, shows progress. Fails when nothing
-/// settles for [`STALL`].
+/// keeps the workers alive, lets chaos strike, shows progress. Fails when no
+/// transfer settles and the queue does not shrink for [`STALL`].
 async fn drive(
     crew: &Crew,
     mut fleet: Option<&mut Fleet>,
     ledger: &service::SharedLedger,
     chaos: Option<&Chaos>,
-    queue: &mut consumer::PullConsumer,
+    (queue, run): (&stream::Stream, &str),
     bar: &ProgressBar,
     transfers: u64,
 ) -> Result<(), CliError> {
     let mut tick = tokio::time::interval(TICK);
     let mut settled = (0, Instant::now());
-    let mut last_queue_check = Instant::now();
+    // The fewest of the run's messages the queue has held: once every
+    // transfer is settled, the acks of the last redeliveries are progress.
+    let mut fewest = u64::MAX;
     let mut last_error = None;
     let mut empty_since: Option<Instant> = None;
+    let backlog = queue::Backlog::watch(queue.clone(), run.to_owned());
+    let mut seen = 0;
     loop {
         tick.tick().await;
         crew.supervise()?;
@@ -313,96 +351,47 @@ async fn drive(
         if counts.settled != settled.0 {
             settled = (counts.settled, Instant::now());
         }
-        // All settled: wait for the last acks (a killed worker's message
-        // comes back after ACK_WAIT). Otherwise look now and then, in case
-        // the queue emptied without settling everything.
-        if counts.settled >= transfers || last_queue_check.elapsed() > Duration::from_secs(1) {
-            last_queue_check = Instant::now();
-            // A node killed or paused by chaos may fail the look or leave
-            // it unanswered; the loop must go on (it brings the node back),
-            // and a run that cannot look at all stalls.
-            let look = tokio::time::timeout(QUEUE_LOOK, queue.info()).await;
-            match look {
-                Ok(Ok(info)) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+        // Done when the queue is empty: with every transfer settled, that
+        // is after the last acks (a killed worker's message comes back after
+        // the ack wait); without, after UNSETTLED_EMPTY.
+        let look = backlog.latest();
+        if look.number != seen {
+            seen = look.number;
+            match look.left {
+                Ok(0) => {
                     // With transfers unsettled, an empty queue is believed
                     // only after it has looked empty for UNSETTLED_EMPTY:
-                    // a consumer whose leader just moved (a node killed by
-                    // chaos) can report nothing pending for a moment.
+                    // a stream whose leader just moved (a node killed by
+                    // chaos) can report nothing for a moment.
                     let since = *empty_since.get_or_insert_with(Instant::now);
                     if counts.settled >= transfers || since.elapsed() >= UNSETTLED_EMPTY {
                         return Ok(());
                     }
                 }
-                Ok(Ok(_)) => empty_since = None,
-                Ok(Err(e)) => last_error = Some(e.to_string()),
-                Err(_) => last_error = Some(format!("no answer within {QUEUE_LOOK:?}")),
+                Ok(left) => {
+                    empty_since = None;
+                    if left < fewest {
+                        fewest = left;
+                        settled.1 = Instant::now();
+                    }
+                }
+                Err(e) => last_error = Some(e),
             }
         }
         if settled.1.elapsed() > STALL {
             let error = last_error
                 .map(|e| format!(" (the work queue: {e})"))
                 .unwrap_or_default();
+            // On the embedded cluster the nodes' logs go with the run: what
+            // they said last is the best clue to a stall.
+            let nodes = fleet.as_deref().map(Fleet::log_tails).unwrap_or_default();
             return Err(format!(
-                "no transfer settled for {STALL:?} ({} of {transfers} settled); is a coordinator serving?{error}",
+                "no transfer settled and no message acknowledged for {STALL:?} ({} of {transfers} settled); is a coordinator serving?{error}{nodes}",
                 settled.0
             )
             .into());
         }
     }
-}
-
-/// The stream (shared by runs) and this run's consumer.
-async fn work_queue(
-    js: &jetstream::Context,
-    run: &str,
-    replicas: usize,
-) -> Result<consumer::PullConsumer, CliError> {
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: STREAM.to_owned(),
-            subjects: vec![STREAM_SUBJECTS.to_owned()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            // A run that died leaves messages behind; they go after a day.
-            max_age: Duration::from_secs(24 * 60 * 60),
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(consumer_name(run)),
-            filter_subject: transfers_subject(run),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            // Redeliver until acknowledged.
-            max_deliver: -1,
-            // A run that died leaves its consumer behind; it goes after this.
-            inactive_threshold: Duration::from_secs(10 * 60),
-            ..Default::default()
-        })
-        .await?;
-    Ok(consumer)
-}
-
-/// Publishes every transfer, in windows of acknowledged publishes.
-async fn publish(js: &jetstream::Context, run: &str, plan: &Plan) -> Result<(), CliError> {
-    let subject = transfers_subject(run);
-    for window in plan.transfers.chunks(256) {
-        let mut acks = Vec::with_capacity(window.len());
-        for (msg_id, transfer) in window {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-            let body = serde_json::to_vec(transfer)?;
-            acks.push(
-                js.publish_with_headers(subject.clone(), headers, body.into())
-                    .await?,
-            );
-        }
-        for ack in acks {
-            ack.await?;
-        }
-    }
-    Ok(())
 }
 
 fn progress_bar(transfers: u64) -> ProgressBar {
@@ -491,18 +480,20 @@ impl Site {
     }
 
     /// Removes what the run left on a server that outlives it: its
-    /// consumer and its messages. Its lock keys go by themselves (release
+    /// consumers and its messages. Its lock keys go by themselves (release
     /// markers after the bucket's marker TTL, 15 min by default): purging
     /// them would take a permission on the whole locks stream, which the
     /// `demo` user does not have.
-    async fn clean_up(&self, js: &jetstream::Context, run: &str) -> Result<(), CliError> {
+    async fn clean_up(
+        &self,
+        js: &jetstream::Context,
+        run: &str,
+        partitions: u32,
+    ) -> Result<(), CliError> {
         if self.server.is_some() || self.fleet.is_some() {
             return Ok(()); // The whole server goes.
         }
-        let stream = js.get_stream(STREAM).await?;
-        stream.delete_consumer(&consumer_name(run)).await?;
-        stream.purge().filter(transfers_subject(run)).await?;
-        Ok(())
+        queue::remove(js, run, partitions).await
     }
 
     /// Stops the coordinator, then the embedded server or cluster.
@@ -571,19 +562,23 @@ fn random_seed() -> u64 {
     nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-fn transfers_subject(run: &str) -> String {
-    format!("jetlock.demo.transfers.{run}")
-}
-
 fn ledger_subject(run: &str, op: &str) -> String {
     format!("jetlock.demo.ledger.{run}.{op}")
-}
-
-fn consumer_name(run: &str) -> String {
-    format!("demo-{run}")
 }
 
 /// The lock of account `n`.
 fn account_lock(run: &str, account: u32) -> String {
     format!("demo:{run}:account:{account}")
+}
+
+/// The partition group of the run's workers.
+fn partition_group(run: &str) -> String {
+    format!("demo:{run}:workers")
+}
+
+/// The `ProcessOnce` key of the transfer with message id `msg_id`: its lock
+/// is `once:demo:<run>:msg:<id>`, which the `demo` user may take on the
+/// fast path, as it may its account locks.
+fn once_key(run: &str, msg_id: &str) -> String {
+    format!("demo:{run}:msg:{msg_id}")
 }

@@ -11,6 +11,8 @@ pub struct Summary {
     pub run: String,
     pub workers: u64,
     pub accounts: u32,
+    /// Partitions the workers shared (`jetlock::recipes::Partitions`).
+    pub partitions: u32,
     pub transfers: u64,
     pub chaos: bool,
     /// About how often chaos struck (`--chaos-every`), with --chaos.
@@ -39,6 +41,23 @@ pub struct Summary {
     pub acquisitions: u64,
     /// Acquisitions that found a lock held and waited for its holder.
     pub handoffs: u64,
+    /// Times a partition was used under a newer lease than before, as the
+    /// ledger saw: it changed hands, or its owner took it again after
+    /// losing it.
+    pub partition_moves: u64,
+    /// Partitions per worker slot at the end (`w1` for `w1.0`, `w1.1`,
+    /// ...): who used each partition's newest lease.
+    pub partition_owners: std::collections::BTreeMap<String, u32>,
+    /// Ledger requests refused because a newer owner had used the
+    /// partition.
+    pub fenced_partition: u64,
+    /// Messages `ProcessOnce` acknowledged from their done-record without
+    /// running the transfer (a lost acknowledgement, redelivered).
+    pub once_already_done: u64,
+    /// Messages handed back because another worker held their lock.
+    pub once_busy: u64,
+    /// Messages handed back because their lock was lost mid-work.
+    pub once_lost: u64,
     pub lock_wait_p50_ms: f64,
     pub lock_wait_p99_ms: f64,
     /// Workers killed with SIGKILL, paused with SIGSTOP, started to replace
@@ -107,6 +126,23 @@ impl Summary {
             format!(
                 "{} of {} acquisitions waited for another holder",
                 self.handoffs, self.acquisitions
+            ),
+        );
+        row(
+            "partitions",
+            format!(
+                "{} over {} workers, {} moves, {} deposed-owner requests fenced off",
+                self.partitions,
+                self.partition_owners.len(),
+                self.partition_moves,
+                self.fenced_partition
+            ),
+        );
+        row(
+            "process-once",
+            format!(
+                "{} already done, {} busy, {} lost mid-work (handed back)",
+                self.once_already_done, self.once_busy, self.once_lost
             ),
         );
         row(

@@ -1,86 +1,289 @@
 //! A payment worker: one child process of `jetlock demo`.
 //!
-//! It pulls transfers one at a time from the run's work-queue consumer and,
-//! for each: locks both accounts (`lock_all`, in one global order, so
-//! transfers in opposite directions never deadlock), reads their balances
-//! from the ledger with the locks' fencing tokens, writes the new balances
-//! with the same tokens, releases the locks and acknowledges the message.
+//! It joins the run's partition group (`jetlock::recipes::Partitions`) as
+//! its slot: `w2` for `w2.0`, `w2.1`, ..., so a replacement takes the place,
+//! and the partitions, of the worker it replaces (its join waits until the
+//! dead one's session is over) instead of moving them twice. Each partition
+//! it is assigned is worked by a task of its own: pull one transfer from the
+//! partition's consumer, run it through `ProcessOnce` (`transfer.rs`),
+//! repeat, until the partition is asked back (`Change::Release`: the task
+//! finishes the transfer in hand, then drops the lease, which releases the
+//! partition to its next owner) or its lease is lost.
 //!
-//! It does not check `lost()` between the read and the write: that check
-//! can always race with a pause, and the ledger's fence is what makes the
-//! write safe. A fenced-off request, a lost lock or an unanswered request
-//! means: try the transfer again under fresh locks (the ledger refuses it
-//! as a duplicate if it was applied after all). A session the coordinators
-//! declared dead (the worker was paused) is replaced by a new one.
+//! One jetlock session holds the member lock, the partition leases and the
+//! message and account locks, with the default 900 ms timeout. A worker
+//! paused by chaos loses them all: its account locks move on (its late
+//! write meets the fence), and its partitions go to the others until it
+//! joins again under a new session and takes its share back. (A membership
+//! on a second session with a longer timeout would keep the partitions
+//! through a pause, but a killed worker's partitions would wait that
+//! longer timeout for its replacement: runs with chaos were slower.)
 
 use super::access::Access;
-use super::ledger::{AccountToken, NewBalance, ReadRequest, Reply, Transfer, WriteRequest};
 use super::CliError;
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use jetlock::{Client, LockError, MultiLockGuard};
+use jetlock::recipes::{Change, PartitionLease, Partitions, ProcessOnce, ProcessOnceOptions};
+use jetlock::{Client, LockError};
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
-/// How long one attempt waits for both locks.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
-/// How long the ledger may take to answer (longer than a chaos pause, so a
-/// paused worker reads its answer when it wakes).
-const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a worker keeps trying to start (the consumer, a session)
-/// before it gives up and exits.
+/// How long a worker keeps trying to start a session or open the
+/// done-records before it gives up and exits.
 const PATIENCE: Duration = Duration::from_secs(20);
-/// Attempts per delivery before the message is handed back to the queue.
-const MAX_ATTEMPTS: u32 = 20;
+/// The lease of each message's `ProcessOnce` lock. A holder lost without
+/// the coordinators noticing keeps its message from being run until the
+/// server frees the lock after its lease (plus a tenth and a second): 10 s
+/// by default; a lost message lock costs one message a retry.
+const ONCE_LEASE: Duration = Duration::from_secs(5);
+/// The done-records bucket of every demo run (keys carry the run id).
+const DONE_BUCKET: &str = "DEMO_DONE";
+/// How long done-records are kept: longer than a run's messages (a day).
+const DONE_KEEP: Duration = Duration::from_secs(2 * 24 * 60 * 60);
+/// How long a worker waits for a transfer's `ProcessOnce` lock that
+/// another worker holds (a redelivery while the first still works on it)
+/// before handing the message back.
+const ONCE_WAIT: Duration = Duration::from_secs(2);
 
-/// How one attempt at a transfer ended.
-enum Outcome {
-    /// Applied now or before: acknowledge the message.
-    Settled,
-    /// The ledger refused the transfer for good.
-    Refused(String),
-    /// Try again under fresh locks.
-    Again(String),
-    /// The coordinators declared the session dead: new session, try again.
-    SessionExpired,
+/// What a worker needs to know of its run, passed on its command line.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub run: String,
+    pub partitions: u32,
+    /// Replicas of the done-records bucket, if a worker must create it.
+    pub replicas: usize,
 }
 
-struct Worker {
-    id: String,
-    run: String,
+impl Layout {
+    /// The arguments that start worker `id` of this run.
+    pub fn pass_to(&self, cmd: &mut Command, id: &str) {
+        cmd.args(["demo", "--worker", id, "--run", &self.run]);
+        cmd.args(["--partitions", &self.partitions.to_string()]);
+        cmd.args(["--replicas", &self.replicas.to_string()]);
+    }
+}
+
+/// The worker process: what its partition tasks share.
+pub struct Worker {
+    pub id: String,
+    pub layout: Layout,
+    pub nats: async_nats::Client,
     access: Access,
-    nats: async_nats::Client,
-    client: Client,
+    /// The session, replaced when the coordinators declare it dead.
+    work: tokio::sync::Mutex<Arc<WorkSession>>,
+    /// Cancelled when the worker must exit, with the reason in `fatal`.
+    exit: CancellationToken,
+    fatal: Mutex<Option<String>>,
 }
 
-/// Runs worker `id` of run `run` until killed.
-pub async fn run(id: String, run: String, access: Access) -> Result<(), CliError> {
+/// The session the worker holds its locks in, and its `ProcessOnce`.
+pub struct WorkSession {
+    pub client: Client,
+    pub once: ProcessOnce,
+}
+
+/// Runs worker `id` until killed.
+pub async fn run(id: String, layout: Layout, access: Access) -> Result<(), CliError> {
     let nats = access
         .connect_waiting(&format!("jetlock-demo-{id}"))
         .await?;
     let js = jetstream::new(nats.clone());
-    let consumer: PullConsumer = patiently("looking up the transfers consumer", || {
-        js.get_consumer_from_stream(super::consumer_name(&run), super::STREAM)
-    })
-    .await
-    .map_err(|e| format!("demo worker {id}: no transfers consumer: {e}"))?;
-    let client = session(&access, &id, &nats).await?;
-    let mut worker = Worker {
+    let slot = id.split('.').next().unwrap_or(&id).to_owned();
+    let work = WorkSession::start(&access, &id, &nats, layout.replicas).await?;
+    let worker = Arc::new(Worker {
         id,
-        run,
-        access,
+        layout,
         nats,
-        client,
+        access,
+        work: tokio::sync::Mutex::new(Arc::new(work)),
+        exit: CancellationToken::new(),
+        fatal: Mutex::new(None),
+    });
+    loop {
+        let session = worker.session().await;
+        serve(&worker, &session.client, &js, &slot).await;
+        if let Some(why) = worker.fatal.lock().expect("never poisoned").take() {
+            return Err(why.into());
+        }
+        // The member lock goes with the session (or its lease ran out while
+        // renewals failed): a new session, unless a partition task has
+        // already started one.
+        info!(worker = %worker.id, "membership over; joining again with a new session");
+        worker.renew(&session).await;
+    }
+}
+
+impl WorkSession {
+    async fn start(
+        access: &Access,
+        id: &str,
+        nats: &async_nats::Client,
+        replicas: usize,
+    ) -> Result<WorkSession, CliError> {
+        let client = patiently("starting a session", || {
+            access.client_options().name(id).with_nats(nats.clone())
+        })
+        .await?;
+        let options = ProcessOnceOptions {
+            bucket: DONE_BUCKET.to_owned(),
+            replicas,
+            keep: DONE_KEEP,
+            wait: ONCE_WAIT,
+            lock_ttl: ONCE_LEASE,
+            retry_after: Duration::from_millis(500),
+        };
+        let once = patiently("opening the done-records", || {
+            ProcessOnce::new(&client, options.clone())
+        })
+        .await?;
+        Ok(WorkSession { client, once })
+    }
+}
+
+impl Worker {
+    /// The current session.
+    pub async fn session(&self) -> Arc<WorkSession> {
+        self.work.lock().await.clone()
+    }
+
+    /// Replaces `expired` with a new session, unless another task has
+    /// already done so.
+    pub async fn renew(&self, expired: &Arc<WorkSession>) {
+        let mut current = self.work.lock().await;
+        if !Arc::ptr_eq(&current, expired) {
+            return;
+        }
+        debug!(worker = %self.id, "session over; starting a new one");
+        match WorkSession::start(&self.access, &self.id, &self.nats, self.layout.replicas).await {
+            Ok(session) => *current = Arc::new(session),
+            Err(e) => self.exit(format!("could not start a new session: {e}")),
+        }
+    }
+
+    /// Makes the worker exit (it is counted as a crash).
+    pub fn exit(&self, why: String) {
+        *self.fatal.lock().expect("never poisoned") = Some(why);
+        self.exit.cancel();
+    }
+}
+
+/// Works the partitions the group assigns while the membership lasts.
+async fn serve(worker: &Arc<Worker>, membership: &Client, js: &jetstream::Context, slot: &str) {
+    let group = super::partition_group(&worker.layout.run);
+    // The join waits for the slot's member lock, which the worker this one
+    // replaces, or this one's own last session, holds until the
+    // coordinators declare that session dead (or its lease runs out, while
+    // chaos has them all down): no bound here, the run judges a worker
+    // that never gets going (nothing settles).
+    let mut partitions = loop {
+        let joined = tokio::time::timeout(
+            PATIENCE,
+            Partitions::join(membership, &group, worker.layout.partitions, slot),
+        );
+        tokio::select! {
+            () = worker.exit.cancelled() => return,
+            joined = joined => match joined {
+                Ok(Ok(partitions)) => break partitions,
+                Ok(Err(LockError::SessionExpired)) => return,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "joining the partition group failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => warn!(%group, "not a member after {PATIENCE:?}; still trying"),
+            },
+        }
+    };
+    let over = worker.exit.child_token();
+    let mut working: HashMap<u32, (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    // Tasks asked to stop that may still finish the transfer in hand.
+    let mut stopping: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let change = tokio::select! {
+            change = partitions.next() => change,
+            () = over.cancelled() => None,
+        };
+        match change {
+            Some(Change::Assigned(lease)) => {
+                let p = lease.partition();
+                debug!(partition = p, token = lease.token().get(), "assigned");
+                let stop = over.child_token();
+                let task = tokio::spawn(work_partition(
+                    worker.clone(),
+                    js.clone(),
+                    lease,
+                    stop.clone(),
+                ));
+                if let Some((stop, task)) = working.insert(p, (stop, task)) {
+                    // A lease given out again after the last was lost.
+                    stop.cancel();
+                    stopping.push(task);
+                }
+            }
+            Some(Change::Release(p)) => {
+                debug!(partition = p, "asked back");
+                if let Some((stop, task)) = working.remove(&p) {
+                    stop.cancel();
+                    stopping.push(task);
+                }
+            }
+            // The member lock is gone with the session.
+            None => break,
+        }
+        stopping.retain(|task| !task.is_finished());
+    }
+    over.cancel();
+    for task in working.into_values().map(|(_, task)| task).chain(stopping) {
+        let _ = task.await;
+    }
+}
+
+/// Pulls partition `lease`'s transfers one at a time and runs each, until
+/// stopped or the lease is lost; then drops the lease, releasing it.
+async fn work_partition(
+    worker: Arc<Worker>,
+    js: jetstream::Context,
+    lease: PartitionLease,
+    stop: CancellationToken,
+) {
+    let p = lease.partition();
+    let lost = lease.lost();
+    tokio::pin!(lost);
+    let name = super::queue::consumer_name(&worker.layout.run, p);
+    let consumer: PullConsumer = loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = &mut lost => return,
+            found = js.get_consumer_from_stream(&name, super::queue::STREAM) => match found {
+                Ok(consumer) => break consumer,
+                // A node killed by chaos answers nothing until it is back.
+                Err(e) => {
+                    warn!(consumer = %name, error = %e, "looking up the consumer failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    };
+    let partition = super::ledger::PartitionToken {
+        partition: p,
+        token: lease.token().get(),
     };
     loop {
         // One message at a time: a killed or paused worker strands at most
-        // the transfer it is working on.
-        let batch = consumer
-            .batch()
-            .max_messages(1)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
+        // the transfer it is working on in each partition.
+        let batch = tokio::select! {
+            () = stop.cancelled() => break,
+            () = &mut lost => break,
+            batch = consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_secs(1))
+                .messages() => batch,
+        };
         let mut batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
@@ -91,19 +294,20 @@ pub async fn run(id: String, run: String, access: Access) -> Result<(), CliError
         };
         while let Some(msg) = batch.next().await {
             match msg {
-                Ok(msg) => worker.process(msg).await?,
-                Err(e) => warn!(error = %e, "pulling a transfer failed"),
+                Ok(msg) => worker.handle(msg, partition, &stop).await,
+                // A pull a node could not serve (no responders while a
+                // stream leader is elected) fails every read of the batch:
+                // a new pull, a moment later.
+                Err(e) => {
+                    warn!(error = %e, "pulling a transfer failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
             }
         }
     }
-}
-
-/// A new jetlock session on the worker's connection, under the prefix.
-async fn session(access: &Access, id: &str, nats: &async_nats::Client) -> Result<Client, CliError> {
-    Ok(patiently("starting a session", || {
-        access.client_options().name(id).with_nats(nats.clone())
-    })
-    .await?)
+    debug!(partition = p, lost = lease.is_lost(), "stopped");
+    drop(lease);
 }
 
 /// Tries `what` for up to [`PATIENCE`]: a chaos-killed or paused node
@@ -121,165 +325,5 @@ async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Resu
             }
             result => return result,
         }
-    }
-}
-
-impl Worker {
-    async fn process(&mut self, msg: jetstream::Message) -> Result<(), CliError> {
-        let msg_id = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned());
-        let transfer = serde_json::from_slice::<Transfer>(&msg.payload);
-        let (Some(msg_id), Ok(transfer)) = (msg_id, transfer) else {
-            warn!(subject = %msg.subject, "not a transfer; dropped");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return Ok(());
-        };
-        for attempt in 1..=MAX_ATTEMPTS {
-            match self.attempt(&msg_id, &transfer).await? {
-                Outcome::Settled => {
-                    // If this ack is lost, the redelivery is refused as a
-                    // duplicate.
-                    if let Err(e) = msg.double_ack().await {
-                        warn!(msg_id, error = %e, "ack failed");
-                    }
-                    return Ok(());
-                }
-                Outcome::Refused(why) => {
-                    warn!(msg_id, why, "transfer refused");
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    return Ok(());
-                }
-                Outcome::Again(why) => {
-                    debug!(msg_id, attempt, why, "trying again");
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                }
-                Outcome::SessionExpired => {
-                    debug!(msg_id, "session declared dead; starting a new one");
-                    self.client = session(&self.access, &self.id, &self.nats).await?;
-                }
-            }
-        }
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
-        Ok(())
-    }
-
-    /// One attempt: lock, read, write, release.
-    async fn attempt(&self, msg_id: &str, t: &Transfer) -> Result<Outcome, CliError> {
-        let names = [t.from, t.to].map(|a| super::account_lock(&self.run, a));
-        let started = Instant::now();
-        let (guard, handoff) = match self.lock(&names).await {
-            Ok(locked) => locked,
-            Err(LockError::SessionExpired) => return Ok(Outcome::SessionExpired),
-            Err(
-                e @ (LockError::Timeout { .. }
-                | LockError::Lost { .. }
-                | LockError::Busy { .. }
-                | LockError::Nats { .. }
-                | LockError::Refused { .. }),
-            ) => return Ok(Outcome::Again(e.to_string())),
-            Err(e) => return Err(e.into()),
-        };
-        let lock_wait = started.elapsed();
-        let tokens = [0, 1].map(|i| guard.token(&names[i]).map_or(0, |t| t.get()));
-        let read = ReadRequest {
-            msg_id: msg_id.to_owned(),
-            worker: self.id.clone(),
-            tokens: [0, 1].map(|i| AccountToken {
-                account: [t.from, t.to][i],
-                token: tokens[i],
-            }),
-            lock_wait_us: lock_wait.as_micros() as u64,
-            handoff,
-        };
-        let balances = match self.ask("read", &read).await {
-            Ok(Reply::Balances { balances }) => balances,
-            other => return Ok(settle(guard, other).await),
-        };
-        // A chaos pause lands here: the locks move on while this process
-        // sleeps, and the write below carries their old tokens.
-        let write = WriteRequest {
-            msg_id: msg_id.to_owned(),
-            worker: self.id.clone(),
-            set: [
-                NewBalance {
-                    account: t.from,
-                    token: tokens[0],
-                    balance: balances[0] - t.amount,
-                },
-                NewBalance {
-                    account: t.to,
-                    token: tokens[1],
-                    balance: balances[1] + t.amount,
-                },
-            ],
-        };
-        let written = self.ask("write", &write).await;
-        Ok(settle(guard, written).await)
-    }
-
-    /// Both locks; tries first without waiting, so it knows whether it had
-    /// to wait for another holder (a handoff).
-    async fn lock(&self, names: &[String; 2]) -> Result<(MultiLockGuard, bool), LockError> {
-        match self
-            .client
-            .lock_all(names)
-            .wait(Duration::ZERO)
-            .acquire()
-            .await
-        {
-            Ok(guard) => Ok((guard, false)),
-            Err(LockError::Busy { .. } | LockError::Timeout { .. }) => {
-                let guard = self
-                    .client
-                    .lock_all(names)
-                    .wait(LOCK_WAIT)
-                    .acquire()
-                    .await?;
-                Ok((guard, true))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn ask<T: serde::Serialize>(
-        &self,
-        op: &str,
-        body: &T,
-    ) -> Result<Reply, Box<dyn std::error::Error + Send + Sync>> {
-        let request = async_nats::Request::new()
-            .payload(serde_json::to_vec(body)?.into())
-            .timeout(Some(LEDGER_TIMEOUT));
-        let answer = self
-            .nats
-            .send_request(super::ledger_subject(&self.run, op), request)
-            .await?;
-        Ok(serde_json::from_slice(&answer.payload)?)
-    }
-}
-
-/// Releases the locks and says what the ledger's answer means.
-async fn settle(
-    guard: MultiLockGuard,
-    answer: Result<Reply, Box<dyn std::error::Error + Send + Sync>>,
-) -> Outcome {
-    // A release that finds the locks lost is expected after a pause.
-    let _ = guard.release().await;
-    match answer {
-        Ok(Reply::Applied | Reply::Duplicate) => Outcome::Settled,
-        Ok(Reply::Fenced {
-            account,
-            presented,
-            highest,
-        }) => Outcome::Again(format!(
-            "fenced off on account {account}: token {presented} < {highest}"
-        )),
-        Ok(Reply::Refused { code, message }) => Outcome::Refused(format!("{code:?}: {message}")),
-        Ok(Reply::Balances { .. }) => Outcome::Again("the ledger answered out of turn".into()),
-        Err(e) => Outcome::Again(format!("the ledger did not answer: {e}")),
     }
 }

@@ -153,11 +153,12 @@ pub fn invariant(v: &Value, name: &str) -> bool {
 }
 
 /// Every invariant the demo checks.
-pub const INVARIANTS: [&str; 5] = [
+pub const INVARIANTS: [&str; 6] = [
     "total balance conserved",
     "no transfer applied twice",
     "every transfer applied exactly once",
     "no stale write applied",
+    "every transfer applied under its own partition",
     "no account balance negative",
 ];
 

@@ -24,27 +24,60 @@ fn ledger(fault: Option<Fault>) -> Ledger {
     ];
     Ledger::new(
         3,
+        PARTITIONS,
         100,
         transfers.into_iter().map(|(id, t)| (id.to_owned(), t)),
         fault,
     )
 }
 
+/// Two partitions: `m1` (from account 0) is in partition 0, `m2` in 1.
+const PARTITIONS: u32 = 2;
+
+/// The partition of a transfer paid from `from`, under lease token 1.
+fn own(from: u32) -> PartitionToken {
+    PartitionToken {
+        partition: from % PARTITIONS,
+        token: 1,
+    }
+}
+
 fn read(l: &mut Ledger, msg: &str, accounts: [u32; 2], tokens: [u64; 2]) -> Reply {
+    read_in(l, own(accounts[0]), "w0.0", msg, accounts, tokens)
+}
+
+fn read_in(
+    l: &mut Ledger,
+    partition: PartitionToken,
+    worker: &str,
+    msg: &str,
+    accounts: [u32; 2],
+    tokens: [u64; 2],
+) -> Reply {
     let r = ReadRequest {
         msg_id: msg.into(),
-        worker: "w0.0".into(),
+        worker: worker.into(),
         tokens: [0, 1].map(|i| AccountToken {
             account: accounts[i],
             token: tokens[i],
         }),
         lock_wait_us: 1500,
         handoff: false,
+        partition,
     };
     l.handle("read", &serde_json::to_vec(&r).unwrap()).reply
 }
 
 fn write(l: &mut Ledger, msg: &str, set: [(u32, u64, i64); 2]) -> Handled {
+    write_in(l, own(set[0].0), msg, set)
+}
+
+fn write_in(
+    l: &mut Ledger,
+    partition: PartitionToken,
+    msg: &str,
+    set: [(u32, u64, i64); 2],
+) -> Handled {
     let w = WriteRequest {
         msg_id: msg.into(),
         worker: "w0.0".into(),
@@ -53,6 +86,7 @@ fn write(l: &mut Ledger, msg: &str, set: [(u32, u64, i64); 2]) -> Handled {
             token,
             balance,
         }),
+        partition,
     };
     l.handle("write", &serde_json::to_vec(&w).unwrap())
 }
@@ -204,6 +238,73 @@ fn overdrafts_and_bad_requests_are_refused_and_change_nothing() {
     );
 }
 
+#[test]
+fn a_deposed_partition_owner_is_fenced_off_and_moves_are_counted() {
+    let mut l = ledger(None);
+    let lease = |token| PartitionToken {
+        partition: 0,
+        token,
+    };
+    read_in(&mut l, lease(4), "w0.0", "m1", [0, 1], [5, 6]);
+    // w1 took partition 0 over (a newer lease) while w0 slept.
+    read_in(&mut l, lease(9), "w1.0", "m1", [0, 1], [7, 8]);
+    assert_eq!(
+        write_in(&mut l, lease(4), "m1", [(0, 7, 70), (1, 8, 130)]).reply,
+        Reply::PartitionFenced {
+            partition: 0,
+            presented: 4,
+            highest: 9
+        }
+    );
+    assert_eq!(
+        write_in(&mut l, lease(9), "m1", [(0, 7, 70), (1, 8, 130)]).reply,
+        Reply::Applied
+    );
+    let c = l.counts();
+    assert_eq!((c.fenced_partition, c.partition_moves), (1, 1));
+    assert_eq!(
+        l.partition_owners(),
+        [("w1".to_owned(), 1)].into_iter().collect()
+    );
+    assert!(held(&l, "every transfer applied under its own partition"));
+}
+
+#[test]
+fn a_transfer_applied_under_another_partition_fails_the_invariant() {
+    let mut l = ledger(None);
+    let other = PartitionToken {
+        partition: 1,
+        token: 3,
+    };
+    assert_eq!(
+        write_in(&mut l, other, "m1", [(0, 5, 70), (1, 6, 130)]).reply,
+        Reply::Applied
+    );
+    assert!(!held(&l, "every transfer applied under its own partition"));
+    let unknown = PartitionToken {
+        partition: PARTITIONS,
+        token: 3,
+    };
+    assert!(matches!(
+        write_in(&mut l, unknown, "m2", [(1, 7, 90), (2, 8, 110)]).reply,
+        Reply::Refused {
+            code: Refusal::BadRequest,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn process_once_notes_are_counted() {
+    let mut l = ledger(None);
+    for note in ["\"already_done\"", "\"busy\"", "\"lost\"", "\"busy\""] {
+        l.handle("once", note.as_bytes());
+    }
+    let c = l.counts();
+    assert_eq!((c.once_already_done, c.once_busy, c.once_lost), (1, 2, 1));
+    assert_eq!(c.refused, 0);
+}
+
 proptest! {
     #[test]
     fn never_panics_on_any_bytes(op in "read|write|[a-z]{0,6}", payload in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -216,9 +317,9 @@ proptest! {
     #[test]
     fn never_panics_on_wrong_numbers(account in any::<u32>(), token in any::<u64>(), balance in any::<i64>()) {
         let mut l = ledger(None);
-        let body = format!(r#"{{"msg_id":"m1","worker":"x","set":[{{"account":{account},"token":{token},"balance":{balance}}},{{"account":1,"token":1,"balance":1}}]}}"#);
+        let body = format!(r#"{{"msg_id":"m1","worker":"x","set":[{{"account":{account},"token":{token},"balance":{balance}}},{{"account":1,"token":1,"balance":1}}],"partition":{{"partition":{account},"token":{token}}}}}"#);
         l.handle("write", body.as_bytes());
-        let body = format!(r#"{{"msg_id":"m1","worker":"x","tokens":[{{"account":{account},"token":{token}}},{{"account":1,"token":1}}],"lock_wait_us":{token},"handoff":true}}"#);
+        let body = format!(r#"{{"msg_id":"m1","worker":"x","tokens":[{{"account":{account},"token":{token}}},{{"account":1,"token":1}}],"lock_wait_us":{token},"handoff":true,"partition":{{"partition":1,"token":{token}}}}}"#);
         l.handle("read", body.as_bytes());
     }
 }
