@@ -15,6 +15,14 @@ pub use jetlock_testkit::*;
 #[allow(unused_imports)]
 pub use serving::{serve, serve_with_env, serve_within, spawn_serve, Serving};
 
+/// The `jetlock` binary, without the developer's `JETLOCK_URL` and
+/// `JETLOCK_BUCKET`.
+pub fn jetlock() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_jetlock"));
+    cmd.env_remove("JETLOCK_URL").env_remove("JETLOCK_BUCKET");
+    cmd
+}
+
 /// The `nats` CLI's variables that `jetlock` reads too (server list,
 /// credentials, TLS files, context): children of the tests start without
 /// the developer's.

@@ -1,0 +1,81 @@
+//! `jetlock bench`, as short as it goes: its JSON report has the rows and
+//! fields scripts read. No number is judged here (a loaded CI machine); the
+//! full run is, in README.
+
+mod common;
+
+use common::jetlock;
+use std::process::Stdio;
+
+/// The bench's W2 and memory workloads, as short as they go: every row has
+/// pairs and a ratio to its raw row, and the report names the machine. Its
+/// numbers are not judged here (a loaded CI machine); the full run is.
+#[test]
+fn a_short_bench_reports_throughput_and_memory_as_json() {
+    let out = jetlock()
+        .args(["bench", "--quick", "--json", "--only", "throughput,memory"])
+        .args(["--durability", "default", "--throughput", "1s"])
+        .args(["--clients", "4", "--max-held", "1000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run jetlock bench");
+    assert!(out.status.success(), "jetlock bench failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(report["machine"]["cpus"].as_u64().is_some_and(|n| n >= 1));
+    assert_eq!(report["durability"], serde_json::json!(["default"]));
+    let rows = report["throughput"].as_array().expect("throughput rows");
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for row in rows {
+        assert!(row["pairs"].as_u64().is_some_and(|n| n > 0), "{row}");
+        assert_eq!(row["tasks"], 4);
+        let raw = row["workload"] == "raw kv pair";
+        assert_eq!(row["ratio_to_raw"].is_null(), raw, "{row}");
+    }
+    let held = report["memory"]["held"].as_array().expect("memory rows");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["held"], 1000);
+    assert!(held[0]["rss_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(report["memory"]["waiters"]["waiters"].as_u64() > Some(0));
+}
+
+/// The bench's election workload, short: jetlock's candidates are elected,
+/// killed and stopped, each way of leaving has its rows, and etcd has rows
+/// too or a note saying why not (it may not be installed). Times are not
+/// judged here.
+#[test]
+fn a_short_election_bench_reports_both_ways_of_leaving() {
+    let out = jetlock()
+        .args(["bench", "--quick", "--json", "--only", "election"])
+        .args(["--durability", "default"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run jetlock bench");
+    assert!(out.status.success(), "jetlock bench failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let rows = report["election"].as_array().expect("election rows");
+    let events = |service: &str| -> Vec<String> {
+        rows.iter()
+            .filter(|r| {
+                r["service"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(service))
+            })
+            .map(|r| {
+                assert_eq!(r["samples_ms"].as_array().map(Vec::len), Some(5), "{r}");
+                assert_eq!(r["candidates"], 3, "{r}");
+                r["event"].as_str().expect("an event").to_owned()
+            })
+            .collect()
+    };
+    let both = [
+        "leader crashed → new leader observed",
+        "leader resigned → new leader observed",
+    ];
+    assert_eq!(events("jetlock"), both);
+    let notes = report["notes"].to_string();
+    if notes.contains("election, etcd") {
+        assert!(events("etcd").is_empty(), "{notes}");
+    } else {
+        assert_eq!(events("etcd"), both, "{notes}");
+    }
+}
