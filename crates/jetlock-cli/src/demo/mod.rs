@@ -197,11 +197,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         args.fault,
     )));
     let chaos = args.chaos.then(|| {
-        Arc::new(Chaos::new(
-            args.chaos_every,
-            seed,
-            Strike::turns(args.cluster),
-        ))
+        let chaos = Chaos::new(args.chaos_every, seed, Strike::turns(args.cluster));
+        // The fault is shown by a worker killed between the ledger's commit
+        // and its done-record: the first commit gets that kill, whatever the
+        // clock says, so a short run shows it too.
+        if args.fault == Some(Fault::DoubleApply) {
+            chaos.arm(Strike::KillWorker);
+        }
+        Arc::new(chaos)
     });
     let crew = Arc::new(Crew::new(WorkerCommand {
         exe: std::env::current_exe()?,

@@ -150,6 +150,15 @@ impl Chaos {
         (!strike.at_a_moment()).then_some(strike)
     }
 
+    /// Arms `strike` (a worker strike) for the next moment it belongs to,
+    /// unless one is armed already; the clock's strikes go on as before.
+    pub fn arm(&self, strike: Strike) {
+        let mut state = self.state();
+        if strike.at_a_moment() && state.armed.is_none() {
+            state.armed = Some(strike);
+        }
+    }
+
     /// A length drawn from the seed between `range.0` and `range.1` ms.
     pub fn draw(&self, range: (u64, u64)) -> Duration {
         self.state().draw(range)
