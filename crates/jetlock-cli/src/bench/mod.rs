@@ -277,9 +277,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     eta::plan(planned(&args, iterations, &syncs, needs_server));
     for (i, &sync) in syncs.iter().enumerate() {
         let first = i == 0;
-        if !needs_server
-            || !(first || selected(Workload::Latency) || selected(Workload::Throughput))
-        {
+        if !site_runs(&args.only, first, needs_server) {
             continue;
         }
         let mut site = Site::start(&args, sync).await?;
@@ -355,6 +353,13 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Whether the site of a durability runs: the first runs every workload
+/// that needs a server, the others W1 and W2 only.
+fn site_runs(only: &[Workload], first: bool, needs_server: bool) -> bool {
+    let selected = |w| only.is_empty() || only.contains(&w);
+    needs_server && (first || selected(Workload::Latency) || selected(Workload::Throughput))
+}
+
 /// Each workload's planned time, in run order (see `eta.rs`): windows as
 /// set, pairs at the pace of the last full run on 2 cores.
 fn planned(
@@ -375,9 +380,7 @@ fn planned(
     let mut stages = Vec::new();
     for (i, sync) in syncs.iter().enumerate() {
         let first = i == 0;
-        if !needs_server
-            || !(first || selected(Workload::Latency) || selected(Workload::Throughput))
-        {
+        if !site_runs(&args.only, first, needs_server) {
             continue;
         }
         let fsync = matches!(sync, Some(SyncInterval::Always));
