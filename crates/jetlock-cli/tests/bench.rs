@@ -7,13 +7,20 @@ mod common;
 use common::jetlock;
 use std::process::Stdio;
 
-/// The bench's W2 and memory workloads, as short as they go: every row has
-/// pairs and a ratio to its raw row, and the report names the machine. Its
-/// numbers are not judged here (a loaded CI machine); the full run is.
+/// The bench's W2, sessions and memory workloads, as short as they go:
+/// every W2 row has pairs and a ratio to its raw row, the sessions' beats
+/// were answered, and the report names the machine. Its numbers are not
+/// judged here (a loaded CI machine); the full run is.
 #[test]
-fn a_short_bench_reports_throughput_and_memory_as_json() {
+fn a_short_bench_reports_throughput_sessions_and_memory_as_json() {
     let out = jetlock()
-        .args(["bench", "--quick", "--json", "--only", "throughput,memory"])
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--only",
+            "throughput,sessions,memory",
+        ])
         .args(["--durability", "default", "--throughput", "1s"])
         .args(["--clients", "4", "--max-held", "1000"])
         .stderr(Stdio::inherit())
@@ -30,6 +37,17 @@ fn a_short_bench_reports_throughput_and_memory_as_json() {
         assert_eq!(row["tasks"], 4);
         let raw = row["workload"] == "raw kv pair";
         assert_eq!(row["ratio_to_raw"].is_null(), raw, "{row}");
+    }
+    let sessions = report["sessions"].as_array().expect("sessions rows");
+    let counts: Vec<_> = sessions.iter().map(|r| r["sessions"].clone()).collect();
+    assert_eq!(counts, [100, 1000], "{sessions:?}");
+    for row in sessions {
+        assert!(row["beats_per_sec"].as_f64() > Some(0.0), "{row}");
+        assert!(
+            row["alive_pct"].as_f64() > Some(0.0),
+            "beats answered: {row}"
+        );
+        assert!(row["server_cpu_pct"].is_number(), "a local server: {row}");
     }
     let held = report["memory"]["held"].as_array().expect("memory rows");
     assert_eq!(held.len(), 1);

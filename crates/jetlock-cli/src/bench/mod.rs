@@ -29,6 +29,9 @@
 //! - **scaling** (`scaling.rs`, `memory.rs`) — W2 and W3 at 1 to 64
 //!   clients; a fresh coordinator's memory with 1k to 1M held locks and with
 //!   queued waiters;
+//! - **sessions** (`sessions.rs`) — 100 to 10,000 sessions beating at the
+//!   default timeout: the coordinator's and the server's CPU per beat, and
+//!   the coordinator's memory per session;
 //! - **peers** (`peers.rs`) — W1 and W3 against Redis, PostgreSQL and etcd
 //!   when they are installed (`bench/peers.sh`).
 //!
@@ -61,6 +64,7 @@ mod plots;
 mod procs;
 mod report;
 mod scaling;
+mod sessions;
 mod site;
 mod throughput;
 mod writes;
@@ -93,6 +97,9 @@ const QUICK_THROUGHPUT_SECS: u64 = 2;
 /// Scaling time per client count and path, by default and with `--quick`.
 const SCALING_SECS: u64 = 2;
 const QUICK_SCALING_SECS: u64 = 1;
+/// Sessions workload window per step, by default and with `--quick`.
+const SESSIONS_SECS: u64 = 5;
+const QUICK_SESSIONS_SECS: u64 = 2;
 /// W4 runs per kind of death, by default and with `--quick`.
 const FAILOVER_RUNS: usize = 5;
 const QUICK_FAILOVER_RUNS: usize = 3;
@@ -191,6 +198,8 @@ pub enum Workload {
     Scaling,
     /// `lock_all` of 2 and 8 keys, ordered against atomic.
     Multi,
+    /// What beating sessions cost the coordinator and the server.
+    Sessions,
     /// The coordinator's memory per held lock and per waiter.
     Memory,
     /// Redis, PostgreSQL and etcd, when installed.
@@ -254,6 +263,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         election: Vec::new(),
         scaling: Default::default(),
         multi: Vec::new(),
+        sessions: Vec::new(),
         memory: None,
         peers: Vec::new(),
         notes: Vec::new(),
@@ -269,6 +279,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Workload::Failover,
         Workload::Election,
         Workload::Scaling,
+        Workload::Sessions,
         Workload::Memory,
         Workload::Multi,
     ]
@@ -410,6 +421,16 @@ fn planned(
         let elections = second * 2 * election::runs(args.quick) as u32;
         stage(Workload::Election, "election", elections);
         stage(Workload::Scaling, "scaling", (scaling + second / 2) * 11);
+        let (sessions, steps) = if args.quick {
+            (QUICK_SESSIONS_SECS, sessions::QUICK_STEPS.len())
+        } else {
+            (SESSIONS_SECS, sessions::STEPS.len())
+        };
+        stage(
+            Workload::Sessions,
+            "sessions",
+            second * (sessions as u32 + 1) * steps as u32,
+        );
         let memory = if args.quick { 15 } else { 100 };
         stage(Workload::Memory, "memory", second * memory);
     }
@@ -508,7 +529,40 @@ async fn site_workloads(ctx: &Ctx<'_>, first: bool, report: &mut Report) -> Resu
         eta::begin("scaling");
         report.scaling = scaling::run(&ctx.throughput_site(), &name, length).await?;
     }
+    if ctx.selected(Workload::Sessions) {
+        eta::begin("sessions");
+        report.sessions = sessions_workload(ctx, report).await?;
+    }
     Ok(())
+}
+
+/// Beating sessions against the site's coordinator, when it is a child
+/// whose CPU the bench can read.
+async fn sessions_workload(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+) -> Result<Vec<sessions::SessionsRow>, CliError> {
+    let site = ctx.site;
+    let Some((coordinator_pid, _)) = site.coordinator.as_ref().and_then(|c| c.child()) else {
+        report.notes.push(
+            "sessions skipped: it reads the CPU of a `jetlock serve` child (--coordinator child)"
+                .to_owned(),
+        );
+        return Ok(Vec::new());
+    };
+    let setup = sessions::Setup {
+        nats: site.client.nats(),
+        run: &ctx.flat,
+        coordinator_pid,
+        server_pid: site.server.as_ref().and_then(|s| s.pid()),
+    };
+    let steps: &[u64] = if ctx.args.quick {
+        &sessions::QUICK_STEPS
+    } else {
+        &sessions::STEPS
+    };
+    let window = ctx.secs(None, SESSIONS_SECS, QUICK_SESSIONS_SECS);
+    sessions::run(&setup, steps, window).await
 }
 
 async fn contention_workload(ctx: &Ctx<'_>) -> Result<Vec<ContentionRow>, CliError> {

@@ -44,6 +44,8 @@ pub(super) struct Report {
     pub(super) scaling: Scaling,
     /// Multi-key `lock_all`, ordered and atomic.
     pub(super) multi: Vec<MultiRow>,
+    /// Beating sessions.
+    pub(super) sessions: Vec<super::sessions::SessionsRow>,
     pub(super) memory: Option<MemoryReport>,
     pub(super) peers: Vec<PeerRow>,
     /// What was skipped, and why.
@@ -108,6 +110,7 @@ impl Report {
         self.failover(o);
         o.push_str(&super::election::markdown(&self.election));
         self.scaling(o);
+        o.push_str(&super::sessions::markdown(&self.sessions));
         self.memory(o);
         self.peers(o);
         for note in &self.notes {
