@@ -97,3 +97,29 @@ fn a_short_election_bench_reports_both_ways_of_leaving() {
         assert_eq!(events("etcd"), both, "{notes}");
     }
 }
+
+/// The coordinator curve, short: the bench starts the 3-node cluster of
+/// `nats/cluster.conf`, adds coordinators one at a time, and every step
+/// ran JSON pairs and read each coordinator's CPU. Numbers not judged here.
+#[test]
+fn a_short_coordinator_curve_adds_coordinators_one_at_a_time() {
+    let out = jetlock()
+        .args(["bench", "--quick", "--json", "--only", "coordinators"])
+        .args(["--clients", "4"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run jetlock bench");
+    assert!(out.status.success(), "jetlock bench failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let rows = report["curve"].as_array().expect("curve rows");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["coordinators"], i + 1, "{row}");
+        assert!(row["pairs"].as_u64().is_some_and(|n| n > 0), "{row}");
+        let each = row["coordinator_us_per_pair"]
+            .as_array()
+            .expect("per coordinator");
+        assert_eq!(each.len(), i + 1, "{row}");
+        assert!(row["servers_us_per_pair"].as_f64() > Some(0.0), "{row}");
+    }
+}

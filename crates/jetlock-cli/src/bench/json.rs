@@ -42,7 +42,16 @@ impl JsonSession {
     /// subscribes to its answers and heartbeats once in the foreground, an
     /// error if no coordinator answers.
     pub(super) async fn start(nats: async_nats::Client) -> Result<JsonSession, CliError> {
-        let session = format!("bench.{}", nuid::next());
+        JsonSession::start_as(nats, "bench").await
+    }
+
+    /// [`JsonSession::start`] with a session id under `prefix`: a user of
+    /// the shipped cluster config may only use its own (`restricted.…`).
+    pub(super) async fn start_as(
+        nats: async_nats::Client,
+        prefix: &str,
+    ) -> Result<JsonSession, CliError> {
+        let session = format!("{prefix}.{}", nuid::next());
         let answers = nats.subscribe(format!("jetlock.to.{session}")).await?;
         nats.flush().await?;
         let subject = format!("jetlock.hb.{session}");

@@ -29,6 +29,8 @@
 //! - **scaling** (`scaling.rs`, `memory.rs`) — W2 and W3 at 1 to 64
 //!   clients; a fresh coordinator's memory with 1k to 1M held locks and with
 //!   queued waiters;
+//! - **coordinators** (`curve.rs`) — JSON pairs/s and CPU per pair on a
+//!   3-node cluster the bench starts, with 1, 2 and 3 coordinators;
 //! - **sessions** (`sessions.rs`) — 100 to 10,000 sessions beating at the
 //!   default timeout: the coordinator's and the server's CPU per beat, and
 //!   the coordinator's memory per session;
@@ -49,6 +51,7 @@
 //! under one per-run key prefix, purged from the bucket at the end.
 
 mod contention;
+mod curve;
 mod election;
 mod eta;
 mod failover;
@@ -100,6 +103,9 @@ const QUICK_SCALING_SECS: u64 = 1;
 /// Sessions workload window per step, by default and with `--quick`.
 const SESSIONS_SECS: u64 = 5;
 const QUICK_SESSIONS_SECS: u64 = 2;
+/// Coordinator curve window per step, by default and with `--quick`.
+const CURVE_SECS: u64 = 5;
+const QUICK_CURVE_SECS: u64 = 2;
 /// W4 runs per kind of death, by default and with `--quick`.
 const FAILOVER_RUNS: usize = 5;
 const QUICK_FAILOVER_RUNS: usize = 3;
@@ -200,6 +206,9 @@ pub enum Workload {
     Multi,
     /// What beating sessions cost the coordinator and the server.
     Sessions,
+    /// JSON pairs/s and CPU per pair with 1, 2 and 3 coordinators on a
+    /// 3-node cluster the bench starts.
+    Coordinators,
     /// The coordinator's memory per held lock and per waiter.
     Memory,
     /// Redis, PostgreSQL and etcd, when installed.
@@ -264,6 +273,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         scaling: Default::default(),
         multi: Vec::new(),
         sessions: Vec::new(),
+        curve: Vec::new(),
         memory: None,
         peers: Vec::new(),
         notes: Vec::new(),
@@ -321,6 +331,20 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         site.stop_coordinator().await;
         measured?;
         cleanup?;
+    }
+    if selected(Workload::Coordinators) {
+        eta::begin("coordinators");
+        let window = Duration::from_secs(if args.quick {
+            QUICK_CURVE_SECS
+        } else {
+            CURVE_SECS
+        });
+        report.curve = curve::run(args.clients as usize, window).await?;
+        if report.nats_server_version == "unknown" {
+            if let Some((a, b, c)) = server_version(&server_binary()?) {
+                report.nats_server_version = format!("{a}.{b}.{c}");
+            }
+        }
     }
     if selected(Workload::Peers) {
         let plan = peers::Plan {
@@ -433,6 +457,20 @@ fn planned(
         );
         let memory = if args.quick { 15 } else { 100 };
         stage(Workload::Memory, "memory", second * memory);
+    }
+    if selected(Workload::Coordinators) {
+        let window = if args.quick {
+            QUICK_CURVE_SECS
+        } else {
+            CURVE_SECS
+        };
+        // The cluster's start, then a coordinator's start and settling
+        // before each window.
+        let each = second * (window as u32 + 4);
+        stages.push((
+            "coordinators",
+            second * 5 + each * curve::MOST_COORDINATORS as u32,
+        ));
     }
     if selected(Workload::Peers) {
         stages.push(("peers", (per_pair(5) + window + second * 5) * 3));

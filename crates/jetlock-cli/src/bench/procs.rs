@@ -43,7 +43,18 @@ impl Proc {
         args: &[&str],
         ready: impl Fn(&str) -> bool,
     ) -> Result<(Proc, String), CliError> {
-        let mut proc = Proc::spawn(what, args)?;
+        Proc::start_env(what, args, &[], ready).await
+    }
+
+    /// [`Proc::start`] with `env` set in the child's environment (where a
+    /// URL with a password goes: other users can read a command line).
+    async fn start_env(
+        what: String,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready: impl Fn(&str) -> bool,
+    ) -> Result<(Proc, String), CliError> {
+        let mut proc = Proc::spawn_env(what, args, env)?;
         let first = tokio::time::timeout(START_LIMIT, async {
             while let Some(line) = proc._stdout.next_line().await? {
                 if ready(&line) {
@@ -69,10 +80,15 @@ impl Proc {
 
     /// Starts `jetlock <args>` without waiting for anything.
     fn spawn(what: String, args: &[&str]) -> Result<Proc, CliError> {
+        Proc::spawn_env(what, args, &[])
+    }
+
+    fn spawn_env(what: String, args: &[&str], env: &[(&str, &str)]) -> Result<Proc, CliError> {
         let exe = std::env::current_exe()?;
         let log = tempfile::tempfile()?;
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(args)
+            .envs(env.iter().copied())
             // A config file named in the bench's environment is not ours.
             .env_remove("JETLOCK_CONFIG")
             .stdin(Stdio::piped())
@@ -200,6 +216,28 @@ pub(super) enum Coord {
 }
 
 impl Coord {
+    /// A `jetlock serve` child on a cluster, with R3 streams, logging in
+    /// with the URL in `url` (passed in its environment).
+    pub(super) async fn start_on_cluster(url: &str, id: &str) -> Result<Proc, CliError> {
+        let args = [
+            "serve",
+            "--replicas",
+            "3",
+            "--id",
+            id,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        let (proc, _) = Proc::start_env(
+            format!("`jetlock serve` {id}"),
+            &args,
+            &[("JETLOCK_URL", url)],
+            |l| l.starts_with("jetlock serve: ready"),
+        )
+        .await?;
+        Ok(proc)
+    }
+
     pub(super) async fn start(
         mode: CoordinatorMode,
         url: &str,

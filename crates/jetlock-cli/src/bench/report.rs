@@ -46,6 +46,8 @@ pub(super) struct Report {
     pub(super) multi: Vec<MultiRow>,
     /// Beating sessions.
     pub(super) sessions: Vec<super::sessions::SessionsRow>,
+    /// JSON pairs with 1 to 3 coordinators on the 3-node cluster.
+    pub(super) curve: Vec<super::curve::CurveRow>,
     pub(super) memory: Option<MemoryReport>,
     pub(super) peers: Vec<PeerRow>,
     /// What was skipped, and why.
@@ -86,20 +88,24 @@ impl Report {
         let o = &mut out;
         let _ = writeln!(o, "machine: {}", self.machine.describe());
         let _ = writeln!(o, "nats-server: {}", self.nats_server_version);
-        if self.local_server {
+        // Workloads that start what they measure (peers, the coordinator
+        // curve) may have run alone.
+        if !self.durability.is_empty() {
+            if self.local_server {
+                let _ = writeln!(
+                    o,
+                    "server: local single node per durability, started for this run (file storage)"
+                );
+            } else {
+                let _ = writeln!(o, "server: {url}");
+            }
             let _ = writeln!(
                 o,
-                "server: local single node per durability, started for this run (file storage)"
+                "durability (sync_interval): {}",
+                self.durability.join(", ")
             );
-        } else {
-            let _ = writeln!(o, "server: {url}");
+            let _ = writeln!(o, "coordinator: {}", self.coordinator);
         }
-        let _ = writeln!(
-            o,
-            "durability (sync_interval): {}",
-            self.durability.join(", ")
-        );
-        let _ = writeln!(o, "coordinator: {}", self.coordinator);
         self.latency(o);
         self.writes(o);
         self.durability_table(o);
@@ -111,6 +117,7 @@ impl Report {
         o.push_str(&super::election::markdown(&self.election));
         self.scaling(o);
         o.push_str(&super::sessions::markdown(&self.sessions));
+        o.push_str(&super::curve::markdown(&self.curve));
         self.memory(o);
         self.peers(o);
         for note in &self.notes {

@@ -1,0 +1,207 @@
+//! The coordinator curve: JSON pairs/s and CPU per pair on the 3-node
+//! cluster of `nats/cluster.conf` (R3, one locks bucket) with 1, 2 and 3
+//! coordinators, the measure docs/SCALING.md asks of coordinators that add
+//! capacity.
+//!
+//! The bench starts the cluster, creates the bucket, then adds `jetlock
+//! serve` children one at a time. After each joins, tasks of the JSON
+//! protocol (each its own session, as the cluster's protocol-only
+//! `restricted` user, one shared connection) run uncontended pairs on
+//! fresh keys for a window, and the CPU time of every coordinator and
+//! every server over the window is read from `/proc`. Today every
+//! coordinator reads every request and watches the whole bucket, so what
+//! to look for is whether a coordinator's CPU per pair falls as
+//! coordinators are added (it would with partitioned coordinators) or
+//! stays (a second copy of the same work).
+
+use super::json::JsonSession;
+use super::procs::{Coord, Proc};
+use super::CliError;
+use jetlock::bucket::{ensure_bucket, BucketSpec, DEFAULT_BUCKET};
+use jetlock_testkit::server::{wait_for_jetstream, NatsCluster, Role};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const NODES: usize = 3;
+/// Coordinators, added one at a time.
+pub(super) const MOST_COORDINATORS: usize = 3;
+/// How long the cluster may take to elect its JetStream leaders.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// After a coordinator joins: every coordinator hears it (heartbeats every
+/// 250 ms) before the window starts.
+const SETTLE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Serialize)]
+pub(super) struct CurveRow {
+    pub(super) coordinators: usize,
+    /// Locks buckets (K).
+    pub(super) buckets: usize,
+    pub(super) tasks: usize,
+    pub(super) pairs: u64,
+    pub(super) pairs_per_sec: f64,
+    /// Every coordinator's CPU per pair, in µs, in the order they joined.
+    pub(super) coordinator_us_per_pair: Vec<f64>,
+    /// The coordinators' together.
+    pub(super) coordinators_us_per_pair: f64,
+    /// The three servers' together.
+    pub(super) servers_us_per_pair: f64,
+}
+
+pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>, CliError> {
+    super::progress("coordinators: starting the 3-node cluster");
+    let cluster = NatsCluster::start(NODES)
+        .map_err(|e| format!("could not start the 3-node cluster: {e}"))?;
+    let admin = jetlock::connect::nats(
+        &cluster.url_as(Role::Coordinator),
+        &Default::default(),
+        async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
+    )
+    .await?;
+    wait_for_jetstream(&admin, START_LIMIT)
+        .await
+        .map_err(|e| format!("the cluster elected no JetStream leader: {e}"))?;
+    let js = async_nats::jetstream::new(admin);
+    let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
+    let deadline = Instant::now() + START_LIMIT;
+    // Right after the meta leader is elected, creating a replicated stream
+    // can still fail while peers join.
+    while let Err(e) = ensure_bucket(&js, &spec).await {
+        if Instant::now() >= deadline {
+            return Err(format!("could not create the locks bucket (R3): {e}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let servers: Vec<u32> = cluster.servers().iter().filter_map(|s| s.pid()).collect();
+    let coordinator_url = cluster.url_as(Role::Coordinator);
+    let client_url = cluster.url_as(Role::Restricted);
+    let prefix = Role::Restricted
+        .session_prefix()
+        .expect("the restricted role has a session prefix");
+    let mut coordinators: Vec<Proc> = Vec::new();
+    let mut rows = Vec::new();
+    let run = nuid::next();
+    for n in 1..=MOST_COORDINATORS {
+        super::progress(&format!("coordinators: {n} of {MOST_COORDINATORS} serving"));
+        coordinators.push(Coord::start_on_cluster(&coordinator_url, &format!("bench-c{n}")).await?);
+        tokio::time::sleep(SETTLE).await;
+        let pids: Vec<u32> = coordinators.iter().map(Proc::pid).collect();
+        let keys = format!("curve.{run}.c{n}");
+        rows.push(measure(&client_url, prefix, &keys, tasks, window, &pids, &servers).await?);
+    }
+    for c in coordinators {
+        c.stop().await;
+    }
+    Ok(rows)
+}
+
+/// `tasks` JSON sessions run pairs on fresh keys under `keys` for `window`.
+async fn measure(
+    url: &str,
+    prefix: &str,
+    keys: &str,
+    tasks: usize,
+    window: Duration,
+    coordinators: &[u32],
+    servers: &[u32],
+) -> Result<CurveRow, CliError> {
+    let nats = jetlock::connect::nats(
+        url,
+        &Default::default(),
+        async_nats::ConnectOptions::new()
+            .name("jetlock-bench-curve")
+            .custom_inbox_prefix(format!("_INBOX.{prefix}")),
+    )
+    .await?;
+    let mut sessions = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        sessions.push(JsonSession::start_as(nats.clone(), prefix).await?);
+    }
+    let cpu = |pids: &[u32]| -> Result<Vec<Duration>, CliError> {
+        pids.iter()
+            .map(|&pid| {
+                super::machine::cpu_time(pid)
+                    .ok_or_else(|| format!("could not read the CPU time of process {pid}").into())
+            })
+            .collect()
+    };
+    let pairs = Arc::new(AtomicU64::new(0));
+    let (coordinators_before, servers_before) = (cpu(coordinators)?, cpu(servers)?);
+    let started = Instant::now();
+    let end = started + window;
+    let work = sessions.into_iter().enumerate().map(|(t, mut session)| {
+        let pairs = pairs.clone();
+        let keys = keys.to_owned();
+        async move {
+            let mut i = 0u64;
+            while Instant::now() < end {
+                session.pair(&format!("{keys}:t{t}-{i}")).await?;
+                pairs.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            Ok::<_, CliError>(())
+        }
+    });
+    futures::future::try_join_all(work).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (coordinators_after, servers_after) = (cpu(coordinators)?, cpu(servers)?);
+    let pairs = pairs.load(Ordering::Relaxed);
+    let per_pair = |before: &[Duration], after: &[Duration]| -> Vec<f64> {
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(*b).as_secs_f64() * 1e6 / pairs.max(1) as f64)
+            .collect()
+    };
+    let coordinator_us_per_pair = per_pair(&coordinators_before, &coordinators_after);
+    Ok(CurveRow {
+        coordinators: coordinators.len(),
+        buckets: 1,
+        tasks,
+        pairs,
+        pairs_per_sec: pairs as f64 / elapsed,
+        coordinators_us_per_pair: coordinator_us_per_pair.iter().sum(),
+        coordinator_us_per_pair,
+        servers_us_per_pair: per_pair(&servers_before, &servers_after).iter().sum(),
+    })
+}
+
+/// The workload's table.
+pub(super) fn markdown(rows: &[CurveRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always, one bucket), CPU per pair over the window\n\n",
+        rows[0].tasks
+    );
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.coordinators.to_string(),
+                r.buckets.to_string(),
+                format!("{:.0}", r.pairs_per_sec),
+                r.coordinator_us_per_pair
+                    .iter()
+                    .map(|us| format!("{us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                format!("{:.0}", r.coordinators_us_per_pair),
+                format!("{:.0}", r.servers_us_per_pair),
+            ]
+        })
+        .collect();
+    let header = [
+        "coordinators",
+        "buckets",
+        "pairs/s",
+        "µs per pair, each coordinator",
+        "µs per pair, all coordinators",
+        "µs per pair, all servers",
+    ];
+    o.push_str(&super::report::table(&header, "rrrrrr", &rows));
+    o
+}
