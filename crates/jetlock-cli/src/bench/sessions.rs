@@ -63,8 +63,8 @@ pub(super) struct SessionsRow {
     /// step.
     pub(super) coordinator_bytes_per_session: f64,
     /// Sessions of this timeout one core of a coordinator carries at this
-    /// CPU per beat.
-    pub(super) sessions_per_coordinator_core: f64,
+    /// CPU per beat (`None` when the CPU above idle was too small to read).
+    pub(super) sessions_per_coordinator_core: Option<f64>,
 }
 
 /// What the workload beats against.
@@ -200,8 +200,8 @@ pub(super) async fn run(
                     rss(s.coordinator_pid)?,
                     step - rows.last().map_or(0, |r: &SessionsRow| r.sessions),
                 ),
-                sessions_per_coordinator_core: 1e6
-                    / (coordinator_us_per_beat.max(f64::MIN_POSITIVE) * beats_per_session_per_sec),
+                sessions_per_coordinator_core: (coordinator_us_per_beat >= 0.1)
+                    .then(|| 1e6 / (coordinator_us_per_beat * beats_per_session_per_sec)),
             });
         }
         Ok::<_, CliError>(())
@@ -292,7 +292,7 @@ pub(super) fn markdown(rows: &[SessionsRow]) -> String {
                 cell(r.server_cpu_pct, 0),
                 cell(r.server_us_per_beat, 1),
                 format!("{:.0}", r.coordinator_bytes_per_session),
-                format!("{:.0}", r.sessions_per_coordinator_core),
+                cell(r.sessions_per_coordinator_core, 0),
             ]
         })
         .collect();
