@@ -561,6 +561,38 @@ impl Engine {
         for key in keys {
             self.step(&key, now);
         }
+        self.tell_queued_waiters();
+    }
+
+    /// Waiters read while catching up were told nothing: the ones still
+    /// waiting on a key this coordinator serves hear `queued` with their
+    /// place now (a waiter that heard it from a coordinator before ignores
+    /// the repeat).
+    fn tell_queued_waiters(&mut self) {
+        let mut told = Vec::new();
+        for ks in self.keys.values() {
+            if !self.ring.owns(ks.name.key()) {
+                continue;
+            }
+            let busy = ks.inflight.is_some() || matches!(ks.current, Current::Held { .. });
+            for (i, w) in ks.queue.iter().enumerate() {
+                // A try-lock is answered at once; a head of a free key is
+                // being granted.
+                if w.try_lock || (i == 0 && !busy) {
+                    continue;
+                }
+                let answer = Answer::Queued {
+                    v: VERSION,
+                    re: w.id.clone(),
+                    key: ks.name.to_string(),
+                    position: i as u32 + 1,
+                };
+                told.push((w.session.clone(), answer));
+            }
+        }
+        for (session, answer) in told {
+            self.answer(&session, answer);
+        }
     }
 
     fn owns(&self, key: &str) -> bool {

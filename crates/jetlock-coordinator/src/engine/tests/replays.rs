@@ -341,3 +341,24 @@ fn waits_of_a_session_learned_only_from_the_replay_are_granted_once_it_beats() {
     assert_eq!(sim.holder().as_deref(), Some("w"));
     assert!(sim.grant_token("w", "q").is_some());
 }
+
+#[test]
+fn waiters_read_while_catching_up_hear_queued_once_ready() {
+    let mut sim = Sim::new();
+    sim.held_by_h(1);
+    let w1 = sim.acquire("w", "w1", 60_000);
+    let w2 = sim.acquire("w", "w2", 60_000);
+    let t = sim.acquire("w", "t", 0);
+    // Every coordinator restarts; the waiters' requests were not deleted.
+    sim.restart(&[w1, w2, t]);
+    let places: Vec<(String, u32)> = sim
+        .answers_to("w")
+        .into_iter()
+        .filter_map(|a| match a {
+            Answer::Queued { re, position, .. } => Some((re.clone(), *position)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(places, [("w1".to_owned(), 1), ("w2".to_owned(), 2)]);
+    assert_eq!(sim.holder().as_deref(), Some("h"), "nothing else changed");
+}
