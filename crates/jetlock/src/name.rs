@@ -18,6 +18,7 @@
 //! `.` and never contains `..`: it is a valid KV key and a literal subject.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest lock name accepted, in UTF-8 bytes. An escaped key is at most
 /// three times as long, well inside NATS' subject limits.
@@ -43,21 +44,35 @@ pub enum NameError {
 }
 
 /// A validated lock name together with its KV key.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Both live in one shared allocation (the key, then the name), so a clone
+/// costs no allocation: every acquisition hands its name to the attempt,
+/// the hold and the client's tables.
+#[derive(Clone)]
 pub struct LockName {
-    // Ordered by key first: multi-key acquisition sorts by this order, and
-    // the key is what every process agrees on.
-    key: String,
-    name: String,
+    /// The key followed by the name.
+    text: Arc<str>,
+    /// Length of the key in `text`.
+    key_len: usize,
 }
 
 impl LockName {
     /// Validates `name` and computes its key.
     pub fn new(name: &str) -> Result<Self, NameError> {
         validate(name)?;
+        // Built on the stack and copied once into the shared allocation.
+        let mut text = TextBuf {
+            bytes: [0; MAX_TEXT_BYTES],
+            len: 0,
+        };
+        encode_into(name, &mut text);
+        let key_len = text.len;
+        name.bytes().for_each(|b| text.push(b));
+        let text = std::str::from_utf8(&text.bytes[..text.len])
+            .expect("a key is ASCII and a name is UTF-8");
         Ok(LockName {
-            key: encode(name),
-            name: name.to_owned(),
+            text: text.into(),
+            key_len,
         })
     }
 
@@ -69,31 +84,60 @@ impl LockName {
             reason: "decodes to an invalid lock name",
         })?;
         Ok(LockName {
-            key: key.to_owned(),
-            name,
+            text: [key, &name].concat().into(),
+            key_len: key.len(),
         })
     }
 
     /// The name as the user wrote it.
     pub fn as_str(&self) -> &str {
-        &self.name
+        &self.text[self.key_len..]
     }
 
     /// The KV key this lock is stored under.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.text[..self.key_len]
+    }
+}
+
+// Ordered by key first: multi-key acquisition sorts by this order, and the
+// key is what every process agrees on. The key determines the name, so the
+// name only breaks ties that never occur, and the hash is the key's.
+impl PartialEq for LockName {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_len == other.key_len && self.text == other.text
+    }
+}
+
+impl Eq for LockName {}
+
+impl std::hash::Hash for LockName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialOrd for LockName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LockName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.key(), self.as_str()).cmp(&(other.key(), other.as_str()))
     }
 }
 
 impl fmt::Display for LockName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for LockName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LockName({:?})", self.name)
+        write!(f, "LockName({:?})", self.as_str())
     }
 }
 
@@ -128,26 +172,59 @@ fn is_plain(b: u8) -> bool {
 /// prefix, for listing locks under a prefix. Same rules as full names.
 pub fn encode(name: &str) -> String {
     let mut key = String::with_capacity(name.len() + 8);
+    encode_into(name, &mut key);
+    key
+}
+
+/// Longest key and name together: every byte of a name becomes at most
+/// three in its key (an escape, or an empty segment's `=` and a `.`).
+const MAX_TEXT_BYTES: usize = 4 * MAX_NAME_BYTES;
+
+/// Where [`encode_into`] writes a key.
+trait KeySink {
+    fn push(&mut self, b: u8);
+}
+
+impl KeySink for String {
+    fn push(&mut self, b: u8) {
+        String::push(self, char::from(b));
+    }
+}
+
+/// A [`LockName`]'s text, before it is copied into its allocation.
+struct TextBuf {
+    bytes: [u8; MAX_TEXT_BYTES],
+    len: usize,
+}
+
+impl KeySink for TextBuf {
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+}
+
+/// Writes `name`'s key; only ASCII bytes.
+fn encode_into(name: &str, key: &mut impl KeySink) {
     for (i, segment) in name.split(':').enumerate() {
         if i > 0 {
-            key.push('.');
+            key.push(b'.');
         }
         if segment.is_empty() {
-            key.push('=');
+            key.push(b'=');
             continue;
         }
         for &b in segment.as_bytes() {
             if is_plain(b) {
-                key.push(b as char);
+                key.push(b);
             } else {
                 const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                key.push('=');
-                key.push(HEX[(b >> 4) as usize] as char);
-                key.push(HEX[(b & 0xF) as usize] as char);
+                key.push(b'=');
+                key.push(HEX[(b >> 4) as usize]);
+                key.push(HEX[(b & 0xF) as usize]);
             }
         }
     }
-    key
 }
 
 fn decode(key: &str) -> Result<String, NameError> {
@@ -333,6 +410,12 @@ mod tests {
             Err(NameError::TooLong { .. })
         ));
         assert!(LockName::new(&"x".repeat(MAX_NAME_BYTES)).is_ok());
+        // The longest keys: every byte escaped, or every segment empty.
+        for longest in ["*".repeat(MAX_NAME_BYTES), ":".repeat(MAX_NAME_BYTES)] {
+            let n = LockName::new(&longest).unwrap();
+            assert_eq!(n.as_str(), longest);
+            assert_eq!(LockName::from_key(n.key()).unwrap(), n);
+        }
         for name in ["a\nb", "a\rb", "\0", "tab\there", "del\u{7f}"] {
             assert!(
                 matches!(LockName::new(name), Err(NameError::ControlChar { .. })),

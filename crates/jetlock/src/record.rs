@@ -12,6 +12,7 @@
 //! an unknown version, a truncated body, trailing bytes or an oversized
 //! value are typed errors, never panics.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: u8 = b'J';
@@ -59,6 +60,21 @@ impl LockRecord {
         bincode::serde::encode_into_std_write(self, &mut out, bincode::config::standard())
             .expect("encoding a record into a Vec cannot fail");
         out
+    }
+
+    /// [`LockRecord::encode`], as the payload of a write: one allocation of
+    /// the exact size (a `Vec` with room to spare would cost `Bytes` a
+    /// second one).
+    pub fn encode_bytes(&self) -> Bytes {
+        let mut buf = [0u8; MAX_RECORD_BYTES];
+        buf[0] = MAGIC;
+        buf[1] = RECORD_VERSION;
+        match bincode::serde::encode_into_slice(self, &mut buf[2..], bincode::config::standard()) {
+            Ok(len) => Bytes::copy_from_slice(&buf[..2 + len]),
+            // Longer than a reader accepts; written all the same, as
+            // `encode` would.
+            Err(_) => Bytes::from(self.encode()),
+        }
     }
 
     /// Decodes a record read from the bucket.
@@ -151,6 +167,15 @@ mod tests {
     }
 
     #[test]
+    fn the_payload_of_a_write_is_the_encoding() {
+        let mut r = sample();
+        assert_eq!(r.encode_bytes(), r.encode());
+        // Past what a reader accepts, still the same bytes.
+        r.owner = "o".repeat(MAX_RECORD_BYTES);
+        assert_eq!(r.encode_bytes(), r.encode());
+    }
+
+    #[test]
     fn token_comes_from_revision_until_renewed() {
         let mut r = sample();
         assert_eq!(r.token_at(17), 17);
@@ -201,6 +226,7 @@ mod tests {
         fn encode_decode_round_trip(owner in ".{0,40}", session in "[A-Za-z0-9]{0,22}",
                                     acquired_ms: u64, lease_ms: u64, holds: u32, token: u64) {
             let r = LockRecord { owner, session, acquired_ms, lease_ms, holds, token };
+            prop_assert_eq!(&r.encode()[..], &r.encode_bytes()[..]);
             prop_assert_eq!(LockRecord::decode(&r.encode()).unwrap(), r);
         }
     }

@@ -21,12 +21,15 @@
 use crate::name::LockName;
 use crate::record::{LockRecord, RecordError};
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::LastRawMessageErrorKind};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use std::time::Duration;
 
 mod batch;
+mod write_id;
 pub use batch::{BatchError, BatchPut, MAX_BATCH};
+pub(crate) use write_id::Nonce;
+pub use write_id::{WriteId, WRITE_ID};
 
 /// What the bucket holds for a key right now (as of a read: a hint).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,11 +147,11 @@ impl LockStore {
         applied: Option<&str>,
     ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
-        headers.insert("Nats-TTL", ttl_header(server_ttl(lease)).as_str());
+        headers.insert(NATS_TTL, HeaderValue::from(ttl_header(server_ttl(lease))));
         if let Some(applied) = applied {
             headers.insert(APPLIED, applied);
         }
-        self.publish(name, headers, Bytes::from(record.encode()), expected, write)
+        self.publish(name, headers, record.encode_bytes(), expected, write)
             .await
     }
 
@@ -178,8 +181,8 @@ impl LockStore {
         applied: Option<&str>,
     ) -> Result<Written, CasError> {
         let mut headers = cas_headers(expected, write.id);
-        headers.insert("KV-Operation", "DEL");
-        headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
+        headers.insert(KV_OPERATION, "DEL");
+        headers.insert(NATS_TTL, HeaderValue::from(ttl_header(marker_ttl)));
         if let Some(applied) = applied {
             headers.insert(APPLIED, applied);
         }
@@ -228,16 +231,13 @@ impl LockStore {
             subject.push_str(".>");
         }
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected.to_string().as_str(),
-        );
+        headers.insert(EXPECTED_SEQUENCE, HeaderValue::from(expected.to_string()));
         headers.insert(
             "Nats-Expected-Last-Subject-Sequence-Subject",
             subject.as_str(),
         );
-        headers.insert("KV-Operation", "DEL");
-        headers.insert("Nats-TTL", ttl_header(marker_ttl).as_str());
+        headers.insert(KV_OPERATION, "DEL");
+        headers.insert(NATS_TTL, HeaderValue::from(ttl_header(marker_ttl)));
         let ack = self
             .js
             .publish_with_headers(self.subject(mark), headers, Bytes::new())
@@ -559,29 +559,23 @@ pub fn current_from_message(
     })
 }
 
-/// Header naming the write that stored a message (see the module docs).
-pub const WRITE_ID: &str = "Jetlock-Write-Id";
-
 /// Header on a coordinator's write naming the requests it applied, so the
 /// write is never applied twice (`docs/PROTOCOL.md`, "Messages on a key").
 pub const APPLIED: &str = "Jetlock-Applied";
 
-/// Identifies one CAS write, the same on every send of it.
-#[derive(Debug, Clone, Copy)]
-pub struct WriteId<'a> {
-    /// Unique per (writer, expected revision).
-    pub id: &'a str,
-    /// True when an earlier send of this write may have landed.
-    pub resend: bool,
-}
+// Header names as constants: a name given as a string is looked up among
+// the standard ones, and one that is not standard is copied, on every
+// write. Values are moved in as the strings they were built as.
+const EXPECTED_SEQUENCE: HeaderName =
+    HeaderName::from_static("Nats-Expected-Last-Subject-Sequence");
+const NATS_TTL: HeaderName = HeaderName::from_static("Nats-TTL");
+const KV_OPERATION: HeaderName = HeaderName::from_static("KV-Operation");
+const WRITE_ID_HEADER: HeaderName = HeaderName::from_static(WRITE_ID);
 
 pub(crate) fn cas_headers(expected: u64, write_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        "Nats-Expected-Last-Subject-Sequence",
-        expected.to_string().as_str(),
-    );
-    headers.insert(WRITE_ID, write_id);
+    headers.insert(EXPECTED_SEQUENCE, HeaderValue::from(expected.to_string()));
+    headers.insert(WRITE_ID_HEADER, HeaderValue::from(write_id.to_owned()));
     headers
 }
 

@@ -19,13 +19,13 @@
 //! never leaves a lock held until its lease runs out.
 
 use super::attempt::{timeout, within, Attempt, Wait};
-use super::guard::{Hold, LockGuard};
+use super::guard::{Hold, HoldKey, LockGuard};
 use super::{check_ttl, Inner};
 use crate::clock::unix_ms;
 use crate::error::{Holder, LockError};
 use crate::name::{LockName, NameError};
 use crate::record::LockRecord;
-use crate::store::{Current, ReadError};
+use crate::store::{Current, Nonce, ReadError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -121,7 +121,7 @@ pub(crate) async fn acquire(
     if let Some(owner) = &owner {
         let existing = inner
             .holds
-            .get(&(name.key().to_owned(), owner.clone()))
+            .get(&HoldKey::new(name, owner))
             .and_then(|weak| weak.upgrade());
         if let Some(hold) = existing {
             match Hold::reenter(&hold).await {
@@ -140,15 +140,15 @@ pub(crate) async fn acquire(
     let attempt = &Attempt {
         inner: inner.clone(),
         name: name.clone(),
-        nonce: nuid::next().to_string(),
-        payload: LockRecord {
+        nonce: Nonce::new(),
+        payload: Arc::new(LockRecord {
             owner: owner.unwrap_or_else(|| inner.default_owner()),
             session: inner.session.clone(),
             acquired_ms: unix_ms(),
             lease_ms: ttl.as_millis() as u64,
             holds: 1,
             token: 0,
-        },
+        }),
         ttl,
         auto_renew,
     };
@@ -184,7 +184,7 @@ async fn fast(
     started: Instant,
 ) -> Result<LockGuard, LockError> {
     // 1. Fast path.
-    let hint = inner.take_hint(name.key());
+    let hint = inner.take_hint(name);
     if let Some(w) = attempt.cas(hint, wait).await? {
         return Ok(attempt.granted(w));
     }

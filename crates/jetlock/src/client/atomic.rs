@@ -32,7 +32,7 @@ use crate::clock::unix_ms;
 use crate::error::LockError;
 use crate::name::LockName;
 use crate::record::LockRecord;
-use crate::store::{BatchError, BatchPut, Current, WriteId, Written};
+use crate::store::{BatchError, BatchPut, Current, Nonce, WriteId, Written};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -83,7 +83,7 @@ pub(super) async fn acquire(
     }
     let started = Instant::now();
     let set = AtomicSet::new(inner, names, ttl);
-    let mut expected: Vec<u64> = names.iter().map(|n| inner.take_hint(n.key())).collect();
+    let mut expected: Vec<u64> = names.iter().map(|n| inner.take_hint(n)).collect();
     let mut round = 0;
     let mut races = 0;
     loop {
@@ -130,30 +130,30 @@ enum Refusal {
 #[derive(Clone)]
 struct AtomicSet {
     attempts: Vec<Attempt>,
-    nonce: String,
+    nonce: Nonce,
     ttl: Duration,
 }
 
 impl AtomicSet {
     fn new(inner: &Arc<Inner>, names: &[LockName], ttl: Duration) -> Self {
-        let nonce = nuid::next().to_string();
+        let nonce = Nonce::new();
         // One owner for the whole set: operators see one holder of all
         // its keys.
         let owner = inner.default_owner();
-        let payload = LockRecord {
+        let payload = Arc::new(LockRecord {
             owner,
             session: inner.session.clone(),
             acquired_ms: unix_ms(),
             lease_ms: ttl.as_millis() as u64,
             holds: 1,
             token: 0,
-        };
+        });
         let attempts = names
             .iter()
             .map(|name| Attempt {
                 inner: inner.clone(),
                 name: name.clone(),
-                nonce: nonce.clone(),
+                nonce,
                 payload: payload.clone(),
                 ttl,
                 auto_renew: true,

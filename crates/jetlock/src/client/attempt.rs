@@ -8,7 +8,7 @@ use super::Inner;
 use crate::error::LockError;
 use crate::name::LockName;
 use crate::record::LockRecord;
-use crate::store::{CasError, WriteId, Written};
+use crate::store::{CasError, Nonce, WriteId, Written};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -67,15 +67,16 @@ impl Wait {
 pub(crate) struct Attempt {
     pub(crate) inner: Arc<Inner>,
     pub(crate) name: LockName,
-    pub(super) nonce: String,
-    pub(crate) payload: LockRecord,
+    pub(super) nonce: Nonce,
+    /// Shared with the hold it grants, which rewrites it.
+    pub(crate) payload: Arc<LockRecord>,
     pub(crate) ttl: Duration,
     pub(crate) auto_renew: bool,
 }
 
 impl Attempt {
     fn write_id(&self, expected: u64) -> String {
-        format!("{}.a{expected}", self.nonce)
+        self.nonce.write_id('a', expected)
     }
 
     /// One CAS expecting `expected`: `Some` when granted (with when the

@@ -21,7 +21,7 @@ use crate::error::{LockError, LostReason};
 use crate::fence::FencingToken;
 use crate::name::LockName;
 use crate::record::LockRecord;
-use crate::store::{CasError, WriteId};
+use crate::store::{CasError, Nonce, WriteId};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -54,14 +54,33 @@ pub(crate) struct Grant {
     pub(crate) sent: Instant,
 }
 
+/// A hold's entry in the client's table of holds: the lock and the owner
+/// that holds it (reentrant acquisitions look it up by both).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct HoldKey {
+    pub(crate) name: LockName,
+    pub(crate) owner: Arc<str>,
+}
+
+impl HoldKey {
+    pub(crate) fn new(name: &LockName, owner: &str) -> Self {
+        HoldKey {
+            name: name.clone(),
+            owner: owner.into(),
+        }
+    }
+}
+
 pub(crate) struct Hold {
     inner: Arc<Inner>,
-    name: LockName,
-    owner: String,
+    /// The lock name and the owner.
+    key: HoldKey,
     token: FencingToken,
     ttl: Duration,
-    nonce: String,
-    record: LockRecord,
+    nonce: Nonce,
+    /// The record as granted; a rewrite writes it with this hold's token
+    /// and hold count.
+    record: Arc<LockRecord>,
     state: Mutex<HoldState>,
     lost: CancellationToken,
     lost_reason: OnceLock<LostReason>,
@@ -96,7 +115,7 @@ impl Hold {
         name: LockName,
         grant: Grant,
         ttl: Duration,
-        mut record: LockRecord,
+        record: Arc<LockRecord>,
         auto_renew: bool,
     ) -> LockGuard {
         let Grant {
@@ -105,17 +124,18 @@ impl Hold {
             sent,
         } = grant;
         let token = FencingToken(token);
-        let owner = record.owner.clone();
+        let key = HoldKey {
+            name,
+            owner: record.owner.as_str().into(),
+        };
         // The lease is counted from when the granting write was first sent:
         // the server's TTL starts on its arrival, which is later, so the
         // holder's deadline never outlives the server's.
         let expires = sent + ttl;
-        record.token = token.get();
         let hold = Arc::new(Hold {
-            nonce: nuid::next().to_string(),
+            nonce: Nonce::new(),
             inner,
-            name,
-            owner,
+            key,
             token,
             ttl,
             record,
@@ -132,10 +152,9 @@ impl Hold {
             lease_end: std::sync::Mutex::new(expires),
             deadline_at_loss: OnceLock::new(),
         });
-        hold.inner.holds.insert(
-            (hold.name.key().to_owned(), hold.owner.clone()),
-            Arc::downgrade(&hold),
-        );
+        hold.inner
+            .holds
+            .insert(hold.key.clone(), Arc::downgrade(&hold));
         hold.inner.renewer.register(Arc::downgrade(&hold));
         LockGuard {
             hold,
@@ -152,7 +171,7 @@ impl Hold {
         hold.write(&mut state, holds, Rewrite::Holds("reenter"))
             .await?;
         state.holds = holds;
-        debug!(lock = %hold.name, holds, "reentrant hold");
+        debug!(lock = %hold.key.name, holds, "reentrant hold");
         Ok(LockGuard {
             hold: hold.clone(),
             released: false,
@@ -162,11 +181,11 @@ impl Hold {
     fn check(&self, state: &HoldState) -> Result<(), LockError> {
         match self.lost_reason.get() {
             Some(reason) => Err(LockError::Lost {
-                name: self.name.to_string(),
+                name: self.key.name.to_string(),
                 reason: *reason,
             }),
             None if state.done => Err(LockError::Lost {
-                name: self.name.to_string(),
+                name: self.key.name.to_string(),
                 reason: LostReason::Taken,
             }),
             None => Ok(()),
@@ -185,9 +204,10 @@ impl Hold {
         }
         let record = LockRecord {
             holds,
-            ..self.record.clone()
+            token: self.token.get(),
+            ..(*self.record).clone()
         };
-        let write_id = format!("{}.w{}", self.nonce, state.revision);
+        let write_id = self.nonce.write_id('w', state.revision);
         let sent = Instant::now();
         let mut tries = 0;
         loop {
@@ -195,10 +215,10 @@ impl Hold {
                 id: &write_id,
                 resend: tries > 0,
             };
-            let put = self
-                .inner
-                .store
-                .put(&self.name, &record, state.revision, self.ttl, write);
+            let put =
+                self.inner
+                    .store
+                    .put(&self.key.name, &record, state.revision, self.ttl, write);
             match tokio::time::timeout_at(state.expires, put).await {
                 Ok(Ok(w)) => {
                     state.revision = w.revision;
@@ -240,9 +260,9 @@ impl Hold {
             // The coordinator writes after this: the server's lease ends
             // no earlier than `sent + ttl`.
             let sent = Instant::now();
-            let renew = self
-                .inner
-                .renew_via_coordinator(&self.name, self.token.get(), self.ttl);
+            let renew =
+                self.inner
+                    .renew_via_coordinator(&self.key.name, self.token.get(), self.ttl);
             let reason = match tokio::time::timeout_at(state.expires, renew).await {
                 Ok(Ok(Verdict::Done(()))) => {
                     self.extend(state, sent + self.ttl);
@@ -275,13 +295,13 @@ impl Hold {
         if let Rewrite::Holds(op) = rewrite {
             if tries > 3 {
                 return Err(LockError::Nats {
-                    name: self.name.to_string(),
+                    name: self.key.name.to_string(),
                     op,
                     source,
                 });
             }
         }
-        warn!(lock = %self.name, error = %source, "lock write failed; retrying");
+        warn!(lock = %self.key.name, error = %source, "lock write failed; retrying");
         if tokio::time::timeout_at(state.expires, tokio::time::sleep(RENEW_RETRY))
             .await
             .is_err()
@@ -320,11 +340,11 @@ impl Hold {
         // Set when the coordinator did not answer the release: it may
         // still have carried it out (handing the lock on).
         let mut asked_coordinator = false;
-        if !fast || (link.is_contended(self.name.key(), token) && link.coordinated()) {
+        if !fast || (link.is_contended(self.key.name.key(), token) && link.coordinated()) {
             // Someone waits: the coordinator hands the lock to the next
             // waiter in the same write that ends our hold. (On the
             // coordinator path it always releases.)
-            link.forget_contended(self.name.key(), token);
+            link.forget_contended(self.key.name.key(), token);
             match self.release_via_coordinator(token).await {
                 Ok(()) => return Ok(()),
                 Err(e @ LockError::Lost { .. }) => return Err(e),
@@ -332,13 +352,13 @@ impl Hold {
                 // the coordinator did it after all).
                 Err(e) if fast => {
                     asked_coordinator = true;
-                    debug!(lock = %self.name, error = %e, "release through the coordinator failed")
+                    debug!(lock = %self.key.name, error = %e, "release through the coordinator failed")
                 }
                 // The server expires the lease.
                 Err(e) => return Err(e),
             }
         }
-        let write_id = format!("{}.x{}", self.nonce, state.revision);
+        let write_id = self.nonce.write_id('x', state.revision);
         let marker_ttl = self.inner.options.marker_ttl;
         let mut tries = 0;
         loop {
@@ -349,12 +369,12 @@ impl Hold {
             match self
                 .inner
                 .store
-                .release(&self.name, state.revision, marker_ttl, write)
+                .release(&self.key.name, state.revision, marker_ttl, write)
                 .await
             {
                 Ok(w) => {
-                    self.inner.remember_release(self.name.key(), w.revision);
-                    debug!(lock = %self.name, token = %self.token, "released");
+                    self.inner.remember_release(&self.key.name, w.revision);
+                    debug!(lock = %self.key.name, token = %self.token, "released");
                     return Ok(());
                 }
                 // Our release landed after all and the lock has moved on
@@ -365,7 +385,7 @@ impl Hold {
                 // ours when this release began (not lost by our own
                 // clock), so nobody else took it before.
                 Err(CasError::Conflict { .. }) if asked_coordinator || tries > 0 => {
-                    debug!(lock = %self.name, token = %self.token, "released by the coordinator");
+                    debug!(lock = %self.key.name, token = %self.token, "released by the coordinator");
                     return Ok(());
                 }
                 Err(CasError::Conflict { .. }) => {
@@ -377,7 +397,7 @@ impl Hold {
                     if tries > 3 {
                         // The server will expire the lease.
                         return Err(LockError::Nats {
-                            name: self.name.to_string(),
+                            name: self.key.name.to_string(),
                             op: "release",
                             source,
                         });
@@ -393,7 +413,10 @@ impl Hold {
     /// holds were out).
     async fn release_via_coordinator(&self, token: u64) -> Result<(), LockError> {
         loop {
-            let verdict = self.inner.release_via_coordinator(&self.name, token).await;
+            let verdict = self
+                .inner
+                .release_via_coordinator(&self.key.name, token)
+                .await;
             let reason = match verdict {
                 Ok(Verdict::Done(0)) => return Ok(()),
                 // Each release takes one hold off the record.
@@ -402,7 +425,7 @@ impl Hold {
                 Ok(Verdict::SessionExpired) => LostReason::SessionExpired,
                 Err(source) => {
                     return Err(LockError::Nats {
-                        name: self.name.to_string(),
+                        name: self.key.name.to_string(),
                         op: "release",
                         source,
                     })
@@ -442,11 +465,11 @@ impl Hold {
         let holds = state.holds;
         match self.write(&mut state, holds, Rewrite::Renew).await {
             Ok(()) => {
-                debug!(lock = %self.name, revision = state.revision, "lease renewed");
+                debug!(lock = %self.key.name, revision = state.revision, "lease renewed");
                 Some(Instant::now() + self.ttl / 3)
             }
             Err(e) => {
-                info!(lock = %self.name, error = %e, "renewals stopped");
+                info!(lock = %self.key.name, error = %e, "renewals stopped");
                 None
             }
         }
@@ -477,7 +500,7 @@ impl Hold {
     fn set_lost(&self, reason: LostReason) {
         let _ = self.deadline_at_loss.set(self.deadline());
         if self.lost_reason.set(reason).is_ok() {
-            warn!(lock = %self.name, token = %self.token, %reason, "lock lost");
+            warn!(lock = %self.key.name, token = %self.token, %reason, "lock lost");
             self.lost.cancel();
         }
         self.finish();
@@ -495,15 +518,14 @@ impl Hold {
 
     /// Forgets the hold for reentrancy (the renewer skips it once `done`).
     fn finish(&self) {
-        self.inner.holds.remove_if(
-            &(self.name.key().to_owned(), self.owner.clone()),
-            |_, weak| std::ptr::eq(weak.as_ptr(), self),
-        );
+        self.inner
+            .holds
+            .remove_if(&self.key, |_, weak| std::ptr::eq(weak.as_ptr(), self));
     }
 
     fn lost_error(&self, reason: LostReason) -> LockError {
         LockError::Lost {
-            name: self.name.to_string(),
+            name: self.key.name.to_string(),
             reason,
         }
     }
@@ -525,12 +547,12 @@ impl LockGuard {
 
     /// The lock name.
     pub fn name(&self) -> &str {
-        self.hold.name.as_str()
+        self.hold.key.name.as_str()
     }
 
     /// The owner id (pass it to `.owner()` to re-enter).
     pub fn owner(&self) -> &str {
-        &self.hold.owner
+        &self.hold.key.owner
     }
 
     /// The lease length.
@@ -598,8 +620,8 @@ impl Drop for LockGuard {
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
-            .field("name", &self.hold.name.as_str())
-            .field("owner", &self.hold.owner)
+            .field("name", &self.hold.key.name.as_str())
+            .field("owner", &self.hold.key.owner)
             .field("token", &self.hold.token)
             .field("lost", &self.is_lost())
             .finish()

@@ -363,10 +363,10 @@ pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
     next_owner: AtomicU64,
     /// Live holds by (key, owner), for reentrant acquisition.
-    pub(crate) holds: DashMap<(String, String), Weak<guard::Hold>>,
+    pub(crate) holds: DashMap<guard::HoldKey, Weak<guard::Hold>>,
     /// Revision of the last release marker this session wrote per key: the
     /// CAS precondition of the next grant, so re-acquiring is one round trip.
-    hints: DashMap<String, u64>,
+    hints: DashMap<LockName, u64>,
     /// Renews every hold of this session.
     pub(crate) renewer: Arc<renewer::Renewer>,
     pub(crate) js: async_nats::jetstream::Context,
@@ -389,9 +389,14 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// `<client name>#<n>`, in one allocation of the right size.
     pub(crate) fn default_owner(&self) -> String {
+        use std::fmt::Write;
         let n = self.next_owner.fetch_add(1, Ordering::Relaxed);
-        format!("{}#{n}", self.options.name)
+        let mut owner = String::with_capacity(self.options.name.len() + 21);
+        owner.push_str(&self.options.name);
+        write!(owner, "#{n}").expect("writing to a String cannot fail");
+        owner
     }
 
     /// Whether contended acquires should join a coordinator's queue.
@@ -399,16 +404,16 @@ impl Inner {
         self.options.queue && self.link.coordinated()
     }
 
-    pub(crate) fn take_hint(&self, key: &str) -> u64 {
-        self.hints.remove(key).map(|(_, rev)| rev).unwrap_or(0)
+    pub(crate) fn take_hint(&self, name: &LockName) -> u64 {
+        self.hints.remove(name).map(|(_, rev)| rev).unwrap_or(0)
     }
 
-    pub(crate) fn remember_release(&self, key: &str, revision: u64) {
+    pub(crate) fn remember_release(&self, name: &LockName, revision: u64) {
         if self.hints.len() >= MAX_HINTS {
             // Hints only save a round trip; dropping them all is safe.
             self.hints.clear();
         }
-        self.hints.insert(key.to_owned(), revision);
+        self.hints.insert(name.clone(), revision);
     }
 }
 

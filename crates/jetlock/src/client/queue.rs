@@ -140,10 +140,10 @@ pub(crate) async fn acquire(
 /// Builds the guard of a queued grant.
 async fn granted(attempt: &Attempt, token: u64, sent: Instant) -> Result<LockGuard, LockError> {
     let inner = &attempt.inner;
-    let record = LockRecord {
+    let record = Arc::new(LockRecord {
         token,
-        ..attempt.payload.clone()
-    };
+        ..(*attempt.payload).clone()
+    });
     let mut revision = token;
     let mut lease_from = sent;
     // After a long wait, `sent + ttl` may be close or past although the

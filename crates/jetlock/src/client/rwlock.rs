@@ -27,7 +27,7 @@
 
 use super::acquire::acquire;
 use super::attempt::Wait;
-use super::guard::{Hold, LockGuard};
+use super::guard::{Hold, HoldKey, LockGuard};
 use super::shared::{confirmed, gate_open, renamed, sub_name, Holders, PartGuard};
 use super::{check_ttl, Inner};
 use crate::error::LockError;
@@ -177,7 +177,7 @@ impl Take<'_> {
     fn holds_as(&self, name: &LockName, owner: &str) -> bool {
         self.inner
             .holds
-            .get(&(name.key().to_owned(), owner.to_owned()))
+            .get(&HoldKey::new(name, owner))
             .and_then(|weak| weak.upgrade())
             .is_some()
     }
@@ -359,7 +359,7 @@ async fn add_hold(
     let hold = take
         .inner
         .holds
-        .get(&(name.key().to_owned(), owner.to_owned()))
+        .get(&HoldKey::new(name, owner))
         .and_then(|weak| weak.upgrade())?;
     match Hold::reenter(&hold).await {
         Err(LockError::Lost { .. }) => None,

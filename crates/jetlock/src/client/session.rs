@@ -490,7 +490,7 @@ impl SessionLink {
                     let holds: Vec<_> = inner
                         .holds
                         .iter()
-                        .filter(|h| h.key().0 == k)
+                        .filter(|h| h.key().name.key() == k)
                         .filter_map(|h| h.value().upgrade())
                         .collect();
                     for hold in holds {
@@ -630,7 +630,7 @@ fn holds_token(inner: &Weak<Inner>, name: &str, token: u64) -> bool {
     let held = inner
         .holds
         .iter()
-        .filter(|h| h.key().0 == name.key())
+        .filter(|h| h.key().name.key() == name.key())
         .filter_map(|h| h.value().upgrade())
         .any(|hold| hold.token().get() == token);
     held
