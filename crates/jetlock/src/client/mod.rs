@@ -25,6 +25,7 @@ mod attempt;
 pub mod belief;
 mod fast_path;
 mod guard;
+mod hints;
 mod multi;
 mod queue;
 mod renewer;
@@ -64,9 +65,6 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default session timeout (see [`ClientOptions::session_timeout`]).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(900);
-/// How many release revisions the client remembers to make re-acquiring a
-/// recently released name one round trip.
-const MAX_HINTS: usize = 65_536;
 
 /// Options of a [`Client`], builder style.
 #[derive(Debug, Clone)]
@@ -332,7 +330,7 @@ impl ClientOptions {
             options: self,
             next_owner: AtomicU64::new(1),
             holds: DashMap::new(),
-            hints: DashMap::new(),
+            hints: hints::Hints::default(),
             renewer: renewer::Renewer::start(),
             link: link.clone(),
             fast_path,
@@ -366,7 +364,7 @@ pub(crate) struct Inner {
     pub(crate) holds: DashMap<guard::HoldKey, Weak<guard::Hold>>,
     /// Revision of the last release marker this session wrote per key: the
     /// CAS precondition of the next grant, so re-acquiring is one round trip.
-    hints: DashMap<LockName, u64>,
+    hints: hints::Hints,
     /// Renews every hold of this session.
     pub(crate) renewer: Arc<renewer::Renewer>,
     pub(crate) js: async_nats::jetstream::Context,
@@ -405,15 +403,11 @@ impl Inner {
     }
 
     pub(crate) fn take_hint(&self, name: &LockName) -> u64 {
-        self.hints.remove(name).map(|(_, rev)| rev).unwrap_or(0)
+        self.hints.take(name)
     }
 
     pub(crate) fn remember_release(&self, name: &LockName, revision: u64) {
-        if self.hints.len() >= MAX_HINTS {
-            // Hints only save a round trip; dropping them all is safe.
-            self.hints.clear();
-        }
-        self.hints.insert(name.clone(), revision);
+        self.hints.remember(name, revision);
     }
 }
 
