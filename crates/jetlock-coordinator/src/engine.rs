@@ -364,9 +364,9 @@ struct RecentGrant {
 
 /// What the machine knows of one key. Every held lock has one, so its
 /// size is most of the coordinator's memory per lock: what only a key with
-/// waiters, holder operations or a write in flight needs is in [`Busy`],
-/// allocated while it is in use (`jetlock bench --only memory` measures the
-/// memory per held lock).
+/// waiters, holder operations, a write in flight or a hold a coordinator
+/// granted needs is in [`Busy`], allocated while it is in use (`jetlock
+/// bench --only memory` measures the memory per held lock).
 #[derive(Debug)]
 struct KeyState {
     /// The lock's key; its name is decoded from it when needed.
@@ -374,9 +374,8 @@ struct KeyState {
     current: Holding,
     /// When `current` last changed here.
     changed_at: Option<Instant>,
-    /// The requests `current` is known to have applied (see `replay.rs`),
-    /// boxed: a hold a client took itself applied none.
-    applied: Option<Box<Applied>>,
+    /// The activity, and the requests `current` is known to have applied
+    /// (see `replay.rs`).
     busy: Busy,
 }
 
@@ -386,7 +385,6 @@ impl KeyState {
             key: name.key().into(),
             current: Holding::Vacant { revision: 0 },
             changed_at: None,
-            applied: None,
             busy: Busy::default(),
         }
     }
@@ -396,11 +394,11 @@ impl KeyState {
     }
 
     fn applied(&self) -> Applied {
-        self.applied.as_deref().copied().unwrap_or_default()
+        self.busy.applied()
     }
 
     fn set_applied(&mut self, applied: Applied) {
-        self.applied = (!applied.is_none()).then(|| Box::new(applied));
+        self.busy.set_applied(applied);
     }
 
     fn name(&self) -> LockName {

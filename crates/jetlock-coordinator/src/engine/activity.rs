@@ -1,9 +1,10 @@
 //! What a key needs only while something happens to it: waiters, holder
-//! operations, a write in flight, a revocation, a recent grant. Most held
-//! locks have none of it, so it is allocated on the first change and freed
-//! once empty.
+//! operations, a write in flight, a revocation, a recent grant; and what
+//! its hold applied, when a coordinator granted it. Most held locks have
+//! none of it, so it is allocated on the first change and freed once
+//! empty.
 
-use super::{HolderOp, Inflight, Note, RecentGrant, Revocation, Waiter};
+use super::{Applied, HolderOp, Inflight, Note, RecentGrant, Revocation, Waiter};
 use std::collections::VecDeque;
 
 /// The parts of a key's state that only a key being waited on, operated
@@ -53,12 +54,21 @@ impl Activity {
     }
 }
 
-/// A key's [`Activity`], boxed on the first change and dropped by
-/// [`Busy::settle`] once nothing is left in it: a key that is only held
-/// keeps a pointer instead of the 128 bytes of its queues and writes. It
-/// reads as [`Activity::NONE`] while there is none.
+/// What a key keeps beside its key, holding and last change, each part
+/// allocated only while it has something: the requests its hold applied
+/// (none for a hold a client took itself) and its [`Activity`]. A key
+/// that is only held keeps one null pointer instead of the 24 bytes of
+/// the one and the 128 of the other. It reads as [`Activity::NONE`] while
+/// there is no activity; a change allocates one, [`Busy::settle`] frees
+/// what is empty again.
 #[derive(Debug, Default)]
-pub(super) struct Busy(Option<Box<Activity>>);
+pub(super) struct Busy(Option<Box<Parts>>);
+
+#[derive(Debug, Default)]
+struct Parts {
+    applied: Applied,
+    activity: Option<Box<Activity>>,
+}
 
 static NO_ACTIVITY: Activity = Activity::NONE;
 
@@ -66,12 +76,38 @@ impl Busy {
     /// The activity, if the key has some allocated: for walks over every
     /// key that must not allocate one per key.
     pub(super) fn get_mut(&mut self) -> Option<&mut Activity> {
-        self.0.as_deref_mut()
+        self.0.as_deref_mut()?.activity.as_deref_mut()
     }
 
-    /// Frees the activity once nothing is left in it.
+    pub(super) fn applied(&self) -> Applied {
+        self.0
+            .as_deref()
+            .map_or_else(Applied::default, |p| p.applied)
+    }
+
+    pub(super) fn set_applied(&mut self, applied: Applied) {
+        match &mut self.0 {
+            Some(parts) => parts.applied = applied,
+            None if applied.is_none() => {}
+            None => {
+                self.0 = Some(Box::new(Parts {
+                    applied,
+                    activity: None,
+                }))
+            }
+        }
+        self.settle();
+    }
+
+    /// Frees what nothing is left in.
     pub(super) fn settle(&mut self) {
-        if self.0.as_deref().is_some_and(Activity::is_none) {
+        let Some(parts) = &mut self.0 else {
+            return;
+        };
+        if parts.activity.as_deref().is_some_and(Activity::is_none) {
+            parts.activity = None;
+        }
+        if parts.activity.is_none() && parts.applied.is_none() {
             self.0 = None;
         }
     }
@@ -80,12 +116,18 @@ impl Busy {
 impl std::ops::Deref for Busy {
     type Target = Activity;
     fn deref(&self) -> &Activity {
-        self.0.as_deref().unwrap_or(&NO_ACTIVITY)
+        self.0
+            .as_deref()
+            .and_then(|p| p.activity.as_deref())
+            .unwrap_or(&NO_ACTIVITY)
     }
 }
 
 impl std::ops::DerefMut for Busy {
     fn deref_mut(&mut self) -> &mut Activity {
-        self.0.get_or_insert_with(Box::default)
+        self.0
+            .get_or_insert_with(Box::default)
+            .activity
+            .get_or_insert_with(Box::default)
     }
 }
