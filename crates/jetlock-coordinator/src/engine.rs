@@ -47,17 +47,25 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod activity;
 mod admit;
 mod deaths;
 mod decide;
 mod effects;
+mod holding;
+mod keys;
 mod observe;
 mod replay;
 mod sessions;
+mod shared;
 mod views;
+use activity::Busy;
+use holding::{Holders, Holding, Record};
+use keys::Keys;
 use observe::ended_by;
 use replay::{adopt_reentries, next_applied, Sent};
 pub use replay::{Applied, Stamp};
+use shared::{Shared, Strings};
 
 /// Settings of the state machine.
 #[derive(Debug, Clone)]
@@ -209,9 +217,9 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct Waiter {
     seq: u64,
-    session: String,
-    id: String,
-    owner: String,
+    session: Shared,
+    id: Shared,
+    owner: Shared,
     ttl_ms: u64,
     deadline: Instant,
     try_lock: bool,
@@ -355,59 +363,54 @@ struct RecentGrant {
 }
 
 /// What the machine knows of one key. Every held lock has one, so its
-/// size is most of the coordinator's memory per lock: the parts only a key
-/// being written, revoked or just granted through the coordinator needs
-/// are boxed (`jetlock bench` measures the memory per held lock).
+/// size is most of the coordinator's memory per lock: what only a key with
+/// waiters, holder operations, a write in flight or a hold a coordinator
+/// granted needs is in [`Busy`], allocated while it is in use (`jetlock
+/// bench --only memory` measures the memory per held lock).
 #[derive(Debug)]
 struct KeyState {
-    name: LockName,
-    current: Current,
-    queue: VecDeque<Waiter>,
-    ops: VecDeque<HolderOp>,
-    inflight: Option<Box<Inflight>>,
-    /// The token a `contended` notice was sent for.
-    contended: u64,
-    revoke: Option<Box<Revocation>>,
-    /// The last grant seen, so a coordinator taking the key over can repeat
-    /// an answer the previous owner may not have sent.
-    recent_grant: Option<Box<RecentGrant>>,
-    /// Why our last write of the key was made.
-    note: Option<Box<Note>>,
+    /// The lock's key; its name is decoded from it when needed.
+    key: Box<str>,
+    current: Holding,
     /// When `current` last changed here.
     changed_at: Option<Instant>,
-    /// The requests `current` is known to have applied (see `replay.rs`).
-    applied: Applied,
-    /// Waiters this coordinator let go at their deadline while another
-    /// acted for the key, kept [`MIRROR_OP_LIFETIME`]: one of the holder's
-    /// own was a reentry to the coordinator that acted, which a view that
-    /// lagged here took for a wait (see `replay::adopt_reentries`).
-    lapsed: Vec<Waiter>,
+    /// The activity, and the requests `current` is known to have applied
+    /// (see `replay.rs`).
+    busy: Busy,
 }
 
 impl KeyState {
-    fn new(name: LockName) -> Self {
+    fn new(name: &LockName) -> Self {
         KeyState {
-            name,
-            current: Current::Vacant { revision: 0 },
-            queue: VecDeque::new(),
-            ops: VecDeque::new(),
-            inflight: None,
-            contended: 0,
-            revoke: None,
-            recent_grant: None,
-            note: None,
+            key: name.key().into(),
+            current: Holding::Vacant { revision: 0 },
             changed_at: None,
-            applied: Applied::default(),
-            lapsed: Vec::new(),
+            busy: Busy::default(),
         }
     }
 
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn applied(&self) -> Applied {
+        self.busy.applied()
+    }
+
+    fn set_applied(&mut self, applied: Applied) {
+        self.busy.set_applied(applied);
+    }
+
+    fn name(&self) -> LockName {
+        LockName::from_key(&self.key).expect("a key state's key is a lock name's key")
+    }
+
     fn idle(&self) -> bool {
-        matches!(self.current, Current::Vacant { .. })
-            && self.queue.is_empty()
-            && self.ops.is_empty()
-            && self.inflight.is_none()
-            && self.lapsed.is_empty()
+        matches!(self.current, Holding::Vacant { .. })
+            && self.busy.queue.is_empty()
+            && self.busy.ops.is_empty()
+            && self.busy.inflight.is_none()
+            && self.busy.lapsed.is_empty()
     }
 }
 
@@ -419,7 +422,7 @@ fn revision_of(c: &Current) -> u64 {
 
 #[derive(Debug)]
 struct Tracked {
-    key: String,
+    key: Shared,
     at: Instant,
     done: bool,
 }
@@ -444,13 +447,19 @@ pub struct Engine {
     cfg: EngineConfig,
     ring: Ring,
     sessions: Sessions,
-    /// Boxed: a map slot is a pointer, and the table, which doubles as
-    /// it grows, holds no room for a whole state per free slot.
-    keys: HashMap<String, Box<KeyState>>,
-    requests: HashMap<(String, String), Tracked>,
+    keys: Keys,
+    /// The holders of the records in `keys`.
+    holders: Holders,
+    /// Requests by (session, request id), kept for the de-duplication
+    /// window once done.
+    requests: HashMap<(Shared, Shared), Tracked>,
     /// Final answers seen before their request arrived from the stream.
     answered_early: HashMap<(String, String), Instant>,
-    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// When a key must be stepped again (a wait or a revocation ends).
+    timers: BinaryHeap<Reverse<(Instant, Shared)>>,
+    /// The sessions, owners and keys that waiters, requests and timers
+    /// share.
+    strings: Strings,
     ready: bool,
     last_tick: Option<Instant>,
     /// Proof that this coordinator could hear the cluster, per class of
@@ -486,10 +495,12 @@ impl Engine {
                 cfg.max_session_timeout,
             ),
             cfg,
-            keys: HashMap::default(),
+            keys: Keys::default(),
+            holders: Holders::default(),
             requests: HashMap::default(),
             answered_early: HashMap::default(),
             timers: BinaryHeap::new(),
+            strings: Strings::default(),
             ready: false,
             last_tick: None,
             hearing: Hearings::default(),
@@ -557,7 +568,7 @@ impl Engine {
             ..Event::about(EventKind::CoordinatorUp, self.ring.me())
         };
         self.event(up);
-        let keys: Vec<String> = self.keys.keys().cloned().collect();
+        let keys: Vec<String> = self.keys.keys().map(str::to_owned).collect();
         for key in keys {
             self.step(&key, now);
         }

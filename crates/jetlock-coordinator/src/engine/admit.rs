@@ -35,12 +35,15 @@ impl Engine {
             .and_then(|p| p.max_waiters)
             .unwrap_or(self.cfg.max_waiters);
         let ks = self.keys.get(name.key())?;
-        let reentry = matches!(&ks.current, Current::Held { record, .. }
+        let reentry = matches!(&ks.current, Holding::Held { record, .. }
             if record.session == session && record.owner == *owner);
-        (max_waiters > 0 && !reentry && ks.queue.len() >= max_waiters as usize).then(|| {
+        (max_waiters > 0 && !reentry && ks.busy.queue.len() >= max_waiters as usize).then(|| {
             WireError::new(
                 ErrorCode::QueueFull,
-                format!("{name} has {} waiters, the most allowed", ks.queue.len()),
+                format!(
+                    "{name} has {} waiters, the most allowed",
+                    ks.busy.queue.len()
+                ),
             )
         })
     }
@@ -126,7 +129,9 @@ impl Engine {
             Touch::Alive => {}
         }
         let rid = (session.clone(), request.id().to_owned());
-        if self.requests.contains_key(&rid) {
+        // The waiter and its entry here share the session and the id.
+        let tracked = (self.strings.get(&session), Shared::from(request.id()));
+        if self.requests.contains_key(&tracked) {
             let e = WireError::new(
                 ErrorCode::Duplicate,
                 format!(
@@ -141,9 +146,9 @@ impl Engine {
             // Another coordinator answered it before the stream brought it
             // here: nothing left to do or to mirror.
             self.requests.insert(
-                rid,
+                tracked,
                 Tracked {
-                    key,
+                    key: self.strings.get(&key),
                     at: now,
                     done: true,
                 },
@@ -160,18 +165,16 @@ impl Engine {
                 return;
             }
         }
+        let shared_key = self.strings.get(&key);
         self.requests.insert(
-            rid,
+            tracked.clone(),
             Tracked {
-                key: key.clone(),
+                key: shared_key.clone(),
                 at: now,
                 done: false,
             },
         );
-        let ks = self
-            .keys
-            .entry(key.clone())
-            .or_insert_with(|| Box::new(KeyState::new(request.name().clone())));
+        let ks = self.keys.get_or_insert(request.name());
         match request {
             Request::Acquire {
                 id,
@@ -181,10 +184,10 @@ impl Engine {
                 preempt,
                 ..
             } => {
-                let holder_matches = matches!(&ks.current, Current::Held { record, .. }
+                let holder_matches = matches!(&ks.current, Holding::Held { record, .. }
                     if record.session == session && record.owner == owner);
                 if holder_matches {
-                    ks.ops.push_back(HolderOp {
+                    ks.busy.ops.push_back(HolderOp {
                         seq,
                         session,
                         id,
@@ -195,37 +198,37 @@ impl Engine {
                 } else {
                     let left = Duration::from_millis(wait_ms).saturating_sub(age);
                     let deadline = now + left;
-                    ks.queue.push_back(Waiter {
+                    ks.busy.queue.push_back(Waiter {
                         seq,
-                        session,
-                        id,
-                        owner,
+                        session: tracked.0,
+                        id: tracked.1,
+                        owner: self.strings.get(&owner),
                         ttl_ms,
                         deadline,
                         try_lock: wait_ms == 0,
                         preempt,
                         arrived: now,
                     });
-                    self.timers.push(Reverse((deadline, key.clone())));
+                    self.timers.push(Reverse((deadline, shared_key)));
                     if acting
                         && wait_ms > 0
-                        && (ks.queue.len() > 1
-                            || ks.inflight.is_some()
-                            || matches!(ks.current, Current::Held { .. }))
+                        && (ks.busy.queue.len() > 1
+                            || ks.busy.inflight.is_some()
+                            || matches!(ks.current, Holding::Held { .. }))
                     {
-                        let w = ks.queue.back().expect("just pushed");
+                        let w = ks.busy.queue.back().expect("just pushed");
                         let answer = Answer::Queued {
                             v: VERSION,
-                            re: w.id.clone(),
-                            key: ks.name.to_string(),
-                            position: ks.queue.len() as u32,
+                            re: w.id.to_string(),
+                            key: ks.name().to_string(),
+                            position: ks.busy.queue.len() as u32,
                         };
-                        let to = w.session.clone();
+                        let to = w.session.to_string();
                         self.answer(&to, answer);
                     }
                 }
             }
-            Request::Release { id, token, .. } => ks.ops.push_back(HolderOp {
+            Request::Release { id, token, .. } => ks.busy.ops.push_back(HolderOp {
                 seq,
                 session,
                 id,
@@ -235,7 +238,7 @@ impl Engine {
             }),
             Request::Renew {
                 id, token, ttl_ms, ..
-            } => ks.ops.push_back(HolderOp {
+            } => ks.busy.ops.push_back(HolderOp {
                 seq,
                 session,
                 id,
@@ -248,7 +251,7 @@ impl Engine {
                 grace_ms,
                 reason,
                 ..
-            } => ks.ops.push_back(HolderOp {
+            } => ks.busy.ops.push_back(HolderOp {
                 seq,
                 session,
                 id,
@@ -258,12 +261,13 @@ impl Engine {
             }),
             Request::Cancel { id, target, name } => {
                 let found = ks
+                    .busy
                     .queue
                     .iter()
                     .position(|w| w.session == session && w.id == target);
                 match found {
                     Some(i) => {
-                        let w = ks.queue.remove(i).expect("position is in range");
+                        let w = ks.busy.queue.remove(i).expect("position is in range");
                         if acting {
                             self.fail(
                                 &w.session,
@@ -308,10 +312,11 @@ impl Engine {
     /// request, so a coordinator that takes the key over later does not run
     /// it a second time.
     pub fn answered(&mut self, session: &str, re: &str, now: Instant) {
-        let rid = (session.to_owned(), re.to_owned());
+        let rid = (Shared::from(session), Shared::from(re));
         let Some(t) = self.requests.get_mut(&rid) else {
             if self.answered_early.len() < MAX_ANSWERED_EARLY {
-                self.answered_early.insert(rid, now);
+                self.answered_early
+                    .insert((session.to_owned(), re.to_owned()), now);
             }
             return;
         };
@@ -321,8 +326,12 @@ impl Engine {
         t.done = true;
         let key = t.key.clone();
         if let Some(ks) = self.keys.get_mut(&key) {
-            ks.ops.retain(|op| !(op.session == session && op.id == re));
-            ks.queue.retain(|w| !(w.session == session && w.id == re));
+            ks.busy
+                .ops
+                .retain(|op| !(op.session == session && op.id == re));
+            ks.busy
+                .queue
+                .retain(|w| !(w.session == session && w.id == re));
         }
     }
 

@@ -11,7 +11,8 @@ impl Engine {
             return;
         };
         self.step_key(&mut ks, acting, now);
-        self.keys.insert(key.to_owned(), ks);
+        ks.busy.settle();
+        self.keys.insert(ks);
     }
 
     pub(super) fn step_key(&mut self, ks: &mut KeyState, acting: bool, now: Instant) {
@@ -27,48 +28,48 @@ impl Engine {
         // 1. Waiters whose wait is over or whose session died leave the
         // queue. A try-lock at the head of a free, idle key is granted
         // instead.
-        let grantable = ks.inflight.is_none()
-            && ks.ops.is_empty()
-            && matches!(ks.current, Current::Vacant { .. });
+        let grantable = ks.busy.inflight.is_none()
+            && ks.busy.ops.is_empty()
+            && matches!(ks.current, Holding::Vacant { .. });
         // While the key is read again after a write that lost or got no
         // answer (a key forgotten while idle costs one such write), nobody
         // knows whether it is free: the head waiter's fate waits for the
         // read, or a try-lock of a free lock would be refused as busy.
         let reading = matches!(
-            ks.inflight.as_deref(),
+            ks.busy.inflight.as_deref(),
             Some(Inflight::Read | Inflight::Unsure { .. })
         );
-        let mut kept = VecDeque::with_capacity(ks.queue.len());
+        let mut kept = VecDeque::with_capacity(ks.busy.queue.len());
         // Kept waiters that would be granted before the next one (see
         // `grantee`).
         let mut ahead = 0;
-        for w in std::mem::take(&mut ks.queue) {
+        for w in std::mem::take(&mut ks.busy.queue) {
             if self.sessions.is_dead(&w.session) {
                 self.done(&w.session, &w.id, w.seq, acting);
             } else if w.deadline <= now && !(ahead == 0 && (grantable || reading)) {
                 if acting {
                     let e = if w.try_lock {
                         let holder = match &ks.current {
-                            Current::Held { revision, record } => Some(HolderInfo {
+                            Holding::Held { revision, record } => Some(HolderInfo {
                                 session: record.session.clone(),
                                 owner: record.owner.clone(),
                                 token: record.token_at(*revision),
                                 holds: record.holds,
                             }),
-                            Current::Vacant { .. } => None,
+                            Holding::Vacant { .. } => None,
                         };
                         Answer::Error {
                             v: VERSION,
-                            re: Some(w.id.clone()),
-                            key: Some(ks.name.to_string()),
+                            re: Some(w.id.to_string()),
+                            key: Some(ks.name().to_string()),
                             code: ErrorCode::Busy,
-                            message: format!("{} is held", ks.name),
+                            message: format!("{} is held", ks.name()),
                             holder,
                         }
                     } else {
                         Answer::error(
-                            Some(w.id.clone()),
-                            Some(ks.name.to_string()),
+                            Some(w.id.to_string()),
+                            Some(ks.name().to_string()),
                             WireError::new(
                                 ErrorCode::Timeout,
                                 format!("waited {} ms", now.duration_since(w.arrived).as_millis()),
@@ -79,46 +80,46 @@ impl Engine {
                 }
                 self.done(&w.session, &w.id, w.seq, acting);
                 if !acting {
-                    ks.lapsed.push(w);
+                    ks.busy.lapsed.push(w);
                 }
             } else {
-                if !self.unheard.contains_key(&w.session) {
+                if !self.unheard.contains_key(&*w.session) {
                     ahead += 1;
                 }
                 kept.push_back(w);
             }
         }
-        ks.queue = kept;
-        if !acting || ks.inflight.is_some() {
+        ks.busy.queue = kept;
+        if !acting || ks.busy.inflight.is_some() {
             return;
         }
         match ks.current.clone() {
-            Current::Vacant { revision } => {
+            Holding::Vacant { revision } => {
                 // Operations on a hold that no longer exists.
-                while let Some(op) = ks.ops.pop_front() {
-                    if settles(&op, ks.applied) {
-                        self.settled(&ks.name, &op);
+                while let Some(op) = ks.busy.ops.pop_front() {
+                    if settles(&op, ks.applied()) {
+                        self.settled(&ks.name(), &op);
                         continue;
                     }
                     if !op.verified {
-                        ks.ops.push_front(op);
+                        ks.busy.ops.push_front(op);
                         self.verify(ks);
                         return;
                     }
                     let e =
-                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name));
-                    self.renew_failed(&ks.name, &op, 0, &e);
-                    self.fail(&op.session, &op.id, &ks.name, e);
+                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name()));
+                    self.renew_failed(&ks.name(), &op, 0, &e);
+                    self.fail(&op.session, &op.id, &ks.name(), e);
                     self.done(&op.session, &op.id, op.seq, acting);
                 }
                 if let Some(w) = self.grantee(ks) {
                     self.start_grant(ks, w, revision, None, now);
                 }
             }
-            Current::Held { revision, record } => {
+            Holding::Held { revision, record } => {
                 let token = record.token_at(revision);
                 let mut ending = None;
-                while let Some(op) = ks.ops.pop_front() {
+                while let Some(op) = ks.busy.ops.pop_front() {
                     match self.holder_op(ks, op, &record, token, now) {
                         OpOutcome::Done => {}
                         OpOutcome::Write(op, new_record, ttl) => {
@@ -127,16 +128,16 @@ impl Engine {
                             // restart that reads only this message knows it.
                             let applied = Applied {
                                 hold: op.seq,
-                                ended: ks.applied.ended,
-                                grant: ks.applied.grant,
+                                ended: ks.applied().ended,
+                                grant: ks.applied().grant,
                             };
-                            ks.inflight = Some(Box::new(Inflight::Update {
+                            ks.busy.inflight = Some(Box::new(Inflight::Update {
                                 sent,
                                 op,
                                 record: new_record.clone(),
                             }));
                             self.out.push(Action::Write(Write {
-                                name: ks.name.clone(),
+                                name: ks.name(),
                                 expected: revision,
                                 kind: WriteKind::Put {
                                     record: new_record,
@@ -152,13 +153,13 @@ impl Engine {
                             break;
                         }
                         OpOutcome::Verify(op) => {
-                            ks.ops.push_front(op);
+                            ks.busy.ops.push_front(op);
                             self.verify(ks);
                             return;
                         }
                         OpOutcome::Requeue(w) => {
-                            let at = ks.queue.partition_point(|q| q.seq < w.seq);
-                            ks.queue.insert(at, w);
+                            let at = ks.busy.queue.partition_point(|q| q.seq < w.seq);
+                            ks.busy.queue.insert(at, w);
                         }
                     }
                 }
@@ -166,11 +167,12 @@ impl Engine {
                     if self.sessions.is_dead(&record.session) {
                         ending = Some(Ending::SessionExpired);
                     } else if ks
+                        .busy
                         .revoke
                         .as_ref()
                         .is_some_and(|r| r.token == token && r.deadline <= now)
                     {
-                        let r = ks.revoke.as_ref().expect("checked above");
+                        let r = ks.busy.revoke.as_ref().expect("checked above");
                         ending = Some(Ending::Revoked {
                             session: record.session.clone(),
                             token,
@@ -183,7 +185,7 @@ impl Engine {
                     match self.grantee(ks) {
                         Some(w) => self.start_grant(ks, w, revision, Some(ending), now),
                         None => {
-                            ks.note = Some(Box::new(Note {
+                            ks.busy.note = Some(Box::new(Note {
                                 expected: revision,
                                 grantee: None,
                                 waited_ms: None,
@@ -195,9 +197,9 @@ impl Engine {
                                 ended: ended_by(Some(&ending)),
                                 grant: 0,
                             };
-                            ks.inflight = Some(Box::new(Inflight::End { sent, ending }));
+                            ks.busy.inflight = Some(Box::new(Inflight::End { sent, ending }));
                             self.out.push(Action::Write(Write {
-                                name: ks.name.clone(),
+                                name: ks.name(),
                                 expected: revision,
                                 kind: WriteKind::Release,
                                 id: self.write_id(sent.write),
@@ -208,24 +210,25 @@ impl Engine {
                     return;
                 }
                 // Still held.
-                if !ks.queue.is_empty() && ks.contended != token {
-                    ks.contended = token;
+                if !ks.busy.queue.is_empty() && ks.busy.contended != token {
+                    ks.busy.contended = token;
                     self.answer(
                         &record.session,
                         Answer::Contended {
                             v: VERSION,
-                            key: ks.name.to_string(),
+                            key: ks.name().to_string(),
                             token,
-                            waiters: ks.queue.len() as u32,
+                            waiters: ks.busy.queue.len() as u32,
                         },
                     );
                 }
                 if let Some(by) = ks
+                    .busy
                     .queue
                     .iter()
-                    .find(|w| !self.unheard.contains_key(&w.session))
-                    .filter(|w| w.preempt && ks.revoke.is_none())
-                    .map(|w| w.session.clone())
+                    .find(|w| !self.unheard.contains_key(&*w.session))
+                    .filter(|w| w.preempt && ks.busy.revoke.is_none())
+                    .map(|w| w.session.to_string())
                 {
                     let grace = self.cfg.preempt_grace;
                     let revocation = Revocation {
@@ -236,9 +239,9 @@ impl Engine {
                     };
                     self.start_revocation(ks, &record, revocation, grace);
                 }
-                if let Some(r) = &ks.revoke {
+                if let Some(r) = &ks.busy.revoke {
                     self.timers
-                        .push(Reverse((r.deadline, ks.name.key().to_owned())));
+                        .push(Reverse((r.deadline, self.strings.get(ks.key()))));
                 }
             }
         }
@@ -247,11 +250,9 @@ impl Engine {
     /// Reads the key from the stream leader before the operations now
     /// pending on it may be refused (see `OpOutcome::Verify`).
     pub(super) fn verify(&mut self, ks: &mut KeyState) {
-        ks.ops.iter_mut().for_each(|op| op.verified = true);
-        ks.inflight = Some(Box::new(Inflight::Read));
-        self.out.push(Action::Read {
-            name: ks.name.clone(),
-        });
+        ks.busy.ops.iter_mut().for_each(|op| op.verified = true);
+        ks.busy.inflight = Some(Box::new(Inflight::Read));
+        self.out.push(Action::Read { name: ks.name() });
     }
 
     pub(super) fn start_grant(
@@ -262,15 +263,15 @@ impl Engine {
         ending: Option<Ending>,
         now: Instant,
     ) {
-        ks.note = Some(Box::new(Note {
+        ks.busy.note = Some(Box::new(Note {
             expected,
-            grantee: Some((w.session.clone(), w.owner.clone())),
+            grantee: Some((w.session.to_string(), w.owner.to_string())),
             waited_ms: Some(now.duration_since(w.arrived).as_millis() as u64),
             ending: ending.as_ref().map(EndNote::of),
         }));
         let record = LockRecord {
-            owner: w.owner.clone(),
-            session: w.session.clone(),
+            owner: w.owner.to_string(),
+            session: w.session.to_string(),
             acquired_ms: unix_ms(),
             lease_ms: w.ttl_ms,
             holds: 1,
@@ -278,7 +279,7 @@ impl Engine {
         };
         let sent = self.next_write(expected);
         self.out.push(Action::Write(Write {
-            name: ks.name.clone(),
+            name: ks.name(),
             expected,
             kind: WriteKind::Put {
                 record: record.clone(),
@@ -291,7 +292,7 @@ impl Engine {
                 grant: w.seq,
             },
         }));
-        ks.inflight = Some(Box::new(Inflight::Grant {
+        ks.busy.inflight = Some(Box::new(Inflight::Grant {
             sent,
             waiter: w,
             record,
@@ -302,7 +303,7 @@ impl Engine {
     pub(super) fn start_revocation(
         &mut self,
         ks: &mut KeyState,
-        record: &LockRecord,
+        record: &Record,
         r: Revocation,
         grace: Duration,
     ) {
@@ -311,7 +312,7 @@ impl Engine {
             &record.session,
             Answer::RevokeNotice {
                 v: VERSION,
-                key: ks.name.to_string(),
+                key: ks.name().to_string(),
                 token: r.token,
                 grace_ms,
                 reason: r.reason.clone(),
@@ -324,16 +325,16 @@ impl Engine {
             grace_ms: Some(grace_ms),
             reason: Some(r.reason.clone()),
             by: Some(r.by.clone()),
-            ..Event::lock(EventKind::Revoking, ks.name.as_str(), ks.name.key())
+            ..Event::lock(EventKind::Revoking, ks.name().as_str(), ks.key())
         });
-        ks.revoke = Some(Box::new(r));
+        ks.busy.revoke = Some(Box::new(r));
     }
 
     pub(super) fn holder_op(
         &mut self,
         ks: &mut KeyState,
         op: HolderOp,
-        record: &LockRecord,
+        record: &Record,
         token: u64,
         now: Instant,
     ) -> OpOutcome {
@@ -342,7 +343,7 @@ impl Engine {
             if session != record.session {
                 return Err(refuse(
                     ErrorCode::NotHolder,
-                    format!("{} is held by another session", ks.name),
+                    format!("{} is held by another session", ks.name()),
                 ));
             }
             if claimed != token {
@@ -353,14 +354,14 @@ impl Engine {
             }
             Ok(())
         };
-        if settles(&op, ks.applied) {
-            self.settled(&ks.name, &op);
+        if settles(&op, ks.applied()) {
+            self.settled(&ks.name(), &op);
             return OpOutcome::Done;
         }
         // Applied already (a write that landed without its ack, a request
         // replayed after a restart, a takeover after the previous owner
         // wrote but did not answer): answer it again, do not re-run it.
-        if op.seq <= ks.applied.hold {
+        if op.seq <= ks.applied().hold {
             let on_this_hold = match &op.kind {
                 HolderOpKind::Release { token: t } | HolderOpKind::Renew { token: t, .. } => {
                     check(&op.session, *t).is_ok()
@@ -368,7 +369,7 @@ impl Engine {
                 HolderOpKind::Reenter { owner, .. } => {
                     op.session == record.session
                         && *owner == record.owner
-                        && op.seq >= ks.applied.grant
+                        && op.seq >= ks.applied().grant
                 }
                 HolderOpKind::Revoke { .. } | HolderOpKind::Settled => false,
             };
@@ -380,7 +381,7 @@ impl Engine {
         let verdict = match &op.kind {
             HolderOpKind::Release { token: t } => check(&op.session, *t).map(|()| {
                 if record.holds > 1 {
-                    let mut r = record.clone();
+                    let mut r = record.to_record();
                     r.holds -= 1;
                     r.token = token;
                     Some((r, Duration::from_millis(record.lease_ms)))
@@ -389,7 +390,7 @@ impl Engine {
                 }
             }),
             HolderOpKind::Renew { token: t, ttl_ms } => check(&op.session, *t).map(|()| {
-                let mut r = record.clone();
+                let mut r = record.to_record();
                 r.token = token;
                 r.lease_ms = *ttl_ms;
                 Some((r, Duration::from_millis(*ttl_ms)))
@@ -399,14 +400,14 @@ impl Engine {
                 // of the session, answered then (a replay): not a reentry.
                 if op.session != record.session
                     || *owner != record.owner
-                    || op.seq < ks.applied.grant
+                    || op.seq < ks.applied().grant
                 {
                     // The hold changed hands since: wait like anybody else.
                     return OpOutcome::Requeue(Waiter {
                         seq: op.seq,
-                        session: op.session,
-                        id: op.id,
-                        owner: owner.clone(),
+                        session: self.strings.get(&op.session),
+                        id: Shared::from(op.id.as_str()),
+                        owner: self.strings.get(owner),
                         ttl_ms: *ttl_ms,
                         deadline: now,
                         try_lock: true,
@@ -414,14 +415,14 @@ impl Engine {
                         arrived: op.arrived,
                     });
                 }
-                let mut r = record.clone();
+                let mut r = record.to_record();
                 r.holds = r.holds.saturating_add(1);
                 r.token = token;
                 r.lease_ms = r.lease_ms.max(*ttl_ms);
                 Ok(Some((r.clone(), Duration::from_millis(r.lease_ms))))
             }
             HolderOpKind::Settled => {
-                self.settled(&ks.name, &op);
+                self.settled(&ks.name(), &op);
                 return OpOutcome::Done;
             }
             HolderOpKind::Revoke { grace_ms, reason } => {
@@ -439,7 +440,7 @@ impl Engine {
                     Answer::Revoking {
                         v: VERSION,
                         re: op.id.clone(),
-                        key: ks.name.to_string(),
+                        key: ks.name().to_string(),
                         token,
                         grace_ms,
                     },
@@ -455,7 +456,7 @@ impl Engine {
                 }
                 self.timers.push(Reverse((
                     now + Duration::from_millis(grace_ms),
-                    ks.name.key().to_owned(),
+                    self.strings.get(ks.key()),
                 )));
                 return OpOutcome::Done;
             }
@@ -463,8 +464,8 @@ impl Engine {
         match verdict {
             Err(_) if !op.verified => OpOutcome::Verify(op),
             Err(e) => {
-                self.renew_failed(&ks.name, &op, token, &e);
-                self.fail(&op.session, &op.id, &ks.name, e);
+                self.renew_failed(&ks.name(), &op, token, &e);
+                self.fail(&op.session, &op.id, &ks.name(), e);
                 self.done(&op.session, &op.id, op.seq, true);
                 OpOutcome::Done
             }
@@ -481,10 +482,11 @@ impl Engine {
     /// timeout and keeps its place in line meanwhile.
     pub(super) fn grantee(&self, ks: &mut KeyState) -> Option<Waiter> {
         let i = ks
+            .busy
             .queue
             .iter()
-            .position(|w| !self.unheard.contains_key(&w.session))?;
-        ks.queue.remove(i)
+            .position(|w| !self.unheard.contains_key(&*w.session))?;
+        ks.busy.queue.remove(i)
     }
 }
 

@@ -60,7 +60,10 @@ impl Engine {
 
     /// A request finished: forget its stream message.
     pub(super) fn done(&mut self, session: &str, id: &str, seq: u64, acting: bool) {
-        if let Some(t) = self.requests.get_mut(&(session.to_owned(), id.to_owned())) {
+        if let Some(t) = self
+            .requests
+            .get_mut(&(Shared::from(session), Shared::from(id)))
+        {
             t.done = true;
         }
         if acting {

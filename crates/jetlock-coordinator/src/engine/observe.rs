@@ -23,13 +23,11 @@ impl Engine {
     ) {
         // Our own write whose result we did not learn: it landed.
         self.recognise(name, &current, &stamp, now);
+        let current = self.holders.holding(&current);
         let key = name.key().to_owned();
         let acting = self.owns(&key);
-        let ks = self
-            .keys
-            .entry(key.clone())
-            .or_insert_with(|| Box::new(KeyState::new(name.clone())));
-        if revision_of(&current) <= revision_of(&ks.current) {
+        let ks = self.keys.get_or_insert(name);
+        if current.revision() <= ks.current.revision() {
             // Seen already, but a write that conflicted with it may have
             // put its waiter back in the queue since: the one this hold
             // was granted to (a start race of two coordinators).
@@ -40,7 +38,12 @@ impl Engine {
             return;
         }
         let previous = std::mem::replace(&mut ks.current, current.clone());
-        ks.applied = next_applied(&previous, &current, ks.applied, stamp.applied);
+        ks.set_applied(next_applied(
+            &previous,
+            &current,
+            ks.applied(),
+            stamp.applied,
+        ));
         let events = transition_events(ks, &previous, expired, now);
         if acting {
             events.into_iter().for_each(|e| self.event(e));
@@ -52,14 +55,14 @@ impl Engine {
         // carried out (by a coordinator that died before answering, or
         // overtaken by an expiry): either way it is released, and running
         // it against the new holder would wrongly answer `not_holder`.
-        if let Current::Held { revision, record } = &previous {
+        if let Holding::Held { revision, record } = &previous {
             let ended = record.token_at(*revision);
             let still = match &current {
-                Current::Held { revision, record } => record.token_at(*revision) == ended,
-                Current::Vacant { .. } => false,
+                Holding::Held { revision, record } => record.token_at(*revision) == ended,
+                Holding::Vacant { .. } => false,
             };
             if !still {
-                for op in ks.ops.iter_mut() {
+                for op in ks.busy.ops.iter_mut() {
                     if op.session == record.session
                         && matches!(op.kind, HolderOpKind::Release { token } if token == ended)
                     {
@@ -71,10 +74,10 @@ impl Engine {
         let Some(ks) = self.keys.get_mut(&key) else {
             return;
         };
-        if let Current::Held { revision, record } = &current {
+        if let Holding::Held { revision, record } = &current {
             let token = record.token_at(*revision);
-            if ks.revoke.as_ref().is_some_and(|r| r.token != token) {
-                ks.revoke = None;
+            if ks.busy.revoke.as_ref().is_some_and(|r| r.token != token) {
+                ks.busy.revoke = None;
             }
         }
         self.claim_granted(&key, acting, now);
@@ -95,23 +98,23 @@ impl Engine {
         let Some(ks) = self.keys.get_mut(key) else {
             return;
         };
-        let Current::Held { revision, record } = &ks.current else {
+        let Holding::Held { revision, record } = &ks.current else {
             return;
         };
         let token = record.token_at(*revision);
-        let grant = ks.applied.grant;
-        let Some(i) = ks.queue.iter().position(|w| {
+        let grant = ks.applied().grant;
+        let Some(i) = ks.busy.queue.iter().position(|w| {
             w.session == record.session
                 && w.owner == record.owner
-                && (grant == w.seq || ks.applied.is_none())
+                && (grant == w.seq || ks.applied().is_none())
         }) else {
             return;
         };
         let (lease_ms, holds) = (record.lease_ms, record.holds);
-        let w = ks.queue.remove(i).expect("position is in range");
-        ks.recent_grant = Some(Box::new(RecentGrant {
-            session: w.session.clone(),
-            re: w.id.clone(),
+        let w = ks.busy.queue.remove(i).expect("position is in range");
+        ks.busy.recent_grant = Some(Box::new(RecentGrant {
+            session: w.session.to_string(),
+            re: w.id.to_string(),
             token,
             ttl_ms: lease_ms,
             at: now,
@@ -119,12 +122,12 @@ impl Engine {
         if acting {
             let answer = Answer::Granted {
                 v: VERSION,
-                re: w.id.clone(),
-                key: ks.name.to_string(),
+                re: w.id.to_string(),
+                key: ks.name().to_string(),
                 token,
                 ttl_ms: lease_ms,
                 holds,
-                waiters: ks.queue.len() as u32,
+                waiters: ks.busy.queue.len() as u32,
             };
             self.answer(&w.session, answer);
         }
@@ -138,7 +141,7 @@ impl Engine {
             self.recognise(name, current, stamp, now);
         }
         if let Some(ks) = self.keys.get_mut(name.key()) {
-            match ks.inflight.take().map(|b| *b) {
+            match ks.busy.inflight.take().map(|b| *b) {
                 Some(Inflight::Read) => {}
                 // The key's last message is not our write: it did not land,
                 // or something newer followed it (whose stamp tells what
@@ -146,7 +149,7 @@ impl Engine {
                 // expects the revision we know: a landed write makes it
                 // conflict, and the read after that shows its stamp.
                 Some(Inflight::Unsure { was, .. }) => put_back(ks, *was),
-                other => ks.inflight = other.map(Box::new),
+                other => ks.busy.inflight = other.map(Box::new),
             }
         }
         match read {
@@ -160,11 +163,11 @@ impl Engine {
                 // The read failed too: try again shortly. Refusals still
                 // wait for a read that succeeds.
                 if let Some(ks) = self.keys.get_mut(name.key()) {
-                    ks.ops.iter_mut().for_each(|op| op.verified = false);
+                    ks.busy.ops.iter_mut().for_each(|op| op.verified = false);
                 }
                 self.timers.push(Reverse((
                     now + Duration::from_millis(100),
-                    name.key().to_owned(),
+                    self.strings.get(name.key()),
                 )));
             }
         }
@@ -177,7 +180,7 @@ impl Engine {
         let Some(ks) = self.keys.get_mut(&key) else {
             return;
         };
-        let Some(inflight) = ks.inflight.take().map(|b| *b) else {
+        let Some(inflight) = ks.busy.inflight.take().map(|b| *b) else {
             return;
         };
         let revision = match (result, inflight.sent()) {
@@ -185,7 +188,7 @@ impl Engine {
             (WriteResult::Failed, Some(sent)) => {
                 // It may have landed: keep the work until a read (or the
                 // watch) shows whether the key's last message is this write.
-                ks.inflight = Some(Box::new(Inflight::Unsure {
+                ks.busy.inflight = Some(Box::new(Inflight::Unsure {
                     sent,
                     was: Box::new(inflight),
                 }));
@@ -198,12 +201,12 @@ impl Engine {
                 }
                 // Put the work back where it was and learn the key anew.
                 put_back(ks, inflight);
-                ks.inflight = Some(Box::new(Inflight::Read));
+                ks.busy.inflight = Some(Box::new(Inflight::Read));
                 self.out.push(Action::Read { name: name.clone() });
                 return;
             }
         };
-        let key_str = ks.name.to_string();
+        let key_str = ks.name().to_string();
         let mut events = Vec::new();
         match inflight {
             Inflight::Grant {
@@ -212,10 +215,10 @@ impl Engine {
                 ending,
                 ..
             } => {
-                let waiters = ks.queue.len() as u32;
-                let held = Current::Held {
+                let waiters = ks.busy.queue.len() as u32;
+                let held = Holding::Held {
                     revision,
-                    record: record.clone(),
+                    record: self.holders.record(&record),
                 };
                 let applied = Applied {
                     hold: waiter.seq,
@@ -224,10 +227,10 @@ impl Engine {
                 };
                 events = set_current(ks, held, applied, now);
                 adopt_reentries(ks);
-                ks.revoke = None;
-                ks.recent_grant = Some(Box::new(RecentGrant {
-                    session: waiter.session.clone(),
-                    re: waiter.id.clone(),
+                ks.busy.revoke = None;
+                ks.busy.recent_grant = Some(Box::new(RecentGrant {
+                    session: waiter.session.to_string(),
+                    re: waiter.id.to_string(),
                     token: revision,
                     ttl_ms: waiter.ttl_ms,
                     at: now,
@@ -241,7 +244,7 @@ impl Engine {
                     &waiter.session,
                     Answer::Granted {
                         v: VERSION,
-                        re: waiter.id.clone(),
+                        re: waiter.id.to_string(),
                         key: key_str.clone(),
                         token: revision,
                         ttl_ms: waiter.ttl_ms,
@@ -261,9 +264,10 @@ impl Engine {
                 let applied = Applied {
                     hold: op.seq,
                     ended: 0,
-                    grant: ks.applied.grant,
+                    grant: ks.applied().grant,
                 };
-                events = set_current(ks, Current::Held { revision, record }, applied, now);
+                let record = self.holders.record(&record);
+                events = set_current(ks, Holding::Held { revision, record }, applied, now);
                 let answer = match &op.kind {
                     HolderOpKind::Release { .. } => Answer::Released {
                         v: VERSION,
@@ -285,7 +289,7 @@ impl Engine {
                         token,
                         ttl_ms,
                         holds,
-                        waiters: ks.queue.len() as u32,
+                        waiters: ks.busy.queue.len() as u32,
                     },
                     HolderOpKind::Revoke { .. } | HolderOpKind::Settled => {
                         unreachable!("revocations and settled releases do not write")
@@ -300,8 +304,8 @@ impl Engine {
                     ended: ended_by(Some(&ending)),
                     grant: 0,
                 };
-                events = set_current(ks, Current::Vacant { revision }, applied, now);
-                ks.revoke = None;
+                events = set_current(ks, Holding::Vacant { revision }, applied, now);
+                ks.busy.revoke = None;
                 self.ended(&key_str, ending, acting);
             }
             Inflight::Read | Inflight::Unsure { .. } => {}
@@ -317,15 +321,15 @@ impl Engine {
 /// showed it (or something newer); returns the events of the change.
 pub(super) fn set_current(
     ks: &mut KeyState,
-    new: Current,
+    new: Holding,
     applied: Applied,
     now: Instant,
 ) -> Vec<Event> {
-    if revision_of(&new) <= revision_of(&ks.current) {
+    if new.revision() <= ks.current.revision() {
         return Vec::new();
     }
     let previous = std::mem::replace(&mut ks.current, new);
-    ks.applied = next_applied(&previous, &ks.current, ks.applied, applied);
+    ks.set_applied(next_applied(&previous, &ks.current, ks.applied(), applied));
     transition_events(ks, &previous, false, now)
 }
 
@@ -333,16 +337,16 @@ pub(super) fn set_current(
 pub(super) fn put_back(ks: &mut KeyState, inflight: Inflight) {
     match inflight {
         Inflight::Grant { waiter, ending, .. } => {
-            ks.queue.push_front(waiter);
+            ks.busy.queue.push_front(waiter);
             if let Some(Ending::Released(op)) = ending {
-                ks.ops.push_front(op);
+                ks.busy.ops.push_front(op);
             }
         }
-        Inflight::Update { op, .. } => ks.ops.push_front(op),
+        Inflight::Update { op, .. } => ks.busy.ops.push_front(op),
         Inflight::End {
             ending: Ending::Released(op),
             ..
-        } => ks.ops.push_front(op),
+        } => ks.busy.ops.push_front(op),
         Inflight::Unsure { was, .. } => put_back(ks, *was),
         Inflight::End { .. } | Inflight::Read => {}
     }
@@ -361,30 +365,31 @@ pub(super) fn ended_by(ending: Option<&Ending>) -> u64 {
 /// why, when the change is the one we wrote.
 pub(super) fn transition_events(
     ks: &mut KeyState,
-    previous: &Current,
+    previous: &Holding,
     expired: bool,
     now: Instant,
 ) -> Vec<Event> {
     ks.changed_at = Some(now);
     let ours = |n: &Note| {
-        n.expected == revision_of(previous)
+        n.expected == previous.revision()
             && match (&ks.current, &n.grantee) {
-                (Current::Held { record, .. }, Some((session, owner))) => {
+                (Holding::Held { record, .. }, Some((session, owner))) => {
                     record.session == *session && record.owner == *owner
                 }
-                (Current::Vacant { .. }, None) => true,
+                (Holding::Vacant { .. }, None) => true,
                 _ => false,
             }
     };
-    let note = ks.note.take().map(|n| *n).filter(ours);
-    let token_of = |c: &Current| match c {
-        Current::Held { revision, record } => Some(record.token_at(*revision)),
-        Current::Vacant { .. } => None,
+    let note = ks.busy.note.take().map(|n| *n).filter(ours);
+    let token_of = |c: &Holding| match c {
+        Holding::Held { revision, record } => Some(record.token_at(*revision)),
+        Holding::Vacant { .. } => None,
     };
     let (before, after) = (token_of(previous), token_of(&ks.current));
-    let (name, key) = (ks.name.as_str(), ks.name.key());
+    let lock = ks.name();
+    let (name, key) = (lock.as_str(), lock.key());
     let mut events = Vec::new();
-    if let (Current::Held { record, .. }, true) = (previous, before != after) {
+    if let (Holding::Held { record, .. }, true) = (previous, before != after) {
         let ending = note.as_ref().and_then(|n| n.ending.clone());
         let (kind, cause, by, reason) = match ending {
             Some(EndNote::Released) => (EventKind::Released, "released", None, None),
@@ -406,7 +411,7 @@ pub(super) fn transition_events(
             ..Event::lock(kind, name, key)
         });
     }
-    if let (Current::Held { record, .. }, true) = (&ks.current, before != after) {
+    if let (Holding::Held { record, .. }, true) = (&ks.current, before != after) {
         events.push(Event {
             session: Some(record.session.clone()),
             owner: Some(record.owner.clone()),

@@ -14,9 +14,9 @@
 //! when it sees the owner's refusal (`Engine::answered`), so no coordinator
 //! forgets a waiter that the owner kept.
 
+use super::Holding;
 use super::{Engine, Request};
 use jetlock::protocol::{ErrorCode, WireError};
-use jetlock::store::Current;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -64,7 +64,7 @@ impl Engine {
             return None;
         }
         let reentry = self.keys.get(name.key()).is_some_and(|ks| {
-            matches!(&ks.current, Current::Held { record, .. }
+            matches!(&ks.current, Holding::Held { record, .. }
                 if record.session == session && record.owner == *owner)
         });
         if reentry {
@@ -124,10 +124,15 @@ impl Engine {
             ..SessionLoad::default()
         };
         for ks in self.keys.values() {
-            if matches!(&ks.current, Current::Held { record, .. } if record.session == session) {
+            if matches!(&ks.current, Holding::Held { record, .. } if record.session == session) {
                 load.held += 1;
             }
-            load.waits += ks.queue.iter().filter(|w| w.session == session).count() as u32;
+            load.waits += ks
+                .busy
+                .queue
+                .iter()
+                .filter(|w| w.session == session)
+                .count() as u32;
         }
         load
     }

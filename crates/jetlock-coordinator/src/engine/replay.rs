@@ -81,18 +81,18 @@ pub(super) struct Sent {
 /// renewal, a reentrant hold, a partial release, whoever wrote it) keeps
 /// what the hold had; a new grant or a release starts from its stamp.
 pub(super) fn next_applied(
-    previous: &Current,
-    new: &Current,
+    previous: &Holding,
+    new: &Holding,
     kept: Applied,
     stamp: Applied,
 ) -> Applied {
     let same_grant = match (previous, new) {
         (
-            Current::Held {
+            Holding::Held {
                 revision: a,
                 record: r,
             },
-            Current::Held {
+            Holding::Held {
                 revision: b,
                 record: s,
             },
@@ -124,39 +124,40 @@ pub(super) fn next_applied(
 /// client's own CAS) adopts nothing: clients that take the fast path count
 /// reentries themselves.
 pub(super) fn adopt_reentries(ks: &mut KeyState) {
-    let Current::Held { record, .. } = &ks.current else {
+    let Holding::Held { record, .. } = &ks.current else {
         return;
     };
-    let grant = ks.applied.grant;
+    let grant = ks.applied().grant;
     let reentry =
         |w: &Waiter| w.session == record.session && w.owner == record.owner && w.seq > grant;
-    if grant == 0 || !(ks.lapsed.iter().any(reentry) || ks.queue.iter().any(reentry)) {
+    if grant == 0 || !(ks.busy.lapsed.iter().any(reentry) || ks.busy.queue.iter().any(reentry)) {
         return;
     }
     let (session, owner) = (record.session.clone(), record.owner.clone());
     let reentry = |w: &Waiter| w.session == session && w.owner == owner && w.seq > grant;
-    let (adopted, kept): (VecDeque<Waiter>, VecDeque<Waiter>) =
-        std::mem::take(&mut ks.queue).into_iter().partition(reentry);
-    ks.queue = kept;
-    let mut adopted = Vec::from(adopted);
-    let (more, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut ks.lapsed)
+    let (adopted, kept): (VecDeque<Waiter>, VecDeque<Waiter>) = std::mem::take(&mut ks.busy.queue)
         .into_iter()
         .partition(reentry);
-    ks.lapsed = kept;
+    ks.busy.queue = kept;
+    let mut adopted = Vec::from(adopted);
+    let (more, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut ks.busy.lapsed)
+        .into_iter()
+        .partition(reentry);
+    ks.busy.lapsed = kept;
     adopted.extend(more);
     for w in adopted {
-        if ks.ops.iter().any(|op| op.seq == w.seq) {
+        if ks.busy.ops.iter().any(|op| op.seq == w.seq) {
             continue;
         }
-        let at = ks.ops.partition_point(|op| op.seq < w.seq);
-        ks.ops.insert(
+        let at = ks.busy.ops.partition_point(|op| op.seq < w.seq);
+        ks.busy.ops.insert(
             at,
             HolderOp {
                 seq: w.seq,
-                session: w.session,
-                id: w.id,
+                session: w.session.to_string(),
+                id: w.id.to_string(),
                 kind: HolderOpKind::Reenter {
-                    owner: w.owner,
+                    owner: w.owner.to_string(),
                     ttl_ms: w.ttl_ms,
                 },
                 arrived: w.arrived,
@@ -194,7 +195,7 @@ impl Engine {
         let Some(ks) = self.keys.get(name.key()) else {
             return false;
         };
-        let Some(Inflight::Unsure { sent, .. }) = ks.inflight.as_deref() else {
+        let Some(Inflight::Unsure { sent, .. }) = ks.busy.inflight.as_deref() else {
             return false;
         };
         let revision = revision_of(current);
@@ -206,10 +207,10 @@ impl Engine {
             return false;
         }
         let ks = self.keys.get_mut(name.key()).expect("checked above");
-        let Some(Inflight::Unsure { was, .. }) = ks.inflight.take().map(|b| *b) else {
+        let Some(Inflight::Unsure { was, .. }) = ks.busy.inflight.take().map(|b| *b) else {
             unreachable!("checked above");
         };
-        ks.inflight = Some(was);
+        ks.busy.inflight = Some(was);
         self.written(name, WriteResult::Written { revision }, now);
         true
     }
@@ -220,10 +221,10 @@ impl Engine {
         &mut self,
         ks: &KeyState,
         op: &HolderOp,
-        record: &LockRecord,
+        record: &Record,
         token: u64,
     ) {
-        let key = ks.name.to_string();
+        let key = ks.name().to_string();
         let answer = match &op.kind {
             HolderOpKind::Release { .. } => Answer::Released {
                 v: VERSION,
@@ -245,7 +246,7 @@ impl Engine {
                 token,
                 ttl_ms: record.lease_ms,
                 holds: record.holds,
-                waiters: ks.queue.len() as u32,
+                waiters: ks.busy.queue.len() as u32,
             },
             HolderOpKind::Revoke { .. } | HolderOpKind::Settled => {
                 unreachable!("only operations that write are applied")

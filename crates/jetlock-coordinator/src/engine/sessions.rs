@@ -27,8 +27,8 @@ impl Engine {
             let waits: Vec<String> = self
                 .keys
                 .iter()
-                .filter(|(_, ks)| ks.queue.iter().any(|w| w.session == session))
-                .map(|(k, _)| k.clone())
+                .filter(|(_, ks)| ks.busy.queue.iter().any(|w| w.session == session))
+                .map(|(k, _)| k.to_owned())
                 .collect();
             for key in waits {
                 self.step(&key, now);
@@ -189,17 +189,35 @@ impl Engine {
         let ring = &self.ring;
         let ready = self.ready;
         let acting = |key: &str| ready && ring.owns(key);
-        self.keys.retain(|key, ks| {
+        self.keys.retain(|ks| {
             // Most keys have no operations: skip hashing them to the ring
             // (a hash per coordinator per key).
-            if !ks.ops.is_empty() && !acting(key) {
-                ks.ops
-                    .retain(|op| now.duration_since(op.arrived) < MIRROR_OP_LIFETIME);
+            if let Some(busy) = ks.busy.get_mut() {
+                if !busy.ops.is_empty() && !acting(&ks.key) {
+                    busy.ops
+                        .retain(|op| now.duration_since(op.arrived) < MIRROR_OP_LIFETIME);
+                }
+                busy.lapsed
+                    .retain(|w| now.duration_since(w.arrived) < MIRROR_OP_LIFETIME);
+                // Both only matter for the current hold (and a grant only
+                // within its window): forgetting them lets `settle` free
+                // the activity of a key that is only held.
+                if busy
+                    .recent_grant
+                    .as_ref()
+                    .is_some_and(|g| now.duration_since(g.at) >= REGRANT_WINDOW)
+                {
+                    busy.recent_grant = None;
+                }
+                if busy.contended != ks.current.token() {
+                    busy.contended = 0;
+                }
             }
-            ks.lapsed
-                .retain(|w| now.duration_since(w.arrived) < MIRROR_OP_LIFETIME);
+            ks.busy.settle();
             !ks.idle()
         });
+        self.holders.sweep();
+        self.strings.sweep();
     }
 
     pub(super) fn session_joined(&mut self, session: &str) {
@@ -228,10 +246,10 @@ impl Engine {
             .keys
             .iter()
             .filter(|(_, ks)| {
-                matches!(&ks.current, Current::Held { record, .. } if record.session == session)
-                    || ks.queue.iter().any(|w| w.session == session)
+                matches!(&ks.current, Holding::Held { record, .. } if record.session == session)
+                    || ks.busy.queue.iter().any(|w| w.session == session)
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_owned())
             .collect();
         for key in touched {
             self.step(&key, now);
@@ -277,7 +295,7 @@ impl Engine {
                 ..Event::about(EventKind::Takeover, &me)
             });
         }
-        let keys: Vec<String> = self.keys.keys().cloned().collect();
+        let keys: Vec<String> = self.keys.keys().map(str::to_owned).collect();
         for key in keys {
             if !self.owns(&key) {
                 continue;
@@ -285,10 +303,10 @@ impl Engine {
             // Repeat a recent grant whose answer the previous owner may not
             // have sent (clients ignore a repeated answer).
             let repeat = self.keys.get(&key).and_then(|ks| {
-                let g = ks.recent_grant.as_ref()?;
+                let g = ks.busy.recent_grant.as_ref()?;
                 let current_token = match &ks.current {
-                    Current::Held { revision, record } => record.token_at(*revision),
-                    Current::Vacant { .. } => return None,
+                    Holding::Held { revision, record } => record.token_at(*revision),
+                    Holding::Vacant { .. } => return None,
                 };
                 (g.token == current_token && now.duration_since(g.at) < REGRANT_WINDOW).then(|| {
                     (
@@ -296,11 +314,11 @@ impl Engine {
                         Answer::Granted {
                             v: VERSION,
                             re: g.re.clone(),
-                            key: ks.name.to_string(),
+                            key: ks.name().to_string(),
                             token: g.token,
                             ttl_ms: g.ttl_ms,
                             holds: 1,
-                            waiters: ks.queue.len() as u32,
+                            waiters: ks.busy.queue.len() as u32,
                         },
                     )
                 })

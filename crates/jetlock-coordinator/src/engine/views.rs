@@ -15,7 +15,7 @@ impl Engine {
             })
             .filter_map(|(key, ks)| {
                 let holder = match &ks.current {
-                    Current::Held { revision, record } => {
+                    Holding::Held { revision, record } => {
                         let since = ks
                             .changed_at
                             .map_or(0, |t| now.duration_since(t).as_millis());
@@ -29,13 +29,18 @@ impl Engine {
                             held_ms: unix_ms().saturating_sub(record.acquired_ms),
                         })
                     }
-                    Current::Vacant { .. } => None,
+                    Holding::Vacant { .. } => None,
                 };
-                (holder.is_some() || !ks.queue.is_empty()).then(|| LockInfo {
-                    name: ks.name.to_string(),
-                    key: key.clone(),
+                (holder.is_some() || !ks.busy.queue.is_empty()).then(|| LockInfo {
+                    name: ks.name().to_string(),
+                    key: key.to_owned(),
                     holder,
-                    waiters: ks.queue.iter().map(|w| w.session.clone()).collect(),
+                    waiters: ks
+                        .busy
+                        .queue
+                        .iter()
+                        .map(|w| w.session.to_string())
+                        .collect(),
                     served_by: self.ring.owner(key).to_owned(),
                 })
             })
@@ -49,13 +54,13 @@ impl Engine {
         let mut served: HashMap<&str, u64> = HashMap::default();
         let mut held: HashMap<&str, u64> = HashMap::default();
         let mut waiting: HashMap<&str, u64> = HashMap::default();
-        for (key, ks) in &self.keys {
-            if let Current::Held { record, .. } = &ks.current {
+        for (key, ks) in self.keys.iter() {
+            if let Holding::Held { record, .. } = &ks.current {
                 *served.entry(self.ring.owner(key)).or_default() += 1;
                 *held.entry(record.session.as_str()).or_default() += 1;
             }
-            for w in &ks.queue {
-                *waiting.entry(w.session.as_str()).or_default() += 1;
+            for w in &ks.busy.queue {
+                *waiting.entry(&*w.session).or_default() += 1;
             }
         }
         let ago = |t: Instant| now.duration_since(t).as_millis() as u64;
@@ -94,16 +99,17 @@ impl Engine {
     pub fn served_load(&self) -> (std::collections::HashMap<String, usize>, usize) {
         let mut depths = std::collections::HashMap::default();
         let mut held = 0;
-        for (key, ks) in self.keys.iter().filter(|(k, _)| self.owns(k)) {
-            if matches!(ks.current, Current::Held { .. }) {
+        for ks in self.keys.values().filter(|ks| self.owns(ks.key())) {
+            let key = ks.key();
+            if matches!(ks.current, Holding::Held { .. }) {
                 held += 1;
             }
-            if !ks.queue.is_empty() {
+            if !ks.busy.queue.is_empty() {
                 let prefix = key.split('.').next().unwrap_or(key);
                 let prefix = LockName::from_key(prefix)
                     .map(|n| n.as_str().to_owned())
                     .unwrap_or_else(|_| prefix.to_owned());
-                *depths.entry(prefix).or_default() += ks.queue.len();
+                *depths.entry(prefix).or_default() += ks.busy.queue.len();
             }
         }
         (depths, held)
@@ -111,6 +117,6 @@ impl Engine {
 
     /// Waiters queued for `key` (mirror included).
     pub fn queue_len(&self, key: &str) -> usize {
-        self.keys.get(key).map_or(0, |k| k.queue.len())
+        self.keys.get(key).map_or(0, |k| k.busy.queue.len())
     }
 }
