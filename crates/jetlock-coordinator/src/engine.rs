@@ -582,11 +582,11 @@ impl Engine {
     fn tell_queued_waiters(&mut self) {
         let mut told = Vec::new();
         for ks in self.keys.values() {
-            if !self.ring.owns(ks.name.key()) {
+            if !self.ring.owns(&ks.key) {
                 continue;
             }
-            let busy = ks.inflight.is_some() || matches!(ks.current, Current::Held { .. });
-            for (i, w) in ks.queue.iter().enumerate() {
+            let busy = ks.busy.inflight.is_some() || matches!(ks.current, Holding::Held { .. });
+            for (i, w) in ks.busy.queue.iter().enumerate() {
                 // A try-lock is answered at once; a head of a free key is
                 // being granted.
                 if w.try_lock || (i == 0 && !busy) {
@@ -594,11 +594,11 @@ impl Engine {
                 }
                 let answer = Answer::Queued {
                     v: VERSION,
-                    re: w.id.clone(),
-                    key: ks.name.to_string(),
+                    re: w.id.to_string(),
+                    key: ks.name().to_string(),
                     position: i as u32 + 1,
                 };
-                told.push((w.session.clone(), answer));
+                told.push((w.session.to_string(), answer));
             }
         }
         for (session, answer) in told {
