@@ -149,7 +149,7 @@ impl<'a> Ctx<'a> {
 }
 
 /// A record like the ones jetlock writes, for the raw rows' value.
-fn sample_record(client: &Client) -> LockRecord {
+pub(super) fn sample_record(client: &Client) -> LockRecord {
     LockRecord {
         owner: "jetlock-bench#1".to_owned(),
         session: client.session().to_owned(),
