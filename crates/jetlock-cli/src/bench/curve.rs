@@ -17,8 +17,8 @@
 use super::json::JsonSession;
 use super::procs::{Coord, Proc};
 use super::CliError;
-use jetlock::bucket::{ensure_bucket, BucketSpec, DEFAULT_BUCKET};
-use jetlock_testkit::server::{wait_for_jetstream, NatsCluster, Role};
+use jetlock::bucket::{BucketSpec, DEFAULT_BUCKET};
+use jetlock_testkit::server::{ensure_bucket_when_ready, NatsCluster, Role};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,20 +60,8 @@ pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>,
         async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
     )
     .await?;
-    wait_for_jetstream(&admin, START_LIMIT)
-        .await
-        .map_err(|e| format!("the cluster elected no JetStream leader: {e}"))?;
-    let js = async_nats::jetstream::new(admin);
     let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
-    let deadline = Instant::now() + START_LIMIT;
-    // Right after the meta leader is elected, creating a replicated stream
-    // can still fail while peers join.
-    while let Err(e) = ensure_bucket(&js, &spec).await {
-        if Instant::now() >= deadline {
-            return Err(format!("could not create the locks bucket (R3): {e}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
     let servers: Vec<u32> = cluster.servers().iter().filter_map(|s| s.pid()).collect();
     let coordinator_url = cluster.url_as(Role::Coordinator);
     let client_url = cluster.url_as(Role::Restricted);

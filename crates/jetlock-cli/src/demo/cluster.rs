@@ -27,8 +27,10 @@
 use super::access::Access;
 use super::service::{Chaos, Strike};
 use super::CliError;
-use jetlock::bucket::{ensure_bucket, BucketSpec, DEFAULT_BUCKET};
-use jetlock_testkit::server::{dies_with_this_process, wait_for_jetstream, NatsCluster, Role};
+use jetlock::bucket::{BucketSpec, DEFAULT_BUCKET};
+use jetlock_testkit::server::{
+    dies_with_this_process, ensure_bucket_when_ready, NatsCluster, Role,
+};
 use serde::Serialize;
 use std::fs::File;
 use std::path::PathBuf;
@@ -129,20 +131,8 @@ impl Fleet {
         let admin = Access::at(&cluster.url_as(Role::Coordinator), Default::default(), None)?
             .connect("jetlock-demo-setup")
             .await?;
-        wait_for_jetstream(&admin, START_LIMIT)
-            .await
-            .map_err(|e| format!("the embedded cluster elected no JetStream leader: {e}"))?;
-        let js = async_nats::jetstream::new(admin);
         let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
-        let deadline = Instant::now() + START_LIMIT;
-        // Right after the meta leader is elected, creating a replicated
-        // stream can still fail while peers join.
-        while let Err(e) = ensure_bucket(&js, &spec).await {
-            if Instant::now() >= deadline {
-                return Err(format!("could not create the locks bucket (R3): {e}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
         let url = cluster.url_as(Role::Coordinator);
         let coordinators = (1..=COORDINATORS)
             .map(|i| CoordinatorProcess::start(format!("c{i}"), exe.clone(), url.clone()))

@@ -263,3 +263,31 @@ pub async fn wait_for_jetstream(
         }
     }
 }
+
+/// Waits for JetStream on a cluster that just started, then creates (or
+/// opens) the locks bucket `spec`: right after the meta leader is elected,
+/// creating a replicated stream can still fail while peers join, so that
+/// is retried too, all within `limit`.
+pub async fn ensure_bucket_when_ready(
+    client: &async_nats::Client,
+    spec: &jetlock::bucket::BucketSpec,
+    limit: Duration,
+) -> Result<(), String> {
+    wait_for_jetstream(client, limit)
+        .await
+        .map_err(|e| format!("the cluster elected no JetStream leader: {e}"))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match jetlock::bucket::ensure_bucket(&js, spec).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "could not create the locks bucket (R{}): {e}",
+                    spec.replicas
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
