@@ -5,9 +5,9 @@
 //! A hint only saves a round trip (a wrong or missing one costs a refused
 //! write and a read), so the table is a fixed array of slots chosen by the
 //! key's hash: remembering and taking lock one slot and allocate nothing,
-//! and a newer hint in the same slot replaces the older. A map grown to a
-//! cap and cleared cost an insert per release, a walk of every shard to
-//! count them, and every hint at once when full.
+//! and a newer hint in the same slot replaces the older. A map would cost
+//! an insert per release and need a cap, and clearing it at the cap would
+//! drop every hint at once.
 
 use crate::name::LockName;
 use std::hash::BuildHasher;
