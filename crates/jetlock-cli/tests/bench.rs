@@ -7,27 +7,37 @@ mod common;
 use common::jetlock;
 use std::process::Stdio;
 
+/// `jetlock bench --quick --json` with `args`: its JSON report, once it
+/// exited 0.
+fn quick_bench(args: &[&str]) -> serde_json::Value {
+    let out = jetlock()
+        .args(["bench", "--quick", "--json"])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run jetlock bench");
+    assert!(out.status.success(), "jetlock bench failed");
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
 /// The bench's W2, sessions and memory workloads, as short as they go:
 /// every W2 row has pairs and a ratio to its raw row, the sessions' beats
 /// were answered, and the report names the machine. Its numbers are not
 /// judged here (a loaded CI machine); the full run is.
 #[test]
 fn a_short_bench_reports_throughput_sessions_and_memory_as_json() {
-    let out = jetlock()
-        .args([
-            "bench",
-            "--quick",
-            "--json",
-            "--only",
-            "throughput,sessions,memory",
-        ])
-        .args(["--durability", "default", "--throughput", "1s"])
-        .args(["--clients", "4", "--max-held", "1000"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run jetlock bench");
-    assert!(out.status.success(), "jetlock bench failed");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = quick_bench(&[
+        "--only",
+        "throughput,sessions,memory",
+        "--durability",
+        "default",
+        "--throughput",
+        "1s",
+        "--clients",
+        "4",
+        "--max-held",
+        "1000",
+    ]);
     assert!(report["machine"]["cpus"].as_u64().is_some_and(|n| n >= 1));
     assert_eq!(report["durability"], serde_json::json!(["default"]));
     let rows = report["throughput"].as_array().expect("throughput rows");
@@ -62,14 +72,7 @@ fn a_short_bench_reports_throughput_sessions_and_memory_as_json() {
 /// judged here.
 #[test]
 fn a_short_election_bench_reports_both_ways_of_leaving() {
-    let out = jetlock()
-        .args(["bench", "--quick", "--json", "--only", "election"])
-        .args(["--durability", "default"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run jetlock bench");
-    assert!(out.status.success(), "jetlock bench failed");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = quick_bench(&["--only", "election", "--durability", "default"]);
     let rows = report["election"].as_array().expect("election rows");
     let events = |service: &str| -> Vec<String> {
         rows.iter()
@@ -103,14 +106,7 @@ fn a_short_election_bench_reports_both_ways_of_leaving() {
 /// ran JSON pairs and read each coordinator's CPU. Numbers not judged here.
 #[test]
 fn a_short_coordinator_curve_adds_coordinators_one_at_a_time() {
-    let out = jetlock()
-        .args(["bench", "--quick", "--json", "--only", "coordinators"])
-        .args(["--clients", "4"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run jetlock bench");
-    assert!(out.status.success(), "jetlock bench failed");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = quick_bench(&["--only", "coordinators", "--clients", "4"]);
     let rows = report["curve"].as_array().expect("curve rows");
     assert_eq!(rows.len(), 3, "{rows:?}");
     for (i, row) in rows.iter().enumerate() {

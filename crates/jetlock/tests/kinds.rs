@@ -529,14 +529,7 @@ async fn a_read_is_not_taken_for_a_hold_its_session_left_behind() {
     let jetlock::store::Current::Vacant { revision } = c.store().read(&key).await.unwrap() else {
         panic!("released");
     };
-    let orphan = jetlock::store::WriteId {
-        id: "orphan",
-        resend: false,
-    };
-    c.store()
-        .put(&key, &record, revision, Duration::from_secs(1), orphan)
-        .await
-        .unwrap();
+    write_behind(&c, &key, &record, revision, "orphan").await;
     let second = timeout(PATIENCE, c.read_lock("books").acquire())
         .await
         .expect("the read is granted once the orphan expired")
@@ -575,14 +568,7 @@ async fn a_further_read_after_its_sessions_read_was_lost_takes_the_key_afresh() 
     else {
         panic!("the first read holds its key");
     };
-    let write = jetlock::store::WriteId {
-        id: "under-the-hold",
-        resend: false,
-    };
-    c.store()
-        .put(&key, &record, revision, Duration::from_secs(1), write)
-        .await
-        .unwrap();
+    write_behind(&c, &key, &record, revision, "under-the-hold").await;
     timeout(PATIENCE, first.lost())
         .await
         .expect("the renewal conflicts");
@@ -651,4 +637,20 @@ async fn a_confirmation_passes_only_while_what_was_read_is_still_the_last_word()
         .confirm(&mark, &readers, true, mine, ttl)
         .await
         .unwrap());
+}
+
+/// Writes `record` to `key` behind the client's back (as write `id`, over
+/// `revision`, with a 1 s lease), as a write the client lost track of.
+async fn write_behind(
+    c: &jetlock::Client,
+    key: &jetlock::LockName,
+    record: &jetlock::record::LockRecord,
+    revision: u64,
+    id: &str,
+) {
+    let write = jetlock::store::WriteId { id, resend: false };
+    c.store()
+        .put(key, record, revision, Duration::from_secs(1), write)
+        .await
+        .unwrap();
 }
