@@ -109,8 +109,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         ),
         None => None,
     };
+    // No echo: the connection is the coordinator's alone, and it listens
+    // on `jetlock.to.>` to learn of the other coordinators' answers; its own
+    // would come back to it, two per lock taken and given back.
     let options = async_nats::ConnectOptions::new()
         .name("jetlock-serve")
+        .no_echo()
         .max_reconnects(None);
     let nats = jetlock::connect::nats_waiting(&config.url, &target.auth, options).await?;
     let coordinator = Coordinator::start_on(nats, coordinator_config, endpoint).await?;
