@@ -66,7 +66,9 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts a coordinator on `nats`; returns once it has read the request
     /// stream and the bucket and serves. Its HTTP endpoint (metrics, health)
-    /// is bound at `config.metrics_addr`, if set.
+    /// is bound at `config.metrics_addr`, if set. A connection of its own
+    /// may be made with `no_echo` (as `jetlock serve` does): it then does not
+    /// hear its own answers, which it skips anyway.
     pub async fn start(
         nats: async_nats::Client,
         config: CoordinatorConfig,
