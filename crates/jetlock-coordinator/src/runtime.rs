@@ -337,11 +337,13 @@ impl Runtime {
                         self.beat(false).await;
                     }
                 }
-                // Answers before the bucket and the requests: this coordinator's
-                // own come back here too, one per request it answers, and each
-                // one waiting behind a burst of requests keeps its message and
-                // its share of the connection's read buffer (81 MB of a 119 MB
-                // peak for 100k waiters). Skipping our own is one header lookup.
+                // Answers before the bucket and the requests: on a connection
+                // with echo (one a coordinator shares with clients; `jetlock
+                // serve`'s has none) its own come back here too, one per request
+                // it answers, and each one waiting behind a burst of requests
+                // keeps its message and its share of the connection's read
+                // buffer (81 MB of a 119 MB peak for 100k waiters). Skipping our
+                // own is one header lookup.
                 Some(msg) = feeds.answers.next() => {
                     let ours = msg.headers.as_ref().and_then(|h| h.get(ANSWERED_BY))
                         .is_some_and(|v| v.as_str() == self.config.id);
