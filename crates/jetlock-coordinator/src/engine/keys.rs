@@ -82,16 +82,25 @@ impl Keys {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{KeyState, Waiter};
+    use super::super::{KeyState, Shared, Tracked, Waiter};
     use std::mem::size_of;
 
     /// The coordinator's memory per held lock and per waiter is mostly
     /// these two (`jetlock bench --only memory`): 88 bytes is a 96-byte
-    /// allocation, 96 would be 112.
+    /// allocation, 96 would be 112. A waiter's three strings are thin
+    /// pointers (`Shared`); fat ones would make it 104 bytes.
     #[test]
     fn key_state_and_waiter_sizes() {
         let (key_state, waiter) = (size_of::<KeyState>(), size_of::<Waiter>());
         assert!(key_state <= 88, "a KeyState is {key_state} bytes");
-        assert!(waiter <= 104, "a Waiter is {waiter} bytes");
+        assert!(waiter <= 80, "a Waiter is {waiter} bytes");
+    }
+
+    /// Every waiter also has an entry in the engine's requests (and one in
+    /// its timers): with thin strings 48 bytes, with fat ones 72.
+    #[test]
+    fn request_entry_size() {
+        let entry = size_of::<((Shared, Shared), Tracked)>();
+        assert!(entry <= 48, "a request's entry is {entry} bytes");
     }
 }
