@@ -2,7 +2,7 @@
 
 /// A coordinator allocates and frees small objects for every message it
 /// reads. Under glibc's malloc that was a quarter of its CPU, and a burst of
-/// queued waiters left twice the memory behind (docs/SCALING.md, "Memory").
+/// queued waiters left twice the memory behind (README, "The allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
