@@ -311,7 +311,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 }
 
 /// Runs until every message is acknowledged (the work queue is empty):
-/// keeps the workers alive, lets chaos strike, shows progress. Fails when no
+/// keeps the workers alive, lets chaos strike until every transfer is
+/// settled, shows progress. Fails when no
 /// transfer settles and the queue does not shrink for [`STALL`].
 async fn drive(
     crew: &Crew,
@@ -338,6 +339,9 @@ async fn drive(
             fleet.tend()?;
         }
         let counts = service::lock(ledger).counts();
+        if let Some(chaos) = chaos.filter(|_| counts.settled >= transfers) {
+            chaos.end();
+        }
         if let Some(chaos) = chaos {
             // Worker strikes are armed for the ledger; the rest is ours.
             let strike = chaos.due(Instant::now());

@@ -27,6 +27,13 @@
 //! With `--cluster`, servers and coordinators take turns too
 //! (`cluster.rs`). A worker strike waits for its moment; the next one is
 //! not armed before it has struck, so strikes never pile up on a slow run.
+//!
+//! Chaos ends once every transfer is settled: what is left then is
+//! acknowledging the last redeliveries, and a strike that waits for a
+//! worker's moment would find only those, again and again. With the
+//! ledger's `double-apply` fault each redelivery commits once more, so
+//! every kill would meet the last message in flight and it could never be
+//! acknowledged.
 
 use super::crew::Crew;
 use super::ledger::{Ledger, Moment};
@@ -101,6 +108,8 @@ struct ChaosState {
     next: usize,
     /// When the next strike is due (set at the first look).
     next_at: Option<Instant>,
+    /// Set once every transfer is settled: no strike is armed or returned.
+    ended: bool,
     rng: SplitMix64,
 }
 
@@ -116,6 +125,7 @@ impl Chaos {
                 turns,
                 next: 0,
                 next_at: None,
+                ended: false,
                 rng: SplitMix64::new(seed ^ 0xC4A0_5000),
             }),
         }
@@ -132,6 +142,9 @@ impl Chaos {
     /// strike waits while the previous one has not struck.
     pub fn due(&self, now: Instant) -> Option<Strike> {
         let mut state = self.state();
+        if state.ended {
+            return None;
+        }
         if state.next_at.is_none() {
             state.next_at = Some(now + state.gap(self.every));
         }
@@ -154,9 +167,17 @@ impl Chaos {
     /// unless one is armed already; the clock's strikes go on as before.
     pub fn arm(&self, strike: Strike) {
         let mut state = self.state();
-        if strike.at_a_moment() && state.armed.is_none() {
+        if strike.at_a_moment() && state.armed.is_none() && !state.ended {
             state.armed = Some(strike);
         }
+    }
+
+    /// Ends chaos (every transfer is settled): the armed strike is
+    /// disarmed and no other comes.
+    pub fn end(&self) {
+        let mut state = self.state();
+        state.ended = true;
+        state.armed = None;
     }
 
     /// A length drawn from the seed between `range.0` and `range.1` ms.
@@ -308,6 +329,24 @@ mod tests {
             }
         }
         assert_eq!(struck, 50);
+    }
+
+    /// Once ended, nothing strikes: not the armed strike at its moment, not
+    /// the clock's next ones.
+    #[test]
+    fn ended_chaos_strikes_no_more() {
+        let every = Duration::from_secs(1);
+        let chaos = Chaos::new(every, 5, Strike::turns(true));
+        chaos.arm(Strike::KillWorker);
+        chaos.end();
+        assert_eq!(chaos.state().armed, None);
+        chaos.arm(Strike::PauseWorker);
+        assert_eq!(chaos.state().armed, None);
+        let t0 = Instant::now();
+        for n in 0..20 {
+            assert_eq!(chaos.due(t0 + every * 2 * n), None);
+            assert_eq!(chaos.state().armed, None);
+        }
     }
 
     #[test]
