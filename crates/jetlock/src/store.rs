@@ -375,15 +375,22 @@ impl LockStore {
 }
 
 /// A watch of one subject of a stream, raw messages in order: an ordered
-/// push consumer from a revision on. Its consumer is deleted when the
-/// watch is dropped: left to the server, an ordered consumer lingers 30 s
-/// after its subscriber went, and a burst of waits filled the stream's
-/// consumer limit (see [`crate::bucket::MAX_CONSUMERS`]).
+/// push consumer from a revision on. Its consumer goes with the watch: it
+/// is deleted when the watch is dropped, and the server removes it
+/// [`WATCH_IDLE`] after nobody listens, which covers a delete that is lost
+/// or refused (the worker role may not delete consumers). Left to
+/// async-nats' 30 s, a burst of waits filled the stream's consumer limit
+/// (see [`crate::bucket::MAX_CONSUMERS`]).
 pub struct SubjectWatch {
     messages: jetstream::consumer::push::Ordered,
     stream: jetstream::stream::Stream,
     consumer: String,
 }
+
+/// How long the server keeps a watch's consumer once nobody listens on it.
+/// Short, since a watch ends with its wait; a client reconnecting after
+/// longer finds it gone and async-nats creates it again from where it was.
+pub const WATCH_IDLE: Duration = Duration::from_secs(2);
 
 /// One message a [`SubjectWatch`] delivered.
 #[derive(Debug)]
@@ -424,18 +431,25 @@ impl SubjectWatch {
         // name `<name>_<n>`, which puts the filter into the API subject
         // (`CONSUMER.CREATE.<stream>.<name>.<filter>`): roles that watch
         // need that form too (nats/cluster.conf).
-        let ordered = stream
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: js.client().new_inbox(),
-                description: Some("jetlock wait".into()),
-                filter_subject: filter,
-                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                deliver_policy: deliver,
-                ..Default::default()
-            })
-            .await?;
-        let consumer = ordered.cached_info().name.clone();
-        let pending = ordered.cached_info().num_pending;
+        let ordered = jetstream::consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            description: Some("jetlock wait".into()),
+            filter_subject: filter,
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            deliver_policy: deliver,
+            ..Default::default()
+        };
+        // async-nats' ordered config fixes the inactivity threshold at 30 s:
+        // the consumer is created from the same config with ours, and read
+        // as the ordered consumer it is. One that async-nats creates again
+        // after a gap gets its 30 s (and no delete: see `Drop`).
+        let mut config =
+            jetstream::consumer::IntoConsumerConfig::into_consumer_config(ordered.clone());
+        config.inactive_threshold = WATCH_IDLE;
+        let created = stream.create_consumer(config).await?;
+        let info = created.cached_info().clone();
+        let (consumer, pending) = (info.name.clone(), info.num_pending);
+        let ordered = jetstream::consumer::Consumer::new(ordered, info, js.clone());
         let watch = SubjectWatch {
             messages: ordered.messages().await?,
             stream: stream.clone(),
@@ -469,9 +483,9 @@ impl SubjectWatch {
 
 impl Drop for SubjectWatch {
     fn drop(&mut self) {
-        // Best effort: what a lost delete leaves, the server removes after
-        // the consumer's inactivity threshold (30 s); so does a consumer
-        // async-nats recreated under another name after a gap.
+        // Best effort: what a lost or refused delete leaves, the server
+        // removes after `WATCH_IDLE`; a consumer async-nats created again
+        // under another name after a gap, after its 30 s.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (stream, consumer) = (self.stream.clone(), std::mem::take(&mut self.consumer));
             rt.spawn(async move {
