@@ -65,6 +65,10 @@ pub struct Fixes {
     /// alone while another confirmed it ends a session the client still
     /// counts alive).
     pub agreement: bool,
+    /// Partitioned coordinators: a coordinator that takes a key over reads
+    /// the requests of the key it did not read before acting on it
+    /// (false: it knows only the requests it reads from then on).
+    pub catch_up: bool,
 }
 
 impl Fixes {
@@ -77,6 +81,7 @@ impl Fixes {
         c5_min_timeout: true,
         c5_deadline_from_first_beat: true,
         agreement: true,
+        catch_up: true,
     };
 }
 
@@ -115,8 +120,16 @@ pub struct Config {
     pub client_timeout: Vec<u8>,
     pub coordinators: usize,
     pub keys: usize,
-    /// Coordinator that owns each key while both hear each other.
+    /// Coordinator that owns each key at the start, while both hear each
+    /// other.
     pub home: Vec<u8>,
+    /// Partitioned coordinators (docs/SCALING.md): each reads only the
+    /// requests of the keys it owns, so it learns sessions only from those.
+    pub partitioned: bool,
+    /// Times a key's ownership may move to the other coordinator (a ring
+    /// change): the new owner catches up on the key's requests and acts at
+    /// once, the old one acts on until the hand-over ends.
+    pub moves: u8,
     /// Network side of each client, then of each coordinator (0 has the quorum).
     pub client_side: Vec<u8>,
     pub coord_side: Vec<u8>,

@@ -8,6 +8,7 @@ use crate::state::{Body, Coordinator, Key, Outcome, Record, Session, State};
 pub fn fresh(cfg: &Config) -> Coordinator {
     Coordinator {
         read: 0,
+        known: 0,
         sessions: vec![None; cfg.clients()],
         finished: 0,
         to_delete: 0,
@@ -159,14 +160,29 @@ pub fn on_client_closed(cfg: &Config, s: &mut State, d: usize, c: usize, conn: u
 /// Reads the next request of the stream. A request is a sign of life; C1:
 /// it never sets a timeout, and a session first seen through one gets the
 /// longest timeout a client could have been told.
+///
+/// Partitioned, it reads only the requests of the keys it owns (its
+/// consumer's filter): the others pass it by.
 pub fn read_request(cfg: &Config, s: &mut State, d: usize) {
-    let now = s.now;
-    let req = s.requests[s.coords[d].read as usize];
-    s.coords[d].read += 1;
+    let r = s.coords[d].read + 1;
+    let req = s.requests[r as usize - 1];
+    s.coords[d].read = r;
     if req.deleted {
         // Gone from the stream: a replay does not see it.
         return;
     }
+    if cfg.partitioned && !net::owns(s, d, key_of(req.op) as usize) {
+        return;
+    }
+    learn(cfg, s, d, r);
+}
+
+/// Request `r` is read: known to the coordinator's queue, and a sign of
+/// life of its session.
+fn learn(cfg: &Config, s: &mut State, d: usize, r: u8) {
+    let now = s.now;
+    let req = s.requests[r as usize - 1];
+    s.coords[d].known |= 1 << r;
     let sess = &mut s.coords[d].sessions[req.client as usize];
     match sess {
         Some(sess) if !sess.dead => sess.last_seen = sess.last_seen.max(now),
@@ -184,6 +200,21 @@ pub fn read_request(cfg: &Config, s: &mut State, d: usize) {
                 closing_since: None,
                 dead: false,
             });
+        }
+    }
+}
+
+/// Coordinator `d` takes key `k` over (a ring change): it reads the key's
+/// requests still in the stream, as a restart replays them, before it acts
+/// on the key.
+pub fn take_over(cfg: &Config, s: &mut State, d: usize, k: usize) {
+    if !cfg.fixes.catch_up {
+        return;
+    }
+    for r in 1..=s.coords[d].read {
+        let req = s.requests[r as usize - 1];
+        if !req.deleted && key_of(req.op) == k as u8 && s.coords[d].known & (1 << r) == 0 {
+            learn(cfg, s, d, r);
         }
     }
 }
@@ -327,7 +358,10 @@ pub fn plan(cfg: &Config, s: &State, d: usize, k: usize) -> Option<Plan> {
     let pending: Vec<u8> = (1..=co.read)
         .filter(|&r| {
             let req = &s.requests[r as usize - 1];
-            !req.deleted && co.finished & (1 << r) == 0 && key_of(req.op) == k as u8
+            !req.deleted
+                && co.known & (1 << r) != 0
+                && co.finished & (1 << r) == 0
+                && key_of(req.op) == k as u8
         })
         .collect();
     let req = |r: u8| s.requests[r as usize - 1];

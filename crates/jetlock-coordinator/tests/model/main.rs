@@ -227,6 +227,14 @@ fn mutations() -> Vec<Config> {
             },
             "mutation 8: no agreement on deaths",
         ),
+        mutated(
+            scenarios::partition_two_owners(),
+            Fixes {
+                agreement: false,
+                ..all
+            },
+            "mutation 8, partitioned: each owner decides its holders' deaths alone",
+        ),
     ]
 }
 
@@ -423,5 +431,73 @@ fn every_finding_still_breaks_the_contract() {
     assert!(
         closed.is_empty(),
         "closed: {closed:?}; move them to the fixed runs"
+    );
+}
+
+const LIVENESS: &str = "a waiter is granted once faults stop";
+
+/// Partitioned coordinators (docs/SCALING.md): each reads only its keys'
+/// requests, keys move between them, and sessions stay global.
+fn partitioned() -> Vec<Config> {
+    vec![
+        scenarios::partition_move(),
+        scenarios::partition_move_restart(),
+        scenarios::partition_two_owners(),
+    ]
+}
+
+#[test]
+#[ignore = "exhaustive: minutes; run with --release -- --ignored"]
+fn partitioned_coordinators_hold() {
+    header();
+    for cfg in partitioned().into_iter().filter(selected) {
+        let run = check(cfg, None);
+        assert!(
+            run.failures.is_empty(),
+            "a property failed with every fix on"
+        );
+    }
+}
+
+/// Runs in CI (debug build): a move with a lost ack, and a handoff across
+/// a move, with every fix on.
+#[test]
+fn ci_partitioned_coordinators_hold() {
+    header();
+    for cfg in [
+        scenarios::partition_small(),
+        scenarios::partition_handoff_small(),
+    ] {
+        let run = check(cfg, None);
+        assert!(
+            run.failures.is_empty(),
+            "a property failed with every fix on"
+        );
+        assert!(
+            run.states >= CI_FLOOR,
+            "only {} states: the scenario no longer explores",
+            run.states
+        );
+    }
+}
+
+/// Runs in CI (debug build): a new owner that acts on a moved key knowing
+/// only the requests it reads from then on never grants the waiter that
+/// queued before the move.
+#[test]
+fn ci_mutation_no_catch_up_is_caught() {
+    header();
+    let cfg = mutated(
+        scenarios::partition_handoff_small(),
+        Fixes {
+            catch_up: false,
+            ..Fixes::ALL
+        },
+        "mutation: a new owner does not catch up",
+    );
+    let run = check(cfg, Some(LIVENESS));
+    assert!(
+        run.failures.iter().any(|f| f.0 == LIVENESS),
+        "no stranded waiter found"
     );
 }

@@ -63,10 +63,16 @@ pub fn kind(body: &Body) -> u8 {
     }
 }
 
-/// The coordinator that acts on key `k`: its home, or any coordinator that
-/// cannot hear the home one (each side of a split believes it owns it).
+/// The coordinator that acts on key `k`: its owner, the owner it is moving
+/// from during the hand-over, or any coordinator that cannot hear the owner
+/// (each side of a split believes it owns it).
 pub fn acts_on(cfg: &Config, s: &State, d: usize, k: usize) -> bool {
-    cfg.home[k] as usize == d || !coords_hear_each_other(cfg, s)
+    owns(s, d, k) || !coords_hear_each_other(cfg, s)
+}
+
+/// Whether `d` reads key `k`'s requests: it owns the key, or hands it over.
+pub fn owns(s: &State, d: usize, k: usize) -> bool {
+    s.owner[k] as usize == d || s.handing[k] == Some(d as u8)
 }
 
 /// A message's channel (sender, receiver): FIFO unless reordered.

@@ -18,6 +18,8 @@ pub fn base(name: &'static str) -> Config {
         coordinators: 2,
         keys: 1,
         home: vec![0],
+        partitioned: false,
+        moves: 0,
         client_side: vec![0, 0],
         coord_side: vec![0, 0],
         max_timeout: vec![4, 4],
@@ -315,5 +317,76 @@ pub fn c8_small() -> Config {
         loss_kinds: HB,
         horizon: 3,
         ..small("c8 small: heartbeat lost to one coordinator")
+    }
+}
+
+/// Partitioned coordinators (docs/SCALING.md, "Partitioned coordinators"):
+/// each reads only the requests of the keys it owns, and key 0 moves once
+/// to the other while a client's heartbeats may stop or one be lost.
+pub fn partition_move() -> Config {
+    Config {
+        partitioned: true,
+        moves: 1,
+        horizon: 2,
+        ..base("partitions: a move, silence")
+    }
+}
+
+/// A move, a restart (which replays only the keys the coordinator owns)
+/// and a write whose ack is lost.
+pub fn partition_move_restart() -> Config {
+    Config {
+        partitioned: true,
+        moves: 1,
+        restarts: 1,
+        lost_acks: 1,
+        horizon: 3,
+        ..small("partitions: a move, lost ack, restart")
+    }
+}
+
+/// Sessions holding keys of both coordinators while a heartbeat is lost to
+/// one of them: the death of a session with locks in two partitions, with
+/// one of them moving.
+pub fn partition_two_owners() -> Config {
+    Config {
+        scripts: vec![
+            vec![Op::Acquire(0), Op::Acquire(1)],
+            vec![Op::Acquire(1), Op::Acquire(0)],
+        ],
+        keys: 2,
+        home: vec![0, 1],
+        partitioned: true,
+        moves: 1,
+        client_timeout: vec![2, 2],
+        losses: 2,
+        loss_kinds: HB,
+        horizon: 3,
+        ..small("partitions: two owners, heartbeats lost to one")
+    }
+}
+
+/// The partitioned runs of CI's debug build: a move and a lost ack in the
+/// first two ticks, two clients acquiring once.
+pub fn partition_small() -> Config {
+    Config {
+        partitioned: true,
+        moves: 1,
+        lost_acks: 1,
+        horizon: 2,
+        ..small("partitions small: a move, lost ack")
+    }
+}
+
+/// A handoff across a move (CI's debug build): client 0 releases, client
+/// 1 waits, the key moves in the first tick; liveness is checked.
+pub fn partition_handoff_small() -> Config {
+    Config {
+        partitioned: true,
+        moves: 1,
+        silences: 0,
+        horizon: 1,
+        settle: 4,
+        ..base("partitions small: a handoff across a move")
     }
 }

@@ -80,6 +80,9 @@ pub struct Session {
 pub struct Coordinator {
     /// Requests (by sequence) it has read from the stream.
     pub read: u8,
+    /// Bit per request sequence: read as a request of a key it owns (all of
+    /// them when coordinators are not partitioned).
+    pub known: u32,
     pub sessions: Vec<Option<Session>>,
     /// Bit per request sequence: finished as far as it knows.
     pub finished: u32,
@@ -156,6 +159,7 @@ pub struct Budget {
     pub reconnects: u8,
     pub silences: u8,
     pub reorders: u8,
+    pub moves: u8,
     /// The split may still start (`true`), and whether it is on now.
     pub split_left: bool,
     pub split_on: Option<u8>,
@@ -186,6 +190,10 @@ pub struct State {
     /// The bucket's stream sequence: every write takes the next one.
     pub seq: u8,
     pub keys: Vec<Key>,
+    /// Each key's owner, and the owner it moved from in this tick, which
+    /// still acts on it (the hand-over).
+    pub owner: Vec<u8>,
+    pub handing: Vec<Option<u8>>,
     /// The request stream, request sequence n at index n - 1.
     pub requests: Vec<Request>,
     pub clients: Vec<Client>,

@@ -36,6 +36,10 @@ pub enum Action {
     Restart(usize),
     SplitStart,
     SplitHeal,
+    /// Key `.0` moves to the other coordinator (a ring change while both
+    /// are up). The old owner acts on it to the end of the tick (until the
+    /// new owner's heartbeat says it is ready).
+    Move(usize),
 }
 
 impl System {
@@ -104,6 +108,8 @@ impl Model for System {
             now: 0,
             seq: 0,
             keys: vec![Key::default(); cfg.keys],
+            owner: cfg.home.clone(),
+            handing: vec![None; cfg.keys],
             requests: Vec::new(),
             clients: (0..cfg.clients()).map(|c| client::fresh(cfg, c)).collect(),
             coords: (0..cfg.coordinators)
@@ -121,6 +127,7 @@ impl Model for System {
                 reconnects: cfg.reconnects,
                 silences: cfg.silences,
                 reorders: cfg.reorders,
+                moves: cfg.moves,
                 split_left: cfg.split.is_some(),
                 split_on: None,
             },
@@ -221,6 +228,15 @@ impl Model for System {
         if s.budget.split_on.is_some() {
             out.push(Action::SplitHeal);
         }
+        for k in 0..cfg.keys {
+            if faults
+                && s.budget.moves > 0
+                && s.handing[k].is_none()
+                && net::coords_hear_each_other(cfg, s)
+            {
+                out.push(Action::Move(k));
+            }
+        }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
@@ -231,6 +247,8 @@ impl Model for System {
                 let now = s.now;
                 s.net.retain(|m| m.at >= now);
                 s.now += 1;
+                // Hand-overs end: the new owners' heartbeats say they are ready.
+                s.handing.iter_mut().for_each(|h| *h = None);
                 if s.now == cfg.horizon && s.budget.split_on.is_some() {
                     self.heal(&mut s);
                 }
@@ -397,6 +415,14 @@ impl Model for System {
                 }
             }
             Action::SplitHeal => self.heal(&mut s),
+            Action::Move(k) => {
+                s.budget.moves -= 1;
+                let old = s.owner[k];
+                let new = (old as usize + 1) % cfg.coordinators;
+                s.owner[k] = new as u8;
+                s.handing[k] = Some(old);
+                coord::take_over(cfg, &mut s, new, k);
+            }
         }
         self.eager_steps(&mut s);
         Some(s)
