@@ -15,10 +15,12 @@ dev: nats-server
 # Installs nats-server and runs every test of every crate (unit, property,
 # integration against real single-node and 3-node servers, CLI, doc tests),
 # then the deterministic simulation's short seed range (a feature of the
-# coordinator crate: its maps hash with fixed keys there).
+# coordinator crate: its maps hash with fixed keys there; asked for across
+# the workspace so the dependencies keep the features of the build before
+# and only the coordinator is built again).
 test: nats-server
 	cargo test --locked --workspace
-	cargo test --locked -p jetlock-coordinator --features sim --test sim
+	cargo test --locked --workspace --features jetlock-coordinator/sim --test sim
 
 # Formatting and lints, as CI runs them.
 check:
