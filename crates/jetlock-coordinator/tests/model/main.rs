@@ -273,12 +273,18 @@ const CI_FLOOR: usize = 20_000;
 /// heartbeat copy scenarios of the mutation runs, with every fix on.
 #[test]
 fn ci_scenarios_hold() {
-    header();
-    for cfg in [
+    hold_in_ci([
         scenarios::c2_small(),
         scenarios::c3_small(),
         scenarios::c8_small(),
-    ] {
+    ]);
+}
+
+/// Every property holds in each of `runs`, and each explores at least
+/// [`CI_FLOOR`] states.
+fn hold_in_ci(runs: impl IntoIterator<Item = Config>) {
+    header();
+    for cfg in runs {
         let run = check(cfg, None);
         assert!(
             run.failures.is_empty(),
@@ -463,22 +469,10 @@ fn partitioned_coordinators_hold() {
 /// a move, with every fix on.
 #[test]
 fn ci_partitioned_coordinators_hold() {
-    header();
-    for cfg in [
+    hold_in_ci([
         scenarios::partition_small(),
         scenarios::partition_handoff_small(),
-    ] {
-        let run = check(cfg, None);
-        assert!(
-            run.failures.is_empty(),
-            "a property failed with every fix on"
-        );
-        assert!(
-            run.states >= CI_FLOOR,
-            "only {} states: the scenario no longer explores",
-            run.states
-        );
-    }
+    ]);
 }
 
 /// Runs in CI (debug build): a new owner that acts on a moved key knowing
