@@ -534,3 +534,119 @@ async fn a_wait_that_ran_out_before_the_request_went_out_is_a_timeout() {
         );
     }
 }
+
+/// A client whose user may not delete consumers (the shipped worker role)
+/// still leaves none behind: a writer's drain and an exclusive wait each
+/// watch through a consumer the server removes `WATCH_IDLE` after nobody
+/// listens, not after async-nats' 30 s.
+#[tokio::test]
+async fn waits_of_a_user_that_may_not_delete_consumers_leave_none_behind() {
+    const CONFIG: &str = r#"server_name: $NATS_SERVER_NAME
+host: $NATS_HOST
+port: $NATS_PORT
+jetstream { store_dir: $NATS_STORE_DIR }
+accounts { LOCKS {
+  jetstream: enabled
+  users: [
+    { user: admin, password: admin }
+    { user: waiter, password: waiter,
+      permissions: { publish: { deny: ["$JS.API.CONSUMER.DELETE.>"] } } }
+  ]
+} }
+"#;
+    let server = jetlock_testkit::NatsServer::start_configured(CONFIG).expect("start nats-server");
+    let login = |user: &'static str| {
+        let url = server.url();
+        async move {
+            let nats = async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("log in");
+            jetlock::ClientOptions::new()
+                .create_bucket(1)
+                .with_nats(nats)
+                .await
+                .expect("connect jetlock client")
+        }
+    };
+    let admin = login("admin").await;
+    let waiter = login("waiter").await;
+    let _reading = admin.read_lock("ledger").acquire().await.unwrap();
+    let _holding = admin.lock("account").acquire().await.unwrap();
+    let js = async_nats::jetstream::new(admin.nats().clone());
+    let mut stream = js
+        .get_stream(format!("KV_{}", jetlock::bucket::DEFAULT_BUCKET))
+        .await
+        .unwrap();
+
+    // While a wait watches, its consumer carries the short threshold.
+    let drain = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            waiter
+                .write_lock("ledger")
+                .wait(Duration::from_secs(3))
+                .acquire()
+                .await
+        })
+    };
+    let thresholds = timeout(PATIENCE, async {
+        loop {
+            let mut consumers = stream.consumers();
+            let mut seen = Vec::new();
+            while let Some(info) = futures::StreamExt::next(&mut consumers).await {
+                seen.push(info.unwrap().config.inactive_threshold);
+            }
+            if !seen.is_empty() {
+                break seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the drain watches");
+    assert!(
+        thresholds.iter().all(|t| *t == jetlock::store::WATCH_IDLE),
+        "{thresholds:?}"
+    );
+    assert!(matches!(
+        drain.await.unwrap(),
+        Err(LockError::Timeout { .. })
+    ));
+
+    for _ in 0..10 {
+        for wait in [
+            waiter
+                .write_lock("ledger")
+                .wait(Duration::from_millis(50))
+                .acquire()
+                .await
+                .map(drop),
+            waiter
+                .lock("account")
+                .wait(Duration::from_millis(50))
+                .acquire()
+                .await
+                .map(drop),
+        ] {
+            assert!(matches!(wait, Err(LockError::Timeout { .. })), "{wait:?}");
+        }
+    }
+    // Every delete was refused; the server removes the consumers itself,
+    // well before the 30 s an ordered consumer of async-nats lingers.
+    let left = timeout(Duration::from_secs(15), async {
+        loop {
+            let n = stream.info().await.unwrap().state.consumer_count;
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        left.is_ok(),
+        "{} consumers still on the bucket's stream",
+        stream.info().await.unwrap().state.consumer_count
+    );
+}
