@@ -72,7 +72,7 @@ async fn the_demo_runs_on_the_cluster_as_the_demo_user_without_a_refusal() {
 /// the test saw of the demo's children in /proc: new nats-server and
 /// `jetlock serve` pids (restarts after kills), and stopped nats-servers.
 #[test]
-#[ignore = "40-80 s on 2 cores: cargo test -p jetlock-cli --test demo_cluster -- --ignored"]
+#[ignore = "one to two minutes on 2 cores: cargo test -p jetlock-cli --test demo_cluster -- --ignored"]
 fn the_cluster_demo_holds_every_invariant_while_servers_and_coordinators_die() {
     let started = Instant::now();
     let chaos = ["--cluster", "--chaos", "--chaos-every", "1s"];
