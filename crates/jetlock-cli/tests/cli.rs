@@ -22,11 +22,14 @@ impl Drop for Running {
 }
 
 /// Starts `jetlock dev --no-demo` and returns it with its nats-server pid,
-/// read from its first output line.
-fn start_dev() -> (Running, u32) {
+/// read from its first output line, and the temp dir it keeps its server's
+/// files in: a SIGKILLed `jetlock dev` cannot remove them, the test does.
+fn start_dev() -> (Running, u32, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("temp dir");
     let mut child = Running(
         jetlock()
             .args(["dev", "--port", "0", "--no-demo"])
+            .env("TMPDIR", tmp.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -45,7 +48,11 @@ fn start_dev() -> (Running, u32) {
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, pid.expect("jetlock dev printed the nats-server pid"))
+    (
+        child,
+        pid.expect("jetlock dev printed the nats-server pid"),
+        tmp,
+    )
 }
 
 /// True once `pid` has exited (gone, or a zombie nobody reaped yet).
@@ -96,7 +103,7 @@ fn dev_walk_through_runs_and_exits_cleanly() {
 
 #[test]
 fn ctrl_c_stops_dev_and_its_server() {
-    let (mut dev, server_pid) = start_dev();
+    let (mut dev, server_pid, _tmp) = start_dev();
     unsafe { libc::kill(dev.0.id() as i32, libc::SIGINT) };
     let status = dev.0.wait().expect("wait for jetlock dev");
     assert!(status.success(), "{status}");
@@ -105,10 +112,15 @@ fn ctrl_c_stops_dev_and_its_server() {
 
 #[test]
 fn a_killed_dev_takes_its_server_with_it() {
-    let (dev, server_pid) = start_dev();
+    let (dev, server_pid, tmp) = start_dev();
     unsafe { libc::kill(dev.0.id() as i32, libc::SIGKILL) };
     drop(dev);
     wait_exited(server_pid);
+    // What the killed process left is in the test's temp dir, removed here.
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().next().is_some(),
+        "jetlock dev kept its server's files under TMPDIR"
+    );
 }
 
 #[tokio::test]

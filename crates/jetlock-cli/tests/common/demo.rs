@@ -85,8 +85,14 @@ impl Children {
 /// Runs `jetlock demo <args> --json` with `env` (and none of the test's own
 /// `JETLOCK_*` login settings) to its end.
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> DemoRun {
+    // The demo's servers keep their files under TMPDIR: a demo killed as
+    // hung cannot remove them, this dir goes with the test.
+    let tmp = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jetlock"));
-    cmd.arg("demo").args(args).arg("--json");
+    cmd.arg("demo")
+        .args(args)
+        .arg("--json")
+        .env("TMPDIR", tmp.path());
     for var in ["JETLOCK_USER", "JETLOCK_PASSWORD", "JETLOCK_SESSION_PREFIX"] {
         cmd.env_remove(var);
     }
