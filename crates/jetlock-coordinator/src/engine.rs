@@ -230,6 +230,7 @@ struct Waiter {
 /// A request about the current hold, run in arrival order.
 #[derive(Debug, Clone)]
 struct HolderOp {
+    /// Its stream sequence; 0 for an unstored release.
     seq: u64,
     session: String,
     id: String,

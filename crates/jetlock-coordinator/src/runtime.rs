@@ -359,6 +359,13 @@ impl Runtime {
                         }
                     }
                 }
+                // Before the bucket and the request stream: a release here
+                // is the next owner change of a contended lock.
+                Some(msg) = feeds.unstored_releases.next() => {
+                    let _span = debug_span!("unstored release", subject = msg.subject.as_str(),
+                        lock = tracing::field::Empty).entered();
+                    self.engine.unstored_release(msg.subject.as_str(), &msg.payload, Instant::now());
+                }
                 Some(msg) = feeds.bucket.next() => match msg {
                     Ok(msg) => {
                         if let Ok(info) = msg.info() {

@@ -11,6 +11,11 @@
 //!   can send requests as a session and who can read its answers.
 //! - Heartbeats: `jetlock.hb.<session>` (core NATS request; every
 //!   coordinator answers).
+//! - Unstored releases: `jetlock.now.release.<session>` (core NATS, since
+//!   1.8): the body of a release, acted on by the lock's coordinator when
+//!   it arrives, so handing a lock on is one write. Nothing keeps it: a
+//!   client that gets no answer sends the release again on the stored
+//!   subject (or writes the bucket itself, on the fast path).
 //!
 //! Parsing never panics and never trusts a field: every message is checked
 //! here, and a bad one becomes a [`WireError`] with a stable [`ErrorCode`].
@@ -28,8 +33,9 @@ pub const VERSION: u32 = 1;
 /// refuses `preempt: true` on the acquire subject; revision 3 (1.7) refuses
 /// acquires of names that look like parts of read/write locks and
 /// semaphores but are not, and of another session's reader key
-/// (`docs/PROTOCOL.md`, "Versioning").
-pub const REVISION: u32 = 3;
+/// (`docs/PROTOCOL.md`, "Versioning"); revision 4 (1.8) serves unstored
+/// releases ([`unstored_release_subject`]).
+pub const REVISION: u32 = 4;
 /// Largest request body the coordinator reads (the request stream refuses
 /// larger messages at publish time).
 pub const MAX_REQUEST_BYTES: usize = 4096;
@@ -95,6 +101,24 @@ impl Op {
 /// The subject a session publishes `op` requests to.
 pub fn request_subject(op: Op, session: &str) -> String {
     format!("{PREFIX}.req.{}.{session}", op.as_str())
+}
+
+/// Every session's unstored releases.
+pub const UNSTORED_RELEASES: &str = "jetlock.now.release.>";
+
+/// The subject a session publishes an unstored release to (core NATS:
+/// nothing stores it, so a lost one is sent again on [`request_subject`]).
+pub fn unstored_release_subject(session: &str) -> String {
+    format!("{PREFIX}.now.release.{session}")
+}
+
+/// The session of `jetlock.now.release.<session>`.
+pub fn parse_unstored_release_subject(subject: &str) -> Result<&str, WireError> {
+    let session = subject
+        .strip_prefix("jetlock.now.release.")
+        .ok_or_else(|| WireError::new(ErrorCode::BadRequest, "not an unstored release subject"))?;
+    check_session(session)?;
+    Ok(session)
 }
 
 /// The subject a session's answers and notices arrive on.

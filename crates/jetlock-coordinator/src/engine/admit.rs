@@ -103,9 +103,58 @@ impl Engine {
                 return;
             }
         };
+        let acting = self.owns(request.name().key());
+        self.admit(seq, session, request, acting, age, now);
+    }
+
+    /// An unstored release (`jetlock.now.release.<session>`, core NATS).
+    /// Only the lock's owner takes it, and only once it has caught up: the
+    /// others keep no mirror of it (nothing would replay it), and a client
+    /// that gets no answer releases another way. It runs like a stored
+    /// release with no stream sequence (0): no message to delete, and no
+    /// `Jetlock-Applied` field names it, so a write of it whose ack is lost
+    /// is recognised by the hold's token having ended (`observe.rs`).
+    pub fn unstored_release(&mut self, subject: &str, body: &[u8], now: Instant) {
+        self.stats.requests += 1;
+        let session = match protocol::parse_unstored_release_subject(subject) {
+            Ok(session) => session.to_owned(),
+            Err(_) => {
+                if self.owns(subject) {
+                    self.stats.dropped += 1;
+                }
+                return;
+            }
+        };
+        let limits = &self.cfg.limits;
+        let request = match protocol::parse_request(protocol::Op::Release, &session, body, limits) {
+            Ok(r) => r,
+            Err(e) => {
+                if self.owns(&session) {
+                    let re = protocol::probe_id(body);
+                    self.answer(&session, Answer::error(re, None, e));
+                }
+                return;
+            }
+        };
+        if !self.owns(request.name().key()) {
+            return;
+        }
+        tracing::debug!(lock = request.name().as_str(), %session, "unstored release");
+        self.admit(0, session, request, true, Duration::ZERO, now);
+    }
+
+    /// Files a checked request (`seq` 0: unstored) on its key.
+    fn admit(
+        &mut self,
+        seq: u64,
+        session: String,
+        request: Request,
+        acting: bool,
+        age: Duration,
+        now: Instant,
+    ) {
         let key = request.name().key().to_owned();
         tracing::Span::current().record("lock", request.name().as_str());
-        let acting = self.owns(&key);
         match self.sessions.request(&session, now) {
             Touch::Dead => {
                 let e = WireError::new(

@@ -360,8 +360,10 @@ impl Engine {
         }
         // Applied already (a write that landed without its ack, a request
         // replayed after a restart, a takeover after the previous owner
-        // wrote but did not answer): answer it again, do not re-run it.
-        if op.seq <= ks.applied().hold {
+        // wrote but did not answer): answer it again, do not re-run it. No
+        // write names an unstored release (sequence 0): one that landed
+        // ended its hold, which settles it (`observe.rs`).
+        if op.seq != 0 && op.seq <= ks.applied().hold {
             let on_this_hold = match &op.kind {
                 HolderOpKind::Release { token: t } | HolderOpKind::Renew { token: t, .. } => {
                     check(&op.session, *t).is_ok()
@@ -495,7 +497,7 @@ impl Engine {
 pub(super) fn settles(op: &HolderOp, applied: Applied) -> bool {
     match op.kind {
         HolderOpKind::Settled => true,
-        HolderOpKind::Release { .. } => op.seq == applied.ended,
+        HolderOpKind::Release { .. } => op.seq != 0 && op.seq == applied.ended,
         _ => false,
     }
 }

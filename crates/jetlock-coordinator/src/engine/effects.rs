@@ -54,11 +54,14 @@ impl Engine {
     ) {
         if acting {
             self.fail(session, request.id(), request.name(), e);
-            self.out.push(Action::Delete { seq });
+            if seq != 0 {
+                self.out.push(Action::Delete { seq });
+            }
         }
     }
 
-    /// A request finished: forget its stream message.
+    /// A request finished: forget its stream message (none for an unstored
+    /// release, `seq` 0).
     pub(super) fn done(&mut self, session: &str, id: &str, seq: u64, acting: bool) {
         if let Some(t) = self
             .requests
@@ -66,7 +69,7 @@ impl Engine {
         {
             t.done = true;
         }
-        if acting {
+        if acting && seq != 0 {
             self.out.push(Action::Delete { seq });
         }
     }

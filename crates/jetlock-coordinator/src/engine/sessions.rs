@@ -78,6 +78,7 @@ impl Engine {
             grace_ms: Some(self.sessions.reconnect_grace().as_millis() as u64),
             by: Some(self.ring.me().to_owned()),
             refused: None,
+            unstored_release: true,
         }
     }
 

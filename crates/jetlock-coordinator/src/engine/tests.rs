@@ -648,3 +648,4 @@ mod limits;
 mod proofs;
 mod replays;
 mod takeover;
+mod unstored;

@@ -19,6 +19,8 @@ pub(super) struct Feeds {
     pub(super) heard_replies: async_nats::Subscriber,
     pub(super) disconnects: async_nats::Subscriber,
     pub(super) answers: async_nats::Subscriber,
+    /// Releases sent on core NATS (`jetlock.now.release.>`).
+    pub(super) unstored_releases: async_nats::Subscriber,
     pub(super) settings: kv::Watch,
     pub(super) settings_caught_up: bool,
     /// Keeps the NATS service registered (`$SRV.*`).
@@ -51,6 +53,7 @@ impl Runtime {
         let disconnects = subscribe(protocol::DISCONNECT_EVENTS).await?;
         // Every final answer, whoever sent it: mirrors forget what is done.
         let answers = subscribe("jetlock.to.>").await?;
+        let unstored_releases = subscribe(protocol::UNSTORED_RELEASES).await?;
 
         let asked = Instant::now();
         let request_info = requests
@@ -153,6 +156,7 @@ impl Runtime {
             heard_replies,
             disconnects,
             answers,
+            unstored_releases,
         })
     }
 }

@@ -103,6 +103,11 @@ pub struct HeartbeatAck {
     /// `alive: false`. Absent from coordinators before protocol 1.3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<ErrorCode>,
+    /// True when the coordinator serves unstored releases
+    /// ([`super::unstored_release_subject`]). Absent (false) from
+    /// coordinators before protocol 1.8.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unstored_release: bool,
 }
 
 /// A coordinator's heartbeat (`jetlock.coord.hb.<id>`).

@@ -257,6 +257,24 @@ fn request_subjects_parse_and_refuse_wildcards() {
 }
 
 #[test]
+fn unstored_release_subjects_parse_and_refuse_wildcards() {
+    let subject = unstored_release_subject("team.w1");
+    assert_eq!(subject, "jetlock.now.release.team.w1");
+    assert_eq!(parse_unstored_release_subject(&subject).unwrap(), "team.w1");
+    for bad in [
+        "jetlock.now.release",
+        "jetlock.now.release.",
+        "jetlock.now.renew.s1",
+        "jetlock.now.release.*",
+        "jetlock.now.release.a.>",
+        "jetlock.now.release.a.b.c.d.e",
+        "jetlock.req.release.s1",
+    ] {
+        assert!(parse_unstored_release_subject(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn answers_round_trip_with_a_type_tag() {
     let a = Answer::Granted {
         v: 1,
