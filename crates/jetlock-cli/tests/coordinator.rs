@@ -6,6 +6,8 @@
 mod common;
 #[path = "coordinator/limits.rs"]
 mod limits;
+#[path = "coordinator/unstored.rs"]
+mod unstored;
 
 use common::holding::{exit_code, hold_process, signal};
 use common::json::JsonSession;

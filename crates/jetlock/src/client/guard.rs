@@ -412,11 +412,17 @@ impl Hold {
     /// this hold's last one (the fast path was turned off while reentrant
     /// holds were out).
     async fn release_via_coordinator(&self, token: u64) -> Result<(), LockError> {
+        // With the fast path to fall back on, unstored: the handoff is then
+        // the owner change's only write.
+        let unstored = self.inner.fast_path.on() && self.inner.link.unstored.usable();
         loop {
-            let verdict = self
-                .inner
-                .release_via_coordinator(&self.key.name, token)
-                .await;
+            let verdict = if unstored {
+                self.inner.release_unstored(&self.key.name, token).await
+            } else {
+                self.inner
+                    .release_via_coordinator(&self.key.name, token)
+                    .await
+            };
             let reason = match verdict {
                 Ok(Verdict::Done(0)) => return Ok(()),
                 // Each release takes one hold off the record.

@@ -47,6 +47,8 @@ pub(crate) struct SessionLink {
     /// Live coordinators in the last heartbeat answer.
     coordinators: AtomicU32,
     last_ack: Mutex<Option<Instant>>,
+    /// Whether releases may go unstored (`via_coordinator.rs`).
+    pub(crate) unstored: super::via_coordinator::Unstored,
     /// How long the session may be believed in (see [`SessionBelief`]).
     belief: Mutex<SessionBelief>,
     /// The session ended (declared dead, or given up): mirrors
@@ -128,6 +130,7 @@ impl SessionLink {
             contended: DashMap::new(),
             coordinators: AtomicU32::new(0),
             last_ack: Mutex::new(None),
+            unstored: Default::default(),
             belief: Mutex::new(SessionBelief::new(timeout)),
             expired: AtomicBool::new(false),
             timeout,
@@ -444,6 +447,7 @@ impl SessionLink {
     fn acked(&self, ack: &HeartbeatAck, sent: Instant, new_conn: bool, inner: &Weak<Inner>) {
         *self.last_ack.lock().expect("never poisoned") = Some(Instant::now());
         self.coordinators.store(ack.coordinators, Ordering::Relaxed);
+        self.unstored.heard(ack.unstored_release);
         let answered = self.belief.lock().expect("never poisoned").answered_by(
             sent,
             ack.alive,

@@ -7,12 +7,74 @@
 //! lock checks the session and token and makes the CAS write. Each try uses
 //! a new request id: a re-send under the same id would be de-duplicated by
 //! the stream and, if the first answer was lost, never answered.
+//!
+//! On the fast path a release with waiters behind it goes unstored instead
+//! (core NATS, `jetlock.now.release.<session>`), so the handoff CAS is the
+//! owner change's only write. Nothing keeps an unstored release: when no
+//! answer comes, the hold releases itself in the bucket, which conflicts
+//! harmlessly if the coordinator did hand the lock on (`guard.rs`).
 
 use super::session::ANSWER_GRACE;
 use super::Inner;
 use crate::name::LockName;
 use crate::protocol::{self, Answer, ErrorCode, Op, ReleaseBody, RenewBody, VERSION};
+use std::sync::Mutex;
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long an unstored release waits for its answer before the hold
+/// releases itself. A coordinator answers in a round trip and a CAS; one
+/// that has not taken the key over yet (or a user not allowed to publish
+/// the subject) never answers.
+const UNSTORED_GRACE: Duration = Duration::from_millis(500);
+/// Unstored releases stop this long after one went unanswered.
+const UNSTORED_BACKOFF: Duration = Duration::from_secs(60);
+/// And while a coordinator that does not serve them answered a heartbeat
+/// this recently.
+const UNSERVED_MEMORY: Duration = Duration::from_secs(10);
+
+/// Whether this session sends its releases unstored: only while every
+/// coordinator that answers its heartbeats serves them (protocol 1.8), and
+/// not for a while after one went unanswered.
+#[derive(Debug, Default)]
+pub(crate) struct Unstored {
+    seen: Mutex<UnstoredSeen>,
+}
+
+#[derive(Debug, Default)]
+struct UnstoredSeen {
+    served: bool,
+    unserved_at: Option<Instant>,
+    failed_at: Option<Instant>,
+}
+
+impl Unstored {
+    /// A heartbeat answer said whether its coordinator serves them.
+    pub(crate) fn heard(&self, served: bool) {
+        let mut seen = self.seen.lock().expect("never poisoned");
+        if served {
+            seen.served = true;
+        } else {
+            seen.unserved_at = Some(Instant::now());
+        }
+    }
+
+    pub(crate) fn usable(&self) -> bool {
+        let seen = self.seen.lock().expect("never poisoned");
+        let now = Instant::now();
+        seen.served
+            && seen
+                .unserved_at
+                .is_none_or(|at| now.duration_since(at) > UNSERVED_MEMORY)
+            && seen
+                .failed_at
+                .is_none_or(|at| now.duration_since(at) > UNSTORED_BACKOFF)
+    }
+
+    fn failed(&self) {
+        self.seen.lock().expect("never poisoned").failed_at = Some(Instant::now());
+    }
+}
 
 /// A coordinator's verdict on a request about a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +121,39 @@ impl Inner {
         match self.ask(Op::Release, &id, body).await? {
             Answer::Released { holds, .. } => Ok(Verdict::Done(holds)),
             other => refusal(other, "release"),
+        }
+    }
+
+    /// Releases `token` by an unstored release; an error when no answer
+    /// came in time (the hold then releases itself).
+    pub(crate) async fn release_unstored(
+        &self,
+        name: &LockName,
+        token: u64,
+    ) -> Result<Verdict<u32>, async_nats::Error> {
+        let id = protocol::new_request_id();
+        let body = serde_json::to_vec(&ReleaseBody {
+            v: VERSION,
+            id: id.clone(),
+            key: name.as_str().to_owned(),
+            token,
+        })?;
+        let answer = self.link.expect(&id);
+        let subject = protocol::unstored_release_subject(&self.session);
+        if let Err(e) = self.nats.publish(subject, body.into()).await {
+            self.link.abandon(&id);
+            return Err(e.into());
+        }
+        let answer = tokio::time::timeout(UNSTORED_GRACE, answer).await;
+        self.link.abandon(&id);
+        match answer {
+            Ok(Ok(Answer::Released { holds, .. })) => Ok(Verdict::Done(holds)),
+            Ok(Ok(other)) => refusal(other, "release"),
+            Ok(Err(_)) => Err("the session link stopped".into()),
+            Err(_) => {
+                self.link.unstored.failed();
+                Err("no coordinator answered the unstored release".into())
+            }
         }
     }
 

@@ -1,0 +1,121 @@
+//! Releases with waiters behind them go unstored (protocol 1.8): the
+//! handoff CAS is the owner change's only write, and a client whose
+//! unstored release nobody answers still hands the lock on.
+
+use super::*;
+
+/// The last sequence of `stream`.
+async fn last_seq(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence
+}
+
+/// `holder` holds `name`; `waiter` queues behind it; `holder` releases.
+/// Returns how many messages the request stream and the bucket stored
+/// from the release to the waiter's grant, and the two tokens.
+async fn hand_on(
+    watcher: &async_nats::Client,
+    holder: &jetlock::Client,
+    waiter: &jetlock::Client,
+    name: &'static str,
+) -> (u64, u64, FencingToken, FencingToken) {
+    let js = async_nats::jetstream::new(watcher.clone());
+    let bucket = format!("KV_{}", jetlock::bucket::DEFAULT_BUCKET);
+    let first = holder.lock(name).acquire().await.unwrap();
+    let waiting = queued_acquire(watcher, waiter, name, Duration::from_secs(30), PATIENCE).await;
+    // The holder hears that somebody waits before it releases.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let requests = last_seq(&js, protocol::REQUEST_STREAM).await;
+    let writes = last_seq(&js, &bucket).await;
+    let held = first.token();
+    first.release().await.unwrap();
+    let (_, next) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiter is granted")
+        .unwrap();
+    let next = next.expect("the waiter is granted");
+    let stored = (
+        last_seq(&js, protocol::REQUEST_STREAM).await - requests,
+        last_seq(&js, &bucket).await - writes,
+    );
+    let token = next.token();
+    next.release().await.unwrap();
+    (stored.0, stored.1, held, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_with_a_waiter_is_one_write_and_stores_no_request() {
+    let server = single();
+    let url = server.url();
+    let _c = coordinator(&url).await;
+    let holder = client(&url, "holder").await;
+    let waiter = client(&url, "waiter").await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "unstored").await;
+    assert_eq!(requests, 0, "the release was stored in the request stream");
+    assert_eq!(writes, 1, "the handoff is the only write on the bucket");
+    assert!(next > held);
+}
+
+/// A user who may not publish unstored releases (a deployment whose
+/// permissions predate them): its first one goes unanswered, the hold
+/// releases itself in the bucket, and the next releases are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_may_not_send_unstored_releases_still_hands_locks_on() {
+    const CONFIG: &str = r#"server_name: $NATS_SERVER_NAME
+host: $NATS_HOST
+port: $NATS_PORT
+jetstream { store_dir: $NATS_STORE_DIR }
+accounts { LOCKS {
+  jetstream: enabled
+  users: [
+    { user: admin, password: admin }
+    { user: older, password: older,
+      permissions: { publish: { deny: ["jetlock.now.>"] } } }
+  ]
+} }
+"#;
+    let server = common::NatsServer::start_configured(CONFIG).expect("start nats-server");
+    let login = |user: &'static str| {
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("log in")
+        }
+    };
+    let _c = jetlock_coordinator::Coordinator::start(
+        login("admin").await,
+        jetlock_coordinator::CoordinatorConfig::default(),
+    )
+    .await
+    .expect("coordinator starts");
+    let jetlock_client = |nats| async move {
+        jetlock::ClientOptions::new()
+            .create_bucket(1)
+            .with_nats(nats)
+            .await
+            .expect("connect jetlock client")
+    };
+    let holder = jetlock_client(login("older").await).await;
+    let waiter = jetlock_client(login("admin").await).await;
+    let watcher = login("admin").await;
+    // Unanswered: the holder releases in the bucket (a release marker),
+    // and the coordinator grants the waiter from there.
+    let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "denied").await;
+    assert_eq!(requests, 0);
+    assert_eq!(writes, 2, "the release marker, then the grant");
+    assert!(next > held);
+    // From then on it stores its releases: the handoff is again one write.
+    let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "denied").await;
+    assert_eq!(requests, 1, "the second release was not stored");
+    assert_eq!(writes, 1);
+    assert!(next > held);
+}
