@@ -17,7 +17,8 @@
 //! with a trace and reported with its last lines.
 //!
 //! `cargo test --features sim --test sim` runs a short seed range. The long
-//! run: `JETLOCK_SIM_SEEDS=0..2000 JETLOCK_SIM_FAULTS=all cargo test
+//! run (`JETLOCK_SIM_FAULTS=all+unstored` sends half the last releases
+//! unstored): `JETLOCK_SIM_SEEDS=0..2000 JETLOCK_SIM_FAULTS=all cargo test
 //! --release --features sim --test sim long_run -- --ignored --nocapture`
 //! (`JETLOCK_SIM_STEPS` caps the steps of one seed).
 
@@ -50,7 +51,7 @@ struct Outcome {
 /// A failed run: its report and what it did up to the failure.
 struct Failure {
     report: String,
-    counts: Counts,
+    counts: Box<Counts>,
 }
 
 /// Runs one seed; a failure carries the violations and the trace's tail.
@@ -83,7 +84,7 @@ fn run(seed: u64, faults: &Faults, strict: bool, max_steps: u64) -> Result<Outco
     );
     Err(Failure {
         report,
-        counts: w.counts,
+        counts: Box::new(w.counts),
     })
 }
 
@@ -132,9 +133,19 @@ fn add(t: &mut Counts, c: &Counts) {
     t.grants += c.grants;
     t.session_ends += c.session_ends;
     t.double_answers += c.double_answers;
+    t.unstored += c.unstored;
+    t.unstored_unanswered += c.unstored_unanswered;
 }
 
+/// A fault set by name; `<name>+unstored` sends half the last releases
+/// unstored too.
 fn faults_named(name: &str) -> Faults {
+    if let Some(base) = name.strip_suffix("+unstored") {
+        return Faults {
+            unstored: 0.5,
+            ..faults_named(base)
+        };
+    }
     match name {
         "network" => Faults::network(),
         "all" => Faults::all(),
@@ -184,6 +195,16 @@ fn coordinator_crashes_and_restarts() {
 fn route_partitions() {
     let total = check_range(300..312, "partition");
     assert!(total.partitions > 0, "{total:?}");
+}
+
+/// Unstored releases (protocol 1.8) under every fault: lost, duplicated
+/// and late ones, coordinators that crash or are cut off before they act,
+/// and the stored release sent after one went unanswered.
+#[test]
+fn unstored_releases() {
+    let total = check_range(400..412, "all+unstored");
+    assert!(total.unstored > total.unstored_unanswered, "{total:?}");
+    assert!(total.unstored_unanswered > 0, "{total:?}");
 }
 
 #[test]

@@ -63,6 +63,10 @@ pub enum Pending {
     },
     Release {
         last: bool,
+        key: usize,
+        token: u64,
+        /// Sent unstored: sent again stored if no answer comes.
+        unstored: bool,
     },
     Cancel,
 }

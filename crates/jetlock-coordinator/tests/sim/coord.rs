@@ -57,6 +57,11 @@ pub enum CoordMsg {
         session: String,
         re: String,
     },
+    /// A release on `jetlock.now.release.<session>`.
+    UnstoredRelease {
+        subject: String,
+        body: Vec<u8>,
+    },
     Advisory {
         conn: ConnId,
         reason: String,
@@ -369,6 +374,11 @@ impl World {
             CoordMsg::Answered { session, re } => {
                 let (e, t) = self.engine_now(c);
                 e.answered(&session, &re, t);
+            }
+            CoordMsg::UnstoredRelease { subject, body } => {
+                trace!(self, "{} unstored release on {subject}", self.coords[c].id);
+                let (e, t) = self.engine_now(c);
+                e.unstored_release(&subject, &body, t);
             }
             CoordMsg::Advisory { conn, reason } => {
                 trace!(self, "{} advisory {conn:?} {reason}", self.coords[c].id);

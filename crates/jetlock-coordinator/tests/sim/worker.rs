@@ -5,11 +5,12 @@
 //! key once and must be granted each.
 
 use crate::client::{ClientMsg, Hold, Pending, Timer, ANSWER_GRACE, FINAL_WAIT_MS, RETRY};
-use crate::coord::DEDUP_WINDOW;
+use crate::coord::{CoordMsg, DEDUP_WINDOW};
 use crate::world::{trace, Ev, Proc, World, MS};
 use jetlock::protocol::{
     self, AcquireBody, Answer, CancelBody, ErrorCode, Op, ReleaseBody, RenewBody, VERSION,
 };
+use jetlock::store::Current;
 
 impl World {
     // ---- requests -------------------------------------------------------
@@ -104,8 +105,18 @@ impl World {
         self.after_ms(k, wait_ms + ANSWER_GRACE / MS, Timer::AnswerTimeout(id));
     }
 
-    /// Releases a hold; `worker`: the worker waits for the answer.
+    /// Releases a hold; `worker`: the worker waits for the answer. Some
+    /// last releases go unstored (`Faults::unstored`).
     fn release(&mut self, k: usize, key: usize, token: u64, last: bool, worker: bool) {
+        let unstored = self.cfg.faults.unstored;
+        if last && unstored > 0.0 && self.chance(unstored) {
+            self.release_unstored(k, key, token, worker);
+        } else {
+            self.release_stored(k, key, token, last, worker);
+        }
+    }
+
+    fn release_stored(&mut self, k: usize, key: usize, token: u64, last: bool, worker: bool) {
         let name = self.key_names[key].as_str().to_owned();
         let id = self.request(k, Op::Release, |id| {
             serde_json::to_vec(&ReleaseBody {
@@ -119,10 +130,61 @@ impl World {
         if worker {
             self.clients[k].op = Some(id.clone());
         }
-        self.clients[k]
-            .pending
-            .insert(id.clone(), Pending::Release { last });
+        self.clients[k].pending.insert(
+            id.clone(),
+            Pending::Release {
+                last,
+                key,
+                token,
+                unstored: false,
+            },
+        );
         self.after_ms(k, ANSWER_GRACE / MS, Timer::AnswerTimeout(id));
+    }
+
+    /// A last release on core NATS to every coordinator, as the Rust
+    /// client's fast path sends one (`client/via_coordinator.rs`); without
+    /// an answer in 500 ms it is sent again stored, under a new id.
+    fn release_unstored(&mut self, k: usize, key: usize, token: u64, worker: bool) {
+        let c = &mut self.clients[k];
+        c.next_id += 1;
+        let id = format!("r{}", c.next_id);
+        let subject = protocol::unstored_release_subject(&c.session);
+        let body = serde_json::to_vec(&ReleaseBody {
+            v: VERSION,
+            id: id.clone(),
+            key: self.key_names[key].as_str().to_owned(),
+            token,
+        })
+        .expect("requests serialize");
+        trace!(self, "{} sends {id} unstored", self.clients[k].session);
+        self.counts.unstored += 1;
+        for to in 0..self.coords.len() {
+            if !self.coords[to].up {
+                continue;
+            }
+            let inc = self.coords[to].inc;
+            for at in self.core(Proc::Client(k), Proc::Coord(to)) {
+                let msg = CoordMsg::UnstoredRelease {
+                    subject: subject.clone(),
+                    body: body.clone(),
+                };
+                self.schedule(at, Ev::ToCoord(to, inc, msg));
+            }
+        }
+        if worker {
+            self.clients[k].op = Some(id.clone());
+        }
+        self.clients[k].pending.insert(
+            id.clone(),
+            Pending::Release {
+                last: true,
+                key,
+                token,
+                unstored: true,
+            },
+        );
+        self.after_ms(k, 500, Timer::AnswerTimeout(id));
     }
 
     pub fn renew(&mut self, k: usize, token: u64) {
@@ -218,7 +280,8 @@ impl World {
         let Some(p) = self.clients[k].pending.remove(&id) else {
             return;
         };
-        if self.clients[k].op.as_ref() == Some(&id) {
+        let worker = self.clients[k].op.as_ref() == Some(&id);
+        if worker {
             self.clients[k].op = None;
         }
         match p {
@@ -246,6 +309,18 @@ impl World {
                     local,
                     Timer::Renew(self.clients[k].hold.as_ref().expect("held").token),
                 );
+                return;
+            }
+            Pending::Release {
+                key,
+                token,
+                unstored: true,
+                ..
+            } => {
+                // Nobody answered: stored this time (a `not_holder` answer
+                // then means the unstored one was carried out).
+                self.counts.unstored_unanswered += 1;
+                self.release_stored(k, key, token, true, worker);
                 return;
             }
             Pending::Release { .. } | Pending::Cancel => {}
@@ -342,7 +417,24 @@ impl World {
                     }
                 }
             },
-            Pending::Release { last } => {
+            Pending::Release {
+                last, key, token, ..
+            } => {
+                // Released with no hold left: the key has moved past the
+                // token (a release answered but not carried out would
+                // leave the lock held until its lease ends).
+                if let Answer::Released { holds: 0, .. } = answer {
+                    let name = self.key_names[key].key().to_owned();
+                    if let Current::Held { revision, record } = self.bucket.current(&name) {
+                        if record.token_at(revision) == token {
+                            let v = format!(
+                                "t={}us: {} was answered released of {name} token {token}, which still holds it",
+                                self.now, self.clients[k].session
+                            );
+                            self.checker.violations.push(v);
+                        }
+                    }
+                }
                 if !last && !matches!(answer, Answer::Released { .. }) {
                     self.lose(k, "partial release refused");
                 }

@@ -38,6 +38,11 @@ pub struct Faults {
     pub crash_every: u64,
     pub reconnect_every: u64,
     pub partition_every: u64,
+    /// Share of last releases sent unstored (core NATS, protocol 1.8),
+    /// each sent again stored when no answer comes in 500 ms. Not a fault,
+    /// but drawn only when above 0, so the runs of the named seeds stay
+    /// what they were.
+    pub unstored: f64,
 }
 
 impl Faults {
@@ -53,6 +58,7 @@ impl Faults {
             crash_every: 0,
             reconnect_every: 0,
             partition_every: 0,
+            unstored: 0.0,
         }
     }
 
@@ -247,6 +253,9 @@ pub struct Counts {
     pub grants: u64,
     pub session_ends: u64,
     pub double_answers: u64,
+    /// Unstored releases sent, and those sent again stored unanswered.
+    pub unstored: u64,
+    pub unstored_unanswered: u64,
 }
 
 pub struct World {
