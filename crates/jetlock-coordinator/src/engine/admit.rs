@@ -181,6 +181,11 @@ impl Engine {
         // The waiter and its entry here share the session and the id.
         let tracked = (self.strings.get(&session), Shared::from(request.id()));
         if self.requests.contains_key(&tracked) {
+            // A second copy of an unstored release (the client never sends
+            // one again under its id): the first one is answered.
+            if seq == 0 {
+                return;
+            }
             let e = WireError::new(
                 ErrorCode::Duplicate,
                 format!(
