@@ -2,7 +2,7 @@
 //! (C2), its script of lock operations and what it believes.
 
 use crate::config::{Config, Op};
-use crate::state::{Body, Client, Hold, Outcome, Request, State};
+use crate::state::{Body, Client, Hold, Key, Outcome, Request, State};
 
 pub fn fresh(cfg: &Config, c: usize) -> Client {
     Client {
@@ -119,6 +119,7 @@ pub fn request(cfg: &Config, s: &mut State, c: usize) {
     let now = s.now;
     let cl = &mut s.clients[c];
     let op = cfg.scripts[c][cl.pc as usize];
+    let mut unstored = None;
     if let Op::Release(k) = op {
         let Some(hold) = &mut cl.holds[k as usize] else {
             // The hold was lost: the script stops here.
@@ -127,6 +128,7 @@ pub fn request(cfg: &Config, s: &mut State, c: usize) {
         };
         hold.count -= 1;
         if hold.count == 0 {
+            unstored = cfg.unstored.then_some(hold.token);
             cl.holds[k as usize] = None;
         }
     }
@@ -135,8 +137,51 @@ pub fn request(cfg: &Config, s: &mut State, c: usize) {
         op,
         sent: now,
         deleted: false,
+        unstored: unstored.is_some(),
+        token: unstored.unwrap_or(0),
     });
-    s.clients[c].waiting = Some(s.requests.len() as u8);
+    let req = s.requests.len() as u8;
+    s.clients[c].waiting = Some(req);
+    if unstored.is_some() {
+        for d in 0..cfg.coordinators {
+            s.send(Body::Unstored {
+                client: c as u8,
+                coord: d as u8,
+                req,
+            });
+        }
+    }
+}
+
+/// An unstored release unanswered by the tick after it was sent: the
+/// client releases in the bucket itself, by a CAS on its hold (nothing if
+/// the key moved on: the release was carried out).
+fn release_unanswered(s: &mut State, c: usize) {
+    let Some(r) = s.clients[c].waiting else {
+        return;
+    };
+    let req = s.requests[r as usize - 1];
+    if !req.unstored || req.sent >= s.now {
+        return;
+    }
+    let Op::Release(k) = req.op else {
+        return;
+    };
+    let key = &mut s.keys[k as usize];
+    if key
+        .record
+        .as_ref()
+        .is_some_and(|rec| rec.holder == c as u8 && rec.token == req.token)
+    {
+        s.seq += 1;
+        *key = Key {
+            rev: s.seq,
+            record: None,
+            applied: Vec::new(),
+        };
+    }
+    s.clients[c].waiting = None;
+    s.clients[c].pc += 1;
 }
 
 /// A renewal: the client's own CAS on the hold's record, which lands while
@@ -174,6 +219,9 @@ pub fn reconnect(cfg: &Config, s: &mut State, c: usize) {
 /// The client's clocks, at each tick: lease ends, its session deadline
 /// (C5), the reconnect rule (C2).
 pub fn tick(cfg: &Config, s: &mut State, c: usize) {
+    if !s.clients[c].ended {
+        release_unanswered(s, c);
+    }
     let now = s.now;
     let cl = &mut s.clients[c];
     if cl.ended {

@@ -69,6 +69,10 @@ pub struct Fixes {
     /// the requests of the key it did not read before acting on it
     /// (false: it knows only the requests it reads from then on).
     pub catch_up: bool,
+    /// Unstored releases (protocol 1.8): the engine never takes one for a
+    /// request a write already applied (false: it does, as if its missing
+    /// stream sequence were 0, below every sequence a write names).
+    pub unstored_unnamed: bool,
 }
 
 impl Fixes {
@@ -82,6 +86,7 @@ impl Fixes {
         c5_deadline_from_first_beat: true,
         agreement: true,
         catch_up: true,
+        unstored_unnamed: true,
     };
 }
 
@@ -110,6 +115,7 @@ pub const HB_ANSWER: u8 = 2;
 pub const ANSWER: u8 = 4;
 pub const ADVISORY: u8 = 8;
 pub const PROBE: u8 = 16;
+pub const UNSTORED: u8 = 32;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -130,6 +136,12 @@ pub struct Config {
     /// change): the new owner catches up on the key's requests and acts at
     /// once, the old one acts on until the hand-over ends.
     pub moves: u8,
+    /// A client's last release of a key goes unstored (protocol 1.8): a
+    /// core message to every coordinator, taken only by one that acts on
+    /// the key, lost with its copies, replayed by nobody. With no answer by
+    /// the next tick the client releases in the bucket itself (a CAS on its
+    /// hold, which the Rust client's fast path does).
+    pub unstored: bool,
     /// Network side of each client, then of each coordinator (0 has the quorum).
     pub client_side: Vec<u8>,
     pub coord_side: Vec<u8>,

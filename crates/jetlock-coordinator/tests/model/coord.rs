@@ -167,14 +167,25 @@ pub fn read_request(cfg: &Config, s: &mut State, d: usize) {
     let r = s.coords[d].read + 1;
     let req = s.requests[r as usize - 1];
     s.coords[d].read = r;
-    if req.deleted {
-        // Gone from the stream: a replay does not see it.
+    if req.deleted || req.unstored {
+        // Gone from the stream (a replay does not see it), or never in it.
         return;
     }
     if cfg.partitioned && !net::owns(s, d, key_of(req.op) as usize) {
         return;
     }
     learn(cfg, s, d, r);
+}
+
+/// A copy of unstored release `r` reaches coordinator `d`: taken if it
+/// acts on the key (the code: it owns the key and has caught up), else
+/// dropped. A coordinator that cannot write keeps it until it can, as the
+/// code keeps a write it could not make.
+pub fn on_unstored(cfg: &Config, s: &mut State, d: usize, r: u8) {
+    let req = s.requests[r as usize - 1];
+    if net::acts_on(cfg, s, d, key_of(req.op) as usize) {
+        learn(cfg, s, d, r);
+    }
 }
 
 /// Request `r` is read: known to the coordinator's queue, and a sign of
@@ -213,7 +224,8 @@ pub fn take_over(cfg: &Config, s: &mut State, d: usize, k: usize) {
     }
     for r in 1..=s.coords[d].read {
         let req = s.requests[r as usize - 1];
-        if !req.deleted && key_of(req.op) == k as u8 && s.coords[d].known & (1 << r) == 0 {
+        let in_stream = !req.deleted && !req.unstored;
+        if in_stream && key_of(req.op) == k as u8 && s.coords[d].known & (1 << r) == 0 {
             learn(cfg, s, d, r);
         }
     }
@@ -373,7 +385,13 @@ pub fn plan(cfg: &Config, s: &State, d: usize, k: usize) -> Option<Plan> {
     if cfg.fixes.c3_recognise_landed {
         for &r in &pending {
             let c = req(r).client;
-            if key.applied.iter().any(|&(ac, ar)| ac == c && ar >= r) {
+            // No write names an unstored release; the mutation reads its
+            // missing sequence as 0.
+            if req(r).unstored && cfg.fixes.unstored_unnamed {
+                continue;
+            }
+            let seq = if req(r).unstored { 0 } else { r };
+            if key.applied.iter().any(|&(ac, ar)| ac == c && ar >= seq) {
                 let outcome = match (req(r).op, &key.record) {
                     (Op::Acquire(_), Some(rec)) if rec.holder == c => {
                         Some(Outcome::Granted { token: rec.token })
@@ -398,7 +416,11 @@ pub fn plan(cfg: &Config, s: &State, d: usize, k: usize) -> Option<Plan> {
     };
     let hand_on = |ending: Vec<(u8, Option<Outcome>)>, holder: Option<u8>| {
         let mut finish = ending;
-        let mut applied: Vec<(u8, u8)> = finish.iter().map(|&(r, _)| (req(r).client, r)).collect();
+        let mut applied: Vec<(u8, u8)> = finish
+            .iter()
+            .filter(|&&(r, _)| !req(r).unstored)
+            .map(|&(r, _)| (req(r).client, r))
+            .collect();
         let record = next_waiter(holder).map(|w| {
             finish.push((w, Some(Outcome::Granted { token })));
             applied.push((req(w).client, w));
@@ -452,7 +474,11 @@ pub fn plan(cfg: &Config, s: &State, d: usize, k: usize) -> Option<Plan> {
                 .iter()
                 .copied()
                 .find(|&r| req(r).client == rec.holder)?;
-            let applied = vec![(rec.holder, r)];
+            let applied = if req(r).unstored {
+                Vec::new()
+            } else {
+                vec![(rec.holder, r)]
+            };
             match req(r).op {
                 Op::Acquire(_) => Some(Plan {
                     finish: vec![(r, Some(Outcome::Granted { token: rec.token }))],
@@ -495,6 +521,19 @@ pub fn apply(
     ack_lost: bool,
     delete_before_answer: bool,
 ) {
+    if plan.write.is_none() {
+        let holds = |r: u8| {
+            let q = s.requests[r as usize - 1];
+            s.keys[k]
+                .record
+                .as_ref()
+                .is_some_and(|rec| rec.token == q.token)
+        };
+        let wrongly = plan.finish.iter().any(|&(r, outcome)| {
+            s.requests[r as usize - 1].unstored && outcome == Some(Outcome::Released) && holds(r)
+        });
+        s.ghost.released_while_held |= wrongly;
+    }
     if let Some((record, applied)) = plan.write {
         s.seq += 1;
         let key = &mut s.keys[k];

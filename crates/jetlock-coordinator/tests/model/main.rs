@@ -495,3 +495,40 @@ fn ci_mutation_no_catch_up_is_caught() {
         "no stranded waiter found"
     );
 }
+
+const UNSTORED_HELD: &str = "an unstored release is answered released only once its hold ended";
+
+#[test]
+#[ignore = "exhaustive: minutes; run with --release -- --ignored"]
+fn unstored_releases_hold() {
+    let runs = [scenarios::unstored(), scenarios::unstored_restart()];
+    hold_in_ci(runs.into_iter().filter(selected));
+}
+
+/// Runs in CI (debug build): unstored releases lost, or carried out across
+/// a move, with every fix on; liveness is checked.
+#[test]
+fn ci_unstored_releases_hold() {
+    hold_in_ci([scenarios::unstored_small()]);
+}
+
+/// Runs in CI (debug build): an engine that takes an unstored release for
+/// one a write applied (its missing sequence read as 0) answers it
+/// released while its hold goes on.
+#[test]
+fn ci_mutation_unstored_release_taken_for_applied_is_caught() {
+    header();
+    let cfg = mutated(
+        scenarios::unstored_small(),
+        Fixes {
+            unstored_unnamed: false,
+            ..Fixes::ALL
+        },
+        "mutation: an unstored release taken for applied",
+    );
+    let run = check(cfg, Some(UNSTORED_HELD));
+    assert!(
+        run.failures.iter().any(|f| f.0 == UNSTORED_HELD),
+        "no wrong release found"
+    );
+}

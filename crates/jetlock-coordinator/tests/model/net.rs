@@ -47,7 +47,8 @@ pub fn deliverable(cfg: &Config, s: &State, body: &Body) -> bool {
         | Body::HeartbeatAnswer { client, coord, .. }
         | Body::ClientClosed { client, coord, .. }
         | Body::Probe { client, coord }
-        | Body::Answer { client, coord, .. } => (client as usize, coord as usize),
+        | Body::Answer { client, coord, .. }
+        | Body::Unstored { client, coord, .. } => (client as usize, coord as usize),
     };
     client_hears_coord(cfg, s, c, d)
 }
@@ -60,6 +61,7 @@ pub fn kind(body: &Body) -> u8 {
         Body::ClientClosed { .. } => ADVISORY,
         Body::Probe { .. } => PROBE,
         Body::Answer { .. } => ANSWER,
+        Body::Unstored { .. } => UNSTORED,
     }
 }
 
@@ -78,7 +80,10 @@ pub fn owns(s: &State, d: usize, k: usize) -> bool {
 /// A message's channel (sender, receiver): FIFO unless reordered.
 pub fn channel(body: &Body) -> (bool, u8, u8) {
     match *body {
-        Body::Heartbeat { client, coord, .. } => (true, client, coord),
+        // One connection carries a client's heartbeats and releases.
+        Body::Heartbeat { client, coord, .. } | Body::Unstored { client, coord, .. } => {
+            (true, client, coord)
+        }
         Body::HeartbeatAnswer { client, coord, .. }
         | Body::Probe { client, coord }
         | Body::Answer { client, coord, .. } => (false, client, coord),

@@ -20,6 +20,7 @@ pub fn base(name: &'static str) -> Config {
         home: vec![0],
         partitioned: false,
         moves: 0,
+        unstored: false,
         client_side: vec![0, 0],
         coord_side: vec![0, 0],
         max_timeout: vec![4, 4],
@@ -388,5 +389,52 @@ pub fn partition_handoff_small() -> Config {
         horizon: 1,
         settle: 4,
         ..base("partitions small: a handoff across a move")
+    }
+}
+
+/// Unstored releases (protocol 1.8): client 0's release goes unstored, and
+/// a copy may be lost or duplicated while the key moves; liveness is
+/// checked.
+pub fn unstored() -> Config {
+    Config {
+        unstored: true,
+        moves: 1,
+        losses: 1,
+        loss_kinds: UNSTORED,
+        dups: 1,
+        dup_kinds: UNSTORED,
+        silences: 0,
+        horizon: 2,
+        ..base("unstored: lost, duplicated, a move")
+    }
+}
+
+/// Unstored releases with a coordinator restart and a write whose ack is
+/// lost (the release's handoff, or the grant before it).
+pub fn unstored_restart() -> Config {
+    Config {
+        unstored: true,
+        restarts: 1,
+        lost_acks: 1,
+        losses: 1,
+        loss_kinds: UNSTORED,
+        silences: 0,
+        horizon: 2,
+        ..base("unstored: lost, restart, lost ack")
+    }
+}
+
+/// Unstored releases in CI's debug build: lost, or carried out across a
+/// move, in the first tick.
+pub fn unstored_small() -> Config {
+    Config {
+        unstored: true,
+        moves: 1,
+        losses: 1,
+        loss_kinds: UNSTORED,
+        silences: 0,
+        horizon: 1,
+        settle: 4,
+        ..base("unstored small: lost, or across a move")
     }
 }

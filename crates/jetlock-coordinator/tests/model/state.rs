@@ -33,6 +33,10 @@ pub struct Request {
     pub op: Op,
     pub sent: u8,
     pub deleted: bool,
+    /// An unstored release (`Config::unstored`): never in the stream, and
+    /// the token of the hold it releases.
+    pub unstored: bool,
+    pub token: u8,
 }
 
 /// What a client believes about one key.
@@ -141,6 +145,12 @@ pub enum Body {
         client: u8,
         coord: u8,
     },
+    /// A copy of unstored release `req` on its way to a coordinator.
+    Unstored {
+        client: u8,
+        coord: u8,
+        req: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -182,6 +192,9 @@ pub struct Ghost {
     /// Bit per request: its write landed; and whether a second one did.
     pub applied: u32,
     pub applied_twice: bool,
+    /// An unstored release was answered `released` by a step that wrote
+    /// nothing while the key still held its token.
+    pub released_while_held: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]

@@ -366,6 +366,9 @@ impl Model for System {
                         outcome,
                         ..
                     } => client::on_answer(&mut s, client as usize, req, outcome),
+                    Body::Unstored { coord, req, .. } => {
+                        coord::on_unstored(cfg, &mut s, coord as usize, req)
+                    }
                 }
             }
             Action::Lose(i) => {
@@ -440,6 +443,10 @@ impl Model for System {
             Property::always("tokens strictly increase per key", |_, s: &State| {
                 !s.ghost.token_went_back
             }),
+            Property::always(
+                "an unstored release is answered released only once its hold ended",
+                |_, s: &State| !s.ghost.released_while_held,
+            ),
             Property::always("every request answered at most once", |_, s: &State| {
                 !s.ghost.answered_twice
             }),
