@@ -215,6 +215,37 @@ impl NatsServer {
         Self::single_from("jetlock-test", config, None, false)
     }
 
+    /// A single node whose one account has two users, each with its name
+    /// as password ([`NatsServer::login`]): `admin`, who may do anything,
+    /// and `user`, who may not publish to `denied` (a subject pattern).
+    pub fn start_denying(user: &str, denied: &str) -> Result<Self, ServerError> {
+        let config = format!(
+            r#"server_name: $NATS_SERVER_NAME
+host: $NATS_HOST
+port: $NATS_PORT
+jetstream {{ store_dir: $NATS_STORE_DIR }}
+accounts {{ LOCKS {{
+  jetstream: enabled
+  users: [
+    {{ user: admin, password: admin }}
+    {{ user: {user}, password: {user},
+      permissions: {{ publish: {{ deny: ["{denied}"] }} }} }}
+  ]
+}} }}
+"#
+        );
+        Self::start_configured(&config)
+    }
+
+    /// Connects as `user`, whose password is its name
+    /// ([`NatsServer::start_denying`]).
+    pub async fn login(&self, user: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+            .connect(self.url())
+            .await
+            .expect("log in")
+    }
+
     fn single(port: Option<u16>, monitored: bool, sync: SyncInterval) -> Result<Self, ServerError> {
         Self::single_from("jetlock-dev", &sync.dev_conf(), port, monitored)
     }

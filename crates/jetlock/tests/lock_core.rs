@@ -541,30 +541,14 @@ async fn a_wait_that_ran_out_before_the_request_went_out_is_a_timeout() {
 /// listens, not after async-nats' 30 s.
 #[tokio::test]
 async fn waits_of_a_user_that_may_not_delete_consumers_leave_none_behind() {
-    const CONFIG: &str = r#"server_name: $NATS_SERVER_NAME
-host: $NATS_HOST
-port: $NATS_PORT
-jetstream { store_dir: $NATS_STORE_DIR }
-accounts { LOCKS {
-  jetstream: enabled
-  users: [
-    { user: admin, password: admin }
-    { user: waiter, password: waiter,
-      permissions: { publish: { deny: ["$JS.API.CONSUMER.DELETE.>"] } } }
-  ]
-} }
-"#;
-    let server = jetlock_testkit::NatsServer::start_configured(CONFIG).expect("start nats-server");
+    let server = jetlock_testkit::NatsServer::start_denying("waiter", "$JS.API.CONSUMER.DELETE.>")
+        .expect("start nats-server");
     let login = |user: &'static str| {
-        let url = server.url();
+        let server = &server;
         async move {
-            let nats = async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
-                .connect(url)
-                .await
-                .expect("log in");
             jetlock::ClientOptions::new()
                 .create_bucket(1)
-                .with_nats(nats)
+                .with_nats(server.login(user).await)
                 .await
                 .expect("connect jetlock client")
         }

@@ -68,29 +68,9 @@ async fn a_release_with_a_waiter_is_one_write_and_stores_no_request() {
 /// releases itself in the bucket, and the next releases are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_may_not_send_unstored_releases_still_hands_locks_on() {
-    const CONFIG: &str = r#"server_name: $NATS_SERVER_NAME
-host: $NATS_HOST
-port: $NATS_PORT
-jetstream { store_dir: $NATS_STORE_DIR }
-accounts { LOCKS {
-  jetstream: enabled
-  users: [
-    { user: admin, password: admin }
-    { user: older, password: older,
-      permissions: { publish: { deny: ["jetlock.now.>"] } } }
-  ]
-} }
-"#;
-    let server = common::NatsServer::start_configured(CONFIG).expect("start nats-server");
-    let login = |user: &'static str| {
-        let url = server.url();
-        async move {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
-                .connect(url)
-                .await
-                .expect("log in")
-        }
-    };
+    let server =
+        common::NatsServer::start_denying("older", "jetlock.now.>").expect("start nats-server");
+    let login = |user| server.login(user);
     let _c = jetlock_coordinator::Coordinator::start(
         login("admin").await,
         jetlock_coordinator::CoordinatorConfig::default(),

@@ -111,17 +111,8 @@ impl Inner {
         name: &LockName,
         token: u64,
     ) -> Result<Verdict<u32>, async_nats::Error> {
-        let id = protocol::new_request_id();
-        let body = serde_json::to_vec(&ReleaseBody {
-            v: VERSION,
-            id: id.clone(),
-            key: name.as_str().to_owned(),
-            token,
-        })?;
-        match self.ask(Op::Release, &id, body).await? {
-            Answer::Released { holds, .. } => Ok(Verdict::Done(holds)),
-            other => refusal(other, "release"),
-        }
+        let (id, body) = release_body(name, token)?;
+        released(self.ask(Op::Release, &id, body).await?)
     }
 
     /// Releases `token` by an unstored release; an error when no answer
@@ -131,13 +122,7 @@ impl Inner {
         name: &LockName,
         token: u64,
     ) -> Result<Verdict<u32>, async_nats::Error> {
-        let id = protocol::new_request_id();
-        let body = serde_json::to_vec(&ReleaseBody {
-            v: VERSION,
-            id: id.clone(),
-            key: name.as_str().to_owned(),
-            token,
-        })?;
+        let (id, body) = release_body(name, token)?;
         let answer = self.link.expect(&id);
         let subject = protocol::unstored_release_subject(&self.session);
         if let Err(e) = self.nats.publish(subject, body.into()).await {
@@ -147,8 +132,7 @@ impl Inner {
         let answer = tokio::time::timeout(UNSTORED_GRACE, answer).await;
         self.link.abandon(&id);
         match answer {
-            Ok(Ok(Answer::Released { holds, .. })) => Ok(Verdict::Done(holds)),
-            Ok(Ok(other)) => refusal(other, "release"),
+            Ok(Ok(answer)) => released(answer),
             Ok(Err(_)) => Err("the session link stopped".into()),
             Err(_) => {
                 self.link.unstored.failed();
@@ -176,6 +160,26 @@ impl Inner {
             Answer::Renewed { .. } => Ok(Verdict::Done(())),
             other => refusal(other, "renew"),
         }
+    }
+}
+
+/// A release request with a new id: the id and the body.
+fn release_body(name: &LockName, token: u64) -> Result<(String, Vec<u8>), async_nats::Error> {
+    let id = protocol::new_request_id();
+    let body = serde_json::to_vec(&ReleaseBody {
+        v: VERSION,
+        id: id.clone(),
+        key: name.as_str().to_owned(),
+        token,
+    })?;
+    Ok((id, body))
+}
+
+/// The verdict of a release's answer.
+fn released(answer: Answer) -> Result<Verdict<u32>, async_nats::Error> {
+    match answer {
+        Answer::Released { holds, .. } => Ok(Verdict::Done(holds)),
+        other => refusal(other, "release"),
     }
 }
 
