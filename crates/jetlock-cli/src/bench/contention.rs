@@ -58,6 +58,10 @@ pub(super) struct ContentionRow {
     /// watchers the run created that the server still keeps (an ordered
     /// consumer of async-nats outlives its watcher by 30 s).
     pub(super) consumers_left: i64,
+    /// Messages the run stored per owner change in the bucket (grants,
+    /// handoffs, release markers) and in the request stream (queued
+    /// acquires, stored releases); W3's one-key rows only.
+    pub(super) stored_per_change: Option<(f64, f64)>,
 }
 
 /// Shared by the clients of one run.
@@ -346,5 +350,6 @@ async fn collect(
         wait_p99_ms: ms(0.99),
         overlaps: tally.overlaps.load(Ordering::Relaxed),
         consumers_left: 0,
+        stored_per_change: None,
     })
 }

@@ -589,6 +589,12 @@ fn contention_table(rows: &[ContentionRow], by_clients: bool) -> String {
                 r.overlaps.to_string(),
                 r.consumers_left.to_string(),
             ]);
+            if !by_clients {
+                row.push(r.stored_per_change.map_or_else(
+                    || "—".to_owned(),
+                    |(bucket, requests)| format!("{bucket:.2} + {requests:.2}"),
+                ));
+            }
             row
         })
         .collect();
@@ -603,9 +609,14 @@ fn contention_table(rows: &[ContentionRow], by_clients: bool) -> String {
         "wait p99 (ms)",
         "overlaps",
         "consumers left",
+        "stored per change (bucket + requests)",
     ];
-    let align = if by_clients { "rrrrrrrrr" } else { "lrrrrrrrr" };
-    table(&header, align, &rows)
+    let (header, align) = if by_clients {
+        (&header[..header.len() - 1], "rrrrrrrrr")
+    } else {
+        (&header[..], "lrrrrrrrrr")
+    };
+    table(header, align, &rows)
 }
 
 #[cfg(test)]

@@ -147,6 +147,8 @@ async fn contention_workload(ctx: &Ctx<'_>) -> Result<Vec<ContentionRow>, CliErr
             "contention: {clients} clients, one key, {label}, {secs} s"
         ));
         let before = consumers(&ctx.site.kv).await?;
+        let marks = async || writes::marks(&ctx.site.js, bucket).await;
+        let stored_before = marks().await?;
         let mut row = match path {
             Path::Raw => {
                 let key = format!("{}.w3-raw", ctx.run);
@@ -164,6 +166,12 @@ async fn contention_workload(ctx: &Ctx<'_>) -> Result<Vec<ContentionRow>, CliErr
             }
         };
         row.consumers_left = consumers(&ctx.site.kv).await? as i64 - before as i64;
+        let stored = marks().await?;
+        let per_change = |n: u64| n as f64 / row.owner_changes.max(1) as f64;
+        row.stored_per_change = Some((
+            per_change(stored.bucket - stored_before.bucket),
+            per_change(stored.requests - stored_before.requests),
+        ));
         Ok::<_, CliError>(row)
     };
     Ok(vec![

@@ -49,14 +49,14 @@ impl WritesRow {
 
 /// The streams' last sequences and the request stream's message count.
 #[derive(Clone, Copy)]
-struct Marks {
-    bucket: u64,
-    requests: u64,
+pub(super) struct Marks {
+    pub(super) bucket: u64,
+    pub(super) requests: u64,
     requests_held: u64,
     events: u64,
 }
 
-async fn marks(js: &jetstream::Context, bucket: &str) -> Result<Marks, CliError> {
+pub(super) async fn marks(js: &jetstream::Context, bucket: &str) -> Result<Marks, CliError> {
     let last = async |name: &str| -> Result<(u64, u64), CliError> {
         // The coordinator created the request and event streams before the
         // workloads began.
