@@ -108,12 +108,13 @@ impl Engine {
     }
 
     /// An unstored release (`jetlock.now.release.<session>`, core NATS).
-    /// Only the lock's owner takes it, and only once it has caught up: the
-    /// others keep no mirror of it (nothing would replay it), and a client
-    /// that gets no answer releases another way. It runs like a stored
-    /// release with no stream sequence (0): no message to delete, and no
-    /// `Jetlock-Applied` field names it, so a write of it whose ack is lost
-    /// is recognised by the hold's token having ended (`observe.rs`).
+    /// Only the lock's owner takes it, once it has caught up, and only as a
+    /// release of the hold it sees: the others keep no mirror of it
+    /// (nothing would replay it), and a client that gets no answer releases
+    /// another way. It runs like a stored release with no stream sequence
+    /// (0): no message to delete, and no `Jetlock-Applied` field names it,
+    /// so a write of it whose ack is lost is recognised by the hold's token
+    /// having ended (`observe.rs`).
     pub fn unstored_release(&mut self, subject: &str, body: &[u8], now: Instant) {
         self.stats.requests += 1;
         let session = match protocol::parse_unstored_release_subject(subject) {
@@ -137,6 +138,21 @@ impl Engine {
             }
         };
         if !self.owns(request.name().key()) {
+            return;
+        }
+        // Only a release of the hold as this coordinator sees it: anything
+        // else (another session's lock, a stale token, a hold not seen yet)
+        // is dropped at the cost of this lookup, however many a user sends:
+        // nothing is queued and nothing read. Its client then releases
+        // another way, which answers it.
+        let Request::Release { token, .. } = &request else {
+            return;
+        };
+        let held = self.keys.get(request.name().key()).is_some_and(|ks| {
+            matches!(&ks.current, Holding::Held { revision, record }
+                if record.session == session && record.token_at(*revision) == *token)
+        });
+        if !held {
             return;
         }
         tracing::debug!(lock = request.name().as_str(), %session, "unstored release");

@@ -521,6 +521,61 @@ impl Corpus {
         }
     }
 
+    /// Every `release` row without headers of its own, sent unstored
+    /// (`jetlock.now.release.<session>`, core NATS): a body the coordinator
+    /// cannot read gets the row's documented code, as on the stream; a
+    /// release it can read but that is not the holder's (`not_holder`,
+    /// `stale_token` on the stream) is dropped unanswered. Either way
+    /// nothing changes. Returns how many rows it sent.
+    pub async fn run_unstored(
+        &mut self,
+        cast: &mut Cast,
+        rows: &[Row],
+        vars: &[(&str, String)],
+    ) -> usize {
+        let mut sent = 0;
+        for row in rows
+            .iter()
+            .filter(|r| r.op == "release" && r.headers.is_empty())
+        {
+            self.cases += 1;
+            sent += 1;
+            let id = format!("case-{:04}", self.cases);
+            let s = cast.get(row.who);
+            let mut vars = vars.to_vec();
+            vars.push(("$ID", id.clone()));
+            vars.push(("$SESSION", s.session.clone()));
+            let body = fill(&row.body, &vars);
+            let what = format!("{} (unstored): {}", row.name, shown(&body));
+            let lock = String::from_utf8(fill(row.lock.as_bytes(), &vars)).expect("UTF-8 name");
+            let key = encode(&lock);
+            let before = self.snapshot(&key).await;
+            let subject = jetlock::protocol::unstored_release_subject(&s.session);
+            s.nats.publish(subject, body.into()).await.expect("publish");
+            match row.expect {
+                Refused(NotHolder | StaleToken) => {}
+                Refused(want) | Reported(want, _) => match s.next_final().await {
+                    Answer::Error { re, code, .. } if code == want && re == Some(id) => {}
+                    other => panic!("{what}: expected {want:?}, got {other:?}"),
+                },
+                Unnamed(want) => match s.next_final().await {
+                    Answer::Error { re: None, code, .. } if code == want => {}
+                    other => panic!("{what}: expected {want:?}, got {other:?}"),
+                },
+                NotStored(_) | Granted => panic!("{what}: no such release row"),
+            }
+            self.barrier(s, &what).await;
+            let after = self.snapshot_with(&key, before.events.len()).await;
+            assert_eq!(after.events, before.events, "{what}: lock events of {key}");
+            assert_eq!(after.revision, before.revision, "{what}: {key} was written");
+            assert_eq!(
+                after.bucket_last, before.bucket_last,
+                "{what}: the bucket was written"
+            );
+        }
+        sent
+    }
+
     /// The coordinator's `jetlock_requests_dropped_total`.
     /// The coordinator's `jetlock_request_errors_total` for `code`.
     pub async fn errors(&self, code: &str) -> u64 {

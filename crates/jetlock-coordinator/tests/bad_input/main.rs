@@ -42,6 +42,8 @@ async fn malformed_requests_get_their_documented_code_and_change_nothing() {
     let mut cast = Cast::new(&corpus.url).await;
     let rows = rows::malformed_rows();
     corpus.run(&mut cast, &rows, &[]).await;
+    let unstored = corpus.run_unstored(&mut cast, &rows, &[]).await;
+    assert!(unstored >= 7, "{unstored} release rows");
 }
 
 /// The stream de-duplicates `Nats-Msg-Id` across every session: a message
@@ -128,6 +130,8 @@ async fn forged_stale_and_replayed_requests_change_nothing() {
     ];
     let rows = rows::holder_rows();
     corpus.run(&mut cast, &rows, &vars).await;
+    let unstored = corpus.run_unstored(&mut cast, &rows, &vars).await;
+    assert!(unstored >= 7, "{unstored} release rows");
 
     // Double release: the second finds nothing to release.
     let a = &mut cast.fresh;

@@ -178,12 +178,18 @@ pub fn read_request(cfg: &Config, s: &mut State, d: usize) {
 }
 
 /// A copy of unstored release `r` reaches coordinator `d`: taken if it
-/// acts on the key (the code: it owns the key and has caught up), else
-/// dropped. A coordinator that cannot write keeps it until it can, as the
-/// code keeps a write it could not make.
+/// acts on the key (the code: it owns the key and has caught up) and the
+/// key holds the client's hold under the release's token, else dropped. A
+/// coordinator that cannot write keeps it until it can, as the code keeps
+/// a write it could not make.
 pub fn on_unstored(cfg: &Config, s: &mut State, d: usize, r: u8) {
     let req = s.requests[r as usize - 1];
-    if net::acts_on(cfg, s, d, key_of(req.op) as usize) {
+    let k = key_of(req.op) as usize;
+    let held = s.keys[k]
+        .record
+        .as_ref()
+        .is_some_and(|rec| rec.holder == req.client && rec.token == req.token);
+    if held && net::acts_on(cfg, s, d, k) {
         learn(cfg, s, d, r);
     }
 }
