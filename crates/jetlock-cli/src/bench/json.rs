@@ -3,14 +3,17 @@
 //! bodies, nothing from jetlock's client. It follows the steps of
 //! `tests/python/jetlock_json.py`: subscribe to `jetlock.to.<session>`
 //! first, heartbeat on `jetlock.hb.<session>`, publish requests to the
-//! request stream with `Nats-Msg-Id`, match answers by `re`.
+//! request stream with `Nats-Msg-Id`, match answers by `re`. Releases go
+//! unstored (`jetlock.now.release.<session>`, protocol 1.8) when the
+//! coordinator's heartbeat answer says it serves them, stored again when
+//! one goes unanswered, as docs/PROTOCOL.md tells a client to.
 
 use super::CliError;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use jetlock::protocol::Answer;
+use jetlock::protocol::{Answer, ErrorCode};
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -19,6 +22,8 @@ use tokio::time::Instant;
 const SESSION_TIMEOUT_MS: u64 = 5000;
 /// How long an answer may take.
 const ANSWER_LIMIT: Duration = Duration::from_secs(10);
+/// How long an unstored release may take before it is sent stored.
+const UNSTORED_LIMIT: Duration = Duration::from_millis(500);
 
 pub(super) struct JsonSession {
     session: String,
@@ -26,6 +31,8 @@ pub(super) struct JsonSession {
     answers: async_nats::Subscriber,
     beats: tokio::task::JoinHandle<()>,
     next_id: u64,
+    /// The coordinator serves unstored releases, and none went unanswered.
+    unstored: bool,
 }
 
 impl JsonSession {
@@ -61,19 +68,20 @@ impl JsonSession {
             nats.request(subject.clone(), body.clone()),
         )
         .await;
-        match ack {
+        let unstored = match ack {
             Ok(Ok(msg)) => {
                 let ack: serde_json::Value = serde_json::from_slice(&msg.payload)?;
                 if ack["alive"] != json!(true) {
                     return Err(format!("the coordinator refused the JSON session: {ack}").into());
                 }
+                ack["unstored_release"] == json!(true)
             }
             _ => {
                 return Err(
                     "no coordinator answered the JSON client's heartbeat (is one serving?)".into(),
                 )
             }
-        }
+        };
         let beater = nats.clone();
         let beats = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(SESSION_TIMEOUT_MS / 4));
@@ -93,6 +101,7 @@ impl JsonSession {
             answers,
             beats,
             next_id: 0,
+            unstored,
         })
     }
 
@@ -107,8 +116,28 @@ impl JsonSession {
         };
         let id = self.id();
         let body = json!({"v": 1, "id": id, "key": key, "token": token});
+        let mut fell_back = false;
+        if self.unstored {
+            let subject = format!("jetlock.now.release.{}", self.session);
+            let nats = self.js.client();
+            nats.publish(subject, serde_json::to_vec(&body)?.into())
+                .await?;
+            match self.answer("release", &id, UNSTORED_LIMIT).await {
+                Ok(Answer::Released { .. }) => return Ok(()),
+                Ok(other) => return Err(format!("JSON release of {key} answered {other:?}").into()),
+                // Unanswered: stored from now on, under a new id.
+                Err(_) => (self.unstored, fell_back) = (false, true),
+            }
+        }
+        let id = self.id();
+        let body = json!({"v": 1, "id": id, "key": key, "token": token});
         match self.call("release", &id, body).await? {
             Answer::Released { .. } => Ok(()),
+            // The unstored release was carried out after all.
+            Answer::Error {
+                code: ErrorCode::NotHolder | ErrorCode::StaleToken,
+                ..
+            } if fell_back => Ok(()),
             other => Err(format!("JSON release of {key} answered {other:?}").into()),
         }
     }
@@ -158,11 +187,16 @@ impl JsonSession {
         body: serde_json::Value,
     ) -> Result<Answer, CliError> {
         self.publish(op, id, body).await?.await?;
-        let deadline = Instant::now() + ANSWER_LIMIT;
+        self.answer(op, id, ANSWER_LIMIT).await
+    }
+
+    /// The final answer to request `id`, within `limit`.
+    async fn answer(&mut self, op: &str, id: &str, limit: Duration) -> Result<Answer, CliError> {
+        let deadline = Instant::now() + limit;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.answers.next())
                 .await
-                .map_err(|_| format!("no answer to JSON {op} {id} within {ANSWER_LIMIT:?}"))?
+                .map_err(|_| format!("no answer to JSON {op} {id} within {limit:?}"))?
                 .ok_or("the answer subscription ended")?;
             let Ok(answer) = serde_json::from_slice::<Answer>(&msg.payload) else {
                 continue;
