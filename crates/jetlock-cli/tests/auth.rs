@@ -540,6 +540,31 @@ async fn a_trusted_worker_writes_the_bucket_itself() {
         before,
         "the trusted worker sent requests instead of writing"
     );
+    // A handoff to a queued worker: the holder's release goes unstored (the
+    // servers log a violation if the worker may not send it), so only the
+    // waiter's acquire is stored.
+    let waiter = d.client(Role::Worker, d.options(Role::Worker)).await;
+    let held = worker.lock(NAME).ttl(TTL).acquire().await.expect("free");
+    let before = d.requests_stored().await;
+    let waiting = common::queued_acquire(waiter.nats(), &waiter, NAME, TTL, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.release().await.expect("handed on");
+    let next = waiting
+        .await
+        .expect("task")
+        .1
+        .expect("the waiter is granted");
+    next.release().await.expect("release");
+    assert_eq!(
+        d.requests_stored().await,
+        before + 1,
+        "a release was stored"
+    );
+    let refused = common::violations(&d.cluster);
+    assert!(
+        !refused.iter().any(|v| v.contains("jetlock.now.")),
+        "{refused:?}"
+    );
 
     // Its bucket writes are forbidden while it runs (the config is
     // reloaded without them): the next acquire is refused by NATS, and it
