@@ -64,8 +64,8 @@ async fn a_release_with_a_waiter_is_one_write_and_stores_no_request() {
 }
 
 /// A user who may not publish unstored releases (a deployment whose
-/// permissions predate them): its first one goes unanswered, the hold
-/// releases itself in the bucket, and the next releases are stored.
+/// permissions predate them): its first one goes unanswered and is sent
+/// again stored; the next releases are stored at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_may_not_send_unstored_releases_still_hands_locks_on() {
     let server =
@@ -87,15 +87,19 @@ async fn a_user_who_may_not_send_unstored_releases_still_hands_locks_on() {
     let holder = jetlock_client(login("older").await).await;
     let waiter = jetlock_client(login("admin").await).await;
     let watcher = login("admin").await;
-    // Unanswered: the holder releases in the bucket (a release marker),
-    // and the coordinator grants the waiter from there.
-    let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "denied").await;
-    assert_eq!(requests, 0);
-    assert_eq!(writes, 2, "the release marker, then the grant");
-    assert!(next > held);
-    // From then on it stores its releases: the handoff is again one write.
-    let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "denied").await;
-    assert_eq!(requests, 1, "the second release was not stored");
-    assert_eq!(writes, 1);
-    assert!(next > held);
+    // The server refuses each unstored release and logs it.
+    let refused = || {
+        let log = server.log();
+        log.lines()
+            .filter(|l| l.contains("Violation") && l.contains("jetlock.now.release"))
+            .count()
+    };
+    for round in 1..=2 {
+        let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "denied").await;
+        assert_eq!(requests, 1, "round {round}: the release is stored");
+        assert_eq!(writes, 1, "round {round}: the handoff is the only write");
+        assert!(next > held);
+        // Only the first release tried unstored.
+        assert_eq!(refused(), 1, "round {round}");
+    }
 }

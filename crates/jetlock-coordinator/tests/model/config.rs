@@ -140,7 +140,7 @@ pub struct Config {
     /// core message to every coordinator, taken only by one that acts on
     /// the key, lost with its copies, replayed by nobody. With no answer by
     /// the next tick the client releases in the bucket itself (a CAS on its
-    /// hold, which the Rust client's fast path does).
+    /// hold: the Rust client's last resort, after a stored release).
     pub unstored: bool,
     /// Network side of each client, then of each coordinator (0 has the quorum).
     pub client_side: Vec<u8>,

@@ -412,12 +412,27 @@ impl Hold {
     /// this hold's last one (the fast path was turned off while reentrant
     /// holds were out).
     async fn release_via_coordinator(&self, token: u64) -> Result<(), LockError> {
-        // With the fast path to fall back on, unstored: the handoff is then
-        // the owner change's only write.
-        let unstored = self.inner.fast_path.on() && self.inner.link.unstored.usable();
+        // Unstored, so the handoff is the owner change's only write: on
+        // the fast path, and for a hold not known lost (the coordinator
+        // drops an unstored release it does not see as this hold's; a
+        // revoked hold's would only wait to be sent stored).
+        let mut unstored = self.inner.fast_path.on()
+            && self.inner.link.unstored.usable()
+            && self.lost_reason.get().is_none();
         loop {
             let verdict = if unstored {
-                self.inner.release_unstored(&self.key.name, token).await
+                match self.inner.release_unstored(&self.key.name, token).await {
+                    // Unanswered: stored, under a new id, which is refused
+                    // (`not_holder`) only after a read of the key. That may
+                    // also mean the unstored one was carried out and its
+                    // answer lost: reported as lost, the side to err on.
+                    Err(e) => {
+                        debug!(lock = %self.key.name, error = %e, "unstored release unanswered");
+                        unstored = false;
+                        continue;
+                    }
+                    verdict => verdict,
+                }
             } else {
                 self.inner
                     .release_via_coordinator(&self.key.name, token)

@@ -11,8 +11,8 @@
 //! On the fast path a release with waiters behind it goes unstored instead
 //! (core NATS, `jetlock.now.release.<session>`), so the handoff CAS is the
 //! owner change's only write. Nothing keeps an unstored release: when no
-//! answer comes, the hold releases itself in the bucket, which conflicts
-//! harmlessly if the coordinator did hand the lock on (`guard.rs`).
+//! answer comes, the release is sent again stored (`guard.rs`), and the
+//! session stores its releases for a while.
 
 use super::session::ANSWER_GRACE;
 use super::Inner;
@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How long an unstored release waits for its answer before the hold
-/// releases itself. A coordinator answers in a round trip and a CAS; one
+/// How long an unstored release waits for its answer before it is sent
+/// again stored. A coordinator answers in a round trip and a CAS; one
 /// that has not taken the key over yet (or a user not allowed to publish
 /// the subject) never answers.
 const UNSTORED_GRACE: Duration = Duration::from_millis(500);
@@ -116,7 +116,7 @@ impl Inner {
     }
 
     /// Releases `token` by an unstored release; an error when no answer
-    /// came in time (the hold then releases itself).
+    /// came in time.
     pub(crate) async fn release_unstored(
         &self,
         name: &LockName,
