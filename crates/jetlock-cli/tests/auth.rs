@@ -547,7 +547,7 @@ async fn a_trusted_worker_writes_the_bucket_itself() {
     let held = worker.lock(NAME).ttl(TTL).acquire().await.expect("free");
     let before = d.requests_stored().await;
     let waiting = common::queued_acquire(waiter.nats(), &waiter, NAME, TTL, PATIENCE).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::until("the holder hears somebody waits", || held.contended()).await;
     held.release().await.expect("handed on");
     let next = waiting
         .await

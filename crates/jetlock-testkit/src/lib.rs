@@ -160,6 +160,16 @@ pub async fn client(url: &str, replicas: usize) -> Client {
 }
 
 /// An in-process coordinator on `url`, serving metrics on a free port.
+/// Waits until `condition` holds, checking every 5 ms; panics with `what`
+/// after [`PATIENCE`].
+pub async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 pub async fn coordinator(url: &str) -> jetlock_coordinator::Coordinator {
     use jetlock_coordinator::{Coordinator, CoordinatorConfig};
     let nats = async_nats::connect(url).await.expect("connect");

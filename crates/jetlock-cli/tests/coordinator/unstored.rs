@@ -29,8 +29,7 @@ async fn hand_on(
     let bucket = format!("KV_{}", jetlock::bucket::DEFAULT_BUCKET);
     let first = holder.lock(name).acquire().await.unwrap();
     let waiting = queued_acquire(watcher, waiter, name, Duration::from_secs(30), PATIENCE).await;
-    // The holder hears that somebody waits before it releases.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::until("the holder hears somebody waits", || first.contended()).await;
     let requests = last_seq(&js, protocol::REQUEST_STREAM).await;
     let writes = last_seq(&js, &bucket).await;
     let held = first.token();

@@ -594,6 +594,18 @@ impl LockGuard {
         self.hold.lost.is_cancelled() || Instant::now() >= self.hold.deadline()
     }
 
+    /// True once a coordinator told this holder that somebody waits for
+    /// the lock (a `contended` notice, or waiters at the grant). Its last
+    /// release then hands the lock on through the coordinator, in one
+    /// write. A hint for holders that may give way sooner: it is not
+    /// cleared when the waiters give up.
+    pub fn contended(&self) -> bool {
+        let hold = &self.hold;
+        hold.inner
+            .link
+            .is_contended(hold.key.name.key(), hold.token.get())
+    }
+
     /// Why the lock was lost, once it is.
     pub fn lost_reason(&self) -> Option<LostReason> {
         self.hold.lost_reason.get().copied()
