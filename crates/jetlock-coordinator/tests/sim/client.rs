@@ -328,23 +328,28 @@ impl World {
             client: None,
         };
         let (gen, session) = (c.gen, c.session.clone());
+        self.send_to_coordinators(k, || CoordMsg::Heartbeat {
+            client: k,
+            gen,
+            hb,
+            session: session.clone(),
+            body: body.clone(),
+        });
+        self.schedule_deadline(k);
+    }
+
+    /// Core NATS from client `k` to every coordinator that is up: each
+    /// copy (or none, or two) as the network delivers it.
+    pub fn send_to_coordinators(&mut self, k: usize, msg: impl Fn() -> CoordMsg) {
         for to in 0..self.coords.len() {
             if !self.coords[to].up {
                 continue;
             }
             let inc = self.coords[to].inc;
             for at in self.core(Proc::Client(k), Proc::Coord(to)) {
-                let msg = CoordMsg::Heartbeat {
-                    client: k,
-                    gen,
-                    hb,
-                    session: session.clone(),
-                    body: body.clone(),
-                };
-                self.schedule(at, Ev::ToCoord(to, inc, msg));
+                self.schedule(at, Ev::ToCoord(to, inc, msg()));
             }
         }
-        self.schedule_deadline(k);
     }
 
     /// The `leaving` beat of a session that ends.

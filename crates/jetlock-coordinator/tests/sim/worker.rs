@@ -12,13 +12,23 @@ use jetlock::protocol::{
 };
 use jetlock::store::Current;
 
+/// How long an unstored release waits for its answer
+/// (`client/via_coordinator.rs`).
+const UNSTORED_GRACE: u64 = 500 * MS;
+
 impl World {
     // ---- requests -------------------------------------------------------
 
-    fn request(&mut self, k: usize, op: Op, body: impl FnOnce(String) -> Vec<u8>) -> String {
+    /// Client `k`'s next request id.
+    fn next_id(&mut self, k: usize) -> String {
         let c = &mut self.clients[k];
         c.next_id += 1;
-        let id = format!("r{}", c.next_id);
+        format!("r{}", c.next_id)
+    }
+
+    fn request(&mut self, k: usize, op: Op, body: impl FnOnce(String) -> Vec<u8>) -> String {
+        let id = self.next_id(k);
+        let c = &mut self.clients[k];
         let subject = protocol::request_subject(op, &c.session);
         c.unacked.insert(id.clone(), (subject, body(id.clone())));
         self.publish(k, id.clone());
@@ -146,10 +156,8 @@ impl World {
     /// client's fast path sends one (`client/via_coordinator.rs`); without
     /// an answer in 500 ms it is sent again stored, under a new id.
     fn release_unstored(&mut self, k: usize, key: usize, token: u64, worker: bool) {
-        let c = &mut self.clients[k];
-        c.next_id += 1;
-        let id = format!("r{}", c.next_id);
-        let subject = protocol::unstored_release_subject(&c.session);
+        let id = self.next_id(k);
+        let subject = protocol::unstored_release_subject(&self.clients[k].session);
         let body = serde_json::to_vec(&ReleaseBody {
             v: VERSION,
             id: id.clone(),
@@ -159,19 +167,10 @@ impl World {
         .expect("requests serialize");
         trace!(self, "{} sends {id} unstored", self.clients[k].session);
         self.counts.unstored += 1;
-        for to in 0..self.coords.len() {
-            if !self.coords[to].up {
-                continue;
-            }
-            let inc = self.coords[to].inc;
-            for at in self.core(Proc::Client(k), Proc::Coord(to)) {
-                let msg = CoordMsg::UnstoredRelease {
-                    subject: subject.clone(),
-                    body: body.clone(),
-                };
-                self.schedule(at, Ev::ToCoord(to, inc, msg));
-            }
-        }
+        self.send_to_coordinators(k, || CoordMsg::UnstoredRelease {
+            subject: subject.clone(),
+            body: body.clone(),
+        });
         if worker {
             self.clients[k].op = Some(id.clone());
         }
@@ -184,7 +183,7 @@ impl World {
                 unstored: true,
             },
         );
-        self.after_ms(k, 500, Timer::AnswerTimeout(id));
+        self.after_ms(k, UNSTORED_GRACE / MS, Timer::AnswerTimeout(id));
     }
 
     pub fn renew(&mut self, k: usize, token: u64) {
