@@ -102,3 +102,55 @@ async fn a_user_who_may_not_send_unstored_releases_still_hands_locks_on() {
         assert_eq!(refused(), 1, "round {round}");
     }
 }
+
+/// An unstored release the coordinator carried out but whose answer was
+/// lost (its coordinator died between the handoff and the answer): the
+/// holder's own release then goes unanswered (the coordinator drops an
+/// unstored release of a hold that ended) and its stored copy is refused
+/// `not_holder`. The hold was not lost by the holder's clock when its
+/// release began, so `release()` reports it released, not `Lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_carried_out_whose_answer_was_lost_is_reported_released() {
+    let server = single();
+    let url = server.url();
+    let _c = coordinator(&url).await;
+    let holder = client(&url, "holder").await;
+    let waiter = client(&url, "waiter").await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let held = holder.lock("answer-lost").acquire().await.unwrap();
+    let waiting = queued_acquire(
+        &watcher,
+        &waiter,
+        "answer-lost",
+        Duration::from_secs(30),
+        PATIENCE,
+    )
+    .await;
+    common::until("the holder hears somebody waits", || held.contended()).await;
+    // The lost-answer release: the holder's own, sent under an id the
+    // holder is not waiting on, so its `released` answer is dropped.
+    let body = serde_json::to_vec(&protocol::ReleaseBody {
+        v: protocol::VERSION,
+        id: protocol::new_request_id(),
+        key: "answer-lost".into(),
+        token: held.token().get(),
+    })
+    .unwrap();
+    watcher
+        .publish(
+            protocol::unstored_release_subject(holder.session()),
+            body.into(),
+        )
+        .await
+        .unwrap();
+    let (_, next) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiter is granted")
+        .unwrap();
+    let next = next.expect("the waiter is granted");
+    assert!(next.token() > held.token());
+    held.release()
+        .await
+        .expect("a release carried out is not reported lost");
+    next.release().await.unwrap();
+}

@@ -419,16 +419,18 @@ impl Hold {
         let mut unstored = self.inner.fast_path.on()
             && self.inner.link.unstored.usable()
             && self.lost_reason.get().is_none();
+        // Set when an unstored release went unanswered: the coordinator
+        // may have carried it out and died (or been cut off) before its
+        // answer.
+        let mut unanswered = false;
         loop {
             let verdict = if unstored {
                 match self.inner.release_unstored(&self.key.name, token).await {
-                    // Unanswered: stored, under a new id, which is refused
-                    // (`not_holder`) only after a read of the key. That may
-                    // also mean the unstored one was carried out and its
-                    // answer lost: reported as lost, the side to err on.
+                    // Unanswered: stored, under a new id.
                     Err(e) => {
                         debug!(lock = %self.key.name, error = %e, "unstored release unanswered");
                         unstored = false;
+                        unanswered = true;
                         continue;
                     }
                     verdict => verdict,
@@ -442,6 +444,15 @@ impl Hold {
                 Ok(Verdict::Done(0)) => return Ok(()),
                 // Each release takes one hold off the record.
                 Ok(Verdict::Done(_left)) => continue,
+                // After an unanswered unstored release, the hold was not
+                // lost by our own clock when the release began and no
+                // notice said so since: nobody took it before that
+                // release, which was carried out (as for a conflict after
+                // an unanswered release in `release_one`).
+                Ok(Verdict::NotHolder) if unanswered && self.lost_reason.get().is_none() => {
+                    debug!(lock = %self.key.name, token, "released by the coordinator");
+                    return Ok(());
+                }
                 Ok(Verdict::NotHolder) => LostReason::Taken,
                 Ok(Verdict::SessionExpired) => LostReason::SessionExpired,
                 Err(source) => {
