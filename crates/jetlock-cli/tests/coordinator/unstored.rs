@@ -48,15 +48,35 @@ async fn hand_on(
     (stored.0, stored.1, held, token)
 }
 
+/// One server, one coordinator, a holder, a waiter and a plain connection
+/// (dropped in this order: the server last).
+struct Rig {
+    holder: jetlock::Client,
+    waiter: jetlock::Client,
+    watcher: async_nats::Client,
+    _coordinator: jetlock_coordinator::Coordinator,
+    _server: common::NatsServer,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let server = single();
+        let url = server.url();
+        Rig {
+            _coordinator: coordinator(&url).await,
+            holder: client(&url, "holder").await,
+            waiter: client(&url, "waiter").await,
+            watcher: async_nats::connect(&url).await.unwrap(),
+            _server: server,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_a_waiter_is_one_write_and_stores_no_request() {
-    let server = single();
-    let url = server.url();
-    let _c = coordinator(&url).await;
-    let holder = client(&url, "holder").await;
-    let waiter = client(&url, "waiter").await;
-    let watcher = async_nats::connect(&url).await.unwrap();
-    let (requests, writes, held, next) = hand_on(&watcher, &holder, &waiter, "unstored").await;
+    let rig = Rig::start().await;
+    let (holder, waiter, watcher) = (&rig.holder, &rig.waiter, &rig.watcher);
+    let (requests, writes, held, next) = hand_on(watcher, holder, waiter, "unstored").await;
     assert_eq!(requests, 0, "the release was stored in the request stream");
     assert_eq!(writes, 1, "the handoff is the only write on the bucket");
     assert!(next > held);
@@ -111,16 +131,12 @@ async fn a_user_who_may_not_send_unstored_releases_still_hands_locks_on() {
 /// release began, so `release()` reports it released, not `Lost`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_carried_out_whose_answer_was_lost_is_reported_released() {
-    let server = single();
-    let url = server.url();
-    let _c = coordinator(&url).await;
-    let holder = client(&url, "holder").await;
-    let waiter = client(&url, "waiter").await;
-    let watcher = async_nats::connect(&url).await.unwrap();
+    let rig = Rig::start().await;
+    let (holder, waiter, watcher) = (&rig.holder, &rig.waiter, &rig.watcher);
     let held = holder.lock("answer-lost").acquire().await.unwrap();
     let waiting = queued_acquire(
-        &watcher,
-        &waiter,
+        watcher,
+        waiter,
         "answer-lost",
         Duration::from_secs(30),
         PATIENCE,
