@@ -238,6 +238,8 @@ fn errors_exit_1_and_usage_errors_exit_2() {
     for cmd in [
         &["history", ""][..],
         &["release", "", "--force", "--reason", "x"],
+        &["serve", "--threads", "0"],
+        &["serve", "--threads", "257"],
     ] {
         let out = jetlock()
             .args(cmd)

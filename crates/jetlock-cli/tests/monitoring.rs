@@ -48,10 +48,11 @@ async fn readyz_says_503_until_serving_and_again_when_nats_goes_away() {
     let (nats_port, http_port) = (ports[0], ports[1]);
     let addr: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
     let metrics_addr = addr.to_string();
-    // The coordinator first, while nothing listens on the NATS port.
+    // The coordinator first, while nothing listens on the NATS port; on
+    // two threads, where every other test's `serve` runs on one.
     let mut serving = spawn_serve(
         &format!("nats://127.0.0.1:{nats_port}"),
-        &["--metrics-addr", &metrics_addr],
+        &["--metrics-addr", &metrics_addr, "--threads", "2"],
     );
     let (status, response) = get_until(addr, "/readyz", |_, _| true).await;
     assert_eq!(status, 503, "{response}");
