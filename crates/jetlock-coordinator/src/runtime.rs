@@ -185,7 +185,9 @@ impl Drop for Coordinator {
 
 struct Runtime {
     nats: async_nats::Client,
-    store: LockStore,
+    // Shared with every write and read in flight: a `LockStore` carries
+    // the bucket stream's whole info, dozens of allocations to clone.
+    store: Arc<LockStore>,
     config: CoordinatorConfig,
     engine: Engine,
     conn: Option<ConnId>,
@@ -234,7 +236,7 @@ impl Runtime {
         Ok(Runtime {
             engine: Engine::new(config.id.clone(), config.engine.clone()),
             nats,
-            store,
+            store: Arc::new(store),
             conn,
             writes: JoinSet::new(),
             reads: JoinSet::new(),
