@@ -46,9 +46,9 @@ pub struct ServeArgs {
     metrics_addr: Option<String>,
     /// Threads the coordinator runs on. 1 (the default) runs everything on
     /// one thread: the coordinator decides in one loop either way, and
-    /// one thread spares it the wake-ups across threads that cost about a
-    /// third of its CPU per request. More let its NATS I/O run beside
-    /// the loop.
+    /// one thread spares it the wake-ups across threads that cost a
+    /// quarter to a third of its CPU per request. More let its NATS I/O
+    /// run beside the loop.
     #[arg(long, env = "JETLOCK_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,

@@ -442,8 +442,12 @@ impl Hold {
             };
             let reason = match verdict {
                 Ok(Verdict::Done(0)) => return Ok(()),
-                // Each release takes one hold off the record.
-                Ok(Verdict::Done(_left)) => continue,
+                // Each release takes one hold off the record; the hold
+                // was still there, so no earlier release ended it.
+                Ok(Verdict::Done(_left)) => {
+                    unanswered = false;
+                    continue;
+                }
                 // After an unanswered unstored release, the hold was not
                 // lost by our own clock when the release began and no
                 // notice said so since: nobody took it before that
