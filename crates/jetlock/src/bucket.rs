@@ -68,6 +68,7 @@ impl BucketSpec {
             metadata: HashMap::from([
                 (FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned()),
                 (ATOMIC_SET_KEY.to_owned(), ATOMIC_SET.to_owned()),
+                (LAYOUT_KEY.to_owned(), LAYOUT.to_owned()),
             ]),
             max_consumers: MAX_CONSUMERS,
             // Atomic multi-key acquisition writes its keys in one atomic
@@ -91,6 +92,16 @@ pub const MAX_CONSUMERS: i32 = 10_000;
 pub const ATOMIC_SET_KEY: &str = "jetlock.allow_atomic";
 /// Its value.
 pub const ATOMIC_SET: &str = "set";
+
+/// Stream metadata key naming the bucket's key layout: how a lock name
+/// becomes a key, and so which key a client writes and a coordinator
+/// watches. Two processes that disagree would take the same lock under two
+/// keys, both as its holder; so a process opens only a bucket of the layout
+/// it speaks. Absent means [`LAYOUT`] (buckets made before the key existed).
+pub const LAYOUT_KEY: &str = "jetlock.layout";
+/// The key layout this build speaks: the escaped name is the key
+/// (`crate::name`), one bucket per deployment.
+pub const LAYOUT: &str = "1";
 
 /// Stream metadata key that records how the first sequence was chosen.
 pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
@@ -165,6 +176,10 @@ pub enum BucketError {
         "will not create a locks bucket: {problem}; fix this machine's clock (NTP) and try again"
     )]
     Clock { problem: String },
+    /// The bucket's keys are laid out in a way this build does not speak
+    /// ([`LAYOUT_KEY`]).
+    #[error("locks bucket {bucket:?} uses key layout {layout:?} and this jetlock speaks only layout \"1\": it would take its locks under other keys than the bucket's clients and coordinators, so two of them could hold one lock; use a jetlock release that speaks layout {layout:?} (docs/PROTOCOL.md, \"Key layouts\")")]
+    Layout { bucket: String, layout: String },
     #[error("could not reach JetStream for bucket {bucket:?}: {source}")]
     JetStream {
         bucket: String,
@@ -266,7 +281,9 @@ pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::St
         }
         Err(e) => return Err(jetstream_error(bucket, e)),
     };
-    check_config(bucket, &stream.cached_info().config)?;
+    let config = &stream.cached_info().config;
+    check_layout(bucket, config)?;
+    check_config(bucket, config)?;
     js.get_key_value(bucket)
         .await
         .map_err(|e| jetstream_error(bucket, e))
@@ -473,6 +490,17 @@ pub fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<
         warn!(bucket, "{warning}");
     }
     Ok(())
+}
+
+/// Refuses a bucket whose key layout ([`LAYOUT_KEY`]) is not this build's.
+pub fn check_layout(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
+    match config.metadata.get(LAYOUT_KEY) {
+        Some(layout) if layout != LAYOUT => Err(BucketError::Layout {
+            bucket: bucket.to_owned(),
+            layout: layout.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why jetlock cannot use a bucket with this stream config, if it cannot.

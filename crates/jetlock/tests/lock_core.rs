@@ -347,6 +347,58 @@ async fn unsafe_or_missing_buckets_are_refused() {
     }
 }
 
+/// A bucket of another key layout is refused at connect, by the client and
+/// by a coordinator: they would take its locks under other keys than the
+/// processes that speak its layout.
+#[tokio::test]
+async fn a_bucket_of_another_key_layout_is_refused() {
+    let server = single();
+    let c = client(&server.url(), 1).await;
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = format!("KV_{}", c.store().bucket());
+    let mut config = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(
+        config
+            .metadata
+            .get(jetlock::bucket::LAYOUT_KEY)
+            .map(String::as_str),
+        Some(jetlock::bucket::LAYOUT),
+        "a new bucket names its layout"
+    );
+    config
+        .metadata
+        .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "2".to_owned());
+    js.update_stream(&config).await.unwrap();
+    let err = ClientOptions::new()
+        .bucket(c.store().bucket())
+        .connect(&server.url())
+        .await
+        .err()
+        .expect("a bucket of layout 2 refused");
+    match err {
+        ConnectError::Bucket(BucketError::Layout { layout, .. }) => assert_eq!(layout, "2"),
+        other => panic!("expected Layout, got {other}"),
+    }
+    let err = jetlock_coordinator::Coordinator::start(
+        nats,
+        jetlock_coordinator::CoordinatorConfig {
+            bucket: c.store().bucket().to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("a coordinator refuses it too");
+    assert!(err.to_string().contains("key layout \"2\""), "{err}");
+}
+
 #[tokio::test]
 async fn tokens_keep_increasing_across_a_server_restart() {
     let mut server = single();
