@@ -16,6 +16,12 @@
 //!
 //! The coordinator's CPU time over an idle second after each step shows
 //! what the held locks cost it when nothing happens.
+//!
+//! Last, a restart: the coordinator is stopped and a fresh one started on
+//! the same bucket and request stream, with the waiters' sessions still
+//! beating. Its time to ready is how long a coordinator takes to rebuild
+//! every held lock and queued request before it acts again: the takeover
+//! bound of docs/SCALING.md for one partition holding everything.
 
 use super::json::JsonSession;
 use super::CliError;
@@ -53,7 +59,26 @@ pub(super) struct MemoryReport {
     pub(super) baseline_rss_bytes: u64,
     pub(super) held: Vec<HeldRow>,
     pub(super) waiters: Option<WaiterRow>,
+    pub(super) restart: Option<RestartRow>,
 }
+
+/// A fresh coordinator started in place of the measured one.
+#[derive(Debug, Serialize)]
+pub(super) struct RestartRow {
+    /// What the stopped coordinator counted: held locks and queued
+    /// requests.
+    pub(super) held: u64,
+    pub(super) queued: u64,
+    /// From the start of the process until it said ready: it has read the
+    /// bucket and the request stream and acts.
+    pub(super) ready_secs: f64,
+    /// From the start until its gauges counted as many as the stopped
+    /// one's.
+    pub(super) counted_secs: f64,
+}
+
+/// The waiters' sessions, beating until dropped.
+pub(super) struct Waiting(#[allow(dead_code)] Vec<JsonSession>);
 
 /// The coordinator after a step of held locks.
 #[derive(Debug, Serialize)]
@@ -100,12 +125,12 @@ pub(super) struct Setup<'a> {
 }
 
 /// Writes held records up to each of `steps` (ascending), then queues
-/// `waiters` waiters.
+/// `waiters` waiters, whose sessions beat until the [`Waiting`] is dropped.
 pub(super) async fn run(
     s: &Setup<'_>,
     steps: &[u64],
     waiters: u64,
-) -> Result<MemoryReport, CliError> {
+) -> Result<(MemoryReport, Waiting), CliError> {
     tokio::time::sleep(SETTLE).await;
     let base_held = gauge(s.metrics, "jetlock_locks_held").await?;
     let baseline = rss(s.pid)?;
@@ -113,6 +138,7 @@ pub(super) async fn run(
         baseline_rss_bytes: baseline,
         held: Vec::new(),
         waiters: None,
+        restart: None,
     };
     let mut written = 0;
     for &step in steps {
@@ -139,14 +165,50 @@ pub(super) async fn run(
             idle_cpu_pct: idle_cpu(s.pid).await?,
         });
     }
+    let mut waiting = Waiting(Vec::new());
     if waiters > 0 && written > 0 {
-        report.waiters = Some(queue_waiters(s, written.min(WAITER_KEYS), waiters).await?);
+        let (row, sessions) = queue_waiters(s, written.min(WAITER_KEYS), waiters).await?;
+        report.waiters = Some(row);
+        waiting = Waiting(sessions);
     }
-    Ok(report)
+    Ok((report, waiting))
+}
+
+/// What the coordinator at `metrics` counts: held locks, queued requests.
+pub(super) async fn counts(metrics: &str) -> Result<(u64, u64), CliError> {
+    Ok((
+        gauge(metrics, "jetlock_locks_held").await?,
+        gauge(metrics, "jetlock_queue_depth").await?,
+    ))
+}
+
+/// Times a restarted coordinator, `started` when its process was: ready
+/// after `ready`, then until its gauges at `metrics` reach `counted` (the
+/// stopped coordinator's [`counts`]).
+pub(super) async fn restart_row(
+    started: Instant,
+    ready: Duration,
+    metrics: &str,
+    counted: (u64, u64),
+) -> Result<RestartRow, CliError> {
+    let (held, queued) = counted;
+    let limit = Duration::from_secs(60) + Duration::from_micros(100) * (held + queued) as u32;
+    wait_for_gauge(metrics, "jetlock_locks_held", held, limit).await?;
+    wait_for_gauge(metrics, "jetlock_queue_depth", queued, limit).await?;
+    Ok(RestartRow {
+        held,
+        queued,
+        ready_secs: ready.as_secs_f64(),
+        counted_secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Queues `waiters` JSON acquires over the first `keys` held keys.
-async fn queue_waiters(s: &Setup<'_>, keys: u64, waiters: u64) -> Result<WaiterRow, CliError> {
+async fn queue_waiters(
+    s: &Setup<'_>,
+    keys: u64,
+    waiters: u64,
+) -> Result<(WaiterRow, Vec<JsonSession>), CliError> {
     super::progress(&format!("memory: {waiters} waiters on {keys} held locks"));
     let nats = async_nats::ConnectOptions::new()
         .name("jetlock-bench-waiters")
@@ -184,17 +246,15 @@ async fn queue_waiters(s: &Setup<'_>, keys: u64, waiters: u64) -> Result<WaiterR
     let seen_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     let rss_after = rss(s.pid)?;
-    // The sessions stop beating when dropped; the coordinator is stopped
-    // right after this workload anyway.
-    drop(sessions);
-    Ok(WaiterRow {
+    let row = WaiterRow {
         waiters,
         keys,
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         bytes_per_waiter: per_item(rss_before, rss_after, waiters),
         seen_secs,
-    })
+    };
+    Ok((row, sessions))
 }
 
 /// Runs `publish(i)` for each `i` of `range` with up to [`IN_FLIGHT`]

@@ -509,6 +509,17 @@ impl Report {
                 w.seen_secs
             );
         }
+        if let Some(r) = &m.restart {
+            let _ = writeln!(
+                o,
+                "\nrestart: a fresh coordinator in place of that one read {} held locks and {} queued requests and was ready {:.1} s after its process started ({:.0} records a second); its gauges counted them all at {:.1} s",
+                r.held,
+                r.queued,
+                r.ready_secs,
+                (r.held + r.queued) as f64 / r.ready_secs.max(1e-3),
+                r.counted_secs
+            );
+        }
     }
 
     fn peers(&self, o: &mut String) {

@@ -290,14 +290,49 @@ pub(super) async fn memory_workload(
                 pid,
                 metrics,
             };
-            memory::run(&setup, &steps, waiters).await
+            let metrics = metrics.to_owned();
+            memory::run(&setup, &steps, waiters)
+                .await
+                .map(|measured| (measured, metrics))
         }
         _ => Err("the memory workload's coordinator has no metrics endpoint".into()),
     };
-    coordinator.stop().await;
-    report.memory = Some(measured?);
+    let ((mut measured, waiting), metrics) = match measured {
+        Ok(measured) => measured,
+        Err(e) => {
+            coordinator.stop().await;
+            return Err(e);
+        }
+    };
+    // The waiters' sessions beat on while the fresh coordinator reads.
+    let restarted = restart(coordinator, site, &metrics).await;
+    drop(waiting);
+    measured.restart = Some(restarted?);
+    report.memory = Some(measured);
     // The local server goes with the site: no purge of a million records.
     Ok(())
+}
+
+/// Stops the memory workload's coordinator and times a fresh one on the
+/// same bucket and request stream (`memory::restart_row`).
+async fn restart(
+    coordinator: procs::Coord,
+    site: &Site,
+    metrics: &str,
+) -> Result<memory::RestartRow, CliError> {
+    progress("memory: a fresh coordinator in place of this one");
+    let counted = memory::counts(metrics).await;
+    coordinator.stop().await;
+    let counted = counted?;
+    let started = tokio::time::Instant::now();
+    let fresh = procs::Coord::start(CoordinatorMode::Child, &site.url, site.bucket()).await?;
+    let ready = started.elapsed();
+    let row = match fresh.child() {
+        Some((_, Some(metrics))) => memory::restart_row(started, ready, metrics, counted).await,
+        _ => Err("the fresh coordinator has no metrics endpoint".into()),
+    };
+    fresh.stop().await;
+    row
 }
 
 #[derive(Clone, Copy)]
