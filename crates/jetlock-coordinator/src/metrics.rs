@@ -19,6 +19,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 
+mod connection;
 mod process;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +87,8 @@ pub struct Metrics {
     sessions: Gauge,
     coordinators: Gauge,
     config_changes: Counter,
+    /// The NATS connection's statistics, once `connection` is called.
+    connection: connection::Slot,
 }
 
 impl Default for Metrics {
@@ -122,10 +125,14 @@ impl Metrics {
             sessions: Gauge::default(),
             coordinators: Gauge::default(),
             config_changes: Counter::default(),
+            connection: connection::Slot::default(),
             registry: Registry::default(),
         };
         m.start_at_zero();
         registry.register_collector(Box::new(process::ProcessCollector));
+        registry.register_collector(Box::new(connection::ConnectionCollector(
+            m.connection.clone(),
+        )));
         let r = registry.sub_registry_with_prefix("jetlock");
         r.register(
             "build",
@@ -215,6 +222,13 @@ impl Metrics {
             m.config_changes.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Counts what `nats` receives and sends from now on
+    /// (`jetlock_nats_messages`, `jetlock_nats_bytes`); the first
+    /// connection given is kept.
+    pub fn connection(&self, nats: &async_nats::Client) {
+        let _ = self.connection.set(nats.statistics());
     }
 
     /// Creates every labelled counter's series for each value its label

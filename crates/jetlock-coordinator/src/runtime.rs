@@ -102,6 +102,7 @@ impl Coordinator {
         let metrics = endpoint
             .as_ref()
             .map_or_else(|| Arc::new(Metrics::new()), Endpoint::metrics);
+        metrics.connection(&nats);
         let js = jetstream::new(nats.clone());
         let mut spec = BucketSpec::new(&config.bucket, config.replicas);
         spec.marker_ttl = DEFAULT_MARKER_TTL;

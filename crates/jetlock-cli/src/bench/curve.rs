@@ -48,7 +48,13 @@ pub(super) struct CurveRow {
     pub(super) coordinators_us_per_pair: f64,
     /// The three servers' together.
     pub(super) servers_us_per_pair: f64,
+    /// Messages each coordinator's NATS connection received per pair
+    /// (`jetlock_nats_messages_total`), in the order they joined.
+    pub(super) coordinator_msgs_per_pair: Vec<f64>,
 }
+
+/// The coordinators' received-messages counter.
+const RECEIVED: &str = r#"jetlock_nats_messages_total{direction="received"}"#;
 
 pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>, CliError> {
     super::progress("coordinators: starting the 3-node cluster");
@@ -69,20 +75,45 @@ pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>,
         .session_prefix()
         .expect("the restricted role has a session prefix");
     let mut coordinators: Vec<Proc> = Vec::new();
+    let mut metrics: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     let run = nuid::next();
     for n in 1..=MOST_COORDINATORS {
         super::progress(&format!("coordinators: {n} of {MOST_COORDINATORS} serving"));
-        coordinators.push(Coord::start_on_cluster(&coordinator_url, &format!("bench-c{n}")).await?);
+        let (proc, url) = Coord::start_on_cluster(&coordinator_url, &format!("bench-c{n}")).await?;
+        coordinators.push(proc);
+        metrics.push(url.ok_or("a coordinator printed no metrics URL")?);
         tokio::time::sleep(SETTLE).await;
         let pids: Vec<u32> = coordinators.iter().map(Proc::pid).collect();
         let keys = format!("curve.{run}.c{n}");
-        rows.push(measure(&client_url, prefix, &keys, tasks, window, &pids, &servers).await?);
+        let who = Serving {
+            coordinators: &pids,
+            metrics: &metrics,
+            servers: &servers,
+        };
+        rows.push(measure(&client_url, prefix, &keys, tasks, window, &who).await?);
     }
     for c in coordinators {
         c.stop().await;
     }
     Ok(rows)
+}
+
+/// The processes measured: coordinators (pids and metrics URLs, in the
+/// order they joined) and servers.
+struct Serving<'a> {
+    coordinators: &'a [u32],
+    metrics: &'a [String],
+    servers: &'a [u32],
+}
+
+/// Every coordinator's received-messages counter.
+async fn received(metrics: &[String]) -> Result<Vec<u64>, CliError> {
+    let mut counts = Vec::with_capacity(metrics.len());
+    for url in metrics {
+        counts.push(super::memory::gauge(url, RECEIVED).await?);
+    }
+    Ok(counts)
 }
 
 /// `tasks` JSON sessions run pairs on fresh keys under `keys` for `window`.
@@ -92,9 +123,9 @@ async fn measure(
     keys: &str,
     tasks: usize,
     window: Duration,
-    coordinators: &[u32],
-    servers: &[u32],
+    who: &Serving<'_>,
 ) -> Result<CurveRow, CliError> {
+    let (coordinators, servers) = (who.coordinators, who.servers);
     let nats = jetlock::connect::nats(
         url,
         &Default::default(),
@@ -116,6 +147,7 @@ async fn measure(
             .collect()
     };
     let pairs = Arc::new(AtomicU64::new(0));
+    let received_before = received(who.metrics).await?;
     let (coordinators_before, servers_before) = (cpu(coordinators)?, cpu(servers)?);
     let started = Instant::now();
     let end = started + window;
@@ -135,6 +167,7 @@ async fn measure(
     futures::future::try_join_all(work).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let (coordinators_after, servers_after) = (cpu(coordinators)?, cpu(servers)?);
+    let received_after = received(who.metrics).await?;
     let pairs = pairs.load(Ordering::Relaxed);
     let per_pair = |before: &[Duration], after: &[Duration]| -> Vec<f64> {
         before
@@ -153,6 +186,11 @@ async fn measure(
         coordinators_us_per_pair: coordinator_us_per_pair.iter().sum(),
         coordinator_us_per_pair,
         servers_us_per_pair: per_pair(&servers_before, &servers_after).iter().sum(),
+        coordinator_msgs_per_pair: received_before
+            .iter()
+            .zip(&received_after)
+            .map(|(b, a)| a.saturating_sub(*b) as f64 / pairs.max(1) as f64)
+            .collect(),
     })
 }
 
@@ -162,7 +200,7 @@ pub(super) fn markdown(rows: &[CurveRow]) -> String {
         return String::new();
     }
     let mut o = format!(
-        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always, one bucket), CPU per pair over the window\n\n",
+        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always, one bucket), CPU per pair over the window, and the messages each coordinator's connection received per pair (`jetlock_nats_messages_total`)\n\n",
         rows[0].tasks
     );
     let rows: Vec<Vec<String>> = rows
@@ -179,6 +217,11 @@ pub(super) fn markdown(rows: &[CurveRow]) -> String {
                     .join(" / "),
                 format!("{:.0}", r.coordinators_us_per_pair),
                 format!("{:.0}", r.servers_us_per_pair),
+                r.coordinator_msgs_per_pair
+                    .iter()
+                    .map(|m| format!("{m:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             ]
         })
         .collect();
@@ -189,7 +232,8 @@ pub(super) fn markdown(rows: &[CurveRow]) -> String {
         "µs per pair, each coordinator",
         "µs per pair, all coordinators",
         "µs per pair, all servers",
+        "messages received per pair, each coordinator",
     ];
-    o.push_str(&super::report::table(&header, "rrrrrr", &rows));
+    o.push_str(&super::report::table(&header, "rrrrrrr", &rows));
     o
 }

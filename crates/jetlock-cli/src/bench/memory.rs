@@ -303,7 +303,7 @@ async fn idle_cpu(pid: u32) -> Result<f64, CliError> {
 }
 
 /// The sum of the samples of metric `name` at `metrics`.
-async fn gauge(metrics: &str, name: &str) -> Result<u64, CliError> {
+pub(super) async fn gauge(metrics: &str, name: &str) -> Result<u64, CliError> {
     let uri: hyper::Uri = metrics
         .parse()
         .map_err(|e| format!("bad metrics URL {metrics}: {e}"))?;

@@ -192,6 +192,19 @@ pub(super) fn candidate(
     Proc::spawn(format!("`jetlock elect {name}` ({owner})"), &args)
 }
 
+/// The value of `name` (`coordinator=`, `metrics=`) in `jetlock serve`'s
+/// ready line.
+fn field(line: &str, name: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .map(str::to_owned)
+}
+
+/// The metrics URL of `jetlock serve`'s ready line.
+fn metrics_url(line: &str) -> Option<String> {
+    field(line, "metrics=").filter(|m| m.starts_with("http"))
+}
+
 /// Where the bench's coordinator runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CoordinatorMode {
@@ -217,8 +230,12 @@ pub(super) enum Coord {
 
 impl Coord {
     /// A `jetlock serve` child on a cluster, with R3 streams, logging in
-    /// with the URL in `url` (passed in its environment).
-    pub(super) async fn start_on_cluster(url: &str, id: &str) -> Result<Proc, CliError> {
+    /// with the URL in `url` (passed in its environment); with its metrics
+    /// URL.
+    pub(super) async fn start_on_cluster(
+        url: &str,
+        id: &str,
+    ) -> Result<(Proc, Option<String>), CliError> {
         let args = [
             "serve",
             "--replicas",
@@ -228,14 +245,14 @@ impl Coord {
             "--metrics-addr",
             "127.0.0.1:0",
         ];
-        let (proc, _) = Proc::start_env(
+        let (proc, line) = Proc::start_env(
             format!("`jetlock serve` {id}"),
             &args,
             &[("JETLOCK_URL", url)],
             |l| l.starts_with("jetlock serve: ready"),
         )
         .await?;
-        Ok(proc)
+        Ok((proc, metrics_url(&line)))
     }
 
     pub(super) async fn start(
@@ -260,15 +277,10 @@ impl Coord {
                     l.starts_with("jetlock serve: ready")
                 })
                 .await?;
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))
-                        .map(str::to_owned)
-                };
                 Ok(Coord::Child {
                     proc: Box::new(proc),
-                    id: field("coordinator=").unwrap_or_else(|| "?".to_owned()),
-                    metrics: field("metrics=").filter(|m| m.starts_with("http")),
+                    id: field(&line, "coordinator=").unwrap_or_else(|| "?".to_owned()),
+                    metrics: metrics_url(&line),
                 })
             }
             CoordinatorMode::InProcess => {
