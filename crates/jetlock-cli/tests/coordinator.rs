@@ -6,6 +6,8 @@
 mod common;
 #[path = "coordinator/limits.rs"]
 mod limits;
+#[path = "coordinator/notes.rs"]
+mod notes;
 #[path = "coordinator/unstored.rs"]
 mod unstored;
 

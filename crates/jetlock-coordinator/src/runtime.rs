@@ -21,7 +21,8 @@ use jetlock::clock::unix_ms;
 use jetlock::events::{Event, EventKind};
 use jetlock::name::LockName;
 use jetlock::protocol::{
-    self, ConnId, CoordinatorBeat, DisconnectAdvisory, HeardQuery, HeardReply, Heartbeat, VERSION,
+    self, ConnId, CoordinatorBeat, DisconnectAdvisory, DoneNote, HeardQuery, HeardReply, Heartbeat,
+    VERSION,
 };
 use jetlock::store::{self, CasError, LockStore, WriteId};
 use std::collections::BTreeMap;
@@ -68,7 +69,7 @@ impl Coordinator {
     /// stream and the bucket and serves. Its HTTP endpoint (metrics, health)
     /// is bound at `config.metrics_addr`, if set. A connection of its own
     /// may be made with `no_echo` (as `jetlock serve` does): it then does not
-    /// hear its own answers, which it skips anyway.
+    /// hear its own heartbeats and notes, which it skips anyway.
     pub async fn start(
         nats: async_nats::Client,
         config: CoordinatorConfig,
@@ -212,10 +213,19 @@ struct Runtime {
     /// Events of the runtime itself (config changes), published with the
     /// engine's.
     pending_events: Vec<Event>,
+    /// (session, request id) of the final answers sent since the last
+    /// [`DoneNote`].
+    done: Vec<(String, String)>,
 }
 
 /// Header naming the coordinator that sent an answer.
 const ANSWERED_BY: &str = "Jetlock-Coordinator";
+/// Most requests one [`DoneNote`] lists (about 30 KB); a full list goes out
+/// before the tick.
+const MAX_DONE_PER_NOTE: usize = 512;
+/// Most requests read from one note: only coordinators may publish them,
+/// but a note is network input all the same.
+const MAX_DONE_READ: usize = 4 * MAX_DONE_PER_NOTE;
 /// Most request deletions in flight; beyond it the loop waits for one.
 const MAX_DELETES_IN_FLIGHT: usize = 256;
 /// The engine's clock resolution.
@@ -248,6 +258,7 @@ impl Runtime {
             metrics,
             health,
             pending_events: Vec::new(),
+            done: Vec::new(),
             base_settings: LiveSettings::of(&config),
             overlay: BTreeMap::new(),
             config,
@@ -324,6 +335,7 @@ impl Runtime {
                         self.prove();
                     }
                     self.engine.tick(now);
+                    self.send_done().await;
                     if now >= next_gauges {
                         next_gauges = now + Duration::from_secs(1);
                         let withheld = self.engine.confirmations_withheld();
@@ -342,26 +354,9 @@ impl Runtime {
                         self.beat(false).await;
                     }
                 }
-                // Answers before the bucket and the requests: on a connection
-                // with echo (one a coordinator shares with clients; `jetlock
-                // serve`'s has none) its own come back here too, one per request
-                // it answers, and each one waiting behind a burst of requests
-                // keeps its message and its share of the connection's read
-                // buffer (81 MB of a 119 MB peak for 100k waiters). Skipping our
-                // own is one header lookup.
-                Some(msg) = feeds.answers.next() => {
-                    let ours = msg.headers.as_ref().and_then(|h| h.get(ANSWERED_BY))
-                        .is_some_and(|v| v.as_str() == self.config.id);
-                    if ours {
-                        continue;
-                    }
-                    let session = msg.subject.as_str().strip_prefix("jetlock.to.").unwrap_or_default();
-                    if let Ok(answer) = serde_json::from_slice::<protocol::Answer>(&msg.payload) {
-                        if let (true, Some(re)) = (answer.is_final(), answer.re()) {
-                            self.engine.answered(session, re, Instant::now());
-                        }
-                    }
-                }
+                // Before the bucket and the requests: a mirror forgets
+                // what the others finished before it reads more.
+                Some(msg) = feeds.done_notes.next() => self.done_note(&msg.payload),
                 // Before the bucket and the request stream: a release here
                 // is the next owner change of a contended lock.
                 Some(msg) = feeds.unstored_releases.next() => {
@@ -451,9 +446,42 @@ impl Runtime {
         // Leaving: the others take our keys over now rather than after the
         // coordinator timeout. Writes in flight finish first.
         while self.writes.join_next().await.is_some() {}
+        self.send_done().await;
         self.beat(true).await;
         let _ = self.nats.flush().await;
         info!(coordinator = %self.config.id, "coordinator stopped");
+    }
+
+    /// Tells the other coordinators which requests this one finished since
+    /// its last note.
+    async fn send_done(&mut self) {
+        if self.done.is_empty() {
+            return;
+        }
+        let note = DoneNote {
+            v: VERSION,
+            from: self.config.id.clone(),
+            done: std::mem::take(&mut self.done),
+        };
+        let body = serde_json::to_vec(&note).expect("notes serialize");
+        let subject = protocol::done_subject(&self.config.id);
+        let _ = self.nats.publish(subject, body.into()).await;
+    }
+
+    /// Another coordinator's [`DoneNote`]: forget what it finished.
+    fn done_note(&mut self, payload: &[u8]) {
+        let note = match serde_json::from_slice::<DoneNote>(payload) {
+            Ok(note) if note.v == VERSION && note.from != self.config.id => note,
+            Ok(_) => return,
+            Err(e) => {
+                debug!(error = %e, "unreadable done note; ignored");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (session, re) in note.done.iter().take(MAX_DONE_READ) {
+            self.engine.answered(session, re, now);
+        }
     }
 
     fn bucket_message(&mut self, prefix: &str, seq: u64, msg: &jetstream::Message) {
@@ -489,6 +517,10 @@ impl Runtime {
                 engine::Action::Answer { session, answer } => {
                     debug!(session, ?answer, "answer");
                     self.metrics.answer(&answer);
+                    let done = answer
+                        .is_final()
+                        .then(|| answer.re().map(str::to_owned))
+                        .flatten();
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(ANSWERED_BY, self.config.id.as_str());
                     let _ = self
@@ -499,6 +531,12 @@ impl Runtime {
                             answer.to_json().into(),
                         )
                         .await;
+                    if let Some(re) = done {
+                        self.done.push((session, re));
+                        if self.done.len() >= MAX_DONE_PER_NOTE {
+                            self.send_done().await;
+                        }
+                    }
                 }
                 engine::Action::Event(event) => self.publish_event(*event).await,
                 engine::Action::Prove => self.prove(),

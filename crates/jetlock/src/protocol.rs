@@ -144,6 +144,15 @@ pub fn heard_query_subject(id: &str) -> String {
 /// Every coordinator's questions ([`heard_query_subject`]).
 pub const HEARD_QUERIES: &str = "jetlock.coord.ask.*";
 
+/// Where coordinator `id` lists the requests it finished lately
+/// ([`DoneNote`]).
+pub fn done_subject(id: &str) -> String {
+    format!("{PREFIX}.coord.done.{id}")
+}
+
+/// Every coordinator's [`DoneNote`]s.
+pub const DONE_NOTES: &str = "jetlock.coord.done.*";
+
 /// Where the answers to coordinator `id`'s questions go.
 pub fn heard_reply_subject(id: &str) -> String {
     format!("{PREFIX}.coord.heard.{id}")
@@ -255,7 +264,7 @@ pub use cancel::CancelBody;
 pub use error::{ErrorCode, WireError};
 pub use heartbeat::{
     AdvisoryClient, AdvisoryServer, ClientInfo, ConnId, CoordinatorBeat, DisconnectAdvisory,
-    HeardQuery, HeardReply, Heartbeat, HeartbeatAck,
+    DoneNote, HeardQuery, HeardReply, Heartbeat, HeartbeatAck,
 };
 pub use release::ReleaseBody;
 

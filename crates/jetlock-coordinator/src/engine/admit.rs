@@ -395,13 +395,12 @@ impl Engine {
         }
         t.done = true;
         let key = t.key.clone();
-        if let Some(ks) = self.keys.get_mut(&key) {
-            ks.busy
-                .ops
+        // `get_mut`: a key with nothing going on gets no activity made for
+        // it here (most finished requests' keys, in a mirror).
+        if let Some(busy) = self.keys.get_mut(&key).and_then(|ks| ks.busy.get_mut()) {
+            busy.ops
                 .retain(|op| !(op.session == session && op.id == re));
-            ks.busy
-                .queue
-                .retain(|w| !(w.session == session && w.id == re));
+            busy.queue.retain(|w| !(w.session == session && w.id == re));
         }
     }
 

@@ -18,7 +18,8 @@ pub(super) struct Feeds {
     pub(super) heard_queries: async_nats::Subscriber,
     pub(super) heard_replies: async_nats::Subscriber,
     pub(super) disconnects: async_nats::Subscriber,
-    pub(super) answers: async_nats::Subscriber,
+    /// The other coordinators' lists of the requests they finished.
+    pub(super) done_notes: async_nats::Subscriber,
     /// Releases sent on core NATS (`jetlock.now.release.>`).
     pub(super) unstored_releases: async_nats::Subscriber,
     pub(super) settings: kv::Watch,
@@ -51,8 +52,8 @@ impl Runtime {
         let heard_queries = subscribe(protocol::HEARD_QUERIES).await?;
         let heard_replies = subscribe(&protocol::heard_reply_subject(&self.config.id)).await?;
         let disconnects = subscribe(protocol::DISCONNECT_EVENTS).await?;
-        // Every final answer, whoever sent it: mirrors forget what is done.
-        let answers = subscribe("jetlock.to.>").await?;
+        // What the others finished: mirrors forget it.
+        let done_notes = subscribe(protocol::DONE_NOTES).await?;
         let unstored_releases = subscribe(protocol::UNSTORED_RELEASES).await?;
 
         let asked = Instant::now();
@@ -155,7 +156,7 @@ impl Runtime {
             heard_queries,
             heard_replies,
             disconnects,
-            answers,
+            done_notes,
             unstored_releases,
         })
     }

@@ -53,10 +53,9 @@ pub enum CoordMsg {
         session: String,
         body: Heartbeat,
     },
-    Answered {
-        session: String,
-        re: String,
-    },
+    /// Another coordinator's done note: the requests it finished since
+    /// its last tick, (session, request id).
+    Done(Vec<(String, String)>),
     /// A release on `jetlock.now.release.<session>`.
     UnstoredRelease {
         subject: String,
@@ -99,6 +98,9 @@ pub struct Coord {
     /// Proof beats in flight, and when (true time) the last one was sent.
     pub proofs_in_flight: usize,
     pub last_proof: Option<u64>,
+    /// Final answers sent since the last done note, as the runtime keeps
+    /// them: the note goes out on the next tick, and a crash loses it.
+    done: Vec<(String, String)>,
 }
 
 impl Coord {
@@ -122,6 +124,7 @@ impl Coord {
             next_proof: 0,
             proofs_in_flight: 0,
             last_proof: None,
+            done: Vec::new(),
         }
     }
 
@@ -170,6 +173,7 @@ impl World {
         co.proofs_in_flight = 0;
         co.last_proof = None;
         co.next_proof = 0;
+        co.done.clear();
         co.listen_until = self.now + 2 * BEAT;
         let inc = co.inc;
         trace!(self, "{} starts", self.coords[c].id);
@@ -326,9 +330,28 @@ impl World {
             self.beat(c);
         }
         self.after(c);
+        self.send_done(c);
         let next = self.coords[c].clock.local(self.now) + TICK;
         let at = self.coords[c].clock.at(next);
         self.schedule(at, Ev::Tick(c, inc));
+    }
+
+    /// The done note of coordinator `c`'s tick, one message to each other
+    /// coordinator (lost, duplicated or late as a whole).
+    fn send_done(&mut self, c: usize) {
+        let done = std::mem::take(&mut self.coords[c].done);
+        if done.is_empty() {
+            return;
+        }
+        for to in (0..self.coords.len()).filter(|&to| to != c) {
+            if !self.coords[to].up {
+                continue;
+            }
+            let to_inc = self.coords[to].inc;
+            for at in self.core(Proc::Coord(c), Proc::Coord(to)) {
+                self.schedule(at, Ev::ToCoord(to, to_inc, CoordMsg::Done(done.clone())));
+            }
+        }
     }
 
     fn beat(&mut self, c: usize) {
@@ -371,9 +394,11 @@ impl World {
                 e.heartbeat_to(&session, body, format!("{client}.{gen}.{hb}"), t);
                 trace!(self, "{} heartbeat {session}", self.coords[c].id);
             }
-            CoordMsg::Answered { session, re } => {
+            CoordMsg::Done(done) => {
                 let (e, t) = self.engine_now(c);
-                e.answered(&session, &re, t);
+                for (session, re) in &done {
+                    e.answered(session, re, t);
+                }
             }
             CoordMsg::UnstoredRelease { subject, body } => {
                 trace!(self, "{} unstored release on {subject}", self.coords[c].id);
@@ -476,19 +501,7 @@ impl World {
                     }
                 }
                 if let (Some(re), true) = (answer.re(), answer.is_final()) {
-                    for to in (0..self.coords.len()).filter(|&to| to != c) {
-                        if !self.coords[to].up {
-                            continue;
-                        }
-                        let to_inc = self.coords[to].inc;
-                        for at in self.core(me, Proc::Coord(to)) {
-                            let m = CoordMsg::Answered {
-                                session: session.clone(),
-                                re: re.to_owned(),
-                            };
-                            self.schedule(at, Ev::ToCoord(to, to_inc, m));
-                        }
-                    }
+                    self.coords[c].done.push((session.clone(), re.to_owned()));
                 }
             }
             Action::Write(write) => {
