@@ -98,6 +98,10 @@ const AT_START: &[&str] = &[
     "process_open_fds ",
     "process_max_fds ",
     "process_start_time_seconds ",
+    "jetlock_nats_messages_total{direction=\"received\"} ",
+    "jetlock_nats_messages_total{direction=\"sent\"} ",
+    "jetlock_nats_bytes_total{direction=\"received\"} ",
+    "jetlock_nats_bytes_total{direction=\"sent\"} ",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +121,13 @@ async fn a_fresh_coordinator_exports_every_series_before_any_event() {
         .find_map(|l| l.strip_prefix("process_start_time_seconds "))
         .and_then(|v| v.trim().parse().ok())
         .expect("a start time");
+    // It read the streams and heard heartbeats before it said ready.
+    let received: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("jetlock_nats_messages_total{direction=\"received\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a count of messages received");
+    assert!(received > 0, "no message received:\n{text}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
