@@ -5,7 +5,7 @@
 use super::{Finding, Status};
 use async_nats::jetstream::{self, stream};
 use jetlock::bucket::CONFIG_BUCKET;
-use jetlock::bucket::{config_problem, config_warnings};
+use jetlock::bucket::{check_layout, config_problem, config_warnings};
 use jetlock::clock::unix_ms;
 use jetlock::events::EVENT_STREAM;
 use jetlock::protocol::REQUEST_STREAM;
@@ -125,6 +125,13 @@ fn locks_bucket_findings(
     const CHECK: &str = "locks-bucket";
     let config = &info.config;
     let mut findings = Vec::new();
+    if let Err(e) = check_layout(bucket, config) {
+        findings.push(Finding::fail(
+            CHECK,
+            e.to_string(),
+            "run every client, coordinator and CLI of this bucket at a release that speaks its layout (docs/PROTOCOL.md, \"Key layouts\")",
+        ));
+    }
     if let Some(problem) = config_problem(config) {
         findings.push(Finding::fail(
             CHECK,
@@ -337,5 +344,13 @@ mod tests {
         assert_eq!(statuses, [Status::Fail, Status::Warn]);
         assert!(findings[0].detail.contains("allow_msg_ttl"));
         assert!(findings[1].detail.contains("5 messages"));
+        let mut other_layout = good.clone();
+        other_layout
+            .config
+            .metadata
+            .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "2".to_owned());
+        let findings = locks_bucket_findings("X", &other_layout, Some(1));
+        assert_eq!(findings[0].status, Status::Fail, "{findings:?}");
+        assert!(findings[0].detail.contains("key layout \"2\""));
     }
 }
