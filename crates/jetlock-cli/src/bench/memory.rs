@@ -78,7 +78,9 @@ pub(super) struct RestartRow {
 }
 
 /// The waiters' sessions, beating until dropped.
-pub(super) struct Waiting(#[allow(dead_code)] Vec<JsonSession>);
+pub(super) struct Waiting {
+    _sessions: Vec<JsonSession>,
+}
 
 /// The coordinator after a step of held locks.
 #[derive(Debug, Serialize)]
@@ -165,13 +167,18 @@ pub(super) async fn run(
             idle_cpu_pct: idle_cpu(s.pid).await?,
         });
     }
-    let mut waiting = Waiting(Vec::new());
+    let mut sessions = Vec::new();
     if waiters > 0 && written > 0 {
-        let (row, sessions) = queue_waiters(s, written.min(WAITER_KEYS), waiters).await?;
+        let (row, beating) = queue_waiters(s, written.min(WAITER_KEYS), waiters).await?;
         report.waiters = Some(row);
-        waiting = Waiting(sessions);
+        sessions = beating;
     }
-    Ok((report, waiting))
+    Ok((
+        report,
+        Waiting {
+            _sessions: sessions,
+        },
+    ))
 }
 
 /// What the coordinator at `metrics` counts: held locks, queued requests.
