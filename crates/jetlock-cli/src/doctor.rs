@@ -18,6 +18,7 @@
 //! - `tokens.rs`: whether fencing tokens can go back (the locks bucket's
 //!   first sequence, replicas and the servers' fsync).
 
+mod buckets;
 mod coordinators;
 mod streams;
 mod tokens;

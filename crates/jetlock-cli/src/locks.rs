@@ -114,12 +114,16 @@ async fn from_bucket(
 ) -> Result<Vec<LockView>, CliError> {
     let js = async_nats::jetstream::new(nats);
     let kv = open_bucket(&js, &args.conn.bucket).await?;
-    let store = LockStore::new(js, kv.clone()).await?;
+    let store = LockStore::new(js, kv).await?;
     let key_prefix = args
         .prefix
         .as_deref()
         .map(|p| name::encode(p.trim_end_matches(':')));
-    let mut keys: Vec<String> = kv.keys().await?.try_collect().await?;
+    let mut keys: Vec<String> = Vec::new();
+    for kv in store.kvs() {
+        let mut some: Vec<String> = kv.keys().await?.try_collect().await?;
+        keys.append(&mut some);
+    }
     keys.retain(|k| match &key_prefix {
         Some(p) => {
             k == p

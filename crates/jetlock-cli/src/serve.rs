@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Replicas of the bucket and request stream if this creates them.
     #[arg(long, env = "JETLOCK_REPLICAS")]
     replicas: Option<usize>,
+    /// How many buckets to spread the locks over if this creates them
+    /// (1 to 16; fixed once made: docs/SCALING.md).
+    #[arg(long, env = "JETLOCK_BUCKETS")]
+    buckets: Option<u32>,
     /// This coordinator's id (default: random).
     #[arg(long, env = "JETLOCK_ID")]
     id: Option<String>,
@@ -78,6 +82,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     if let Some(v) = args.replicas {
         config.replicas = v;
+    }
+    if let Some(v) = args.buckets {
+        config.buckets = v;
     }
     if let Some(v) = args.id {
         config.id = Some(v);

@@ -1,7 +1,7 @@
 //! `jetlock setup`: create the locks bucket, or verify an existing one.
 
 use super::{CliError, Connection};
-use jetlock::bucket::{ensure_bucket, BucketSpec};
+use jetlock::bucket::{buckets_of, ensure_bucket, spread_leaders, BucketSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct SetupArgs {
@@ -10,6 +10,12 @@ pub struct SetupArgs {
     /// Replicas of the bucket: 1 for one server, 3 (or 5) for a cluster.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// How many buckets to spread the locks over (1 to 16), each a stream
+    /// with its own leader; setup puts the leaders on different servers
+    /// where the cluster has enough. Fixed once the deployment is made
+    /// (docs/SCALING.md, "Locks over several buckets").
+    #[arg(long, default_value_t = 1)]
+    buckets: u32,
     /// How long to wait for JetStream to answer: a cluster that has just
     /// started answers only once it has elected its meta leader.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -22,7 +28,8 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| format!("JetStream did not answer within {:?}: {e}", args.wait))?;
     let js = async_nats::jetstream::new(nats);
-    let spec = BucketSpec::new(&args.conn.bucket, args.replicas);
+    let mut spec = BucketSpec::new(&args.conn.bucket, args.replicas);
+    spec.buckets = args.buckets;
     let kv = match ensure_bucket(&js, &spec).await {
         Ok(kv) => kv,
         Err(e) if args.replicas > 1 && e.to_string().contains("replicas > 1 not supported") => {
@@ -49,6 +56,15 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
         )
         .into());
     }
+    let buckets = buckets_of(&args.conn.bucket, config)?;
+    if buckets != args.buckets {
+        return Err(format!(
+            "locks bucket {} exists and spreads its locks over {buckets} bucket(s), not the {} asked for; \
+             the number is fixed when the deployment is made (docs/SCALING.md): pass --buckets {buckets}",
+            args.conn.bucket, args.buckets
+        )
+        .into());
+    }
     println!(
         "locks bucket {} ready: {} replica(s), {:?} storage, per-message TTL on, markers kept {:?}",
         args.conn.bucket,
@@ -56,5 +72,14 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
         config.storage,
         config.subject_delete_marker_ttl.unwrap_or_default()
     );
+    if buckets > 1 {
+        println!("locks spread over {buckets} buckets, each stream's leader:");
+        for (bucket, leader) in spread_leaders(&js, &args.conn.bucket, buckets).await? {
+            println!(
+                "  {bucket}: {}",
+                leader.as_deref().unwrap_or("(single server)")
+            );
+        }
+    }
     Ok(())
 }

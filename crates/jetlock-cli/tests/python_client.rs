@@ -63,24 +63,32 @@ fn set_up() -> PathBuf {
 
 #[test]
 fn a_python_service_uses_jetlock_with_nats_py_and_json() {
-    run("scenario.py", "python scenario: ok");
+    run("scenario.py", "python scenario: ok", &[]);
 }
 
 /// Read/write locks and semaphores from Python: the ordered steps and racing
 /// sessions judged by their beliefs and tokens (`tests/python/kinds.py`).
 #[test]
 fn a_python_service_takes_read_write_locks_and_permits() {
-    run("kinds.py", "python kinds: ok");
+    run("kinds.py", "python kinds: ok", &[]);
+}
+
+/// The same where the locks spread over three buckets: the client reads
+/// each lock's parts in the bucket its name routes to.
+#[test]
+fn a_python_service_takes_read_write_locks_and_permits_over_three_buckets() {
+    run("kinds.py", "python kinds: ok", &["--buckets", "3"]);
 }
 
 /// Runs `tests/python/<script>` against `jetlock serve` on a real
-/// nats-server; it must exit 0 and print `ok_line`.
-fn run(script: &str, ok_line: &str) {
+/// nats-server (`serve` given `serve_args`); it must exit 0 and print
+/// `ok_line`.
+fn run(script: &str, ok_line: &str, serve_args: &[&str]) {
     let python = python();
     let server =
         NatsServer::start_single(None).expect("start nats-server (run `bash nats/install.sh`)");
     let url = server.url();
-    let mut coordinator = common::serve(&url, &[]);
+    let mut coordinator = common::serve(&url, serve_args);
 
     let started = Instant::now();
     let mut scenario = Running(

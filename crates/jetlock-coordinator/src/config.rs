@@ -27,6 +27,9 @@ pub struct Config {
     /// Replicas of the bucket and request stream when the coordinator
     /// creates them (3 in production).
     pub replicas: usize,
+    /// How many buckets the locks spread over when the coordinator creates
+    /// the deployment (`jetlock::shards`; fixed after).
+    pub buckets: u32,
     /// This coordinator's id (default: random per process).
     pub id: Option<String>,
     /// How often the coordinator heartbeats.
@@ -99,6 +102,8 @@ pub struct CoordinatorConfig {
     /// Create the bucket and the request stream with this many replicas
     /// when they do not exist.
     pub replicas: usize,
+    /// Spread the locks over this many buckets when creating them.
+    pub buckets: u32,
     /// How often this coordinator heartbeats.
     pub heartbeat_interval: Duration,
     pub engine: EngineConfig,
@@ -121,6 +126,7 @@ impl Default for CoordinatorConfig {
             id: format!("c-{}", nuid::next()),
             bucket: DEFAULT_BUCKET.to_owned(),
             replicas: 1,
+            buckets: 1,
             heartbeat_interval: Duration::from_millis(250),
             engine: EngineConfig::default(),
             metrics_addr: None,
@@ -167,6 +173,7 @@ impl Default for Config {
             url: "nats://127.0.0.1:4222".into(),
             bucket: bucket::DEFAULT_BUCKET.into(),
             replicas: 1,
+            buckets: 1,
             id: None,
             heartbeat_ms: 250,
             coordinator_timeout_ms: 1500,
@@ -256,6 +263,16 @@ impl Config {
         if !(1..=5).contains(&self.replicas) {
             return invalid("replicas", format!("{} is not 1 to 5", self.replicas));
         }
+        if !(1..=jetlock::shards::MAX_BUCKETS).contains(&self.buckets) {
+            return invalid(
+                "buckets",
+                format!(
+                    "{} is not 1 to {}",
+                    self.buckets,
+                    jetlock::shards::MAX_BUCKETS
+                ),
+            );
+        }
         if let Some(id) = &self.id {
             if jetlock::protocol::check_session(id).is_err() || id.contains('.') {
                 return invalid("id", format!("{id:?} must be one token of A-Z a-z 0-9 _ -"));
@@ -309,6 +326,7 @@ impl Config {
         let mut c = CoordinatorConfig {
             bucket: self.bucket.clone(),
             replicas: self.replicas,
+            buckets: self.buckets,
             metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
             event_max_age: Duration::from_secs(self.event_max_age_secs),
             event_max_bytes: self.event_max_bytes,

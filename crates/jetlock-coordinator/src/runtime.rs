@@ -107,16 +107,13 @@ impl Coordinator {
         let js = jetstream::new(nats.clone());
         let mut spec = BucketSpec::new(&config.bucket, config.replicas);
         spec.marker_ttl = DEFAULT_MARKER_TTL;
+        spec.buckets = config.buckets;
         let kv = bucket::ensure_bucket(&js, &spec).await?;
         let store = LockStore::new(js.clone(), kv)
             .await
             .map_err(nats_err("open the locks bucket"))?;
         let requests =
             bucket::ensure_request_stream(&js, config.replicas, config.request_stream).await?;
-        let kv_stream = js
-            .get_stream(store.stream_name())
-            .await
-            .map_err(nats_err("open the bucket's stream"))?;
         bucket::ensure_event_stream(
             &js,
             config.replicas,
@@ -131,7 +128,7 @@ impl Coordinator {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut runtime =
             Runtime::new(nats, store, config.clone(), metrics, health.clone()).await?;
-        let feeds = runtime.feeds(requests, kv_stream, settings).await?;
+        let feeds = runtime.feeds(requests, settings).await?;
         let task = tokio::spawn(runtime.run(feeds, stop.clone(), ready_tx));
         // The loop reports readiness once it caught up with both streams.
         if ready_rx.await.is_err() {
@@ -278,7 +275,11 @@ impl Runtime {
         let mut next_gauges = Instant::now();
         let mut next_proof = Instant::now();
         let mut withheld_counted = 0;
-        let kv_prefix = format!("$KV.{}.", self.store.bucket());
+        let kv_prefixes: Vec<String> = self
+            .store
+            .kvs()
+            .map(|kv| format!("$KV.{}.", kv.name))
+            .collect();
         // Listen for the other coordinators' heartbeats for two of their
         // intervals before acting: a coordinator that acted at once would
         // believe it owns every key and race the others.
@@ -364,14 +365,15 @@ impl Runtime {
                         lock = tracing::field::Empty).entered();
                     self.engine.unstored_release(msg.subject.as_str(), &msg.payload, Instant::now());
                 }
-                Some(msg) = feeds.bucket.next() => match msg {
+                Some((index, msg)) = feeds.bucket.next() => match msg {
                     Ok(msg) => {
                         if let Ok(info) = msg.info() {
-                            if info.pending == 0 {
-                                feeds.bucket_caught_up = true;
+                            if info.pending == 0 && feeds.buckets_behind[index] {
+                                feeds.buckets_behind[index] = false;
+                                feeds.bucket_caught_up = !feeds.buckets_behind.contains(&true);
                             }
                             let seq = info.stream_sequence;
-                            self.bucket_message(&kv_prefix, seq, &msg);
+                            self.bucket_message(&kv_prefixes[index], seq, &msg);
                         }
                     }
                     Err(e) => warn!(error = %e, "bucket watch interrupted; it resumes"),

@@ -159,7 +159,6 @@ pub async fn client(url: &str, replicas: usize) -> Client {
         .expect("connect jetlock client")
 }
 
-/// An in-process coordinator on `url`, serving metrics on a free port.
 /// Waits until `condition` holds, checking every 5 ms; panics with `what`
 /// after [`PATIENCE`].
 pub async fn until(what: &str, condition: impl Fn() -> bool) {
@@ -170,6 +169,19 @@ pub async fn until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// The first lock name `<prefix>:<i>` whose key a deployment of `buckets`
+/// buckets keeps in bucket `bucket` (`jetlock::shards`).
+pub fn name_in_bucket(bucket: u32, buckets: u32, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}:{i}"))
+        .find(|n| {
+            let key = jetlock::name::LockName::new(n).expect("a valid name");
+            jetlock::shards::bucket_of(key.key(), buckets) == bucket
+        })
+        .expect("some name routes to every bucket")
+}
+
+/// An in-process coordinator on `url`, serving metrics on a free port.
 pub async fn coordinator(url: &str) -> jetlock_coordinator::Coordinator {
     use jetlock_coordinator::{Coordinator, CoordinatorConfig};
     let nats = async_nats::connect(url).await.expect("connect");

@@ -10,10 +10,14 @@
 //! ([`first_sequence`]), because fencing tokens are its sequences: a bucket
 //! deleted and created again must not issue tokens below the old one's.
 
+use crate::shards;
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
+
+mod leaders;
+pub use leaders::{leaders, spread_leaders};
 
 /// Default name of the locks bucket (KV stream `KV_JETLOCK_LOCKS`).
 pub const DEFAULT_BUCKET: &str = "JETLOCK_LOCKS";
@@ -32,6 +36,9 @@ pub struct BucketSpec {
     pub storage: StorageType,
     /// TTL of delete markers (releases and server-side expiries).
     pub marker_ttl: Duration,
+    /// How many buckets the locks spread over (`crate::shards`); used
+    /// only when the deployment is created, fixed after.
+    pub buckets: u32,
 }
 
 impl BucketSpec {
@@ -42,16 +49,32 @@ impl BucketSpec {
             replicas,
             storage: StorageType::File,
             marker_ttl: DEFAULT_MARKER_TTL,
+            buckets: 1,
         }
     }
 
-    /// The bucket's stream config, as `create_key_value` would make it,
-    /// plus the first sequence: async-nats' KV config has no field for it.
-    fn stream_config(&self, first_seq: u64) -> jetstream::stream::Config {
+    /// The stream config of bucket `index` of the deployment, as
+    /// `create_key_value` would make it, plus the first sequence (async-nats'
+    /// KV config has no field for it) and what says which bucket it is.
+    fn stream_config(&self, index: u32, first_seq: u64) -> jetstream::stream::Config {
+        let name = shards::bucket_name(&self.name, index);
+        let mut metadata = HashMap::from([
+            (FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned()),
+            (ATOMIC_SET_KEY.to_owned(), ATOMIC_SET.to_owned()),
+            (LAYOUT_KEY.to_owned(), LAYOUT.to_owned()),
+        ]);
+        if self.buckets > 1 {
+            metadata.insert(LAYOUT_KEY.to_owned(), LAYOUT_BUCKETS.to_owned());
+            if index == 0 {
+                metadata.insert(shards::BUCKETS_KEY.to_owned(), self.buckets.to_string());
+            } else {
+                metadata.insert(shards::SHARD_OF_KEY.to_owned(), self.name.clone());
+            }
+        }
         jetstream::stream::Config {
-            name: format!("KV_{}", self.name),
+            name: format!("KV_{name}"),
             description: Some("jetlock lock ownership records (do not write by hand)".into()),
-            subjects: vec![format!("$KV.{}.>", self.name)],
+            subjects: vec![format!("$KV.{name}.>")],
             // One record per lock: the history of holders lives in the event
             // stream, not here.
             max_messages_per_subject: 1,
@@ -65,11 +88,7 @@ impl BucketSpec {
             allow_message_ttl: true,
             subject_delete_marker_ttl: Some(self.marker_ttl),
             first_sequence: Some(first_seq),
-            metadata: HashMap::from([
-                (FIRST_SEQ_RULE_KEY.to_owned(), FIRST_SEQ_RULE.to_owned()),
-                (ATOMIC_SET_KEY.to_owned(), ATOMIC_SET.to_owned()),
-                (LAYOUT_KEY.to_owned(), LAYOUT.to_owned()),
-            ]),
+            metadata,
             max_consumers: MAX_CONSUMERS,
             // Atomic multi-key acquisition writes its keys in one atomic
             // batch (`store/batch.rs`); a server before 2.12 ignores this.
@@ -99,9 +118,13 @@ pub const ATOMIC_SET: &str = "set";
 /// keys, both as its holder; so a process opens only a bucket of the layout
 /// it speaks. Absent means [`LAYOUT`] (buckets made before the key existed).
 pub const LAYOUT_KEY: &str = "jetlock.layout";
-/// The key layout this build speaks: the escaped name is the key
-/// (`crate::name`), one bucket per deployment.
+/// Key layout 1: the escaped name is the key (`crate::name`), one bucket
+/// per deployment.
 pub const LAYOUT: &str = "1";
+/// Key layout 2: the escaped name is the key, in one of the K buckets
+/// `crate::shards` routes it to. A process that speaks only layout 1 would
+/// take every lock in bucket 0, beside the holders of the others.
+pub const LAYOUT_BUCKETS: &str = "2";
 
 /// Stream metadata key that records how the first sequence was chosen.
 pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
@@ -178,8 +201,14 @@ pub enum BucketError {
     Clock { problem: String },
     /// The bucket's keys are laid out in a way this build does not speak
     /// ([`LAYOUT_KEY`]).
-    #[error("locks bucket {bucket:?} uses key layout {layout:?} and this jetlock speaks only layout \"1\": it would take its locks under other keys than the bucket's clients and coordinators, so two of them could hold one lock; use a jetlock release that speaks layout {layout:?} (docs/PROTOCOL.md, \"Key layouts\")")]
+    #[error("locks bucket {bucket:?} uses key layout {layout:?} and this jetlock speaks only layouts \"1\" and \"2\": it would take its locks under other keys than the bucket's clients and coordinators, so two of them could hold one lock; use a jetlock release that speaks layout {layout:?} (docs/PROTOCOL.md, \"Key layouts\")")]
     Layout { bucket: String, layout: String },
+    /// The bucket is one of a deployment's buckets 1..K, not its bucket 0.
+    #[error("locks bucket {bucket:?} is one of the buckets of deployment {first:?}: point jetlock at {first:?}, which names them all (docs/SCALING.md, \"Locks over several buckets\")")]
+    NotFirst { bucket: String, first: String },
+    /// Bucket 0 names a count of buckets this build cannot use.
+    #[error("locks bucket {bucket:?} says its locks spread over {buckets:?} buckets; a deployment has 1 to {max}", max = shards::MAX_BUCKETS)]
+    Buckets { bucket: String, buckets: String },
     #[error("could not reach JetStream for bucket {bucket:?}: {source}")]
     JetStream {
         bucket: String,
@@ -188,11 +217,19 @@ pub enum BucketError {
     },
 }
 
-/// Creates the bucket described by `spec`, or verifies an existing one.
+/// Creates the deployment's buckets described by `spec` (bucket 0 last, so
+/// a process that finds it finds the others), or verifies existing ones.
+/// Returns bucket 0; [`crate::store::LockStore::new`] opens the others.
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     spec: &BucketSpec,
 ) -> Result<kv::Store, BucketError> {
+    if spec.buckets == 0 || spec.buckets > shards::MAX_BUCKETS {
+        return Err(BucketError::Buckets {
+            bucket: spec.name.clone(),
+            buckets: spec.buckets.to_string(),
+        });
+    }
     match open_bucket(js, &spec.name).await {
         Ok(store) => {
             let stream = js
@@ -204,26 +241,76 @@ pub async fn ensure_bucket(
                 warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
                       "locks bucket replica count differs from the requested one; keeping it");
             }
+            let have = buckets_of(&spec.name, config)?;
+            if have != spec.buckets {
+                warn!(bucket = %spec.name, have, want = spec.buckets,
+                      "the deployment spreads its locks over another number of buckets; keeping it (it is fixed when the deployment is made)");
+            }
             upgrade(js, &spec.name, config).await;
             Ok(store)
         }
         Err(BucketError::NotFound { .. }) => {
             let first_seq = first_sequence(SystemTime::now())?;
-            info!(bucket = %spec.name, replicas = spec.replicas, first_seq, "creating locks bucket");
-            match js.create_stream(spec.stream_config(first_seq)).await {
-                Ok(_) => js
-                    .get_key_value(&spec.name)
-                    .await
-                    .map_err(|e| jetstream_error(&spec.name, e)),
-                // Another process created it first: verify theirs.
-                Err(e) if e.to_string().contains("already in use") => {
-                    open_bucket(js, &spec.name).await
+            info!(bucket = %spec.name, replicas = spec.replicas, buckets = spec.buckets, first_seq,
+                  "creating locks bucket");
+            for index in (1..spec.buckets).chain([0]) {
+                let name = shards::bucket_name(&spec.name, index);
+                match js.create_stream(spec.stream_config(index, first_seq)).await {
+                    Ok(_) => {}
+                    // Another process created it first: verified below.
+                    Err(e) if e.to_string().contains("already in use") => {}
+                    Err(e) => return Err(jetstream_error(&name, e)),
                 }
-                Err(e) => Err(jetstream_error(&spec.name, e)),
             }
+            open_bucket(js, &spec.name).await
         }
         Err(e) => Err(e),
     }
+}
+
+/// How many buckets the deployment whose bucket 0 has this stream config
+/// spreads its locks over ([`shards::BUCKETS_KEY`]; absent: one).
+pub fn buckets_of(bucket: &str, config: &jetstream::stream::Config) -> Result<u32, BucketError> {
+    match config.metadata.get(shards::BUCKETS_KEY) {
+        None => Ok(1),
+        Some(text) => match text.parse::<u32>() {
+            Ok(k) if (1..=shards::MAX_BUCKETS).contains(&k) => Ok(k),
+            _ => Err(BucketError::Buckets {
+                bucket: bucket.to_owned(),
+                buckets: text.clone(),
+            }),
+        },
+    }
+}
+
+/// Opens bucket `index` (1..K) of the deployment whose bucket 0 is `first`,
+/// checking that it is one and that its configuration is safe.
+pub async fn open_other_bucket(
+    js: &jetstream::Context,
+    first: &str,
+    index: u32,
+) -> Result<(kv::Store, jetstream::stream::Stream), BucketError> {
+    let bucket = shards::bucket_name(first, index);
+    let stream = get_bucket_stream(js, &bucket).await?;
+    let config = &stream.cached_info().config;
+    check_layout(&bucket, config)?;
+    if config
+        .metadata
+        .get(shards::SHARD_OF_KEY)
+        .map(String::as_str)
+        != Some(first)
+    {
+        return Err(BucketError::Incompatible {
+            bucket: bucket.clone(),
+            problem: format!("it is not a bucket of deployment {first:?} (its stream metadata lacks {}: {first:?})", shards::SHARD_OF_KEY),
+        });
+    }
+    check_config(&bucket, config)?;
+    let kv = js
+        .get_key_value(&bucket)
+        .await
+        .map_err(|e| jetstream_error(&bucket, e))?;
+    Ok((kv, stream))
 }
 
 /// Gives a bucket made by an older jetlock what this one adds to new
@@ -266,27 +353,40 @@ async fn upgrade(js: &jetstream::Context, bucket: &str, config: &jetstream::stre
     }
 }
 
-/// Opens an existing bucket after checking that its configuration is safe.
+/// Opens an existing bucket 0 after checking that its configuration is safe.
 pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, BucketError> {
-    let stream_name = format!("KV_{bucket}");
-    let stream = match js.get_stream(&stream_name).await {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Err(BucketError::NotFound {
-                bucket: bucket.to_owned(),
-            })
-        }
-        Err(e) => return Err(jetstream_error(bucket, e)),
-    };
+    let stream = get_bucket_stream(js, bucket).await?;
     let config = &stream.cached_info().config;
     check_layout(bucket, config)?;
+    if let Some(first) = config.metadata.get(shards::SHARD_OF_KEY) {
+        return Err(BucketError::NotFirst {
+            bucket: bucket.to_owned(),
+            first: first.clone(),
+        });
+    }
+    buckets_of(bucket, config)?;
     check_config(bucket, config)?;
     js.get_key_value(bucket)
         .await
         .map_err(|e| jetstream_error(bucket, e))
+}
+
+async fn get_bucket_stream(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<jetstream::stream::Stream, BucketError> {
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(stream) => Ok(stream),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Err(BucketError::NotFound {
+                bucket: bucket.to_owned(),
+            })
+        }
+        Err(e) => Err(jetstream_error(bucket, e)),
+    }
 }
 
 /// Caps of the request stream when a coordinator creates it.
@@ -495,7 +595,7 @@ pub fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<
 /// Refuses a bucket whose key layout ([`LAYOUT_KEY`]) is not this build's.
 pub fn check_layout(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
     match config.metadata.get(LAYOUT_KEY) {
-        Some(layout) if layout != LAYOUT => Err(BucketError::Layout {
+        Some(layout) if layout != LAYOUT && layout != LAYOUT_BUCKETS => Err(BucketError::Layout {
             bucket: bucket.to_owned(),
             layout: layout.clone(),
         }),

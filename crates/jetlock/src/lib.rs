@@ -64,6 +64,7 @@ pub mod name;
 pub mod protocol;
 pub mod recipes;
 pub mod record;
+pub mod shards;
 pub mod store;
 
 pub use async_nats;

@@ -26,8 +26,10 @@ use bytes::Bytes;
 use std::time::Duration;
 
 mod batch;
+mod watch;
 mod write_id;
 pub use batch::{BatchError, BatchPut, MAX_BATCH};
+pub use watch::{Change, Delivered, KeyWatch, SubjectWatch, WATCH_IDLE};
 pub(crate) use write_id::Nonce;
 pub use write_id::{WriteId, WRITE_ID};
 
@@ -76,46 +78,103 @@ pub struct Written {
     pub recovered: bool,
 }
 
-/// The locks bucket, for CAS writes and reads of single keys.
+/// The locks bucket (or the deployment's buckets, `crate::shards`), for
+/// CAS writes and reads of single keys, each in the bucket its key routes to.
 #[derive(Clone)]
 pub struct LockStore {
     js: jetstream::Context,
+    /// Bucket 0 first. Shared: a stream handle carries the stream's whole
+    /// info, dozens of allocations to clone.
+    buckets: std::sync::Arc<[Bucket]>,
+}
+
+struct Bucket {
     kv: kv::Store,
     stream: jetstream::stream::Stream,
     /// `$KV.<bucket>.`
     prefix: String,
 }
 
-impl LockStore {
-    /// Wraps an opened bucket (see [`crate::bucket::open_bucket`]).
-    pub async fn new(js: jetstream::Context, kv: kv::Store) -> Result<Self, async_nats::Error> {
-        let stream = js.get_stream(&kv.stream_name).await?;
-        Ok(LockStore {
+impl Bucket {
+    async fn new(
+        kv: kv::Store,
+        stream: jetstream::stream::Stream,
+    ) -> Result<Self, async_nats::Error> {
+        Ok(Bucket {
             prefix: format!("$KV.{}.", kv.name),
-            js,
             kv,
             stream,
         })
     }
+}
 
-    /// The bucket name.
+impl LockStore {
+    /// Wraps an opened bucket 0 (see [`crate::bucket::open_bucket`]) and
+    /// opens the deployment's other buckets, if its metadata names any.
+    pub async fn new(js: jetstream::Context, kv: kv::Store) -> Result<Self, async_nats::Error> {
+        let stream = js.get_stream(&kv.stream_name).await?;
+        let count = crate::bucket::buckets_of(&kv.name, &stream.cached_info().config)?;
+        let first = kv.name.clone();
+        let mut buckets = vec![Bucket::new(kv, stream).await?];
+        for index in 1..count {
+            let (kv, stream) = crate::bucket::open_other_bucket(&js, &first, index).await?;
+            buckets.push(Bucket::new(kv, stream).await?);
+        }
+        Ok(LockStore {
+            js,
+            buckets: buckets.into(),
+        })
+    }
+
+    /// The name of bucket 0, the deployment's name.
     pub fn bucket(&self) -> &str {
-        &self.kv.name
+        &self.buckets[0].kv.name
     }
 
-    /// The name of the bucket's stream (`KV_<bucket>`).
+    /// The name of bucket 0's stream (`KV_<bucket>`).
     pub fn stream_name(&self) -> &str {
-        &self.kv.stream_name
+        &self.buckets[0].kv.stream_name
     }
 
-    /// The async-nats KV handle (for watchers and listings).
+    /// Bucket 0's async-nats KV handle.
     pub fn kv(&self) -> &kv::Store {
-        &self.kv
+        &self.buckets[0].kv
+    }
+
+    /// Every bucket's async-nats KV handle, bucket 0 first (for listings
+    /// and watches of every key).
+    pub fn kvs(&self) -> impl Iterator<Item = &kv::Store> {
+        self.buckets.iter().map(|b| &b.kv)
+    }
+
+    /// Every bucket's stream, bucket 0 first.
+    pub fn streams(&self) -> impl Iterator<Item = &jetstream::stream::Stream> {
+        self.buckets.iter().map(|b| &b.stream)
+    }
+
+    /// How many buckets the locks spread over.
+    pub fn bucket_count(&self) -> u32 {
+        self.buckets.len() as u32
+    }
+
+    /// Which bucket holds `name` (an index into [`LockStore::kvs`]).
+    pub fn bucket_index(&self, name: &LockName) -> u32 {
+        crate::shards::bucket_of(name.key(), self.bucket_count())
+    }
+
+    /// The async-nats KV handle of the bucket holding `name`.
+    pub fn kv_of(&self, name: &LockName) -> &kv::Store {
+        &self.of(name).kv
+    }
+
+    fn of(&self, name: &LockName) -> &Bucket {
+        &self.buckets[self.bucket_index(name) as usize]
     }
 
     fn subject(&self, name: &LockName) -> String {
-        let mut s = String::with_capacity(self.prefix.len() + name.key().len());
-        s.push_str(&self.prefix);
+        let prefix = &self.of(name).prefix;
+        let mut s = String::with_capacity(prefix.len() + name.key().len());
+        s.push_str(prefix);
         s.push_str(name.key());
         s
     }
@@ -226,6 +285,12 @@ impl LockStore {
         expected: u64,
         marker_ttl: Duration,
     ) -> Result<bool, async_nats::Error> {
+        if self.bucket_index(mark) != self.bucket_index(filter) {
+            return Err(format!(
+                "{mark} and {filter} are in different buckets, so no write can check one against the other"
+            )
+            .into());
+        }
         let mut subject = self.subject(filter);
         if under {
             subject.push_str(".>");
@@ -298,6 +363,7 @@ impl LockStore {
         name: &LockName,
     ) -> Result<Option<jetstream::message::StreamMessage>, async_nats::Error> {
         match self
+            .of(name)
             .stream
             .get_last_raw_message_by_subject(&self.subject(name))
             .await
@@ -344,11 +410,12 @@ impl LockStore {
         name: &LockName,
         revision: u64,
     ) -> Result<KeyWatch, async_nats::Error> {
-        let subject = format!("{}{}", self.prefix, name.key());
-        let watch = SubjectWatch::start(&self.js, &self.stream, subject, revision).await?;
+        let bucket = self.of(name);
+        let subject = format!("{}{}", bucket.prefix, name.key());
+        let watch = SubjectWatch::start(&self.js, &bucket.stream, subject, revision).await?;
         Ok(KeyWatch {
             watch,
-            prefix_len: self.prefix.len(),
+            prefix_len: bucket.prefix.len(),
         })
     }
 
@@ -358,181 +425,20 @@ impl LockStore {
     /// and write locks and semaphores keep one key per holder under their
     /// name, and wait on all of them at once.
     pub async fn watch_under(&self, name: &LockName) -> Result<(KeyWatch, u64), async_nats::Error> {
-        let filter = format!("{}{}.>", self.prefix, name.key());
+        let bucket = self.of(name);
+        let filter = format!("{}{}.>", bucket.prefix, name.key());
         let (watch, pending) = SubjectWatch::start_with(
             &self.js,
-            &self.stream,
+            &bucket.stream,
             filter,
             jetstream::consumer::DeliverPolicy::LastPerSubject,
         )
         .await?;
         let watch = KeyWatch {
             watch,
-            prefix_len: self.prefix.len(),
+            prefix_len: bucket.prefix.len(),
         };
         Ok((watch, pending))
-    }
-}
-
-/// A watch of one subject of a stream, raw messages in order: an ordered
-/// push consumer from a revision on. Its consumer goes with the watch: it
-/// is deleted when the watch is dropped, and the server removes it
-/// [`WATCH_IDLE`] after nobody listens, which covers a delete that is lost
-/// or refused (the worker role may not delete consumers). Left to
-/// async-nats' 30 s, a burst of waits filled the stream's consumer limit
-/// (see [`crate::bucket::MAX_CONSUMERS`]).
-pub struct SubjectWatch {
-    messages: jetstream::consumer::push::Ordered,
-    stream: jetstream::stream::Stream,
-    consumer: String,
-}
-
-/// How long the server keeps a watch's consumer once nobody listens on it.
-/// Short, since a watch ends with its wait; a client reconnecting after
-/// longer finds it gone and async-nats creates it again from where it was.
-pub const WATCH_IDLE: Duration = Duration::from_secs(2);
-
-/// One message a [`SubjectWatch`] delivered.
-#[derive(Debug)]
-pub struct Delivered {
-    pub subject: String,
-    /// Its stream sequence: the key's revision.
-    pub revision: u64,
-    /// How many messages the server had queued behind this one.
-    pub pending: u64,
-    pub headers: Option<HeaderMap>,
-    pub payload: Bytes,
-}
-
-impl SubjectWatch {
-    /// Watches `subject` of `stream` from `revision` on (inclusive).
-    pub async fn start(
-        js: &jetstream::Context,
-        stream: &jetstream::stream::Stream,
-        subject: String,
-        revision: u64,
-    ) -> Result<Self, async_nats::Error> {
-        let from = jetstream::consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: revision.max(1),
-        };
-        Ok(Self::start_with(js, stream, subject, from).await?.0)
-    }
-
-    /// Watches the subjects `filter` matches, from `deliver` on; also
-    /// returns how many messages the server holds for it at the start.
-    pub async fn start_with(
-        js: &jetstream::Context,
-        stream: &jetstream::stream::Stream,
-        filter: String,
-        deliver: jetstream::consumer::DeliverPolicy,
-    ) -> Result<(Self, u64), async_nats::Error> {
-        // Unnamed: the server names it, and the name is read back for the
-        // delete. async-nats recreates it after a leader change under the
-        // name `<name>_<n>`, which puts the filter into the API subject
-        // (`CONSUMER.CREATE.<stream>.<name>.<filter>`): roles that watch
-        // need that form too (nats/cluster.conf).
-        let ordered = jetstream::consumer::push::OrderedConfig {
-            deliver_subject: js.client().new_inbox(),
-            description: Some("jetlock wait".into()),
-            filter_subject: filter,
-            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-            deliver_policy: deliver,
-            ..Default::default()
-        };
-        // async-nats' ordered config fixes the inactivity threshold at 30 s:
-        // the consumer is created from the same config with ours, and read
-        // as the ordered consumer it is. One that async-nats creates again
-        // after a gap gets its 30 s (and no delete: see `Drop`).
-        let mut config =
-            jetstream::consumer::IntoConsumerConfig::into_consumer_config(ordered.clone());
-        config.inactive_threshold = WATCH_IDLE;
-        let created = stream.create_consumer(config).await?;
-        let info = created.cached_info().clone();
-        let (consumer, pending) = (info.name.clone(), info.num_pending);
-        let ordered = jetstream::consumer::Consumer::new(ordered, info, js.clone());
-        let watch = SubjectWatch {
-            messages: ordered.messages().await?,
-            stream: stream.clone(),
-            consumer,
-        };
-        Ok((watch, pending))
-    }
-
-    /// The subject's next message; `None` once the watch ended, an error
-    /// when it broke (a new one resumes).
-    pub async fn next(&mut self) -> Option<Result<Delivered, async_nats::Error>> {
-        use futures::StreamExt;
-        let msg = match self.messages.next().await? {
-            Ok(msg) => msg,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let (revision, pending) = match msg.info() {
-            Ok(info) => (info.stream_sequence, info.pending),
-            Err(e) => return Some(Err(e)),
-        };
-        let msg = msg.message;
-        Some(Ok(Delivered {
-            subject: msg.subject.to_string(),
-            revision,
-            pending,
-            headers: msg.headers,
-            payload: msg.payload,
-        }))
-    }
-}
-
-impl Drop for SubjectWatch {
-    fn drop(&mut self) {
-        // Best effort: what a lost or refused delete leaves, the server
-        // removes after `WATCH_IDLE`; a consumer async-nats created again
-        // under another name after a gap, after its 30 s.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (stream, consumer) = (self.stream.clone(), std::mem::take(&mut self.consumer));
-            rt.spawn(async move {
-                let _ = stream.delete_consumer(&consumer).await;
-            });
-        }
-    }
-}
-
-/// A watch of lock keys ([`LockStore::watch_from`], [`LockStore::watch_under`]),
-/// its messages read as lock records.
-pub struct KeyWatch {
-    watch: SubjectWatch,
-    /// Length of `$KV.<bucket>.`, cut off subjects to give keys.
-    prefix_len: usize,
-}
-
-/// One change seen by a [`KeyWatch`].
-#[derive(Debug)]
-pub struct Change {
-    /// The KV key changed.
-    pub key: String,
-    pub revision: u64,
-    pub current: Result<Current, RecordError>,
-    /// How many changes the server had queued behind this one when it was
-    /// sent.
-    pub pending: u64,
-}
-
-impl KeyWatch {
-    /// The key's next change, `(revision, what it says)`; `None` once the
-    /// watch ended, an error when it broke (a new one resumes).
-    pub async fn next(
-        &mut self,
-    ) -> Option<Result<(u64, Result<Current, RecordError>), async_nats::Error>> {
-        Some(self.change().await?.map(|c| (c.revision, c.current)))
-    }
-
-    /// The next change, with its key: for a watch of several keys
-    /// ([`LockStore::watch_under`]).
-    pub async fn change(&mut self) -> Option<Result<Change, async_nats::Error>> {
-        Some(self.watch.next().await?.map(|m| Change {
-            key: m.subject.get(self.prefix_len..).unwrap_or("").to_owned(),
-            current: current_from_message(m.revision, m.headers.as_ref(), &m.payload),
-            revision: m.revision,
-            pending: m.pending,
-        }))
     }
 }
 

@@ -374,16 +374,16 @@ async fn a_bucket_of_another_key_layout_is_refused() {
     );
     config
         .metadata
-        .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "2".to_owned());
+        .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "3".to_owned());
     js.update_stream(&config).await.unwrap();
     let err = ClientOptions::new()
         .bucket(c.store().bucket())
         .connect(&server.url())
         .await
         .err()
-        .expect("a bucket of layout 2 refused");
+        .expect("a bucket of layout 3 refused");
     match err {
-        ConnectError::Bucket(BucketError::Layout { layout, .. }) => assert_eq!(layout, "2"),
+        ConnectError::Bucket(BucketError::Layout { layout, .. }) => assert_eq!(layout, "3"),
         other => panic!("expected Layout, got {other}"),
     }
     let err = jetlock_coordinator::Coordinator::start(
@@ -396,7 +396,7 @@ async fn a_bucket_of_another_key_layout_is_refused() {
     .await
     .err()
     .expect("a coordinator refuses it too");
-    assert!(err.to_string().contains("key layout \"2\""), "{err}");
+    assert!(err.to_string().contains("key layout \"3\""), "{err}");
 }
 
 #[tokio::test]

@@ -90,6 +90,9 @@ without $JS.API.STREAM.INFO: check `nats stream info {name}` and run the doctor 
             )),
         }
     }
+    if let Some(info) = &locks {
+        findings.extend(super::buckets::findings(&js, bucket, info, servers).await);
+    }
     (findings, locks)
 }
 
@@ -101,7 +104,7 @@ fn recommended_replicas(servers: Option<usize>) -> usize {
 }
 
 /// A stream's info, `None` when the stream does not exist.
-async fn stream_info(
+pub(super) async fn stream_info(
     js: &jetstream::Context,
     name: &str,
 ) -> Result<Option<stream::Info>, async_nats::Error> {
@@ -117,7 +120,7 @@ async fn stream_info(
     }
 }
 
-fn locks_bucket_findings(
+pub(super) fn locks_bucket_findings(
     bucket: &str,
     info: &stream::Info,
     servers: Option<usize>,

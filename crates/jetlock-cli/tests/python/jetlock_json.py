@@ -30,6 +30,11 @@ import secrets
 import nats
 import nats.js.errors
 
+try:  # only for deployments that spread locks over several buckets
+    import xxhash
+except ImportError:
+    xxhash = None
+
 VERSION = 1
 
 
@@ -59,6 +64,7 @@ class Session:
         self._hb_task = None
         self.last_ack = None  # the last heartbeat answer
         self._readers = {}  # read/write lock name -> (reader owner, holds)
+        self.buckets = None  # how many buckets the locks spread over
 
     # -- connection and heartbeats ------------------------------------------
 
@@ -347,13 +353,30 @@ class Session:
             if await self._confirm(gate, gate, False, seq):
                 return True
 
+    async def _bucket(self, name):
+        """The bucket holding `name`'s key (docs/PROTOCOL.md, "Key
+        layouts"): bucket 0 names how many there are in its stream
+        metadata, read once. Only read/write locks and semaphores need it:
+        they read the bucket; plain locks only send requests."""
+        if self.buckets is None:
+            info = await self.js.stream_info(f"KV_{BUCKET}")
+            meta = info.config.metadata or {}
+            if meta.get("jetlock.layout", "1") not in ("1", "2"):
+                raise RuntimeError(f"bucket {BUCKET} uses key layout {meta['jetlock.layout']}, "
+                                   "which this client does not speak")
+            self.buckets = int(meta.get("jetlock.buckets", "1"))
+        index = bucket_of(key_of(name), self.buckets)
+        return BUCKET if index == 0 else f"{BUCKET}_{index}"
+
     async def _confirm(self, gate, name, under, seq):
         """Whether the last message of `name`'s key (with `under`, of every
         key below it) is still `seq`: a delete marker on the gate's mark key
         (`N:~rw:mark`) that expects it, by the header
         Nats-Expected-Last-Subject-Sequence-Subject."""
         mark = gate.rsplit(":", 1)[0] + ":mark"
-        subject = f"$KV.{BUCKET}.{key_of(name)}" + (".>" if under else "")
+        # The mark, the gate and the parts are all in the lock's bucket.
+        bucket = await self._bucket(name)
+        subject = f"$KV.{bucket}.{key_of(name)}" + (".>" if under else "")
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": subject,
@@ -361,7 +384,7 @@ class Session:
             "Nats-TTL": "1s",
         }
         try:
-            await self.js.publish(f"$KV.{BUCKET}.{key_of(mark)}", b"", headers=headers)
+            await self.js.publish(f"$KV.{bucket}.{key_of(mark)}", b"", headers=headers)
             return True
         except nats.js.errors.APIError as e:
             if e.err_code == 10071:  # wrong last sequence: it moved on
@@ -371,8 +394,9 @@ class Session:
     async def _holder(self, name):
         """(session, owner) of the record under `name`'s key, or None, and
         the key's last sequence (0: no message)."""
+        bucket = await self._bucket(name)
         try:
-            msg = await self.js.get_last_msg(f"KV_{BUCKET}", f"$KV.{BUCKET}.{key_of(name)}")
+            msg = await self.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{key_of(name)}")
         except nats.js.errors.NotFoundError:
             return None, 0  # no message: never held
         headers = msg.headers or {}
@@ -384,8 +408,9 @@ class Session:
         """The names under `under` that are held, and the newest sequence
         among their keys' last messages (0: none): which keys have
         messages, then each key's last one, from the stream leader."""
-        prefix = f"$KV.{BUCKET}.{key_of(under)}."
-        info = await self.js.stream_info(f"KV_{BUCKET}", subjects_filter=prefix + ">")
+        bucket = await self._bucket(under)
+        prefix = f"$KV.{bucket}.{key_of(under)}."
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
         held, last = set(), 0
         for subject in (info.state.subjects or {}):
             name = f"{under}:{unescape(subject[len(prefix):])}"
@@ -407,6 +432,24 @@ def key_of(name):
             return "="
         return "".join(chr(b) if b in PLAIN else f"={b:02X}" for b in s.encode())
     return ".".join(segment(s) for s in name.split(":"))
+
+
+def bucket_of(key, buckets):
+    """Which of `buckets` buckets holds `key`: xxh3-64 of its route mod
+    the count. The route is the key up to its first part (a segment
+    starting with an escaped `~`), or the text of a `{tag}` in that."""
+    if buckets <= 1:
+        return 0
+    if xxhash is None:
+        raise RuntimeError(f"the locks spread over {buckets} buckets: "
+                           "`pip install xxhash` to find a key's")
+    route = key.split(".=7E", 1)[0]
+    start = route.find("=7B")
+    if start >= 0:
+        end = route.find("=7D", start + 3)
+        if end > start + 3:
+            route = route[start + 3:end]
+    return xxhash.xxh3_64_intdigest(route.encode()) % buckets
 
 
 def unescape(key):

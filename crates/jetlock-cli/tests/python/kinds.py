@@ -11,7 +11,7 @@ import random
 import time
 
 from checks import expect, log, run
-from jetlock_json import Session
+from jetlock_json import Session, bucket_of, key_of
 
 
 async def not_before(task, what, seconds=0.5):
@@ -132,7 +132,13 @@ async def racing(sessions, seconds=4.0):
 
 
 async def main(url):
+    # docs/PROTOCOL.md's vectors of a key's bucket.
+    for name, buckets, want in [("account:42", 3, 0), ("account:43", 3, 2),
+                                ("account:{7}:debit", 3, 0), ("orders", 16, 11)]:
+        assert bucket_of(key_of(name), buckets) == want, (name, buckets)
     sessions = [await Session(url, name=f"py{i}").connect() for i in range(6)]
+    where = await sessions[0]._bucket("py:ledger")
+    log(f"py:ledger is in bucket {where} of {sessions[0].buckets}")
     try:
         await ordered(*sessions[:4])
         await racing(sessions)

@@ -3,13 +3,26 @@
 
 use super::*;
 
+/// One bucket's watch, its messages with the bucket's index.
+pub(super) type BucketFeed = futures::stream::BoxStream<
+    'static,
+    (
+        usize,
+        Result<jetstream::Message, consumer::push::OrderedError>,
+    ),
+>;
+
 /// Everything the loop reads.
 pub(super) struct Feeds {
     pub(super) requests: consumer::push::Ordered,
     pub(super) requests_caught_up: bool,
     /// Judges how long ago each request was stored.
     pub(super) request_age: RequestAge,
-    pub(super) bucket: consumer::push::Ordered,
+    /// Every bucket's changes (`jetlock::shards`), each with its bucket's
+    /// index.
+    pub(super) bucket: futures::stream::SelectAll<BucketFeed>,
+    /// The buckets whose watch has not yet caught up.
+    pub(super) buckets_behind: Vec<bool>,
     pub(super) bucket_caught_up: bool,
     pub(super) heartbeats: async_nats::Subscriber,
     pub(super) coordinators: async_nats::Subscriber,
@@ -35,7 +48,6 @@ impl Runtime {
     pub(super) async fn feeds(
         &mut self,
         mut requests: JsStream,
-        mut kv_stream: JsStream,
         settings: kv::Store,
     ) -> Result<Feeds, CoordinatorError> {
         let subscribe = |subject: &str| {
@@ -64,13 +76,6 @@ impl Runtime {
         let requests_empty = request_info.state.messages == 0;
         self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
         let request_age = RequestAge::new(asked, request_info.state.last_sequence);
-        let bucket_empty = kv_stream
-            .info()
-            .await
-            .map_err(nats_err("read the bucket's state"))?
-            .state
-            .messages
-            == 0;
         let request_feed = requests
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.nats.new_inbox(),
@@ -82,18 +87,32 @@ impl Runtime {
             .messages()
             .await
             .map_err(nats_err("read the request stream"))?;
-        let bucket_feed = kv_stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.nats.new_inbox(),
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                filter_subject: format!("$KV.{}.>", self.store.bucket()),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_err("watch the bucket"))?
-            .messages()
-            .await
-            .map_err(nats_err("watch the bucket"))?;
+        let mut bucket = futures::stream::SelectAll::new();
+        let mut buckets_behind = Vec::new();
+        for (index, (stream, kv)) in self.store.streams().zip(self.store.kvs()).enumerate() {
+            let mut stream = stream.clone();
+            let empty = stream
+                .info()
+                .await
+                .map_err(nats_err("read the bucket's state"))?
+                .state
+                .messages
+                == 0;
+            buckets_behind.push(!empty);
+            let feed = stream
+                .create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: self.nats.new_inbox(),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    filter_subject: format!("$KV.{}.>", kv.name),
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats_err("watch the bucket"))?
+                .messages()
+                .await
+                .map_err(nats_err("watch the bucket"))?;
+            bucket.push(feed.map(move |msg| (index, msg)).boxed());
+        }
         let settings_empty = settings
             .status()
             .await
@@ -149,8 +168,9 @@ impl Runtime {
             requests: request_feed,
             requests_caught_up: requests_empty,
             request_age,
-            bucket: bucket_feed,
-            bucket_caught_up: bucket_empty,
+            bucket,
+            bucket_caught_up: !buckets_behind.contains(&true),
+            buckets_behind,
             heartbeats,
             coordinators,
             heard_queries,

@@ -65,12 +65,15 @@ pub(super) async fn acquire(
     if inner.link.ended() {
         return Err(LockError::SessionExpired);
     }
-    match inner.store.takes_atomic_batches().await {
+    if !inner.store.in_one_bucket(names.iter()) {
+        return Err(refuse(BatchError::Apart.to_string()));
+    }
+    match inner.store.takes_atomic_batches(first).await {
         Ok(true) => {}
         Ok(false) => {
             return Err(refuse(format!(
                 "stream {} does not allow atomic batches (needs nats-server 2.12+; `jetlock setup` turns allow_atomic on)",
-                inner.store.stream_name()
+                inner.store.kv_of(first).stream_name
             )))
         }
         Err(source) => {
@@ -208,6 +211,7 @@ impl AtomicSet {
                 Ok(w) => break Ok(Some((w, first_sent))),
                 Err(BatchError::Conflict) => break Ok(None),
                 Err(BatchError::Unsupported(reason)) => break Err(Refusal::Unsupported(reason)),
+                Err(e @ BatchError::Apart) => break Err(Refusal::Unsupported(e.to_string())),
                 // Nothing was written: send again, as after a lost send.
                 Err(BatchError::Dropped(e)) => e.into(),
                 Err(BatchError::Transport(e)) => {
@@ -389,7 +393,9 @@ impl Drop for Inflight<'_> {
                             }
                             return;
                         }
-                        Err(BatchError::Conflict | BatchError::Unsupported(_)) => return,
+                        Err(
+                            BatchError::Conflict | BatchError::Unsupported(_) | BatchError::Apart,
+                        ) => return,
                         Err(BatchError::Dropped(_) | BatchError::Transport(_)) => {}
                     }
                 }

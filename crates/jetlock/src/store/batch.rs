@@ -60,6 +60,10 @@ pub enum BatchError {
     /// was written; sending again may succeed.
     #[error("the server dropped the batch for now (nothing was written): {0}")]
     Dropped(#[source] PublishError),
+    /// The keys are in different buckets of the deployment
+    /// (`crate::shards`): no one write reaches them all.
+    #[error("the locks are in different buckets of this deployment, so no one atomic write takes them all; name them with a common {{tag}} (as account:{{7}}:debit and account:{{7}}:credit) to keep them in one (docs/SCALING.md)")]
+    Apart,
     /// The bucket does not take atomic batches (or not this large).
     #[error("the locks bucket does not take this atomic batch: {0}")]
     Unsupported(String),
@@ -69,16 +73,27 @@ pub enum BatchError {
 }
 
 impl LockStore {
-    /// Whether the bucket's stream takes atomic batches, as of the stream
-    /// info read at open (and read again when that said no). A server
-    /// before 2.12 never says yes: it would store a batch's messages one by
-    /// one, so nothing may be sent as a batch there.
-    pub async fn takes_atomic_batches(&self) -> Result<bool, async_nats::Error> {
-        if self.stream.cached_info().config.allow_atomic_publish {
+    /// Whether the stream of `name`'s bucket takes atomic batches, as of
+    /// the stream info read at open (and read again when that said no). A
+    /// server before 2.12 never says yes: it would store a batch's messages
+    /// one by one, so nothing may be sent as a batch there.
+    pub async fn takes_atomic_batches(&self, name: &LockName) -> Result<bool, async_nats::Error> {
+        let bucket = self.of(name);
+        if bucket.stream.cached_info().config.allow_atomic_publish {
             return Ok(true);
         }
-        let mut stream = self.js.get_stream(self.stream_name()).await?;
+        let mut stream = self.js.get_stream(&bucket.kv.stream_name).await?;
         Ok(stream.info().await?.config.allow_atomic_publish)
+    }
+
+    /// Whether every one of `names` is in one bucket, so one atomic batch
+    /// can write them all.
+    pub fn in_one_bucket<'a>(&self, mut names: impl Iterator<Item = &'a LockName>) -> bool {
+        let Some(first) = names.next() else {
+            return true;
+        };
+        let bucket = self.bucket_index(first);
+        names.all(|n| self.bucket_index(n) == bucket)
     }
 
     /// Writes every put, each with its own expected revision and the lease
@@ -99,6 +114,9 @@ impl LockStore {
                 "{} keys; a batch holds at most {MAX_BATCH}",
                 puts.len()
             )));
+        }
+        if !self.in_one_bucket(puts.iter().map(|p| p.name)) {
+            return Err(BatchError::Apart);
         }
         let Some((commit, staged)) = puts.split_last() else {
             return Ok(Vec::new());
