@@ -1,10 +1,11 @@
 //! The coordinator curve: JSON pairs/s and CPU per pair on the 3-node
-//! cluster of `nats/cluster.conf` (R3, one locks bucket) with 1, 2 and 3
-//! coordinators, the measure docs/SCALING.md asks of coordinators that add
-//! capacity.
+//! cluster of `nats/cluster.conf` (R3) with 1, 2 and 3 coordinators, over
+//! one locks bucket and over three (K = 3, each stream led by another
+//! server), the measure docs/SCALING.md asks of coordinators that add
+//! capacity and of buckets that take the one Raft leader off the path.
 //!
-//! The bench starts the cluster, creates the bucket, then adds `jetlock
-//! serve` children one at a time. After each joins, tasks of the JSON
+//! For each K the bench starts a cluster, creates the buckets (spreading
+//! their leaders), then adds `jetlock serve` children one at a time. After each joins, tasks of the JSON
 //! protocol (each its own session, as the cluster's protocol-only
 //! `restricted` user, one shared connection) run uncontended pairs on
 //! fresh keys for a window, and the CPU time of every coordinator and
@@ -17,7 +18,7 @@
 use super::json::JsonSession;
 use super::procs::{Coord, Proc};
 use super::CliError;
-use jetlock::bucket::{BucketSpec, DEFAULT_BUCKET};
+use jetlock::bucket::{spread_leaders, BucketSpec, DEFAULT_BUCKET};
 use jetlock_testkit::server::{ensure_bucket_when_ready, NatsCluster, Role};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,8 @@ use tokio::time::Instant;
 const NODES: usize = 3;
 /// Coordinators, added one at a time.
 pub(super) const MOST_COORDINATORS: usize = 3;
+/// The deployments measured: locks over this many buckets.
+pub(super) const BUCKETS: [u32; 2] = [1, 3];
 /// How long the cluster may take to elect its JetStream leaders.
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// After a coordinator joins: every coordinator hears it (heartbeats every
@@ -57,7 +60,22 @@ pub(super) struct CurveRow {
 const RECEIVED: &str = r#"jetlock_nats_messages_total{direction="received"}"#;
 
 pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>, CliError> {
-    super::progress("coordinators: starting the 3-node cluster");
+    let mut rows = Vec::new();
+    for buckets in BUCKETS {
+        rows.extend(run_over(buckets, tasks, window).await?);
+    }
+    Ok(rows)
+}
+
+/// The curve on a fresh cluster whose locks spread over `buckets` buckets.
+async fn run_over(
+    buckets: u32,
+    tasks: usize,
+    window: Duration,
+) -> Result<Vec<CurveRow>, CliError> {
+    super::progress(&format!(
+        "coordinators: starting the 3-node cluster ({buckets} bucket(s))"
+    ));
     let cluster = NatsCluster::start(NODES)
         .map_err(|e| format!("could not start the 3-node cluster: {e}"))?;
     let admin = jetlock::connect::nats(
@@ -66,8 +84,13 @@ pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>,
         async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
     )
     .await?;
-    let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
+    let mut spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
+    spec.buckets = buckets;
     ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
+    if buckets > 1 {
+        let js = async_nats::jetstream::new(admin.clone());
+        spread_leaders(&js, DEFAULT_BUCKET, buckets).await?;
+    }
     let servers: Vec<u32> = cluster.servers().iter().filter_map(|s| s.pid()).collect();
     let coordinator_url = cluster.url_as(Role::Coordinator);
     let client_url = cluster.url_as(Role::Restricted);
@@ -79,7 +102,9 @@ pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>,
     let mut rows = Vec::new();
     let run = nuid::next();
     for n in 1..=MOST_COORDINATORS {
-        super::progress(&format!("coordinators: {n} of {MOST_COORDINATORS} serving"));
+        super::progress(&format!(
+            "coordinators: {n} of {MOST_COORDINATORS} serving, {buckets} bucket(s)"
+        ));
         let (proc, url) = Coord::start_on_cluster(&coordinator_url, &format!("bench-c{n}")).await?;
         coordinators.push(proc);
         metrics.push(url.ok_or("a coordinator printed no metrics URL")?);
@@ -91,7 +116,9 @@ pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>,
             metrics: &metrics,
             servers: &servers,
         };
-        rows.push(measure(&client_url, prefix, &keys, tasks, window, &who).await?);
+        let mut row = measure(&client_url, prefix, &keys, tasks, window, &who).await?;
+        row.buckets = buckets as usize;
+        rows.push(row);
     }
     for c in coordinators {
         c.stop().await;
@@ -200,7 +227,7 @@ pub(super) fn markdown(rows: &[CurveRow]) -> String {
         return String::new();
     }
     let mut o = format!(
-        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always, one bucket), CPU per pair over the window, and the messages each coordinator's connection received per pair (`jetlock_nats_messages_total`)\n\n",
+        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always; the locks in one bucket, then spread over three whose leaders are the three servers), CPU per pair over the window, and the messages each coordinator's connection received per pair (`jetlock_nats_messages_total`)\n\n",
         rows[0].tasks
     );
     let rows: Vec<Vec<String>> = rows

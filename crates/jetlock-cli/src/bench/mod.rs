@@ -470,12 +470,12 @@ fn planned(
         } else {
             CURVE_SECS
         };
-        // The cluster's start, then a coordinator's start and settling
-        // before each window.
+        // For each count of buckets: the cluster's start, then a
+        // coordinator's start and settling before each window.
         let each = second * (window as u32 + 4);
         stages.push((
             "coordinators",
-            second * 5 + each * curve::MOST_COORDINATORS as u32,
+            (second * 5 + each * curve::MOST_COORDINATORS as u32) * curve::BUCKETS.len() as u32,
         ));
     }
     if selected(Workload::Peers) {
