@@ -105,11 +105,14 @@ fn a_short_election_bench_reports_both_ways_of_leaving() {
 /// `nats/cluster.conf`, adds coordinators one at a time, and every step
 /// ran JSON pairs and read each coordinator's CPU. Numbers not judged here.
 #[test]
-fn a_short_coordinator_curve_adds_coordinators_one_at_a_time() {
+fn a_short_coordinator_curve_adds_coordinators_one_at_a_time_over_one_and_three_buckets() {
     let report = quick_bench(&["--only", "coordinators", "--clients", "4"]);
     let rows = report["curve"].as_array().expect("curve rows");
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    // One, two, three coordinators over one bucket, then over three.
+    assert_eq!(rows.len(), 6, "{rows:?}");
     for (i, row) in rows.iter().enumerate() {
+        let (buckets, i) = (if i < 3 { 1 } else { 3 }, i % 3);
+        assert_eq!(row["buckets"], buckets, "{row}");
         assert_eq!(row["coordinators"], i + 1, "{row}");
         assert!(row["pairs"].as_u64().is_some_and(|n| n > 0), "{row}");
         let each = row["coordinator_us_per_pair"]

@@ -68,11 +68,7 @@ pub(super) async fn run(tasks: usize, window: Duration) -> Result<Vec<CurveRow>,
 }
 
 /// The curve on a fresh cluster whose locks spread over `buckets` buckets.
-async fn run_over(
-    buckets: u32,
-    tasks: usize,
-    window: Duration,
-) -> Result<Vec<CurveRow>, CliError> {
+async fn run_over(buckets: u32, tasks: usize, window: Duration) -> Result<Vec<CurveRow>, CliError> {
     super::progress(&format!(
         "coordinators: starting the 3-node cluster ({buckets} bucket(s))"
     ));
