@@ -96,15 +96,12 @@ struct Bucket {
 }
 
 impl Bucket {
-    async fn new(
-        kv: kv::Store,
-        stream: jetstream::stream::Stream,
-    ) -> Result<Self, async_nats::Error> {
-        Ok(Bucket {
+    fn new(kv: kv::Store, stream: jetstream::stream::Stream) -> Self {
+        Bucket {
             prefix: format!("$KV.{}.", kv.name),
             kv,
             stream,
-        })
+        }
     }
 }
 
@@ -115,10 +112,10 @@ impl LockStore {
         let stream = js.get_stream(&kv.stream_name).await?;
         let count = crate::bucket::buckets_of(&kv.name, &stream.cached_info().config)?;
         let first = kv.name.clone();
-        let mut buckets = vec![Bucket::new(kv, stream).await?];
+        let mut buckets = vec![Bucket::new(kv, stream)];
         for index in 1..count {
             let (kv, stream) = crate::bucket::open_other_bucket(&js, &first, index).await?;
-            buckets.push(Bucket::new(kv, stream).await?);
+            buckets.push(Bucket::new(kv, stream));
         }
         Ok(LockStore {
             js,
@@ -210,8 +207,16 @@ impl LockStore {
         if let Some(applied) = applied {
             headers.insert(APPLIED, applied);
         }
-        self.publish(name, headers, record.encode_bytes(), expected, write)
-            .await
+        let subject = self.subject(name);
+        self.publish(
+            subject,
+            name,
+            headers,
+            record.encode_bytes(),
+            expected,
+            write,
+        )
+        .await
     }
 
     /// Releases the key if its last revision is `expected`: writes a delete
@@ -245,7 +250,8 @@ impl LockStore {
         if let Some(applied) = applied {
             headers.insert(APPLIED, applied);
         }
-        self.publish(name, headers, Bytes::new(), expected, write)
+        let subject = self.subject(name);
+        self.publish(subject, name, headers, Bytes::new(), expected, write)
             .await
     }
 
@@ -254,7 +260,9 @@ impl LockStore {
     /// 64-bit number). JetStream refuses it as a conflict when this
     /// connection may write the bucket; the server's permissions drop it
     /// (no answer, and a permissions error on the connection) when it may
-    /// not. The client sends it at connect to learn which.
+    /// not. The client sends it at connect to learn which. It goes to the
+    /// deployment's last bucket: a user may write all of them or none, and
+    /// a refusal there is one a client must know as the bucket's.
     pub async fn probe_write(&self) -> Result<Written, CasError> {
         let name = LockName::new("jetlock:write-probe").expect("a valid name");
         let expected = i64::MAX as u64;
@@ -263,7 +271,9 @@ impl LockStore {
             resend: false,
         };
         let headers = cas_headers(expected, write.id);
-        self.publish(&name, headers, Bytes::new(), expected, write)
+        let last = self.buckets.last().expect("a store has a bucket");
+        let subject = format!("{}{}", last.prefix, name.key());
+        self.publish(subject, &name, headers, Bytes::new(), expected, write)
             .await
     }
 
@@ -317,6 +327,7 @@ impl LockStore {
 
     async fn publish(
         &self,
+        subject: String,
         name: &LockName,
         headers: HeaderMap,
         payload: Bytes,
@@ -325,7 +336,7 @@ impl LockStore {
     ) -> Result<Written, CasError> {
         let ack = self
             .js
-            .publish_with_headers(self.subject(name), headers, payload)
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|e| CasError::Transport(e.into()))?
             .await;

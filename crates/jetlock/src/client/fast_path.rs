@@ -33,8 +33,9 @@ pub(crate) struct FastPath {
     on: AtomicBool,
     /// Woken when the fast path is turned off.
     off: Notify,
-    /// `$KV.<bucket>.`: refusals of publishes under it concern the fast path.
-    bucket_subjects: String,
+    /// The deployment's bucket 0: refusals of publishes to it or to its
+    /// other buckets (`<bucket>_<n>`, `crate::shards`) concern the fast path.
+    bucket: String,
 }
 
 /// Server errors start with this for a refused publish (async-nats keeps
@@ -46,7 +47,7 @@ impl FastPath {
         FastPath {
             on: AtomicBool::new(on),
             off: Notify::new(),
-            bucket_subjects: format!("$KV.{bucket}."),
+            bucket: bucket.to_owned(),
         }
     }
 
@@ -74,11 +75,27 @@ impl FastPath {
             }
             return;
         };
-        if subject.trim_matches('"').starts_with(&self.bucket_subjects) {
+        if self.is_bucket_subject(subject.trim_matches('"')) {
             self.turn_off("this NATS user may not write the locks bucket");
         } else {
             warn!("NATS refused a publish to {subject}: the user's permissions do not allow it (does its permissions block match ClientOptions::session_prefix?)");
         }
+    }
+
+    /// Whether `subject` is a key of one of the deployment's buckets:
+    /// `$KV.<bucket>.…` or `$KV.<bucket>_<n>.…`.
+    fn is_bucket_subject(&self, subject: &str) -> bool {
+        let Some(rest) = subject
+            .strip_prefix("$KV.")
+            .and_then(|s| s.strip_prefix(self.bucket.as_str()))
+        else {
+            return false;
+        };
+        let rest = match rest.strip_prefix('_') {
+            Some(n) => n.trim_start_matches(|c: char| c.is_ascii_digit()),
+            None => rest,
+        };
+        rest.starts_with('.')
     }
 
     /// Resolves once the fast path is off.
@@ -130,6 +147,8 @@ mod tests {
         let fast = FastPath::new(true, "JETLOCK_LOCKS");
         fast.observe(&refused("jetlock.hb.other.s1"));
         fast.observe(&refused("$KV.OTHER_BUCKET.a"));
+        fast.observe(&refused("$KV.JETLOCK_LOCKS_X.a"));
+        fast.observe(&refused("$KV.JETLOCK_LOCKSMITH.a"));
         fast.observe(&async_nats::Event::ServerError(
             async_nats::ServerError::Other(
                 "Permissions Violation for Subscription to \"$KV.JETLOCK_LOCKS.a\"".into(),
@@ -140,6 +159,13 @@ mod tests {
         assert!(!fast.on());
         // It never comes back on.
         fast.observe(&async_nats::Event::Connected);
+        assert!(!fast.on());
+    }
+
+    #[test]
+    fn a_refused_write_to_another_bucket_of_the_deployment_turns_it_off() {
+        let fast = FastPath::new(true, "JETLOCK_LOCKS");
+        fast.observe(&refused("$KV.JETLOCK_LOCKS_2.account.42"));
         assert!(!fast.on());
     }
 
