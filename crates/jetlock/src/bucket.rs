@@ -241,8 +241,11 @@ pub async fn ensure_bucket(
                 warn!(bucket = %spec.name, have = config.num_replicas, want = spec.replicas,
                       "locks bucket replica count differs from the requested one; keeping it");
             }
+            // Only a caller that asked for several is told: a coordinator
+            // or client that opens an existing deployment asks for the
+            // default.
             let have = buckets_of(&spec.name, config)?;
-            if have != spec.buckets {
+            if have != spec.buckets && spec.buckets > 1 {
                 warn!(bucket = %spec.name, have, want = spec.buckets,
                       "the deployment spreads its locks over another number of buckets; keeping it (it is fixed when the deployment is made)");
             }
