@@ -351,9 +351,9 @@ mod tests {
         other_layout
             .config
             .metadata
-            .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "2".to_owned());
+            .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "3".to_owned());
         let findings = locks_bucket_findings("X", &other_layout, Some(1));
         assert_eq!(findings[0].status, Status::Fail, "{findings:?}");
-        assert!(findings[0].detail.contains("key layout \"2\""));
+        assert!(findings[0].detail.contains("key layout \"3\""));
     }
 }

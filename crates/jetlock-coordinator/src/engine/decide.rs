@@ -25,20 +25,31 @@ impl Engine {
         if !self.ready {
             return;
         }
+        let vacant = matches!(ks.current, Holding::Vacant { .. });
+        // 0. On a free key, operations of a hold that no longer exists are
+        // settled or refused before any waiter's fate (they may need a read
+        // first). A coordinator taking a key over finds such operations
+        // when the done note of the one that finished them was lost; run
+        // after the waiters, they made a try-lock of the free key look busy.
+        if acting && vacant && ks.busy.inflight.is_none() {
+            self.vacant_ops(ks);
+        }
         // 1. Waiters whose wait is over or whose session died leave the
         // queue. A try-lock at the head of a free, idle key is granted
         // instead.
-        let grantable = ks.busy.inflight.is_none()
-            && ks.busy.ops.is_empty()
-            && matches!(ks.current, Holding::Vacant { .. });
+        let grantable = ks.busy.inflight.is_none() && ks.busy.ops.is_empty() && vacant;
         // While the key is read again after a write that lost or got no
         // answer (a key forgotten while idle costs one such write), nobody
         // knows whether it is free: the head waiter's fate waits for the
-        // read, or a try-lock of a free lock would be refused as busy.
+        // read, or a try-lock of a free lock would be refused as busy. A
+        // mirror does not know either while operations sit on a free key
+        // (the acting coordinator may have finished them, its note not yet
+        // here): it keeps the head waiter, for the note or a takeover to
+        // decide, rather than let it go unanswered should it take over.
         let reading = matches!(
             ks.busy.inflight.as_deref(),
             Some(Inflight::Read | Inflight::Unsure { .. })
-        );
+        ) || (!acting && vacant && !ks.busy.ops.is_empty());
         let mut kept = VecDeque::with_capacity(ks.busy.queue.len());
         // Kept waiters that would be granted before the next one (see
         // `grantee`).
@@ -95,22 +106,8 @@ impl Engine {
         }
         match ks.current.clone() {
             Holding::Vacant { revision } => {
-                // Operations on a hold that no longer exists.
-                while let Some(op) = ks.busy.ops.pop_front() {
-                    if settles(&op, ks.applied()) {
-                        self.settled(&ks.name(), &op);
-                        continue;
-                    }
-                    if !op.verified {
-                        ks.busy.ops.push_front(op);
-                        self.verify(ks);
-                        return;
-                    }
-                    let e =
-                        WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name()));
-                    self.renew_failed(&ks.name(), &op, 0, &e);
-                    self.fail(&op.session, &op.id, &ks.name(), e);
-                    self.done(&op.session, &op.id, op.seq, acting);
+                if !self.vacant_ops(ks) {
+                    return;
                 }
                 if let Some(w) = self.grantee(ks) {
                     self.start_grant(ks, w, revision, None, now);
@@ -249,6 +246,29 @@ impl Engine {
 
     /// Reads the key from the stream leader before the operations now
     /// pending on it may be refused (see `OpOutcome::Verify`).
+    /// Operations on a hold that no longer exists, on a free key the
+    /// coordinator acts for: settled when a write already applied them,
+    /// refused `not_holder` once a read confirmed the key free. False while
+    /// that read is on its way (started here).
+    fn vacant_ops(&mut self, ks: &mut KeyState) -> bool {
+        while let Some(op) = ks.busy.ops.pop_front() {
+            if settles(&op, ks.applied()) {
+                self.settled(&ks.name(), &op);
+                continue;
+            }
+            if !op.verified {
+                ks.busy.ops.push_front(op);
+                self.verify(ks);
+                return false;
+            }
+            let e = WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name()));
+            self.renew_failed(&ks.name(), &op, 0, &e);
+            self.fail(&op.session, &op.id, &ks.name(), e);
+            self.done(&op.session, &op.id, op.seq, true);
+        }
+        true
+    }
+
     pub(super) fn verify(&mut self, ks: &mut KeyState) {
         ks.busy.ops.iter_mut().for_each(|op| op.verified = true);
         ks.busy.inflight = Some(Box::new(Inflight::Read));

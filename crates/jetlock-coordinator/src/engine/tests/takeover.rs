@@ -173,3 +173,27 @@ fn a_reentry_a_mirror_let_go_from_a_lagging_view_is_run_after_its_takeover() {
         "{a1:?}"
     );
 }
+
+/// The dead owner refused a release (the hold was gone) and died before its
+/// done note went out, and before answering a try-lock of the free key that
+/// came next. The new owner settles the stale release first and grants the
+/// try-lock. Before, the mirror let the try-lock go at its deadline (the
+/// operation made the key look busy, so the owner would refuse it) and
+/// nobody ever answered it; kept but decided before the operation, it
+/// would be refused `busy` ("is held") on the free key.
+#[test]
+fn a_try_lock_of_a_free_key_after_takeover_is_not_refused_for_a_stale_operation() {
+    let mut sim = Sim::new();
+    let other = let_another_coordinator_own_k(&mut sim);
+    sim.engine.heartbeat("h", hb(), sim.now);
+    sim.release("h", "r", 1);
+    sim.acquire("t", "try", 0);
+    leave(&mut sim, &other);
+    sim.advance(Duration::from_millis(1));
+    assert!(
+        sim.grant_token("t", "try").is_some(),
+        "{:?}",
+        sim.answers_to("t")
+    );
+    assert_eq!(sim.error_code("h", "r"), Some(ErrorCode::NotHolder));
+}
