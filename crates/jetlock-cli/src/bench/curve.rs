@@ -34,7 +34,8 @@ pub(super) const BUCKETS: [u32; 2] = [1, 3];
 /// How long the cluster may take to elect its JetStream leaders.
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// After a coordinator joins: every coordinator hears it (heartbeats every
-/// 250 ms) before the window starts.
+/// 250 ms) before the window starts. A short (`--quick`) window settles
+/// for half of it.
 const SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Serialize)]
@@ -104,7 +105,7 @@ async fn run_over(buckets: u32, tasks: usize, window: Duration) -> Result<Vec<Cu
         let (proc, url) = Coord::start_on_cluster(&coordinator_url, &format!("bench-c{n}")).await?;
         coordinators.push(proc);
         metrics.push(url.ok_or("a coordinator printed no metrics URL")?);
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(SETTLE.min(window / 2)).await;
         let pids: Vec<u32> = coordinators.iter().map(Proc::pid).collect();
         let keys = format!("curve.{run}.c{n}");
         let who = Serving {

@@ -108,7 +108,7 @@ const SESSIONS_SECS: u64 = 5;
 const QUICK_SESSIONS_SECS: u64 = 2;
 /// Coordinator curve window per step, by default and with `--quick`.
 const CURVE_SECS: u64 = 5;
-const QUICK_CURVE_SECS: u64 = 2;
+const QUICK_CURVE_SECS: u64 = 1;
 /// W4 runs per kind of death, by default and with `--quick`.
 const FAILOVER_RUNS: usize = 5;
 const QUICK_FAILOVER_RUNS: usize = 3;
