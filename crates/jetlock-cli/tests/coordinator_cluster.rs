@@ -6,7 +6,9 @@
 //!   request gets exactly one final outcome, holds never overlap (judged by
 //!   fencing tokens and a fenced counter);
 //! - restart recovery: a lock held before a coordinator restart stays held,
-//!   and a waiter queued before it is granted after it.
+//!   and a waiter queued before it is granted after it;
+//! - locks over three buckets (`buckets.rs`): setup spreads their leaders,
+//!   the coordinator serves every bucket, the doctor reports it.
 //!
 //! Logs: `JETLOCK_LOG=jetlock=debug` reaches the coordinators (when a test
 //! fails, the tail of their output is printed and all of it is saved under
@@ -20,6 +22,8 @@
 //! the raw JSON client as the protocol-only `restricted`, the monitor as
 //! `operator`.
 
+#[path = "coordinator_cluster/buckets.rs"]
+mod buckets;
 mod common;
 #[path = "coordinator_cluster/failover.rs"]
 mod failover;

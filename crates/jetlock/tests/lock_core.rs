@@ -1,5 +1,8 @@
 //! The KV lock core against a real single-node nats-server.
 
+#[path = "lock_core/buckets.rs"]
+mod buckets;
+
 use futures::future::join_all;
 use jetlock::bucket::{open_bucket, BucketError};
 use jetlock::{ClientOptions, ConnectError, Fence, LockError, LostReason, NameError};

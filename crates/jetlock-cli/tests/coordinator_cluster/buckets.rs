@@ -5,9 +5,9 @@
 //! bucket for trusted workers, and `jetlock doctor` (as `operator`)
 //! reports the spread. No permission is refused on the way.
 
-mod common;
-
-use common::{cluster, jetlock, name_in_bucket, nats_as, serve_within, worker_client, PATIENCE};
+use super::common::{
+    self, cluster, jetlock, name_in_bucket, nats_as, serve_within, worker_client, PATIENCE,
+};
 use jetlock::bucket::{leaders, DEFAULT_BUCKET};
 use jetlock_testkit::server::Role;
 use std::collections::BTreeSet;
@@ -23,6 +23,7 @@ fn name_in(bucket: u32, prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_buckets_led_by_three_servers_serve_locks_in_each() {
+    let _serial = super::one_at_a_time().await;
     let cluster = cluster().await;
     let as_coordinator = cluster.url_as(Role::Coordinator);
     let setup = tokio::task::block_in_place(|| {
