@@ -34,6 +34,7 @@ impl Engine {
         if acting && vacant && ks.busy.inflight.is_none() {
             self.vacant_ops(ks);
         }
+        debug_assert!(!(acting && vacant && ks.busy.inflight.is_none()) || ks.busy.ops.is_empty());
         // 1. Waiters whose wait is over or whose session died leave the
         // queue. A try-lock at the head of a free, idle key is granted
         // instead.
@@ -106,9 +107,8 @@ impl Engine {
         }
         match ks.current.clone() {
             Holding::Vacant { revision } => {
-                if !self.vacant_ops(ks) {
-                    return;
-                }
+                // Its operations were settled in step 0 (a read still out
+                // returned above).
                 if let Some(w) = self.grantee(ks) {
                     self.start_grant(ks, w, revision, None, now);
                 }
@@ -248,9 +248,9 @@ impl Engine {
     /// pending on it may be refused (see `OpOutcome::Verify`).
     /// Operations on a hold that no longer exists, on a free key the
     /// coordinator acts for: settled when a write already applied them,
-    /// refused `not_holder` once a read confirmed the key free. False while
-    /// that read is on its way (started here).
-    fn vacant_ops(&mut self, ks: &mut KeyState) -> bool {
+    /// refused `not_holder` once a read confirmed the key free; or the
+    /// read is started, and they wait for it.
+    fn vacant_ops(&mut self, ks: &mut KeyState) {
         while let Some(op) = ks.busy.ops.pop_front() {
             if settles(&op, ks.applied()) {
                 self.settled(&ks.name(), &op);
@@ -259,14 +259,13 @@ impl Engine {
             if !op.verified {
                 ks.busy.ops.push_front(op);
                 self.verify(ks);
-                return false;
+                return;
             }
             let e = WireError::new(ErrorCode::NotHolder, format!("{} is not held", ks.name()));
             self.renew_failed(&ks.name(), &op, 0, &e);
             self.fail(&op.session, &op.id, &ks.name(), e);
             self.done(&op.session, &op.id, op.seq, true);
         }
-        true
     }
 
     pub(super) fn verify(&mut self, ks: &mut KeyState) {
