@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// (1 to 16; fixed once made: docs/SCALING.md).
     #[arg(long, env = "JETLOCK_BUCKETS")]
     buckets: Option<u32>,
+    /// How many partitions to split the requests into if this creates the
+    /// deployment (1 to 256, default 64; 1: not split; fixed once made:
+    /// docs/SCALING.md).
+    #[arg(long, env = "JETLOCK_PARTITIONS")]
+    partitions: Option<u32>,
     /// This coordinator's id (default: random).
     #[arg(long, env = "JETLOCK_ID")]
     id: Option<String>,
@@ -85,6 +90,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     if let Some(v) = args.buckets {
         config.buckets = v;
+    }
+    if let Some(v) = args.partitions {
+        config.partitions = v;
     }
     if let Some(v) = args.id {
         config.id = Some(v);

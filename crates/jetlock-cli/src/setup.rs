@@ -1,7 +1,7 @@
 //! `jetlock setup`: create the locks bucket, or verify an existing one.
 
 use super::{CliError, Connection};
-use jetlock::bucket::{buckets_of, ensure_bucket, spread_leaders, BucketSpec};
+use jetlock::bucket::{buckets_of, ensure_bucket, partitions_of, spread_leaders, BucketSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct SetupArgs {
@@ -16,6 +16,12 @@ pub struct SetupArgs {
     /// (docs/SCALING.md, "Locks over several buckets").
     #[arg(long, default_value_t = 1)]
     buckets: u32,
+    /// How many partitions to split the requests into (1 to 256; 1: not
+    /// split), each read by one coordinator (default 64 for a new
+    /// deployment). Fixed once the deployment is made
+    /// (docs/SCALING.md, "Partitioned coordinators").
+    #[arg(long)]
+    partitions: Option<u32>,
     /// How long to wait for JetStream to answer: a cluster that has just
     /// started answers only once it has elected its meta leader.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -30,6 +36,9 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
     let js = async_nats::jetstream::new(nats);
     let mut spec = BucketSpec::new(&args.conn.bucket, args.replicas);
     spec.buckets = args.buckets;
+    if let Some(p) = args.partitions {
+        spec.partitions = p;
+    }
     let kv = match ensure_bucket(&js, &spec).await {
         Ok(kv) => kv,
         Err(e) if args.replicas > 1 && e.to_string().contains("replicas > 1 not supported") => {
@@ -65,6 +74,16 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
         )
         .into());
     }
+    let partitions = partitions_of(&args.conn.bucket, config)?;
+    if args.partitions.is_some_and(|p| p != partitions) {
+        return Err(format!(
+            "locks bucket {} exists and splits its requests into {partitions} partition(s), not the {} asked for; \
+             the number is fixed when the deployment is made (docs/SCALING.md): pass --partitions {partitions}",
+            args.conn.bucket,
+            args.partitions.unwrap_or_default()
+        )
+        .into());
+    }
     println!(
         "locks bucket {} ready: {} replica(s), {:?} storage, per-message TTL on, markers kept {:?}",
         args.conn.bucket,
@@ -72,6 +91,11 @@ pub async fn run(args: SetupArgs) -> Result<(), CliError> {
         config.storage,
         config.subject_delete_marker_ttl.unwrap_or_default()
     );
+    if partitions > 1 {
+        println!("requests split into {partitions} partitions, each read by one coordinator");
+    } else {
+        println!("requests not partitioned: every coordinator reads every request");
+    }
     if buckets > 1 {
         println!("locks spread over {buckets} buckets, each stream's leader:");
         for (bucket, leader) in spread_leaders(&js, &args.conn.bucket, buckets).await? {

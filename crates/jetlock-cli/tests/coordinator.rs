@@ -8,6 +8,8 @@ mod common;
 mod limits;
 #[path = "coordinator/notes.rs"]
 mod notes;
+#[path = "coordinator/partitions.rs"]
+mod partitions;
 #[path = "coordinator/unstored.rs"]
 mod unstored;
 

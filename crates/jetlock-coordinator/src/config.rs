@@ -30,6 +30,10 @@ pub struct Config {
     /// How many buckets the locks spread over when the coordinator creates
     /// the deployment (`jetlock::shards`; fixed after).
     pub buckets: u32,
+    /// How many partitions the requests are split into when the coordinator
+    /// creates the deployment (`jetlock::shards`; 1: not split; fixed
+    /// after).
+    pub partitions: u32,
     /// This coordinator's id (default: random per process).
     pub id: Option<String>,
     /// How often the coordinator heartbeats.
@@ -104,6 +108,9 @@ pub struct CoordinatorConfig {
     pub replicas: usize,
     /// Spread the locks over this many buckets when creating them.
     pub buckets: u32,
+    /// Split the requests into this many partitions when creating the
+    /// deployment.
+    pub partitions: u32,
     /// How often this coordinator heartbeats.
     pub heartbeat_interval: Duration,
     pub engine: EngineConfig,
@@ -127,6 +134,7 @@ impl Default for CoordinatorConfig {
             bucket: DEFAULT_BUCKET.to_owned(),
             replicas: 1,
             buckets: 1,
+            partitions: jetlock::shards::DEFAULT_PARTITIONS,
             heartbeat_interval: Duration::from_millis(250),
             engine: EngineConfig::default(),
             metrics_addr: None,
@@ -174,6 +182,7 @@ impl Default for Config {
             bucket: bucket::DEFAULT_BUCKET.into(),
             replicas: 1,
             buckets: 1,
+            partitions: jetlock::shards::DEFAULT_PARTITIONS,
             id: None,
             heartbeat_ms: 250,
             coordinator_timeout_ms: 1500,
@@ -273,6 +282,16 @@ impl Config {
                 ),
             );
         }
+        if !(1..=jetlock::shards::MAX_PARTITIONS).contains(&self.partitions) {
+            return invalid(
+                "partitions",
+                format!(
+                    "{} is not 1 to {}",
+                    self.partitions,
+                    jetlock::shards::MAX_PARTITIONS
+                ),
+            );
+        }
         if let Some(id) = &self.id {
             if jetlock::protocol::check_session(id).is_err() || id.contains('.') {
                 return invalid("id", format!("{id:?} must be one token of A-Z a-z 0-9 _ -"));
@@ -327,6 +346,7 @@ impl Config {
             bucket: self.bucket.clone(),
             replicas: self.replicas,
             buckets: self.buckets,
+            partitions: self.partitions,
             metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
             event_max_age: Duration::from_secs(self.event_max_age_secs),
             event_max_bytes: self.event_max_bytes,

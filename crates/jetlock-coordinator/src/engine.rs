@@ -29,7 +29,7 @@
 //! `replay.rs` lost acks and replays; `views.rs` what operators read.
 
 use super::hearing::{self, Hearings, HeldAcks, Verdict};
-use super::membership::{self, owner_among, Ring, Sessions, Touch};
+use super::membership::{self, key_owner_among, Ring, Sessions, Touch};
 use super::HashMap;
 use crate::admin::{CoordinatorView, HolderView, LockInfo, SessionView};
 use crate::limits::PrefixLimits as Policy;
@@ -55,6 +55,7 @@ mod effects;
 mod holding;
 mod keys;
 mod observe;
+mod partitions;
 mod replay;
 mod sessions;
 mod shared;
@@ -484,6 +485,9 @@ pub struct Engine {
     rounds: HashMap<u64, deaths::Round>,
     dying: HashMap<String, u64>,
     rounds_asked: u64,
+    /// The request partitions read and being caught up on
+    /// (`partitions.rs`).
+    parts: partitions::Parts,
 }
 
 impl Engine {
@@ -515,6 +519,7 @@ impl Engine {
             rounds: HashMap::default(),
             dying: HashMap::default(),
             rounds_asked: 0,
+            parts: partitions::Parts::default(),
         };
         engine
             .sessions
@@ -583,7 +588,7 @@ impl Engine {
     fn tell_queued_waiters(&mut self) {
         let mut told = Vec::new();
         for ks in self.keys.values() {
-            if !self.ring.owns(&ks.key) {
+            if !self.owns(&ks.key) {
                 continue;
             }
             let busy = ks.busy.inflight.is_some() || matches!(ks.current, Holding::Held { .. });
@@ -605,10 +610,6 @@ impl Engine {
         for (session, answer) in told {
             self.answer(&session, answer);
         }
-    }
-
-    fn owns(&self, key: &str) -> bool {
-        self.ready && self.ring.owns(key)
     }
 }
 

@@ -20,11 +20,20 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// coordinator with the highest `hash(coordinator, key)`. Adding a
 /// coordinator moves only the keys it now wins, about 1/N of them; removing
 /// one moves only its own keys.
+///
+/// In a deployment whose requests are partitioned (`jetlock::shards`), a
+/// lock's owner is its *partition's* owner, `hash(coordinator, partition)`:
+/// that coordinator alone reads the partition's requests.
 #[derive(Debug)]
 pub struct Ring {
     me: String,
     members: HashMap<String, Member>,
     timeout: Duration,
+    /// The deployment's request partitions (1: not partitioned, keys are
+    /// hashed themselves).
+    partitions: u32,
+    /// Counts changes of the live set.
+    version: u64,
 }
 
 #[derive(Debug)]
@@ -39,7 +48,61 @@ impl Ring {
             me,
             members: HashMap::default(),
             timeout,
+            partitions: 1,
+            version: 0,
         }
+    }
+
+    /// A number that changes whenever the live set does.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Splits the keys by the deployment's `partitions` request
+    /// partitions (1: by key).
+    pub fn set_partitions(&mut self, partitions: u32) {
+        self.partitions = partitions.max(1);
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Whether the deployment's requests are partitioned.
+    pub fn partitioned(&self) -> bool {
+        self.partitions > 1
+    }
+
+    /// The partition of lock `key` (0 when not partitioned).
+    pub fn partition_of(&self, key: &str) -> u32 {
+        jetlock::shards::partition_of(key, self.partitions)
+    }
+
+    /// The coordinator that owns lock `key`: its partition's owner, or in a
+    /// deployment without partitions the key's.
+    pub fn owner_of_key<'a>(&'a self, key: &str) -> &'a str {
+        if self.partitioned() {
+            self.owner_by(&partition_label(self.partition_of(key)))
+        } else {
+            self.owner(key)
+        }
+    }
+
+    /// Whether this coordinator owns lock `key`.
+    pub fn owns_key(&self, key: &str) -> bool {
+        self.members.is_empty() || self.owner_of_key(key) == self.me
+    }
+
+    /// Whether this coordinator owns request partition `p`.
+    pub fn owns_partition(&self, p: u32) -> bool {
+        self.members.is_empty() || self.owner_by(&partition_label(p)) == self.me
+    }
+
+    /// The partitions this coordinator owns (every one while alone).
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        (0..self.partitions)
+            .filter(|&p| self.owns_partition(p))
+            .collect()
     }
 
     pub fn me(&self) -> &str {
@@ -76,6 +139,7 @@ impl Ring {
                         conn,
                     },
                 );
+                self.version += 1;
                 true
             }
         }
@@ -83,7 +147,9 @@ impl Ring {
 
     /// Removes coordinator `id` (it said it is leaving). True if it was live.
     pub fn leave(&mut self, id: &str) -> bool {
-        self.members.remove(id).is_some()
+        let left = self.members.remove(id).is_some();
+        self.version += u64::from(left);
+        left
     }
 
     /// Removes the coordinator on connection `conn` (the server saw the
@@ -95,6 +161,7 @@ impl Ring {
             .find(|(_, m)| m.conn.as_ref() == Some(conn))
             .map(|(id, _)| id.clone())?;
         self.members.remove(&id);
+        self.version += 1;
         Some(id)
     }
 
@@ -109,12 +176,18 @@ impl Ring {
             .collect();
         for id in &dead {
             self.members.remove(id);
+            self.version += 1;
         }
         dead
     }
 
-    /// The coordinator that owns `key` (a KV key or a session id).
+    /// The coordinator that owns `key` as a string hashed itself (a
+    /// session id; a KV key of a deployment without partitions).
     pub fn owner<'a>(&'a self, key: &str) -> &'a str {
+        self.owner_by(key)
+    }
+
+    fn owner_by<'a>(&'a self, key: &str) -> &'a str {
         let mut best = (weight(&self.me, key), self.me.as_str());
         for id in self.members.keys() {
             let w = (weight(id, key), id.as_str());
@@ -125,6 +198,7 @@ impl Ring {
         best.1
     }
 
+    /// Whether this coordinator owns `key` hashed itself (a session id).
     pub fn owns(&self, key: &str) -> bool {
         self.members.is_empty() || self.owner(key) == self.me
     }
@@ -156,6 +230,24 @@ pub fn owner_among<'a>(ids: &'a [String], key: &str) -> Option<&'a str> {
     ids.iter()
         .max_by_key(|id| (weight(id, key), id.as_str()))
         .map(String::as_str)
+}
+
+/// The owner of lock `key` among `ids` in a deployment with `partitions`
+/// request partitions (what [`Ring::owner_of_key`] answered when the live
+/// set was `ids`).
+pub fn key_owner_among<'a>(ids: &'a [String], key: &str, partitions: u32) -> Option<&'a str> {
+    if partitions > 1 {
+        let p = jetlock::shards::partition_of(key, partitions);
+        owner_among(ids, &partition_label(p))
+    } else {
+        owner_among(ids, key)
+    }
+}
+
+/// What a partition is hashed as: a string no session id or lock key can
+/// be (neither has a `#`), so a partition and a session never share a hash.
+fn partition_label(p: u32) -> String {
+    format!("#{p}")
 }
 
 fn weight(coordinator: &str, key: &str) -> u64 {

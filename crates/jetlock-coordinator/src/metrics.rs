@@ -86,6 +86,8 @@ pub struct Metrics {
     locks_held: Gauge,
     sessions: Gauge,
     coordinators: Gauge,
+    partitions_owned: Gauge,
+    partitions_catching_up: Gauge,
     config_changes: Counter,
     /// The NATS connection's statistics, once `connection` is called.
     connection: connection::Slot,
@@ -124,6 +126,8 @@ impl Metrics {
             locks_held: Gauge::default(),
             sessions: Gauge::default(),
             coordinators: Gauge::default(),
+            partitions_owned: Gauge::default(),
+            partitions_catching_up: Gauge::default(),
             config_changes: Counter::default(),
             connection: connection::Slot::default(),
             registry: Registry::default(),
@@ -215,6 +219,16 @@ impl Metrics {
             "coordinators",
             "Live coordinators, this one included",
             m.coordinators.clone(),
+        );
+        r.register(
+            "partitions_owned",
+            "Request partitions this coordinator owns (0: requests not partitioned)",
+            m.partitions_owned.clone(),
+        );
+        r.register(
+            "partitions_catching_up",
+            "Request partitions gained and being read from the request stream, not yet acted on",
+            m.partitions_catching_up.clone(),
         );
         r.register(
             "config_changes",
@@ -388,6 +402,12 @@ impl Metrics {
         self.locks_held.set(held as i64);
         self.sessions.set(sessions as i64);
         self.coordinators.set(coordinators as i64);
+    }
+
+    /// The request partitions owned, and those of them being read.
+    pub fn partitions(&self, owned: usize, catching_up: usize) {
+        self.partitions_owned.set(owned as i64);
+        self.partitions_catching_up.set(catching_up as i64);
     }
 
     /// The text exposition format.

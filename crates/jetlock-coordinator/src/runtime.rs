@@ -108,12 +108,18 @@ impl Coordinator {
         let mut spec = BucketSpec::new(&config.bucket, config.replicas);
         spec.marker_ttl = DEFAULT_MARKER_TTL;
         spec.buckets = config.buckets;
+        spec.partitions = config.partitions;
         let kv = bucket::ensure_bucket(&js, &spec).await?;
         let store = LockStore::new(js.clone(), kv)
             .await
             .map_err(nats_err("open the locks bucket"))?;
-        let requests =
-            bucket::ensure_request_stream(&js, config.replicas, config.request_stream).await?;
+        let requests = bucket::ensure_request_stream(
+            &js,
+            config.replicas,
+            config.request_stream,
+            store.partitions(),
+        )
+        .await?;
         bucket::ensure_event_stream(
             &js,
             config.replicas,
@@ -241,8 +247,10 @@ impl Runtime {
             server_id: info.server_id.clone(),
             cid: info.client_id,
         });
+        let mut engine = Engine::new(config.id.clone(), config.engine.clone());
+        engine.set_partitions(store.partitions());
         Ok(Runtime {
-            engine: Engine::new(config.id.clone(), config.engine.clone()),
+            engine,
             nats,
             store: Arc::new(store),
             conn,
@@ -284,6 +292,9 @@ impl Runtime {
         // intervals before acting: a coordinator that acted at once would
         // believe it owns every key and race the others.
         let listen_until = Instant::now() + self.config.heartbeat_interval * 2;
+        // The partitions read up to the message just read, when that one
+        // was the last pending.
+        let mut caught_up: Option<u64> = None;
         loop {
             if ready.is_some()
                 && feeds.requests_caught_up
@@ -337,6 +348,9 @@ impl Runtime {
                     }
                     self.engine.tick(now);
                     self.send_done().await;
+                    if let Some((owned, generation)) = feeds.retry_partitions.take() {
+                        self.read_partitions(&mut feeds, owned, generation).await;
+                    }
                     if now >= next_gauges {
                         next_gauges = now + Duration::from_secs(1);
                         let withheld = self.engine.confirmations_withheld();
@@ -349,6 +363,9 @@ impl Runtime {
                         let (depths, held) = self.engine.served_load();
                         self.metrics.gauges(depths, held, self.engine.live_sessions(),
                             self.engine.ring().len());
+                        let ring = self.engine.ring();
+                        let owned = if ring.partitioned() { ring.owned_partitions().len() } else { 0 };
+                        self.metrics.partitions(owned, self.engine.partitions_catching_up());
                     }
                     if ready.is_none() && now >= next_beat {
                         next_beat = now + self.config.heartbeat_interval;
@@ -383,7 +400,14 @@ impl Runtime {
                         if let Ok(info) = msg.info() {
                             if info.pending == 0 {
                                 feeds.requests_caught_up = true;
+                                if let Some(generation) = feeds.catching_up.take() {
+                                    // Fed below first: it is the last one.
+                                    caught_up = Some(generation);
+                                }
                             }
+                            if feeds.reading.fed(msg.subject.as_str(), info.stream_sequence) {
+                                // Read before, by the consumer this one replaced.
+                            } else {
                             let age = feeds.request_age.of(info.stream_sequence,
                                 info.published.unix_timestamp_nanos(), Instant::now(),
                                 std::time::SystemTime::now());
@@ -404,6 +428,7 @@ impl Runtime {
                             );
                             if self.engine.stats.dropped > dropped {
                                 self.metrics.dropped();
+                            }
                             }
                         }
                     }
@@ -442,7 +467,14 @@ impl Runtime {
                     }
                 }
             }
+            if let Some(generation) = caught_up.take() {
+                self.engine.partitions_caught_up(generation, Instant::now());
+            }
             self.carry_out().await;
+            if let Some((owned, generation)) = self.engine.take_partition_change() {
+                self.read_partitions(&mut feeds, owned, generation).await;
+                self.carry_out().await;
+            }
         }
         self.health.set_leaving();
         // Leaving: the others take our keys over now rather than after the

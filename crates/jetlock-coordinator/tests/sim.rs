@@ -135,6 +135,7 @@ fn add(t: &mut Counts, c: &Counts) {
     t.double_answers += c.double_answers;
     t.unstored += c.unstored;
     t.unstored_unanswered += c.unstored_unanswered;
+    t.partition_catch_ups += c.partition_catch_ups;
 }
 
 /// A fault set by name; `<name>+unstored` sends half the last releases
@@ -189,6 +190,9 @@ fn network_faults() {
 fn coordinator_crashes_and_restarts() {
     let total = check_range(100..112, "crash");
     assert!(total.crashes > 0, "{total:?}");
+    // Partitions move with the crashes, and their new owners read them
+    // from the stream with requests in them.
+    assert!(total.partition_catch_ups > 0, "{total:?}");
 }
 
 #[test]

@@ -60,17 +60,43 @@ impl JsonSession {
         msg_id: &str,
         body: impl Into<bytes::Bytes>,
     ) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::Error> {
+        let subject = format!("jetlock.req.{op}.{}", self.session);
+        self.publish_on(subject, msg_id, body).await
+    }
+
+    /// Publishes raw bytes on `subject`; the stream's verdict.
+    pub async fn publish_on(
+        &self,
+        subject: String,
+        msg_id: &str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::Error> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         Ok(self
             .js
-            .publish_with_headers(
-                format!("jetlock.req.{op}.{}", self.session),
-                headers,
-                body.into(),
-            )
+            .publish_with_headers(subject, headers, body.into())
             .await?
             .await?)
+    }
+
+    /// Sends request `op` to request partition `partition`
+    /// (`jetlock.preq.<partition>.<op>.<session>`).
+    pub async fn send_to_partition(&self, partition: u32, op: &str, body: serde_json::Value) {
+        let id = body["id"].as_str().unwrap_or("x").to_owned();
+        let subject = format!("jetlock.preq.{partition}.{op}.{}", self.session);
+        self.publish_on(subject, &format!("{}:{id}", self.session), body.to_string())
+            .await
+            .expect("stored");
+    }
+
+    /// Sends request `op` to its lock's partition in a deployment of
+    /// `partitions` (as a client that reads `jetlock.partitions` does).
+    pub async fn send_partitioned(&self, partitions: u32, op: &str, body: serde_json::Value) {
+        let name = jetlock::name::LockName::new(body["key"].as_str().expect("a key"))
+            .expect("a lock name");
+        let p = jetlock::shards::partition_of(name.key(), partitions);
+        self.send_to_partition(p, op, body).await;
     }
 
     pub async fn send(&self, op: &str, body: serde_json::Value) {

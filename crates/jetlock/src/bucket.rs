@@ -39,6 +39,10 @@ pub struct BucketSpec {
     /// How many buckets the locks spread over (`crate::shards`); used
     /// only when the deployment is created, fixed after.
     pub buckets: u32,
+    /// How many partitions its requests are split into (`crate::shards`,
+    /// [`shards::PARTITIONS_KEY`]; 1: not split); used only when the
+    /// deployment is created, fixed after.
+    pub partitions: u32,
 }
 
 impl BucketSpec {
@@ -50,6 +54,9 @@ impl BucketSpec {
             storage: StorageType::File,
             marker_ttl: DEFAULT_MARKER_TTL,
             buckets: 1,
+            // A new deployment's requests are partitioned: its coordinators
+            // share the reading. An existing one keeps what it was made with.
+            partitions: shards::DEFAULT_PARTITIONS,
         }
     }
 
@@ -69,6 +76,15 @@ impl BucketSpec {
                 metadata.insert(shards::BUCKETS_KEY.to_owned(), self.buckets.to_string());
             } else {
                 metadata.insert(shards::SHARD_OF_KEY.to_owned(), self.name.clone());
+            }
+        }
+        if self.partitions > 1 {
+            metadata.insert(LAYOUT_KEY.to_owned(), LAYOUT_PARTITIONED.to_owned());
+            if index == 0 {
+                metadata.insert(
+                    shards::PARTITIONS_KEY.to_owned(),
+                    self.partitions.to_string(),
+                );
             }
         }
         jetstream::stream::Config {
@@ -125,6 +141,12 @@ pub const LAYOUT: &str = "1";
 /// `crate::shards` routes it to. A process that speaks only layout 1 would
 /// take every lock in bucket 0, beside the holders of the others.
 pub const LAYOUT_BUCKETS: &str = "2";
+/// Layout 3: keys as in layout 2, and requests partitioned
+/// ([`shards::PARTITIONS_KEY`]): each coordinator reads only its
+/// partitions' requests. A process that speaks only layouts 1 and 2 would
+/// read (and, as a coordinator, delete as unreadable) requests it cannot
+/// place, and act on keys another coordinator owns.
+pub const LAYOUT_PARTITIONED: &str = "3";
 
 /// Stream metadata key that records how the first sequence was chosen.
 pub const FIRST_SEQ_RULE_KEY: &str = "jetlock.first_seq";
@@ -201,7 +223,7 @@ pub enum BucketError {
     Clock { problem: String },
     /// The bucket's keys are laid out in a way this build does not speak
     /// ([`LAYOUT_KEY`]).
-    #[error("locks bucket {bucket:?} uses key layout {layout:?} and this jetlock speaks only layouts \"1\" and \"2\": it would take its locks under other keys than the bucket's clients and coordinators, so two of them could hold one lock; use a jetlock release that speaks layout {layout:?} (docs/PROTOCOL.md, \"Key layouts\")")]
+    #[error("locks bucket {bucket:?} uses key layout {layout:?} and this jetlock speaks only layouts \"1\", \"2\" and \"3\": it would take its locks under other keys than the bucket's clients and coordinators, so two of them could hold one lock; use a jetlock release that speaks layout {layout:?} (docs/PROTOCOL.md, \"Key layouts\")")]
     Layout { bucket: String, layout: String },
     /// The bucket is one of a deployment's buckets 1..K, not its bucket 0.
     #[error("locks bucket {bucket:?} is one of the buckets of deployment {first:?}: point jetlock at {first:?}, which names them all (docs/SCALING.md, \"Locks over several buckets\")")]
@@ -209,6 +231,9 @@ pub enum BucketError {
     /// Bucket 0 names a count of buckets this build cannot use.
     #[error("locks bucket {bucket:?} says its locks spread over {buckets:?} buckets; a deployment has 1 to {max}", max = shards::MAX_BUCKETS)]
     Buckets { bucket: String, buckets: String },
+    /// Bucket 0 names a count of request partitions this build cannot use.
+    #[error("locks bucket {bucket:?} says its requests are split into {partitions:?} partitions; a deployment has 1 to {max}", max = shards::MAX_PARTITIONS)]
+    Partitions { bucket: String, partitions: String },
     #[error("could not reach JetStream for bucket {bucket:?}: {source}")]
     JetStream {
         bucket: String,
@@ -228,6 +253,12 @@ pub async fn ensure_bucket(
         return Err(BucketError::Buckets {
             bucket: spec.name.clone(),
             buckets: spec.buckets.to_string(),
+        });
+    }
+    if spec.partitions == 0 || spec.partitions > shards::MAX_PARTITIONS {
+        return Err(BucketError::Partitions {
+            bucket: spec.name.clone(),
+            partitions: spec.partitions.to_string(),
         });
     }
     match open_bucket(js, &spec.name).await {
@@ -281,6 +312,22 @@ pub fn buckets_of(bucket: &str, config: &jetstream::stream::Config) -> Result<u3
             _ => Err(BucketError::Buckets {
                 bucket: bucket.to_owned(),
                 buckets: text.clone(),
+            }),
+        },
+    }
+}
+
+/// How many partitions the requests of the deployment whose bucket 0 has
+/// this stream config are split into ([`shards::PARTITIONS_KEY`]; absent:
+/// 1, not split).
+pub fn partitions_of(bucket: &str, config: &jetstream::stream::Config) -> Result<u32, BucketError> {
+    match config.metadata.get(shards::PARTITIONS_KEY) {
+        None => Ok(1),
+        Some(text) => match text.parse::<u32>() {
+            Ok(p) if (1..=shards::MAX_PARTITIONS).contains(&p) => Ok(p),
+            _ => Err(BucketError::Partitions {
+                bucket: bucket.to_owned(),
+                partitions: text.clone(),
             }),
         },
     }
@@ -368,6 +415,7 @@ pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::St
         });
     }
     buckets_of(bucket, config)?;
+    partitions_of(bucket, config)?;
     check_config(bucket, config)?;
     js.get_key_value(bucket)
         .await
@@ -420,12 +468,14 @@ pub async fn ensure_request_stream(
     js: &jetstream::Context,
     replicas: usize,
     limits: RequestStreamLimits,
+    partitions: u32,
 ) -> Result<jetstream::stream::Stream, BucketError> {
-    use crate::protocol::{MAX_REQUEST_BYTES, REQUEST_STREAM, REQUEST_SUBJECTS};
+    use crate::protocol::{MAX_REQUEST_BYTES, REQUEST_STREAM};
+    let subjects = request_stream_subjects(partitions);
     let config = jetstream::stream::Config {
         name: REQUEST_STREAM.to_owned(),
         description: Some("jetlock lock requests (read by `jetlock serve`)".into()),
-        subjects: vec![REQUEST_SUBJECTS.to_owned()],
+        subjects: subjects.clone(),
         retention: jetstream::stream::RetentionPolicy::Limits,
         storage: StorageType::File,
         num_replicas: replicas,
@@ -444,12 +494,42 @@ pub async fn ensure_request_stream(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    js.get_or_create_stream(config)
+    let err = |e: async_nats::Error| BucketError::JetStream {
+        bucket: REQUEST_STREAM.to_owned(),
+        source: e,
+    };
+    let stream = js
+        .get_or_create_stream(config)
         .await
-        .map_err(|e| BucketError::JetStream {
-            bucket: REQUEST_STREAM.to_owned(),
-            source: e.into(),
-        })
+        .map_err(|e| err(e.into()))?;
+    // A stream made before the deployment's partitions (or by an older
+    // jetlock) gains their subjects; nothing else of it changes.
+    let have = &stream.cached_info().config;
+    if subjects.iter().all(|s| have.subjects.contains(s)) {
+        return Ok(stream);
+    }
+    let mut wanted = have.clone();
+    for s in subjects {
+        if !wanted.subjects.contains(&s) {
+            wanted.subjects.push(s);
+        }
+    }
+    js.update_stream(&wanted).await.map_err(|e| err(e.into()))?;
+    js.get_stream(REQUEST_STREAM)
+        .await
+        .map_err(|e| err(e.into()))
+}
+
+/// The subjects of the request stream of a deployment with `partitions`
+/// request partitions: every unpartitioned request, and one subject per
+/// partition (so a request to a partition that does not exist is refused
+/// when published).
+pub fn request_stream_subjects(partitions: u32) -> Vec<String> {
+    let mut subjects = vec![crate::protocol::REQUEST_SUBJECTS.to_owned()];
+    if partitions > 1 {
+        subjects.extend((0..partitions).map(crate::protocol::partition_subjects));
+    }
+    subjects
 }
 
 /// The stream of coordinators' proof beats (jetlock-coordinator's hearing.rs).
@@ -598,10 +678,14 @@ pub fn check_config(bucket: &str, config: &jetstream::stream::Config) -> Result<
 /// Refuses a bucket whose key layout ([`LAYOUT_KEY`]) is not this build's.
 pub fn check_layout(bucket: &str, config: &jetstream::stream::Config) -> Result<(), BucketError> {
     match config.metadata.get(LAYOUT_KEY) {
-        Some(layout) if layout != LAYOUT && layout != LAYOUT_BUCKETS => Err(BucketError::Layout {
-            bucket: bucket.to_owned(),
-            layout: layout.clone(),
-        }),
+        Some(layout)
+            if layout != LAYOUT && layout != LAYOUT_BUCKETS && layout != LAYOUT_PARTITIONED =>
+        {
+            Err(BucketError::Layout {
+                bucket: bucket.to_owned(),
+                layout: layout.clone(),
+            })
+        }
         _ => Ok(()),
     }
 }

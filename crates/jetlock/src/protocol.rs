@@ -98,9 +98,42 @@ impl Op {
     }
 }
 
-/// The subject a session publishes `op` requests to.
+/// The subject a session publishes `op` requests to in a deployment whose
+/// requests are not partitioned (and, in one whose requests are, the
+/// subject every coordinator reads: see [`partitioned_request_subject`]).
 pub fn request_subject(op: Op, session: &str) -> String {
     format!("{PREFIX}.req.{}.{session}", op.as_str())
+}
+
+/// Root of partitioned request subjects,
+/// `jetlock.preq.<partition>.<op>.<session>`.
+pub const PARTITIONED_PREFIX: &str = "jetlock.preq.";
+
+/// The subject a session publishes `op` requests about a lock in request
+/// partition `partition` to (`crate::shards::partition_of`): only the
+/// coordinator owning the partition reads it. The request stream captures
+/// `jetlock.preq.<p>.>` for each partition the deployment has and nothing
+/// else under `jetlock.preq`, so a request to a partition that does not
+/// exist is refused by the server when it is published.
+pub fn partitioned_request_subject(partition: u32, op: Op, session: &str) -> String {
+    format!("{PARTITIONED_PREFIX}{partition}.{}.{session}", op.as_str())
+}
+
+/// What the request stream captures for partition `partition`, and the
+/// filter its owner reads it by.
+pub fn partition_subjects(partition: u32) -> String {
+    format!("{PARTITIONED_PREFIX}{partition}.>")
+}
+
+/// The partition of a `jetlock.preq.<partition>.…` subject, if it is one
+/// with a partition number.
+pub fn subject_partition(subject: &str) -> Option<u32> {
+    let rest = subject.strip_prefix(PARTITIONED_PREFIX)?;
+    let (p, _) = rest.split_once('.')?;
+    if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok()
 }
 
 /// Every session's unstored releases.
@@ -229,11 +262,17 @@ pub fn check_session(session: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Splits `jetlock.req.<op>.<session>`.
+/// Splits `jetlock.req.<op>.<session>` or
+/// `jetlock.preq.<partition>.<op>.<session>` (the partition is read with
+/// [`subject_partition`]).
 pub fn parse_request_subject(subject: &str) -> Result<(Op, &str), WireError> {
-    let rest = subject
-        .strip_prefix("jetlock.req.")
-        .ok_or_else(|| WireError::new(ErrorCode::BadRequest, "not a request subject"))?;
+    let rest = match subject.strip_prefix("jetlock.req.") {
+        Some(rest) => rest,
+        None => subject_partition(subject)
+            .and_then(|_| subject.strip_prefix(PARTITIONED_PREFIX)?.split_once('.'))
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| WireError::new(ErrorCode::BadRequest, "not a request subject"))?,
+    };
     let (op, session) = rest
         .split_once('.')
         .ok_or_else(|| WireError::new(ErrorCode::BadRequest, "request subject has no session"))?;

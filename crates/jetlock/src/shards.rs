@@ -67,6 +67,31 @@ pub fn route(key: &str) -> &str {
     root
 }
 
+/// Stream metadata key on bucket 0 giving P, the number of request
+/// partitions (`docs/SCALING.md`, "Partitioned coordinators"). Absent means
+/// the deployment's requests are not partitioned.
+pub const PARTITIONS_KEY: &str = "jetlock.partitions";
+
+/// Most request partitions a deployment may have: each is a subject of the
+/// request stream and a filter of the consumer of the coordinator owning it.
+pub const MAX_PARTITIONS: u32 = 256;
+
+/// Partitions a deployment made by `jetlock setup` or `jetlock serve` has
+/// unless told otherwise: enough that a few coordinators share them evenly
+/// (rendezvous hashing gives each of 3 about 21), few enough that a
+/// coordinator's consumer filter stays short.
+pub const DEFAULT_PARTITIONS: u32 = 64;
+
+/// Which of `partitions` request partitions `key`'s requests go to: the
+/// hash of its route, as for buckets, so a lock's parts share its
+/// partition. With one partition or none, 0.
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    (xxh3_64(route(key).as_bytes()) % u64::from(partitions)) as u32
+}
+
 /// Which of `buckets` buckets holds `key`.
 pub fn bucket_of(key: &str, buckets: u32) -> u32 {
     if buckets <= 1 {
@@ -118,6 +143,24 @@ mod tests {
         for (name, k, want) in vectors {
             assert_eq!(bucket_of(&key(name), k), want, "{name} over {k}");
         }
+    }
+
+    /// The partition vectors PROTOCOL.md gives.
+    #[test]
+    fn partition_vectors() {
+        let vectors = [
+            ("account:42", 64, 0xe5cb_9394_9e42_8715 % 64),
+            ("account:42:~rw:read:s1", 64, 0xe5cb_9394_9e42_8715 % 64),
+            ("account:42", 1, 0),
+        ];
+        for (name, p, want) in vectors {
+            assert_eq!(
+                u64::from(partition_of(&key(name), p)),
+                want,
+                "{name} over {p}"
+            );
+        }
+        assert_eq!(partition_of(&key("account:42"), 64), 21);
     }
 
     #[test]

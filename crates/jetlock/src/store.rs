@@ -86,6 +86,9 @@ pub struct LockStore {
     /// Bucket 0 first. Shared: a stream handle carries the stream's whole
     /// info, dozens of allocations to clone.
     buckets: std::sync::Arc<[Bucket]>,
+    /// How many partitions the deployment's requests are split into
+    /// (`crate::shards`; 1: not split).
+    partitions: u32,
 }
 
 struct Bucket {
@@ -111,6 +114,7 @@ impl LockStore {
     pub async fn new(js: jetstream::Context, kv: kv::Store) -> Result<Self, async_nats::Error> {
         let stream = js.get_stream(&kv.stream_name).await?;
         let count = crate::bucket::buckets_of(&kv.name, &stream.cached_info().config)?;
+        let partitions = crate::bucket::partitions_of(&kv.name, &stream.cached_info().config)?;
         let first = kv.name.clone();
         let mut buckets = vec![Bucket::new(kv, stream)];
         for index in 1..count {
@@ -120,6 +124,7 @@ impl LockStore {
         Ok(LockStore {
             js,
             buckets: buckets.into(),
+            partitions,
         })
     }
 
@@ -152,6 +157,12 @@ impl LockStore {
     /// How many buckets the locks spread over.
     pub fn bucket_count(&self) -> u32 {
         self.buckets.len() as u32
+    }
+
+    /// How many partitions the deployment's requests are split into (1:
+    /// not split).
+    pub fn partitions(&self) -> u32 {
+        self.partitions
     }
 
     /// Which bucket holds `name` (an index into [`LockStore::kvs`]).

@@ -372,21 +372,21 @@ async fn a_bucket_of_another_key_layout_is_refused() {
             .metadata
             .get(jetlock::bucket::LAYOUT_KEY)
             .map(String::as_str),
-        Some(jetlock::bucket::LAYOUT),
+        Some(jetlock::bucket::LAYOUT_PARTITIONED),
         "a new bucket names its layout"
     );
     config
         .metadata
-        .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "3".to_owned());
+        .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "4".to_owned());
     js.update_stream(&config).await.unwrap();
     let err = ClientOptions::new()
         .bucket(c.store().bucket())
         .connect(&server.url())
         .await
         .err()
-        .expect("a bucket of layout 3 refused");
+        .expect("a bucket of layout 4 refused");
     match err {
-        ConnectError::Bucket(BucketError::Layout { layout, .. }) => assert_eq!(layout, "3"),
+        ConnectError::Bucket(BucketError::Layout { layout, .. }) => assert_eq!(layout, "4"),
         other => panic!("expected Layout, got {other}"),
     }
     let err = jetlock_coordinator::Coordinator::start(
@@ -399,7 +399,7 @@ async fn a_bucket_of_another_key_layout_is_refused() {
     .await
     .err()
     .expect("a coordinator refuses it too");
-    assert!(err.to_string().contains("key layout \"3\""), "{err}");
+    assert!(err.to_string().contains("key layout \"4\""), "{err}");
 }
 
 #[tokio::test]

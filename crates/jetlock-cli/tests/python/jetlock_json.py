@@ -14,7 +14,10 @@ read: it shows everything a client in any language has to do.
        (the JETLOCK_REQ stream stores them, so an acknowledged request
        survives a coordinator restart), with header
        `Nats-Msg-Id: <session>:<request id>` so a retried publish is stored
-       once.
+       once. In a deployment whose requests are partitioned (bucket 0's
+       stream metadata `jetlock.partitions`), publishing to
+       `jetlock.preq.<partition>.<op>.<session>` lets only the partition's
+       coordinator read it; `jetlock.req.` still works, read by all.
     5. Match answers to requests by their `re` field (= the request's `id`).
        `queued` is informational; any other answer ends the request.
        Messages without `re` are notices (`contended`, `revoke_notice`,
@@ -30,7 +33,7 @@ import secrets
 import nats
 import nats.js.errors
 
-try:  # only for deployments that spread locks over several buckets
+try:  # only for deployments of several buckets or partitioned requests
     import xxhash
 except ImportError:
     xxhash = None
@@ -65,6 +68,7 @@ class Session:
         self.last_ack = None  # the last heartbeat answer
         self._readers = {}  # read/write lock name -> (reader owner, holds)
         self.buckets = None  # how many buckets the locks spread over
+        self.partitions = None  # how many partitions the requests split into
 
     # -- connection and heartbeats ------------------------------------------
 
@@ -173,13 +177,28 @@ class Session:
             self._pending[id] = pending
         headers = {"Nats-Msg-Id": f"{self.id}:{id or secrets.token_hex(8)}"}
         # JetStream publish: returns once the request stream has stored it.
-        ack = await self.js.publish(f"jetlock.req.{op}.{self.id}", body, headers=headers)
+        ack = await self.js.publish(await self._subject(op, body), body, headers=headers)
         if ack.duplicate:
             # Our first send of this id was not stored: somebody else used
             # the message id first, and nobody will answer this request.
             self._pending.pop(id, None)
             raise RuntimeError(f"message id of request {id!r} was already used; use a new id")
         return pending
+
+    async def _subject(self, op, body):
+        """Where request `op` goes: its lock's partition in a deployment
+        whose requests are partitioned (docs/PROTOCOL.md, "Partitioned
+        requests"), else `jetlock.req.`, which every coordinator reads.
+        A body that is not a request about a lock goes there too, to be
+        refused."""
+        await self._deployment()
+        try:
+            key = key_of(json.loads(body)["key"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            key = None
+        if self.partitions > 1 and key is not None and xxhash is not None:
+            return f"jetlock.preq.{partition_of(key, self.partitions)}.{op}.{self.id}"
+        return f"jetlock.req.{op}.{self.id}"
 
     async def request(self, op, body, timeout=10):
         pending = await self.send(op, body)
@@ -358,15 +377,21 @@ class Session:
         layouts"): bucket 0 names how many there are in its stream
         metadata, read once. Only read/write locks and semaphores need it:
         they read the bucket; plain locks only send requests."""
+        await self._deployment()
+        index = bucket_of(key_of(name), self.buckets)
+        return BUCKET if index == 0 else f"{BUCKET}_{index}"
+
+    async def _deployment(self):
+        """Reads once what bucket 0's stream metadata says of the
+        deployment: its layout, buckets and request partitions."""
         if self.buckets is None:
             info = await self.js.stream_info(f"KV_{BUCKET}")
             meta = info.config.metadata or {}
-            if meta.get("jetlock.layout", "1") not in ("1", "2"):
+            if meta.get("jetlock.layout", "1") not in ("1", "2", "3"):
                 raise RuntimeError(f"bucket {BUCKET} uses key layout {meta['jetlock.layout']}, "
                                    "which this client does not speak")
+            self.partitions = int(meta.get("jetlock.partitions", "1"))
             self.buckets = int(meta.get("jetlock.buckets", "1"))
-        index = bucket_of(key_of(name), self.buckets)
-        return BUCKET if index == 0 else f"{BUCKET}_{index}"
 
     async def _confirm(self, gate, name, under, seq):
         """Whether the last message of `name`'s key (with `under`, of every
@@ -434,22 +459,36 @@ def key_of(name):
     return ".".join(segment(s) for s in name.split(":"))
 
 
-def bucket_of(key, buckets):
-    """Which of `buckets` buckets holds `key`: xxh3-64 of its route mod
-    the count. The route is the key up to its first part (a segment
-    starting with an escaped `~`), or the text of a `{tag}` in that."""
-    if buckets <= 1:
-        return 0
-    if xxhash is None:
-        raise RuntimeError(f"the locks spread over {buckets} buckets: "
-                           "`pip install xxhash` to find a key's")
+def route_of(key):
+    """The part of `key` that decides its bucket and partition: the key up
+    to its first part (a segment starting with an escaped `~`), or the
+    text of a `{tag}` in that."""
     route = key.split(".=7E", 1)[0]
     start = route.find("=7B")
     if start >= 0:
         end = route.find("=7D", start + 3)
         if end > start + 3:
             route = route[start + 3:end]
-    return xxhash.xxh3_64_intdigest(route.encode()) % buckets
+    return route
+
+
+def bucket_of(key, buckets):
+    """Which of `buckets` buckets holds `key`: xxh3-64 of its route mod
+    the count."""
+    if buckets <= 1:
+        return 0
+    if xxhash is None:
+        raise RuntimeError(f"the locks spread over {buckets} buckets: "
+                           "`pip install xxhash` to find a key's")
+    return xxhash.xxh3_64_intdigest(route_of(key).encode()) % buckets
+
+
+def partition_of(key, partitions):
+    """Which of `partitions` request partitions `key`'s requests go to:
+    xxh3-64 of its route mod the count."""
+    if partitions <= 1:
+        return 0
+    return xxhash.xxh3_64_intdigest(route_of(key).encode()) % partitions
 
 
 def unescape(key):

@@ -7,11 +7,12 @@ Exits non-zero on the first failed check.
 """
 
 import asyncio
+import json
 import random
 import time
 
 from checks import expect, log, run
-from jetlock_json import Session, bucket_of, key_of
+from jetlock_json import Session, bucket_of, key_of, partition_of
 
 
 async def not_before(task, what, seconds=0.5):
@@ -136,9 +137,15 @@ async def main(url):
     for name, buckets, want in [("account:42", 3, 0), ("account:43", 3, 2),
                                 ("account:{7}:debit", 3, 0), ("orders", 16, 11)]:
         assert bucket_of(key_of(name), buckets) == want, (name, buckets)
+    # ... and of its request partition.
+    for name, partitions, want in [("account:42", 64, 21), ("account:42:~rw:read:s1", 64, 21),
+                                   ("account:42", 1, 0)]:
+        assert partition_of(key_of(name), partitions) == want, (name, partitions)
     sessions = [await Session(url, name=f"py{i}").connect() for i in range(6)]
     where = await sessions[0]._bucket("py:ledger")
-    log(f"py:ledger is in bucket {where} of {sessions[0].buckets}")
+    log(f"py:ledger is in bucket {where} of {sessions[0].buckets}; "
+        f"requests in {sessions[0].partitions} partition(s), its subject "
+        f"{await sessions[0]._subject('acquire', json.dumps({'key': 'py:ledger'}))}")
     try:
         await ordered(*sessions[:4])
         await racing(sessions)

@@ -65,7 +65,7 @@ impl Engine {
         if let Ok((_, session)) = protocol::parse_request_subject(subject) {
             if let Err(e) = protocol::check_message_id(session, msg_id) {
                 self.stats.requests += 1;
-                if self.owns(session) {
+                if self.answers_for(subject, session) {
                     let re = protocol::probe_id(body);
                     self.answer(session, Answer::error(re, None, e));
                     self.out.push(Action::Delete { seq });
@@ -85,17 +85,24 @@ impl Engine {
             Err(_) => {
                 // Nobody to answer: drop it and count it, once among the
                 // coordinators.
-                if self.owns(subject) {
+                if self.answers_for(subject, subject) {
                     self.stats.dropped += 1;
                     self.out.push(Action::Delete { seq });
                 }
                 return;
             }
         };
-        let request = match protocol::parse_request(op, &session, body, &self.cfg.limits) {
+        let parsed =
+            protocol::parse_request(op, &session, body, &self.cfg.limits).and_then(|r| match self
+                .misplaced(subject, r.name().key())
+            {
+                Some(e) => Err(e),
+                None => Ok(r),
+            });
+        let request = match parsed {
             Ok(r) => r,
             Err(e) => {
-                if self.owns(&session) {
+                if self.answers_for(subject, &session) {
                     let re = protocol::probe_id(body);
                     self.answer(&session, Answer::error(re, None, e));
                     self.out.push(Action::Delete { seq });
@@ -120,7 +127,7 @@ impl Engine {
         let session = match protocol::parse_unstored_release_subject(subject) {
             Ok(session) => session.to_owned(),
             Err(_) => {
-                if self.owns(subject) {
+                if self.answers_for(subject, subject) {
                     self.stats.dropped += 1;
                 }
                 return;
@@ -130,7 +137,7 @@ impl Engine {
         let request = match protocol::parse_request(protocol::Op::Release, &session, body, limits) {
             Ok(r) => r,
             Err(e) => {
-                if self.owns(&session) {
+                if self.answers_for(subject, &session) {
                     let re = protocol::probe_id(body);
                     self.answer(&session, Answer::error(re, None, e));
                 }

@@ -189,7 +189,7 @@ impl Engine {
             .retain(|_, at| now.duration_since(*at) < ANSWERED_EARLY_LIFETIME);
         let ring = &self.ring;
         let ready = self.ready;
-        let acting = |key: &str| ready && ring.owns(key);
+        let acting = |key: &str| ready && ring.owns_key(key);
         self.keys.retain(|ks| {
             // Most keys have no operations: skip hashing them to the ring
             // (a hash per coordinator per key).
@@ -260,6 +260,7 @@ impl Engine {
     /// The live coordinators changed from `before`: report who left, take
     /// over the keys now ours.
     pub(super) fn ring_changed(&mut self, before: Vec<String>, cause: &str, now: Instant) {
+        self.mark_gained_partitions();
         let members = self.ring.members();
         let mut taken: HashMap<String, u64> = HashMap::default();
         if self.ready {
@@ -273,8 +274,9 @@ impl Engine {
                     });
                 }
             }
-            for key in self.keys.keys().filter(|k| self.ring.owns(k)) {
-                match owner_among(&before, key) {
+            let partitions = self.ring.partitions();
+            for key in self.keys.keys().filter(|k| self.ring.owns_key(k)) {
+                match key_owner_among(&before, key, partitions) {
                     Some(prev) if prev != self.ring.me() => {
                         *taken.entry(prev.to_owned()).or_default() += 1
                     }
@@ -297,6 +299,12 @@ impl Engine {
             });
         }
         let keys: Vec<String> = self.keys.keys().map(str::to_owned).collect();
+        self.take_over(keys, now);
+    }
+
+    /// Acts on those of `keys` this coordinator owns now, as their new
+    /// owner.
+    pub(super) fn take_over(&mut self, keys: Vec<String>, now: Instant) {
         for key in keys {
             if !self.owns(&key) {
                 continue;

@@ -41,7 +41,7 @@ impl Engine {
                         .iter()
                         .map(|w| w.session.to_string())
                         .collect(),
-                    served_by: self.ring.owner(key).to_owned(),
+                    served_by: self.ring.owner_of_key(key).to_owned(),
                 })
             })
             .collect();
@@ -56,7 +56,7 @@ impl Engine {
         let mut waiting: HashMap<&str, u64> = HashMap::default();
         for (key, ks) in self.keys.iter() {
             if let Holding::Held { record, .. } = &ks.current {
-                *served.entry(self.ring.owner(key)).or_default() += 1;
+                *served.entry(self.ring.owner_of_key(key)).or_default() += 1;
                 *held.entry(record.session.as_str()).or_default() += 1;
             }
             for w in &ks.busy.queue {

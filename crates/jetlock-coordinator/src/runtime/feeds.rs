@@ -16,6 +16,16 @@ pub(super) type BucketFeed = futures::stream::BoxStream<
 pub(super) struct Feeds {
     pub(super) requests: consumer::push::Ordered,
     pub(super) requests_caught_up: bool,
+    /// The request stream, to read other partitions from.
+    pub(super) request_stream: JsStream,
+    /// What was read of each partition.
+    pub(super) reading: Reading,
+    /// The partitions the engine waits to hear read (`Engine::
+    /// partitions_caught_up`): read once the current consumer has
+    /// delivered what was pending.
+    pub(super) catching_up: Option<u64>,
+    /// Partitions to read whose consumer could not be made yet.
+    pub(super) retry_partitions: Option<(Vec<u32>, u64)>,
     /// Judges how long ago each request was stored.
     pub(super) request_age: RequestAge,
     /// Every bucket's changes (`jetlock::shards`), each with its bucket's
@@ -76,6 +86,7 @@ impl Runtime {
         let requests_empty = request_info.state.messages == 0;
         self.request_epoch = (request_info.created.unix_timestamp_nanos() / 1_000_000) as u64;
         let request_age = RequestAge::new(asked, request_info.state.last_sequence);
+        let request_stream = requests.clone();
         let request_feed = requests
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.nats.new_inbox(),
@@ -167,6 +178,10 @@ impl Runtime {
             admin_settings,
             requests: request_feed,
             requests_caught_up: requests_empty,
+            request_stream,
+            reading: Reading::new(self.store.partitions()),
+            catching_up: None,
+            retry_partitions: None,
             request_age,
             bucket,
             bucket_caught_up: !buckets_behind.contains(&true),
@@ -179,5 +194,99 @@ impl Runtime {
             done_notes,
             unstored_releases,
         })
+    }
+}
+
+/// What a coordinator read of each request partition, so a consumer that
+/// replaces another (the partitions read changed) feeds the engine each
+/// request once: it reads its partitions from the start, and what the
+/// last one delivered of a partition it kept is skipped.
+pub(super) struct Reading {
+    /// By partition, the last request sequence fed.
+    fed: Vec<u64>,
+    /// The same for unpartitioned requests (`jetlock.req.>`), read by
+    /// every coordinator.
+    fed_unpartitioned: u64,
+}
+
+impl Reading {
+    fn new(partitions: u32) -> Self {
+        Reading {
+            fed: vec![0; partitions as usize],
+            fed_unpartitioned: 0,
+        }
+    }
+
+    /// Whether request `seq` on `subject` was fed already; if not, it is
+    /// now.
+    pub(super) fn fed(&mut self, subject: &str, seq: u64) -> bool {
+        let last =
+            match protocol::subject_partition(subject).and_then(|p| self.fed.get_mut(p as usize)) {
+                Some(last) => last,
+                None => &mut self.fed_unpartitioned,
+            };
+        if seq <= *last {
+            return true;
+        }
+        *last = seq;
+        false
+    }
+}
+
+impl Runtime {
+    /// Reads the request partitions `owned` from now on (and every
+    /// unpartitioned request): a new consumer from the stream's start, so a
+    /// partition gained is read whole; the engine hears it is read, as
+    /// `generation`, once what was pending is delivered.
+    pub(super) async fn read_partitions(
+        &mut self,
+        feeds: &mut Feeds,
+        owned: Vec<u32>,
+        generation: u64,
+    ) {
+        let filter_subjects = if owned.len() as u32 == self.store.partitions() {
+            Vec::new()
+        } else {
+            std::iter::once(protocol::REQUEST_SUBJECTS.to_owned())
+                .chain(owned.iter().map(|&p| protocol::partition_subjects(p)))
+                .collect()
+        };
+        let made = feeds
+            .request_stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.nats.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subjects,
+                ..Default::default()
+            })
+            .await;
+        let consumer = match made {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
+                feeds.retry_partitions = Some((owned, generation));
+                return;
+            }
+        };
+        let pending = consumer.cached_info().num_pending;
+        match consumer.messages().await {
+            Ok(messages) => feeds.requests = messages,
+            Err(e) => {
+                warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
+                feeds.retry_partitions = Some((owned, generation));
+                return;
+            }
+        }
+        feeds.retry_partitions = None;
+        info!(
+            partitions = owned.len(),
+            pending, "reading the request partitions this coordinator owns"
+        );
+        if pending == 0 {
+            feeds.catching_up = None;
+            self.engine.partitions_caught_up(generation, Instant::now());
+        } else {
+            feeds.catching_up = Some(generation);
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::world::{trace, Clock, Ev, Proc, World, MS, SEC, SERVERS};
 use jetlock::name::LockName;
-use jetlock::protocol::{ConnId, CoordinatorBeat, Heartbeat, VERSION};
+use jetlock::protocol::{self, ConnId, CoordinatorBeat, Heartbeat, VERSION};
 use jetlock::store::Current;
 use jetlock_coordinator::{Action, Engine, EngineConfig, Stamp, WriteResult};
 use std::collections::VecDeque;
@@ -101,6 +101,15 @@ pub struct Coord {
     /// Final answers sent since the last done note, as the runtime keeps
     /// them: the note goes out on the next tick, and a crash loses it.
     done: Vec<(String, String)>,
+    /// The request partitions read (`None`: all), as the runtime's
+    /// consumer filter.
+    reading: Option<Vec<u32>>,
+    /// By partition (the last entry: unpartitioned requests), the last
+    /// request fed: a new consumer reads from the start, and what the one
+    /// it replaced delivered is skipped, as in `runtime/feeds.rs`.
+    fed: Vec<u64>,
+    /// The engine's number for the partitions being caught up on.
+    catching_up: Option<u64>,
 }
 
 impl Coord {
@@ -125,7 +134,31 @@ impl Coord {
             proofs_in_flight: 0,
             last_proof: None,
             done: Vec::new(),
+            reading: None,
+            fed: Vec::new(),
+            catching_up: None,
         }
+    }
+
+    /// Whether this coordinator's consumer delivers a request on `subject`.
+    fn reads(&self, subject: &str) -> bool {
+        match (&self.reading, protocol::subject_partition(subject)) {
+            (Some(reading), Some(p)) => reading.contains(&p),
+            _ => true,
+        }
+    }
+
+    /// Whether request `seq` on `subject` was fed already; if not, it is
+    /// now.
+    fn fed(&mut self, subject: &str, seq: u64) -> bool {
+        let unpartitioned = self.fed.len() - 1;
+        let i = protocol::subject_partition(subject)
+            .map_or(unpartitioned, |p| (p as usize).min(unpartitioned));
+        if seq <= self.fed[i] {
+            return true;
+        }
+        self.fed[i] = seq;
+        false
     }
 
     fn feed(&mut self, kind: FeedKind) -> &mut Feed {
@@ -167,7 +200,12 @@ impl World {
             confirm_with_proof: true,
             ..EngineConfig::default()
         };
-        co.engine = Some(Engine::new(co.id.clone(), cfg));
+        let mut engine = Engine::new(co.id.clone(), cfg);
+        engine.set_partitions(self.cfg.partitions);
+        co.engine = Some(engine);
+        co.reading = None;
+        co.fed = vec![0; self.cfg.partitions as usize + 1];
+        co.catching_up = None;
         co.feeds = [Feed::default(), Feed::default()];
         co.ready = false;
         co.proofs_in_flight = 0;
@@ -238,9 +276,21 @@ impl World {
     /// A JetStream message for every running coordinator's feed.
     pub fn broadcast(&mut self, kind: FeedKind, item: impl Fn() -> FeedItem) {
         for c in 0..self.coords.len() {
-            if self.coords[c].up {
-                self.append(c, kind, item());
+            if !self.coords[c].up {
+                continue;
             }
+            // The consumer's filter: only the partitions it reads.
+            if let FeedItem::Request(seq) = item() {
+                let read = self
+                    .stream
+                    .msgs
+                    .get(&seq)
+                    .is_some_and(|m| self.coords[c].reads(&m.subject));
+                if !read {
+                    continue;
+                }
+            }
+            self.append(c, kind, item());
         }
     }
 
@@ -278,13 +328,50 @@ impl World {
             return;
         }
         let (_, item) = f.items.pop_front().expect("checked");
+        let was_initial = f.initial > 0;
         f.initial = f.initial.saturating_sub(1);
+        let last_initial = was_initial && f.initial == 0;
         self.schedule(now, Ev::Pump(c, inc, kind));
         match item {
             FeedItem::Request(seq) => {
+                // The pending requests of a new consumer are read: the
+                // partitions it gained are caught up on, after this one.
+                let caught_up = if last_initial {
+                    self.coords[c].catching_up.take()
+                } else {
+                    None
+                };
+                self.feed_request(c, seq, now);
+                if let Some(generation) = caught_up {
+                    trace!(self, "{} caught up on its partitions", self.coords[c].id);
+                    let (e, t) = self.engine_now(c);
+                    e.partitions_caught_up(generation, t);
+                }
+            }
+            FeedItem::Change(name, current, expired, stamp) => {
+                trace!(
+                    self,
+                    "{} sees {} = {current:?}",
+                    self.coords[c].id,
+                    name.key()
+                );
+                let (e, t) = self.engine_now(c);
+                e.observed_change(&name, current, expired, stamp, t);
+            }
+        }
+        self.after(c);
+    }
+
+    /// Feeds request `seq` to coordinator `c`, unless it was fed before.
+    fn feed_request(&mut self, c: usize, seq: u64, now: u64) {
+        {
+            {
                 let Some(m) = self.stream.msgs.get(&seq).cloned() else {
                     return;
                 };
+                if self.coords[c].fed(&m.subject, seq) {
+                    return;
+                }
                 // The coordinator's wall clock minus the server's stamp.
                 let skew =
                     self.rng.u64(0..=2 * self.cfg.wall_skew) as i64 - self.cfg.wall_skew as i64;
@@ -299,18 +386,7 @@ impl World {
                 let (e, t) = self.engine_now(c);
                 e.request(seq, &m.subject, &m.body, Duration::from_micros(age), t);
             }
-            FeedItem::Change(name, current, expired, stamp) => {
-                trace!(
-                    self,
-                    "{} sees {} = {current:?}",
-                    self.coords[c].id,
-                    name.key()
-                );
-                let (e, t) = self.engine_now(c);
-                e.observed_change(&name, current, expired, stamp, t);
-            }
         }
-        self.after(c);
     }
 
     pub fn coord_tick(&mut self, c: usize, inc: u32) {
@@ -460,6 +536,45 @@ impl World {
             .take_actions();
         for a in actions {
             self.carry_out(c, a);
+        }
+        let change = self.coords[c]
+            .engine
+            .as_mut()
+            .expect("running")
+            .take_partition_change();
+        if let Some((owned, generation)) = change {
+            self.read_partitions(c, owned, generation);
+        }
+    }
+
+    /// Coordinator `c` reads the request partitions `owned` from now on: a
+    /// new consumer, from the stream's first message, in place of the one
+    /// it had (what that one had not delivered is gone with it).
+    fn read_partitions(&mut self, c: usize, owned: Vec<u32>, generation: u64) {
+        trace!(self, "{} reads partitions {owned:?}", self.coords[c].id);
+        self.coords[c].reading = Some(owned);
+        let f = self.coords[c].feed(FeedKind::Requests);
+        f.items.clear();
+        f.initial = 0;
+        let seqs: Vec<u64> = self
+            .stream
+            .msgs
+            .iter()
+            .filter(|(_, m)| self.coords[c].reads(&m.subject))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for &seq in &seqs {
+            self.append(c, FeedKind::Requests, FeedItem::Request(seq));
+        }
+        self.coords[c].feed(FeedKind::Requests).initial = seqs.len();
+        if seqs.is_empty() {
+            self.coords[c].catching_up = None;
+            let (e, t) = self.engine_now(c);
+            e.partitions_caught_up(generation, t);
+            self.after(c);
+        } else {
+            self.counts.partition_catch_ups += 1;
+            self.coords[c].catching_up = Some(generation);
         }
     }
 

@@ -7,6 +7,7 @@
 use crate::client::{ClientMsg, Hold, Pending, Timer, ANSWER_GRACE, FINAL_WAIT_MS, RETRY};
 use crate::coord::{CoordMsg, DEDUP_WINDOW};
 use crate::world::{trace, Ev, Proc, World, MS};
+use jetlock::name::LockName;
 use jetlock::protocol::{
     self, AcquireBody, Answer, CancelBody, ErrorCode, Op, ReleaseBody, RenewBody, VERSION,
 };
@@ -28,9 +29,21 @@ impl World {
 
     fn request(&mut self, k: usize, op: Op, body: impl FnOnce(String) -> Vec<u8>) -> String {
         let id = self.next_id(k);
+        let partitions = self.cfg.partitions;
         let c = &mut self.clients[k];
-        let subject = protocol::request_subject(op, &c.session);
-        c.unacked.insert(id.clone(), (subject, body(id.clone())));
+        let body = body(id.clone());
+        // As the client does: to the partition of the lock the body names.
+        let subject = if partitions > 1 {
+            let name = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| LockName::new(v.get("key")?.as_str()?).ok());
+            let name = name.expect("the worker's requests name a lock");
+            let p = jetlock::shards::partition_of(name.key(), partitions);
+            protocol::partitioned_request_subject(p, op, &c.session)
+        } else {
+            protocol::request_subject(op, &c.session)
+        };
+        c.unacked.insert(id.clone(), (subject, body));
         self.publish(k, id.clone());
         id
     }

@@ -111,6 +111,10 @@ pub struct SimConfig {
     /// Most a coordinator's wall clock differs from the servers', µs (a
     /// request's age is one minus the other).
     pub wall_skew: u64,
+    /// Request partitions (1: not partitioned, every coordinator reads
+    /// every request). Few, so that a run's keys land in partitions of
+    /// different owners and move between them.
+    pub partitions: u32,
 }
 
 impl SimConfig {
@@ -128,6 +132,8 @@ impl SimConfig {
             timeouts_ms: vec![300, 900, 2_000, 5_000],
             drift_ppm: 1_000,
             wall_skew: 20 * MS,
+            // One seed in four runs as a deployment made before partitions.
+            partitions: if seed % 4 == 3 { 1 } else { 4 },
         }
     }
 }
@@ -256,6 +262,9 @@ pub struct Counts {
     /// Unstored releases sent, and those sent again stored unanswered.
     pub unstored: u64,
     pub unstored_unanswered: u64,
+    /// Request partitions a coordinator gained and read again from the
+    /// stream with requests in them (`partitions` above are network ones).
+    pub partition_catch_ups: u64,
 }
 
 pub struct World {

@@ -319,6 +319,7 @@ impl ClientOptions {
         let (link, settled) = session::SessionLink::new(
             session.clone(),
             self.session_timeout,
+            store.partitions(),
             ClientInfo::this_process(&self.name),
             conn,
         );

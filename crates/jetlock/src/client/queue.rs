@@ -64,7 +64,7 @@ pub(crate) async fn acquire(
         // A re-publish with the same message id is stored once.
         while let Err(source) = inner
             .link
-            .send(&inner.js, Op::Acquire, &id, body.clone())
+            .send(&inner.js, Op::Acquire, name.as_str(), &id, body.clone())
             .await
         {
             tries += 1;

@@ -55,6 +55,9 @@ pub(crate) struct SessionLink {
     /// `belief.is_ended()` for the hot path.
     expired: AtomicBool,
     timeout: Duration,
+    /// The deployment's request partitions (`crate::shards`; 1: requests
+    /// are not partitioned).
+    partitions: u32,
     /// Sent in every heartbeat, so a restarted coordinator learns it too.
     client: ClientInfo,
     /// What the connection's event callback saw.
@@ -119,6 +122,7 @@ impl SessionLink {
     pub(crate) fn new(
         session: String,
         timeout: Duration,
+        partitions: u32,
         client: ClientInfo,
         conn: watch::Receiver<ConnState>,
     ) -> (Arc<Self>, oneshot::Receiver<()>) {
@@ -134,6 +138,7 @@ impl SessionLink {
             belief: Mutex::new(SessionBelief::new(timeout)),
             expired: AtomicBool::new(false),
             timeout,
+            partitions,
             client,
             conn,
             stop: CancellationToken::new(),
@@ -536,12 +541,27 @@ impl SessionLink {
         }
     }
 
-    /// Publishes `body` as request `op` to the request stream; returns once
-    /// JetStream stored it.
+    /// The subject of request `op` about lock `name`: its partition's, in a
+    /// deployment whose requests are partitioned.
+    fn request_subject(&self, op: Op, name: &str) -> String {
+        if self.partitions > 1 {
+            if let Ok(name) = crate::name::LockName::new(name) {
+                let p = crate::shards::partition_of(name.key(), self.partitions);
+                return protocol::partitioned_request_subject(p, op, &self.session);
+            }
+        }
+        // A name that is not one goes where every coordinator reads, to be
+        // refused.
+        protocol::request_subject(op, &self.session)
+    }
+
+    /// Publishes `body` as request `op` about lock `name` to the request
+    /// stream; returns once JetStream stored it.
     pub(crate) async fn send(
         &self,
         js: &async_nats::jetstream::Context,
         op: Op,
+        name: &str,
         id: &str,
         body: Vec<u8>,
     ) -> Result<(), async_nats::Error> {
@@ -550,13 +570,9 @@ impl SessionLink {
             "Nats-Msg-Id",
             protocol::message_id(&self.session, id).as_str(),
         );
-        js.publish_with_headers(
-            protocol::request_subject(op, &self.session),
-            headers,
-            body.into(),
-        )
-        .await?
-        .await?;
+        js.publish_with_headers(self.request_subject(op, name), headers, body.into())
+            .await?
+            .await?;
         Ok(())
     }
 
@@ -574,7 +590,7 @@ impl SessionLink {
             key: key.to_owned(),
             token,
         };
-        self.send(&js, Op::Release, &id, serde_json::to_vec(&body)?)
+        self.send(&js, Op::Release, key, &id, serde_json::to_vec(&body)?)
             .await
     }
 
@@ -594,7 +610,7 @@ impl SessionLink {
             target: target.to_owned(),
         };
         let body = serde_json::to_vec(&body).expect("requests serialize");
-        if let Err(e) = self.send(js, Op::Cancel, &id, body).await {
+        if let Err(e) = self.send(js, Op::Cancel, key, &id, body).await {
             debug!(key, error = %e, "cancel not sent");
         }
     }

@@ -88,9 +88,15 @@ pub(crate) enum Verdict<T> {
 
 impl Inner {
     /// Sends one request and waits for its final answer.
-    async fn ask(&self, op: Op, id: &str, body: Vec<u8>) -> Result<Answer, async_nats::Error> {
+    async fn ask(
+        &self,
+        op: Op,
+        name: &LockName,
+        id: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer, async_nats::Error> {
         let answer = self.link.expect(id);
-        if let Err(e) = self.link.send(&self.js, op, id, body).await {
+        if let Err(e) = self.link.send(&self.js, op, name.as_str(), id, body).await {
             self.link.abandon(id);
             return Err(e);
         }
@@ -112,7 +118,7 @@ impl Inner {
         token: u64,
     ) -> Result<Verdict<u32>, async_nats::Error> {
         let (id, body) = release_body(name, token)?;
-        released(self.ask(Op::Release, &id, body).await?)
+        released(self.ask(Op::Release, name, &id, body).await?)
     }
 
     /// Releases `token` by an unstored release; an error when no answer
@@ -156,7 +162,7 @@ impl Inner {
             token,
             ttl_ms: Some(ttl.as_millis() as u64),
         })?;
-        match self.ask(Op::Renew, &id, body).await? {
+        match self.ask(Op::Renew, name, &id, body).await? {
             Answer::Renewed { .. } => Ok(Verdict::Done(())),
             other => refusal(other, "renew"),
         }

@@ -251,9 +251,28 @@ fn request_subjects_parse_and_refuse_wildcards() {
         "jetlock.req.acquire.a..b",
         "jetlock.req.acquire.a.b.c.d.e",
         "other.req.acquire.s1",
+        "jetlock.preq.acquire.s1",
+        "jetlock.preq.x1.acquire.s1",
+        "jetlock.preq.1234.acquire.s1",
+        "jetlock.preq.*.acquire.s1",
+        "jetlock.preq.3.acquire",
+        "jetlock.preq.3.steal.s1",
     ] {
         assert!(parse_request_subject(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn partitioned_request_subjects_name_their_partition() {
+    let subject = partitioned_request_subject(7, Op::Release, "team.w1");
+    assert_eq!(subject, "jetlock.preq.7.release.team.w1");
+    assert_eq!(
+        parse_request_subject(&subject).unwrap(),
+        (Op::Release, "team.w1")
+    );
+    assert_eq!(subject_partition(&subject), Some(7));
+    assert_eq!(subject_partition("jetlock.req.release.team.w1"), None);
+    assert_eq!(partition_subjects(7), "jetlock.preq.7.>");
 }
 
 #[test]
