@@ -6,13 +6,15 @@
 //! results, the clock) and carries out the [`Action`]s it returns. That
 //! keeps every decision testable without a server.
 //!
-//! Every coordinator runs the same machine over *all* keys (it reads the
-//! whole request stream and watches the whole bucket), but only the ring's
-//! owner of a key *acts* on it: writes, answers, deletes finished requests.
-//! The others keep a mirror, so when the ring moves a key to them they
-//! already know its queue. Safety never rests on this: each ownership change
-//! is one CAS write expecting the revision the machine last saw, and a stale
-//! machine's write simply loses.
+//! Every coordinator runs the same machine over every key it hears of (it
+//! watches the whole bucket), but only the ring's owner of a key *acts* on
+//! it: writes, answers, deletes finished requests. In a deployment whose
+//! requests are partitioned a coordinator reads only its partitions'
+//! requests, and reads a partition it gains from the stream before acting
+//! there (`partitions.rs`); in one that is not, it reads every request and
+//! keeps a mirror of the others' queues. Safety never rests on either: each
+//! ownership change is one CAS write expecting the revision the machine
+//! last saw, and a stale machine's write simply loses.
 //!
 //! Fairness: a key's waiters are granted in stream order. A released lock
 //! with waiters goes to the head waiter by one write (holder → waiter), so

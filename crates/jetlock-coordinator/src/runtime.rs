@@ -382,6 +382,11 @@ impl Runtime {
                         lock = tracing::field::Empty).entered();
                     self.engine.unstored_release(msg.subject.as_str(), &msg.payload, Instant::now());
                 }
+                Some(msg) = feeds.partitioned_unstored.next() => {
+                    let _span = debug_span!("unstored release", subject = msg.subject.as_str(),
+                        lock = tracing::field::Empty).entered();
+                    self.engine.unstored_release(msg.subject.as_str(), &msg.payload, Instant::now());
+                }
                 Some((index, msg)) = feeds.bucket.next() => match msg {
                     Ok(msg) => {
                         if let Ok(info) = msg.info() {

@@ -34,8 +34,9 @@ pub const VERSION: u32 = 1;
 /// acquires of names that look like parts of read/write locks and
 /// semaphores but are not, and of another session's reader key
 /// (`docs/PROTOCOL.md`, "Versioning"); revision 4 (1.8) serves unstored
-/// releases ([`unstored_release_subject`]).
-pub const REVISION: u32 = 4;
+/// releases ([`unstored_release_subject`]); revision 5 (1.9) reads
+/// partitioned requests ([`partitioned_request_subject`]).
+pub const REVISION: u32 = 5;
 /// Largest request body the coordinator reads (the request stream refuses
 /// larger messages at publish time).
 pub const MAX_REQUEST_BYTES: usize = 4096;
@@ -125,10 +126,13 @@ pub fn partition_subjects(partition: u32) -> String {
     format!("{PARTITIONED_PREFIX}{partition}.>")
 }
 
-/// The partition of a `jetlock.preq.<partition>.…` subject, if it is one
-/// with a partition number.
+/// The partition of a `jetlock.preq.<partition>.…` or
+/// `jetlock.now.<partition>.…` subject, if it is one with a partition
+/// number.
 pub fn subject_partition(subject: &str) -> Option<u32> {
-    let rest = subject.strip_prefix(PARTITIONED_PREFIX)?;
+    let rest = subject
+        .strip_prefix(PARTITIONED_PREFIX)
+        .or_else(|| subject.strip_prefix(UNSTORED_PREFIX))?;
     let (p, _) = rest.split_once('.')?;
     if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -136,8 +140,12 @@ pub fn subject_partition(subject: &str) -> Option<u32> {
     p.parse().ok()
 }
 
-/// Every session's unstored releases.
+/// Every session's unstored releases in a deployment whose requests are
+/// not partitioned (every coordinator reads them).
 pub const UNSTORED_RELEASES: &str = "jetlock.now.release.>";
+
+/// Root of unstored releases, unpartitioned and partitioned.
+const UNSTORED_PREFIX: &str = "jetlock.now.";
 
 /// The subject a session publishes an unstored release to (core NATS:
 /// nothing stores it, so a lost one is sent again on [`request_subject`]).
@@ -145,11 +153,36 @@ pub fn unstored_release_subject(session: &str) -> String {
     format!("{PREFIX}.now.release.{session}")
 }
 
-/// The session of `jetlock.now.release.<session>`.
+/// The subject of an unstored release of a lock in request partition
+/// `partition`: only the partition's coordinator reads it.
+pub fn partitioned_unstored_release_subject(partition: u32, session: &str) -> String {
+    format!("{UNSTORED_PREFIX}{partition}.release.{session}")
+}
+
+/// What the coordinator owning partition `partition` subscribes to for its
+/// unstored releases.
+pub fn partition_unstored_releases(partition: u32) -> String {
+    format!("{UNSTORED_PREFIX}{partition}.release.>")
+}
+
+/// Every partition's unstored releases.
+pub const PARTITIONED_UNSTORED_RELEASES: &str = "jetlock.now.*.release.>";
+
+/// The session of `jetlock.now.release.<session>` or
+/// `jetlock.now.<partition>.release.<session>`.
 pub fn parse_unstored_release_subject(subject: &str) -> Result<&str, WireError> {
-    let session = subject
-        .strip_prefix("jetlock.now.release.")
-        .ok_or_else(|| WireError::new(ErrorCode::BadRequest, "not an unstored release subject"))?;
+    let not = || WireError::new(ErrorCode::BadRequest, "not an unstored release subject");
+    let session = match subject.strip_prefix("jetlock.now.release.") {
+        Some(session) => session,
+        None => {
+            subject_partition(subject).ok_or_else(not)?;
+            let (_, rest) = subject
+                .strip_prefix(UNSTORED_PREFIX)
+                .and_then(|r| r.split_once('.'))
+                .ok_or_else(not)?;
+            rest.strip_prefix("release.").ok_or_else(not)?
+        }
+    };
     check_session(session)?;
     Ok(session)
 }

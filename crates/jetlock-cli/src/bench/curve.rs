@@ -9,11 +9,11 @@
 //! protocol (each its own session, as the cluster's protocol-only
 //! `restricted` user, one shared connection) run uncontended pairs on
 //! fresh keys for a window, and the CPU time of every coordinator and
-//! every server over the window is read from `/proc`. Today every
-//! coordinator reads every request and watches the whole bucket, so what
-//! to look for is whether a coordinator's CPU per pair falls as
-//! coordinators are added (it would with partitioned coordinators) or
-//! stays (a second copy of the same work).
+//! every server over the window is read from `/proc`. The deployment's
+//! requests are partitioned (the default, 64 partitions): each
+//! coordinator reads only its partitions' requests, while every one still
+//! watches the whole bucket. What to look for is whether a coordinator's
+//! messages and CPU per pair fall as coordinators are added.
 
 use super::json::JsonSession;
 use super::procs::{Coord, Proc};
@@ -43,6 +43,8 @@ pub(super) struct CurveRow {
     pub(super) coordinators: usize,
     /// Locks buckets (K).
     pub(super) buckets: usize,
+    /// Request partitions (1: not partitioned).
+    pub(super) partitions: u32,
     pub(super) tasks: usize,
     pub(super) pairs: u64,
     pub(super) pairs_per_sec: f64,
@@ -115,6 +117,7 @@ async fn run_over(buckets: u32, tasks: usize, window: Duration) -> Result<Vec<Cu
         };
         let mut row = measure(&client_url, prefix, &keys, tasks, window, &who).await?;
         row.buckets = buckets as usize;
+        row.partitions = spec.partitions;
         rows.push(row);
     }
     for c in coordinators {
@@ -204,6 +207,7 @@ async fn measure(
     Ok(CurveRow {
         coordinators: coordinators.len(),
         buckets: 1,
+        partitions: 1,
         tasks,
         pairs,
         pairs_per_sec: pairs as f64 / elapsed,
@@ -224,8 +228,9 @@ pub(super) fn markdown(rows: &[CurveRow]) -> String {
         return String::new();
     }
     let mut o = format!(
-        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always; the locks in one bucket, then spread over three whose leaders are the three servers), CPU per pair over the window, and the messages each coordinator's connection received per pair (`jetlock_nats_messages_total`)\n\n",
-        rows[0].tasks
+        "\ncoordinators: JSON pairs on fresh keys, {} tasks (a session each), on the 3-node cluster of nats/cluster.conf (R3, sync_interval: always; requests in {} partition(s); the locks in one bucket, then spread over three whose leaders are the three servers), CPU per pair over the window, and the messages each coordinator's connection received per pair (`jetlock_nats_messages_total`)\n\n",
+        rows[0].tasks,
+        rows[0].partitions
     );
     let rows: Vec<Vec<String>> = rows
         .iter()

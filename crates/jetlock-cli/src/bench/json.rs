@@ -33,6 +33,9 @@ pub(super) struct JsonSession {
     next_id: u64,
     /// The coordinator serves unstored releases, and none went unanswered.
     unstored: bool,
+    /// The deployment's request partitions (1: not partitioned), as bucket
+    /// 0's stream metadata says: requests go to their lock's partition.
+    partitions: u32,
 }
 
 impl JsonSession {
@@ -95,13 +98,26 @@ impl JsonSession {
                 .await;
             }
         });
+        let js = jetstream::new(nats);
+        let partitions = match js
+            .get_stream(format!("KV_{}", jetlock::bucket::DEFAULT_BUCKET))
+            .await
+        {
+            Ok(stream) => jetlock::bucket::partitions_of(
+                jetlock::bucket::DEFAULT_BUCKET,
+                &stream.cached_info().config,
+            )?,
+            // Not readable by this user: the unpartitioned subjects serve.
+            Err(_) => 1,
+        };
         Ok(JsonSession {
             session,
-            js: jetstream::new(nats),
+            js,
             answers,
             beats,
             next_id: 0,
             unstored,
+            partitions,
         })
     }
 
@@ -171,7 +187,13 @@ impl JsonSession {
     ) -> Result<jetstream::context::PublishAckFuture, CliError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{}:{id}", self.session).as_str());
-        let subject = format!("jetlock.req.{op}.{}", self.session);
+        let subject = match body["key"].as_str().map(jetlock::name::LockName::new) {
+            Some(Ok(name)) if self.partitions > 1 => {
+                let p = jetlock::shards::partition_of(name.key(), self.partitions);
+                format!("jetlock.preq.{p}.{op}.{}", self.session)
+            }
+            _ => format!("jetlock.req.{op}.{}", self.session),
+        };
         Ok(self
             .js
             .publish_with_headers(subject, headers, serde_json::to_vec(&body)?.into())

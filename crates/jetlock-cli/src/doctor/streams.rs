@@ -155,7 +155,11 @@ pub(super) fn locks_bucket_findings(
             .subject_delete_marker_ttl
             .map(|ttl| humantime::format_duration(ttl).to_string())
             .unwrap_or_default();
-        let safe = format!("; per-message TTL on, markers kept {markers}, history 1");
+        let requests = match jetlock::bucket::partitions_of(bucket, config) {
+            Ok(p) if p > 1 => format!("; requests in {p} partitions"),
+            _ => "; requests not partitioned".to_owned(),
+        };
+        let safe = format!("; per-message TTL on, markers kept {markers}, history 1{requests}");
         return replicas
             .into_iter()
             .map(|mut f| {
@@ -351,9 +355,9 @@ mod tests {
         other_layout
             .config
             .metadata
-            .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "3".to_owned());
+            .insert(jetlock::bucket::LAYOUT_KEY.to_owned(), "4".to_owned());
         let findings = locks_bucket_findings("X", &other_layout, Some(1));
         assert_eq!(findings[0].status, Status::Fail, "{findings:?}");
-        assert!(findings[0].detail.contains("key layout \"3\""));
+        assert!(findings[0].detail.contains("key layout \"4\""));
     }
 }

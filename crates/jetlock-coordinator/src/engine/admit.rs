@@ -144,7 +144,11 @@ impl Engine {
                 return;
             }
         };
-        if !self.owns(request.name().key()) {
+        // One sent to another partition than its lock's is dropped like
+        // any other this coordinator does not carry out.
+        if !self.owns(request.name().key())
+            || self.misplaced(subject, request.name().key()).is_some()
+        {
             return;
         }
         // Only a release of the hold as this coordinator sees it: anything

@@ -45,6 +45,9 @@ pub(super) struct Feeds {
     pub(super) done_notes: async_nats::Subscriber,
     /// Releases sent on core NATS (`jetlock.now.release.>`).
     pub(super) unstored_releases: async_nats::Subscriber,
+    /// Those sent to the request partitions this coordinator reads
+    /// (`jetlock.now.<p>.release.>`; all of them until it is first told).
+    pub(super) partitioned_unstored: futures::stream::SelectAll<async_nats::Subscriber>,
     pub(super) settings: kv::Watch,
     pub(super) settings_caught_up: bool,
     /// Keeps the NATS service registered (`$SRV.*`).
@@ -77,6 +80,8 @@ impl Runtime {
         // What the others finished: mirrors forget it.
         let done_notes = subscribe(protocol::DONE_NOTES).await?;
         let unstored_releases = subscribe(protocol::UNSTORED_RELEASES).await?;
+        let mut partitioned_unstored = futures::stream::SelectAll::new();
+        partitioned_unstored.push(subscribe(protocol::PARTITIONED_UNSTORED_RELEASES).await?);
 
         let asked = Instant::now();
         let request_info = requests
@@ -193,6 +198,7 @@ impl Runtime {
             disconnects,
             done_notes,
             unstored_releases,
+            partitioned_unstored,
         })
     }
 }
@@ -244,7 +250,31 @@ impl Runtime {
         owned: Vec<u32>,
         generation: u64,
     ) {
-        let filter_subjects = if owned.len() as u32 == self.store.partitions() {
+        let all = owned.len() as u32 == self.store.partitions();
+        // Unstored releases first: none is stored, so one sent while the
+        // subscriptions change may go unread, and its client releases
+        // another way.
+        let mut unstored = futures::stream::SelectAll::new();
+        let subjects = if all {
+            vec![protocol::PARTITIONED_UNSTORED_RELEASES.to_owned()]
+        } else {
+            owned
+                .iter()
+                .map(|&p| protocol::partition_unstored_releases(p))
+                .collect()
+        };
+        for subject in subjects {
+            match self.nats.subscribe(subject).await {
+                Ok(sub) => unstored.push(sub),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
+                    feeds.retry_partitions = Some((owned, generation));
+                    return;
+                }
+            }
+        }
+        feeds.partitioned_unstored = unstored;
+        let filter_subjects = if all {
             Vec::new()
         } else {
             std::iter::once(protocol::REQUEST_SUBJECTS.to_owned())

@@ -477,6 +477,10 @@ impl World {
                 }
             }
             CoordMsg::UnstoredRelease { subject, body } => {
+                // Its subscriptions: only the partitions it reads.
+                if !self.coords[c].reads(&subject) {
+                    return;
+                }
                 trace!(self, "{} unstored release on {subject}", self.coords[c].id);
                 let (e, t) = self.engine_now(c);
                 e.unstored_release(&subject, &body, t);

@@ -170,7 +170,14 @@ impl World {
     /// an answer in 500 ms it is sent again stored, under a new id.
     fn release_unstored(&mut self, k: usize, key: usize, token: u64, worker: bool) {
         let id = self.next_id(k);
-        let subject = protocol::unstored_release_subject(&self.clients[k].session);
+        let session = &self.clients[k].session;
+        let subject = match self.cfg.partitions {
+            p if p > 1 => {
+                let part = jetlock::shards::partition_of(self.key_names[key].key(), p);
+                protocol::partitioned_unstored_release_subject(part, session)
+            }
+            _ => protocol::unstored_release_subject(session),
+        };
         let body = serde_json::to_vec(&ReleaseBody {
             v: VERSION,
             id: id.clone(),

@@ -555,6 +555,16 @@ impl SessionLink {
         protocol::request_subject(op, &self.session)
     }
 
+    /// The subject of an unstored release of lock `name`: its partition's,
+    /// in a deployment whose requests are partitioned.
+    pub(crate) fn unstored_release_subject(&self, name: &crate::name::LockName) -> String {
+        if self.partitions > 1 {
+            let p = crate::shards::partition_of(name.key(), self.partitions);
+            return protocol::partitioned_unstored_release_subject(p, &self.session);
+        }
+        protocol::unstored_release_subject(&self.session)
+    }
+
     /// Publishes `body` as request `op` about lock `name` to the request
     /// stream; returns once JetStream stored it.
     pub(crate) async fn send(

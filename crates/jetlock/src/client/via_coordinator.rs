@@ -130,7 +130,7 @@ impl Inner {
     ) -> Result<Verdict<u32>, async_nats::Error> {
         let (id, body) = release_body(name, token)?;
         let answer = self.link.expect(&id);
-        let subject = protocol::unstored_release_subject(&self.session);
+        let subject = self.link.unstored_release_subject(name);
         if let Err(e) = self.nats.publish(subject, body.into()).await {
             self.link.abandon(&id);
             return Err(e.into());

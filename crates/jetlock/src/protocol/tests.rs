@@ -276,6 +276,23 @@ fn partitioned_request_subjects_name_their_partition() {
 }
 
 #[test]
+fn partitioned_unstored_release_subjects_name_their_partition() {
+    let subject = partitioned_unstored_release_subject(7, "team.w1");
+    assert_eq!(subject, "jetlock.now.7.release.team.w1");
+    assert_eq!(parse_unstored_release_subject(&subject).unwrap(), "team.w1");
+    assert_eq!(subject_partition(&subject), Some(7));
+    assert_eq!(subject_partition("jetlock.now.release.team.w1"), None);
+    for bad in [
+        "jetlock.now.7.renew.team.w1",
+        "jetlock.now.x.release.team.w1",
+        "jetlock.now.7.release.*",
+        "jetlock.now.7.release",
+    ] {
+        assert!(parse_unstored_release_subject(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn unstored_release_subjects_parse_and_refuse_wildcards() {
     let subject = unstored_release_subject("team.w1");
     assert_eq!(subject, "jetlock.now.release.team.w1");
