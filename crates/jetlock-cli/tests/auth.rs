@@ -31,7 +31,7 @@ use jetlock::connect::{Auth, Login};
 use jetlock::protocol;
 use jetlock::store::{Current, LockStore};
 use jetlock::{Client, ClientOptions, ConnectError, LockError, LockName, LostReason};
-use jetlock_coordinator::{Coordinator, CoordinatorConfig};
+use jetlock_coordinator::{Coordinator, CoordinatorConfig, EngineConfig};
 use jetlock_testkit::server::{NatsCluster, Role};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,6 +176,10 @@ impl Deployment {
         let config = CoordinatorConfig {
             id: "auth-c1".into(),
             replicas: 3,
+            engine: EngineConfig {
+                preempt_grace: PREEMPT_GRACE,
+                ..EngineConfig::default()
+            },
             ..CoordinatorConfig::default()
         };
         // A fresh cluster may answer "temporarily unavailable" for a moment.
@@ -271,6 +275,9 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 const TTL: Duration = Duration::from_secs(4);
 /// How long holds are kept to show renewals work: past two leases.
 const HOLD: Duration = Duration::from_millis(9_000);
+/// The coordinator's preempt grace (default 5 s): the preempt test waits it
+/// out, and only needs the holder to lose the lock after some grace.
+const PREEMPT_GRACE: Duration = Duration::from_secs(1);
 
 /// The bucket subjects the servers refused the connection named `client`,
 /// from their logs ([`common::violations`]).
