@@ -31,7 +31,7 @@ use jetlock::connect::{Auth, Login};
 use jetlock::protocol;
 use jetlock::store::{Current, LockStore};
 use jetlock::{Client, ClientOptions, ConnectError, LockError, LockName, LostReason};
-use jetlock_coordinator::{Coordinator, CoordinatorConfig};
+use jetlock_coordinator::{Coordinator, CoordinatorConfig, EngineConfig};
 use jetlock_testkit::server::{NatsCluster, Role};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,6 +176,10 @@ impl Deployment {
         let config = CoordinatorConfig {
             id: "auth-c1".into(),
             replicas: 3,
+            engine: EngineConfig {
+                preempt_grace: PREEMPT_GRACE,
+                ..EngineConfig::default()
+            },
             ..CoordinatorConfig::default()
         };
         // A fresh cluster may answer "temporarily unavailable" for a moment.
@@ -256,10 +260,17 @@ impl Deployment {
     }
 }
 
-/// Runs the tests of this file one at a time: each starts a 3-node cluster.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+/// Runs the tests of this file two at a time, each on a 3-node cluster of
+/// its own. Most of their time is waiting (holds kept past two leases, a
+/// refused read's request timeout, a reload), so two of them share two
+/// cores well; more at once, on a machine with more test threads, could
+/// slow renewals past their window.
+async fn two_at_a_time() -> tokio::sync::SemaphorePermit<'static> {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    SLOTS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
 }
 
 /// The lease of the tests' locks. These tests are about permissions, not
@@ -271,6 +282,9 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 const TTL: Duration = Duration::from_secs(4);
 /// How long holds are kept to show renewals work: past two leases.
 const HOLD: Duration = Duration::from_millis(9_000);
+/// The coordinator's preempt grace (default 5 s): the preempt test waits it
+/// out, and only needs the holder to lose the lock after some grace.
+const PREEMPT_GRACE: Duration = Duration::from_secs(1);
 
 /// The bucket subjects the servers refused the connection named `client`,
 /// from their logs ([`common::violations`]).
@@ -298,7 +312,7 @@ fn token_of(current: &Current) -> Option<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restricted_worker_locks_only_through_the_coordinator() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let d = Deployment::start().await;
     const NAME: &str = "account:restricted";
 
@@ -499,7 +513,7 @@ async fn a_restricted_worker_locks_only_through_the_coordinator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_worker_writes_the_bucket_itself() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let d = Deployment::start().await;
     const NAME: &str = "account:trusted";
     let worker = d.client(Role::Worker, d.options(Role::Worker)).await;
@@ -625,7 +639,7 @@ async fn a_trusted_worker_writes_the_bucket_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_or_with_wrong_credentials_are_refused() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let cluster = cluster().await;
     let refused = |r: Result<async_nats::Client, ConnectError>, user: Option<&str>| match r {
         Err(ConnectError::NotAuthorized { user: u, url, .. }) => {

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_worker_takes_read_write_locks_and_permits_on_the_cluster() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let d = Deployment::start().await;
     let a = d.client(Role::Worker, d.options(Role::Worker)).await;
     let b = d.client(Role::Worker, d.options(Role::Worker)).await;
@@ -59,7 +59,7 @@ async fn a_trusted_worker_takes_read_write_locks_and_permits_on_the_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_only_worker_is_refused_a_read_lock_it_cannot_check() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let d = Deployment::start().await;
     let restricted = d
         .client(Role::Restricted, d.options(Role::Restricted))

@@ -7,7 +7,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_revokes_a_lock_and_a_worker_cannot() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let d = Deployment::start().await;
     const NAME: &str = "account:stuck";
     let worker = d.client(Role::Worker, d.options(Role::Worker)).await;
@@ -91,7 +91,7 @@ async fn an_operator_revokes_a_lock_and_a_worker_cannot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_operator_preempts_and_a_worker_cannot_delete_bucket_consumers() {
-    let _serial = one_at_a_time().await;
+    let _slot = two_at_a_time().await;
     let d = Deployment::start().await;
     const NAME: &str = "account:preempted";
     let worker = d.client(Role::Worker, d.options(Role::Worker)).await;
