@@ -351,6 +351,7 @@ impl Runtime {
                     if let Some((owned, generation)) = feeds.retry_partitions.take() {
                         self.read_partitions(&mut feeds, owned, generation).await;
                     }
+                    self.check_caught_up(&mut feeds).await;
                     if now >= next_gauges {
                         next_gauges = now + Duration::from_secs(1);
                         let withheld = self.engine.confirmations_withheld();
@@ -410,6 +411,8 @@ impl Runtime {
                                     caught_up = Some(generation);
                                 }
                             }
+                            feeds.last_request_seq = info.stream_sequence;
+                            feeds.last_request_at = Instant::now();
                             if feeds.reading.fed(msg.subject.as_str(), info.stream_sequence) {
                                 // Read before, by the consumer this one replaced.
                             } else {

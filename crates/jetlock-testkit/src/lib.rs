@@ -54,18 +54,10 @@ pub async fn cluster() -> NatsCluster {
     with_jetstream(NatsCluster::start(3).expect("start 3-node cluster")).await
 }
 
-/// How long one look for the JetStream meta leader waits for an answer.
-/// Before the leader is elected a JetStream API request gets none at all,
-/// so with the connection's default request timeout (10 s) the first look
-/// alone took 10 s, where a fresh 3-node cluster elects its leader within
-/// a second.
-const JETSTREAM_LOOK: Duration = Duration::from_millis(500);
-
 /// Waits (up to [`PATIENCE`]) until `cluster` has elected its JetStream
-/// meta leader, looking every [`JETSTREAM_LOOK`] at most.
+/// meta leader.
 pub async fn with_jetstream(cluster: NatsCluster) -> NatsCluster {
-    let options = async_nats::ConnectOptions::new().request_timeout(Some(JETSTREAM_LOOK));
-    let nats = nats_with(&cluster.url_as(Role::Operator), Role::Operator, options).await;
+    let nats = nats_as(&cluster.url_as(Role::Operator), Role::Operator).await;
     wait_for_jetstream(&nats, PATIENCE)
         .await
         .expect("JetStream meta leader");

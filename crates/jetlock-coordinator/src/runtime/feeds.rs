@@ -26,6 +26,11 @@ pub(super) struct Feeds {
     pub(super) catching_up: Option<u64>,
     /// Partitions to read whose consumer could not be made yet.
     pub(super) retry_partitions: Option<(Vec<u32>, u64)>,
+    /// The name the request consumer was made under, and the last request
+    /// it delivered (fed or skipped) and when: see [`Runtime::check_caught_up`].
+    pub(super) request_consumer: String,
+    pub(super) last_request_seq: u64,
+    pub(super) last_request_at: Instant,
     /// Judges how long ago each request was stored.
     pub(super) request_age: RequestAge,
     /// Every bucket's changes (`jetlock::shards`), each with its bucket's
@@ -187,6 +192,9 @@ impl Runtime {
             reading: Reading::new(self.store.partitions()),
             catching_up: None,
             retry_partitions: None,
+            request_consumer: String::new(),
+            last_request_seq: 0,
+            last_request_at: Instant::now(),
             request_age,
             bucket,
             bucket_caught_up: !buckets_behind.contains(&true),
@@ -299,6 +307,9 @@ impl Runtime {
             }
         };
         let pending = consumer.cached_info().num_pending;
+        feeds.request_consumer = consumer.cached_info().name.clone();
+        feeds.last_request_seq = 0;
+        feeds.last_request_at = Instant::now();
         match consumer.messages().await {
             Ok(messages) => feeds.requests = messages,
             Err(e) => {
@@ -317,6 +328,48 @@ impl Runtime {
             self.engine.partitions_caught_up(generation, Instant::now());
         } else {
             feeds.catching_up = Some(generation);
+        }
+    }
+}
+
+/// How long the request consumer may deliver nothing while partitions are
+/// caught up on before the server is asked whether it has more.
+const CATCH_UP_QUIET: Duration = Duration::from_millis(100);
+
+impl Runtime {
+    /// While partitions are caught up on and the consumer has been quiet:
+    /// a request it had pending when it was made may have been deleted
+    /// (finished) before it was delivered, so no delivered message says
+    /// nothing is pending. Asks the server: nothing pending and nothing
+    /// delivered beyond what was read means they are read.
+    pub(super) async fn check_caught_up(&mut self, feeds: &mut Feeds) {
+        let Some(generation) = feeds.catching_up else {
+            return;
+        };
+        if feeds.last_request_at.elapsed() < CATCH_UP_QUIET {
+            return;
+        }
+        feeds.last_request_at = Instant::now();
+        let subject = format!(
+            "$JS.API.CONSUMER.INFO.{}.{}",
+            protocol::REQUEST_STREAM,
+            feeds.request_consumer
+        );
+        // A consumer made again by the ordered consumer under another name
+        // is not found here: its next message says how much is pending.
+        let Ok(reply) = self.nats.request(subject, "".into()).await else {
+            return;
+        };
+        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
+            return;
+        };
+        let pending = info["num_pending"].as_u64();
+        let delivered = info["delivered"]["stream_seq"].as_u64();
+        if let (Some(0), Some(delivered)) = (pending, delivered) {
+            if delivered <= feeds.last_request_seq {
+                feeds.catching_up = None;
+                self.engine.partitions_caught_up(generation, Instant::now());
+            }
         }
     }
 }

@@ -256,13 +256,22 @@ pub async fn wait_for_jetstream(
     let js = async_nats::jetstream::new(client.clone());
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        match js.query_account().await {
-            Ok(_) => return Ok(()),
+        // Before the meta leader is elected a JetStream API request gets no
+        // answer at all: with the connection's request timeout (10 s by
+        // default) one look alone would outlast the election, which takes
+        // under a second on a fresh cluster.
+        let look = tokio::time::timeout(JETSTREAM_LOOK, js.query_account()).await;
+        match look {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
+
+/// How long one look for the JetStream meta leader waits for an answer.
+const JETSTREAM_LOOK: Duration = Duration::from_millis(500);
 
 /// Waits for JetStream on a cluster that just started, then creates (or
 /// opens) the locks bucket `spec`: right after the meta leader is elected,
