@@ -403,41 +403,8 @@ impl Runtime {
                 },
                 Some(msg) = feeds.requests.next() => match msg {
                     Ok(msg) => {
-                        if let Ok(info) = msg.info() {
-                            if info.pending == 0 {
-                                feeds.requests_caught_up = true;
-                                if let Some(generation) = feeds.catching_up.take() {
-                                    // Fed below first: it is the last one.
-                                    caught_up = Some(generation);
-                                }
-                            }
-                            feeds.last_request_seq = info.stream_sequence;
-                            feeds.last_request_at = Instant::now();
-                            if feeds.reading.fed(msg.subject.as_str(), info.stream_sequence) {
-                                // Read before, by the consumer this one replaced.
-                            } else {
-                            let age = feeds.request_age.of(info.stream_sequence,
-                                info.published.unix_timestamp_nanos(), Instant::now(),
-                                std::time::SystemTime::now());
-                            let _span = debug_span!("request", seq = info.stream_sequence,
-                                subject = msg.subject.as_str(),
-                                lock = tracing::field::Empty).entered();
-                            let dropped = self.engine.stats.dropped;
-                            let msg_id = msg.headers.as_ref()
-                                .and_then(|h| h.get("Nats-Msg-Id"))
-                                .map(|v| v.as_str());
-                            self.engine.request_with_msg_id(
-                                info.stream_sequence,
-                                msg.subject.as_str(),
-                                msg_id,
-                                &msg.payload,
-                                age,
-                                Instant::now(),
-                            );
-                            if self.engine.stats.dropped > dropped {
-                                self.metrics.dropped();
-                            }
-                            }
+                        if let Some(generation) = self.request_message(&mut feeds, &msg) {
+                            caught_up = Some(generation);
                         }
                     }
                     Err(e) => warn!(error = %e, "request stream interrupted; it resumes"),
@@ -524,6 +491,49 @@ impl Runtime {
         for (session, re) in note.done.iter().take(MAX_DONE_READ) {
             self.engine.answered(session, re, now);
         }
+    }
+
+    /// A message of the request stream: fed to the engine unless the
+    /// consumer it replaced delivered it already. Returns the partitions
+    /// being caught up on when this was the last message pending.
+    fn request_message(&mut self, feeds: &mut Feeds, msg: &jetstream::Message) -> Option<u64> {
+        let info = msg.info().ok()?;
+        let seq = info.stream_sequence;
+        feeds.last_request_seq = seq;
+        feeds.last_request_at = Instant::now();
+        if !feeds.reading.fed(msg.subject.as_str(), seq) {
+            let age = feeds.request_age.of(
+                seq,
+                info.published.unix_timestamp_nanos(),
+                Instant::now(),
+                std::time::SystemTime::now(),
+            );
+            let _span = debug_span!(
+                "request",
+                seq,
+                subject = msg.subject.as_str(),
+                lock = tracing::field::Empty
+            )
+            .entered();
+            let dropped = self.engine.stats.dropped;
+            let msg_id = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str());
+            let subject = msg.subject.as_str();
+            let now = Instant::now();
+            self.engine
+                .request_with_msg_id(seq, subject, msg_id, &msg.payload, age, now);
+            if self.engine.stats.dropped > dropped {
+                self.metrics.dropped();
+            }
+        }
+        if info.pending > 0 {
+            return None;
+        }
+        feeds.requests_caught_up = true;
+        feeds.catching_up.take()
     }
 
     fn bucket_message(&mut self, prefix: &str, seq: u64, msg: &jetstream::Message) {

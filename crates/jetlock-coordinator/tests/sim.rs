@@ -30,6 +30,8 @@ mod check;
 mod client;
 #[path = "sim/coord.rs"]
 mod coord;
+#[path = "sim/reading.rs"]
+mod reading;
 #[path = "sim/server.rs"]
 mod server;
 #[path = "sim/worker.rs"]

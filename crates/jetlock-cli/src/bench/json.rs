@@ -13,7 +13,7 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use jetlock::protocol::{Answer, ErrorCode};
+use jetlock::protocol::{self, Answer, ErrorCode};
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -134,7 +134,13 @@ impl JsonSession {
         let body = json!({"v": 1, "id": id, "key": key, "token": token});
         let mut fell_back = false;
         if self.unstored {
-            let subject = format!("jetlock.now.release.{}", self.session);
+            let subject = match jetlock::name::LockName::new(key) {
+                Ok(name) if self.partitions > 1 => {
+                    let p = jetlock::shards::partition_of(name.key(), self.partitions);
+                    protocol::partitioned_unstored_release_subject(p, &self.session)
+                }
+                _ => protocol::unstored_release_subject(&self.session),
+            };
             let nats = self.js.client();
             nats.publish(subject, serde_json::to_vec(&body)?.into())
                 .await?;

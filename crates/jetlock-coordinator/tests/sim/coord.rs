@@ -7,7 +7,7 @@
 
 use crate::world::{trace, Clock, Ev, Proc, World, MS, SEC, SERVERS};
 use jetlock::name::LockName;
-use jetlock::protocol::{self, ConnId, CoordinatorBeat, Heartbeat, VERSION};
+use jetlock::protocol::{ConnId, CoordinatorBeat, Heartbeat, VERSION};
 use jetlock::store::Current;
 use jetlock_coordinator::{Action, Engine, EngineConfig, Stamp, WriteResult};
 use std::collections::VecDeque;
@@ -38,10 +38,10 @@ pub enum FeedItem {
 
 #[derive(Default)]
 pub struct Feed {
-    items: VecDeque<(u64, FeedItem)>,
+    pub(crate) items: VecDeque<(u64, FeedItem)>,
     pumping: bool,
     /// Items there at the start, not delivered yet (the catch-up).
-    initial: usize,
+    pub(crate) initial: usize,
 }
 
 pub enum CoordMsg {
@@ -103,13 +103,13 @@ pub struct Coord {
     done: Vec<(String, String)>,
     /// The request partitions read (`None`: all), as the runtime's
     /// consumer filter.
-    reading: Option<Vec<u32>>,
+    pub(crate) reading: Option<Vec<u32>>,
     /// By partition (the last entry: unpartitioned requests), the last
     /// request fed: a new consumer reads from the start, and what the one
     /// it replaced delivered is skipped, as in `runtime/feeds.rs`.
-    fed: Vec<u64>,
+    pub(crate) fed: Vec<u64>,
     /// The engine's number for the partitions being caught up on.
-    catching_up: Option<u64>,
+    pub(crate) catching_up: Option<u64>,
 }
 
 impl Coord {
@@ -140,28 +140,7 @@ impl Coord {
         }
     }
 
-    /// Whether this coordinator's consumer delivers a request on `subject`.
-    fn reads(&self, subject: &str) -> bool {
-        match (&self.reading, protocol::subject_partition(subject)) {
-            (Some(reading), Some(p)) => reading.contains(&p),
-            _ => true,
-        }
-    }
-
-    /// Whether request `seq` on `subject` was fed already; if not, it is
-    /// now.
-    fn fed(&mut self, subject: &str, seq: u64) -> bool {
-        let unpartitioned = self.fed.len() - 1;
-        let i = protocol::subject_partition(subject)
-            .map_or(unpartitioned, |p| (p as usize).min(unpartitioned));
-        if seq <= self.fed[i] {
-            return true;
-        }
-        self.fed[i] = seq;
-        false
-    }
-
-    fn feed(&mut self, kind: FeedKind) -> &mut Feed {
+    pub(crate) fn feed(&mut self, kind: FeedKind) -> &mut Feed {
         &mut self.feeds[kind as usize]
     }
 }
@@ -294,7 +273,7 @@ impl World {
         }
     }
 
-    fn append(&mut self, c: usize, kind: FeedKind, item: FeedItem) {
+    pub(crate) fn append(&mut self, c: usize, kind: FeedKind, item: FeedItem) {
         let at = self.now + self.delay();
         let inc = self.coords[c].inc;
         let f = self.coords[c].feed(kind);
@@ -548,37 +527,6 @@ impl World {
             .take_partition_change();
         if let Some((owned, generation)) = change {
             self.read_partitions(c, owned, generation);
-        }
-    }
-
-    /// Coordinator `c` reads the request partitions `owned` from now on: a
-    /// new consumer, from the stream's first message, in place of the one
-    /// it had (what that one had not delivered is gone with it).
-    fn read_partitions(&mut self, c: usize, owned: Vec<u32>, generation: u64) {
-        trace!(self, "{} reads partitions {owned:?}", self.coords[c].id);
-        self.coords[c].reading = Some(owned);
-        let f = self.coords[c].feed(FeedKind::Requests);
-        f.items.clear();
-        f.initial = 0;
-        let seqs: Vec<u64> = self
-            .stream
-            .msgs
-            .iter()
-            .filter(|(_, m)| self.coords[c].reads(&m.subject))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for &seq in &seqs {
-            self.append(c, FeedKind::Requests, FeedItem::Request(seq));
-        }
-        self.coords[c].feed(FeedKind::Requests).initial = seqs.len();
-        if seqs.is_empty() {
-            self.coords[c].catching_up = None;
-            let (e, t) = self.engine_now(c);
-            e.partitions_caught_up(generation, t);
-            self.after(c);
-        } else {
-            self.counts.partition_catch_ups += 1;
-            self.coords[c].catching_up = Some(generation);
         }
     }
 
