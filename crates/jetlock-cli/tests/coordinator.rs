@@ -24,6 +24,18 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A coordinator of its own id on `url`, in this process.
+async fn coordinator_named(url: &str, id: &str) -> jetlock_coordinator::Coordinator {
+    let nats = async_nats::connect(url).await.unwrap();
+    let config = jetlock_coordinator::CoordinatorConfig {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    jetlock_coordinator::Coordinator::start(nats, config)
+        .await
+        .unwrap()
+}
+
 fn code(a: &Answer) -> Option<ErrorCode> {
     match a {
         Answer::Error { code, .. } => Some(*code),

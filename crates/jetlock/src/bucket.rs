@@ -307,30 +307,34 @@ pub async fn ensure_bucket(
 /// How many buckets the deployment whose bucket 0 has this stream config
 /// spreads its locks over ([`shards::BUCKETS_KEY`]; absent: one).
 pub fn buckets_of(bucket: &str, config: &jetstream::stream::Config) -> Result<u32, BucketError> {
-    match config.metadata.get(shards::BUCKETS_KEY) {
-        None => Ok(1),
-        Some(text) => match text.parse::<u32>() {
-            Ok(k) if (1..=shards::MAX_BUCKETS).contains(&k) => Ok(k),
-            _ => Err(BucketError::Buckets {
-                bucket: bucket.to_owned(),
-                buckets: text.clone(),
-            }),
-        },
-    }
+    count_of(config, shards::BUCKETS_KEY, shards::MAX_BUCKETS).map_err(|text| {
+        BucketError::Buckets {
+            bucket: bucket.to_owned(),
+            buckets: text,
+        }
+    })
 }
 
 /// How many partitions the requests of the deployment whose bucket 0 has
 /// this stream config are split into ([`shards::PARTITIONS_KEY`]; absent:
 /// 1, not split).
 pub fn partitions_of(bucket: &str, config: &jetstream::stream::Config) -> Result<u32, BucketError> {
-    match config.metadata.get(shards::PARTITIONS_KEY) {
+    count_of(config, shards::PARTITIONS_KEY, shards::MAX_PARTITIONS).map_err(|text| {
+        BucketError::Partitions {
+            bucket: bucket.to_owned(),
+            partitions: text,
+        }
+    })
+}
+
+/// A count from 1 to `max` under metadata `key` (absent: 1); the text when
+/// it is not one.
+fn count_of(config: &jetstream::stream::Config, key: &str, max: u32) -> Result<u32, String> {
+    match config.metadata.get(key) {
         None => Ok(1),
         Some(text) => match text.parse::<u32>() {
-            Ok(p) if (1..=shards::MAX_PARTITIONS).contains(&p) => Ok(p),
-            _ => Err(BucketError::Partitions {
-                bucket: bucket.to_owned(),
-                partitions: text.clone(),
-            }),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(text.clone()),
         },
     }
 }

@@ -3,16 +3,6 @@
 //! one of them out again.
 
 use super::*;
-use jetlock_coordinator::{Coordinator, CoordinatorConfig};
-
-async fn coordinator_named(url: &str, id: &str) -> Coordinator {
-    let nats = async_nats::connect(url).await.unwrap();
-    let config = CoordinatorConfig {
-        id: id.to_owned(),
-        ..CoordinatorConfig::default()
-    };
-    Coordinator::start(nats, config).await.unwrap()
-}
 
 /// The final answers to the session up to the one to `until`, as
 /// (re, type), and that one's token.

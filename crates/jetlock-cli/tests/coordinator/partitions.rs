@@ -4,16 +4,7 @@
 
 use super::*;
 use jetlock::shards::{partition_of, DEFAULT_PARTITIONS};
-use jetlock_coordinator::{Coordinator, CoordinatorConfig, Ring};
-
-async fn coordinator_named(url: &str, id: &str) -> Coordinator {
-    let nats = async_nats::connect(url).await.unwrap();
-    let config = CoordinatorConfig {
-        id: id.to_owned(),
-        ..CoordinatorConfig::default()
-    };
-    Coordinator::start(nats, config).await.unwrap()
-}
+use jetlock_coordinator::Ring;
 
 /// A lock name whose partition `owner` owns while `ids` are live.
 fn name_owned_by(ids: &[&str], owner: &str, prefix: &str) -> String {
