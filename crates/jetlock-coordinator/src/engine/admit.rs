@@ -65,10 +65,12 @@ impl Engine {
         if let Ok((_, session)) = protocol::parse_request_subject(subject) {
             if let Err(e) = protocol::check_message_id(session, msg_id) {
                 self.stats.requests += 1;
+                let answer = Answer::error(protocol::probe_id(body), None, e);
                 if self.answers_for(subject, session) {
-                    let re = protocol::probe_id(body);
-                    self.answer(session, Answer::error(re, None, e));
+                    self.answer(session, answer);
                     self.out.push(Action::Delete { seq });
+                } else {
+                    self.hold_refusal(subject, None, session, answer, seq);
                 }
                 return;
             }
@@ -102,10 +104,12 @@ impl Engine {
         let request = match parsed {
             Ok(r) => r,
             Err(e) => {
+                let answer = Answer::error(protocol::probe_id(body), None, e);
                 if self.answers_for(subject, &session) {
-                    let re = protocol::probe_id(body);
-                    self.answer(&session, Answer::error(re, None, e));
+                    self.answer(&session, answer);
                     self.out.push(Action::Delete { seq });
+                } else {
+                    self.hold_refusal(subject, None, &session, answer, seq);
                 }
                 return;
             }

@@ -57,6 +57,10 @@ impl Engine {
             if seq != 0 {
                 self.out.push(Action::Delete { seq });
             }
+        } else if seq != 0 {
+            let name = request.name();
+            let answer = Answer::error(Some(request.id().to_owned()), Some(name.to_string()), e);
+            self.hold_refusal("", Some(name.key()), session, answer, seq);
         }
     }
 

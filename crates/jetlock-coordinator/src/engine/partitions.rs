@@ -66,6 +66,19 @@ impl Engine {
         for p in &gained {
             self.parts.catching_up[*p as usize] = false;
         }
+        // The refusals held back while they were read: the coordinator that
+        // had the partitions may never have read these requests.
+        let (now_ours, later): (Vec<Deferred>, Vec<Deferred>) =
+            std::mem::take(&mut self.parts.deferred)
+                .into_iter()
+                .partition(|d| gained.contains(&d.partition));
+        self.parts.deferred = later;
+        for d in now_ours {
+            self.answer(&d.session, d.answer);
+            if d.seq != 0 {
+                self.out.push(Action::Delete { seq: d.seq });
+            }
+        }
         let keys: Vec<String> = self
             .keys
             .keys()
@@ -131,6 +144,49 @@ impl Engine {
         }
     }
 
+    /// The partition this coordinator owns and is still reading that the
+    /// request on `subject` about `key` (if known) belongs to: a refusal of
+    /// it waits until the partition is read ([`Engine::hold_refusal`]).
+    fn catching_up_on(&self, subject: &str, key: Option<&str>) -> Option<u32> {
+        if !self.ring.partitioned() || !self.ready {
+            return None;
+        }
+        let p = match key {
+            Some(key) => self.ring.partition_of(key),
+            None => protocol::subject_partition(subject)?,
+        };
+        let catching_up = self.parts.catching_up.get(p as usize).copied();
+        (catching_up == Some(true) && self.ring.owns_partition(p)).then_some(p)
+    }
+
+    /// A refusal (`answer`, then deleting message `seq`) that this
+    /// coordinator does not send because it does not act where the request
+    /// belongs. In a partition it owns and is still reading it sends it
+    /// once the partition is read: nobody else reads the partition now,
+    /// and the coordinator that had it may never have read this request.
+    /// Elsewhere the owner sends it.
+    pub(super) fn hold_refusal(
+        &mut self,
+        subject: &str,
+        key: Option<&str>,
+        session: &str,
+        answer: Answer,
+        seq: u64,
+    ) {
+        let Some(partition) = self.catching_up_on(subject, key) else {
+            return;
+        };
+        if self.parts.deferred.len() >= MAX_DEFERRED {
+            return;
+        }
+        self.parts.deferred.push(Deferred {
+            partition,
+            session: session.to_owned(),
+            answer,
+            seq,
+        });
+    }
+
     /// Why a request that came on `subject` about `key` is in the wrong
     /// partition, if it is: only its partition's owner reads it, and that
     /// may not be the lock's owner.
@@ -149,9 +205,25 @@ impl Engine {
     }
 }
 
+/// Most refusals held back while partitions are read; past it, the
+/// clients of the rest time out (a flood of bad requests into a partition
+/// being read, bounded by the request stream's caps).
+const MAX_DEFERRED: usize = 10_000;
+
+/// A refusal held back until its partition is read.
+#[derive(Debug)]
+pub(super) struct Deferred {
+    partition: u32,
+    session: String,
+    answer: Answer,
+    seq: u64,
+}
+
 /// What the engine knows of the partitions it reads.
 #[derive(Debug, Default)]
 pub(super) struct Parts {
+    /// Refusals held back until their partition is read.
+    deferred: Vec<Deferred>,
     /// The partitions the runtime was last told to read (`None`: all, as
     /// before it was first told).
     reading: Option<Vec<u32>>,

@@ -645,6 +645,7 @@ proptest! {
 
 mod events;
 mod limits;
+mod partitions;
 mod proofs;
 mod replays;
 mod takeover;
