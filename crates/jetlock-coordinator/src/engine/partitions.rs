@@ -67,13 +67,17 @@ impl Engine {
             self.parts.catching_up[*p as usize] = false;
         }
         // The refusals held back while they were read: the coordinator that
-        // had the partitions may never have read these requests.
-        let (now_ours, later): (Vec<Deferred>, Vec<Deferred>) =
+        // had the partitions may never have read these requests. Those of a
+        // partition the ring has moved on since are its new owner's to send.
+        let (read, later): (Vec<Deferred>, Vec<Deferred>) =
             std::mem::take(&mut self.parts.deferred)
                 .into_iter()
                 .partition(|d| gained.contains(&d.partition));
         self.parts.deferred = later;
-        for d in now_ours {
+        for d in read {
+            if !self.ring.owns_partition(d.partition) {
+                continue;
+            }
             self.answer(&d.session, d.answer);
             if d.seq != 0 {
                 self.out.push(Action::Delete { seq: d.seq });

@@ -497,13 +497,18 @@ fn let_another_coordinator_own_k(sim: &mut Sim) -> String {
 }
 
 fn leave(sim: &mut Sim, id: &str) {
+    coordinator_beat(sim, id, true);
+}
+
+/// A heartbeat of coordinator `id` (its last, when `leaving`).
+fn coordinator_beat(sim: &mut Sim, id: &str, leaving: bool) {
     sim.engine.coordinator_beat(
         CoordinatorBeat {
             v: 1,
             id: id.to_owned(),
             conn: None,
             now_ms: None,
-            leaving: true,
+            leaving,
         },
         sim.now,
     );

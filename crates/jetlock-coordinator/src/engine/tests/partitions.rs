@@ -4,20 +4,6 @@
 
 use super::*;
 
-fn beat(sim: &mut Sim, id: &str, leaving: bool) {
-    sim.engine.coordinator_beat(
-        CoordinatorBeat {
-            v: 1,
-            id: id.to_owned(),
-            conn: None,
-            now_ms: None,
-            leaving,
-        },
-        sim.now,
-    );
-    sim.settle();
-}
-
 #[test]
 fn a_refusal_read_while_a_gained_partition_is_read_is_sent_once_it_is() {
     let mut sim = Sim::new();
@@ -27,14 +13,14 @@ fn a_refusal_read_while_a_gained_partition_is_read_is_sent_once_it_is() {
         .take_partition_change()
         .expect("told what to read");
     assert_eq!(all.len(), 16, "alone it reads every partition");
-    beat(&mut sim, "c1", false);
+    coordinator_beat(&mut sim, "c1", false);
     let (mine, _) = sim
         .engine
         .take_partition_change()
         .expect("the ring changed");
     let p = (0..16).find(|p| !mine.contains(p)).expect("c1 owns some");
     // c1 leaves: its partitions are this one's again, not read yet.
-    beat(&mut sim, "c1", true);
+    coordinator_beat(&mut sim, "c1", true);
     let (_, generation) = sim
         .engine
         .take_partition_change()
