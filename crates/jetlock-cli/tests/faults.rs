@@ -38,7 +38,7 @@ use paused::{pause_a_holder, HolderProcess, PAUSED_TTL};
 
 use common::belief::Mono;
 use common::history::{check, FencedLedger, History, Report};
-use common::{cluster, serve, setup_bucket, stream_leader, worker_options, Serving, PATIENCE};
+use common::{cluster, serve, setup_partitioned, stream_leader, worker_options, Serving, PATIENCE};
 use jetlock::{Client, ClientOptions, FencingToken, LockError};
 use jetlock_testkit::server::{Member, NatsCluster, Role};
 use std::collections::HashMap;
@@ -158,13 +158,19 @@ impl Rig {
 
     /// [`Rig::start`] on a cluster the caller started.
     async fn start_on(name: &'static str, cluster: NatsCluster) -> Rig {
-        Rig::start_with(name, cluster, 0).await
+        Rig::start_with(name, cluster, 0, 1).await
     }
 
     /// [`Rig::start_on`], the last `long` workers with sessions of
     /// [`LONG_SESSION`] instead of the default 900 ms.
-    async fn start_with(name: &'static str, cluster: NatsCluster, long: usize) -> Rig {
-        let mut rig = Rig::bare(name, cluster).await;
+    /// The deployment's requests are split into `partitions`.
+    async fn start_with(
+        name: &'static str,
+        cluster: NatsCluster,
+        long: usize,
+        partitions: u32,
+    ) -> Rig {
+        let mut rig = Rig::bare_partitioned(name, cluster, partitions).await;
         for i in 0..WORKERS {
             let kind = if i % 2 == 0 {
                 WorkerKind::FastPath
@@ -181,7 +187,12 @@ impl Rig {
     /// The bucket and two coordinators on `cluster`, without a load: the
     /// caller brings its own, counting its grants in `grants`.
     async fn bare(name: &'static str, cluster: NatsCluster) -> Rig {
-        setup_bucket(&cluster).await;
+        Rig::bare_partitioned(name, cluster, 1).await
+    }
+
+    /// [`Rig::bare`], its requests split into `partitions`.
+    async fn bare_partitioned(name: &'static str, cluster: NatsCluster, partitions: u32) -> Rig {
+        setup_partitioned(&cluster, partitions).await;
         let mut rig = Rig {
             name,
             cluster,
@@ -636,7 +647,21 @@ async fn killing_all_servers_at_once_loses_no_acknowledged_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_lame_duck_restart_shows_no_errors_beyond_retries() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start("lame-duck").await;
+    let rig = Rig::start("lame-duck").await;
+    lame_duck_shows_no_errors(rig).await;
+}
+
+/// The same with the requests split into 64 partitions: a coordinator that
+/// gains partitions when the other loses its server reads them from the
+/// request stream first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_lame_duck_restart_of_a_partitioned_deployment_shows_no_errors_beyond_retries() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rig = Rig::start_with("lame-duck-partitioned", cluster().await, 0, 64).await;
+    lame_duck_shows_no_errors(rig).await;
+}
+
+async fn lame_duck_shows_no_errors(mut rig: Rig) {
     rolling_lame_duck(&mut rig).await;
     let (report, stats) = rig.finish().await;
     assert_eq!(report.losses, 0, "a hold was lost in a lame-duck restart");

@@ -337,6 +337,14 @@ impl Runtime {
                     }
                 }
                 Some(_) = self.deletes.join_next(), if !self.deletes.is_empty() => {}
+                Some(done) = feeds.partition_work.opening.join_next(),
+                    if !feeds.partition_work.opening.is_empty() => {
+                    self.partitions_opened(&mut feeds, done).await;
+                }
+                Some(done) = feeds.partition_work.checking.join_next(),
+                    if !feeds.partition_work.checking.is_empty() => {
+                    self.caught_up_checked(&mut feeds, done);
+                }
                 // The clock before the feeds: under a sustained burst of
                 // requests, proof beats (which heartbeat answers wait for)
                 // and timeouts must still come every tick.
@@ -348,10 +356,7 @@ impl Runtime {
                     }
                     self.engine.tick(now);
                     self.send_done().await;
-                    if let Some((owned, generation)) = feeds.retry_partitions.take() {
-                        self.read_partitions(&mut feeds, owned, generation).await;
-                    }
-                    self.check_caught_up(&mut feeds).await;
+                    self.partitions_tick(&mut feeds, now);
                     if now >= next_gauges {
                         next_gauges = now + Duration::from_secs(1);
                         let withheld = self.engine.confirmations_withheld();
@@ -447,8 +452,7 @@ impl Runtime {
             }
             self.carry_out().await;
             if let Some((owned, generation)) = self.engine.take_partition_change() {
-                self.read_partitions(&mut feeds, owned, generation).await;
-                self.carry_out().await;
+                self.read_partitions(&mut feeds, owned, generation);
             }
         }
         self.health.set_leaving();
@@ -659,6 +663,7 @@ impl Runtime {
 
 mod beats;
 mod feeds;
+mod partitions;
 mod services;
 mod writes;
 use feeds::Feeds;

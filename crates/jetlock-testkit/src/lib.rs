@@ -115,9 +115,16 @@ pub async fn worker_client(url: &str, name: &str) -> Client {
 /// still answer "JetStream system temporarily unavailable" for a moment:
 /// retried, up to a bound.
 pub async fn setup_bucket(cluster: &NatsCluster) {
+    setup_partitioned(cluster, 1).await;
+}
+
+/// [`setup_bucket`] for a deployment whose requests are split into
+/// `partitions` (`jetlock setup --partitions`).
+pub async fn setup_partitioned(cluster: &NatsCluster, partitions: u32) {
     let nats = nats_as(&cluster.url_as(Role::Coordinator), Role::Coordinator).await;
     let js = async_nats::jetstream::new(nats);
-    let spec = jetlock::bucket::BucketSpec::new(jetlock::bucket::DEFAULT_BUCKET, 3);
+    let mut spec = jetlock::bucket::BucketSpec::new(jetlock::bucket::DEFAULT_BUCKET, 3);
+    spec.partitions = partitions;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match jetlock::bucket::ensure_bucket(&js, &spec).await {

@@ -1,6 +1,7 @@
 //! What the loop reads: the request stream, the bucket, heartbeats,
 //! advisories, settings and the admin endpoints, subscribed at start.
 
+use super::partitions::{PartitionWork, Reading};
 use super::*;
 
 /// One bucket's watch, its messages with the bucket's index.
@@ -24,8 +25,9 @@ pub(super) struct Feeds {
     /// partitions_caught_up`): read once the current consumer has
     /// delivered what was pending.
     pub(super) catching_up: Option<u64>,
-    /// Partitions to read whose consumer could not be made yet.
-    pub(super) retry_partitions: Option<(Vec<u32>, u64)>,
+    /// The consumers and subscriptions of the partitions to read being
+    /// made, and the server asked whether they are read: off the loop.
+    pub(super) partition_work: PartitionWork,
     /// The name the request consumer was made under, and the last request
     /// it delivered (fed or skipped) and when: see [`Runtime::check_caught_up`].
     pub(super) request_consumer: String,
@@ -191,7 +193,7 @@ impl Runtime {
             request_stream,
             reading: Reading::new(self.store.partitions()),
             catching_up: None,
-            retry_partitions: None,
+            partition_work: PartitionWork::default(),
             request_consumer: String::new(),
             last_request_seq: 0,
             last_request_at: Instant::now(),
@@ -208,168 +210,5 @@ impl Runtime {
             unstored_releases,
             partitioned_unstored,
         })
-    }
-}
-
-/// What a coordinator read of each request partition, so a consumer that
-/// replaces another (the partitions read changed) feeds the engine each
-/// request once: it reads its partitions from the start, and what the
-/// last one delivered of a partition it kept is skipped.
-pub(super) struct Reading {
-    /// By partition, the last request sequence fed.
-    fed: Vec<u64>,
-    /// The same for unpartitioned requests (`jetlock.req.>`), read by
-    /// every coordinator.
-    fed_unpartitioned: u64,
-}
-
-impl Reading {
-    fn new(partitions: u32) -> Self {
-        Reading {
-            fed: vec![0; partitions as usize],
-            fed_unpartitioned: 0,
-        }
-    }
-
-    /// Whether request `seq` on `subject` was fed already; if not, it is
-    /// now.
-    pub(super) fn fed(&mut self, subject: &str, seq: u64) -> bool {
-        let last =
-            match protocol::subject_partition(subject).and_then(|p| self.fed.get_mut(p as usize)) {
-                Some(last) => last,
-                None => &mut self.fed_unpartitioned,
-            };
-        if seq <= *last {
-            return true;
-        }
-        *last = seq;
-        false
-    }
-}
-
-impl Runtime {
-    /// Reads the request partitions `owned` from now on (and every
-    /// unpartitioned request): a new consumer from the stream's start, so a
-    /// partition gained is read whole; the engine hears it is read, as
-    /// `generation`, once what was pending is delivered.
-    pub(super) async fn read_partitions(
-        &mut self,
-        feeds: &mut Feeds,
-        owned: Vec<u32>,
-        generation: u64,
-    ) {
-        let all = owned.len() as u32 == self.store.partitions();
-        // Unstored releases first: none is stored, so one sent while the
-        // subscriptions change may go unread, and its client releases
-        // another way.
-        let mut unstored = futures::stream::SelectAll::new();
-        let subjects = if all {
-            vec![protocol::PARTITIONED_UNSTORED_RELEASES.to_owned()]
-        } else {
-            owned
-                .iter()
-                .map(|&p| protocol::partition_unstored_releases(p))
-                .collect()
-        };
-        for subject in subjects {
-            match self.nats.subscribe(subject).await {
-                Ok(sub) => unstored.push(sub),
-                Err(e) => {
-                    warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
-                    feeds.retry_partitions = Some((owned, generation));
-                    return;
-                }
-            }
-        }
-        feeds.partitioned_unstored = unstored;
-        let filter_subjects = if all {
-            Vec::new()
-        } else {
-            std::iter::once(protocol::REQUEST_SUBJECTS.to_owned())
-                .chain(owned.iter().map(|&p| protocol::partition_subjects(p)))
-                .collect()
-        };
-        let made = feeds
-            .request_stream
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.nats.new_inbox(),
-                deliver_policy: consumer::DeliverPolicy::All,
-                filter_subjects,
-                ..Default::default()
-            })
-            .await;
-        let consumer = match made {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
-                feeds.retry_partitions = Some((owned, generation));
-                return;
-            }
-        };
-        let pending = consumer.cached_info().num_pending;
-        feeds.request_consumer = consumer.cached_info().name.clone();
-        feeds.last_request_seq = 0;
-        feeds.last_request_at = Instant::now();
-        match consumer.messages().await {
-            Ok(messages) => feeds.requests = messages,
-            Err(e) => {
-                warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
-                feeds.retry_partitions = Some((owned, generation));
-                return;
-            }
-        }
-        feeds.retry_partitions = None;
-        info!(
-            partitions = owned.len(),
-            pending, "reading the request partitions this coordinator owns"
-        );
-        if pending == 0 {
-            feeds.catching_up = None;
-            self.engine.partitions_caught_up(generation, Instant::now());
-        } else {
-            feeds.catching_up = Some(generation);
-        }
-    }
-}
-
-/// How long the request consumer may deliver nothing while partitions are
-/// caught up on before the server is asked whether it has more.
-const CATCH_UP_QUIET: Duration = Duration::from_millis(100);
-
-impl Runtime {
-    /// While partitions are caught up on and the consumer has been quiet:
-    /// a request it had pending when it was made may have been deleted
-    /// (finished) before it was delivered, so no delivered message says
-    /// nothing is pending. Asks the server: nothing pending and nothing
-    /// delivered beyond what was read means they are read.
-    pub(super) async fn check_caught_up(&mut self, feeds: &mut Feeds) {
-        let Some(generation) = feeds.catching_up else {
-            return;
-        };
-        if feeds.last_request_at.elapsed() < CATCH_UP_QUIET {
-            return;
-        }
-        feeds.last_request_at = Instant::now();
-        let subject = format!(
-            "$JS.API.CONSUMER.INFO.{}.{}",
-            protocol::REQUEST_STREAM,
-            feeds.request_consumer
-        );
-        // A consumer made again by the ordered consumer under another name
-        // is not found here: its next message says how much is pending.
-        let Ok(reply) = self.nats.request(subject, "".into()).await else {
-            return;
-        };
-        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else {
-            return;
-        };
-        let pending = info["num_pending"].as_u64();
-        let delivered = info["delivered"]["stream_seq"].as_u64();
-        if let (Some(0), Some(delivered)) = (pending, delivered) {
-            if delivered <= feeds.last_request_seq {
-                feeds.catching_up = None;
-                self.engine.partitions_caught_up(generation, Instant::now());
-            }
-        }
     }
 }
