@@ -36,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, env = "JETLOCK_BUCKETS")]
     buckets: Option<u32>,
     /// How many partitions to split the requests into if this creates the
-    /// deployment (1 to 256; default 1: not split; fixed once made:
+    /// deployment (1 to 256, default 64; 1: not split; fixed once made:
     /// docs/SCALING.md).
     #[arg(long, env = "JETLOCK_PARTITIONS")]
     partitions: Option<u32>,

@@ -16,9 +16,9 @@ pub struct SetupArgs {
     /// (docs/SCALING.md, "Locks over several buckets").
     #[arg(long, default_value_t = 1)]
     buckets: u32,
-    /// How many partitions to split the requests into (1 to 256; 1, the
-    /// default for a new deployment: not split), each read by one
-    /// coordinator; 64 is a good count. Fixed once the deployment is made
+    /// How many partitions to split the requests into (1 to 256; 1: not
+    /// split), each read by one coordinator (default 64 for a new
+    /// deployment). Fixed once the deployment is made
     /// (docs/SCALING.md, "Partitioned coordinators").
     #[arg(long)]
     partitions: Option<u32>,

@@ -121,7 +121,7 @@ fn a_short_coordinator_curve_adds_coordinators_one_at_a_time_over_one_and_three_
     for (i, row) in rows.iter().enumerate() {
         let (buckets, i) = (if i < 3 { 1 } else { 3 }, i % 3);
         assert_eq!(row["buckets"], buckets, "{row}");
-        // The curve asks for partitioned requests.
+        // A new deployment's requests are partitioned.
         assert_eq!(row["partitions"], 64, "{row}");
         assert_eq!(row["coordinators"], i + 1, "{row}");
         assert!(row["pairs"].as_u64().is_some_and(|n| n > 0), "{row}");

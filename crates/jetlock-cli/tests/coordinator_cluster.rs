@@ -70,11 +70,13 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// `n` lock names owned (rendezvous hashing over {c1, c2}) by each of the
-/// two coordinators: (names of `a`, names of `b`).
+/// `n` lock names owned (rendezvous hashing of their request partitions
+/// over {c1, c2}) by each of the two coordinators: (names of `a`, names of
+/// `b`).
 fn split_names(a: &str, b: &str, n: usize) -> (Vec<String>, Vec<String>) {
     let mut ring = Ring::new(a.to_owned(), Duration::from_secs(60));
     ring.beat(b, None, Instant::now());
+    ring.set_partitions(jetlock::shards::DEFAULT_PARTITIONS);
     let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
     for i in 0.. {
         let name = format!("acct:{i}");

@@ -77,11 +77,7 @@ fn a_python_service_takes_read_write_locks_and_permits() {
 /// each lock's parts in the bucket its name routes to.
 #[test]
 fn a_python_service_takes_read_write_locks_and_permits_over_three_buckets() {
-    run(
-        "kinds.py",
-        "python kinds: ok",
-        &["--buckets", "3", "--partitions", "64"],
-    );
+    run("kinds.py", "python kinds: ok", &["--buckets", "3"]);
 }
 
 /// Runs `tests/python/<script>` against `jetlock serve` on a real

@@ -115,11 +115,12 @@ pub async fn worker_client(url: &str, name: &str) -> Client {
 /// still answer "JetStream system temporarily unavailable" for a moment:
 /// retried, up to a bound.
 pub async fn setup_bucket(cluster: &NatsCluster) {
-    setup_partitioned(cluster, 1).await;
+    setup_partitioned(cluster, jetlock::shards::DEFAULT_PARTITIONS).await;
 }
 
 /// [`setup_bucket`] for a deployment whose requests are split into
-/// `partitions` (`jetlock setup --partitions`).
+/// `partitions` (`jetlock setup --partitions`; 1: not split, as a
+/// deployment made before partitions).
 pub async fn setup_partitioned(cluster: &NatsCluster, partitions: u32) {
     let nats = nats_as(&cluster.url_as(Role::Coordinator), Role::Coordinator).await;
     let js = async_nats::jetstream::new(nats);

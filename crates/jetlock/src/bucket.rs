@@ -56,10 +56,9 @@ impl BucketSpec {
             storage: StorageType::File,
             marker_ttl: DEFAULT_MARKER_TTL,
             buckets: 1,
-            // Partitioned requests are asked for (`--partitions`): in a
-            // rolling lame-duck restart of the servers they lost holds
-            // (docs/SCALING.md, "Partitioned coordinators").
-            partitions: 1,
+            // A new deployment's requests are partitioned: its coordinators
+            // share the reading. An existing one keeps what it was made with.
+            partitions: shards::DEFAULT_PARTITIONS,
         }
     }
 

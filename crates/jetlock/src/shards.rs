@@ -76,11 +76,10 @@ pub const PARTITIONS_KEY: &str = "jetlock.partitions";
 /// request stream and a filter of the consumer of the coordinator owning it.
 pub const MAX_PARTITIONS: u32 = 256;
 
-/// The partitions to ask for (`--partitions`) when a deployment's requests
-/// are to be partitioned: enough that a few coordinators share them evenly
+/// Partitions a deployment made by `jetlock setup` or `jetlock serve` has
+/// unless told otherwise: enough that a few coordinators share them evenly
 /// (rendezvous hashing gives each of 3 about 21), few enough that a
-/// coordinator's consumer filter stays short. A deployment is made without
-/// partitions unless asked.
+/// coordinator's consumer filter stays short.
 pub const DEFAULT_PARTITIONS: u32 = 64;
 
 /// Which of `partitions` request partitions `key`'s requests go to: the

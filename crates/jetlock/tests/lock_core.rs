@@ -372,7 +372,7 @@ async fn a_bucket_of_another_key_layout_is_refused() {
             .metadata
             .get(jetlock::bucket::LAYOUT_KEY)
             .map(String::as_str),
-        Some(jetlock::bucket::LAYOUT),
+        Some(jetlock::bucket::LAYOUT_PARTITIONED),
         "a new bucket names its layout"
     );
     config

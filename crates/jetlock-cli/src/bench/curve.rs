@@ -10,7 +10,7 @@
 //! `restricted` user, one shared connection) run uncontended pairs on
 //! fresh keys for a window, and the CPU time of every coordinator and
 //! every server over the window is read from `/proc`. The deployment's
-//! requests are partitioned (64 partitions, asked for here): each
+//! requests are partitioned (the default, 64 partitions): each
 //! coordinator reads only its partitions' requests, while every one still
 //! watches the whole bucket. What to look for is whether a coordinator's
 //! messages and CPU per pair fall as coordinators are added.
@@ -85,8 +85,6 @@ async fn run_over(buckets: u32, tasks: usize, window: Duration) -> Result<Vec<Cu
     .await?;
     let mut spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
     spec.buckets = buckets;
-    // The curve measures coordinators that split the requests.
-    spec.partitions = jetlock::shards::DEFAULT_PARTITIONS;
     ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
     if buckets > 1 {
         let js = async_nats::jetstream::new(admin.clone());

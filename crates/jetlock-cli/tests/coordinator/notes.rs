@@ -38,6 +38,7 @@ async fn a_mirror_that_takes_over_does_not_answer_a_finished_request_again() {
     let second = coordinator_named(&url, "notes-b").await;
     let mut ring = jetlock_coordinator::Ring::new("notes-a".to_owned(), Duration::from_secs(60));
     ring.beat("notes-b", None, tokio::time::Instant::now());
+    ring.set_partitions(jetlock::shards::DEFAULT_PARTITIONS);
     let name = (0..)
         .map(|i| format!("notes:{i}"))
         .find(|n| ring.owner_of_key(jetlock::name::LockName::new(n).unwrap().key()) == "notes-a")

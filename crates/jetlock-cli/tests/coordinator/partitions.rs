@@ -4,19 +4,7 @@
 
 use super::*;
 use jetlock::shards::{partition_of, DEFAULT_PARTITIONS};
-use jetlock_coordinator::{Coordinator, CoordinatorConfig, Ring};
-
-/// A coordinator of id `id` that makes the deployment with its requests in
-/// 64 partitions, if it makes it.
-async fn partitioned(url: &str, id: &str) -> Coordinator {
-    let nats = async_nats::connect(url).await.unwrap();
-    let config = CoordinatorConfig {
-        id: id.to_owned(),
-        partitions: DEFAULT_PARTITIONS,
-        ..CoordinatorConfig::default()
-    };
-    Coordinator::start(nats, config).await.unwrap()
-}
+use jetlock_coordinator::Ring;
 
 /// A lock name whose partition `owner` owns while `ids` are live.
 fn name_owned_by(ids: &[&str], owner: &str, prefix: &str) -> String {
@@ -72,8 +60,8 @@ async fn partitions_read(url: &str, readers: usize) -> Vec<Vec<u32>> {
 async fn a_coordinator_reads_only_its_partitions_and_takes_one_over_from_the_stream() {
     let server = single();
     let url = server.url();
-    let first = partitioned(&url, "part-a").await;
-    let second = partitioned(&url, "part-b").await;
+    let first = coordinator_named(&url, "part-a").await;
+    let second = coordinator_named(&url, "part-b").await;
     let split = partitions_read(&url, 2).await;
     let (a, b) = (&split[0], &split[1]);
     assert!(
@@ -158,7 +146,7 @@ async fn a_coordinator_reads_only_its_partitions_and_takes_one_over_from_the_str
 async fn a_request_in_the_wrong_partition_is_refused_and_takes_nothing() {
     let server = single();
     let url = server.url();
-    let _c = partitioned(&url, "part-one").await;
+    let _c = coordinator(&url).await;
     let mut json = JsonSession::new(&url).await;
     let name = "part:wrong";
     let key = jetlock::name::LockName::new(name).unwrap();

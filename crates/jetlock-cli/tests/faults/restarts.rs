@@ -73,7 +73,13 @@ async fn reconnect_storms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_coordinator_restarts_under_load() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut rig = Rig::start_with("rolling-coordinators", common::cluster().await, 2, 1).await;
+    let mut rig = Rig::start_with(
+        "rolling-coordinators",
+        common::cluster().await,
+        2,
+        DEFAULT_PARTITIONS,
+    )
+    .await;
     rolling_coordinator_restarts(&mut rig, fault_secs()).await;
     rig.finish().await;
 }
