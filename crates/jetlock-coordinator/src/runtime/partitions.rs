@@ -77,6 +77,9 @@ pub(super) struct PartitionWork {
     /// Partitions to read whose consumer could not be made, and when to
     /// try again.
     retry: Option<(Vec<u32>, u64, Instant)>,
+    /// The generation last asked for: a consumer made for an older one
+    /// (done before it could be aborted) is dropped.
+    wanted: u64,
 }
 
 /// How long after a failure to make the partitions' consumer it is tried
@@ -99,6 +102,7 @@ impl Runtime {
     pub(super) fn read_partitions(&mut self, feeds: &mut Feeds, owned: Vec<u32>, generation: u64) {
         let work = &mut feeds.partition_work;
         work.retry = None;
+        work.wanted = generation;
         work.opening.abort_all();
         let all = owned.len() as u32 == self.store.partitions();
         let (nats, stream) = (self.nats.clone(), feeds.request_stream.clone());
@@ -113,15 +117,15 @@ impl Runtime {
         done: Result<Made, tokio::task::JoinError>,
     ) {
         let opened = match done {
-            Ok(Ok(opened)) => opened,
-            Ok(Err((owned, generation, e))) => {
+            Ok(Ok(opened)) if opened.generation == feeds.partition_work.wanted => opened,
+            Ok(Err((owned, generation, e))) if generation == feeds.partition_work.wanted => {
                 warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
                 feeds.partition_work.retry =
                     Some((owned, generation, Instant::now() + RETRY_AFTER));
                 return;
             }
-            // Dropped for a newer change.
-            Err(_) => return,
+            // Asked for before a newer change, or aborted for it.
+            _ => return,
         };
         // The unstored releases' subscriptions change here, with the
         // consumer, so no release is read twice (old and new ones side by
