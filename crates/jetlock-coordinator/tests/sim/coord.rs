@@ -110,6 +110,9 @@ pub struct Coord {
     pub(crate) fed: Vec<u64>,
     /// The engine's number for the partitions being caught up on.
     pub(crate) catching_up: Option<u64>,
+    /// The engine's number for the partitions whose consumer is being
+    /// made: one made for an older number is dropped.
+    pub(crate) opening: u64,
 }
 
 impl Coord {
@@ -137,6 +140,7 @@ impl Coord {
             reading: None,
             fed: Vec::new(),
             catching_up: None,
+            opening: 0,
         }
     }
 
@@ -185,6 +189,7 @@ impl World {
         co.reading = None;
         co.fed = vec![0; self.cfg.partitions as usize + 1];
         co.catching_up = None;
+        co.opening = 0;
         co.feeds = [Feed::default(), Feed::default()];
         co.ready = false;
         co.proofs_in_flight = 0;
@@ -526,7 +531,7 @@ impl World {
             .expect("running")
             .take_partition_change();
         if let Some((owned, generation)) = change {
-            self.read_partitions(c, owned, generation);
+            self.open_partitions(c, owned, generation);
         }
     }
 

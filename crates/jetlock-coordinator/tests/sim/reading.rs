@@ -1,10 +1,13 @@
-//! Partitioned reading as the runtime does it (`runtime/feeds.rs`): a
+//! Partitioned reading as the runtime does it (`runtime/partitions.rs`): a
 //! coordinator's request feed carries only the partitions it reads, and a
 //! new set of partitions is a new feed from the stream's first message,
-//! with what the last one delivered skipped.
+//! with what the last one delivered skipped. The new feed is made by a
+//! JetStream API call beside the loop: until it answers, the old feed goes
+//! on delivering; while JetStream is out of reach it fails and is tried
+//! again 250 ms later; and one made for an older change is dropped.
 
 use crate::coord::{Coord, FeedItem, FeedKind};
-use crate::world::{trace, World};
+use crate::world::{trace, Ev, Proc, World, MS};
 use jetlock::protocol;
 
 impl Coord {
@@ -30,7 +33,65 @@ impl Coord {
     }
 }
 
+/// How long after a failed call the runtime tries again.
+const RETRY_AFTER: u64 = 250 * MS;
+/// How often, while faults run, the call takes seconds.
+const SLOW_API: f64 = 0.1;
+
 impl World {
+    /// Coordinator `c`'s runtime asks for the consumer of partitions
+    /// `owned`: made after a round trip to the JetStream API.
+    pub(crate) fn open_partitions(&mut self, c: usize, owned: Vec<u32>, generation: u64) {
+        self.coords[c].opening = generation;
+        // While faults run, now and then seconds: a stream leader moving
+        // (the fault suite's lame-duck restarts showed such waits).
+        let took = if self.faulty && self.rng.f64() < SLOW_API {
+            self.rng.u64(500 * MS..3_000 * MS)
+        } else {
+            self.delay() + self.delay()
+        };
+        let at = self.now + took;
+        let inc = self.coords[c].inc;
+        self.schedule(
+            at,
+            Ev::PartitionsOpened {
+                c,
+                inc,
+                owned,
+                generation,
+            },
+        );
+    }
+
+    /// The call for partitions `owned` answered: the feed is replaced,
+    /// unless a newer change asked for another or the call failed.
+    pub(crate) fn partitions_opened(
+        &mut self,
+        c: usize,
+        inc: u32,
+        owned: Vec<u32>,
+        generation: u64,
+    ) {
+        let co = &self.coords[c];
+        if !co.up || co.inc != inc || co.opening != generation {
+            return;
+        }
+        if !self.js_reachable(Proc::Coord(c)) {
+            let inc = co.inc;
+            self.schedule(
+                self.now + RETRY_AFTER,
+                Ev::PartitionsOpened {
+                    c,
+                    inc,
+                    owned,
+                    generation,
+                },
+            );
+            return;
+        }
+        self.read_partitions(c, owned, generation);
+    }
+
     /// Coordinator `c` reads the request partitions `owned` from now on: a
     /// new consumer, from the stream's first message, in place of the one
     /// it had (what that one had not delivered is gone with it).

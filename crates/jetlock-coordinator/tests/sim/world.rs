@@ -204,6 +204,14 @@ pub enum Ev {
         revision: u64,
     },
     Restart(usize),
+    /// The consumer of the partitions `owned` is made (`runtime/
+    /// partitions.rs`), or the JetStream API call fails.
+    PartitionsOpened {
+        c: usize,
+        inc: u32,
+        owned: Vec<u32>,
+        generation: u64,
+    },
     /// A proof beat was acknowledged (`Some(sent)`) or timed out.
     ProofDone(usize, u32, Option<Instant>),
     ToClient(usize, u32, ClientMsg),
@@ -393,6 +401,12 @@ impl World {
             Ev::DeleteAt(seq) => self.stream.delete(seq),
             Ev::Expire { key, revision } => self.expire(&key, revision),
             Ev::Restart(c) => self.restart(c),
+            Ev::PartitionsOpened {
+                c,
+                inc,
+                owned,
+                generation,
+            } => self.partitions_opened(c, inc, owned, generation),
             Ev::ProofDone(c, inc, sent) => self.proof_done(c, inc, sent),
             Ev::ToClient(k, gen, msg) => self.client_input(k, gen, msg),
             Ev::ClientTimer(k, gen, t) => self.client_timer(k, gen, t),
