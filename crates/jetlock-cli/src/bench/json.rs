@@ -124,9 +124,7 @@ impl JsonSession {
     /// One uncontended pair: `acquire` (try-lock) answered `granted`, then
     /// `release` with its token answered `released`.
     pub(super) async fn pair(&mut self, key: &str) -> Result<(), CliError> {
-        let id = self.id();
-        let body = json!({"v": 1, "id": id, "key": key, "ttl_ms": 10_000, "wait_ms": 0});
-        let token = match self.call("acquire", &id, body).await? {
+        let token = match self.try_acquire(key, Duration::from_secs(10)).await? {
             Answer::Granted { token, .. } => token,
             other => return Err(format!("JSON acquire of {key} answered {other:?}").into()),
         };
@@ -162,6 +160,18 @@ impl JsonSession {
             } if fell_back => Ok(()),
             other => Err(format!("JSON release of {key} answered {other:?}").into()),
         }
+    }
+
+    /// `acquire` of `key` for `ttl`, not waiting: its final answer.
+    pub(super) async fn try_acquire(
+        &mut self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Answer, CliError> {
+        let id = self.id();
+        let body = json!({"v": 1, "id": id, "key": key, "ttl_ms": ttl.as_millis() as u64,
+            "wait_ms": 0});
+        self.call("acquire", &id, body).await
     }
 
     fn id(&mut self) -> String {

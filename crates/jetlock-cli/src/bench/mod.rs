@@ -31,6 +31,9 @@
 //!   queued waiters;
 //! - **coordinators** (`curve.rs`) — JSON pairs/s and CPU per pair on a
 //!   3-node cluster the bench starts, with 1, 2 and 3 coordinators;
+//! - **takeover** (`takeover.rs`) — two coordinators on the 3-node
+//!   cluster, waiters queued, one stopped or killed: time until a request
+//!   in one of its partitions is granted by the other;
 //! - **sessions** (`sessions.rs`) — 100 to 10,000 sessions beating at the
 //!   default timeout: the coordinator's and the server's CPU per beat, and
 //!   the coordinator's memory per session;
@@ -70,6 +73,7 @@ mod report;
 mod scaling;
 mod sessions;
 mod site;
+mod takeover;
 mod throughput;
 mod workloads;
 mod writes;
@@ -215,6 +219,9 @@ pub enum Workload {
     /// JSON pairs/s and CPU per pair with 1, 2 and 3 coordinators on a
     /// 3-node cluster the bench starts.
     Coordinators,
+    /// Time until a coordinator's request partitions are served again
+    /// after it is stopped or killed, with waiters queued.
+    Takeover,
     /// The coordinator's memory per held lock and per waiter.
     Memory,
     /// Redis, PostgreSQL and etcd, when installed.
@@ -280,6 +287,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         multi: Vec::new(),
         sessions: Vec::new(),
         curve: Vec::new(),
+        takeover: Vec::new(),
         memory: None,
         peers: Vec::new(),
         notes: Vec::new(),
@@ -346,10 +354,17 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             CURVE_SECS
         });
         report.curve = curve::run(args.clients as usize, window).await?;
-        if report.nats_server_version == "unknown" {
-            if let Some((a, b, c)) = server_version(&server_binary()?) {
-                report.nats_server_version = format!("{a}.{b}.{c}");
-            }
+    }
+    if selected(Workload::Takeover) {
+        eta::begin("takeover");
+        report.takeover = takeover::run(args.quick).await?;
+    }
+    // Those two start their own cluster.
+    if report.nats_server_version == "unknown"
+        && (selected(Workload::Coordinators) || selected(Workload::Takeover))
+    {
+        if let Some((a, b, c)) = server_version(&server_binary()?) {
+            report.nats_server_version = format!("{a}.{b}.{c}");
         }
     }
     if selected(Workload::Peers) {
@@ -477,6 +492,20 @@ fn planned(
             "coordinators",
             (second * 5 + each * curve::MOST_COORDINATORS as u32) * curve::BUCKETS.len() as u32,
         ));
+    }
+    if selected(Workload::Takeover) {
+        let (queues, runs) = if args.quick {
+            (takeover::QUICK_QUEUED, takeover::QUICK_RUNS)
+        } else {
+            (takeover::QUEUED, takeover::RUNS)
+        };
+        // Each run: the cluster's start, the coordinators', the holds, the
+        // queue (about 5,000 a second), the takeover.
+        let each: Duration = queues
+            .iter()
+            .map(|&q| second * 6 + Duration::from_micros(200) * q as u32)
+            .sum();
+        stages.push(("takeover", each * 2 * runs as u32));
     }
     if selected(Workload::Peers) {
         stages.push(("peers", (per_pair(5) + window + second * 5) * 3));

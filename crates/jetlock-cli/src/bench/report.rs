@@ -48,6 +48,8 @@ pub(super) struct Report {
     pub(super) sessions: Vec<super::sessions::SessionsRow>,
     /// JSON pairs with 1 to 3 coordinators on the 3-node cluster.
     pub(super) curve: Vec<super::curve::CurveRow>,
+    /// A coordinator's partitions served again after it went.
+    pub(super) takeover: Vec<super::takeover::TakeoverRow>,
     pub(super) memory: Option<MemoryReport>,
     pub(super) peers: Vec<PeerRow>,
     /// What was skipped, and why.
@@ -118,6 +120,7 @@ impl Report {
         self.scaling(o);
         o.push_str(&super::sessions::markdown(&self.sessions));
         o.push_str(&super::curve::markdown(&self.curve));
+        o.push_str(&super::takeover::markdown(&self.takeover));
         self.memory(o);
         self.peers(o);
         for note in &self.notes {

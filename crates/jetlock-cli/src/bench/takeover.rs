@@ -1,0 +1,301 @@
+//! Takeover: how long a coordinator's request partitions go unserved when
+//! it leaves or dies, with waiters queued in them — the bound
+//! docs/SCALING.md ("Partitioned coordinators") gives a takeover.
+//!
+//! Each run starts the 3-node cluster of `nats/cluster.conf` (R3) and two
+//! `jetlock serve` children over a new deployment (requests in 64
+//! partitions). A JSON session (the `restricted` user) holds four locks in
+//! every partition, and `queued` JSON acquires wait behind them, spread
+//! over all of them. Then one coordinator is stopped (SIGTERM: it tells the
+//! other it leaves) or killed (SIGKILL: the other learns it from the
+//! server's disconnect advisory, or its beats stopping). Once it has
+//! exited, a try-lock of a free lock in one of its partitions is sent.
+//!
+//! Measured: from the signal to that try-lock's grant. The survivor owns
+//! the partition only once it counts the other gone, and acts there only
+//! once it has read the partitions it gained from the request stream:
+//! every queued acquire, re-queued in order.
+
+use super::json::JsonSession;
+use super::memory::gauge;
+use super::procs::Coord;
+use super::CliError;
+use jetlock::bucket::{BucketSpec, DEFAULT_BUCKET};
+use jetlock::name::LockName;
+use jetlock::protocol::Answer;
+use jetlock::shards::partition_of;
+use jetlock_coordinator::Ring;
+use jetlock_testkit::server::{ensure_bucket_when_ready, NatsCluster, Role};
+use serde::Serialize;
+use std::future::IntoFuture;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const NODES: usize = 3;
+/// Queued acquires, by default and with `--quick`.
+pub(super) const QUEUED: &[u64] = &[0, 10_000, 100_000];
+pub(super) const QUICK_QUEUED: &[u64] = &[0, 1_000];
+/// Runs of each kind of exit and queue, by default and with `--quick`.
+pub(super) const RUNS: usize = 3;
+pub(super) const QUICK_RUNS: usize = 1;
+/// Held locks per partition: the queued acquires wait behind them, a few
+/// dozen per lock at the most (a queue is scanned on every change of its
+/// key: thousands on one would measure that scan).
+const HELD_PER_PARTITION: usize = 4;
+/// How long the holds and waits last: past the run.
+const LONG: Duration = Duration::from_secs(600);
+/// How long the cluster may take to elect its JetStream leaders.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// After the second coordinator starts: both hear each other (beats every
+/// 250 ms) before the locks are taken.
+const SETTLE: Duration = Duration::from_secs(1);
+/// Publishes in flight while queueing.
+const IN_FLIGHT: usize = 1024;
+/// JSON sessions the queued acquires come from (a session may have 20,000
+/// waiting: `max_waits_per_session`).
+const WAITER_SESSIONS: usize = 8;
+/// How long the coordinators may take to count the queued acquires.
+const QUEUE_LIMIT: Duration = Duration::from_secs(60);
+/// How long the try-lock may take after the signal.
+const GRANT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How the coordinator goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Exit {
+    Left,
+    Killed,
+}
+
+impl Exit {
+    fn label(self) -> &'static str {
+        match self {
+            Exit::Left => "coordinator stopped (SIGTERM) → its partition served again",
+            Exit::Killed => "coordinator killed (SIGKILL) → its partition served again",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TakeoverRow {
+    pub(super) event: &'static str,
+    /// Acquires queued over the whole deployment when it went.
+    pub(super) queued: u64,
+    /// Request partitions of the deployment, and how many the survivor
+    /// gained.
+    pub(super) partitions: u32,
+    pub(super) gained: usize,
+    pub(super) runs: usize,
+    pub(super) p50_ms: f64,
+    pub(super) max_ms: f64,
+    pub(super) samples_ms: Vec<f64>,
+}
+
+pub(super) async fn run(quick: bool) -> Result<Vec<TakeoverRow>, CliError> {
+    let (queues, runs) = if quick {
+        (QUICK_QUEUED, QUICK_RUNS)
+    } else {
+        (QUEUED, RUNS)
+    };
+    let mut rows = Vec::new();
+    for exit in [Exit::Left, Exit::Killed] {
+        for &queued in queues {
+            let mut samples = Vec::with_capacity(runs);
+            let mut gained = 0;
+            let mut partitions = 0;
+            for i in 0..runs {
+                super::progress(&format!(
+                    "takeover: {} with {queued} queued, run {} of {runs}",
+                    match exit {
+                        Exit::Left => "stopped",
+                        Exit::Killed => "killed",
+                    },
+                    i + 1
+                ));
+                let run = once(exit, queued).await?;
+                samples.push(run.took.as_secs_f64() * 1000.0);
+                (gained, partitions) = (run.gained, run.partitions);
+            }
+            let mut sorted = samples.clone();
+            sorted.sort_by(f64::total_cmp);
+            rows.push(TakeoverRow {
+                event: exit.label(),
+                queued,
+                partitions,
+                gained,
+                runs,
+                p50_ms: sorted[(sorted.len() - 1) / 2],
+                max_ms: sorted[sorted.len() - 1],
+                samples_ms: samples,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+struct Once {
+    took: Duration,
+    gained: usize,
+    partitions: u32,
+}
+
+/// One run on a fresh cluster.
+async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
+    let cluster = NatsCluster::start(NODES)
+        .map_err(|e| format!("could not start the 3-node cluster: {e}"))?;
+    let admin = jetlock::connect::nats(
+        &cluster.url_as(Role::Coordinator),
+        &Default::default(),
+        async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
+    )
+    .await?;
+    let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
+    let partitions = spec.partitions;
+    ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
+    let coordinator_url = cluster.url_as(Role::Coordinator);
+    let (ids, run) = (["bench-ta", "bench-tb"], nuid::next());
+    let (survivor, survivor_metrics) = Coord::start_on_cluster(&coordinator_url, ids[1]).await?;
+    let (mut victim, victim_metrics) = Coord::start_on_cluster(&coordinator_url, ids[0]).await?;
+    let metrics = [survivor_metrics, victim_metrics]
+        .into_iter()
+        .collect::<Option<Vec<String>>>()
+        .ok_or("a coordinator printed no metrics URL")?;
+    tokio::time::sleep(SETTLE).await;
+    let mut ring = Ring::new(ids[0].to_owned(), Duration::from_secs(60));
+    ring.beat(ids[1], None, Instant::now());
+    ring.set_partitions(partitions);
+    let gained = ring.owned_partitions();
+
+    let client_url = cluster.url_as(Role::Restricted);
+    let prefix = Role::Restricted
+        .session_prefix()
+        .expect("the restricted role has a session prefix");
+    let nats = jetlock::connect::nats(
+        &client_url,
+        &Default::default(),
+        async_nats::ConnectOptions::new()
+            .name("jetlock-bench-takeover")
+            .custom_inbox_prefix(format!("_INBOX.{prefix}")),
+    )
+    .await?;
+    // Lock names by partition, then the holds.
+    let mut names: Vec<Vec<String>> = vec![Vec::new(); partitions as usize];
+    let mut free = None;
+    for i in 0.. {
+        let name = format!("takeover.{run}.k{i}");
+        let p = partition_of(LockName::new(&name)?.key(), partitions);
+        let of_p = &mut names[p as usize];
+        if of_p.len() < HELD_PER_PARTITION {
+            of_p.push(name);
+        } else if free.is_none() && gained.contains(&p) {
+            free = Some(name);
+        }
+        if free.is_some() && names.iter().all(|n| n.len() == HELD_PER_PARTITION) {
+            break;
+        }
+    }
+    let held: Vec<String> = names.into_iter().flatten().collect();
+    let mut holder = JsonSession::start_as(nats.clone(), prefix).await?;
+    for name in &held {
+        match holder.try_acquire(name, LONG).await? {
+            Answer::Granted { .. } => {}
+            other => return Err(format!("takeover: {name} answered {other:?}").into()),
+        }
+    }
+    let waiting = queue(&nats, prefix, &held, queued, &metrics).await?;
+    let mut probe = JsonSession::start_as(nats.clone(), prefix).await?;
+
+    let signalled = Instant::now();
+    match exit {
+        Exit::Left => victim.stop().await,
+        Exit::Killed => victim.kill().await,
+    }
+    let free = free.expect("a free name in a gained partition");
+    let answer = tokio::time::timeout(GRANT_LIMIT, probe.try_acquire(&free, LONG))
+        .await
+        .map_err(|_| format!("takeover: {free} not answered within {GRANT_LIMIT:?}"))??;
+    let took = signalled.elapsed();
+    if !matches!(answer, Answer::Granted { .. }) {
+        return Err(format!("takeover: {free} answered {answer:?}").into());
+    }
+    drop((waiting, holder, probe));
+    survivor.stop().await;
+    Ok(Once {
+        took,
+        gained: gained.len(),
+        partitions,
+    })
+}
+
+/// Queues `queued` JSON acquires round the `held` locks, from sessions
+/// that beat until dropped; returns once the coordinators (`metrics`)
+/// count them queued, each those of its own partitions.
+async fn queue(
+    nats: &async_nats::Client,
+    prefix: &str,
+    held: &[String],
+    queued: u64,
+    metrics: &[String],
+) -> Result<Vec<JsonSession>, CliError> {
+    let mut sessions = Vec::with_capacity(WAITER_SESSIONS);
+    for _ in 0..WAITER_SESSIONS {
+        sessions.push(JsonSession::start_as(nats.clone(), prefix).await?);
+    }
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..queued as usize {
+        let session = &mut sessions[i % WAITER_SESSIONS];
+        let name = &held[i % held.len()];
+        acks.push(session.enqueue(name, LONG).await?.into_future());
+        if acks.len() >= IN_FLIGHT {
+            if let Some(ack) = futures::StreamExt::next(&mut acks).await {
+                ack?;
+            }
+        }
+    }
+    while let Some(ack) = futures::StreamExt::next(&mut acks).await {
+        ack?;
+    }
+    let deadline = Instant::now() + QUEUE_LIMIT;
+    loop {
+        let mut counted = 0;
+        for url in metrics {
+            counted += gauge(url, "jetlock_queue_depth").await?;
+        }
+        if counted >= queued {
+            return Ok(sessions);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "takeover: the coordinators counted {counted} of {queued} queued acquires within {QUEUE_LIMIT:?}"
+            )
+            .into());
+        }
+        // The gauges are set once a second.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The workload's table.
+pub(super) fn markdown(rows: &[TakeoverRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "\ntakeover: two coordinators on the 3-node cluster of nats/cluster.conf (R3), requests in {} partitions; one goes, and a try-lock in one of the {} partitions it had is sent once it exited: from the signal to the grant\n\n",
+        rows[0].partitions, rows[0].gained
+    );
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.event.to_owned(),
+                r.queued.to_string(),
+                r.runs.to_string(),
+                format!("{:.1}", r.p50_ms),
+                format!("{:.1}", r.max_ms),
+            ]
+        })
+        .collect();
+    let header = ["event", "acquires queued", "runs", "p50 (ms)", "max (ms)"];
+    o.push_str(&super::report::table(&header, "lrrrr", &rows));
+    o
+}
