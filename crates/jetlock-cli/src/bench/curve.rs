@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-const NODES: usize = 3;
+pub(super) const NODES: usize = 3;
 /// Coordinators, added one at a time.
 pub(super) const MOST_COORDINATORS: usize = 3;
 /// The deployments measured: locks over this many buckets.
@@ -75,17 +75,9 @@ async fn run_over(buckets: u32, tasks: usize, window: Duration) -> Result<Vec<Cu
     super::progress(&format!(
         "coordinators: starting the 3-node cluster ({buckets} bucket(s))"
     ));
-    let cluster = NatsCluster::start(NODES)
-        .map_err(|e| format!("could not start the 3-node cluster: {e}"))?;
-    let admin = jetlock::connect::nats(
-        &cluster.url_as(Role::Coordinator),
-        &Default::default(),
-        async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
-    )
-    .await?;
     let mut spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
     spec.buckets = buckets;
-    ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
+    let (cluster, admin) = deployment(&spec).await?;
     if buckets > 1 {
         let js = async_nats::jetstream::new(admin.clone());
         spread_leaders(&js, DEFAULT_BUCKET, buckets).await?;
@@ -124,6 +116,24 @@ async fn run_over(buckets: u32, tasks: usize, window: Duration) -> Result<Vec<Cu
         c.stop().await;
     }
     Ok(rows)
+}
+
+/// Starts the 3-node cluster of `nats/cluster.conf` and makes the
+/// deployment of `spec` on it: the cluster, and the coordinator user's
+/// connection that made it.
+pub(super) async fn deployment(
+    spec: &BucketSpec,
+) -> Result<(NatsCluster, async_nats::Client), CliError> {
+    let cluster = NatsCluster::start(NODES)
+        .map_err(|e| format!("could not start the 3-node cluster: {e}"))?;
+    let admin = jetlock::connect::nats(
+        &cluster.url_as(Role::Coordinator),
+        &Default::default(),
+        async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
+    )
+    .await?;
+    ensure_bucket_when_ready(&admin, spec, START_LIMIT).await?;
+    Ok((cluster, admin))
 }
 
 /// The processes measured: coordinators (pids and metrics URLs, in the

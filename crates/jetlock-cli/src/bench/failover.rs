@@ -100,19 +100,27 @@ pub(super) async fn run(s: &Setup<'_>, death: Death, runs: usize) -> Result<Fail
         let took = once(s, &name, death).await?;
         samples.push(took.as_secs_f64() * 1000.0);
     }
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
+    let (p50_ms, max_ms) = p50_and_max(&samples);
     Ok(FailoverRow {
         event: death.label(),
         runs,
-        p50_ms: sorted
-            .get(sorted.len().saturating_sub(1) / 2)
-            .copied()
-            .unwrap_or(0.0),
-        max_ms: sorted.last().copied().unwrap_or(0.0),
+        p50_ms,
+        max_ms,
         target_ms: death.target_ms(),
         samples_ms: samples,
     })
+}
+
+/// The median (the lower of the middle two) and the largest of `samples`;
+/// 0 for none.
+pub(super) fn p50_and_max(samples: &[f64]) -> (f64, f64) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |i: usize| sorted.get(i).copied().unwrap_or(0.0);
+    (
+        at(sorted.len().saturating_sub(1) / 2),
+        at(sorted.len().saturating_sub(1)),
+    )
 }
 
 /// A pause of 0–300 ms that differs from run to run.

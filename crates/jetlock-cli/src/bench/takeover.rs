@@ -16,6 +16,8 @@
 //! once it has read the partitions it gained from the request stream:
 //! every queued acquire, re-queued in order.
 
+use super::curve::{deployment, NODES};
+use super::failover::p50_and_max;
 use super::json::JsonSession;
 use super::memory::gauge;
 use super::procs::Coord;
@@ -25,13 +27,12 @@ use jetlock::name::LockName;
 use jetlock::protocol::Answer;
 use jetlock::shards::partition_of;
 use jetlock_coordinator::Ring;
-use jetlock_testkit::server::{ensure_bucket_when_ready, NatsCluster, Role};
+use jetlock_testkit::server::Role;
 use serde::Serialize;
 use std::future::IntoFuture;
 use std::time::Duration;
 use tokio::time::Instant;
 
-const NODES: usize = 3;
 /// Queued acquires, by default and with `--quick`.
 pub(super) const QUEUED: &[u64] = &[0, 10_000, 100_000];
 pub(super) const QUICK_QUEUED: &[u64] = &[0, 1_000];
@@ -44,8 +45,6 @@ pub(super) const QUICK_RUNS: usize = 1;
 const HELD_PER_PARTITION: usize = 4;
 /// How long the holds and waits last: past the run.
 const LONG: Duration = Duration::from_secs(600);
-/// How long the cluster may take to elect its JetStream leaders.
-const START_LIMIT: Duration = Duration::from_secs(30);
 /// After the second coordinator starts: both hear each other (beats every
 /// 250 ms) before the locks are taken.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -115,16 +114,15 @@ pub(super) async fn run(quick: bool) -> Result<Vec<TakeoverRow>, CliError> {
                 samples.push(run.took.as_secs_f64() * 1000.0);
                 (gained, partitions) = (run.gained, run.partitions);
             }
-            let mut sorted = samples.clone();
-            sorted.sort_by(f64::total_cmp);
+            let (p50_ms, max_ms) = p50_and_max(&samples);
             rows.push(TakeoverRow {
                 event: exit.label(),
                 queued,
                 partitions,
                 gained,
                 runs,
-                p50_ms: sorted[(sorted.len() - 1) / 2],
-                max_ms: sorted[sorted.len() - 1],
+                p50_ms,
+                max_ms,
                 samples_ms: samples,
             });
         }
@@ -140,17 +138,9 @@ struct Once {
 
 /// One run on a fresh cluster.
 async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
-    let cluster = NatsCluster::start(NODES)
-        .map_err(|e| format!("could not start the 3-node cluster: {e}"))?;
-    let admin = jetlock::connect::nats(
-        &cluster.url_as(Role::Coordinator),
-        &Default::default(),
-        async_nats::ConnectOptions::new().name("jetlock-bench-setup"),
-    )
-    .await?;
     let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
     let partitions = spec.partitions;
-    ensure_bucket_when_ready(&admin, &spec, START_LIMIT).await?;
+    let (cluster, _admin) = deployment(&spec).await?;
     let coordinator_url = cluster.url_as(Role::Coordinator);
     let (ids, run) = (["bench-ta", "bench-tb"], nuid::next());
     let (survivor, survivor_metrics) = Coord::start_on_cluster(&coordinator_url, ids[1]).await?;
