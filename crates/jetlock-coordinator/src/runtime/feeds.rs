@@ -29,7 +29,7 @@ pub(super) struct Feeds {
     /// made, and the server asked whether they are read: off the loop.
     pub(super) partition_work: PartitionWork,
     /// The name the request consumer was made under, and the last request
-    /// it delivered (fed or skipped) and when: see [`Runtime::check_caught_up`].
+    /// it delivered (fed or skipped) and when: see [`Runtime::partitions_tick`].
     pub(super) request_consumer: String,
     pub(super) last_request_seq: u64,
     pub(super) last_request_at: Instant,

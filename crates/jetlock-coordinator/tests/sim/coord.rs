@@ -106,7 +106,7 @@ pub struct Coord {
     pub(crate) reading: Option<Vec<u32>>,
     /// By partition (the last entry: unpartitioned requests), the last
     /// request fed: a new consumer reads from the start, and what the one
-    /// it replaced delivered is skipped, as in `runtime/feeds.rs`.
+    /// it replaced delivered is skipped, as in `runtime/partitions.rs`.
     pub(crate) fed: Vec<u64>,
     /// The engine's number for the partitions being caught up on.
     pub(crate) catching_up: Option<u64>,
