@@ -4,7 +4,8 @@
 //!
 //! Each run starts the 3-node cluster of `nats/cluster.conf` (R3) and two
 //! `jetlock serve` children over a new deployment (requests in 64
-//! partitions). A JSON session (the `restricted` user) holds four locks in
+//! partitions), and waits until each owns the partitions rendezvous
+//! hashing gives it (their metrics). A JSON session (the `restricted` user) holds four locks in
 //! every partition, and `queued` JSON acquires wait behind them, spread
 //! over all of them. Then one coordinator is stopped (SIGTERM: it tells the
 //! other it leaves) or killed (SIGKILL: the other learns it from the
@@ -45,9 +46,9 @@ pub(super) const QUICK_RUNS: usize = 1;
 const HELD_PER_PARTITION: usize = 4;
 /// How long the holds and waits last: past the run.
 const LONG: Duration = Duration::from_secs(600);
-/// After the second coordinator starts: both hear each other (beats every
-/// 250 ms) before the locks are taken.
-const SETTLE: Duration = Duration::from_secs(1);
+/// How long the two coordinators may take to split the partitions as the
+/// bench worked out (beats every 250 ms, gauges set every second).
+const SPLIT_LIMIT: Duration = Duration::from_secs(10);
 /// Publishes in flight while queueing.
 const IN_FLIGHT: usize = 1024;
 /// JSON sessions the queued acquires come from (a session may have 20,000
@@ -149,11 +150,14 @@ async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
         .into_iter()
         .collect::<Option<Vec<String>>>()
         .ok_or("a coordinator printed no metrics URL")?;
-    tokio::time::sleep(SETTLE).await;
     let mut ring = Ring::new(ids[0].to_owned(), Duration::from_secs(60));
     ring.beat(ids[1], None, Instant::now());
     ring.set_partitions(partitions);
     let gained = ring.owned_partitions();
+    // Both hear each other before the locks are taken: each owns the share
+    // worked out here, and the one to go has none to catch up on.
+    let split = [partitions as usize - gained.len(), gained.len()];
+    wait_for_split(&metrics, split).await?;
 
     let client_url = cluster.url_as(Role::Restricted);
     let prefix = Role::Restricted
@@ -214,6 +218,30 @@ async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
         gained: gained.len(),
         partitions,
     })
+}
+
+/// Waits until the coordinators of `metrics` own `split` partitions each,
+/// none of them being caught up on.
+async fn wait_for_split(metrics: &[String], split: [usize; 2]) -> Result<(), CliError> {
+    let deadline = Instant::now() + SPLIT_LIMIT;
+    loop {
+        let mut now = Vec::with_capacity(metrics.len());
+        for url in metrics {
+            let owned = gauge(url, "jetlock_partitions_owned").await? as usize;
+            let catching_up = gauge(url, "jetlock_partitions_catching_up").await?;
+            now.push((owned, catching_up));
+        }
+        if now.iter().map(|&(owned, _)| owned).eq(split) && now.iter().all(|&(_, c)| c == 0) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "takeover: the coordinators own (partitions, being read) {now:?}, not {split:?}, after {SPLIT_LIMIT:?}"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Queues `queued` JSON acquires round the `held` locks, from sessions
