@@ -154,7 +154,7 @@ pub(super) async fn run(
         let write_secs = started.elapsed().as_secs_f64();
         written = step;
         let limit = Duration::from_secs(60) + Duration::from_micros(150) * step as u32;
-        wait_for_gauge(s.metrics, "jetlock_locks_held", base_held + step, limit).await?;
+        wait_for_gauge(&[s.metrics], "jetlock_locks_held", base_held + step, limit).await?;
         let seen_secs = started.elapsed().as_secs_f64();
         tokio::time::sleep(SETTLE).await;
         let rss_bytes = rss(s.pid)?;
@@ -200,8 +200,8 @@ pub(super) async fn restart_row(
 ) -> Result<RestartRow, CliError> {
     let (held, queued) = counted;
     let limit = Duration::from_secs(60) + Duration::from_micros(100) * (held + queued) as u32;
-    wait_for_gauge(metrics, "jetlock_locks_held", held, limit).await?;
-    wait_for_gauge(metrics, "jetlock_queue_depth", queued, limit).await?;
+    wait_for_gauge(&[metrics], "jetlock_locks_held", held, limit).await?;
+    wait_for_gauge(&[metrics], "jetlock_queue_depth", queued, limit).await?;
     Ok(RestartRow {
         held,
         queued,
@@ -244,7 +244,7 @@ async fn queue_waiters(
     }
     let limit = Duration::from_secs(60) + Duration::from_micros(500) * waiters as u32;
     wait_for_gauge(
-        s.metrics,
+        &[s.metrics],
         "jetlock_queue_depth",
         base_depth + waiters,
         limit,
@@ -323,22 +323,26 @@ pub(super) async fn gauge(metrics: &str, name: &str) -> Result<u64, CliError> {
     Ok(sample_sum(&String::from_utf8_lossy(&body), name).round() as u64)
 }
 
-/// Polls metric `name` until it reaches `at_least`, up to `limit`.
-async fn wait_for_gauge(
-    metrics: &str,
+/// Polls metric `name` of every coordinator of `metrics` until their sum
+/// reaches `at_least`, up to `limit`.
+pub(super) async fn wait_for_gauge(
+    metrics: &[&str],
     name: &str,
     at_least: u64,
     limit: Duration,
 ) -> Result<(), CliError> {
     let deadline = Instant::now() + limit;
     loop {
-        let now = gauge(metrics, name).await?;
+        let mut now = 0;
+        for url in metrics {
+            now += gauge(url, name).await?;
+        }
         if now >= at_least {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "the coordinator's {name} reached {now}, not {at_least}, within {limit:?}"
+                "the coordinators' {name} reached {now}, not {at_least}, within {limit:?}"
             )
             .into());
         }

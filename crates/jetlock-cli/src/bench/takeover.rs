@@ -20,7 +20,7 @@
 use super::curve::{deployment, NODES};
 use super::failover::p50_and_max;
 use super::json::JsonSession;
-use super::memory::gauge;
+use super::memory::{gauge, wait_for_gauge};
 use super::procs::Coord;
 use super::CliError;
 use jetlock::bucket::{BucketSpec, DEFAULT_BUCKET};
@@ -272,24 +272,9 @@ async fn queue(
     while let Some(ack) = futures::StreamExt::next(&mut acks).await {
         ack?;
     }
-    let deadline = Instant::now() + QUEUE_LIMIT;
-    loop {
-        let mut counted = 0;
-        for url in metrics {
-            counted += gauge(url, "jetlock_queue_depth").await?;
-        }
-        if counted >= queued {
-            return Ok(sessions);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "takeover: the coordinators counted {counted} of {queued} queued acquires within {QUEUE_LIMIT:?}"
-            )
-            .into());
-        }
-        // The gauges are set once a second.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
+    wait_for_gauge(&metrics, "jetlock_queue_depth", queued, QUEUE_LIMIT).await?;
+    Ok(sessions)
 }
 
 /// The workload's table.

@@ -50,17 +50,19 @@ impl World {
         } else {
             self.delay() + self.delay()
         };
-        let at = self.now + took;
+        self.opened_at(self.now + took, c, owned, generation);
+    }
+
+    /// The call for partitions `owned` answers at `at`.
+    fn opened_at(&mut self, at: u64, c: usize, owned: Vec<u32>, generation: u64) {
         let inc = self.coords[c].inc;
-        self.schedule(
-            at,
-            Ev::PartitionsOpened {
-                c,
-                inc,
-                owned,
-                generation,
-            },
-        );
+        let ev = Ev::PartitionsOpened {
+            c,
+            inc,
+            owned,
+            generation,
+        };
+        self.schedule(at, ev);
     }
 
     /// The call for partitions `owned` answered: the feed is replaced,
@@ -77,16 +79,7 @@ impl World {
             return;
         }
         if !self.js_reachable(Proc::Coord(c)) {
-            let inc = co.inc;
-            self.schedule(
-                self.now + RETRY_AFTER,
-                Ev::PartitionsOpened {
-                    c,
-                    inc,
-                    owned,
-                    generation,
-                },
-            );
+            self.opened_at(self.now + RETRY_AFTER, c, owned, generation);
             return;
         }
         self.read_partitions(c, owned, generation);
