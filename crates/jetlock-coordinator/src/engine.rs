@@ -580,6 +580,7 @@ impl Engine {
         for key in keys {
             self.step(&key, now);
         }
+        self.send_held_refusals();
         self.tell_queued_waiters();
     }
 

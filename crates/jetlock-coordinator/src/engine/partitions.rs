@@ -72,15 +72,11 @@ impl Engine {
         let (read, later): (Vec<Deferred>, Vec<Deferred>) =
             std::mem::take(&mut self.parts.deferred)
                 .into_iter()
-                .partition(|d| gained.contains(&d.partition));
+                .partition(|d| d.partition.is_some_and(|p| gained.contains(&p)));
         self.parts.deferred = later;
         for d in read {
-            if !self.ring.owns_partition(d.partition) {
-                continue;
-            }
-            self.answer(&d.session, d.answer);
-            if d.seq != 0 {
-                self.out.push(Action::Delete { seq: d.seq });
+            if d.partition.is_some_and(|p| self.ring.owns_partition(p)) {
+                self.send_refusal(d);
             }
         }
         let keys: Vec<String> = self
@@ -148,11 +144,15 @@ impl Engine {
         }
     }
 
-    /// The partition this coordinator owns and is still reading that the
-    /// request on `subject` about `key` (if known) belongs to: a refusal of
-    /// it waits until the partition is read ([`Engine::hold_refusal`]).
-    fn catching_up_on(&self, subject: &str, key: Option<&str>) -> Option<u32> {
-        if !self.ring.partitioned() || !self.ready {
+    /// Why a refusal of the request on `subject` about `key` (if known)
+    /// waits ([`Engine::hold_refusal`]): `Some(None)` while this
+    /// coordinator is starting, `Some(Some(p))` while it reads partition
+    /// `p`, which it owns and the request belongs to.
+    fn held_for(&self, subject: &str, key: Option<&str>) -> Option<Option<u32>> {
+        if !self.ready {
+            return Some(None);
+        }
+        if !self.ring.partitioned() {
             return None;
         }
         let p = match key {
@@ -160,7 +160,7 @@ impl Engine {
             None => protocol::subject_partition(subject)?,
         };
         let catching_up = self.parts.catching_up.get(p as usize).copied();
-        (catching_up == Some(true) && self.ring.owns_partition(p)).then_some(p)
+        (catching_up == Some(true) && self.ring.owns_partition(p)).then_some(Some(p))
     }
 
     /// A refusal (`answer`, then deleting message `seq`) that this
@@ -168,7 +168,9 @@ impl Engine {
     /// belongs. In a partition it owns and is still reading it sends it
     /// once the partition is read: nobody else reads the partition now,
     /// and the coordinator that had it may never have read this request.
-    /// Elsewhere the owner sends it.
+    /// While it is starting it sends the ones it then answers for once it
+    /// is ready ([`Engine::send_held_refusals`]): a coordinator restarting
+    /// alone is the only one to read them. Elsewhere the owner sends it.
     pub(super) fn hold_refusal(
         &mut self,
         subject: &str,
@@ -177,7 +179,7 @@ impl Engine {
         answer: Answer,
         seq: u64,
     ) {
-        let Some(partition) = self.catching_up_on(subject, key) else {
+        let Some(partition) = self.held_for(subject, key) else {
             return;
         };
         if self.parts.deferred.len() >= MAX_DEFERRED {
@@ -185,10 +187,48 @@ impl Engine {
         }
         self.parts.deferred.push(Deferred {
             partition,
+            subject: subject.to_owned(),
+            key: key.map(str::to_owned),
             session: session.to_owned(),
             answer,
             seq,
         });
+    }
+
+    /// Ready now: sends the refusals held while starting that this
+    /// coordinator answers for, unless another coordinator's done note
+    /// said it answered them. A refusal read from the message alone (an
+    /// unreadable request) is the same whoever sends it. One that the
+    /// lock's state decided (a duplicate id, a full queue, a dead session)
+    /// goes only if no other coordinator is live: one that is may have
+    /// decided otherwise, and its grant must not be contradicted.
+    pub(super) fn send_held_refusals(&mut self) {
+        let alone = self.ring.members().len() == 1;
+        let (starting, reading): (Vec<Deferred>, Vec<Deferred>) =
+            std::mem::take(&mut self.parts.deferred)
+                .into_iter()
+                .partition(|d| d.partition.is_none());
+        self.parts.deferred = reading;
+        for d in starting {
+            let ours = match &d.key {
+                Some(key) => alone && self.owns(key),
+                None => self.answers_for(&d.subject, &d.session),
+            };
+            let answered = d.answer.re().is_some_and(|re| {
+                self.answered_early
+                    .contains_key(&(d.session.clone(), re.to_owned()))
+            });
+            if ours && !answered {
+                self.send_refusal(d);
+            }
+        }
+    }
+
+    fn send_refusal(&mut self, d: Deferred) {
+        self.answer(&d.session, d.answer);
+        if d.seq != 0 {
+            self.out.push(Action::Delete { seq: d.seq });
+        }
     }
 
     /// Why a request that came on `subject` about `key` is in the wrong
@@ -214,10 +254,15 @@ impl Engine {
 /// being read, bounded by the request stream's caps).
 const MAX_DEFERRED: usize = 10_000;
 
-/// A refusal held back until its partition is read.
+/// A refusal held back until its partition is read (`partition`), or
+/// until this coordinator is ready (`None`).
 #[derive(Debug)]
 pub(super) struct Deferred {
-    partition: u32,
+    partition: Option<u32>,
+    /// What the request came on and the lock it is about, if known: whose
+    /// refusal it is, worked out again once ready.
+    subject: String,
+    key: Option<String>,
     session: String,
     answer: Answer,
     seq: u64,
@@ -226,7 +271,8 @@ pub(super) struct Deferred {
 /// What the engine knows of the partitions it reads.
 #[derive(Debug, Default)]
 pub(super) struct Parts {
-    /// Refusals held back until their partition is read.
+    /// Refusals held back until their partition is read or this
+    /// coordinator is ready.
     deferred: Vec<Deferred>,
     /// The partitions the runtime was last told to read (`None`: all, as
     /// before it was first told).

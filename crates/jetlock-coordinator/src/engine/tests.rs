@@ -90,10 +90,16 @@ struct Sim {
 
 impl Sim {
     fn new() -> Self {
-        let mut engine = Engine::new("me".into(), EngineConfig::default());
+        let mut sim = Sim::starting();
+        sim.engine.set_ready(sim.now);
+        sim.engine.proof_acked(sim.now, sim.now, sim.now);
+        sim
+    }
+
+    /// A coordinator still reading before it is ready.
+    fn starting() -> Self {
+        let engine = Engine::new("me".into(), EngineConfig::default());
         let now = Instant::now();
-        engine.set_ready(now);
-        engine.proof_acked(now, now, now);
         Sim {
             engine,
             bucket: Bucket::default(),

@@ -476,3 +476,72 @@ async fn nats_admin_locks(url: &str, prefix: &str) -> serde_json::Value {
         .expect("a coordinator answers");
     serde_json::from_slice(&reply.payload).expect("a view")
 }
+
+/// Requests sent while the only coordinator was down are read by it when
+/// it starts again, before it is ready. Every one is answered once it is:
+/// the refused ones too, whether refused for what the message says (a TTL
+/// of 0) or for what was read before it (a request id used twice), and
+/// each leaves the request stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_requests_sent_while_the_only_coordinator_was_down_are_answered() {
+    let server = jetlock_testkit::single();
+    let url = server.url();
+    let first = jetlock_testkit::coordinator(&url).await;
+    let mut s = JsonSession::new(&url).await;
+    first.shutdown().await;
+
+    s.send(
+        "acquire",
+        json!({"v": 1, "id": "bad", "key": "restart", "ttl_ms": 0}),
+    )
+    .await;
+    let acquire = json!({"v": 1, "id": "a1", "key": "restart", "ttl_ms": LONG});
+    s.send("acquire", acquire.clone()).await;
+    // The same request id again, under another message id so the stream
+    // keeps it: only the coordinator can tell it is a duplicate.
+    let subject = format!("jetlock.req.acquire.{}", s.session);
+    let copy = format!("{}:copy", s.session);
+    store(
+        &s.nats,
+        &subject,
+        &copy,
+        &[],
+        acquire.to_string().into_bytes(),
+    )
+    .await
+    .expect("stored");
+
+    let _second = jetlock_testkit::coordinator(&url).await;
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 3 {
+        match s.next_final().await {
+            Answer::Error {
+                re: Some(re), code, ..
+            } if re == "a1" => {
+                answers.insert("dup".to_owned(), format!("{code:?}"));
+            }
+            Answer::Error {
+                re: Some(re), code, ..
+            } => {
+                answers.insert(re, format!("{code:?}"));
+            }
+            Answer::Granted { re, .. } => {
+                answers.insert(re, "Granted".to_owned());
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(answers["bad"], format!("{InvalidTtl:?}"));
+    assert_eq!(answers["a1"], "Granted");
+    assert_eq!(answers["dup"], format!("{Duplicate:?}"));
+
+    let js = async_nats::jetstream::new(s.nats.clone());
+    let mut requests = js.get_stream(REQUEST_STREAM).await.expect("the stream");
+    timeout(jetlock_testkit::PATIENCE, async {
+        while requests.info().await.expect("info").state.messages > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every request leaves the stream once answered");
+}
