@@ -12,7 +12,9 @@
 //! does not know it alive). One that still counts it alive revives it from
 //! when it heard it, and the question is asked again when it is overdue
 //! again. One that does not answer in [`ROUND_TIMEOUT`] holds the death
-//! back until it answers a later question or leaves the ring.
+//! back until it answers a later question or leaves the ring. A
+//! coordinator leaving can no longer be asked: every session then counts
+//! as heard when its departure is learned (`Engine::ring_changed`).
 //!
 //! Why a heartbeat heard after an answer cannot matter: the client believes
 //! only up to nine tenths of its timeout after the newest heartbeat

@@ -262,6 +262,13 @@ impl Engine {
     pub(super) fn ring_changed(&mut self, before: Vec<String>, cause: &str, now: Instant) {
         self.mark_gained_partitions();
         let members = self.ring.members();
+        // A coordinator that left may have confirmed a heartbeat that never
+        // reached this one (`deaths.rs`), and can no longer be asked: the
+        // client counts its deadline from that heartbeat, sent before the
+        // departure was known here. So every session counts as heard now.
+        if before.iter().any(|id| !members.contains(id)) {
+            self.sessions.heard_until(now);
+        }
         let mut taken: HashMap<String, u64> = HashMap::default();
         if self.ready {
             for gone in before.iter().filter(|id| !members.contains(id)) {

@@ -191,3 +191,33 @@ fn a_death_by_silence_stands_only_once_the_other_coordinators_heard_nothing_eith
         Some(false)
     );
 }
+
+/// The simulation's seed 1202 (two coordinators): a heartbeat reached only
+/// the other coordinator, which confirmed it and then crashed. This one,
+/// alone now, must not count the session's silence from the heartbeat
+/// before: the client's deadline runs from the one confirmed.
+#[test]
+fn a_coordinator_that_left_may_have_confirmed_a_heartbeat_this_one_missed() {
+    let mut sim = Sim::new();
+    coordinator_beat(&mut sim, "c-other", false);
+    let alive = |sim: &Sim| sim.engine.live_sessions() == 1;
+    sim.engine.heartbeat("s", hb(), sim.now);
+    // The next heartbeat, 400 ms later, reaches only the other, which
+    // answers it alive: the client believes until 400 + 810 ms.
+    sim.advance(Duration::from_millis(400));
+    coordinator_beat(&mut sim, "c-other", false);
+    let confirmed_elsewhere = sim.now;
+    // The other leaves 100 ms later; nothing more is heard.
+    sim.advance(Duration::from_millis(100));
+    coordinator_beat(&mut sim, "c-other", true);
+    let client_deadline = confirmed_elsewhere + Duration::from_millis(810);
+    while sim.now < client_deadline {
+        sim.advance(Duration::from_millis(50));
+        assert!(alive(&sim), "declared dead at {:?} while the client believes", sim.now);
+    }
+    // Silence for a whole timeout after the departure: dead.
+    for _ in 0..40 {
+        sim.advance(Duration::from_millis(50));
+    }
+    assert!(!alive(&sim), "dead once silent for its timeout since");
+}
