@@ -184,8 +184,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = CoordinatorMode::Child)]
     coordinator: CoordinatorMode,
     /// Also draw the curves as SVG charts into this folder: latency.svg
-    /// (W1's distribution), scaling-clients.svg, memory.svg; each when its
-    /// workload ran.
+    /// (W1's distribution), scaling-clients.svg, memory.svg,
+    /// coordinators.svg, takeover.svg; each when its workload ran.
     #[arg(long, value_name = "DIR")]
     plots: Option<std::path::PathBuf>,
 }

@@ -1,7 +1,8 @@
 //! `--plots DIR`: the report's curves as SVG charts beside its tables —
 //! W1's latency distribution, throughput and owner changes against clients,
-//! and the coordinator's memory per held lock against held locks. Each
-//! chart is drawn only when its workload ran.
+//! the coordinator's memory per held lock against held locks, CPU per pair
+//! against coordinators, and a takeover's time against the acquires
+//! queued. Each chart is drawn only when its workload ran.
 
 use super::report::Report;
 use super::CliError;
@@ -164,7 +165,75 @@ fn charts(report: &Report) -> Vec<(&'static str, Axes<'static>, Vec<Line>)> {
             },
             memory,
         ),
+        (
+            "coordinators.svg",
+            Axes {
+                title: "JSON pairs: CPU per pair by coordinators (3-node cluster)",
+                x_label: "coordinators",
+                y_label: "µs of CPU per pair",
+                x_log: false,
+                y_log: true,
+                x_names: None,
+            },
+            coordinator_lines(&report.curve),
+        ),
+        (
+            "takeover.svg",
+            Axes {
+                title: "Takeover: signal to the gone coordinator's partition served",
+                x_label: "acquires queued",
+                y_label: "ms (p50)",
+                x_log: false,
+                y_log: false,
+                x_names: None,
+            },
+            takeover_lines(&report.takeover),
+        ),
     ]
+}
+
+/// For each K: the CPU each coordinator spends per pair (their mean), all
+/// of them together, and the servers'.
+fn coordinator_lines(curve: &[super::curve::CurveRow]) -> Vec<Line> {
+    let mut lines: Vec<Line> = Vec::new();
+    let mut point =
+        |label: String, at: (f64, f64)| match lines.iter_mut().find(|l| l.label == label) {
+            Some(line) => line.points.push(at),
+            None => lines.push(Line {
+                label,
+                points: vec![at],
+            }),
+        };
+    for row in curve {
+        let n = row.coordinators as f64;
+        let each = row.coordinator_us_per_pair.iter().sum::<f64>()
+            / row.coordinator_us_per_pair.len().max(1) as f64;
+        let k = row.buckets;
+        point(format!("each coordinator, K = {k}"), (n, each));
+        point(
+            format!("all coordinators, K = {k}"),
+            (n, row.coordinators_us_per_pair),
+        );
+        point(format!("servers, K = {k}"), (n, row.servers_us_per_pair));
+    }
+    lines
+}
+
+/// p50 by acquires queued, one line per way the coordinator went.
+fn takeover_lines(rows: &[super::takeover::TakeoverRow]) -> Vec<Line> {
+    let mut lines: Vec<Line> = Vec::new();
+    for row in rows {
+        let label = row.event.split(" →").next().unwrap_or(row.event).to_owned();
+        let at = (row.queued as f64, row.p50_ms);
+        match lines.iter_mut().find(|l| l.label == label) {
+            Some(line) => line.points.push(at),
+            None => lines.push(Line {
+                label,
+                points: vec![at],
+            }),
+        }
+    }
+    lines
 }
 
 fn draw(path: &Path, axes: &Axes<'_>, lines: &[Line]) -> Result<(), Box<dyn std::error::Error>> {
@@ -290,6 +359,42 @@ mod tests {
             assert!(svg.contains(text), "{text} missing");
         }
         assert_eq!(range(std::iter::empty(), false), (0.0, 1.0));
+    }
+
+    #[test]
+    fn the_coordinator_curve_draws_each_total_and_servers_per_bucket_count() {
+        let row =
+            |coordinators: usize, buckets: usize, each: Vec<f64>| super::super::curve::CurveRow {
+                coordinators,
+                buckets,
+                partitions: 64,
+                tasks: 16,
+                pairs: 1000,
+                pairs_per_sec: 500.0,
+                coordinators_us_per_pair: each.iter().sum(),
+                coordinator_us_per_pair: each,
+                servers_us_per_pair: 1200.0,
+                coordinator_msgs_per_pair: vec![],
+            };
+        let lines = coordinator_lines(&[
+            row(1, 1, vec![120.0]),
+            row(2, 1, vec![100.0, 80.0]),
+            row(1, 3, vec![200.0]),
+        ]);
+        let labels: Vec<&str> = lines.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "each coordinator, K = 1",
+                "all coordinators, K = 1",
+                "servers, K = 1",
+                "each coordinator, K = 3",
+                "all coordinators, K = 3",
+                "servers, K = 3"
+            ]
+        );
+        assert_eq!(lines[0].points, [(1.0, 120.0), (2.0, 90.0)]);
+        assert_eq!(lines[1].points, [(1.0, 120.0), (2.0, 180.0)]);
         assert_eq!(range([10.0, 100.0].into_iter(), true), (10.0 / 1.5, 150.0));
     }
 }

@@ -213,7 +213,11 @@ fn a_coordinator_that_left_may_have_confirmed_a_heartbeat_this_one_missed() {
     let client_deadline = confirmed_elsewhere + Duration::from_millis(810);
     while sim.now < client_deadline {
         sim.advance(Duration::from_millis(50));
-        assert!(alive(&sim), "declared dead at {:?} while the client believes", sim.now);
+        assert!(
+            alive(&sim),
+            "declared dead at {:?} while the client believes",
+            sim.now
+        );
     }
     // Silence for a whole timeout after the departure: dead.
     for _ in 0..40 {
