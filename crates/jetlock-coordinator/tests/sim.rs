@@ -391,7 +391,6 @@ fn regression_reentry_let_go_by_a_lagging_mirror_is_lost_on_takeover() {
     }
 }
 
-/// The long run (see the module docs); prints the totals.
 /// A coordinator's runtime makes the consumer of its partitions beside
 /// its loop, and the call can take seconds (a stream leader moving). One
 /// made for an older ring change was read after the newer one's: its feed
@@ -409,6 +408,7 @@ fn regression_partitions_consumer_of_an_older_ring_change_is_dropped() {
     }
 }
 
+/// The long run (see the module docs); prints the totals.
 #[test]
 #[ignore]
 fn long_run() {
