@@ -173,7 +173,7 @@ fn charts(report: &Report) -> Vec<(&'static str, Axes<'static>, Vec<Line>)> {
                 y_label: "µs of CPU per pair",
                 x_log: false,
                 y_log: true,
-                x_names: None,
+                x_names: Some(&whole_only),
             },
             coordinator_lines(&report.curve),
         ),
@@ -190,6 +190,15 @@ fn charts(report: &Report) -> Vec<(&'static str, Axes<'static>, Vec<Line>)> {
             takeover_lines(&report.takeover),
         ),
     ]
+}
+
+/// Integer ticks only (coordinators come whole).
+fn whole_only(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
 }
 
 /// For each K: the CPU each coordinator spends per pair (their mean), all
