@@ -133,10 +133,10 @@ fn a_short_coordinator_curve_adds_coordinators_one_at_a_time_over_one_and_three_
     }
 }
 
-/// The takeover bench, short: on the 3-node cluster two coordinators, one
-/// stopped and then one killed, with and without acquires queued; the bench
-/// fails unless a try-lock in a partition the one gone had is granted by
-/// the other. Times are not judged here.
+/// The takeover bench, short: on the 3-node cluster three coordinators,
+/// one stopped and then one killed, with and without acquires queued; the
+/// bench fails unless a try-lock in a partition the one gone had is
+/// granted by a survivor. Times are not judged here.
 #[test]
 fn a_short_takeover_bench_serves_a_gone_coordinators_partitions_again() {
     let report = quick_bench(&["--only", "takeover"]);
@@ -145,6 +145,7 @@ fn a_short_takeover_bench_serves_a_gone_coordinators_partitions_again() {
     assert_eq!(queued, [0, 1000, 0, 1000], "{rows:?}");
     for row in rows {
         assert_eq!(row["partitions"], 64, "{row}");
+        assert_eq!(row["coordinators"], 3, "{row}");
         // Rendezvous hashing gave the one that went some, not all.
         let gained = row["gained"].as_u64().expect("partitions gained");
         assert!((1..64).contains(&gained), "{row}");

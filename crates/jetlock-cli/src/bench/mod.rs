@@ -31,9 +31,9 @@
 //!   queued waiters;
 //! - **coordinators** (`curve.rs`) — JSON pairs/s and CPU per pair on a
 //!   3-node cluster the bench starts, with 1, 2 and 3 coordinators;
-//! - **takeover** (`takeover.rs`) — two coordinators on the 3-node
-//!   cluster, waiters queued, one stopped or killed: time until a request
-//!   in one of its partitions is granted by the other;
+//! - **takeover** (`takeover.rs`) — two or three coordinators on the
+//!   3-node cluster, waiters queued, one stopped or killed: time until a
+//!   request in one of its partitions is granted by another;
 //! - **sessions** (`sessions.rs`) — 100 to 10,000 sessions beating at the
 //!   default timeout: the coordinator's and the server's CPU per beat, and
 //!   the coordinator's memory per session;
@@ -494,10 +494,14 @@ fn planned(
         ));
     }
     if selected(Workload::Takeover) {
-        let (queues, runs) = if args.quick {
-            (takeover::QUICK_QUEUED, takeover::QUICK_RUNS)
+        let (queues, runs, counts) = if args.quick {
+            (
+                takeover::QUICK_QUEUED,
+                takeover::QUICK_RUNS,
+                takeover::QUICK_COORDINATORS,
+            )
         } else {
-            (takeover::QUEUED, takeover::RUNS)
+            (takeover::QUEUED, takeover::RUNS, takeover::COORDINATORS)
         };
         // Each run: the cluster's start, the coordinators', the holds, the
         // queue (about 5,000 a second), the takeover.
@@ -505,7 +509,7 @@ fn planned(
             .iter()
             .map(|&q| second * 6 + Duration::from_micros(200) * q as u32)
             .sum();
-        stages.push(("takeover", each * 2 * runs as u32));
+        stages.push(("takeover", each * 2 * (runs * counts.len()) as u32));
     }
     if selected(Workload::Peers) {
         stages.push(("peers", (per_pair(5) + window + second * 5) * 3));

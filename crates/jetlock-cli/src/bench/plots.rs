@@ -232,7 +232,8 @@ fn coordinator_lines(curve: &[super::curve::CurveRow]) -> Vec<Line> {
 fn takeover_lines(rows: &[super::takeover::TakeoverRow]) -> Vec<Line> {
     let mut lines: Vec<Line> = Vec::new();
     for row in rows {
-        let label = row.event.split(" →").next().unwrap_or(row.event).to_owned();
+        let how = row.event.split(" →").next().unwrap_or(row.event);
+        let label = format!("{how}, {} coordinators", row.coordinators);
         let at = (row.queued as f64, row.p50_ms);
         match lines.iter_mut().find(|l| l.label == label) {
             Some(line) => line.points.push(at),

@@ -3,19 +3,21 @@
 //! docs/SCALING.md ("Partitioned coordinators") gives a takeover.
 //!
 //! Each run starts the 3-node cluster of `nats/cluster.conf` (R3) and two
-//! `jetlock serve` children over a new deployment (requests in 64
+//! or three `jetlock serve` children over a new deployment (requests in 64
 //! partitions), and waits until each owns the partitions rendezvous
-//! hashing gives it (their metrics). A JSON session (the `restricted` user) holds four locks in
+//! hashing gives it (their metrics). Of two, the survivor owns every
+//! partition after; of three, each survivor only its share, and reads
+//! through a consumer filtered on it. A JSON session (the `restricted` user) holds four locks in
 //! every partition, and `queued` JSON acquires wait behind them, spread
 //! over all of them. Then one coordinator is stopped (SIGTERM: it tells the
-//! other it leaves) or killed (SIGKILL: the other learns it from the
+//! others it leaves) or killed (SIGKILL: they learn it from the
 //! server's disconnect advisory, or its beats stopping). Once it has
 //! exited, a try-lock of a free lock in one of its partitions is sent.
 //!
-//! Measured: from the signal to that try-lock's grant. The survivor owns
+//! Measured: from the signal to that try-lock's grant. A survivor owns
 //! the partition only once it counts the other gone, and acts there only
 //! once it has read the partitions it gained from the request stream:
-//! every queued acquire, re-queued in order.
+//! every queued acquire there, re-queued in order.
 
 use super::curve::{deployment, NODES};
 use super::failover::p50_and_max;
@@ -40,13 +42,19 @@ pub(super) const QUICK_QUEUED: &[u64] = &[0, 1_000];
 /// Runs of each kind of exit and queue, by default and with `--quick`.
 pub(super) const RUNS: usize = 3;
 pub(super) const QUICK_RUNS: usize = 1;
+/// Coordinators before one goes, by default and with `--quick` (three:
+/// the survivors' consumers are filtered).
+pub(super) const COORDINATORS: &[usize] = &[2, 3];
+pub(super) const QUICK_COORDINATORS: &[usize] = &[3];
+/// The coordinators' ids; the first is the one that goes.
+const IDS: [&str; 3] = ["bench-ta", "bench-tb", "bench-tc"];
 /// Held locks per partition: the queued acquires wait behind them, a few
 /// dozen per lock at the most (a queue is scanned on every change of its
 /// key: thousands on one would measure that scan).
 const HELD_PER_PARTITION: usize = 4;
 /// How long the holds and waits last: past the run.
 const LONG: Duration = Duration::from_secs(600);
-/// How long the two coordinators may take to split the partitions as the
+/// How long the coordinators may take to split the partitions as the
 /// bench worked out (beats every 250 ms, gauges set every second).
 const SPLIT_LIMIT: Duration = Duration::from_secs(10);
 /// Publishes in flight while queueing.
@@ -78,9 +86,11 @@ impl Exit {
 #[derive(Debug, Serialize)]
 pub(super) struct TakeoverRow {
     pub(super) event: &'static str,
+    /// Coordinators before one went.
+    pub(super) coordinators: usize,
     /// Acquires queued over the whole deployment when it went.
     pub(super) queued: u64,
-    /// Request partitions of the deployment, and how many the survivor
+    /// Request partitions of the deployment, and how many the survivors
     /// gained.
     pub(super) partitions: u32,
     pub(super) gained: usize,
@@ -91,11 +101,23 @@ pub(super) struct TakeoverRow {
 }
 
 pub(super) async fn run(quick: bool) -> Result<Vec<TakeoverRow>, CliError> {
-    let (queues, runs) = if quick {
-        (QUICK_QUEUED, QUICK_RUNS)
+    let (queues, runs, counts) = if quick {
+        (QUICK_QUEUED, QUICK_RUNS, QUICK_COORDINATORS)
     } else {
-        (QUEUED, RUNS)
+        (QUEUED, RUNS, COORDINATORS)
     };
+    let mut rows = Vec::new();
+    for &coordinators in counts {
+        rows.extend(run_with(coordinators, queues, runs).await?);
+    }
+    Ok(rows)
+}
+
+async fn run_with(
+    coordinators: usize,
+    queues: &[u64],
+    runs: usize,
+) -> Result<Vec<TakeoverRow>, CliError> {
     let mut rows = Vec::new();
     for exit in [Exit::Left, Exit::Killed] {
         for &queued in queues {
@@ -104,20 +126,21 @@ pub(super) async fn run(quick: bool) -> Result<Vec<TakeoverRow>, CliError> {
             let mut partitions = 0;
             for i in 0..runs {
                 super::progress(&format!(
-                    "takeover: {} with {queued} queued, run {} of {runs}",
+                    "takeover: {} of {coordinators} with {queued} queued, run {} of {runs}",
                     match exit {
                         Exit::Left => "stopped",
                         Exit::Killed => "killed",
                     },
                     i + 1
                 ));
-                let run = once(exit, queued).await?;
+                let run = once(exit, queued, coordinators).await?;
                 samples.push(run.took.as_secs_f64() * 1000.0);
                 (gained, partitions) = (run.gained, run.partitions);
             }
             let (p50_ms, max_ms) = p50_and_max(&samples);
             rows.push(TakeoverRow {
                 event: exit.label(),
+                coordinators,
                 queued,
                 partitions,
                 gained,
@@ -137,27 +160,42 @@ struct Once {
     partitions: u32,
 }
 
-/// One run on a fresh cluster.
-async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
+/// One run on a fresh cluster with `coordinators` of them.
+async fn once(exit: Exit, queued: u64, coordinators: usize) -> Result<Once, CliError> {
     let spec = BucketSpec::new(DEFAULT_BUCKET, NODES);
     let partitions = spec.partitions;
     let (cluster, _admin) = deployment(&spec).await?;
     let coordinator_url = cluster.url_as(Role::Coordinator);
-    let (ids, run) = (["bench-ta", "bench-tb"], nuid::next());
-    let (survivor, survivor_metrics) = Coord::start_on_cluster(&coordinator_url, ids[1]).await?;
-    let (mut victim, victim_metrics) = Coord::start_on_cluster(&coordinator_url, ids[0]).await?;
-    let metrics = [survivor_metrics, victim_metrics]
-        .into_iter()
-        .collect::<Option<Vec<String>>>()
-        .ok_or("a coordinator printed no metrics URL")?;
-    let mut ring = Ring::new(ids[0].to_owned(), Duration::from_secs(60));
-    ring.beat(ids[1], None, Instant::now());
-    ring.set_partitions(partitions);
-    let gained = ring.owned_partitions();
-    // Both hear each other before the locks are taken: each owns the share
+    let (ids, run) = (&IDS[..coordinators], nuid::next());
+    // The survivors first, the one to go last.
+    let mut started = Vec::with_capacity(coordinators);
+    let mut metrics = Vec::with_capacity(coordinators);
+    for id in ids.iter().skip(1).chain(&ids[..1]) {
+        let (coord, url) = Coord::start_on_cluster(&coordinator_url, id).await?;
+        started.push(coord);
+        metrics.push(url.ok_or("a coordinator printed no metrics URL")?);
+    }
+    let mut victim = started.pop().expect("the one to go");
+    // What each owns while all are live, in the order started; the one to
+    // go owns `gained`.
+    let owned = |me: &str| {
+        let mut ring = Ring::new(me.to_owned(), Duration::from_secs(60));
+        for id in ids.iter().filter(|id| **id != me) {
+            ring.beat(id, None, Instant::now());
+        }
+        ring.set_partitions(partitions);
+        ring.owned_partitions()
+    };
+    let gained = owned(ids[0]);
+    // All hear each other before the locks are taken: each owns the share
     // worked out here, and the one to go has none to catch up on.
-    let split = [partitions as usize - gained.len(), gained.len()];
-    wait_for_split(&metrics, split).await?;
+    let split: Vec<usize> = ids
+        .iter()
+        .skip(1)
+        .chain(&ids[..1])
+        .map(|id| owned(id).len())
+        .collect();
+    wait_for_split(&metrics, &split).await?;
 
     let client_url = cluster.url_as(Role::Restricted);
     let prefix = Role::Restricted
@@ -212,7 +250,9 @@ async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
         return Err(format!("takeover: {free} answered {answer:?}").into());
     }
     drop((waiting, holder, probe));
-    survivor.stop().await;
+    for survivor in started {
+        survivor.stop().await;
+    }
     Ok(Once {
         took,
         gained: gained.len(),
@@ -222,7 +262,7 @@ async fn once(exit: Exit, queued: u64) -> Result<Once, CliError> {
 
 /// Waits until the coordinators of `metrics` own `split` partitions each,
 /// none of them being caught up on.
-async fn wait_for_split(metrics: &[String], split: [usize; 2]) -> Result<(), CliError> {
+async fn wait_for_split(metrics: &[String], split: &[usize]) -> Result<(), CliError> {
     let deadline = Instant::now() + SPLIT_LIMIT;
     loop {
         let mut now = Vec::with_capacity(metrics.len());
@@ -231,7 +271,12 @@ async fn wait_for_split(metrics: &[String], split: [usize; 2]) -> Result<(), Cli
             let catching_up = gauge(url, "jetlock_partitions_catching_up").await?;
             now.push((owned, catching_up));
         }
-        if now.iter().map(|&(owned, _)| owned).eq(split) && now.iter().all(|&(_, c)| c == 0) {
+        if now
+            .iter()
+            .map(|&(owned, _)| owned)
+            .eq(split.iter().copied())
+            && now.iter().all(|&(_, c)| c == 0)
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -283,14 +328,16 @@ pub(super) fn markdown(rows: &[TakeoverRow]) -> String {
         return String::new();
     }
     let mut o = format!(
-        "\ntakeover: two coordinators on the 3-node cluster of nats/cluster.conf (R3), requests in {} partitions; one goes, and a try-lock in one of the {} partitions it had is sent once it exited: from the signal to the grant\n\n",
-        rows[0].partitions, rows[0].gained
+        "\ntakeover: two or three coordinators on the 3-node cluster of nats/cluster.conf (R3), requests in {} partitions; one goes, and a try-lock in one of the partitions it had is sent once it exited: from the signal to the grant\n\n",
+        rows[0].partitions
     );
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
                 r.event.to_owned(),
+                r.coordinators.to_string(),
+                r.gained.to_string(),
                 r.queued.to_string(),
                 r.runs.to_string(),
                 format!("{:.1}", r.p50_ms),
@@ -298,7 +345,15 @@ pub(super) fn markdown(rows: &[TakeoverRow]) -> String {
             ]
         })
         .collect();
-    let header = ["event", "acquires queued", "runs", "p50 (ms)", "max (ms)"];
-    o.push_str(&super::report::table(&header, "lrrrr", &rows));
+    let header = [
+        "event",
+        "coordinators",
+        "partitions it had",
+        "acquires queued",
+        "runs",
+        "p50 (ms)",
+        "max (ms)",
+    ];
+    o.push_str(&super::report::table(&header, "lrrrrrr", &rows));
     o
 }
