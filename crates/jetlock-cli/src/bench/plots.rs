@@ -91,14 +91,11 @@ fn charts(report: &Report) -> Vec<(&'static str, Axes<'static>, Vec<Line>)> {
     let mut by_workload: Vec<Line> = Vec::new();
     for row in &report.scaling.distinct_keys {
         let label = format!("{} (W2, distinct keys), pairs/s", row.workload);
-        let point = (row.tasks as f64, row.pairs_per_sec);
-        match by_workload.iter_mut().find(|l| l.label == label) {
-            Some(line) => line.points.push(point),
-            None => by_workload.push(Line {
-                label,
-                points: vec![point],
-            }),
-        }
+        add_point(
+            &mut by_workload,
+            label,
+            (row.tasks as f64, row.pairs_per_sec),
+        );
     }
     by_workload.push(Line {
         label: "jetlock queue (W3, one key), owner changes/s".to_owned(),
@@ -205,14 +202,7 @@ fn whole_only(x: &f64) -> String {
 /// of them together, and the servers'.
 fn coordinator_lines(curve: &[super::curve::CurveRow]) -> Vec<Line> {
     let mut lines: Vec<Line> = Vec::new();
-    let mut point =
-        |label: String, at: (f64, f64)| match lines.iter_mut().find(|l| l.label == label) {
-            Some(line) => line.points.push(at),
-            None => lines.push(Line {
-                label,
-                points: vec![at],
-            }),
-        };
+    let mut point = |label: String, at: (f64, f64)| add_point(&mut lines, label, at);
     for row in curve {
         let n = row.coordinators as f64;
         let each = row.coordinator_us_per_pair.iter().sum::<f64>()
@@ -234,16 +224,20 @@ fn takeover_lines(rows: &[super::takeover::TakeoverRow]) -> Vec<Line> {
     for row in rows {
         let how = row.event.split(" →").next().unwrap_or(row.event);
         let label = format!("{how}, {} coordinators", row.coordinators);
-        let at = (row.queued as f64, row.p50_ms);
-        match lines.iter_mut().find(|l| l.label == label) {
-            Some(line) => line.points.push(at),
-            None => lines.push(Line {
-                label,
-                points: vec![at],
-            }),
-        }
+        add_point(&mut lines, label, (row.queued as f64, row.p50_ms));
     }
     lines
+}
+
+/// Adds `at` to the line called `label`, a new one if there is none.
+fn add_point(lines: &mut Vec<Line>, label: String, at: (f64, f64)) {
+    match lines.iter_mut().find(|l| l.label == label) {
+        Some(line) => line.points.push(at),
+        None => lines.push(Line {
+            label,
+            points: vec![at],
+        }),
+    }
 }
 
 fn draw(path: &Path, axes: &Axes<'_>, lines: &[Line]) -> Result<(), Box<dyn std::error::Error>> {
