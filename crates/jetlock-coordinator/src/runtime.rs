@@ -448,7 +448,7 @@ impl Runtime {
                 }
             }
             if let Some(generation) = caught_up.take() {
-                self.caught_up(&mut feeds, generation);
+                self.engine.partitions_caught_up(generation, Instant::now());
             }
             self.carry_out().await;
             if let Some((owned, generation)) = self.engine.take_partition_change() {
@@ -505,9 +505,7 @@ impl Runtime {
         let seq = info.stream_sequence;
         feeds.last_request_seq = seq;
         feeds.last_request_at = Instant::now();
-        // A consumer with no filter delivers the others' partitions too.
-        let skip = feeds.partition_work.skips(msg.subject.as_str());
-        if !skip && !feeds.reading.fed(msg.subject.as_str(), seq) {
+        if !feeds.reading.fed(msg.subject.as_str(), seq) {
             let age = feeds.request_age.of(
                 seq,
                 info.published.unix_timestamp_nanos(),

@@ -3,16 +3,6 @@
 //! again when they change, and the question to the server whether a
 //! partition gained is read.
 //!
-//! A partition gained is read from the stream's start by a consumer with
-//! no filter, the partitions not owned skipped here, and the consumer is
-//! filtered on the partitions owned once they are read, from where it had
-//! read to. nats-server feeds a consumer filtered on many subjects from a
-//! long stream about ten times more slowly than one with no filter
-//! (`jetlock bench --only takeover`): filtered, the catch-up of 100,000
-//! queued requests took seconds. At the stream's end a filter costs
-//! little. Partitions only lost narrow the consumer at once, from where it
-//! had read to.
-//!
 //! Both talk to the JetStream API, which answers in seconds or not at all
 //! while a server restarts or a stream leader moves. So neither runs in
 //! the loop: a loop waiting on them answers no heartbeat, and every
@@ -64,9 +54,6 @@ pub(super) struct Opened {
     owned: Vec<u32>,
     generation: u64,
     all: bool,
-    /// Where it starts: `None` from the stream's start with no filter,
-    /// `Some(seq)` filtered on the partitions owned from `seq` on.
-    from: Option<u64>,
     requests: consumer::push::Ordered,
     consumer: String,
     pending: u64,
@@ -80,11 +67,7 @@ pub(super) struct Checked {
     delivered: Option<u64>,
 }
 
-/// A consumer to make again: the partitions, the generation, and where
-/// it starts (as `Opened`'s `from`).
-type Again = (Vec<u32>, u64, Option<u64>);
-
-type Made = Result<Opened, (Again, String)>;
+type Made = Result<Opened, (Vec<u32>, u64, String)>;
 
 /// The partition work in flight, at most one of each kind.
 #[derive(Default)]
@@ -93,27 +76,10 @@ pub(super) struct PartitionWork {
     pub(super) checking: JoinSet<Checked>,
     /// Partitions to read whose consumer could not be made, and when to
     /// try again.
-    retry: Option<(Again, Instant)>,
+    retry: Option<(Vec<u32>, u64, Instant)>,
     /// The generation last asked for: a consumer made for an older one
     /// (done before it could be aborted) is dropped.
     wanted: u64,
-    /// The partitions this coordinator was last told to read (`None`:
-    /// every one, before it was told): the rest are skipped.
-    pub(super) owned: Option<Vec<u32>>,
-    /// The partitions the consumer reading now is filtered on (`None`:
-    /// no filter).
-    filter: Option<Vec<u32>>,
-}
-
-impl PartitionWork {
-    /// Whether a request on `subject` is in a partition this coordinator
-    /// does not read (one its consumer delivers while it has no filter).
-    pub(super) fn skips(&self, subject: &str) -> bool {
-        match (&self.owned, protocol::subject_partition(subject)) {
-            (Some(owned), Some(p)) => !owned.contains(&p),
-            _ => false,
-        }
-    }
 }
 
 /// How long after a failure to make the partitions' consumer it is tried
@@ -128,70 +94,20 @@ const CHECK_LIMIT: Duration = Duration::from_secs(2);
 
 impl Runtime {
     /// Reads the request partitions `owned` from now on (and every
-    /// unpartitioned request). With a partition gained, or one still being
-    /// read: a new consumer from the stream's start with no filter, so a
+    /// unpartitioned request): a new consumer from the stream's start, so a
     /// partition gained is read whole; the engine hears it is read, as
-    /// `generation`, once what was pending is delivered. With partitions
-    /// only lost: one filtered on those owned, from where the consumer had
-    /// read to. Made off the loop ([`Runtime::partitions_opened`]); one
-    /// still being made for an older change is dropped.
+    /// `generation`, once what was pending is delivered. Made off the loop
+    /// ([`Runtime::partitions_opened`]); one still being made for an older
+    /// change is dropped.
     pub(super) fn read_partitions(&mut self, feeds: &mut Feeds, owned: Vec<u32>, generation: u64) {
         let work = &mut feeds.partition_work;
         work.retry = None;
         work.wanted = generation;
         work.opening.abort_all();
-        // What was fed whole so far: the filter's partitions, or with no
-        // filter those owned until now (the rest were skipped).
-        let read = work.filter.clone().or_else(|| work.owned.clone());
-        work.owned = Some(owned.clone());
-        let gained = read
-            .as_ref()
-            .is_some_and(|read| owned.iter().any(|p| !read.contains(p)));
-        let reading = work
-            .filter
-            .as_ref()
-            .map_or(self.store.partitions() as usize, Vec::len);
-        let from = if gained || feeds.catching_up.is_some() {
-            None
-        } else if reading == owned.len() {
-            // The same partitions: nothing to read anew.
-            self.engine.partitions_caught_up(generation, Instant::now());
-            return;
-        } else {
-            Some(feeds.last_request_seq + 1)
-        };
-        self.open(feeds, owned, generation, from);
-    }
-
-    fn open(&mut self, feeds: &mut Feeds, owned: Vec<u32>, generation: u64, from: Option<u64>) {
         let all = owned.len() as u32 == self.store.partitions();
         let (nats, stream) = (self.nats.clone(), feeds.request_stream.clone());
-        feeds
-            .partition_work
-            .opening
-            .spawn(open(nats, stream, owned, generation, all, from));
-    }
-
-    /// The engine hears the partitions of `generation` are read; a consumer
-    /// with no filter is then replaced by one filtered on the partitions
-    /// owned, from where it had read to.
-    pub(super) fn caught_up(&mut self, feeds: &mut Feeds, generation: u64) {
-        self.engine.partitions_caught_up(generation, Instant::now());
-        let work = &feeds.partition_work;
-        let Some(owned) = work.owned.clone() else {
-            return;
-        };
-        let all = owned.len() as u32 == self.store.partitions();
-        if work.filter.is_some()
-            || all
-            || generation != work.wanted
-            || !work.opening.is_empty()
-            || work.retry.is_some()
-        {
-            return;
-        }
-        let from = Some(feeds.last_request_seq + 1);
-        self.open(feeds, owned, generation, from);
+        work.opening
+            .spawn(open(nats, stream, owned, generation, all));
     }
 
     /// The consumer of the partitions to read, made or not.
@@ -202,9 +118,10 @@ impl Runtime {
     ) {
         let opened = match done {
             Ok(Ok(opened)) if opened.generation == feeds.partition_work.wanted => opened,
-            Ok(Err((again, e))) if again.1 == feeds.partition_work.wanted => {
+            Ok(Err((owned, generation, e))) if generation == feeds.partition_work.wanted => {
                 warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
-                feeds.partition_work.retry = Some((again, Instant::now() + RETRY_AFTER));
+                feeds.partition_work.retry =
+                    Some((owned, generation, Instant::now() + RETRY_AFTER));
                 return;
             }
             // Asked for before a newer change, or aborted for it.
@@ -227,8 +144,12 @@ impl Runtime {
                 Ok(sub) => unstored.push(sub),
                 Err(e) => {
                     warn!(error = %e, "cannot read the request partitions now ours yet; trying again");
-                    let again = (opened.owned, opened.generation, opened.from);
-                    feeds.partition_work.retry = Some((again, Instant::now() + RETRY_AFTER));
+                    let retry = (
+                        opened.owned,
+                        opened.generation,
+                        Instant::now() + RETRY_AFTER,
+                    );
+                    feeds.partition_work.retry = Some(retry);
                     return;
                 }
             }
@@ -236,23 +157,19 @@ impl Runtime {
         feeds.partitioned_unstored = unstored;
         feeds.requests = opened.requests;
         feeds.request_consumer = opened.consumer;
-        feeds.last_request_seq = opened.from.map_or(0, |from| from - 1);
+        feeds.last_request_seq = 0;
         feeds.last_request_at = Instant::now();
-        feeds.partition_work.filter = match opened.from {
-            Some(_) if !opened.all => Some(opened.owned.clone()),
-            _ => None,
-        };
         // An answer about the consumer replaced says nothing now.
         feeds.partition_work.checking.abort_all();
         info!(
             partitions = opened.owned.len(),
-            from = ?opened.from,
             pending = opened.pending,
             "reading the request partitions this coordinator owns"
         );
         if opened.pending == 0 {
             feeds.catching_up = None;
-            self.caught_up(feeds, opened.generation);
+            self.engine
+                .partitions_caught_up(opened.generation, Instant::now());
         } else {
             feeds.catching_up = Some(opened.generation);
         }
@@ -268,12 +185,10 @@ impl Runtime {
             .partition_work
             .retry
             .as_ref()
-            .is_some_and(|(_, at)| now >= *at)
+            .is_some_and(|(_, _, at)| now >= *at)
         {
-            // The same consumer: what was read since it was asked for is
-            // read again and skipped.
-            if let Some(((owned, generation, from), _)) = feeds.partition_work.retry.take() {
-                self.open(feeds, owned, generation, from);
+            if let Some((owned, generation, _)) = feeds.partition_work.retry.take() {
+                self.read_partitions(feeds, owned, generation);
             }
         }
         let Some(generation) = feeds.catching_up else {
@@ -309,47 +224,40 @@ impl Runtime {
         if let (Some(0), Some(delivered)) = (checked.pending, checked.delivered) {
             if delivered <= feeds.last_request_seq {
                 feeds.catching_up = None;
-                self.caught_up(feeds, checked.generation);
+                self.engine
+                    .partitions_caught_up(checked.generation, Instant::now());
             }
         }
     }
 }
 
 /// Makes the consumer of the requests of partitions `owned` (every
-/// partition's when `all`): from the stream's start with no filter
-/// (`from` `None`), or filtered on them from `from` on.
+/// partition's when `all`).
 async fn open(
     nats: async_nats::Client,
     stream: JsStream,
     owned: Vec<u32>,
     generation: u64,
     all: bool,
-    from: Option<u64>,
 ) -> Made {
-    let (filter_subjects, deliver_policy) = match from {
-        Some(start_sequence) if !all => (
-            std::iter::once(protocol::REQUEST_SUBJECTS.to_owned())
-                .chain(owned.iter().map(|&p| protocol::partition_subjects(p)))
-                .collect(),
-            consumer::DeliverPolicy::ByStartSequence { start_sequence },
-        ),
-        Some(start_sequence) => (
-            Vec::new(),
-            consumer::DeliverPolicy::ByStartSequence { start_sequence },
-        ),
-        None => (Vec::new(), consumer::DeliverPolicy::All),
+    let filter_subjects = if all {
+        Vec::new()
+    } else {
+        std::iter::once(protocol::REQUEST_SUBJECTS.to_owned())
+            .chain(owned.iter().map(|&p| protocol::partition_subjects(p)))
+            .collect()
     };
     let made = stream
         .create_consumer(consumer::push::OrderedConfig {
             deliver_subject: nats.new_inbox(),
-            deliver_policy,
+            deliver_policy: consumer::DeliverPolicy::All,
             filter_subjects,
             ..Default::default()
         })
         .await;
     let consumer = match made {
         Ok(consumer) => consumer,
-        Err(e) => return Err(((owned, generation, from), e.to_string())),
+        Err(e) => return Err((owned, generation, e.to_string())),
     };
     let pending = consumer.cached_info().num_pending;
     let name = consumer.cached_info().name.clone();
@@ -358,12 +266,11 @@ async fn open(
             owned,
             generation,
             all,
-            from,
             requests,
             consumer: name,
             pending,
         }),
-        Err(e) => Err(((owned, generation, from), e.to_string())),
+        Err(e) => Err((owned, generation, e.to_string())),
     }
 }
 

@@ -102,12 +102,8 @@ pub struct Coord {
     /// them: the note goes out on the next tick, and a crash loses it.
     done: Vec<(String, String)>,
     /// The request partitions read (`None`: all), as the runtime's
-    /// consumer filter, and up to where its feed delivered.
+    /// consumer filter.
     pub(crate) reading: Option<Vec<u32>>,
-    pub(crate) read_to: u64,
-    /// The partitions the runtime was last told to read (`None`: every
-    /// one, before it was told); the feed skips the rest.
-    pub(crate) told: Option<Vec<u32>>,
     /// By partition (the last entry: unpartitioned requests), the last
     /// request fed: a new consumer reads from the start, and what the one
     /// it replaced delivered is skipped, as in `runtime/partitions.rs`.
@@ -142,8 +138,6 @@ impl Coord {
             last_proof: None,
             done: Vec::new(),
             reading: None,
-            read_to: 0,
-            told: None,
             fed: Vec::new(),
             catching_up: None,
             opening: 0,
@@ -193,8 +187,6 @@ impl World {
         engine.set_partitions(self.cfg.partitions);
         co.engine = Some(engine);
         co.reading = None;
-        co.read_to = 0;
-        co.told = None;
         co.fed = vec![0; self.cfg.partitions as usize + 1];
         co.catching_up = None;
         co.opening = 0;
@@ -328,17 +320,16 @@ impl World {
             FeedItem::Request(seq) => {
                 // The pending requests of a new consumer are read: the
                 // partitions it gained are caught up on, after this one.
-                let co = &mut self.coords[c];
-                co.read_to = seq;
                 let caught_up = if last_initial {
-                    co.catching_up.take()
+                    self.coords[c].catching_up.take()
                 } else {
                     None
                 };
                 self.feed_request(c, seq, now);
                 if let Some(generation) = caught_up {
                     trace!(self, "{} caught up on its partitions", self.coords[c].id);
-                    self.caught_up(c, generation);
+                    let (e, t) = self.engine_now(c);
+                    e.partitions_caught_up(generation, t);
                 }
             }
             FeedItem::Change(name, current, expired, stamp) => {
@@ -362,7 +353,7 @@ impl World {
                 let Some(m) = self.stream.msgs.get(&seq).cloned() else {
                     return;
                 };
-                if self.coords[c].skips(&m.subject) || self.coords[c].fed(&m.subject, seq) {
+                if self.coords[c].fed(&m.subject, seq) {
                     return;
                 }
                 // The coordinator's wall clock minus the server's stamp.

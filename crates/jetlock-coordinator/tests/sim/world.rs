@@ -211,7 +211,6 @@ pub enum Ev {
         inc: u32,
         owned: Vec<u32>,
         generation: u64,
-        from: Option<u64>,
     },
     /// A proof beat was acknowledged (`Some(sent)`) or timed out.
     ProofDone(usize, u32, Option<Instant>),
@@ -407,8 +406,7 @@ impl World {
                 inc,
                 owned,
                 generation,
-                from,
-            } => self.partitions_opened(c, inc, owned, generation, from),
+            } => self.partitions_opened(c, inc, owned, generation),
             Ev::ProofDone(c, inc, sent) => self.proof_done(c, inc, sent),
             Ev::ToClient(k, gen, msg) => self.client_input(k, gen, msg),
             Ev::ClientTimer(k, gen, t) => self.client_timer(k, gen, t),
