@@ -168,9 +168,10 @@ async fn once(exit: Exit, queued: u64, coordinators: usize) -> Result<Once, CliE
     let coordinator_url = cluster.url_as(Role::Coordinator);
     let (ids, run) = (&IDS[..coordinators], nuid::next());
     // The survivors first, the one to go last.
+    let order: Vec<&str> = ids[1..].iter().chain(&ids[..1]).copied().collect();
     let mut started = Vec::with_capacity(coordinators);
     let mut metrics = Vec::with_capacity(coordinators);
-    for id in ids.iter().skip(1).chain(&ids[..1]) {
+    for id in &order {
         let (coord, url) = Coord::start_on_cluster(&coordinator_url, id).await?;
         started.push(coord);
         metrics.push(url.ok_or("a coordinator printed no metrics URL")?);
@@ -189,12 +190,7 @@ async fn once(exit: Exit, queued: u64, coordinators: usize) -> Result<Once, CliE
     let gained = owned(ids[0]);
     // All hear each other before the locks are taken: each owns the share
     // worked out here, and the one to go has none to catch up on.
-    let split: Vec<usize> = ids
-        .iter()
-        .skip(1)
-        .chain(&ids[..1])
-        .map(|id| owned(id).len())
-        .collect();
+    let split: Vec<usize> = order.iter().map(|id| owned(id).len()).collect();
     wait_for_split(&metrics, &split).await?;
 
     let client_url = cluster.url_as(Role::Restricted);
